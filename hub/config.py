@@ -1,0 +1,239 @@
+"""The hub's YAML configuration: one file, secrets by ``${ENV_VAR}``, every error path-named.
+
+Loading is two passes: the hub's own shape (``HubConfig``), then each plugin section against
+that plugin's ``Settings``. Every error from both passes is collected, so an operator fixes a
+broken file in one round: ``adapters[0].settings.base_url: Input should be a valid URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hub.contracts import SIGNING_ROLES, PluginSettings
+from hub.plugins import adapter_types, signer_types
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``errors`` holds one ``path: message`` line each."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginSection(_Strict):
+    """One configured plugin instance: its ``type`` (registered name) and its ``settings``."""
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Instance name, used in logs and URLs")
+    type: str = Field(description="Registered adapter or signer name, see `hocba-hub plugins`")
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class AdapterSection(PluginSection):
+    poll_interval: float = Field(default=60.0, gt=0, description="Seconds between pulls")
+    enabled: bool = True
+
+
+class SigningStep(_Strict):
+    role: Literal["homeroom_teacher", "principal", "school_seal"]
+    signer: str = Field(description="Name of an entry under `signers`")
+
+
+class SigningConfig(_Strict):
+    steps: list[SigningStep] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _in_order(cls, steps: list[SigningStep]) -> list[SigningStep]:
+        roles = [s.role for s in steps]
+        expected = [r for r in SIGNING_ROLES if r in roles]
+        if roles != expected or len(set(roles)) != len(roles):
+            raise ValueError(f"steps must follow {' → '.join(SIGNING_ROLES)}, each once; got {roles}")
+        return steps
+
+
+class HttpConfig(_Strict):
+    bind: str = Field(default="127.0.0.1:8080", pattern=r"^[^:]+:\d{1,5}$")
+
+
+class LoggingConfig(_Strict):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class WorkersConfig(_Strict):
+    processes: int = Field(default=0, ge=0, description="CPU worker processes; 0 = one per core")
+    concurrency: int = Field(default=0, ge=0, description="Records in flight per stage; 0 = 2 per process")
+
+
+class HubConfig(_Strict):
+    """The whole configuration file."""
+    data_dir: Path = Field(default=Path("hocba-data"), description="Store, PDFs and keys live here")
+    store: str = Field(default="", description="Store location; empty = <data_dir>/hub.sqlite3")
+    http: HttpConfig = HttpConfig()
+    logging: LoggingConfig = LoggingConfig()
+    workers: WorkersConfig = WorkersConfig()
+    adapters: list[AdapterSection] = Field(min_length=1)
+    destination: PluginSection
+    signers: list[PluginSection] = Field(min_length=1)
+    signing: SigningConfig
+
+    @model_validator(mode="after")
+    def _references(self) -> "HubConfig":
+        names = [a.name for a in self.adapters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"adapters: names must be unique, repeated: {', '.join(dupes)}")
+        signers = {s.name for s in self.signers}
+        for step in self.signing.steps:
+            if step.signer not in signers:
+                raise ValueError(f"signing.steps: signer {step.signer!r} is not defined under signers")
+        return self
+
+    @property
+    def store_path(self) -> str:
+        return self.store or str(self.data_dir / "hub.sqlite3")
+
+    # Each plugin's validated Settings, filled by ``load_config``.
+    _adapter_settings: dict[str, PluginSettings] = {}
+    _signer_settings: dict[str, PluginSettings] = {}
+    _destination_settings: PluginSettings | None = None
+
+    def adapter_settings(self, name: str) -> PluginSettings:
+        return self._adapter_settings[name]
+
+    def signer_settings(self, name: str) -> PluginSettings:
+        return self._signer_settings[name]
+
+    def destination_settings(self) -> PluginSettings:
+        assert self._destination_settings is not None
+        return self._destination_settings
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        path = _path(err["loc"])
+        full = f"{prefix}.{path}" if prefix and path else (prefix or path or "(root)")
+        lines.append(f"{full}: {err['msg'].removeprefix('Value error, ')}")
+    return lines
+
+
+def expand_env(node: Any, path: str = "", errors: list[str] | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; a missing VAR is an error."""
+    errors = [] if errors is None else errors
+    if isinstance(node, dict):
+        return {k: expand_env(v, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_env(v, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def sub(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1), m.group(2))
+            if value is None:
+                errors.append(f"{path}: environment variable {m.group(1)} is not set")
+                return ""
+            return value
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def parse_config(data: Any, base_dir: Path | None = None) -> HubConfig:
+    """Validate a config tree (already read from YAML); raise ``ConfigError`` with every error."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(root): the config must be a mapping"])
+    errors: list[str] = []
+    data = expand_env(data, errors=errors)
+    try:
+        config = HubConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(errors + _errors(exc)) from None
+    if base_dir is not None and not config.data_dir.is_absolute():
+        config.data_dir = (base_dir / config.data_dir).resolve()
+
+    adapters, signers = adapter_types(), signer_types()
+
+    def settings_of(section: PluginSection, registry: dict, where: str, need: str | None = None):
+        info = registry.get(section.type)
+        if info is None:
+            known = ", ".join(sorted(registry)) or "none installed"
+            errors.append(f"{where}.type: unknown {section.type!r} (installed: {known})")
+            return None
+        if need and not info.cls.can(need):
+            errors.append(f"{where}.type: {section.type!r} cannot {need}")
+            return None
+        try:
+            return info.cls.Settings.model_validate(section.settings)
+        except ValidationError as exc:
+            errors.extend(_errors(exc, f"{where}.settings"))
+            return None
+
+    config._adapter_settings = {}
+    for i, section in enumerate(config.adapters):
+        s = settings_of(section, adapters, f"adapters[{i}]", "normalize")
+        if s is not None:
+            config._adapter_settings[section.name] = s
+    config._destination_settings = settings_of(config.destination, adapters, "destination", "deliver")
+    config._signer_settings = {}
+    for i, section in enumerate(config.signers):
+        s = settings_of(section, signers, f"signers[{i}]")
+        if s is not None:
+            config._signer_settings[section.name] = s
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load_config(path: str | Path) -> HubConfig:
+    """Read and validate a YAML config file; relative paths in it are relative to the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_config(data, base_dir=path.resolve().parent)
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema for editors: the hub's shape, each plugin section typed by its ``Settings``."""
+    schema = HubConfig.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+
+    def typed(registry: dict) -> list[dict[str, Any]]:
+        rules = []
+        for name, info in sorted(registry.items()):
+            key = f"{info.kind}_{name}_settings"
+            sub = info.cls.Settings.model_json_schema(ref_template=f"#/$defs/{key}_{{model}}")
+            for inner, body in sub.pop("$defs", {}).items():
+                defs[f"{key}_{inner}"] = body
+            defs[key] = sub
+            rules.append({
+                "if": {"properties": {"type": {"const": name}}},
+                "then": {"properties": {"settings": {"$ref": f"#/$defs/{key}"}}},
+            })
+        return rules
+
+    defs["AdapterSection"]["allOf"] = typed(adapter_types())
+    defs["PluginSection"]["allOf"] = typed(adapter_types()) + typed(signer_types())
+    return schema

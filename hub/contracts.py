@@ -1,0 +1,228 @@
+"""What a plugin class looks like: the protocols adapters, signers and simulators follow.
+
+A plugin registers classes through the hooks in ``hub.hookspecs``; the hub instantiates one
+object per configured instance with the plugin's own validated ``Settings`` and a
+``PluginContext``. Everything a vendor or signing provider needs to know is on this page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class PluginSettings(BaseModel):
+    """Base for a plugin's ``Settings``: unknown keys are config errors, not silently ignored."""
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What the hub hands each plugin instance."""
+    name: str                        # the instance's name in the config (``adapters[].name``)
+    data_dir: Path                   # a directory the instance may keep files in
+    executor: Executor | None = None  # the hub's process pool, for CPU-heavy work
+
+
+@dataclass(frozen=True)
+class Health:
+    """Result of ``check()``: ``detail`` says what is wrong when ``ok`` is false."""
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One vendor record exactly as received; the hub stores ``payload`` before anything else."""
+    source_id: str                   # the vendor's stable id for this transcript
+    payload: bytes                   # the bytes as received (a JSON object, an XML element…)
+    content_type: str = "application/json"
+    updated_at: dt.datetime | None = None
+    deleted: bool = False            # the vendor recalled the transcript → a CANCEL event
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of a pull: its records and the cursor that resumes after them.
+
+    The hub saves ``cursor`` in the same transaction as the page's records, so a crash re-reads
+    a page rather than skipping it.
+    """
+    records: list[RawRecord]
+    cursor: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A signed transcript on its way to a destination."""
+    record_id: str
+    version: int
+    event: str
+    record: dict[str, Any]           # central format, catalogue names (``model_dump(by_alias=True)``)
+    pdf: bytes                       # the signed PDF
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The destination's acknowledgement of one delivery."""
+    receipt_id: str
+    received_at: str
+    duplicate: bool = False          # the destination already held this record_id + version
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class DeliveryError(Exception):
+    """A delivery that failed; ``permanent`` means retrying the same request cannot succeed."""
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+class PluginError(Exception):
+    """A plugin cannot start or work (wrong password, missing key file, bad credentials).
+
+    The message is shown to an operator as it is: say what is wrong and which setting to fix.
+    """
+
+
+class Adapter(ABC):
+    """A connection to one kind of system: a vendor's school software, or a destination.
+
+    Implement ``fetch`` + ``normalize`` for a pull source, ``normalize`` alone for a push
+    source, ``deliver`` for a destination. ``simulator`` names a ``Simulator`` class
+    (``"package.module:Class"``) that serves the contract this adapter implements; the demo and
+    the conformance kit start it.
+    """
+    name: ClassVar[str]
+    Settings: ClassVar[type[PluginSettings]] = PluginSettings
+    simulator: ClassVar[str | None] = None
+
+    def __init__(self, settings: PluginSettings, context: PluginContext):
+        self.settings = settings
+        self.context = context
+
+    async def open(self) -> None:
+        """Acquire resources (HTTP session, tokens). Raise ``PluginError`` with a clear reason."""
+
+    async def close(self) -> None:
+        """Release what ``open`` acquired."""
+
+    async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:
+        """Yield pages of records changed since ``cursor`` (``None``: everything)."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def normalize(self, raw: RawRecord) -> dict[str, Any]:
+        """Map one raw record to central-format fields (``hub.records``; no envelope).
+
+        Return a dict; the hub adds the envelope and validates it, so cleaning that every
+        vendor needs (NFC, dates, comma decimals) is already done there. Raise ``ValueError``
+        naming the field for what cannot be mapped.
+        """
+        raise NotImplementedError
+
+    async def deliver(self, delivery: Delivery) -> Receipt:
+        """Send a signed transcript. Raise ``DeliveryError`` on failure."""
+        raise NotImplementedError
+
+    async def check(self) -> Health:
+        """Is the remote system reachable and are the credentials accepted?"""
+        return Health(True)
+
+    @classmethod
+    def can(cls, capability: str) -> bool:
+        """Whether the class implements ``fetch``, ``normalize`` or ``deliver``."""
+        return getattr(cls, capability) is not getattr(Adapter, capability)
+
+
+SIGNING_ROLES = ("homeroom_teacher", "principal", "school_seal")
+"""The Ministry's signing order: homeroom teacher → principal → school seal."""
+
+
+@dataclass(frozen=True)
+class SigningIdentity:
+    """Who signs: a person (``personal_id``) or a school (the seal, ``school_code``)."""
+    role: str                        # homeroom_teacher | principal | school_seal
+    name: str
+    school_code: str
+    personal_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The id a signer looks its key up by: the personal id, or the school code for a seal."""
+        return self.personal_id or self.school_code
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    """Sign ``field_name`` of ``pdf`` as ``identity``."""
+    pdf: bytes
+    field_name: str
+    identity: SigningIdentity
+    reason: str = ""
+    location: str = ""
+
+
+class Signer(ABC):
+    """A signing provider: local key files, a remote signing service, a hardware token.
+
+    ``sign`` receives requests for one or many documents and returns the signed PDFs in the
+    same order; a provider that can approve a batch at once (remote signing) should.
+    """
+    name: ClassVar[str]
+    Settings: ClassVar[type[PluginSettings]] = PluginSettings
+
+    def __init__(self, settings: PluginSettings, context: PluginContext):
+        self.settings = settings
+        self.context = context
+
+    async def open(self) -> None:
+        """Load keys or log in. Raise ``PluginError`` (wrong password, missing file) here, at start-up."""
+
+    async def close(self) -> None:
+        """Release what ``open`` acquired."""
+
+    @abstractmethod
+    async def sign(self, requests: Sequence[SignRequest]) -> list[bytes]:
+        """Return each request's PDF with its field signed (PAdES, ``ETSI.CAdES.detached``)."""
+
+    async def check(self) -> Health:
+        return Health(True)
+
+
+class Simulator(ABC):
+    """A system's contract served over real HTTP on loopback, for the demo, tests and the kit.
+
+    ``records``/``invalid`` seed a source with synthetic valid and deliberately invalid
+    transcripts; a destination ignores them.
+    """
+
+    def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0):
+        self.records = records
+        self.invalid = invalid
+        self.seed = seed
+
+    @abstractmethod
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Start serving; return the base URL (``port=0`` picks a free port)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop serving."""
+
+    @abstractmethod
+    def adapter_settings(self) -> dict[str, Any]:
+        """Settings that point this system's adapter at the running simulator."""
+
+    def accepted(self) -> dict[str, int]:
+        """For a destination: ``record_id`` → highest version accepted so far."""
+        return {}
