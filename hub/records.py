@@ -380,6 +380,7 @@ class SecondaryTranscript(_Transcript):
                     "TT22.len_lop",
                     "promoted needs learning and conduct at least Đạt and at most 45 days absent; "
                     + "; ".join(reasons),
+                    "promoted",
                 )
         return self
 
@@ -387,8 +388,9 @@ class SecondaryTranscript(_Transcript):
 class RuleViolation(ValueError):
     """A stated result that contradicts the record's own data; ``rule`` names the rule."""
 
-    def __init__(self, rule: str, message: str):
+    def __init__(self, rule: str, message: str, field: str):
         self.rule = rule
+        self.field = field
         super().__init__(f"rule {rule}: {message}")
 
 
@@ -424,7 +426,7 @@ def check_learning_result(subjects: list[SecondarySubject], period: str, stated:
     if sum(1 for a in averages if a >= high) < 6:
         problems.append(f"fewer than six averages ≥ {high}")
     if problems:
-        raise RuleViolation(rule, f"{label} is {stated.value} but " + "; ".join(problems))
+        raise RuleViolation(rule, f"{label} is {stated.value} but " + "; ".join(problems), label)
 
 
 def _level_of(value: Any) -> str | None:
@@ -480,6 +482,11 @@ def field_errors(error: ValidationError) -> list[str]:
         path = ""
         for part in loc:
             path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, RuleViolation):
+            path = cause.field
+        elif err["type"] == "school_level":
+            path = "level"
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{path or '(record)'}: {message}")
     return lines

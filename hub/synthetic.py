@@ -1,0 +1,187 @@
+"""Synthetic transcripts in the central format, for simulators, the demo, tests and benchmarks.
+
+Deterministic for a seed. Simulators turn these into their vendor's shape; an adapter that
+maps the vendor's shape back must recover the same record, which is what the round-trip tests
+check. ``invalid_transcript`` makes records with one known defect each, so a test can assert
+the exact field the quarantine names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import unicodedata
+from typing import Any
+
+from hub.records import GENERAL_COMPETENCIES, QUALITIES
+
+SURNAMES = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ"]
+MIDDLE = ["Văn", "Thị", "Hữu", "Minh", "Ngọc", "Thanh", "Quốc", "Thuỳ", "Đức", "Khánh"]
+GIVEN = ["An", "Bình", "Châu", "Dũng", "Giang", "Hà", "Hiếu", "Khoa", "Linh", "My", "Nguyệt",
+         "Phúc", "Quyên", "Sơn", "Thảo", "Trí", "Uyên", "Việt", "Xuân", "Yến", "Ánh", "Đạt"]
+ETHNICITIES = ["Kinh", "Kinh", "Kinh", "Tày", "Thái", "Mường", "Khmer", "H'Mông"]
+
+SCHOOLS = [
+    # (department, school_code, name, level, place)
+    ("01", "01001001", "Trường Tiểu học Nguyễn Du", "02", "Hà Nội"),
+    ("01", "01002003", "Trường Tiểu học Đoàn Thị Điểm", "02", "Hà Nội"),
+    ("01", "01003002", "Trường THCS Trưng Vương", "03", "Hà Nội"),
+    ("01", "01004001", "Trường THPT Chu Văn An", "04", "Hà Nội"),
+]
+
+PRIMARY_SUBJECTS = [
+    ("TV", "Tiếng Việt", True), ("TOAN", "Toán", True), ("DD", "Đạo đức", False),
+    ("TNXH", "Tự nhiên và Xã hội", False), ("GDTC", "Giáo dục thể chất", False),
+    ("NT", "Nghệ thuật", False), ("HDTN", "Hoạt động trải nghiệm", False),
+]
+SECONDARY_SCORED = [
+    ("TOAN", "Toán"), ("NV", "Ngữ văn"), ("NN1", "Ngoại ngữ 1"), ("LS", "Lịch sử"),
+    ("KHTN", "Khoa học tự nhiên"), ("LSDL", "Lịch sử và Địa lí"), ("CN", "Công nghệ"),
+    ("TH", "Tin học"), ("GDCD", "Giáo dục công dân"),
+]
+SECONDARY_COMMENT = [("GDTC", "Giáo dục thể chất"), ("NT", "Nghệ thuật"), ("HDTN", "Hoạt động trải nghiệm, hướng nghiệp")]
+
+INVALID_KINDS = ("personal_id", "birth_date", "score_range", "rule_tt22", "level_code")
+
+
+def _name(rng: random.Random) -> str:
+    return f"{rng.choice(SURNAMES)} {rng.choice(MIDDLE)} {rng.choice(GIVEN)}"
+
+
+def _pid(rng: random.Random) -> str:
+    return f"0{rng.randint(1, 96):02d}{rng.randint(0, 999999999):09d}"
+
+
+def _level_for(avgs: list[float], comments: list[str]) -> str:
+    """The best Thông tư 22 learning level these averages support (see hub.records)."""
+    fails = comments.count("CĐ")
+    if fails == 0 and min(avgs) >= 6.5 and sum(a >= 8.0 for a in avgs) >= 6:
+        return "T"
+    if fails == 0 and min(avgs) >= 5.0 and sum(a >= 6.5 for a in avgs) >= 6:
+        return "K"
+    if fails <= 1 and min(avgs) >= 3.5 and sum(a >= 5.0 for a in avgs) >= 6:
+        return "Đ"
+    return "CĐ"
+
+
+def transcript(index: int, seed: int = 0, year: int = 2024) -> dict[str, Any]:
+    """A valid central-format transcript (no envelope), snake_case names.
+
+    Index picks the school round-robin, so any run mixes primary and secondary records.
+    """
+    rng = random.Random(f"{seed}:{index}")
+    dept, school_code, school_name, level, place = SCHOOLS[index % len(SCHOOLS)]
+    grade = {"02": rng.randint(1, 5), "03": rng.randint(6, 9), "04": rng.randint(10, 12)}[level]
+    class_name = f"{grade}{'ABCD'[rng.randint(0, 3)]}"
+    birth_year = year - (grade + 5)
+    record: dict[str, Any] = {
+        "transcript_id": f"HB{school_code}{index:06d}",
+        "department_code": dept,
+        "school_code": school_code,
+        "school_name": school_name,
+        "level": level,
+        "grade": grade,
+        "class_name": class_name,
+        "school_year": f"{year}-{year + 1}",
+        "student": {
+            "student_code": f"HS{school_code[-5:]}{index:05d}",
+            "personal_id": _pid(rng),
+            "full_name": _name(rng),
+            "birth_date": dt.date(birth_year, rng.randint(1, 12), rng.randint(1, 28)).isoformat(),
+            "gender": rng.choice([1, 2]),
+            "ethnicity": rng.choice(ETHNICITIES),
+            "nationality": "Việt Nam",
+            "father_name": _name(rng),
+            "mother_name": _name(rng),
+        },
+        "signatories": {
+            # One homeroom teacher per class and one principal per school, so their keys repeat.
+            "homeroom_teacher_name": _name(random.Random(f"gv:{school_code}:{class_name}")),
+            "homeroom_teacher_personal_id": _pid(random.Random(f"gv:{school_code}:{class_name}")),
+            "principal_name": _name(random.Random(f"ht:{school_code}")),
+            "principal_personal_id": _pid(random.Random(f"ht:{school_code}")),
+            "principal_title": "Hiệu trưởng",
+            "issue_date": f"{year + 1}-05-31",
+            "issue_place": place,
+        },
+    }
+    if level == "02":
+        subjects = []
+        for code, name, tested in PRIMARY_SUBJECTS:
+            lv = rng.choice("TTHH")
+            subject = {"subject_code": code, "subject_name": name, "term1_level": rng.choice("TH"),
+                       "year_level": lv, "comment": "Hoàn thành tốt nội dung môn học" if lv == "T" else "Hoàn thành"}
+            if tested:
+                subject["term1_score"] = rng.randint(6, 10)
+                subject["year_score"] = rng.randint(7, 10) if lv == "T" else rng.randint(5, 8)
+            subjects.append(subject)
+        record.update(
+            subjects=subjects,
+            qualities={q: rng.choice("TTĐ") for q in QUALITIES},
+            competencies={c: rng.choice(["T", "Đ"]) for c in GENERAL_COMPETENCIES},
+            completed_grade_program=True,
+            completed_primary_program=True if grade == 5 else None,
+            promoted=True,
+            awards=["Học sinh Xuất sắc"] if rng.random() < 0.3 else [],
+        )
+    else:
+        base = rng.uniform(5.5, 9.0)
+        subjects, by_term = [], {"term1": [], "term2": [], "year": []}
+        for code, name in SECONDARY_SCORED:
+            t1 = round(min(10, max(3.5, rng.gauss(base, 1.0))), 1)
+            t2 = round(min(10, max(3.5, rng.gauss(base, 1.0))), 1)
+            yr = round((t1 + 2 * t2) / 3, 1)
+            by_term["term1"].append(t1), by_term["term2"].append(t2), by_term["year"].append(yr)
+            subjects.append({"subject_code": code, "subject_name": name,
+                             "term1_average": t1, "term2_average": t2, "year_average": yr})
+        for code, name in SECONDARY_COMMENT:
+            subjects.append({"subject_code": code, "subject_name": name, "term1_comment": "Đ",
+                             "term2_comment": "Đ", "year_comment": "Đ"})
+        learning = {p: _level_for(v, ["Đ"]) for p, v in zip(("term1", "term2", "year"), by_term.values())}
+        conduct = {p: rng.choice(["T", "T", "K"]) for p in ("term1", "term2", "year")}
+        days_absent = rng.randint(0, 12)
+        record.update(
+            subjects=subjects,
+            learning=learning,
+            conduct=conduct,
+            days_absent=days_absent,
+            promoted=learning["year"] != "CĐ",
+            certificates=[{"name": "Chứng chỉ Tin học cơ bản", "issued_on": f"{year + 1}-04-15",
+                           "issuer": "Trung tâm GDNN-GDTX"}] if rng.random() < 0.2 else [],
+        )
+    return record
+
+
+def invalid_transcript(index: int, seed: int = 0, kind: str | None = None) -> tuple[dict[str, Any], str, str]:
+    """A transcript with one known defect: ``(record, kind, field path the error must name)``."""
+    kind = kind or INVALID_KINDS[index % len(INVALID_KINDS)]
+    if kind in ("rule_tt22", "score_range"):
+        # Both defects need a secondary school: pick the index's nearest secondary slot.
+        index = index - index % len(SCHOOLS) + 3
+    record = transcript(index, seed)
+    if kind == "personal_id":
+        record["student"]["personal_id"] = "12345"
+        field = "student.personal_id"
+    elif kind == "birth_date":
+        record["student"]["birth_date"] = "2015-02-30"
+        field = "student.birth_date"
+    elif kind == "score_range":
+        record["subjects"][0]["year_average"] = 11.5
+        field = "subjects[0].year_average"
+    elif kind == "rule_tt22":
+        record["learning"]["year"] = "T"
+        for s in record["subjects"]:
+            if "year_average" in s:
+                s["year_average"] = 5.5
+        field = "rule TT22.hoc_tap.tot"
+    elif kind == "level_code":
+        record["level"] = "09"
+        field = "level"
+    else:
+        raise ValueError(f"unknown invalid kind {kind!r}")
+    return record, kind, field
+
+
+def nfd(text: str) -> str:
+    """The decomposed form some vendors send; the central format stores NFC."""
+    return unicodedata.normalize("NFD", text)
