@@ -173,7 +173,7 @@ def invalid_transcript(index: int, seed: int = 0, kind: str | None = None) -> tu
         for s in record["subjects"]:
             if "year_average" in s:
                 s["year_average"] = 5.5
-        field = "rule TT22.hoc_tap.tot"
+        field = "learning.year"
     elif kind == "level_code":
         record["level"] = "09"
         field = "level"
