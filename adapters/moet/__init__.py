@@ -1,0 +1,10 @@
+"""The central transcript store (destination): see CONTRACT.md."""
+
+from hub.hookspecs import hookimpl
+
+
+@hookimpl
+def hocba_hub_adapter_types(register):
+    from adapters.moet.adapter import MoetAdapter
+
+    register(MoetAdapter)

@@ -1,0 +1,10 @@
+"""vnEdu-style school software (REST/JSON pull): see CONTRACT.md."""
+
+from hub.hookspecs import hookimpl
+
+
+@hookimpl
+def hocba_hub_adapter_types(register):
+    from adapters.vnpt.adapter import VnptAdapter
+
+    register(VnptAdapter)
