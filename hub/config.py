@@ -77,6 +77,12 @@ class WorkersConfig(_Strict):
     concurrency: int = Field(default=0, ge=0, description="Records in flight per stage; 0 = 2 per process")
 
 
+class DeliveryConfig(_Strict):
+    max_attempts: int = Field(default=6, ge=1, description="Attempts before a delivery fails")
+    backoff_initial: float = Field(default=0.5, gt=0, description="Seconds before the first retry")
+    backoff_max: float = Field(default=60.0, gt=0, description="Longest wait between retries")
+
+
 class HubConfig(_Strict):
     """The whole configuration file."""
     data_dir: Path = Field(default=Path("hocba-data"), description="Store, PDFs and keys live here")
@@ -84,6 +90,7 @@ class HubConfig(_Strict):
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
     workers: WorkersConfig = WorkersConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     adapters: list[AdapterSection] = Field(min_length=1)
     destination: PluginSection
     signers: list[PluginSection] = Field(min_length=1)
@@ -120,6 +127,18 @@ class HubConfig(_Strict):
         assert self._destination_settings is not None
         return self._destination_settings
 
+    def override_settings(self, name: str, patch: dict[str, Any]) -> None:
+        """Re-validate one adapter's or the destination's settings with ``patch`` applied
+        (the demo and the conformance kit point adapters at their simulators this way)."""
+        registry = adapter_types()
+        if name == self.destination.name:
+            cls = registry[self.destination.type].cls
+            self._destination_settings = cls.Settings.model_validate({**self.destination.settings, **patch})
+            return
+        section = next(a for a in self.adapters if a.name == name)
+        self._adapter_settings[name] = registry[section.type].cls.Settings.model_validate(
+            {**section.settings, **patch})
+
 
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
@@ -155,7 +174,7 @@ def expand_env(node: Any, path: str = "", errors: list[str] | None = None) -> An
     return node
 
 
-def parse_config(data: Any, base_dir: Path | None = None) -> HubConfig:
+def parse_config(data: Any) -> HubConfig:
     """Validate a config tree (already read from YAML); raise ``ConfigError`` with every error."""
     if not isinstance(data, dict):
         raise ConfigError(["(root): the config must be a mapping"])
@@ -165,8 +184,6 @@ def parse_config(data: Any, base_dir: Path | None = None) -> HubConfig:
         config = HubConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(errors + _errors(exc)) from None
-    if base_dir is not None and not config.data_dir.is_absolute():
-        config.data_dir = (base_dir / config.data_dir).resolve()
 
     adapters, signers = adapter_types(), signer_types()
 
@@ -202,7 +219,8 @@ def parse_config(data: Any, base_dir: Path | None = None) -> HubConfig:
 
 
 def load_config(path: str | Path) -> HubConfig:
-    """Read and validate a YAML config file; relative paths in it are relative to the file."""
+    """Read and validate a YAML config file (relative paths in it are relative to the working
+    directory, as for every other path an operator types)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -212,7 +230,7 @@ def load_config(path: str | Path) -> HubConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    return parse_config(data, base_dir=path.resolve().parent)
+    return parse_config(data)
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -185,3 +185,23 @@ def invalid_transcript(index: int, seed: int = 0, kind: str | None = None) -> tu
 def nfd(text: str) -> str:
     """The decomposed form some vendors send; the central format stores NFC."""
     return unicodedata.normalize("NFD", text)
+
+
+def signing_identities(year: int = 2024) -> list["SigningIdentity"]:
+    """Every identity that can sign a synthetic transcript: a teacher per class, a principal
+    and a seal per school. The demo issues its throwaway PKI for exactly these."""
+    from hub.contracts import SigningIdentity
+
+    grades = {"02": range(1, 6), "03": range(6, 10), "04": range(10, 13)}
+    out = []
+    for _dept, code, name, level, _place in SCHOOLS:
+        for grade in grades[level]:
+            for letter in "ABCD":
+                rng = random.Random(f"gv:{code}:{grade}{letter}")
+                teacher = _name(rng)
+                out.append(SigningIdentity("homeroom_teacher", teacher, code,
+                                           _pid(random.Random(f"gv:{code}:{grade}{letter}"))))
+        principal = _name(random.Random(f"ht:{code}"))
+        out.append(SigningIdentity("principal", principal, code, _pid(random.Random(f"ht:{code}"))))
+        out.append(SigningIdentity("school_seal", name, code))
+    return out

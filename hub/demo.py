@@ -1,0 +1,162 @@
+"""``hocba-hub demo``: the whole pipeline on synthetic transcripts, against the simulators.
+
+Every adapter in the config that ships a simulator gets one on loopback (ephemeral port),
+seeded with its share of the valid transcripts plus a few deliberately invalid ones; the
+destination's simulator receives. The demo issues a throwaway test PKI into
+``<data_dir>/pki`` on first run (point a local-key signer there, as config/example.yaml does),
+runs the hub until every record is delivered or quarantined, writes the signed PDFs and the
+PKI's ``root-ca.pem`` to the output folder and exits 0 only if every valid record reached the
+destination and every invalid one is quarantined with its reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from hub import store as st
+from hub.config import ConfigError, HubConfig, load_config
+from hub.contracts import PluginError, Simulator
+from hub.logs import configure
+from hub.pipeline import Hub
+from hub.plugins import adapter_types
+
+DEMO_KEY_PASSWORD_ENV = "HOCBA_DEMO_KEY_PASSWORD"
+DEMO_KEY_PASSWORD = "demo-only-password"
+
+
+def default_config() -> Path:
+    """``config/example.yaml`` in the current directory, else the one beside the source tree."""
+    here = Path("config/example.yaml")
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+
+
+def _simulator_class(adapter_type: str) -> type[Simulator] | None:
+    ref = adapter_types()[adapter_type].cls.simulator
+    if not ref:
+        return None
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def start_simulators(config: HubConfig, records: int, invalid: int) -> tuple[list[Simulator], Simulator]:
+    """Start a simulator per adapter that has one (and the destination's); point the config at them."""
+    sources = [a for a in config.adapters if a.enabled and _simulator_class(a.type)]
+    if not sources:
+        raise ConfigError(["adapters: the demo needs at least one adapter that ships a simulator"])
+    dest_cls = _simulator_class(config.destination.type)
+    if dest_cls is None:
+        raise ConfigError([f"destination.type: {config.destination.type!r} ships no simulator for the demo"])
+    started: list[Simulator] = []
+    shares = zip(sources, _split(records, len(sources)), _split(invalid, len(sources)))
+    for seed, (section, n, bad) in enumerate(shares):
+        sim = _simulator_class(section.type)(records=n, invalid=bad, seed=seed)
+        await sim.start()
+        started.append(sim)
+        config.override_settings(section.name, sim.adapter_settings())
+    destination = dest_cls()
+    await destination.start()
+    config.override_settings(config.destination.name, destination.adapter_settings())
+    return started, destination
+
+
+async def run_demo(config_path: str | None, *, records: int, out: Path, invalid: int = 5) -> int:
+    from hub.pki import ensure_pki
+    from hub.synthetic import signing_identities
+
+    configure("console", "warning")
+    os.environ.setdefault(DEMO_KEY_PASSWORD_ENV, DEMO_KEY_PASSWORD)
+    path = Path(config_path) if config_path else default_config()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"hocba-hub demo: {records} valid + {invalid} invalid transcripts, config {path}")
+    root_pem = await asyncio.to_thread(
+        ensure_pki, config.data_dir / "pki", signing_identities(), os.environ[DEMO_KEY_PASSWORD_ENV]
+    )
+    store_path = config.data_dir / "demo.sqlite3"
+    for leftover in config.data_dir.glob("demo.sqlite3*"):
+        leftover.unlink()  # each demo run starts from an empty store, as the simulators do
+
+    sources, destination = await start_simulators(config, records, invalid)
+    hub = Hub(config, store=st.Store(store_path))
+    try:
+        await hub.start()
+    except PluginError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    total = records + invalid
+    try:
+        with tqdm(total=total, unit="record", desc="transcripts", file=sys.stderr) as bar:
+            waiter = asyncio.create_task(hub.wait_idle())
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=0.25)
+                counts = hub.store.counts()
+                bar.n = sum(counts.get(s, 0) for s in st.FINAL_STATES)
+                bar.refresh()
+        rows = hub.store.rows()
+    finally:
+        await hub.stop()
+        for sim in (*sources, destination):
+            await sim.stop()
+
+    return _report(rows, destination, out, root_pem, records, invalid)
+
+
+def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Path,
+            records: int, invalid: int) -> int:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    for row in rows:
+        if row.state == st.DELIVERED:
+            name = f"{row.school_code}-{row.record_id[:8]}-v{row.version}.pdf"
+            (out / name).write_bytes(row.pdf)
+    shutil.copyfile(root_pem, out / "root-ca.pem")
+
+    print("\nrecords by state:")
+    for state, n in sorted(counts.items()):
+        print(f"  {state:<12} {n}")
+    quarantined = [r for r in rows if r.state == st.QUARANTINED]
+    if quarantined:
+        print("\nquarantined (with reasons):")
+        for row in quarantined:
+            print(f"  {row.adapter}/{row.source_id}: " + "; ".join(row.errors))
+    failed = [r for r in rows if r.state == st.FAILED]
+    for row in failed:
+        print(f"  FAILED {row.adapter}/{row.source_id}: " + "; ".join(row.errors))
+
+    accepted = destination.accepted()
+    delivered = {r.record_id: r.version for r in rows if r.state == st.DELIVERED}
+    problems = []
+    if len(delivered) != records:
+        problems.append(f"{len(delivered)} of {records} valid records delivered")
+    missing = [rid for rid, v in delivered.items() if accepted.get(rid) != v]
+    if missing:
+        problems.append(f"{len(missing)} delivered records not held by the destination at their version")
+    if len(quarantined) != invalid or any(not r.errors for r in quarantined):
+        problems.append(f"{len(quarantined)} quarantined (with reasons), expected {invalid}")
+    if failed:
+        problems.append(f"{len(failed)} failed")
+    print(f"\nPDFs and root-ca.pem written to {out}/")
+    if problems:
+        print("DEMO FAILED: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print(f"demo OK: {records} delivered and accepted by the destination, {invalid} quarantined with reasons")
+    return 0

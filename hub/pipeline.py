@@ -1,0 +1,369 @@
+"""The pipeline: pull → store → normalise → render → sign (each step) → deliver.
+
+One asyncio queue and a few worker tasks per stage. A worker takes a record id, does its
+stage, commits the new state and hands the id to the next stage. The store is the truth: at
+start every unfinished record is queued again from its stored state, so a restart resumes
+where the last run stopped. Rendering and signing run in a process pool (one process per core
+by default), so the event loop stays free and both cores work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import multiprocessing
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from hub import store as st
+from hub.config import HubConfig
+from hub.contracts import (
+    Adapter, Delivery, DeliveryError, Health, PluginContext, PluginError, Signer, SignRequest,
+)
+from hub.logs import get_logger
+from hub.plugins import adapter_types, manager, signer_types
+from hub.records import field_errors, parse_transcript
+
+
+def render_job(normalized: dict[str, Any], roles: tuple[str, ...]) -> bytes:
+    """Render in a worker process (top-level so it pickles); the font loads once per process."""
+    from hub.render import render_pdf
+
+    return render_pdf(parse_transcript(normalized), roles)
+
+
+@dataclass
+class Status:
+    """What an operator and ``/readyz`` need to know about one plugin instance."""
+    health: Health = field(default_factory=lambda: Health(True, "not checked yet"))
+    last_sync: str | None = None
+
+
+class Hub:
+    """A running hub: plugin instances, the store, the stage workers."""
+
+    def __init__(self, config: HubConfig, *, store: st.Store | None = None):
+        self.config = config
+        self.store = store or st.Store(config.store_path)
+        self.log = get_logger()
+        self.steps = [(s.role, s.signer) for s in config.signing.steps]
+        self.roles = tuple(role for role, _ in self.steps)
+        self.status: dict[str, Status] = {}
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="hocba-store")
+        processes = config.workers.processes or os.cpu_count() or 1
+        self._processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._concurrency = config.workers.concurrency or 2 * processes
+        self.adapters: dict[str, Adapter] = {}
+        self.signers: dict[str, Signer] = {}
+        self.destination: Adapter | None = None
+        self._queues: dict[str, asyncio.Queue[int]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pullers: list[asyncio.Task[None]] = []
+        self._inflight = 0
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._pulled: dict[str, asyncio.Event] = {}
+        self._stopping = asyncio.Event()
+        self._hook = manager().hook
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def start(self, *, pull: bool = True) -> None:
+        """Open every plugin (failing fast with its reason), requeue unfinished records, start."""
+        self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"))
+        data = self.config.data_dir
+        try:
+            for section in self.config.signers:
+                cls = signer_types()[section.type].cls
+                ctx = PluginContext(section.name, data / "plugins" / section.name, self._pool)
+                self.signers[section.name] = cls(self.config.signer_settings(section.name), ctx)
+            for section in self.config.adapters:
+                if section.enabled:
+                    cls = adapter_types()[section.type].cls
+                    ctx = PluginContext(section.name, data / "plugins" / section.name, self._pool)
+                    self.adapters[section.name] = cls(self.config.adapter_settings(section.name), ctx)
+            dest = self.config.destination
+            self.destination = adapter_types()[dest.type].cls(
+                self.config.destination_settings(), PluginContext(dest.name, data / "plugins" / dest.name, self._pool)
+            )
+            for name, plugin in self._plugins().items():
+                self.status[name] = Status()
+                try:
+                    await plugin.open()
+                except PluginError as exc:
+                    raise PluginError(f"{name}: {exc}") from None
+        except BaseException:
+            await self._close_plugins()
+            self._pool.shutdown(cancel_futures=True)
+            raise
+
+        stages: dict[str, tuple[Callable[[int], Awaitable[None]], int]] = {
+            "normalize": (self._normalize, 2),
+            "render": (self._render, self._concurrency),
+            "sign": (self._sign, self._concurrency),
+            "deliver": (self._deliver, 8),
+        }
+        for stage, (handler, workers) in stages.items():
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            self._queues[stage] = queue
+            for _ in range(workers):
+                self._tasks.append(asyncio.create_task(self._worker(queue, handler), name=f"hocba-{stage}"))
+        for pk, state in await self._db(self.store.pending):
+            self._enqueue(pk, state)
+        self._idle.set() if self._inflight == 0 else self._idle.clear()
+        if pull:
+            for name, adapter in self.adapters.items():
+                if adapter.can("fetch"):
+                    self._pulled[name] = asyncio.Event()
+                    self._pullers.append(asyncio.create_task(self._pull(name, adapter), name=f"hocba-pull-{name}"))
+        self.log.info("hub.started", adapters=list(self.adapters), signers=list(self.signers),
+                      processes=self._processes, resumed=self._inflight)
+
+    async def stop(self, *, drain_timeout: float = 30.0) -> None:
+        """Stop pulling, let records in a stage finish (up to ``drain_timeout``), close everything.
+
+        Records still queued stay in the store at their last state; the next start resumes them.
+        """
+        self._stopping.set()
+        for task in self._pullers:
+            task.cancel()
+        await asyncio.gather(*self._pullers, return_exceptions=True)
+        deadline = time.monotonic() + drain_timeout
+        while self._busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._close_plugins()
+        if self._pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        counts = self.store.counts()
+        self._db_thread.shutdown(wait=True)
+        self.store.close()
+        self.log.info("hub.stopped", counts=counts)
+
+    async def wait_idle(self) -> None:
+        """Wait until every adapter has pulled once and no record is left in a stage."""
+        for event in self._pulled.values():
+            await event.wait()
+        while True:
+            await self._idle.wait()
+            await asyncio.sleep(0)  # a handler may enqueue right after the event fired
+            if self._inflight == 0:
+                return
+
+    async def readiness(self) -> dict[str, Any]:
+        """Store and every plugin's ``check()``; ``ready`` only if all are healthy."""
+        checks: dict[str, Any] = {}
+        try:
+            await self._db(self.store.ping)
+            checks["store"] = {"ok": True}
+        except Exception as exc:  # the store is down: that is the answer, not an error
+            checks["store"] = {"ok": False, "detail": str(exc)}
+        plugins = self._plugins()
+        results = await asyncio.gather(*(p.check() for p in plugins.values()), return_exceptions=True)
+        for name, result in zip(plugins, results):
+            if isinstance(result, BaseException):
+                result = Health(False, f"check failed: {result}")
+            self.status[name].health = result
+            checks[name] = {"ok": result.ok, "detail": result.detail}
+        return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _plugins(self) -> dict[str, Adapter | Signer]:
+        out: dict[str, Adapter | Signer] = dict(self.adapters)
+        if self.destination is not None:
+            out[self.config.destination.name] = self.destination
+        out.update(self.signers)
+        return out
+
+    async def _close_plugins(self) -> None:
+        for plugin in self._plugins().values():
+            try:
+                await plugin.close()
+            except Exception as exc:
+                self.log.warning("plugin.close_failed", error=str(exc))
+
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
+
+    def _stage_for(self, state: str) -> str | None:
+        if state == st.RECEIVED:
+            return "normalize"
+        if state == st.NORMALIZED:
+            return "render"
+        if state == st.RENDERED:
+            return "sign"
+        if state.startswith(st.SIGNED_PREFIX):
+            return "deliver" if state == st.SIGNED_PREFIX + self.roles[-1] else "sign"
+        return None
+
+    def _enqueue(self, pk: int, state: str) -> None:
+        stage = self._stage_for(state)
+        if stage is None:
+            return
+        self._inflight += 1
+        self._idle.clear()
+        self._queues[stage].put_nowait(pk)
+
+    async def _worker(self, queue: asyncio.Queue[int], handler: Callable[[int], Awaitable[None]]) -> None:
+        while not self._stopping.is_set():
+            pk = await queue.get()
+            self._busy += 1
+            try:
+                await handler(pk)
+            except st.StateConflict:
+                pass  # another path already moved it; nothing to do
+            except Exception as exc:  # a bug in a stage must not kill the worker or lose the record
+                self.log.exception("stage.crashed", pk=pk, error=str(exc))
+                await self._fail(pk, f"internal error: {type(exc).__name__}: {exc}")
+            finally:
+                self._busy -= 1
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._idle.set()
+
+    async def _move(self, row: st.Row, state: str, *, detail: str | None = None, **fields: Any) -> None:
+        await self._db(self.store.advance, row.id, row.state, state, detail=detail, **fields)
+        school = fields.get("school_code") or row.school_code
+        event = {"record_id": row.record_id, "version": row.version, "adapter": row.adapter,
+                 "school_code": school, "state": state}
+        if state in (st.QUARANTINED, st.FAILED):
+            self.log.warning("record.state", **event, errors=fields.get("errors"))
+        else:
+            self.log.info("record.state", **event)
+        self._hook.hocba_hub_record_event(event={**event, "errors": fields.get("errors")})
+        self._enqueue(row.id, state)
+
+    async def _fail(self, pk: int, reason: str) -> None:
+        try:
+            row = await self._db(self.store.get, pk)
+            if row.state not in st.FINAL_STATES:
+                await self._move(row, st.FAILED, detail=reason, errors=[reason])
+        except Exception as exc:
+            self.log.error("record.fail_not_recorded", pk=pk, error=str(exc))
+
+    # --- stages -----------------------------------------------------------------------------
+
+    async def _pull(self, name: str, adapter: Adapter) -> None:
+        section = next(a for a in self.config.adapters if a.name == name)
+        log = self.log.bind(adapter=name)
+        while not self._stopping.is_set():
+            try:
+                cursor = await self._db(self.store.cursor, name)
+                received = 0
+                async for page in adapter.fetch(cursor):
+                    # Records and the cursor that covers them commit together: a crash re-reads.
+                    ids = await self._db(self.store.receive, name, page.records, page.cursor, save_cursor=True)
+                    received += len(ids)
+                    for pk in ids:
+                        self._enqueue(pk, st.RECEIVED)
+                self.status[name].last_sync = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                if not self.status[name].health.ok:
+                    log.info("adapter.recovered")
+                self.status[name].health = Health(True, "last pull succeeded")
+                log.info("adapter.pulled", new_versions=received)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.status[name].health.ok:  # log the start of an outage once, not every poll
+                    log.error("adapter.pull_failed", error=str(exc))
+                self.status[name].health = Health(False, f"pull failed: {exc}")
+            self._pulled[name].set()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), section.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _normalize(self, pk: int) -> None:
+        row = await self._db(self.store.get, pk)
+        adapter = self.adapters.get(row.adapter)
+        if adapter is None:
+            raise PluginError(f"adapter {row.adapter!r} is not configured (any more)")
+        try:
+            data = adapter.normalize(row.raw())
+            for result in self._hook.hocba_hub_transform_record(record=data, adapter=row.adapter):
+                data = result if result is not None else data
+            updated = row.received_at[:19]
+            record = parse_transcript({
+                **data, "record_id": row.record_id, "event": row.event,
+                "version": row.version, "updated_at": updated,
+            })
+        except ValidationError as exc:
+            await self._move(row, st.QUARANTINED, detail="invalid record", errors=field_errors(exc))
+            return
+        except (ValueError, KeyError, TypeError) as exc:
+            await self._move(row, st.QUARANTINED, detail="cannot map record", errors=[str(exc)])
+            return
+        await self._move(row, st.NORMALIZED, normalized=record.model_dump(mode="json"),
+                         school_code=record.school_code, school_year=record.school_year)
+
+    async def _render(self, pk: int) -> None:
+        row = await self._db(self.store.get, pk)
+        loop = asyncio.get_running_loop()
+        pdf = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles)
+        await self._move(row, st.RENDERED, pdf=pdf)
+
+    async def _sign(self, pk: int) -> None:
+        from hub.signing import identity_for
+
+        row = await self._db(self.store.get, pk)
+        done = 0 if row.state == st.RENDERED else self.roles.index(row.state.removeprefix(st.SIGNED_PREFIX)) + 1
+        role, signer_name = self.steps[done]
+        record = parse_transcript(row.normalized)
+        identity = identity_for(record, role)
+        request = SignRequest(pdf=row.pdf, field_name=role, identity=identity,
+                              reason=f"Ký học bạ ({role})", location=record.signatories.issue_place)
+        try:
+            [signed] = await self.signers[signer_name].sign([request])
+        except (PluginError, ValueError) as exc:
+            await self._move(row, st.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
+            return
+        await self._move(row, st.SIGNED_PREFIX + role, pdf=signed)
+
+    async def _deliver(self, pk: int) -> None:
+        row = await self._db(self.store.get, pk)
+        record = parse_transcript(row.normalized)
+        delivery = Delivery(row.record_id, row.version, row.event,
+                            record.model_dump(mode="json", by_alias=True), row.pdf)
+        policy = self.config.delivery
+
+        backoff = wait_exponential_jitter(initial=policy.backoff_initial, max=policy.backoff_max)
+
+        def transient(exc: BaseException) -> bool:
+            return isinstance(exc, DeliveryError) and not exc.permanent
+
+        def wait(state: Any) -> float:
+            # A destination that says when to come back (429 Retry-After) is believed.
+            retry_after = getattr(state.outcome.exception(), "retry_after", None) or 0
+            return max(backoff(state), retry_after)
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(transient),
+                stop=stop_after_attempt(policy.max_attempts),
+                wait=wait,
+                reraise=True,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        await self._db(self.store.note_attempt, pk, str(attempt.retry_state.outcome.exception()))
+                    receipt = await self.destination.deliver(delivery)
+        except DeliveryError as exc:
+            kind = "rejected" if exc.permanent else "gave up after retries"
+            await self._move(row, st.FAILED, detail=f"delivery {kind}", errors=[str(exc)])
+            return
+        await self._move(row, st.DELIVERED, receipt={
+            "receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
+            "duplicate": receipt.duplicate, **receipt.detail,
+        })
