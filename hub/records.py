@@ -132,9 +132,9 @@ PersonalId = Annotated[str, BeforeValidator(_clean_text), Field(pattern=r"^\d{12
 OptBool = Annotated[bool | None, BeforeValidator(_parse_bool)]
 Bool = Annotated[bool, BeforeValidator(_parse_bool)]
 Average = Annotated[
-    float | None, BeforeValidator(_parse_decimal), Field(ge=0, le=10), AfterValidator(_one_decimal)
+    Annotated[float, Field(ge=0, le=10)] | None, BeforeValidator(_parse_decimal), AfterValidator(_one_decimal)
 ]
-TestScore = Annotated[int | None, BeforeValidator(_parse_decimal), Field(ge=1, le=10)]
+TestScore = Annotated[Annotated[int, Field(ge=1, le=10)] | None, BeforeValidator(_parse_decimal)]
 
 
 # --- enumerations -----------------------------------------------------------------------------
