@@ -86,7 +86,7 @@ class MoetAdapter(Adapter):
         what = f"{delivery.record_id} v{delivery.version}"
         _check_envelope(delivery)
         form = aiohttp.FormData()
-        form.add_field("record", to_json(delivery.record), content_type="application/json")
+        form.add_field("record", to_json(delivery.record).decode(), content_type="application/json")
         form.add_field(
             "document", delivery.pdf, content_type="application/pdf",
             filename=f"{delivery.record_id}-v{delivery.version}.pdf",

@@ -32,13 +32,14 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 class MoetFaults:
     """Fault switches; flip them between (or during) requests.
 
-    ``outage`` and ``slow_seconds`` affect every route, so ``check()`` sees them too. The
-    ``*_next_n`` counters are consumed by submissions (``POST /api/v1/hocba``) only, so a test
-    can say "the next two deliveries fail" without health checks eating the faults.
+    ``outage`` affects every route and ``slow_seconds`` every answer a route produced, so
+    ``check()`` sees them too. The ``*_next_n`` counters are consumed by submissions
+    (``POST /api/v1/hocba``) only, so a test can say "the next two deliveries fail" without
+    health checks eating the faults.
     """
     outage: bool = False              # every request → 503 until switched off
     fail_next_n: int = 0              # the next n submissions → 503
-    slow_seconds: float = 0.0         # delay every answer (after the request was processed)
+    slow_seconds: float = 0.0         # delay answers, after the request was processed
     drop_next_n_connections: int = 0  # the next n submissions: close the socket, no answer
     rate_limit_next_n: int = 0        # the next n submissions → 429 with Retry-After
     retry_after_seconds: int = 1      # the Retry-After sent with 429 and outage 503s
@@ -317,7 +318,7 @@ class MoetSimulator(Simulator):
         if not isinstance(record, dict):
             raise _Reject(422, "record invalid", ["(record): must be a JSON object"])
         try:
-            model = parse_transcript(_without_nulls(record))
+            model = parse_transcript(record)
         except ValidationError as exc:
             raise _Reject(422, "record invalid", field_errors(exc)) from None
         except (TypeError, ValueError) as exc:
@@ -329,17 +330,6 @@ class MoetSimulator(Simulator):
         if b"/ByteRange" not in document or b"/Sig" not in document:
             raise _Reject(422, "document invalid", ["document: carries no signature (/ByteRange, /Sig)"])
         return model, record
-
-
-def _without_nulls(value: Any) -> Any:
-    # The contract treats ``null`` as "absent": a record dumped by pydantic spells every unset
-    # optional field as null, and hub.records' constrained optional scores (TestScore, Average)
-    # raise on an explicit None while they accept the field left out.
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
 
 
 def _content_hash(model: Any, document: bytes) -> str:
