@@ -128,7 +128,8 @@ Text = Annotated[str, BeforeValidator(_clean_text)]
 OptText = Annotated[str | None, BeforeValidator(_clean_text)]
 Date = Annotated[dt.date, BeforeValidator(_parse_date)]
 OptDate = Annotated[dt.date | None, BeforeValidator(_parse_date)]
-PersonalId = Annotated[str, BeforeValidator(_clean_text), Field(pattern=r"^\d{12}$")]
+# Cleaning runs outside the union, so "" becomes None (unknown) rather than a bad string.
+OptPersonalId = Annotated[Annotated[str, Field(pattern=r"^\d{12}$")] | None, BeforeValidator(_clean_text)]
 OptBool = Annotated[bool | None, BeforeValidator(_parse_bool)]
 Bool = Annotated[bool, BeforeValidator(_parse_bool)]
 Average = Annotated[
@@ -208,7 +209,7 @@ class _Model(BaseModel):
 class Student(_Model):
     """The student, as the national catalogue names each field."""
     student_code: Text = Field(alias="mahocsinh", min_length=1, max_length=50)
-    personal_id: PersonalId | None = Field(default=None, alias="sodinhdanhcanhan")
+    personal_id: OptPersonalId = Field(default=None, alias="sodinhdanhcanhan")
     full_name: Text = Field(alias="hovaten", min_length=1, max_length=100)
     birth_date: Date = Field(alias="ngaysinh")
     gender: Annotated[Gender, BeforeValidator(_parse_gender)] = Field(alias="gioitinh")
@@ -230,9 +231,9 @@ class Student(_Model):
 class Signatories(_Model):
     """Who signs the transcript, and where and when it is issued."""
     homeroom_teacher_name: Text = Field(alias="hotengvcn", min_length=1)
-    homeroom_teacher_personal_id: PersonalId | None = Field(default=None, alias="sodinhdanhgvcn")
+    homeroom_teacher_personal_id: OptPersonalId = Field(default=None, alias="sodinhdanhgvcn")
     principal_name: Text = Field(alias="hotenhieutruong", min_length=1)
-    principal_personal_id: PersonalId | None = Field(default=None, alias="sodinhdanhhieutruong")
+    principal_personal_id: OptPersonalId = Field(default=None, alias="sodinhdanhhieutruong")
     principal_title: Text = Field(default="Hiệu trưởng", alias="chucvugiamhieu")
     issue_date: Date = Field(alias="ngayky")
     issue_place: Text = Field(alias="diadanhphathanh", min_length=1)

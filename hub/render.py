@@ -29,7 +29,7 @@ from fontTools import subset as ftsubset
 from fontTools import ttLib
 from fontTools.varLib import instancer
 from fpdf import FPDF
-from fpdf.fonts import FontFace, SubsetMap, TTFFont
+from fpdf.fonts import SubsetMap, TTFFont
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.sign.fields import SigFieldSpec, append_signature_field
 
@@ -113,7 +113,10 @@ _fonts_lock = threading.Lock()
 def _reduce_font() -> dict[str, bytes]:
     font = ttLib.TTFont(FONT_FILE, recalcTimestamp=False)
     unicodes = [cp for cp in font.getBestCmap() if any(a <= cp <= b for a, b in _COVERAGE)]
-    options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True, name_IDs=["*"])
+    # Glyph names kept (post format 2): without them fontTools rebuilds every name from the
+    # cmap each time a document's copy is loaded.
+    options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True, name_IDs=["*"],
+                               glyph_names=True)
     # Layout tables only serve shaping, which neither fpdf2 (shaping off) nor NFC text needs.
     options.drop_tables += ["GSUB", "GPOS", "GDEF"]
     subsetter = ftsubset.Subsetter(options)
@@ -122,6 +125,10 @@ def _reduce_font() -> dict[str, bytes]:
     out = {}
     for style, weight in (("", 400), ("B", 700)):
         static = instancer.instantiateVariableFont(font, {"wght": weight, "wdth": 100}, static=True)
+        # One Windows Unicode BMP cmap is all a PDF font program needs; each extra subtable is
+        # decoded again for every document.
+        cmap = static["cmap"]
+        cmap.tables = [t for t in cmap.tables if (t.platformID, t.platEncID) == (3, 1)]
         buffer = io.BytesIO()
         static.save(buffer)
         out[style] = buffer.getvalue()
@@ -162,9 +169,339 @@ def _add_fonts(pdf: FPDF) -> None:
     for style, template in fonts.parsed.items():
         font = copy.copy(template)
         font.i = len(pdf.fonts) + 1
-        font.ttfont = ttLib.TTFont(io.BytesIO(fonts.data[style]), recalcTimestamp=False, lazy=True)
+        # The outlines are final: recomputing their bounding boxes would decompile and recompile
+        # every used glyph on output (most of fpdf2's subsetting time).
+        font.ttfont = ttLib.TTFont(io.BytesIO(fonts.data[style]), lazy=True,
+                                   recalcTimestamp=False, recalcBBoxes=False)
         font.cw = template.cw.copy()  # a defaultdict: reading an unknown char writes to it
         font.missing_glyphs = []
         font.biggest_size_pt = 0
         font.subset = SubsetMap(font)
         pdf.fonts[_FAMILY + style] = font
+
+
+# --- layout -------------------------------------------------------------------------------------
+
+_MARGIN = 15.0
+_SIG_BOX_H = 22.0          # mm: the visible signature field
+_SIG_SECTION_H = 50.0      # mm: issue line + headings + field + name, kept on one page
+_VN_TZ = dt.timezone(dt.timedelta(hours=7), "ICT")
+
+
+@dataclass(frozen=True)
+class SignatureBox:
+    """Where a role's signature field sits: 0-based page and ``(x1, y1, x2, y2)`` in PDF points."""
+    page: int
+    box: tuple[int, int, int, int]
+
+
+def _date(value: dt.date | None) -> str:
+    return value.strftime("%d/%m/%Y") if value else ""
+
+
+def _score(value: float | int | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.1f}".replace(".", ",")  # Vietnamese decimal comma
+
+
+def _yes_no(value: bool | None) -> str:
+    return {True: "Có", False: "Không", None: ""}[value]
+
+
+class _Page:
+    """A few drawing helpers over one FPDF document, all in millimetres."""
+
+    def __init__(self, pdf: FPDF):
+        self.pdf = pdf
+        self.width = pdf.epw
+
+    def text(self, text: str, *, size: float = 10, bold: bool = False, align: str = "L",
+             w: float | None = None, x: float | None = None, h: float | None = None) -> None:
+        pdf = self.pdf
+        pdf.set_font(_FAMILY, "B" if bold else "", size)
+        if x is not None:
+            pdf.set_x(x)
+        w = w if w is not None else self.width
+        # multi_cell runs the full line breaker; most lines fit, and cell() is much cheaper.
+        draw = pdf.cell if pdf.get_string_width(text) <= w - 2 * pdf.c_margin else pdf.multi_cell
+        draw(w, h or size * 0.5, text, align=align, new_x="LMARGIN", new_y="NEXT")
+
+    def fields(self, pairs: Sequence[tuple[str, str]], *, size: float = 10) -> None:
+        """One line of ``label: value`` pairs spread over equal columns, values in bold."""
+        pdf = self.pdf
+        col = self.width / len(pairs)
+        y = pdf.get_y()
+        for i, (label, value) in enumerate(pairs):
+            pdf.set_xy(pdf.l_margin + i * col, y)
+            pdf.set_font(_FAMILY, "", size)
+            label_w = pdf.get_string_width(label + ": ") + 0.5
+            pdf.cell(label_w, size * 0.55, label + ": ")
+            pdf.set_font(_FAMILY, "B", size)
+            pdf.cell(col - label_w, size * 0.55, value)
+        pdf.set_xy(pdf.l_margin, y + size * 0.55)
+
+    def heading(self, text: str) -> None:
+        self.pdf.ln(2)
+        self.text(text, size=10.5, bold=True)
+        self.pdf.ln(0.5)
+
+    def table(self, widths: Sequence[float], head: Sequence[str], rows: Sequence[Sequence[str]],
+              *, align: Sequence[str] | None = None, size: float = 8.5) -> None:
+        """A bordered table; the heading row repeats after a page break."""
+        # fpdf2's table() lays every cell out twice with its full line breaker (≈30 ms for a
+        # transcript); cells here are short, so measuring first and wrapping only what
+        # overflows costs a tenth of that.
+        pdf = self.pdf
+        pdf.set_line_width(0.2)
+        self._row(widths, head, ["C"] * len(head), size, bold=True)
+        for values in rows:
+            self._row(widths, values, align or ["C"] * len(values), size, repeat=(widths, head))
+
+    def _row(self, widths: Sequence[float], values: Sequence[str], align: Sequence[str],
+             size: float, *, bold: bool = False,
+             repeat: tuple[Sequence[float], Sequence[str]] | None = None) -> None:
+        pdf = self.pdf
+        pad, line_h = 1.0, size * 0.42
+        pdf.set_font(_FAMILY, "B" if bold else "", size)
+        cells = []
+        for w, text in zip(widths, values):
+            if pdf.get_string_width(text) <= w - 2 * pad:
+                cells.append([text])
+            else:
+                cells.append(pdf.multi_cell(w - 2 * pad, line_h, text, dry_run=True, output="LINES"))
+        height = max(len(lines) for lines in cells) * line_h + 2 * pad
+        if pdf.will_page_break(height):
+            pdf.add_page()
+            if repeat:
+                self._row(repeat[0], repeat[1], ["C"] * len(repeat[1]), size, bold=True)
+                pdf.set_font(_FAMILY, "B" if bold else "", size)
+        x, y = pdf.l_margin, pdf.get_y()
+        if bold:
+            pdf.set_fill_color(235, 235, 235)
+        for w, lines, how in zip(widths, cells, align):
+            pdf.rect(x, y, w, height, style="DF" if bold else "D")
+            top = y + (height - len(lines) * line_h) / 2
+            for i, line in enumerate(lines):
+                pdf.set_xy(x + pad, top + i * line_h)
+                pdf.cell(w - 2 * pad, line_h, line, align=how[0])
+            x += w
+        pdf.set_xy(pdf.l_margin, y + height)
+
+
+def _header(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None:
+    pdf = page.pdf
+    top = pdf.get_y()
+    left_w = 78.0
+    page.text(record.school_name.upper(), size=10, bold=True, align="C", w=left_w)
+    page.text(f"Mã trường: {record.school_code}", size=9, align="C", w=left_w)
+    left_bottom = pdf.get_y()
+    right_x, right_w = pdf.l_margin + left_w + 2, page.width - left_w - 2
+    pdf.set_y(top)
+    page.text("CỘNG HÒA XÃ HỘI CHỦ NGHĨA VIỆT NAM", size=10, bold=True, align="C", w=right_w, x=right_x)
+    page.text("Độc lập - Tự do - Hạnh phúc", size=10.5, bold=True, align="C", w=right_w, x=right_x)
+    motto_w = pdf.get_string_width("Độc lập - Tự do - Hạnh phúc")
+    mid = right_x + right_w / 2
+    pdf.set_line_width(0.3)
+    pdf.line(mid - motto_w / 2, pdf.get_y(), mid + motto_w / 2, pdf.get_y())
+    pdf.set_y(max(left_bottom, pdf.get_y()) + 4)
+    page.text("HỌC BẠ", size=22, bold=True, align="C", h=10)
+    page.text(LEVEL_NAMES[record.level], size=13, bold=True, align="C", h=7)
+    page.text(f"Năm học {record.school_year}", size=11, align="C", h=6)
+    pdf.ln(3)
+
+
+def _student(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None:
+    s = record.student
+    page.fields([("Họ và tên học sinh", s.full_name), ("Giới tính", GENDERS[s.gender])])
+    page.fields([("Ngày sinh", _date(s.birth_date)), ("Dân tộc", s.ethnicity or ""),
+                 ("Quốc tịch", s.nationality or "")])
+    page.fields([("Mã học sinh", s.student_code), ("Số định danh cá nhân", s.personal_id or "")])
+    page.fields([("Trường", record.school_name)])
+    page.fields([("Lớp", record.class_name), ("Năm học", record.school_year),
+                 ("Mã học bạ", record.transcript_id)])
+
+
+def _primary(page: _Page, record: PrimaryTranscript) -> None:
+    page.heading("1. Các môn học và hoạt động giáo dục")
+    rows = [
+        (s.subject_name, PRIMARY_LEVELS.get(s.term1_level or "", ""), _score(s.term1_score),
+         PRIMARY_LEVELS[s.year_level], _score(s.year_score), s.comment or "")
+        for s in record.subjects
+    ]
+    page.table((40, 25, 17, 25, 17, 56),
+               ("Môn học và hoạt động giáo dục", "Mức đạt cuối HK I", "Điểm KTĐK cuối HK I",
+                "Mức đạt cuối năm", "Điểm KTĐK cuối năm", "Nhận xét"),
+               rows, align="LCCCCL")
+
+    page.heading("2. Những phẩm chất chủ yếu và năng lực cốt lõi")
+    qualities = [(QUALITY_NAMES.get(k, k), QUALITY_LEVELS[record.qualities[k]]) for k in QUALITIES
+                 if k in record.qualities]
+    keys = [k for k in GENERAL_COMPETENCIES if k in record.competencies]
+    keys += sorted(k for k in record.competencies if k not in GENERAL_COMPETENCIES)
+    competencies = [(COMPETENCY_NAMES.get(k, k), QUALITY_LEVELS[record.competencies[k]]) for k in keys]
+    height = max(len(qualities), len(competencies))
+    qualities += [("", "")] * (height - len(qualities))
+    competencies += [("", "")] * (height - len(competencies))
+    page.table((50, 30, 70, 30), ("Phẩm chất chủ yếu", "Mức đạt", "Năng lực cốt lõi", "Mức đạt"),
+               [q + c for q, c in zip(qualities, competencies)],
+               align="LCLC")
+
+    page.heading("3. Đánh giá kết quả giáo dục")
+    page.fields([("Hoàn thành chương trình lớp học", _yes_no(record.completed_grade_program))])
+    if record.completed_primary_program is not None:
+        page.fields([("Hoàn thành chương trình tiểu học", _yes_no(record.completed_primary_program))])
+    page.fields([("Lên lớp", "Được lên lớp" if record.promoted else "Chưa được lên lớp")])
+    page.fields([("Khen thưởng", "; ".join(record.awards) or "Không")])
+
+
+def _secondary(page: _Page, record: SecondaryTranscript) -> None:
+    page.heading("1. Kết quả học tập các môn học")
+    rows = []
+    for s in record.subjects:
+        if s.is_comment_only:
+            values = [c.value if c else "" for c in (s.term1_comment, s.term2_comment, s.year_comment)]
+        else:
+            values = [_score(v) for v in (s.term1_average, s.term2_average, s.year_average)]
+        rows.append((s.subject_name, *values))
+    page.table((84, 32, 32, 32), ("Môn học và hoạt động giáo dục", "Học kỳ I", "Học kỳ II", "Cả năm"),
+               rows, align="LCCC")
+    page.text("Môn học đánh giá bằng nhận xét: Đ - Đạt, CĐ - Chưa đạt.", size=8.5)
+
+    page.heading("2. Kết quả học tập và rèn luyện")
+    levels = [
+        (label, *(SECONDARY_LEVELS.get(getattr(terms, p).value, "") if getattr(terms, p) else ""
+                  for p in ("term1", "term2", "year")))
+        for label, terms in (("Kết quả học tập", record.learning), ("Kết quả rèn luyện", record.conduct))
+    ]
+    page.table((84, 32, 32, 32), ("", "Học kỳ I", "Học kỳ II", "Cả năm"), levels,
+               align="LCCC")
+
+    page.heading("3. Đánh giá kết quả giáo dục")
+    page.fields([("Tổng số ngày nghỉ", str(record.days_absent)),
+                 ("Lên lớp", "Được lên lớp" if record.promoted else "Không được lên lớp")])
+    certificates = [
+        c.name + "".join(f" ({', '.join(p for p in (c.issuer, _date(c.issued_on)) if p)})"
+                         for _ in [0] if c.issuer or c.issued_on)
+        for c in record.certificates
+    ]
+    page.fields([("Chứng chỉ", "; ".join(certificates) or "Không")])
+
+
+def _signatures(page: _Page, record: PrimaryTranscript | SecondaryTranscript,
+                roles: Sequence[str]) -> dict[str, SignatureBox]:
+    pdf = page.pdf
+    if pdf.will_page_break(_SIG_SECTION_H):
+        pdf.add_page()
+    pdf.ln(4)
+    issued = record.signatories.issue_date
+    half = page.width / 2
+    page.text(f"{record.signatories.issue_place}, ngày {issued.day:02d} tháng {issued.month:02d} "
+              f"năm {issued.year}", size=10, align="C", w=half, x=pdf.l_margin + half)
+    pdf.ln(2)
+    top = pdf.get_y()
+    col = page.width / max(len(roles), 1)
+    names = {
+        "homeroom_teacher": record.signatories.homeroom_teacher_name,
+        "principal": record.signatories.principal_name,
+        "school_seal": record.school_name,
+    }
+    titles = {**ROLE_TITLES, "principal": record.signatories.principal_title.upper()}
+    hints = {"school_seal": "(Ký số, đóng dấu)"}
+    boxes = {}
+    to_pt = 72 / 25.4
+    for i, role in enumerate(roles):
+        x = pdf.l_margin + i * col
+        pdf.set_y(top)
+        page.text(titles.get(role, role), size=10, bold=True, align="C", w=col, x=x)
+        page.text(hints.get(role, "(Ký số, ghi rõ họ tên)"), size=8.5, align="C", w=col, x=x)
+        box_w = min(col - 4, 58.0)
+        bx, by = x + (col - box_w) / 2, pdf.get_y() + 1.5
+        pdf.set_draw_color(190, 190, 190)
+        pdf.set_line_width(0.2)
+        pdf.rect(bx, by, box_w, _SIG_BOX_H)
+        pdf.set_draw_color(0, 0, 0)
+        pdf.set_y(by + _SIG_BOX_H + 1.5)
+        page.text(names.get(role, ""), size=10, bold=True, align="C", w=col, x=x)
+        boxes[role] = SignatureBox(
+            page=pdf.page - 1,
+            box=(round(bx * to_pt), round((pdf.h - by - _SIG_BOX_H) * to_pt),
+                 round((bx + box_w) * to_pt), round((pdf.h - by) * to_pt)),
+        )
+    return boxes
+
+
+def _layout(record: PrimaryTranscript | SecondaryTranscript,
+            roles: Sequence[str]) -> tuple[bytes, dict[str, SignatureBox]]:
+    pdf = FPDF(format="A4", unit="mm")
+    pdf.set_margins(_MARGIN, 12, _MARGIN)
+    pdf.set_auto_page_break(True, margin=12)
+    _add_fonts(pdf)
+    name = record.student.full_name
+    updated = record.updated_at if record.updated_at.tzinfo else record.updated_at.replace(tzinfo=_VN_TZ)
+    pdf.set_lang("vi")
+    pdf.set_title(f"Học bạ - {name} - {record.class_name} - {record.school_year}")
+    pdf.set_author(record.school_name)
+    pdf.set_subject(f"Học bạ số {record.transcript_id}")
+    pdf.set_creator("hocba-hub")
+    pdf.set_creation_date(updated)
+    pdf.add_page()
+    page = _Page(pdf)
+    _header(page, record)
+    _student(page, record)
+    if isinstance(record, PrimaryTranscript):
+        _primary(page, record)
+    else:
+        _secondary(page, record)
+    boxes = _signatures(page, record, roles)
+    pdf.embed_file(
+        bytes=record.model_dump_json(by_alias=True).encode(),
+        basename=ATTACHMENT_NAME,
+        mime_type="application/json",
+        associated_file_relationship="Data",
+        modification_date=updated,
+        desc="Dữ liệu học bạ theo định dạng trung tâm",
+        compress=True,
+    )
+    return bytes(pdf.output()), boxes
+
+
+def render_pdf(record: PrimaryTranscript | SecondaryTranscript,
+               roles: Sequence[str] = SIGNING_ROLES) -> bytes:
+    """Render ``record`` as a PDF with ``hocba.json`` attached and an empty field per role.
+
+    Field names are the role strings (``homeroom_teacher``, ``principal``, ``school_seal``);
+    signing fills them in ``roles`` order. Thread-safe; CPU-bound (≈15 ms), so the hub runs it
+    in its worker pool.
+    """
+    unknown = [r for r in roles if r not in SIGNING_ROLES]
+    if unknown:
+        raise ValueError(f"unknown signing role(s) {', '.join(unknown)}; expected {SIGNING_ROLES}")
+    body, boxes = _layout(record, roles)
+    writer = IncrementalPdfFileWriter(io.BytesIO(body))
+    for role in roles:
+        spec = SigFieldSpec(sig_field_name=role, on_page=boxes[role].page, box=boxes[role].box)
+        append_signature_field(writer, spec)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def signature_boxes(pdf: bytes) -> dict[str, SignatureBox]:
+    """The signature fields of a rendered transcript: field name → page and rectangle."""
+    from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign.fields import enumerate_sig_fields
+
+    reader = PdfFileReader(io.BytesIO(pdf))
+    pages = {}
+    for index in range(reader.root["/Pages"]["/Count"]):
+        pages[reader.find_page_for_modification(index)[0].idnum] = index
+    out = {}
+    for name, _value, ref in enumerate_sig_fields(reader):
+        field = ref.get_object()
+        page_ref = field.get_value_as_reference("/P")
+        rect = [round(float(v)) for v in field["/Rect"]]
+        out[name] = SignatureBox(page=pages.get(page_ref.idnum, 0), box=tuple(rect))
+    return out

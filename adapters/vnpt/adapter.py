@@ -14,13 +14,12 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 from pydantic import Field, HttpUrl, SecretStr, field_validator
-from yarl import URL
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from yarl import URL
 
 from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
 
@@ -139,7 +138,7 @@ class VnptAdapter(Adapter):
         secret = self.settings.client_secret.get_secret_value()
         return text.replace(secret, "***") if secret else text
 
-    async def _send_once(self, method: str, url: str, **kwargs: Any) -> tuple[int, str, bytes]:
+    async def _send_once(self, method: str, url: str | URL, **kwargs: Any) -> tuple[int, str, bytes]:
         if self._session is None:
             raise VnptError("the vnpt adapter is not open: await open() before fetch()")
         try:
@@ -169,7 +168,7 @@ class VnptAdapter(Adapter):
         return wait_random_exponential(multiplier=self.settings.backoff_seconds,
                                        max=self.settings.max_backoff_seconds)(retry_state)
 
-    async def _send(self, method: str, url: str, *, attempts: int | None = None,
+    async def _send(self, method: str, url: str | URL, *, attempts: int | None = None,
                     **kwargs: Any) -> tuple[int, str, bytes]:
         """One request, retried on transient faults; ``VnptError`` once the attempts are spent."""
         attempts = attempts or self.settings.max_attempts
@@ -179,7 +178,7 @@ class VnptAdapter(Adapter):
                 wait=self._wait,
                 retry=retry_if_exception_type(_Transient),
                 reraise=True,
-                before_sleep=lambda rs: log.debug("vnpt.retry", url=url, attempt=rs.attempt_number,
+                before_sleep=lambda rs: log.debug("vnpt.retry", url=str(url), attempt=rs.attempt_number,
                                                   error=str(rs.outcome.exception())),
             ):
                 with attempt:
@@ -232,18 +231,17 @@ class VnptAdapter(Adapter):
 
     async def _get(self, path: str, params: dict[str, Any], *, attempts: int | None = None) -> Any:
         """GET a JSON document with a valid token, re-authenticating once if the token was refused."""
-        url = self._base + path
-        shown = str(URL(url).with_query(params))
+        url = URL(self._base + path).with_query(params)
+        shown = str(url)
         for renewed in (False, True):
             if renewed or self._token is None or time.monotonic() >= self._token_expires:
                 await self._fetch_token(attempts)
             status, content_type, body = await self._send(
-                "GET", url, params=params, attempts=attempts,
-                headers={"Authorization": f"Bearer {self._token}"})
+                "GET", url, attempts=attempts, headers={"Authorization": f"Bearer {self._token}"})
             if status == 401:
-                self._token = None
                 if not renewed:
                     continue
+                self._token = None
                 raise VnptError(f"GET {shown}: a freshly issued token was refused (401)")
             if status != 200:
                 snippet = body[:200].decode("utf-8", "replace")
@@ -298,45 +296,38 @@ class VnptAdapter(Adapter):
                 since = _parse_timestamp(cursor)
             except ValueError as exc:
                 raise VnptError(f"cursor {cursor!r} is not a vnpt cursor: {exc}") from None
-        page_no, seen_at_since = 1, set[str]()
+        page_no = 1
+        seen_at_since: set[str] = set()   # ids yielded in this pull whose NgayCapNhat == since
         while True:
             params: dict[str, Any] = {"trang": page_no, "sobanghi": self.settings.page_size}
             if since is not None:
                 params = {"capnhattu": since.strftime(_TIMESTAMP_FORMAT), **params}
             shown = str(URL(self._base + RECORDS_PATH).with_query(params))
             total, size, rows = self._page(await self._get(RECORDS_PATH, params), shown)
-            records: list[RawRecord] = []
-            stamps: list[dt.datetime] = []
-            for i, row in enumerate(rows):
-                raw, updated = self._raw(row, f"GET {shown}: DuLieu[{i}]")
-                stamps.append(updated)
-                if since is not None and updated == since and raw.source_id in seen_at_since:
-                    continue
-                records.append(raw)
-            last_page = not rows or page_no * size >= total
-            if rows:
-                newest = max(stamps)
+            read = [self._raw(row, f"GET {shown}: DuLieu[{i}]") for i, row in enumerate(rows)]
+            records = [raw for raw, updated in read
+                       if not (updated == since and raw.source_id in seen_at_since)]
+            last_page = not read or page_no * size >= total
+            if read:
+                newest = max(updated for _, updated in read)
                 if since is None or newest > since:
                     since, page_no = newest, 1
-                    seen_at_since = {self._source_of(row) for row, s in zip(rows, stamps) if s == newest}
+                    seen_at_since = {raw.source_id for raw, updated in read if updated == newest}
                 else:
+                    # The whole page shares one instant: only here do page numbers advance.
                     page_no += 1
-                    seen_at_since |= {self._source_of(row) for row in rows}
-            cursor_out = since.strftime(_TIMESTAMP_FORMAT) if since is not None else None
-            yield Page(records, cursor_out)
+                    seen_at_since |= {raw.source_id for raw, _ in read}
+            yield Page(records, since.strftime(_TIMESTAMP_FORMAT) if since is not None else None)
             if last_page:
                 return
-
-    @staticmethod
-    def _source_of(row: dict[str, Any]) -> str:
-        return str(row["IdHocBa"]).strip()
 
     async def check(self) -> Health:
         """Get a token and read one record: proves reachability, credentials and permission."""
         opened_here = self._session is None
         await self.open()
         try:
-            self._token = None
+            # Always a fresh token: a rotated secret must show here, not when the cached token expires.
+            await self._fetch_token(attempts=1)
             data = await self._get(RECORDS_PATH, {"trang": 1, "sobanghi": 1}, attempts=1)
             total = data.get("TongSo") if isinstance(data, dict) else None
             return Health(True, f"token accepted; {total} transcript(s) available")
@@ -354,3 +345,177 @@ class VnptAdapter(Adapter):
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"payload is not JSON: {exc}") from None
         return to_central(record)
+
+
+# --- the vendor record → central-format fields ---------------------------------------------------
+#
+# Each table maps a vendor key to (central field, required). A required key that is absent is
+# the vendor breaking the contract and is reported with the vendor's name for it; a key that
+# is present but blank or malformed is passed on, so hub.records names the central field.
+
+ENVELOPE_KEYS = frozenset({"IdHocBa", "NgayCapNhat", "DaXoa"})   # read by fetch, not content
+IGNORED_KEYS = frozenset({"NguoiCapNhat"})                      # audit trail, not on a transcript
+
+TRANSCRIPT = {
+    "MaDinhDanhHocBa": ("transcript_id", True), "TrangThaiHocBa": ("status", False),
+    "MaSoGD": ("department_code", True), "MaTruong": ("school_code", True),
+    "TenTruong": ("school_name", True), "CapHoc": ("level", True), "Khoi": ("grade", True),
+    "TenLop": ("class_name", True), "NamHoc": ("school_year", True),
+}
+STUDENT = {
+    "MaHocSinh": ("student_code", True), "SoDinhDanh": ("personal_id", False),
+    "HoTen": ("full_name", True), "NgaySinh": ("birth_date", True), "GioiTinh": ("gender", True),
+    "DanToc": ("ethnicity", False), "QuocTich": ("nationality", False),
+    "HoTenCha": ("father_name", False), "HoTenMe": ("mother_name", False),
+    "HoTenNguoiGiamHo": ("guardian_name", False), "DoiTuongChinhSach": ("policy_group", False),
+    "KhuyetTatKhongDanhGia": ("disability_not_assessed", False),
+}
+SIGNATORIES = {
+    "GVCN": ("homeroom_teacher_name", True), "SoDinhDanhGVCN": ("homeroom_teacher_personal_id", False),
+    "HieuTruong": ("principal_name", True), "SoDinhDanhHieuTruong": ("principal_personal_id", False),
+    "ChucVu": ("principal_title", False), "NgayKy": ("issue_date", True), "DiaDanh": ("issue_place", True),
+}
+PRIMARY = {
+    "HoanThanhChuongTrinhLopHoc": ("completed_grade_program", True),
+    "HoanThanhChuongTrinhTieuHoc": ("completed_primary_program", False),
+    "LenLop": ("promoted", True),
+}
+PRIMARY_SUBJECT = {
+    "MaMon": ("subject_code", True), "TenMon": ("subject_name", True),
+    "MucDatHK1": ("term1_level", False), "MucDatCN": ("year_level", True),
+    "DiemHK1": ("term1_score", False), "DiemCN": ("year_score", False), "NhanXet": ("comment", False),
+}
+QUALITIES = {
+    "YeuNuoc": ("yeu_nuoc", True), "NhanAi": ("nhan_ai", True), "ChamChi": ("cham_chi", True),
+    "TrungThuc": ("trung_thuc", True), "TrachNhiem": ("trach_nhiem", True),
+}
+GENERAL_COMPETENCIES = {
+    "TuChuTuHoc": ("tu_chu_tu_hoc", True), "GiaoTiepHopTac": ("giao_tiep_hop_tac", True),
+    "GiaiQuyetVanDeSangTao": ("giai_quyet_van_de_sang_tao", True),
+}
+SUBJECT_COMPETENCIES = {
+    "NgonNgu": ("ngon_ngu", False), "TinhToan": ("tinh_toan", False), "KhoaHoc": ("khoa_hoc", False),
+    "CongNghe": ("cong_nghe", False), "TinHoc": ("tin_hoc", False), "ThamMi": ("tham_my", False),
+    "TheChat": ("the_chat", False),
+}
+SECONDARY = {"SoNgayNghi": ("days_absent", True), "LenLop": ("promoted", True)}
+SECONDARY_SUBJECT = {
+    "MaMon": ("subject_code", True), "TenMon": ("subject_name", True),
+    "DiemTBHK1": ("term1_average", False), "DiemTBHK2": ("term2_average", False),
+    "DiemTBCN": ("year_average", False), "KetQuaHK1": ("term1_comment", False),
+    "KetQuaHK2": ("term2_comment", False), "KetQuaCN": ("year_comment", False),
+}
+TERMS = {"HK1": ("term1", False), "HK2": ("term2", False), "CN": ("year", True)}
+CERTIFICATE = {"TenChungChi": ("name", True), "NgayCap": ("issued_on", False), "NoiCap": ("issuer", False)}
+
+PRIMARY_KEYS = frozenset(PRIMARY) | {"PhamChat", "NangLuc", "KhenThuong"}
+SECONDARY_KEYS = frozenset(SECONDARY) | {"HocLuc", "HanhKiem", "ChungChi"}
+COMMON_KEYS = frozenset(TRANSCRIPT) | {"HocSinh", "KyDuyet", "KetQua"} | ENVELOPE_KEYS | IGNORED_KEYS
+
+
+def _where(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _object(value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        raise ValueError(f"{path} is missing")
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not an object")
+    return value
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{path} is not a list")
+    return value
+
+
+def _map(obj: dict[str, Any], path: str, table: dict[str, tuple[str, bool]],
+         allowed: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Rename ``obj``'s keys by ``table``; keys outside ``table`` and ``allowed`` are errors."""
+    out: dict[str, Any] = {}
+    for key, (field, required) in table.items():
+        if key in obj:
+            out[field] = obj[key]
+        elif required:
+            raise ValueError(f"{_where(path, key)} is missing")
+    for key in obj:
+        if key not in table and key not in allowed:
+            # An unknown key may carry data the central format needs: refuse rather than drop it.
+            raise ValueError(f"{_where(path, key)} is not part of the vnpt contract (see CONTRACT.md)")
+    return out
+
+
+def _shape(record: dict[str, Any]) -> tuple[str, Any]:
+    """Primary or secondary, and the level value to hand on unchanged."""
+    if "CapHoc" not in record:
+        raise ValueError("CapHoc is missing")
+    level = record["CapHoc"]
+    if isinstance(level, int) and not isinstance(level, bool):
+        level = str(level)
+    code = level.strip().zfill(2) if isinstance(level, str) else None
+    if code == "02":
+        return "primary", level
+    if code in ("03", "04"):
+        return "secondary", level
+    # An unknown level is the central format's error to name (``level``); map the content
+    # by the keys it carries so that error is the one reported.
+    if PRIMARY_KEYS & set(record):
+        return "primary", level
+    if SECONDARY_KEYS & set(record):
+        return "secondary", level
+    raise ValueError(f"CapHoc {record['CapHoc']!r} is not 02, 03 or 04")
+
+
+def to_central(record: Any) -> dict[str, Any]:
+    """Map one vendor record (a parsed ``DuLieu`` element) to central-format fields, no envelope."""
+    record = _object(record, "(record)")
+    shape, level = _shape(record)
+    own, other = (PRIMARY_KEYS, SECONDARY_KEYS) if shape == "primary" else (SECONDARY_KEYS, PRIMARY_KEYS)
+    for key in record:
+        if key in other and key not in own:
+            raise ValueError(f"{key} belongs to {'secondary (CapHoc 03/04)' if shape == 'primary' else 'primary (CapHoc 02)'} "
+                             f"records, not to CapHoc {record['CapHoc']!r}")
+    out = _map(record, "", TRANSCRIPT, COMMON_KEYS | own)
+    out["level"] = level
+    for key in ("HocSinh", "KyDuyet", "KetQua"):
+        if key not in record:
+            raise ValueError(f"{key} is missing")
+    out["student"] = _map(_object(record["HocSinh"], "HocSinh"), "HocSinh", STUDENT)
+    out["signatories"] = _map(_object(record["KyDuyet"], "KyDuyet"), "KyDuyet", SIGNATORIES)
+    subject_table = PRIMARY_SUBJECT if shape == "primary" else SECONDARY_SUBJECT
+    out["subjects"] = [
+        _map(_object(s, _where("KetQua", i)), _where("KetQua", i), subject_table)
+        for i, s in enumerate(_list(record["KetQua"], "KetQua"))
+    ]
+    if shape == "primary":
+        out.update(_map({k: record[k] for k in PRIMARY if k in record}, "", PRIMARY))
+        for key in ("PhamChat", "NangLuc"):
+            if key not in record:
+                raise ValueError(f"{key} is missing")
+        out["qualities"] = _map(_object(record["PhamChat"], "PhamChat"), "PhamChat", QUALITIES)
+        competencies = _object(record["NangLuc"], "NangLuc")
+        # A subject competency the school did not assess comes as null: it is simply absent.
+        out["competencies"] = {
+            **_map({k: v for k, v in competencies.items() if k not in SUBJECT_COMPETENCIES},
+                   "NangLuc", GENERAL_COMPETENCIES),
+            **{field: competencies[key] for key, (field, _) in SUBJECT_COMPETENCIES.items()
+               if competencies.get(key) is not None},
+        }
+        if record.get("KhenThuong") is not None:
+            out["awards"] = _list(record["KhenThuong"], "KhenThuong")
+    else:
+        out.update(_map({k: record[k] for k in SECONDARY if k in record}, "", SECONDARY))
+        for key, field in (("HocLuc", "learning"), ("HanhKiem", "conduct")):
+            if key not in record:
+                raise ValueError(f"{key} is missing")
+            out[field] = _map(_object(record[key], key), key, TERMS)
+        if record.get("ChungChi") is not None:
+            out["certificates"] = [
+                _map(_object(c, _where("ChungChi", i)), _where("ChungChi", i), CERTIFICATE)
+                for i, c in enumerate(_list(record["ChungChi"], "ChungChi"))
+            ]
+    return out

@@ -1,0 +1,152 @@
+"""A throwaway PKI for tests and demos: one root CA and a PKCS#12 file per signing identity.
+
+Nothing here is fit for production keys: the root's private key lies unencrypted beside its
+certificate. It exists so the whole pipeline signs with real certificates, offline, and so
+validators (pyHanko, poppler's ``pdfsig``) have a root to trust.
+
+Files in the directory: ``root-ca.pem`` (trust this), ``root-ca.key``, ``<key>.p12`` per
+identity (``SigningIdentity.key``: personal id, or the school code for a seal).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from hub.contracts import SigningIdentity
+
+__all__ = ["ROOT_CERT", "create_root", "ensure_pki", "issue"]
+
+ROOT_CERT = "root-ca.pem"
+_ROOT_KEY = "root-ca.key"
+# RFC 9336 id-kp-documentSigning; emailProtection too, because NSS (poppler's pdfsig) checks
+# document signatures with its e-mail signer usage.
+_DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
+_ROLE_TITLES = {"homeroom_teacher": "Giáo viên chủ nhiệm", "principal": "Hiệu trưởng",
+                "school_seal": "Con dấu nhà trường"}
+
+
+def _key() -> rsa.RSAPrivateKey:
+    # RSA-2048 costs ≈25 ms to generate here; a test PKI of a handful of keys does not need more.
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def create_root(directory: Path, name: str = "hocba-hub Test Root CA") -> Path:
+    """Create the root CA in ``directory`` if it has none; return the root certificate's path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path = directory / ROOT_CERT
+    if cert_path.exists() and (directory / _ROOT_KEY).exists():
+        return cert_path
+    key = _key()
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hocba-hub test PKI"),
+        x509.NameAttribute(NameOID.COMMON_NAME, name),
+    ])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path = directory / _ROOT_KEY
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path
+
+
+def _load_root(directory: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    cert = x509.load_pem_x509_certificate((directory / ROOT_CERT).read_bytes())
+    key = serialization.load_pem_private_key((directory / _ROOT_KEY).read_bytes(), password=None)
+    return cert, key  # type: ignore[return-value]
+
+
+def issue(directory: Path, identities: Iterable[SigningIdentity], password: str | bytes, *,
+          expired: bool = False, overwrite: bool = False) -> None:
+    """Write ``<key>.p12`` for each identity that has none yet (all of them with ``overwrite``).
+
+    Certificates name the holder (CN), the key (serialNumber), the role (title, OU) and the
+    school (O = school code), with keyUsage digitalSignature + nonRepudiation and a chain to
+    the root, which is created when missing. ``expired`` issues certificates whose validity
+    ended yesterday, for testing that signers refuse them.
+    """
+    directory = Path(directory)
+    create_root(directory)
+    root_cert, root_key = _load_root(directory)
+    secret = password.encode() if isinstance(password, str) else password
+    now = dt.datetime.now(dt.timezone.utc)
+    if expired:
+        not_before, not_after = now - dt.timedelta(days=400), now - dt.timedelta(days=1)
+    else:
+        not_before, not_after = now - dt.timedelta(days=1), now + dt.timedelta(days=730)
+    done: set[str] = set()
+    for identity in identities:
+        path = directory / f"{identity.key}.p12"
+        if identity.key in done or (path.exists() and not overwrite):
+            continue
+        done.add(identity.key)
+        key = _key()
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, identity.school_code),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, identity.role),
+            x509.NameAttribute(NameOID.TITLE, _ROLE_TITLES.get(identity.role, identity.role)),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, identity.key),
+            x509.NameAttribute(NameOID.COMMON_NAME, identity.name),
+        ])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(root_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([_DOCUMENT_SIGNING, ExtendedKeyUsageOID.EMAIL_PROTECTION]),
+                           critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+                           critical=False)
+            .sign(root_key, hashes.SHA256())
+        )
+        blob = pkcs12.serialize_key_and_certificates(
+            identity.key.encode(), key, cert, [root_cert],
+            serialization.BestAvailableEncryption(secret),
+        )
+        tmp = path.with_suffix(".p12.tmp")
+        tmp.write_bytes(blob)
+        tmp.chmod(0o600)
+        tmp.replace(path)  # a half-written key file must never be picked up by a signer
+
+
+def ensure_pki(directory: Path, identities: Iterable[SigningIdentity], password: str | bytes) -> Path:
+    """Root CA plus a key file for every identity that lacks one; return the root certificate path."""
+    root = create_root(directory)
+    issue(directory, identities, password)
+    return root

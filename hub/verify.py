@@ -1,0 +1,145 @@
+"""Check a signed transcript the way a receiver would, and read back the record it carries.
+
+``verify_pdf`` validates every signature with pyHanko against the trust roots given (no
+network: revocation data is used only if embedded), including pyHanko's analysis of what
+changed after each signature. ``extract_record`` returns the ``hocba.json`` attachment, the
+central-format record the signatures cover.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asn1crypto import x509 as asn1_x509
+from pyhanko.keys import load_certs_from_pemder
+from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.diff_analysis import ModificationLevel
+from pyhanko.sign.validation.errors import SignatureValidationError
+from pyhanko.sign.validation import async_validate_pdf_signature
+from pyhanko_certvalidator import ValidationContext
+
+from hub.render import ATTACHMENT_NAME
+
+__all__ = ["SignatureReport", "VerifyReport", "extract_attachment", "extract_record", "load_certs",
+           "verify_pdf"]
+
+# Filling a pre-created signature field is form filling; DSS/timestamp updates are LTA updates.
+_ALLOWED_CHANGES = (ModificationLevel.NONE, ModificationLevel.LTA_UPDATES, ModificationLevel.FORM_FILLING)
+
+
+@dataclass(frozen=True)
+class SignatureReport:
+    """One signature's validation result."""
+    field: str
+    signer: str                       # the signing certificate's common name
+    signing_time: dt.datetime | None  # from a timestamp token if any, else as the signer states
+    intact: bool                      # the signed bytes hash to the signed digest
+    valid: bool                       # the cryptographic signature checks out
+    trusted: bool                     # the certificate chains to a given trust root
+    modification_level: str           # what changed after this signature (pyHanko's level)
+    docmdp_ok: bool                   # those changes are allowed
+    coverage: str                     # ENTIRE_FILE for the last signature, ENTIRE_REVISION before
+    pades_level: str | None           # B-B, B-T, B-LT, or None for a non-PAdES signature
+    summary: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (self.intact and self.valid and self.trusted and self.docmdp_ok
+                and self.modification_level in {m.name for m in _ALLOWED_CHANGES})
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Every signature in a PDF; ``ok`` only when there is at least one and all are fine."""
+    signatures: list[SignatureReport] = field(default_factory=list)
+    error: str = ""                   # the PDF could not be read or a signature not parsed
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and bool(self.signatures) and all(s.ok for s in self.signatures)
+
+    @property
+    def fields(self) -> list[str]:
+        """Signed field names in signing order."""
+        return [s.field for s in self.signatures]
+
+
+def load_certs(path: str | Path | Iterable[str | Path]) -> list[asn1_x509.Certificate]:
+    """Certificates from PEM or DER files (a PEM file may hold several)."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    return list(load_certs_from_pemder([str(p) for p in paths]))
+
+
+def _pades_level(reader: PdfFileReader, sig_object: generic.DictionaryObject, status) -> str | None:
+    if sig_object.get("/SubFilter") != "/ETSI.CAdES.detached":
+        return None
+    if status.timestamp_validity is None:
+        return "B-B"
+    return "B-LT" if "/DSS" in reader.root else "B-T"
+
+
+async def verify_pdf(pdf: bytes, trust_roots: list[asn1_x509.Certificate]) -> VerifyReport:
+    """Validate every signature in ``pdf`` against ``trust_roots`` (offline)."""
+    try:
+        reader = PdfFileReader(io.BytesIO(pdf), strict=False)
+        embedded = reader.embedded_regular_signatures
+    except Exception as exc:  # a damaged file is a verdict, not a crash
+        return VerifyReport(error=f"cannot read PDF: {exc}")
+    context = ValidationContext(trust_roots=list(trust_roots), allow_fetching=False)
+    reports = []
+    for sig in embedded:
+        try:
+            status = await async_validate_pdf_signature(sig, signer_validation_context=context)
+        except (SignatureValidationError, ValueError, KeyError) as exc:
+            return VerifyReport(reports, error=f"signature {sig.field_name}: {exc}")
+        ts = status.timestamp_validity
+        level = status.modification_level
+        reports.append(SignatureReport(
+            field=sig.field_name,
+            signer=status.signing_cert.subject.native.get("common_name", status.signing_cert.subject.human_friendly),
+            signing_time=ts.timestamp if ts is not None else status.signer_reported_dt,
+            intact=status.intact,
+            valid=status.valid,
+            trusted=status.trusted,
+            modification_level=level.name if level is not None else "UNKNOWN",
+            docmdp_ok=bool(status.docmdp_ok),
+            coverage=status.coverage.name if status.coverage is not None else "UNKNOWN",
+            pades_level=_pades_level(reader, sig.sig_object, status),
+            summary=status.summary(),
+        ))
+    return VerifyReport(reports)
+
+
+def _name_tree(node: generic.DictionaryObject) -> Iterable[tuple[str, generic.PdfObject]]:
+    names = node.get("/Names")
+    if names is not None:
+        for i in range(0, len(names) - 1, 2):
+            yield str(names[i]), names[i + 1]
+    for kid in node.get("/Kids", ()):
+        yield from _name_tree(kid.get_object())
+
+
+def extract_attachment(pdf: bytes, name: str = ATTACHMENT_NAME) -> bytes | None:
+    """The bytes of the embedded file ``name`` in the latest revision of ``pdf``, or ``None``."""
+    reader = PdfFileReader(io.BytesIO(pdf), strict=False)
+    tree = reader.root.get("/Names", generic.DictionaryObject()).get("/EmbeddedFiles")
+    if tree is None:
+        return None
+    for key, spec in _name_tree(tree.get_object()):
+        spec = spec.get_object()
+        if name in (key, str(spec.get("/UF", "")), str(spec.get("/F", ""))):
+            return spec["/EF"]["/F"].get_object().data
+    return None
+
+
+def extract_record(pdf: bytes) -> bytes:
+    """The central-format record (``hocba.json``) a transcript carries; ``ValueError`` if none."""
+    data = extract_attachment(pdf, ATTACHMENT_NAME)
+    if data is None:
+        raise ValueError(f"the PDF carries no {ATTACHMENT_NAME} attachment")
+    return data

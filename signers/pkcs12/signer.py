@@ -1,0 +1,58 @@
+"""Sign with PKCS#12 key files: one ``<key>.p12`` per identity in a directory.
+
+``key`` is the identity's personal id (teachers, principals) or the school code (the school
+seal). All files share one password, given in the YAML as ``${ENV_VAR}``::
+
+    signers:
+      - name: local-keys
+        type: pkcs12
+        settings:
+          directory: /srv/hocba/keys
+          password: ${HOCBA_P12_PASSWORD}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import pkcs12
+from pydantic import Field, SecretStr
+
+from hub.contracts import PluginError, PluginSettings, SigningIdentity
+from hub.signing import LocalKey, LocalKeySigner
+
+
+class Pkcs12Signer(LocalKeySigner):
+    """Local PKCS#12 files: for tests, demos and small setups (keys on the hub's disk)."""
+
+    name = "pkcs12"
+
+    class Settings(PluginSettings):
+        directory: Path = Field(description="Directory with one <personal id or school code>.p12 per signer")
+        password: SecretStr = Field(description="Password of the .p12 files; use ${ENV_VAR}")
+
+    @classmethod
+    def load_keys(cls, settings: Settings) -> dict[str, LocalKey]:
+        """Read every ``*.p12`` in ``settings.directory``; the file name (without .p12) is the key."""
+        directory = settings.directory
+        if not directory.is_dir():
+            raise PluginError(f"pkcs12: key directory {directory} does not exist (settings.directory)")
+        files = sorted(directory.glob("*.p12"))
+        if not files:
+            raise PluginError(f"pkcs12: no .p12 key files in {directory} (settings.directory)")
+        password = settings.password.get_secret_value().encode()
+        keys = {}
+        for path in files:
+            try:
+                key, cert, chain = pkcs12.load_key_and_certificates(path.read_bytes(), password)
+            except ValueError:
+                raise PluginError(
+                    f"pkcs12: cannot open {path}: wrong password or damaged file (settings.password)"
+                ) from None
+            if key is None or cert is None:
+                raise PluginError(f"pkcs12: {path} holds no private key with its certificate")
+            keys[path.stem] = LocalKey(key, cert, tuple(chain))
+        return keys
+
+    def missing_key_hint(self, identity: SigningIdentity) -> str:
+        return f"expected {self.settings.directory / (identity.key + '.p12')}"
