@@ -338,7 +338,8 @@ class Hub:
                             record.model_dump(mode="json", by_alias=True), row.pdf)
         policy = self.config.delivery
 
-        backoff = wait_exponential_jitter(initial=policy.backoff_initial, max=policy.backoff_max)
+        backoff = wait_exponential_jitter(multiplier=policy.backoff_initial, max=policy.backoff_max,
+                                          jitter=policy.backoff_initial)
 
         def transient(exc: BaseException) -> bool:
             return isinstance(exc, DeliveryError) and not exc.permanent

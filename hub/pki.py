@@ -100,6 +100,13 @@ def issue(directory: Path, identities: Iterable[SigningIdentity], password: str 
         not_before, not_after = now - dt.timedelta(days=400), now - dt.timedelta(days=1)
     else:
         not_before, not_after = now - dt.timedelta(days=1), now + dt.timedelta(days=730)
+    # The algorithms of a real key file (PBES2, AES-256, SHA-256 MAC) with fewer PBKDF2 rounds
+    # than cryptography's default: every signer process opens every file.
+    encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
+                  .kdf_rounds(2048)
+                  .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+                  .hmac_hash(hashes.SHA256())
+                  .build(secret))
     done: set[str] = set()
     for identity in identities:
         path = directory / f"{identity.key}.p12"
@@ -135,10 +142,7 @@ def issue(directory: Path, identities: Iterable[SigningIdentity], password: str 
                            critical=False)
             .sign(root_key, hashes.SHA256())
         )
-        blob = pkcs12.serialize_key_and_certificates(
-            identity.key.encode(), key, cert, [root_cert],
-            serialization.BestAvailableEncryption(secret),
-        )
+        blob = pkcs12.serialize_key_and_certificates(identity.key.encode(), key, cert, [root_cert], encryption)
         tmp = path.with_suffix(".p12.tmp")
         tmp.write_bytes(blob)
         tmp.chmod(0o600)

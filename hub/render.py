@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import gc
 import io
 import threading
 from collections.abc import Sequence
@@ -68,7 +69,6 @@ ROLE_LABELS = {
 PRIMARY_LEVELS = {"T": "Hoàn thành tốt", "H": "Hoàn thành", "C": "Chưa hoàn thành"}
 QUALITY_LEVELS = {"T": "Tốt", "Đ": "Đạt", "C": "Cần cố gắng"}
 SECONDARY_LEVELS = {"T": "Tốt", "K": "Khá", "Đ": "Đạt", "CĐ": "Chưa đạt"}
-COMMENT_RESULTS = {"Đ": "Đạt", "CĐ": "Chưa đạt"}
 QUALITY_NAMES = {
     "yeu_nuoc": "Yêu nước", "nhan_ai": "Nhân ái", "cham_chi": "Chăm chỉ",
     "trung_thuc": "Trung thực", "trach_nhiem": "Trách nhiệm",
@@ -145,11 +145,14 @@ def _font_set() -> _FontSet:
                 parsed = {style: TTFFont(host, io.BytesIO(blob), _FAMILY + style, style)
                           for style, blob in data.items()}
                 _fonts = _FontSet(data, parsed)
+                # Instancing leaves ~40 000 dead objects; collect them now rather than in the
+                # middle of some later render.
+                gc.collect()
     return _fonts
 
 
 def load_fonts() -> None:
-    """Prepare the fonts now (≈1 s once per process) rather than in the first render.
+    """Prepare the fonts now (≈1.5 s once per process) rather than in the first render.
 
     Call it from a worker-pool initializer so no request pays the start-up cost.
     """
@@ -164,7 +167,9 @@ def font_bytes(bold: bool = False) -> bytes:
 def _add_fonts(pdf: FPDF) -> None:
     # fpdf2's output() subsets the font's fontTools object in place and closes it, and keeps
     # the used glyphs in ``subset``: those are per-document state. Everything else (cmap,
-    # widths, descriptor) is read-only after parsing and is shared.
+    # widths, descriptor) is read-only after parsing and is shared. This reaches into
+    # TTFFont's attributes (checked on fpdf2 2.8.9); test_render_sign proves two documents
+    # rendered in turn do not share glyphs.
     fonts = _font_set()
     for style, template in fonts.parsed.items():
         font = copy.copy(template)
@@ -233,15 +238,21 @@ class _Page:
         """One line of ``label: value`` pairs spread over equal columns, values in bold."""
         pdf = self.pdf
         col = self.width / len(pairs)
-        y = pdf.get_y()
+        line_h = size * 0.55
+        y = bottom = pdf.get_y()
         for i, (label, value) in enumerate(pairs):
             pdf.set_xy(pdf.l_margin + i * col, y)
             pdf.set_font(_FAMILY, "", size)
             label_w = pdf.get_string_width(label + ": ") + 0.5
-            pdf.cell(label_w, size * 0.55, label + ": ")
+            pdf.cell(label_w, line_h, label + ": ")
             pdf.set_font(_FAMILY, "B", size)
-            pdf.cell(col - label_w, size * 0.55, value)
-        pdf.set_xy(pdf.l_margin, y + size * 0.55)
+            if pdf.get_string_width(value) <= col - label_w - 2 * pdf.c_margin:
+                pdf.cell(col - label_w, line_h, value)
+                bottom = max(bottom, y + line_h)
+            else:  # long lists (awards, certificates) wrap inside their column
+                pdf.multi_cell(col - label_w, line_h, value, new_x="LEFT", new_y="NEXT")
+                bottom = max(bottom, pdf.get_y())
+        pdf.set_xy(pdf.l_margin, bottom)
 
     def heading(self, text: str) -> None:
         self.pdf.ln(2)
@@ -382,11 +393,10 @@ def _secondary(page: _Page, record: SecondaryTranscript) -> None:
     page.heading("3. Đánh giá kết quả giáo dục")
     page.fields([("Tổng số ngày nghỉ", str(record.days_absent)),
                  ("Lên lớp", "Được lên lớp" if record.promoted else "Không được lên lớp")])
-    certificates = [
-        c.name + "".join(f" ({', '.join(p for p in (c.issuer, _date(c.issued_on)) if p)})"
-                         for _ in [0] if c.issuer or c.issued_on)
-        for c in record.certificates
-    ]
+    certificates = []
+    for c in record.certificates:
+        details = ", ".join(p for p in (c.issuer, _date(c.issued_on)) if p)
+        certificates.append(f"{c.name} ({details})" if details else c.name)
     page.fields([("Chứng chỉ", "; ".join(certificates) or "Không")])
 
 

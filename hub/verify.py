@@ -19,7 +19,6 @@ from pyhanko.keys import load_certs_from_pemder
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.diff_analysis import ModificationLevel
-from pyhanko.sign.validation.errors import SignatureValidationError
 from pyhanko.sign.validation import async_validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
 
@@ -95,7 +94,7 @@ async def verify_pdf(pdf: bytes, trust_roots: list[asn1_x509.Certificate]) -> Ve
     for sig in embedded:
         try:
             status = await async_validate_pdf_signature(sig, signer_validation_context=context)
-        except (SignatureValidationError, ValueError, KeyError) as exc:
+        except Exception as exc:  # a malformed signature container is a verdict too
             return VerifyReport(reports, error=f"signature {sig.field_name}: {exc}")
         ts = status.timestamp_validity
         level = status.modification_level

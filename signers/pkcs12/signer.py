@@ -40,19 +40,28 @@ class Pkcs12Signer(LocalKeySigner):
         files = sorted(directory.glob("*.p12"))
         if not files:
             raise PluginError(f"pkcs12: no .p12 key files in {directory} (settings.directory)")
-        password = settings.password.get_secret_value().encode()
-        keys = {}
-        for path in files:
-            try:
-                key, cert, chain = pkcs12.load_key_and_certificates(path.read_bytes(), password)
-            except ValueError:
-                raise PluginError(
-                    f"pkcs12: cannot open {path}: wrong password or damaged file (settings.password)"
-                ) from None
-            if key is None or cert is None:
-                raise PluginError(f"pkcs12: {path} holds no private key with its certificate")
-            keys[path.stem] = LocalKey(key, cert, tuple(chain))
-        return keys
+        return {path.stem: _read(path, settings) for path in files}
+
+    @classmethod
+    def load_key(cls, settings: Settings, key: str) -> LocalKey | None:
+        """Read ``<key>.p12`` alone (a pool worker loads only the keys its jobs use)."""
+        path = settings.directory / f"{key}.p12"
+        return _read(path, settings) if path.is_file() else None
 
     def missing_key_hint(self, identity: SigningIdentity) -> str:
         return f"expected {self.settings.directory / (identity.key + '.p12')}"
+
+
+def _read(path: Path, settings: Pkcs12Signer.Settings) -> LocalKey:
+    # Opening a .p12 costs ≈40 ms (PBKDF2, then cryptography validates the RSA key): done once
+    # per key and process.
+    try:
+        key, cert, chain = pkcs12.load_key_and_certificates(
+            path.read_bytes(), settings.password.get_secret_value().encode())
+    except ValueError:
+        raise PluginError(
+            f"pkcs12: cannot open {path}: wrong password or damaged file (settings.password)"
+        ) from None
+    if key is None or cert is None:
+        raise PluginError(f"pkcs12: {path} holds no private key with its certificate")
+    return LocalKey(key, cert, tuple(chain))

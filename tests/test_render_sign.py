@@ -1,0 +1,204 @@
+"""Rendering and signing, checked by independent tools: poppler (pdftotext, pdfdetach, pdffonts,
+pdfsig) and pyHanko's validator. Real keys from a throwaway PKI, real worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import unicodedata
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from hub import pki
+from hub.contracts import SIGNING_ROLES, PluginContext, PluginError, SigningIdentity, SignRequest
+from hub.records import PrimaryTranscript, SecondaryTranscript, parse_transcript
+from hub.render import render_pdf, signature_boxes
+from hub.signing import SigningError, identity_for, request_for
+from hub.synthetic import transcript
+from hub.verify import extract_record, load_certs, verify_pdf
+from signers.pkcs12.signer import Pkcs12Signer
+
+PASSWORD = "mật-khẩu-thử"
+
+
+def record(index: int) -> PrimaryTranscript | SecondaryTranscript:
+    data = transcript(index)
+    data.update(record_id=f"R{index:04d}", event="NEW", version=1, updated_at="2025-06-01T08:00:00")
+    return parse_transcript(data)
+
+
+def poppler(tool: str, pdf: bytes, tmp: Path, *args: str) -> str:
+    path = tmp / f"{tool}.pdf"
+    path.write_bytes(pdf)
+    done = subprocess.run([tool, *args, str(path), *(["-"] if tool == "pdftotext" else [])],
+                          capture_output=True, text=True)
+    return done.stdout
+
+
+def first_revision(pdf: bytes) -> bytes:
+    return pdf[:pdf.index(b"%%EOF")]
+
+
+def signer(directory: Path, executor=None, password: str = PASSWORD) -> Pkcs12Signer:
+    settings = Pkcs12Signer.Settings(directory=directory, password=password)
+    return Pkcs12Signer(settings, PluginContext("keys", directory, executor))
+
+
+@pytest.fixture(scope="module")
+def records():
+    return [record(0), record(3)]  # a primary and an upper-secondary school
+
+
+@pytest.fixture(scope="module")
+def keys(records, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pki")
+    root = pki.ensure_pki(directory, [identity_for(r, role) for r in records for role in SIGNING_ROLES],
+                          PASSWORD)
+    return directory, root
+
+
+@pytest.fixture(scope="module")
+def signed(records, keys):
+    """Both records signed by all three roles in order, two documents per batch, in 2 worker processes."""
+    async def sign_all() -> list[bytes]:
+        pdfs = [render_pdf(r) for r in records]
+        with ProcessPoolExecutor(max_workers=2) as pool:
+            local = signer(keys[0], pool)
+            await local.open()
+            for role in SIGNING_ROLES:
+                pdfs = await local.sign([request_for(r, pdf, role) for r, pdf in zip(records, pdfs)])
+        return pdfs
+
+    return asyncio.run(sign_all())
+
+
+def test_rendered_text_is_exact_vietnamese_and_subsets_do_not_leak(records, tmp_path):
+    primary, secondary = records
+    first = render_pdf(primary)
+    other = render_pdf(secondary)
+    again = render_pdf(primary)
+    for rec, pdf in ((primary, first), (secondary, other)):
+        text = poppler("pdftotext", pdf, tmp_path, "-enc", "UTF-8")
+        name = rec.student.full_name
+        assert unicodedata.is_normalized("NFC", name)
+        assert name in text and rec.school_name in text
+        assert "CỘNG HÒA XÃ HỘI CHỦ NGHĨA VIỆT NAM" in text and "HỌC BẠ" in text
+        assert "Hà Nội, ngày 31 tháng 05 năm 2025" in text
+        fonts = poppler("pdffonts", pdf, tmp_path).splitlines()[2:]
+        assert fonts and all(" yes yes yes " in line for line in fonts)  # embedded, subset, ToUnicode
+    # The parsed font is shared between documents; its subset state is not: rendering another
+    # record in between leaves the same record's document byte-for-byte unchanged.
+    assert first_revision(first) == first_revision(again)
+    assert "Được lên lớp" in poppler("pdftotext", first, tmp_path, "-enc", "UTF-8")
+
+
+def test_record_is_attached_as_hocba_json(records, tmp_path):
+    for rec in records:
+        pdf = render_pdf(rec)
+        assert extract_record(pdf) == rec.model_dump_json(by_alias=True).encode()
+        assert "hocba.json" in poppler("pdfdetach", pdf, tmp_path, "-list")
+
+
+def test_an_empty_signature_field_per_role_exists_before_signing(records, tmp_path):
+    pdf = render_pdf(records[0])
+    boxes = signature_boxes(pdf)
+    assert list(boxes) == list(SIGNING_ROLES)
+    assert all(b.box[2] - b.box[0] > 100 and b.box[3] - b.box[1] > 40 for b in boxes.values())
+    assert poppler("pdfsig", pdf, tmp_path).count("The signature form field is not signed.") == 3
+    assert list(signature_boxes(render_pdf(records[0], ("homeroom_teacher", "principal")))) == [
+        "homeroom_teacher", "principal"]
+
+
+def test_three_signatures_in_order_accepted_by_pdfsig_and_pyhanko(records, keys, signed, tmp_path):
+    # Each batch signed two documents concurrently; the order of the results follows the requests.
+    assert [extract_record(pdf) for pdf in signed] == [r.model_dump_json(by_alias=True).encode() for r in records]
+    for rec, pdf in zip(records, signed):
+        out = poppler("pdfsig", pdf, tmp_path)
+        assert out.count("Signature Validation: Signature is Valid.") == 3, out
+        assert "Signature #3:" in out and "Signature #4:" not in out
+        assert out.count("ETSI.CAdES.detached") == 3 and "Total document signed" in out
+        assert rec.signatories.homeroom_teacher_name in out
+
+        report = asyncio.run(verify_pdf(pdf, load_certs(keys[1])))
+        assert report.ok, report
+        assert report.fields == list(SIGNING_ROLES)
+        assert [s.signer for s in report.signatures] == [
+            identity_for(rec, role).name for role in SIGNING_ROLES]
+        assert all(s.pades_level == "B-B" and s.intact and s.valid and s.trusted for s in report.signatures)
+        assert [s.coverage for s in report.signatures] == ["ENTIRE_REVISION", "ENTIRE_REVISION", "ENTIRE_FILE"]
+        # The stamps' font is embedded too: every font in the signed file is.
+        fonts = poppler("pdffonts", pdf, tmp_path).splitlines()[2:]
+        assert len(fonts) == 5 and all(" yes yes yes " in line for line in fonts)
+
+
+async def test_signing_without_an_executor_runs_in_a_thread(records, keys):
+    rec = records[1]
+    pdf = render_pdf(rec, ("homeroom_teacher", "principal"))
+    local = signer(keys[0])
+    await local.open()
+    for role in ("homeroom_teacher", "principal"):
+        [pdf] = await local.sign([request_for(rec, pdf, role)])
+    report = await verify_pdf(pdf, load_certs(keys[1]))
+    assert report.ok and report.fields == ["homeroom_teacher", "principal"]
+
+
+async def test_untrusted_root_and_changed_bytes_are_not_ok(keys, signed, tmp_path):
+    pdf = signed[0]
+    other_root = pki.create_root(tmp_path / "other", name="Some Other Root")
+    untrusted = await verify_pdf(pdf, load_certs(other_root))
+    assert not untrusted.ok
+    assert all(s.intact and s.valid and not s.trusted for s in untrusted.signatures)
+
+    # One byte inside the attached record, which every signature covers.
+    at = pdf.index(b"stream", pdf.index(b"/EmbeddedFile")) + 20
+    tampered = pdf[:at] + bytes([pdf[at] ^ 0x01]) + pdf[at + 1:]
+    report = await verify_pdf(tampered, load_certs(keys[1]))
+    assert not report.ok
+    assert report.error or not any(s.intact for s in report.signatures)
+
+
+async def test_a_pdf_without_signatures_is_not_ok(records, keys):
+    report = await verify_pdf(render_pdf(records[0]), load_certs(keys[1]))
+    assert not report.ok and report.signatures == []
+
+
+async def test_open_fails_fast_with_a_clear_reason(keys, tmp_path):
+    with pytest.raises(PluginError, match=r"cannot open .*\.p12: wrong password"):
+        await signer(keys[0], password="wrong").open()
+    with pytest.raises(PluginError, match="does not exist"):
+        await signer(tmp_path / "nowhere").open()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PluginError, match="no .p12 key files"):
+        await signer(tmp_path / "empty").open()
+
+
+async def test_expired_certificate_is_refused_before_signing(records, tmp_path):
+    rec = records[0]
+    teacher = identity_for(rec, "homeroom_teacher")
+    pki.issue(tmp_path, [teacher], PASSWORD, expired=True)
+    submitted = []
+
+    class Watching(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    with Watching(max_workers=1) as executor:
+        local = signer(tmp_path, executor)
+        await local.open()
+        with pytest.raises(SigningError, match=r"homeroom_teacher .* expired on .* renew it"):
+            await local.sign([request_for(rec, render_pdf(rec), "homeroom_teacher")])
+    assert submitted == []
+
+
+async def test_unknown_identity_names_the_role_and_key(records, keys):
+    stranger = SigningIdentity("principal", "Người Lạ", "01001001", "099999999999")
+    local = signer(keys[0])
+    await local.open()
+    request = SignRequest(pdf=render_pdf(records[0]), field_name="principal", identity=stranger)
+    with pytest.raises(SigningError, match=r"no key for principal Người Lạ \(key 099999999999\); "
+                                           r"expected .*099999999999\.p12"):
+        await local.sign([request])
