@@ -102,9 +102,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     worst = 0
     for name in args.files:
         report = asyncio.run(verify_pdf(Path(name).read_bytes(), roots))
-        print(f"{name}: {'OK' if report.ok else 'INVALID'}")
-        for line in report.lines():
-            print(f"  {line}")
+        print(f"{name}: {'OK' if report.ok else 'INVALID'}" + (f" ({report.error})" if report.error else ""))
+        for sig in report.signatures:
+            when = sig.signing_time.isoformat(timespec="seconds") if sig.signing_time else "no time"
+            print(f"  {sig.field}: {'ok' if sig.ok else 'NOT OK'} — {sig.signer}, {when}, "
+                  f"level {sig.pades_level or 'not PAdES'}, intact={sig.intact} valid={sig.valid} "
+                  f"trusted={sig.trusted} changes after={sig.modification_level}")
         worst = worst or (0 if report.ok else 1)
     return worst
 

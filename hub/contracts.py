@@ -158,8 +158,16 @@ class SigningIdentity:
 
     @property
     def key(self) -> str:
-        """The id a signer looks its key up by: the personal id, or the school code for a seal."""
-        return self.personal_id or self.school_code
+        """The id a signer looks its key up by: the personal id, or the school code for a seal.
+
+        A person without a personal id has no key: falling back to the school code would hand
+        them the school seal's key.
+        """
+        if self.role == "school_seal":
+            return self.school_code
+        if not self.personal_id:
+            raise ValueError(f"{self.role} {self.name!r} has no personal id to find a signing key by")
+        return self.personal_id
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from hub import store as st
 from hub.config import HubConfig
 from hub.contracts import (
-    Adapter, Delivery, DeliveryError, Health, PluginContext, PluginError, Signer, SignRequest,
+    Adapter, Delivery, DeliveryError, Health, PluginContext, PluginError, Signer,
 )
 from hub.logs import get_logger
 from hub.plugins import adapter_types, manager, signer_types
@@ -79,7 +79,12 @@ class Hub:
 
     async def start(self, *, pull: bool = True) -> None:
         """Open every plugin (failing fast with its reason), requeue unfinished records, start."""
-        self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"))
+        from hub.render import load_fonts
+
+        # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s.
+        fonts = await asyncio.to_thread(load_fonts)
+        self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=load_fonts, initargs=(fonts,))
         data = self.config.data_dir
         try:
             for section in self.config.signers:
@@ -315,16 +320,13 @@ class Hub:
         await self._move(row, st.RENDERED, pdf=pdf)
 
     async def _sign(self, pk: int) -> None:
-        from hub.signing import identity_for
+        from hub.signing import request_for
 
         row = await self._db(self.store.get, pk)
         done = 0 if row.state == st.RENDERED else self.roles.index(row.state.removeprefix(st.SIGNED_PREFIX)) + 1
         role, signer_name = self.steps[done]
-        record = parse_transcript(row.normalized)
-        identity = identity_for(record, role)
-        request = SignRequest(pdf=row.pdf, field_name=role, identity=identity,
-                              reason=f"Ký học bạ ({role})", location=record.signatories.issue_place)
         try:
+            request = request_for(parse_transcript(row.normalized), row.pdf, role)
             [signed] = await self.signers[signer_name].sign([request])
         except (PluginError, ValueError) as exc:
             await self._move(row, st.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])

@@ -68,16 +68,25 @@ class SigningError(PluginError):
 # --- who signs ------------------------------------------------------------------------------------
 
 def identity_for(record: PrimaryTranscript | SecondaryTranscript, role: str) -> SigningIdentity:
-    """The identity that signs ``record`` in ``role`` (``hub.contracts.SIGNING_ROLES``)."""
+    """The identity that signs ``record`` in ``role`` (``hub.contracts.SIGNING_ROLES``).
+
+    Raises ``SigningError`` when a person's personal id is missing: ``SigningIdentity.key``
+    would fall back to the school code and pick the school seal's key to sign as that person.
+    """
     s = record.signatories
-    if role == "homeroom_teacher":
-        return SigningIdentity(role, s.homeroom_teacher_name, record.school_code,
-                               s.homeroom_teacher_personal_id)
-    if role == "principal":
-        return SigningIdentity(role, s.principal_name, record.school_code, s.principal_personal_id)
     if role == "school_seal":
         return SigningIdentity(role, record.school_name, record.school_code)
-    raise ValueError(f"unknown signing role {role!r}; expected one of {', '.join(SIGNING_ROLES)}")
+    people = {
+        "homeroom_teacher": (s.homeroom_teacher_name, s.homeroom_teacher_personal_id),
+        "principal": (s.principal_name, s.principal_personal_id),
+    }
+    if role not in people:
+        raise ValueError(f"unknown signing role {role!r}; expected one of {', '.join(SIGNING_ROLES)}")
+    name, personal_id = people[role]
+    if not personal_id:
+        raise SigningError(f"signatories.{role}_personal_id: missing, so no key can be chosen "
+                           f"for {role} {name}")
+    return SigningIdentity(role, name, record.school_code, personal_id)
 
 
 def request_for(record: PrimaryTranscript | SecondaryTranscript, pdf: bytes, role: str) -> SignRequest:

@@ -5,6 +5,7 @@ pdfsig) and pyHanko's validator. Real keys from a throwaway PKI, real worker pro
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import subprocess
 import unicodedata
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -15,7 +16,7 @@ import pytest
 from hub import pki
 from hub.contracts import SIGNING_ROLES, PluginContext, PluginError, SigningIdentity, SignRequest
 from hub.records import PrimaryTranscript, SecondaryTranscript, parse_transcript
-from hub.render import render_pdf, signature_boxes
+from hub.render import load_fonts, render_pdf, signature_boxes
 from hub.signing import SigningError, identity_for, request_for
 from hub.synthetic import transcript
 from hub.verify import extract_record, load_certs, verify_pdf
@@ -93,6 +94,15 @@ def test_rendered_text_is_exact_vietnamese_and_subsets_do_not_leak(records, tmp_
     # record in between leaves the same record's document byte-for-byte unchanged.
     assert first_revision(first) == first_revision(again)
     assert "Được lên lớp" in poppler("pdftotext", first, tmp_path, "-enc", "UTF-8")
+
+
+def test_spawned_workers_render_the_same_document_from_prepared_fonts(records):
+    # Spawned workers start empty; handing them the prepared fonts spares each the reduction.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, initializer=load_fonts,
+                             initargs=(load_fonts(),)) as pool:
+        in_worker = pool.submit(render_pdf, records[1]).result()
+    assert first_revision(in_worker) == first_revision(render_pdf(records[1]))
 
 
 def test_record_is_attached_as_hocba_json(records, tmp_path):
@@ -194,11 +204,26 @@ async def test_expired_certificate_is_refused_before_signing(records, tmp_path):
     assert submitted == []
 
 
-async def test_unknown_identity_names_the_role_and_key(records, keys):
+async def test_unknown_identity_names_the_role_and_key_until_its_key_is_issued(records, tmp_path):
+    rec = records[0]
+    pki.ensure_pki(tmp_path, [identity_for(rec, "homeroom_teacher")], PASSWORD)
     stranger = SigningIdentity("principal", "Người Lạ", "01001001", "099999999999")
-    local = signer(keys[0])
+    local = signer(tmp_path)
     await local.open()
-    request = SignRequest(pdf=render_pdf(records[0]), field_name="principal", identity=stranger)
+    request = SignRequest(pdf=render_pdf(rec), field_name="principal", identity=stranger)
     with pytest.raises(SigningError, match=r"no key for principal Người Lạ \(key 099999999999\); "
                                            r"expected .*099999999999\.p12"):
         await local.sign([request])
+    # A key issued while the signer runs is found without a restart.
+    pki.issue(tmp_path, [stranger], PASSWORD)
+    [pdf] = await local.sign([request])
+    report = await verify_pdf(pdf, load_certs(tmp_path / pki.ROOT_CERT))
+    assert report.ok and report.signatures[0].signer == "Người Lạ"
+
+
+def test_a_person_without_a_personal_id_is_never_given_the_seal_key():
+    data = transcript(0)
+    data.update(record_id="R9", event="NEW", version=1, updated_at="2025-06-01T08:00:00")
+    data["signatories"]["principal_personal_id"] = None
+    with pytest.raises(SigningError, match="signatories.principal_personal_id: missing"):
+        identity_for(parse_transcript(data), "principal")
