@@ -126,7 +126,8 @@ class Adapter(ABC):
 
         Return a dict; the hub adds the envelope and validates it, so cleaning that every
         vendor needs (NFC, dates, comma decimals) is already done there. Raise ``ValueError``
-        naming the field for what cannot be mapped.
+        naming the field for what cannot be mapped. Must work offline, without ``open()`` and
+        on an instance whose settings are unset (``hocba-hub normalize FILE`` runs it so).
         """
         raise NotImplementedError
 

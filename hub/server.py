@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
 import uvicorn
 
 from hub.app import create_app
@@ -9,16 +14,34 @@ from hub.config import HubConfig
 from hub.pipeline import Hub
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, but a stop signal ends ``serve()`` and is not re-raised afterwards.
+
+    uvicorn re-raises the captured SIGTERM once its server has stopped, which kills the
+    process before the hub drains; the hub owns the process's exit here.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
 async def serve(config: HubConfig) -> None:
     """Work and serve until SIGINT/SIGTERM; then stop taking work and drain what is in flight."""
     hub = Hub(config)
     await hub.start()
     host, port = config.http.bind.rsplit(":", 1)
-    server = uvicorn.Server(uvicorn.Config(
+    server = _Server(uvicorn.Config(
         create_app(hub), host=host, port=int(port), log_level="warning", access_log=False, lifespan="off",
     ))
     try:
-        # uvicorn turns SIGINT/SIGTERM into a graceful exit of serve().
         await server.serve()
     finally:
         await hub.stop()

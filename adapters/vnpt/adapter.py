@@ -111,10 +111,15 @@ class VnptAdapter(Adapter):
 
     def __init__(self, settings: PluginSettings, context: PluginContext):
         super().__init__(settings, context)
-        self._base = str(self.settings.base_url).rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._token: str | None = None
         self._token_expires = 0.0
+
+    @property
+    def _base(self) -> str:
+        # Read when a request is made, not in __init__: `hocba-hub normalize` builds the adapter
+        # without settings, and normalising needs none.
+        return str(self.settings.base_url).rstrip("/")
 
     # --- lifecycle ---------------------------------------------------------------------------
 

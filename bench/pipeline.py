@@ -1,0 +1,457 @@
+"""End-to-end transcripts per second: the hub against a plain script doing the same work.
+
+    python bench/pipeline.py [--records N] [--plain-records M] [--processes P]
+
+Both runs happen in this one process, one after the other, on this machine:
+
+1. **hub**: ``N`` valid synthetic transcripts through the real ``hub.pipeline.Hub``: pulled
+   from the vnpt simulator, stored in SQLite, normalised, rendered, signed three times
+   (pkcs12 signer, a throwaway PKI) and delivered to the moet simulator. Timed from
+   ``hub.start()`` to ``hub.wait_idle()``: start-up (spawning the worker pool, loading the
+   keys) is part of what an operator pays, so it counts.
+2. **plain**: the same work written the obvious way, in one process: for each transcript
+   fpdf2 with Noto Sans added per document, the same layout, the record attached, a field per
+   role (pyHanko), then per role ``SimpleSigner.load_pkcs12`` + the synchronous
+   ``signers.sign_pdf`` (PAdES, pyHanko measures the signature size with a dry run), then one
+   ``urllib`` multipart POST to a moet simulator. It gets its records already in the central
+   format, so it skips the pulling, storing and normalising the hub does: that favours it.
+
+Transcripts/s are compared, not totals, so the plain run may use fewer records (``M``,
+default ``min(N, 20)``). The last line is ``ratio: X.Y`` = hub rate (start-up included) /
+plain rate. Exit status is non-zero unless the central store accepted every transcript of
+both runs.
+
+Both simulators run on this process's event loop; the plain script runs in a thread so the
+loop keeps answering its requests. On a 2-core machine the simulators share the cores with
+the hub's two worker processes, so the hub's figure is a little pessimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Runnable as ``python bench/pipeline.py`` from a checkout, installed or not.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adapters.moet.simulator import MoetSimulator  # noqa: E402
+from adapters.vnpt.simulator import VnptSimulator  # noqa: E402
+from hub import store as st  # noqa: E402
+from hub.config import parse_config  # noqa: E402
+from hub.hookspecs import hookimpl  # noqa: E402
+from hub.logs import configure  # noqa: E402
+from hub.pki import ensure_pki  # noqa: E402
+from hub.plugins import manager  # noqa: E402
+from hub.records import PrimaryTranscript, SecondaryTranscript, parse_transcript  # noqa: E402
+from hub.synthetic import signing_identities, transcript  # noqa: E402
+
+PASSWORD = "bench-only-password"
+ROLES = ("homeroom_teacher", "principal", "school_seal")
+SEED = 11
+
+
+# --- 1. the hub -----------------------------------------------------------------------------------
+
+class DeliveryClock:
+    """A ``hocba_hub_record_event`` plugin noting when each transcript reaches the central store.
+
+    The hub's own observer hook, so the bench measures the pipeline without reaching into it.
+    """
+
+    def __init__(self) -> None:
+        self.delivered: list[float] = []
+
+    @hookimpl
+    def hocba_hub_record_event(self, event: dict[str, Any]) -> None:
+        if event["state"] == st.DELIVERED:
+            self.delivered.append(time.perf_counter())
+
+
+@dataclass
+class HubResult:
+    records: int
+    processes: int
+    startup: float            # seconds in hub.start()
+    total: float              # seconds from hub.start() to idle
+    delivered: list[float]    # perf_counter of each delivery
+    accepted: int             # transcripts the central store holds
+    t0: float
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.total
+
+    @property
+    def rate_after_startup(self) -> float:
+        return self.records / (self.total - self.startup)
+
+    @property
+    def steady_rate(self) -> float | None:
+        # Deliveries per second between the first and the last: the pipeline once it is full.
+        if len(self.delivered) < 2 or self.delivered[-1] == self.delivered[0]:
+            return None
+        return (len(self.delivered) - 1) / (self.delivered[-1] - self.delivered[0])
+
+
+async def run_hub(records: int, processes: int, pki_dir: Path, work: Path) -> HubResult:
+    vendor = VnptSimulator(records=records, seed=SEED)
+    central = MoetSimulator()
+    await vendor.start()
+    await central.start()
+    # The same shape as tests/test_pipeline.py's config, pointed at the simulators just started.
+    config = parse_config({
+        "data_dir": str(work / "hub-data"),
+        "workers": {"processes": processes},
+        "delivery": {"max_attempts": 3, "backoff_initial": 0.05, "backoff_max": 0.5},
+        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
+                      "settings": vendor.adapter_settings()}],
+        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "signers": [{"name": "keys", "type": "pkcs12",
+                     "settings": {"directory": str(pki_dir), "password": PASSWORD}}],
+        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
+    })
+    clock = DeliveryClock()
+    manager().register(clock, name="bench-delivery-clock")
+    # Imported here: hub.pipeline is the code under test, the rest of the module needs none of it.
+    from hub.pipeline import Hub
+
+    try:
+        t0 = time.perf_counter()
+        hub = Hub(config)
+        await hub.start()
+        started = time.perf_counter()
+        try:
+            # Generous: a hub that stalls must end the bench with an error, not hang it.
+            await asyncio.wait_for(hub.wait_idle(), 120 + 2 * records)
+            done = time.perf_counter()
+        finally:
+            await hub.stop()
+        return HubResult(records, processes or os.cpu_count() or 1, started - t0, done - t0, clock.delivered,
+                         len(central.accepted()), t0)
+    finally:
+        manager().unregister(clock)
+        await vendor.stop()
+        await central.stop()
+
+
+# --- 2. the plain script --------------------------------------------------------------------------
+#
+# What someone writes with the same libraries and the docs open, without tuning: everything
+# per transcript, synchronous, one at a time.
+
+FONT = "NotoSans"
+PRIMARY_LEVELS = {"T": "Hoàn thành tốt", "H": "Hoàn thành", "C": "Chưa hoàn thành"}
+QUALITY_LEVELS = {"T": "Tốt", "Đ": "Đạt", "C": "Cần cố gắng"}
+SECONDARY_LEVELS = {"T": "Tốt", "K": "Khá", "Đ": "Đạt", "CĐ": "Chưa đạt"}
+TITLES = {"homeroom_teacher": "GIÁO VIÊN CHỦ NHIỆM", "principal": "HIỆU TRƯỞNG",
+          "school_seal": "XÁC NHẬN CỦA NHÀ TRƯỜNG"}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.1f}".replace(".", ",")
+    return str(value)
+
+
+def plain_render(record: PrimaryTranscript | SecondaryTranscript, record_json: bytes) -> bytes:
+    """The transcript page with fpdf2 as its docs show it, then one signature field per role."""
+    from fontpkg_noto_sans import ROOT
+    from fpdf import FPDF
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+    from pyhanko.sign.fields import SigFieldSpec, append_signature_field
+
+    font_file = ROOT / "files" / "NotoSans[wdth,wght].ttf"
+    pdf = FPDF(format="A4", unit="mm")
+    # The one font file for both styles: instancing a real bold weight through fpdf2
+    # (``variations=``) takes seconds per document, and would only make this baseline slower.
+    pdf.add_font(FONT, "", font_file)
+    pdf.add_font(FONT, "B", font_file)
+    pdf.set_auto_page_break(True, margin=12)
+    pdf.add_page()
+
+    pdf.set_font(FONT, "B", 10)
+    pdf.cell(80, 5, record.school_name.upper(), align="C")
+    pdf.cell(0, 5, "CỘNG HÒA XÃ HỘI CHỦ NGHĨA VIỆT NAM", align="C", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(FONT, "", 9)
+    pdf.cell(80, 5, f"Mã trường: {record.school_code}", align="C")
+    pdf.set_font(FONT, "B", 10)
+    pdf.cell(0, 5, "Độc lập - Tự do - Hạnh phúc", align="C", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(4)
+    pdf.set_font(FONT, "B", 22)
+    pdf.cell(0, 10, "HỌC BẠ", align="C", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(FONT, "", 11)
+    pdf.cell(0, 6, f"Năm học {record.school_year}", align="C", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(3)
+
+    s = record.student
+    pdf.set_font(FONT, "", 10)
+    for line in (
+        f"Họ và tên học sinh: {s.full_name}    Giới tính: {'Nam' if s.gender == 1 else 'Nữ'}",
+        f"Ngày sinh: {s.birth_date:%d/%m/%Y}    Dân tộc: {s.ethnicity or ''}    "
+        f"Quốc tịch: {s.nationality or ''}",
+        f"Mã học sinh: {s.student_code}    Số định danh cá nhân: {s.personal_id or ''}",
+        f"Trường: {record.school_name}    Lớp: {record.class_name}    Mã học bạ: {record.transcript_id}",
+    ):
+        pdf.multi_cell(0, 5.5, line, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+
+    if isinstance(record, PrimaryTranscript):
+        head = ("Môn học và hoạt động giáo dục", "Mức đạt cuối HK I", "Điểm KTĐK cuối HK I",
+                "Mức đạt cuối năm", "Điểm KTĐK cuối năm", "Nhận xét")
+        rows = [(x.subject_name, PRIMARY_LEVELS.get(x.term1_level or "", ""), _fmt(x.term1_score),
+                 PRIMARY_LEVELS[x.year_level], _fmt(x.year_score), x.comment or "")
+                for x in record.subjects]
+        widths = (40, 25, 17, 25, 17, 56)
+        second_head = ("Phẩm chất / năng lực", "Mức đạt")
+        second = [(k, QUALITY_LEVELS[v]) for k, v in {**record.qualities, **record.competencies}.items()]
+        result = (f"Hoàn thành chương trình lớp học: {'Có' if record.completed_grade_program else 'Không'}"
+                  f"    Lên lớp: {'Được lên lớp' if record.promoted else 'Chưa được lên lớp'}"
+                  f"    Khen thưởng: {'; '.join(record.awards) or 'Không'}")
+    else:
+        head = ("Môn học và hoạt động giáo dục", "Học kỳ I", "Học kỳ II", "Cả năm")
+        rows = []
+        for x in record.subjects:
+            if x.is_comment_only:
+                rows.append((x.subject_name, *(c.value if c else "" for c in
+                                               (x.term1_comment, x.term2_comment, x.year_comment))))
+            else:
+                rows.append((x.subject_name, _fmt(x.term1_average), _fmt(x.term2_average),
+                             _fmt(x.year_average)))
+        widths = (84, 32, 32, 32)
+        second_head = ("", "Học kỳ I", "Học kỳ II", "Cả năm")
+        second = [(label, *(SECONDARY_LEVELS[getattr(t, p).value] if getattr(t, p) else ""
+                            for p in ("term1", "term2", "year")))
+                  for label, t in (("Kết quả học tập", record.learning), ("Kết quả rèn luyện", record.conduct))]
+        result = (f"Tổng số ngày nghỉ: {record.days_absent}    "
+                  f"Lên lớp: {'Được lên lớp' if record.promoted else 'Không được lên lớp'}")
+
+    pdf.set_font(FONT, "", 8.5)
+    with pdf.table(col_widths=widths) as table:
+        for values in (head, *rows):
+            table.row(values)
+    pdf.ln(3)
+    with pdf.table() as table:
+        for values in (second_head, *second):
+            table.row(values)
+    pdf.ln(3)
+    pdf.set_font(FONT, "", 10)
+    pdf.multi_cell(0, 5.5, result, new_x="LMARGIN", new_y="NEXT")
+
+    # Signature blocks: a heading and an empty box per role, side by side.
+    if pdf.will_page_break(50):
+        pdf.add_page()
+    sig = record.signatories
+    pdf.ln(4)
+    pdf.cell(0, 5, f"{sig.issue_place}, ngày {sig.issue_date:%d} tháng {sig.issue_date:%m} "
+                   f"năm {sig.issue_date:%Y}", align="R", new_x="LMARGIN", new_y="NEXT")
+    top, col = pdf.get_y() + 2, pdf.epw / 3
+    names = {"homeroom_teacher": sig.homeroom_teacher_name, "principal": sig.principal_name,
+             "school_seal": record.school_name}
+    boxes = {}
+    for i, role in enumerate(ROLES):
+        x = pdf.l_margin + i * col
+        pdf.set_xy(x, top)
+        pdf.set_font(FONT, "B", 10)
+        pdf.cell(col, 5, TITLES[role], align="C")
+        pdf.rect(x + 2, top + 7, col - 4, 22)
+        pdf.set_xy(x, top + 31)
+        pdf.cell(col, 5, names[role], align="C")
+        pt = 72 / 25.4  # fpdf2 works in mm from the top; PDF rectangles are points from the bottom
+        boxes[role] = (round((x + 2) * pt), round((pdf.h - top - 29) * pt),
+                       round((x + col - 2) * pt), round((pdf.h - top - 7) * pt))
+
+    pdf.embed_file(bytes=record_json, basename="hocba.json", mime_type="application/json",
+                   associated_file_relationship="Data", compress=True)
+    body = bytes(pdf.output())
+
+    # fpdf2 makes no empty signature fields: pyHanko adds them, all before the first signature.
+    writer = IncrementalPdfFileWriter(io.BytesIO(body))
+    for role in ROLES:
+        append_signature_field(writer, SigFieldSpec(sig_field_name=role, on_page=pdf.page - 1,
+                                                    box=boxes[role]))
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def plain_key_file(record: PrimaryTranscript | SecondaryTranscript, role: str, pki_dir: Path) -> Path:
+    # hub.pki names each .p12 after the person's personal id, or the school code for the seal.
+    sig = record.signatories
+    key = {"homeroom_teacher": sig.homeroom_teacher_personal_id,
+           "principal": sig.principal_personal_id, "school_seal": record.school_code}[role]
+    return pki_dir / f"{key}.p12"
+
+
+def plain_sign(pdf: bytes, role: str, signer: Any, location: str) -> bytes:
+    """pyHanko's documented synchronous one-call signing into an existing field."""
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+    from pyhanko.sign import fields, signers
+
+    meta = signers.PdfSignatureMetadata(field_name=role, md_algorithm="sha256",
+                                        subfilter=fields.SigSeedSubFilter.PADES,
+                                        reason=f"{TITLES[role]} ký học bạ", location=location)
+    writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+    return signers.sign_pdf(writer, meta, signer=signer).getvalue()
+
+
+def plain_deliver(base_url: str, token: str, record_json: bytes, pdf: bytes, name: str) -> dict[str, Any]:
+    """One multipart POST with the standard library (adapters/moet/CONTRACT.md)."""
+    boundary = uuid.uuid4().hex
+    body = b"".join([
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"record\"\r\n"
+        f"Content-Type: application/json\r\n\r\n".encode(), record_json, b"\r\n",
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"document\"; filename=\"{name}.pdf\"\r\n"
+        f"Content-Type: application/pdf\r\n\r\n".encode(), pdf, b"\r\n",
+        f"--{boundary}--\r\n".encode(),
+    ])
+    request = urllib.request.Request(
+        base_url + "/api/v1/hocba", data=body, method="POST",
+        headers={"Authorization": f"Bearer {token}",
+                 "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # 4xx/5xx raise HTTPError
+        return json.load(response)
+
+
+@dataclass
+class PlainResult:
+    records: int
+    total: float = 0.0
+    stages: dict[str, float] = field(default_factory=lambda: {"render": 0.0, "load key": 0.0,
+                                                              "sign": 0.0, "deliver": 0.0})
+    accepted: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.total
+
+
+def plain_script(inputs: list[dict[str, Any]], pki_dir: Path, base_url: str, token: str) -> PlainResult:
+    """The obvious loop, with a stopwatch around each step (a few perf_counter calls: free)."""
+    from pyhanko.sign.signers import SimpleSigner
+
+    result = PlainResult(len(inputs))
+    clock = result.stages
+    started = time.perf_counter()
+    for data in inputs:
+        t = time.perf_counter()
+        record = parse_transcript(data)
+        record_json = record.model_dump_json(by_alias=True).encode()
+        pdf = plain_render(record, record_json)
+        clock["render"] += time.perf_counter() - t
+        for role in ROLES:
+            t = time.perf_counter()
+            signer = SimpleSigner.load_pkcs12(str(plain_key_file(record, role, pki_dir)),
+                                              passphrase=PASSWORD.encode())
+            if signer is None:  # pyHanko logs the reason and returns None
+                raise RuntimeError(f"cannot load the {role} key of {record.record_id}")
+            clock["load key"] += time.perf_counter() - t
+            t = time.perf_counter()
+            pdf = plain_sign(pdf, role, signer, record.signatories.issue_place)
+            clock["sign"] += time.perf_counter() - t
+        t = time.perf_counter()
+        plain_deliver(base_url, token, record_json, pdf, f"{record.record_id}-v{record.version}")
+        clock["deliver"] += time.perf_counter() - t
+    result.total = time.perf_counter() - started
+    return result
+
+
+def plain_inputs(count: int) -> list[dict[str, Any]]:
+    """The first ``count`` transcripts the hub's vendor simulator serves, with an envelope."""
+    out = []
+    for i in range(count):
+        data = transcript(i, SEED)
+        data.update(record_id=f"{data['school_code']}-{data['student']['student_code']}-2024",
+                    event="NEW", version=1, updated_at="2025-06-01T07:00:00")
+        out.append(data)
+    return out
+
+
+async def run_plain(records: int, pki_dir: Path) -> PlainResult:
+    central = MoetSimulator()
+    await central.start()
+    try:
+        settings = central.adapter_settings()
+        # A thread, so this event loop keeps serving the simulator the script posts to.
+        result = await asyncio.to_thread(plain_script, plain_inputs(records), pki_dir,
+                                         settings["base_url"], settings["token"])
+        result.accepted = len(central.accepted())
+        return result
+    finally:
+        await central.stop()
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+async def main_async(args: argparse.Namespace) -> int:
+    configure("console", "error")  # a log line per state change is not what is measured here
+    cpus = os.cpu_count() or 1
+    plain_n = args.plain_records or min(args.records, 20)
+    print(f"hocba-hub bench/pipeline.py: render + 3 PAdES signatures + deliver, local keys")
+    print(f"machine: {cpus} CPUs, {platform.machine()}, Python {platform.python_version()}, "
+          f"{platform.system()} {platform.release()}")
+    print(f"N: hub {args.records} transcripts, plain {plain_n}")
+
+    with tempfile.TemporaryDirectory(prefix="hocba-bench-") as tmp:
+        work = Path(tmp)
+        pki_dir = work / "pki"
+        t = time.perf_counter()
+        # Not timed: a province has its keys before it runs anything.
+        await asyncio.to_thread(ensure_pki, pki_dir, signing_identities(), PASSWORD)
+        print(f"setup: test PKI of {len(list(pki_dir.glob('*.p12')))} keys in "
+              f"{time.perf_counter() - t:.1f} s (not timed)")
+
+        hub = await run_hub(args.records, args.processes, pki_dir, work)
+        after_start = [d - hub.t0 for d in hub.delivered]
+        steady = hub.steady_rate
+        print(f"hub:   {hub.records} transcripts in {hub.total:.2f} s with {hub.processes} worker processes "
+              f"= {hub.rate:.2f}/s (start-up included)")
+        print(f"       start-up {hub.startup:.2f} s; after start-up {hub.rate_after_startup:.2f}/s; "
+              f"first delivery at {after_start[0] if after_start else float('nan'):.2f} s, "
+              f"steady state (first to last delivery) "
+              + (f"{steady:.2f}/s" if steady else "n/a"))
+        print(f"       accepted by the central store: {hub.accepted}/{hub.records}")
+
+        plain = await run_plain(plain_n, pki_dir)
+        per = {k: 1000 * v / plain.records for k, v in plain.stages.items()}
+        print(f"plain: {plain.records} transcripts in {plain.total:.2f} s, 1 process "
+              f"= {plain.rate:.2f}/s")
+        print("       per transcript: " + ", ".join(f"{k} {v:.0f} ms" for k, v in per.items())
+              + " (load key and sign: 3 signatures)")
+        print(f"       accepted by the central store: {plain.accepted}/{plain.records}")
+
+    ok = hub.accepted == hub.records and plain.accepted == plain.records
+    if not ok:
+        print("BENCH FAILED: not every transcript reached the central store", file=sys.stderr)
+    print(f"ratio: {hub.rate / plain.rate:.1f}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=60, help="transcripts through the hub (default 60)")
+    parser.add_argument("--plain-records", type=int, default=0,
+                        help="transcripts through the plain script (default min(records, 20))")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="hub worker processes (default 0: one per core)")
+    args = parser.parse_args(argv)
+    if args.records < 1:
+        parser.error("--records must be at least 1")
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
