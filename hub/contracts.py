@@ -135,6 +135,13 @@ class Adapter(ABC):
         """Send a signed transcript. Raise ``DeliveryError`` on failure."""
         raise NotImplementedError
 
+    async def acknowledge(self, page: Page) -> None:
+        """Called once ``page``'s records and cursor are committed to the store.
+
+        Only now may a source forget them: a file-drop adapter moves the file to ``done/``, a
+        queue adapter acknowledges the messages. A crash before this call re-reads the page.
+        """
+
     async def check(self) -> Health:
         """Is the remote system reachable and are the credentials accepted?"""
         return Health(True)
@@ -208,17 +215,42 @@ class Signer(ABC):
         return Health(True)
 
 
+@dataclass
+class Faults:
+    """Fault switches every simulator exposes as ``simulator.faults``; flip them at any time.
+
+    The conformance kit and the fault suites use exactly these names, so every simulator
+    answers them the same way; a simulator may subclass this to add its vendor's own quirks.
+    ``*_next_n`` switches count down one per data request (token and health requests are
+    not counted, so a test can predict which read fails).
+    """
+    outage: bool = False              # every request → 503 until switched off
+    fail_next_n: int = 0              # the next n requests → 503
+    rate_limit_next_n: int = 0        # the next n requests → 429 with Retry-After
+    retry_after_seconds: int = 1      # the Retry-After sent with 429s and outage 503s
+    drop_next_n_connections: int = 0  # the next n requests: close the socket, no answer
+    slow_seconds: float = 0.0         # latency added to every answer while non-zero
+
+
 class Simulator(ABC):
     """A system's contract served over real HTTP on loopback, for the demo, tests and the kit.
 
-    ``records``/``invalid`` seed a source with synthetic valid and deliberately invalid
-    transcripts; a destination ignores them.
+    A source is seeded with ``hub.synthetic.transcript(i, seed)`` for ``i < records`` plus
+    ``invalid`` deliberately invalid ones (``hub.synthetic.invalid_transcript``) in its
+    vendor's shape; a destination ignores them. ``page_size`` is the page size the adapter
+    settings from ``adapter_settings()`` ask for (``None`` for a source that does not page),
+    so the kit can test paging boundaries.
     """
+    page_size: int | None = None
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0):
         self.records = records
         self.invalid = invalid
         self.seed = seed
+        self.faults = Faults()
+
+    def expire_tokens(self) -> None:
+        """Revoke every credential issued so far (for auth-expiry tests); no-op without tokens."""
 
     @abstractmethod
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:

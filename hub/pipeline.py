@@ -273,6 +273,7 @@ class Hub:
                     received += len(ids)
                     for pk in ids:
                         self._enqueue(pk, st.RECEIVED)
+                    await adapter.acknowledge(page)
                 self.status[name].last_sync = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 if not self.status[name].health.ok:
                     log.info("adapter.recovered")
