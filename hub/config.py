@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from hub.contracts import SIGNING_ROLES, PluginSettings
 from hub.plugins import adapter_types, signer_types
@@ -45,13 +45,48 @@ class AdapterSection(PluginSection):
     enabled: bool = True
 
 
+Level = Literal["B-B", "B-T", "B-LT"]
+_TSA_URL = r"^(|https?://\S+|demo)$"
+
+
 class SigningStep(_Strict):
+    """Who signs one role, and how: the signer instance, the PAdES level, the timestamp authority."""
     role: Literal["homeroom_teacher", "principal", "school_seal"]
     signer: str = Field(description="Name of an entry under `signers`")
+    level: Level | None = Field(default=None, description="PAdES level; default `signing.level`")
+    timestamp_url: str | None = Field(
+        default=None, pattern=_TSA_URL,
+        description="RFC 3161 timestamping authority for B-T/B-LT; default `signing.timestamp_url`. "
+                    "`demo`: the loopback TSA `hocba-hub demo` starts")
+
+
+class SchoolStep(_Strict):
+    """A school's own choice for one role; what it leaves out comes from the province's step."""
+    signer: str | None = Field(default=None, description="Name of an entry under `signers`")
+    level: Level | None = None
+    timestamp_url: str | None = Field(default=None, pattern=_TSA_URL)
 
 
 class SigningConfig(_Strict):
+    """The signing order, and which signer each role uses — province-wide, then per school.
+
+    One school can sign with SmartCA, another with MySign, another seal with a USB token:
+    ``schools`` maps a school code to the roles it does differently.
+    """
     steps: list[SigningStep] = Field(min_length=1)
+    level: Level = Field(default="B-B", description="PAdES level of every step that does not say")
+    timestamp_url: str = Field(default="", pattern=r"^(|https?://\S+|demo)$",
+                               description="Timestamping authority of every step that does not say")
+    schools: dict[str, dict[Literal["homeroom_teacher", "principal", "school_seal"], SchoolStep]] = Field(
+        default_factory=dict, description="Per-school overrides: school code → role → signer/level/TSA")
+    trust: list[Path] = Field(
+        default_factory=list,
+        description="PEM files of trusted roots: documents arriving signed must chain to one, and "
+                    "so must every signature before delivery (empty: integrity checked, trust not)")
+    concurrency: int = Field(
+        default=64, ge=1,
+        description="Signing steps in flight; remote signers wait on approvals and the network, "
+                    "so this is far above the number of processes")
 
     @field_validator("steps")
     @classmethod
@@ -61,6 +96,40 @@ class SigningConfig(_Strict):
         if roles != expected or len(set(roles)) != len(roles):
             raise ValueError(f"steps must follow {' → '.join(SIGNING_ROLES)}, each once; got {roles}")
         return steps
+
+    @model_validator(mode="after")
+    def _timestamped_steps_have_a_tsa(self) -> "SigningConfig":
+        roles = {s.role for s in self.steps}
+        for code, overrides in self.schools.items():
+            extra = sorted(set(overrides) - roles)
+            if extra:
+                raise ValueError(f"schools.{code}: {', '.join(extra)} is not a signing step")
+        for code in (None, *self.schools):
+            for step in self.steps:
+                resolved = self.step_for(step.role, code)
+                if resolved.level != "B-B" and not resolved.timestamp_url:
+                    where = f"schools.{code}.{step.role}" if code else f"steps[{step.role}]"
+                    raise ValueError(f"{where}: level {resolved.level} needs a timestamp_url "
+                                     f"(here or in signing.timestamp_url)")
+        return self
+
+    def step_for(self, role: str, school_code: str | None) -> SigningStep:
+        """The step ``role`` takes for ``school_code``: the school's override over the province's,
+        and ``level``/``timestamp_url`` filled in from the signing-wide defaults."""
+        base = next(s for s in self.steps if s.role == role)
+        own = self.schools.get(school_code or "", {}).get(role) or SchoolStep()
+        level = own.level or base.level or self.level
+        return SigningStep(
+            role=base.role,
+            signer=own.signer or base.signer,
+            level=level,
+            timestamp_url=(own.timestamp_url or base.timestamp_url or self.timestamp_url) if level != "B-B" else "",
+        )
+
+    def signer_names(self) -> set[str]:
+        """Every signer a step or a school override names (each must be defined under ``signers``)."""
+        return {s.signer for s in self.steps} | {
+            o.signer for overrides in self.schools.values() for o in overrides.values() if o.signer}
 
 
 class HttpConfig(_Strict):
@@ -78,9 +147,28 @@ class WorkersConfig(_Strict):
 
 
 class DeliveryConfig(_Strict):
-    max_attempts: int = Field(default=6, ge=1, description="Attempts before a delivery fails")
+    max_attempts: int = Field(default=8, ge=1, description="Attempts before a delivery is dead-lettered")
     backoff_initial: float = Field(default=0.5, gt=0, description="Seconds before the first retry")
-    backoff_max: float = Field(default=60.0, gt=0, description="Longest wait between retries")
+    backoff_max: float = Field(default=300.0, gt=0, description="Longest wait between retries")
+    breaker_threshold: int = Field(default=5, ge=1, description="Consecutive failures that open the circuit")
+    breaker_probe_seconds: float = Field(default=30.0, gt=0, description="While open: one probe this often")
+
+
+class AdminToken(_Strict):
+    name: str = Field(description="Who holds the token; recorded in the audit log")
+    token: SecretStr = Field(min_length=16, description="Bearer token, from the environment: ${ADMIN_TOKEN}")
+    role: Literal["operator", "viewer"] = Field(
+        default="viewer", description="operator: personal data and actions; viewer: ids and states only")
+
+
+class AdminConfig(_Strict):
+    tokens: list[AdminToken] = Field(default_factory=list, description="Admin API bearer tokens")
+
+
+class RetentionConfig(_Strict):
+    delivered_payload_days: float = Field(
+        default=180, gt=0, description="Drop payloads/PDFs of delivered records after this many days")
+    check_interval_hours: float = Field(default=24, gt=0)
 
 
 class HubConfig(_Strict):
@@ -91,6 +179,8 @@ class HubConfig(_Strict):
     logging: LoggingConfig = LoggingConfig()
     workers: WorkersConfig = WorkersConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    admin: AdminConfig = AdminConfig()
+    retention: RetentionConfig = RetentionConfig()
     adapters: list[AdapterSection] = Field(min_length=1)
     destination: PluginSection
     signers: list[PluginSection] = Field(min_length=1)

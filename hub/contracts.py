@@ -79,12 +79,20 @@ class Receipt:
 
 
 class DeliveryError(Exception):
-    """A delivery that failed; ``permanent`` means retrying the same request cannot succeed."""
+    """A delivery that failed; ``permanent`` means retrying the same request cannot succeed.
 
-    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None):
+    ``conflict`` marks a version conflict (the destination holds this version with other
+    content, or a higher one: ``held_version`` when it says which). The hub reconciles a
+    conflict by sending the record again as the next version, never by retrying blindly.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None,
+                 conflict: bool = False, held_version: int | None = None):
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent = permanent or conflict
         self.retry_after = retry_after
+        self.conflict = conflict
+        self.held_version = held_version
 
 
 class PluginError(Exception):
@@ -132,8 +140,14 @@ class Adapter(ABC):
         raise NotImplementedError
 
     async def deliver(self, delivery: Delivery) -> Receipt:
-        """Send a signed transcript. Raise ``DeliveryError`` on failure."""
+        """Send a signed transcript. Raise ``DeliveryError`` on failure; do not retry (the hub's
+        outbox owns the retry policy)."""
         raise NotImplementedError
+
+    async def held_version(self, record_id: str) -> int | None:
+        """For a destination: the highest version it holds for ``record_id`` (``None``: none or
+        unknown). Used to reconcile a version conflict whose answer did not say."""
+        return None
 
     async def acknowledge(self, page: Page) -> None:
         """Called once ``page``'s records and cursor are committed to the store.
@@ -186,6 +200,8 @@ class SignRequest:
     identity: SigningIdentity
     reason: str = ""
     location: str = ""
+    level: str = "B-B"               # PAdES level: B-B, B-T (+ signature timestamp), B-LT (+ validation data)
+    timestamp_url: str = ""          # the RFC 3161 timestamping authority, for B-T and B-LT
 
 
 class Signer(ABC):

@@ -21,14 +21,12 @@ from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from hub import store as st
 from hub.config import HubConfig
-from hub.contracts import (
-    Adapter, Delivery, DeliveryError, Health, PluginContext, PluginError, Signer,
-)
+from hub.contracts import Adapter, Health, PluginContext, PluginError, Signer
 from hub.logs import get_logger
+from hub.outbox import Outbox
 from hub.plugins import adapter_types, manager, signer_types
 from hub.records import field_errors, parse_transcript
 
@@ -70,8 +68,11 @@ class Hub:
         self._pullers: list[asyncio.Task[None]] = []
         self._inflight = 0
         self._busy = 0
-        self._idle = asyncio.Event()
+        self._tracked: set[int] = set()  # ids waiting in a stage queue
+        self._working: set[int] = set()  # ids a stage is working on
         self._pulled: dict[str, asyncio.Event] = {}
+        self.metrics: Any = None  # hub.metrics.Metrics, when the HTTP surface is on
+        self.outbox: Outbox | None = None
         self._stopping = asyncio.Event()
         self._hook = manager().hook
 
@@ -115,16 +116,18 @@ class Hub:
             "normalize": (self._normalize, 2),
             "render": (self._render, self._concurrency),
             "sign": (self._sign, self._concurrency),
-            "deliver": (self._deliver, 8),
         }
         for stage, (handler, workers) in stages.items():
             queue: asyncio.Queue[int] = asyncio.Queue()
             self._queues[stage] = queue
             for _ in range(workers):
                 self._tasks.append(asyncio.create_task(self._worker(queue, handler), name=f"hocba-{stage}"))
+        self.outbox = Outbox(self)
+        self._tasks.append(asyncio.create_task(self.outbox.run(), name="hocba-outbox"))
+        self._tasks.append(asyncio.create_task(self._rescan(), name="hocba-rescan"))
+        self._tasks.append(asyncio.create_task(self._retention(), name="hocba-retention"))
         for pk, state in await self._db(self.store.pending):
             self._enqueue(pk, state)
-        self._idle.set() if self._inflight == 0 else self._idle.clear()
         if pull:
             for name, adapter in self.adapters.items():
                 if adapter.can("fetch"):
@@ -143,7 +146,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._pullers, return_exceptions=True)
         deadline = time.monotonic() + drain_timeout
-        while self._busy and time.monotonic() < deadline:
+        while (self._busy or (self.outbox and self.outbox.active)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
@@ -156,15 +159,31 @@ class Hub:
         self.store.close()
         self.log.info("hub.stopped", counts=counts)
 
-    async def wait_idle(self) -> None:
-        """Wait until every adapter has pulled once and no record is left in a stage."""
+    async def wait_idle(self, poll: float = 0.05) -> None:
+        """Wait until every adapter has pulled once, no record is in a stage and no delivery is
+        due or under way (a delivery waiting to retry counts as work left)."""
         for event in self._pulled.values():
             await event.wait()
         while True:
-            await self._idle.wait()
-            await asyncio.sleep(0)  # a handler may enqueue right after the event fired
-            if self._inflight == 0:
+            if self._inflight == 0 and self.outbox.active == 0 and await self._db(self.store.outbox_size) == 0:
                 return
+            await asyncio.sleep(poll)
+
+    @property
+    def last_signed_state(self) -> str:
+        return st.SIGNED_PREFIX + self.roles[-1]
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_stage(stage, seconds)
+
+    def count_retry(self) -> None:
+        if self.metrics is not None:
+            self.metrics.retry(self.config.destination.name)
+
+    def count_dead_letter(self) -> None:
+        if self.metrics is not None:
+            self.metrics.dead_letter(self.config.destination.name)
 
     async def readiness(self) -> dict[str, Any]:
         """Store and every plugin's ``check()``; ``ready`` only if all are healthy."""
@@ -215,31 +234,40 @@ class Hub:
 
     def _enqueue(self, pk: int, state: str) -> None:
         stage = self._stage_for(state)
-        if stage is None:
+        if stage == "deliver":
+            if self.outbox is not None:
+                self.outbox.wake.set()  # the job is already in the store's outbox
             return
+        if stage is None or pk in self._tracked:
+            return
+        self._tracked.add(pk)
         self._inflight += 1
-        self._idle.clear()
         self._queues[stage].put_nowait(pk)
 
     async def _worker(self, queue: asyncio.Queue[int], handler: Callable[[int], Awaitable[None]]) -> None:
         while not self._stopping.is_set():
             pk = await queue.get()
             self._busy += 1
+            self._tracked.discard(pk)
+            self._working.add(pk)
+            started = time.perf_counter()
             try:
                 await handler(pk)
+                self.observe_stage(handler.__name__.lstrip("_"), time.perf_counter() - started)
             except st.StateConflict:
                 pass  # another path already moved it; nothing to do
             except Exception as exc:  # a bug in a stage must not kill the worker or lose the record
                 self.log.exception("stage.crashed", pk=pk, error=str(exc))
                 await self._fail(pk, f"internal error: {type(exc).__name__}: {exc}")
             finally:
+                self._working.discard(pk)
                 self._busy -= 1
                 self._inflight -= 1
-                if self._inflight == 0:
-                    self._idle.set()
 
     async def _move(self, row: st.Row, state: str, *, detail: str | None = None, **fields: Any) -> None:
-        await self._db(self.store.advance, row.id, row.state, state, detail=detail, **fields)
+        # Signing the last step makes the delivery due: the job is written in the same transaction.
+        due = state == self.last_signed_state
+        await self._db(self.store.advance, row.id, row.state, state, detail=detail, due=due, **fields)
         school = fields.get("school_code") or row.school_code
         event = {"record_id": row.record_id, "version": row.version, "adapter": row.adapter,
                  "school_code": school, "state": state}
@@ -258,12 +286,48 @@ class Hub:
         except Exception as exc:
             self.log.error("record.fail_not_recorded", pk=pk, error=str(exc))
 
+    async def _rescan(self, interval: float = 5.0) -> None:
+        """Pick up records another process moved (``hocba-hub replay`` on the store)."""
+        while True:
+            await asyncio.sleep(interval)
+            for pk, state in await self._db(self.store.pending):
+                if pk not in self._working:
+                    self._enqueue(pk, state)
+
+    async def _current(self, pk: int, stage: str) -> st.Row | None:
+        """The record, if it is still at a state this stage works on (a rescan may have queued
+        it from a snapshot that has since moved on)."""
+        row = await self._db(self.store.get, pk)
+        return row if self._stage_for(row.state) == stage else None
+
+    async def _retention(self) -> None:
+        """Prune payloads of delivered records past the configured age, then every interval."""
+        policy = self.config.retention
+        while True:
+            cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=policy.delivered_payload_days)
+            result = await self._db(self.store.prune, cutoff.isoformat(timespec="milliseconds"))
+            if result["records"]:
+                self.log.info("retention.pruned", **result)
+            await asyncio.sleep(policy.check_interval_hours * 3600)
+
     # --- stages -----------------------------------------------------------------------------
 
     async def _pull(self, name: str, adapter: Adapter) -> None:
         section = next(a for a in self.config.adapters if a.name == name)
         log = self.log.bind(adapter=name)
+        paused_logged = False
         while not self._stopping.is_set():
+            if name in await self._db(self.store.paused):
+                if not paused_logged:
+                    log.info("adapter.paused")
+                    paused_logged = True
+                self._pulled[name].set()
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), min(section.poll_interval, 5.0))
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            paused_logged = False
             try:
                 cursor = await self._db(self.store.cursor, name)
                 received = 0
@@ -292,7 +356,8 @@ class Hub:
                 pass
 
     async def _normalize(self, pk: int) -> None:
-        row = await self._db(self.store.get, pk)
+        if (row := await self._current(pk, "normalize")) is None:
+            return
         adapter = self.adapters.get(row.adapter)
         if adapter is None:
             raise PluginError(f"adapter {row.adapter!r} is not configured (any more)")
@@ -311,11 +376,22 @@ class Hub:
         except (ValueError, KeyError, TypeError) as exc:
             await self._move(row, st.QUARANTINED, detail="cannot map record", errors=[str(exc)])
             return
-        await self._move(row, st.NORMALIZED, normalized=record.model_dump(mode="json"),
+        normalized = record.model_dump(mode="json")
+        digest = st.content_hash(normalized)
+        sent = await self._db(self.store.sent_version, row.record_id)
+        if row.event != "CANCEL" and sent is not None and sent[1] == digest:
+            # The vendor re-sent the same transcript (a new timestamp, a reformatted payload):
+            # the destination already holds this content, so nothing is rendered, signed or sent.
+            await self._move(row, st.UNCHANGED, detail=f"same content as version {sent[0]}",
+                             normalized=normalized, content_hash=digest,
+                             school_code=record.school_code, school_year=record.school_year)
+            return
+        await self._move(row, st.NORMALIZED, normalized=normalized, content_hash=digest,
                          school_code=record.school_code, school_year=record.school_year)
 
     async def _render(self, pk: int) -> None:
-        row = await self._db(self.store.get, pk)
+        if (row := await self._current(pk, "render")) is None:
+            return
         loop = asyncio.get_running_loop()
         pdf = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles)
         await self._move(row, st.RENDERED, pdf=pdf)
@@ -323,7 +399,8 @@ class Hub:
     async def _sign(self, pk: int) -> None:
         from hub.signing import request_for
 
-        row = await self._db(self.store.get, pk)
+        if (row := await self._current(pk, "sign")) is None:
+            return
         done = 0 if row.state == st.RENDERED else self.roles.index(row.state.removeprefix(st.SIGNED_PREFIX)) + 1
         role, signer_name = self.steps[done]
         try:
@@ -333,41 +410,3 @@ class Hub:
             await self._move(row, st.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
             return
         await self._move(row, st.SIGNED_PREFIX + role, pdf=signed)
-
-    async def _deliver(self, pk: int) -> None:
-        row = await self._db(self.store.get, pk)
-        record = parse_transcript(row.normalized)
-        delivery = Delivery(row.record_id, row.version, row.event,
-                            record.model_dump(mode="json", by_alias=True), row.pdf)
-        policy = self.config.delivery
-
-        backoff = wait_exponential_jitter(multiplier=policy.backoff_initial, max=policy.backoff_max,
-                                          jitter=policy.backoff_initial)
-
-        def transient(exc: BaseException) -> bool:
-            return isinstance(exc, DeliveryError) and not exc.permanent
-
-        def wait(state: Any) -> float:
-            # A destination that says when to come back (429 Retry-After) is believed.
-            retry_after = getattr(state.outcome.exception(), "retry_after", None) or 0
-            return max(backoff(state), retry_after)
-
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(transient),
-                stop=stop_after_attempt(policy.max_attempts),
-                wait=wait,
-                reraise=True,
-            ):
-                with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        await self._db(self.store.note_attempt, pk, str(attempt.retry_state.outcome.exception()))
-                    receipt = await self.destination.deliver(delivery)
-        except DeliveryError as exc:
-            kind = "rejected" if exc.permanent else "gave up after retries"
-            await self._move(row, st.FAILED, detail=f"delivery {kind}", errors=[str(exc)])
-            return
-        await self._move(row, st.DELIVERED, receipt={
-            "receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
-            "duplicate": receipt.duplicate, **receipt.detail,
-        })

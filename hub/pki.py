@@ -5,7 +5,12 @@ certificate. It exists so the whole pipeline signs with real certificates, offli
 validators (pyHanko, poppler's ``pdfsig``) have a root to trust.
 
 Files in the directory: ``root-ca.pem`` (trust this), ``root-ca.key``, ``<key>.p12`` per
-identity (``SigningIdentity.key``: personal id, or the school code for a seal).
+identity (``SigningIdentity.key``: personal id, or the school code for a seal), and
+``tsa.pem``/``tsa.key`` for a timestamping authority (``issue_tsa``).
+
+Certificates issued with ``services_url`` name an OCSP responder (``<url>/ocsp``) and a CRL
+(``<url>/crl``) there, as a real CA's do: ``hub.tsa.TrustServices`` answers both on loopback,
+so PAdES B-LT signatures can embed real revocation data.
 """
 
 from __future__ import annotations
@@ -18,14 +23,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID, ObjectIdentifier,
+)
 
 from hub.contracts import SigningIdentity
 
-__all__ = ["ROOT_CERT", "create_root", "ensure_pki", "issue"]
+__all__ = ["ROOT_CERT", "TSA_CERT", "TSA_KEY", "create_root", "ensure_pki", "issue", "issue_tsa",
+           "load_root"]
 
 ROOT_CERT = "root-ca.pem"
 _ROOT_KEY = "root-ca.key"
+TSA_CERT = "tsa.pem"
+TSA_KEY = "tsa.key"
 # RFC 9336 id-kp-documentSigning; emailProtection too, because NSS (poppler's pdfsig) checks
 # document signatures with its e-mail signer usage.
 _DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
@@ -76,28 +86,50 @@ def create_root(directory: Path, name: str = "hocba-hub Test Root CA") -> Path:
     return cert_path
 
 
-def _load_root(directory: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+def load_root(directory: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """The root CA's certificate and private key (for the loopback OCSP responder and CRL)."""
+    directory = Path(directory)
     cert = x509.load_pem_x509_certificate((directory / ROOT_CERT).read_bytes())
     key = serialization.load_pem_private_key((directory / _ROOT_KEY).read_bytes(), password=None)
     return cert, key  # type: ignore[return-value]
 
 
+
+def _revocation_pointers(builder: x509.CertificateBuilder, services_url: str | None) -> x509.CertificateBuilder:
+    # A validator finds revocation data only where the certificate says: AIA for OCSP, CDP for
+    # the CRL. Without them a B-LT signature has nothing to embed.
+    if not services_url:
+        return builder
+    base = services_url.rstrip("/")
+    return (builder
+            .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(f"{base}/ocsp"))]),
+                critical=False)
+            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(f"{base}/crl")], relative_name=None,
+                reasons=None, crl_issuer=None)]), critical=False))
+
+
 def issue(directory: Path, identities: Iterable[SigningIdentity], password: str | bytes, *,
-          expired: bool = False, overwrite: bool = False) -> None:
+          expired: bool = False, not_yet_valid: bool = False, overwrite: bool = False,
+          services_url: str | None = None) -> None:
     """Write ``<key>.p12`` for each identity that has none yet (all of them with ``overwrite``).
 
     Certificates name the holder (CN), the key (serialNumber), the role (title, OU) and the
     school (O = school code), with keyUsage digitalSignature + nonRepudiation and a chain to
     the root, which is created when missing. ``expired`` issues certificates whose validity
-    ended yesterday, for testing that signers refuse them.
+    ended yesterday and ``not_yet_valid`` ones that start tomorrow, for testing that signers
+    refuse them. ``services_url`` names the OCSP responder and CRL (``hub.tsa.TrustServices``).
     """
     directory = Path(directory)
     create_root(directory)
-    root_cert, root_key = _load_root(directory)
+    root_cert, root_key = load_root(directory)
     secret = password.encode() if isinstance(password, str) else password
     now = dt.datetime.now(dt.timezone.utc)
     if expired:
         not_before, not_after = now - dt.timedelta(days=400), now - dt.timedelta(days=1)
+    elif not_yet_valid:
+        not_before, not_after = now + dt.timedelta(days=1), now + dt.timedelta(days=730)
     else:
         not_before, not_after = now - dt.timedelta(days=1), now + dt.timedelta(days=730)
     # The algorithms of a real key file (PBES2, AES-256, SHA-256 MAC) with fewer PBKDF2 rounds
@@ -122,7 +154,7 @@ def issue(directory: Path, identities: Iterable[SigningIdentity], password: str 
             x509.NameAttribute(NameOID.SERIAL_NUMBER, identity.key),
             x509.NameAttribute(NameOID.COMMON_NAME, identity.name),
         ])
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(root_cert.subject)
@@ -140,8 +172,8 @@ def issue(directory: Path, identities: Iterable[SigningIdentity], password: str 
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
                            critical=False)
-            .sign(root_key, hashes.SHA256())
         )
+        cert = _revocation_pointers(builder, services_url).sign(root_key, hashes.SHA256())
         blob = pkcs12.serialize_key_and_certificates(identity.key.encode(), key, cert, [root_cert], encryption)
         tmp = path.with_suffix(".p12.tmp")
         tmp.write_bytes(blob)
@@ -154,3 +186,47 @@ def ensure_pki(directory: Path, identities: Iterable[SigningIdentity], password:
     root = create_root(directory)
     issue(directory, identities, password)
     return root
+
+
+def issue_tsa(directory: Path, *, services_url: str | None = None, overwrite: bool = False) -> Path:
+    """A timestamping authority's certificate (``tsa.pem``) and key (``tsa.key``) under the root.
+
+    RFC 3161 requires the critical extended key usage timeStamping and nothing else.
+    """
+    directory = Path(directory)
+    create_root(directory)
+    cert_path = directory / TSA_CERT
+    if cert_path.exists() and (directory / TSA_KEY).exists() and not overwrite:
+        return cert_path
+    root_cert, root_key = load_root(directory)
+    key = _key()
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hocba-hub test PKI"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "hocba-hub Test Timestamping Authority"),
+        ]))
+        .issuer_name(root_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1825))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+                       critical=False)
+    )
+    cert = _revocation_pointers(builder, services_url).sign(root_key, hashes.SHA256())
+    key_path = directory / TSA_KEY
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path

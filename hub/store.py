@@ -33,9 +33,13 @@ RENDERED = "rendered"
 SIGNED_PREFIX = "signed:"
 DELIVERED = "delivered"
 QUARANTINED = "quarantined"   # the record itself is wrong: needs a fixed payload or adapter
-FAILED = "failed"             # the record is fine but a stage could not finish it
+FAILED = "failed"             # the record is fine but a stage (render, sign) could not finish it
+DEAD_LETTER = "dead_letter"   # delivery gave up: permanent refusal or too many attempts
 SUPERSEDED = "superseded"     # a newer version of the same record_id arrived before delivery
-FINAL_STATES = frozenset({DELIVERED, QUARANTINED, FAILED, SUPERSEDED})
+UNCHANGED = "unchanged"       # the transcript's content equals what the destination already holds
+FINAL_STATES = frozenset({DELIVERED, QUARANTINED, FAILED, DEAD_LETTER, SUPERSEDED, UNCHANGED})
+# What an operator may replay; a delivered version is never sent twice.
+REPLAYABLE = frozenset({QUARANTINED, FAILED, DEAD_LETTER})
 
 # Record ids are derived from (adapter instance, vendor id) so a re-read maps to the same id.
 _RECORD_NS = uuid.UUID("6f1d3f5c-43d1-4a56-9a4e-9d1c0e0b7a11")
@@ -59,9 +63,11 @@ CREATE TABLE IF NOT EXISTS records (
     pdf             BLOB,
     errors          TEXT,
     receipt         TEXT,
+    content_hash    TEXT,
     attempts        INTEGER NOT NULL DEFAULT 0,
     received_at     TEXT NOT NULL,
     updated_at      TEXT NOT NULL,
+    pruned_at       TEXT,
     UNIQUE (record_id, version)
 );
 CREATE INDEX IF NOT EXISTS records_state ON records (state);
@@ -79,7 +85,56 @@ CREATE TABLE IF NOT EXISTS cursors (
     cursor     TEXT,
     updated_at TEXT NOT NULL
 );
+-- The outbox: a row here is a delivery that is due; it is written in the same transaction
+-- as the state that makes it due and removed in the one that records the outcome.
+CREATE TABLE IF NOT EXISTS outbox (
+    record     INTEGER PRIMARY KEY REFERENCES records (id),
+    due_at     TEXT NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_at);
+-- Per record_id, the highest version the destination holds and the content it carried.
+CREATE TABLE IF NOT EXISTS sent (
+    record_id    TEXT PRIMARY KEY,
+    version      INTEGER NOT NULL,
+    content_hash TEXT,
+    receipt      TEXT,
+    sent_at      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS adapters (
+    name       TEXT PRIMARY KEY,
+    paused     INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL
+);
+-- Append-only and hash-chained: each entry's hash covers its content and the previous hash.
+CREATE TABLE IF NOT EXISTS audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    actor   TEXT NOT NULL,
+    subject TEXT,
+    detail  TEXT,
+    prev    TEXT NOT NULL,
+    hash    TEXT NOT NULL
+);
 """
+
+_SUMMARY_COLUMNS = ("id, record_id, version, event, adapter, source_id, state, school_code, school_year,"
+                    " errors, receipt, attempts, received_at, updated_at, pruned_at")
+
+
+def audit_hash(prev: str, entry: dict[str, Any]) -> str:
+    """The chained hash of one audit entry (its id, time, kind, actor, subject, detail)."""
+    body = json.dumps({k: entry[k] for k in ("id", "at", "kind", "actor", "subject", "detail")},
+                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256((prev + body).encode()).hexdigest()
+
+
+def content_hash(normalized: dict[str, Any]) -> str:
+    """Hash of a transcript's content, without the envelope (which changes on every version)."""
+    body = {k: v for k, v in normalized.items() if k not in {"record_id", "event", "version", "updated_at"}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def _now() -> str:
@@ -144,6 +199,9 @@ class Store:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        # Incremental auto-vacuum lets retention hand pruned pages back to the file system;
+        # it only takes effect on a new database, before the first table exists.
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -194,7 +252,7 @@ class Store:
                 version = latest["version"] + 1 if latest is not None else 1
                 if latest is not None:
                     for old in db.execute(
-                        "SELECT id FROM records WHERE record_id = ? AND state NOT IN (?, ?, ?, ?)",
+                        f"SELECT id FROM records WHERE record_id = ? AND state NOT IN ({','.join('?' * len(FINAL_STATES))})",
                         (rid, *sorted(FINAL_STATES)),
                     ).fetchall():
                         self._set_state(db, old["id"], SUPERSEDED, f"version {version} received", now)
@@ -227,19 +285,24 @@ class Store:
     @staticmethod
     def _set_state(db: sqlite3.Connection, pk: int, state: str, detail: str | None, now: str) -> None:
         db.execute("UPDATE records SET state = ?, updated_at = ? WHERE id = ?", (state, now, pk))
+        if state in FINAL_STATES:  # a record that is done (or superseded) has no delivery due
+            db.execute("DELETE FROM outbox WHERE record = ?", (pk,))
         db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)", (pk, now, state, detail))
 
     def advance(self, pk: int, expected: str, state: str, *, detail: str | None = None,
-                **fields: Any) -> None:
+                due: bool = False, **fields: Any) -> None:
         """Move a record from ``expected`` to ``state`` and store ``fields`` with it, atomically.
 
         ``fields`` may be: normalized (dict), pdf (bytes), errors (list[str]), receipt (dict),
-        school_code, school_year, attempts.
+        school_code, school_year, attempts, content_hash. ``due=True`` writes the delivery job
+        in the same transaction. Reaching ``delivered`` records the version as sent and closes
+        the job; ``dead_letter`` closes the job.
         """
         now = _now()
         columns, values = [], []
         for name, value in fields.items():
-            if name not in {"normalized", "pdf", "errors", "receipt", "school_code", "school_year", "attempts"}:
+            if name not in {"normalized", "pdf", "errors", "receipt", "school_code", "school_year",
+                            "attempts", "content_hash"}:
                 raise ValueError(f"unknown record field {name!r}")
             if name in {"normalized", "errors", "receipt"} and value is not None:
                 value = json.dumps(value, ensure_ascii=False)
@@ -252,6 +315,19 @@ class Store:
             if columns:
                 db.execute(f"UPDATE records SET {', '.join(columns)} WHERE id = ?", (*values, pk))
             self._set_state(db, pk, state, detail, now)
+            if due:
+                db.execute("INSERT OR REPLACE INTO outbox (record, due_at, attempts) VALUES (?, ?, 0)", (pk, now))
+            if state == DELIVERED:
+                r = db.execute("SELECT record_id, version, content_hash, receipt FROM records WHERE id = ?",
+                               (pk,)).fetchone()
+                db.execute(
+                    "INSERT INTO sent (record_id, version, content_hash, receipt, sent_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (record_id) DO UPDATE SET version = excluded.version,"
+                    " content_hash = excluded.content_hash, receipt = excluded.receipt, sent_at = excluded.sent_at"
+                    " WHERE excluded.version > sent.version",
+                    (r["record_id"], r["version"], r["content_hash"], r["receipt"], now),
+                )
+                self._audit(db, "receipt", "hub", r["record_id"], {"version": r["version"], "receipt": fields.get("receipt")})
 
     def note_attempt(self, pk: int, error: str) -> int:
         """Count a failed attempt without changing state; returns the attempt count."""
@@ -262,7 +338,224 @@ class Store:
                        "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, _now(), pk, f"retry: {error}"))
             return db.execute("SELECT attempts FROM records WHERE id = ?", (pk,)).fetchone()[0]
 
+    # --- delivery (outbox) ------------------------------------------------------------------
+
+    def due_deliveries(self, now: str, limit: int = 100) -> list[tuple[int, int]]:
+        """Delivery jobs due by ``now``, oldest first: ``(record pk, attempts so far)``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT record, attempts FROM outbox WHERE due_at <= ? ORDER BY due_at, record LIMIT ?",
+                (now, limit)).fetchall()
+        return [(r["record"], r["attempts"]) for r in rows]
+
+    def next_due(self) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT MIN(due_at) FROM outbox").fetchone()
+        return row[0]
+
+    def outbox_size(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    def delivery_attempted(self, pk: int, record_id: str, version: int) -> None:
+        """Audit a submission before it is sent (so a crash mid-send still shows it)."""
+        with self._tx() as db:
+            self._audit(db, "submission", "hub", record_id, {"version": version})
+
+    def retry_later(self, pk: int, error: str, due_at: str, count: bool = True) -> int:
+        """Keep the job for another attempt at ``due_at`` (``count``: the attempt counts toward
+        the limit); returns the attempts counted so far."""
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET attempts = attempts + ?, due_at = ?, last_error = ? WHERE record = ?",
+                       (int(count), due_at, error, pk))
+            db.execute("UPDATE records SET attempts = attempts + 1, errors = ?, updated_at = ? WHERE id = ?",
+                       (json.dumps([error], ensure_ascii=False), _now(), pk))
+            db.execute("INSERT INTO history (record, at, state, detail) VALUES "
+                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, _now(), pk, f"retry: {error}"))
+            return db.execute("SELECT attempts FROM outbox WHERE record = ?", (pk,)).fetchone()[0]
+
+    def make_due(self, now: str) -> int:
+        """Make every waiting delivery due now (the destination came back after an outage)."""
+        with self._tx() as db:
+            return db.execute("UPDATE outbox SET due_at = ? WHERE due_at > ?", (now, now)).rowcount
+
+    def sent_version(self, record_id: str) -> tuple[int, str | None] | None:
+        """The highest version the destination holds for ``record_id`` and its content hash."""
+        with self._lock:
+            row = self._db.execute("SELECT version, content_hash FROM sent WHERE record_id = ?",
+                                   (record_id,)).fetchone()
+        return (row["version"], row["content_hash"]) if row else None
+
+    def reissue(self, pk: int, expected: str, held_version: int, reason: str) -> int:
+        """The destination holds ``held_version`` ≥ ours: send the same payload again as the
+        next version above it. The old row is superseded; returns the new row's id."""
+        now = _now()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM records WHERE id = ?", (pk,)).fetchone()
+            if row["state"] != expected:
+                raise StateConflict(f"record {pk} is {row['state']}, not {expected}")
+            latest = db.execute("SELECT MAX(version) FROM records WHERE record_id = ?", (row["record_id"],)).fetchone()[0]
+            version = max(held_version, latest) + 1
+            self._set_state(db, pk, SUPERSEDED, reason, now)
+            db.execute(
+                "INSERT INTO sent (record_id, version, content_hash, sent_at) VALUES (?, ?, NULL, ?)"
+                " ON CONFLICT (record_id) DO UPDATE SET version = excluded.version WHERE excluded.version > sent.version",
+                (row["record_id"], held_version, now))
+            cur = db.execute(
+                "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
+                " content_type, payload, payload_hash, state, received_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row["record_id"], version, "CANCEL" if row["event"] == "CANCEL" else "UPDATE", row["adapter"],
+                 row["source_id"], row["source_updated"], row["content_type"], row["payload"],
+                 row["payload_hash"], RECEIVED, now, now))
+            db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)",
+                       (cur.lastrowid, now, RECEIVED, f"version {version}: {reason}"))
+            self._audit(db, "reconcile", "hub", row["record_id"],
+                        {"held_version": held_version, "old_version": row["version"], "new_version": version})
+            return cur.lastrowid
+
+    # --- operators ---------------------------------------------------------------------------
+
+    def select(self, *, ids: Iterable[int] = (), record_ids: Iterable[str] = (), adapter: str | None = None,
+               school: str | None = None, state: str | None = None) -> list[int]:
+        """Store ids matching every given criterion (ids and record_ids: any of them)."""
+        clauses, args = [], []
+        ids, record_ids = list(ids), list(record_ids)
+        if ids or record_ids:
+            parts = []
+            if ids:
+                parts.append(f"id IN ({','.join('?' * len(ids))})"), args.extend(ids)
+            if record_ids:
+                parts.append(f"record_id IN ({','.join('?' * len(record_ids))})"), args.extend(record_ids)
+            clauses.append("(" + " OR ".join(parts) + ")")
+        for column, value in (("adapter", adapter), ("school_code", school), ("state", state)):
+            if value is not None:
+                clauses.append(f"{column} = ?"), args.append(value)
+        if not clauses:
+            raise ValueError("select needs at least one criterion")
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                f"SELECT id FROM records WHERE {' AND '.join(clauses)} ORDER BY id", args)]
+
+    def replay(self, pks: Iterable[int], *, stage: str = "normalize", actor: str,
+               deliver_from: str | None = None) -> list[tuple[int, str]]:
+        """Send quarantined, failed or dead-lettered records through the pipeline again.
+
+        ``stage``: ``normalize`` (from the stored raw payload, so a fixed adapter re-maps it),
+        ``render`` (from the normalised record) or ``deliver`` (the signed PDF as it is; needs
+        ``deliver_from``, the state after the last signing step). Records in any other state are
+        skipped — a delivered version is never sent twice. Returns ``(id, new state)`` of the
+        records that moved.
+        """
+        moved = []
+        now = _now()
+        with self._tx() as db:
+            for pk in pks:
+                row = db.execute("SELECT state, record_id, version, normalized, pdf, pruned_at, errors"
+                                 " FROM records WHERE id = ?", (pk,)).fetchone()
+                if row is None or row["state"] not in REPLAYABLE or row["pruned_at"]:
+                    continue
+                if stage == "normalize":
+                    target, reset = RECEIVED, "normalized = NULL, pdf = NULL, content_hash = NULL"
+                elif stage == "render" and row["normalized"]:
+                    target, reset = NORMALIZED, "pdf = NULL"
+                elif stage == "deliver" and row["pdf"] and deliver_from and row["errors"] and \
+                        db.execute("SELECT 1 FROM history WHERE record = ? AND state = ?", (pk, deliver_from)).fetchone():
+                    target, reset = deliver_from, "errors = errors"
+                else:
+                    continue
+                db.execute(f"UPDATE records SET {reset}, errors = NULL, attempts = 0 WHERE id = ?", (pk,))
+                self._set_state(db, pk, target, f"replay ({stage}) by {actor}", now)
+                if stage == "deliver":
+                    db.execute("INSERT OR REPLACE INTO outbox (record, due_at, attempts) VALUES (?, ?, 0)", (pk, now))
+                self._audit(db, "replay", actor, row["record_id"],
+                            {"version": row["version"], "from": row["state"], "stage": stage})
+                moved.append((pk, target))
+        return moved
+
+    def set_paused(self, adapter: str, paused: bool, actor: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO adapters (name, paused, updated_at) VALUES (?, ?, ?) ON CONFLICT (name)"
+                       " DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+                       (adapter, int(paused), _now()))
+            self._audit(db, "pause" if paused else "resume", actor, adapter, {})
+
+    def paused(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT name FROM adapters WHERE paused = 1")}
+
+    def audit(self, kind: str, actor: str, subject: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        """Append an audit entry (admin actions)."""
+        with self._tx() as db:
+            self._audit(db, kind, actor, subject, detail or {})
+
+    def _audit(self, db: sqlite3.Connection, kind: str, actor: str, subject: str | None,
+               detail: dict[str, Any]) -> None:
+        prev = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        prev_hash = prev[0] if prev else "0" * 64
+        at = _now()
+        detail_text = json.dumps(detail, sort_keys=True, ensure_ascii=False, default=str)
+        cur = db.execute("INSERT INTO audit (at, kind, actor, subject, detail, prev, hash) VALUES (?, ?, ?, ?, ?, ?, '')",
+                         (at, kind, actor, subject, detail_text, prev_hash))
+        entry = {"id": cur.lastrowid, "at": at, "kind": kind, "actor": actor, "subject": subject, "detail": detail_text}
+        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (audit_hash(prev_hash, entry), cur.lastrowid))
+
+    def audit_entries(self) -> Iterator[dict[str, Any]]:
+        """Every audit entry in order (a snapshot, streamed)."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM audit ORDER BY id").fetchall()
+        for r in rows:
+            yield dict(r)
+
+    def prune(self, older_than: str) -> dict[str, int]:
+        """Drop payloads and PDFs of records that reached the destination (or were superseded or
+        unchanged) before ``older_than``; keep id, version, hashes and receipt. Records still on
+        their way, quarantined, failed or dead-lettered are never pruned. Reclaims the space."""
+        with self._tx() as db:
+            n = db.execute(
+                "UPDATE records SET payload = X'', pdf = NULL, normalized = NULL, pruned_at = ?"
+                " WHERE state IN (?, ?, ?) AND updated_at < ? AND pruned_at IS NULL",
+                (_now(), DELIVERED, SUPERSEDED, UNCHANGED, older_than)).rowcount
+            if n:
+                self._audit(db, "prune", "hub", None, {"records": n, "older_than": older_than})
+        with self._lock:
+            before = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            self._db.execute("PRAGMA incremental_vacuum")
+            after = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"records": n, "pages_reclaimed": before - after}
+
     # --- queries ----------------------------------------------------------------------------
+
+    def search(self, *, state: str | None = None, adapter: str | None = None, school: str | None = None,
+               year: str | None = None, since: str | None = None, until: str | None = None,
+               limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Record summaries (no payload or PDF), newest change first."""
+        clauses, args = [], []
+        for column, op, value in (("state", "=", state), ("adapter", "=", adapter), ("school_code", "=", school),
+                                  ("school_year", "=", year), ("updated_at", ">=", since), ("updated_at", "<", until)):
+            if value is not None:
+                clauses.append(f"{column} {op} ?"), args.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM records {where} ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset)).fetchall()
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["errors"] = json.loads(item["errors"]) if item["errors"] else []
+            item["receipt"] = json.loads(item["receipt"]) if item["receipt"] else None
+            out.append(item)
+        return out
+
+    def breakdown(self) -> list[dict[str, Any]]:
+        """Record counts by adapter, school and state (for the status page and metrics)."""
+        with self._lock:
+            rows = self._db.execute("SELECT adapter, school_code, state, COUNT(*) AS n FROM records"
+                                    " GROUP BY adapter, school_code, state ORDER BY adapter, school_code, state")
+            return [dict(r) for r in rows]
+
 
     def get(self, pk: int) -> Row:
         with self._lock:

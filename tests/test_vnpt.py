@@ -207,7 +207,7 @@ async def test_token_expiry_mid_read_recovers(vendor):
     seen = []
     async for page in adapter.fetch(None):
         if not seen:
-            sim.expire_all_tokens()
+            sim.expire_tokens()
         seen.extend(r.source_id for r in page.records)
     assert sorted(seen) == sorted(sim.source_id(i) for i in range(12))
     statuses = api_statuses(sim)
@@ -228,7 +228,7 @@ async def test_short_lived_tokens_are_renewed_before_they_expire(vendor):
 
 async def test_5xx_is_retried(vendor):
     sim, adapter = await vendor(records=3)
-    sim.faults.fail_next_n_with_5xx = 2
+    sim.faults.fail_next_n = 2
     _, raws = await read(adapter)
     assert len(raws) == 3
     assert api_statuses(sim) == [(TOKEN_PATH, 503), (TOKEN_PATH, 503), (TOKEN_PATH, 200), (RECORDS_PATH, 200)]
@@ -238,7 +238,7 @@ async def test_persistent_5xx_gives_up_with_a_clear_error(vendor):
     sim, adapter = await vendor(records=3, max_attempts=3)
     await adapter.check()
     sim.log.clear()
-    sim.faults.fail_next_n_with_5xx = 10
+    sim.faults.fail_next_n = 10
     with pytest.raises(VnptError, match=r"GET http://127\.0\.0\.1:\d+/api/v1/hocba.*gave up after 3 attempt.*HTTP 503"):
         await read(adapter)
     assert api_statuses(sim) == [(RECORDS_PATH, 503)] * 3

@@ -110,6 +110,10 @@ class MoetAdapter(Adapter):
             )
         raise _error_for(status, headers, body, what)
 
+    async def held_version(self, record_id: str) -> int | None:
+        status = await self.status(record_id)
+        return status.get("highest_version") if status else None
+
     async def status(self, record_id: str) -> dict[str, Any] | None:
         """What the store holds for ``record_id`` (``highest_version``, ``receipt_id``,
         ``cancelled``), or ``None`` if it holds nothing: the hub reconciles a 409 with this."""
@@ -177,7 +181,8 @@ def _error_for(status: int, headers: Any, body: Any, what: str) -> DeliveryError
     if status == 409:
         highest = body.get("highest_version") if isinstance(body, dict) else None
         held = f"highest version held is {highest}" if highest is not None else "highest version held unknown"
-        return DeliveryError(f"moet: {what} refused (409): {held}; {reasons}", permanent=True)
+        return DeliveryError(f"moet: {what} refused (409): {held}; {reasons}", conflict=True,
+                             held_version=highest if isinstance(highest, int) else None)
     if status in (401, 403):
         return DeliveryError(f"moet: token rejected ({status}); check settings.token", permanent=True)
     if status == 429:

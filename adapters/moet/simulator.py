@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from hub.contracts import Simulator
+from hub.contracts import Faults, Simulator
 from hub.records import Event, field_errors, parse_transcript
 
 DEFAULT_TOKEN = "demo-moet-token"
@@ -29,20 +29,15 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
 
 @dataclass
-class MoetFaults:
-    """Fault switches; flip them between (or during) requests.
+class MoetFaults(Faults):
+    """The standard fault switches (``hub.contracts.Faults``), as the central store applies them.
 
     ``outage`` affects every route and ``slow_seconds`` every answer a route produced, so
     ``check()`` sees them too. The ``*_next_n`` counters are consumed by submissions
     (``POST /api/v1/hocba``) only, so a test can say "the next two deliveries fail" without
-    health checks eating the faults.
+    health checks eating the faults. ``slow_seconds`` delays an answer after the request was
+    processed.
     """
-    outage: bool = False              # every request → 503 until switched off
-    fail_next_n: int = 0              # the next n submissions → 503
-    slow_seconds: float = 0.0         # delay answers, after the request was processed
-    drop_next_n_connections: int = 0  # the next n submissions: close the socket, no answer
-    rate_limit_next_n: int = 0        # the next n submissions → 429 with Retry-After
-    retry_after_seconds: int = 1      # the Retry-After sent with 429 and outage 503s
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.contracts import Simulator
+from hub.contracts import Faults, Simulator
 from hub.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
 
 TOKEN_PATH = "/oauth/token"
@@ -44,22 +44,19 @@ TERM_KEYS = {"term1": "HK1", "term2": "HK2", "year": "CN"}
 
 
 @dataclass
-class Faults:
-    """Switches that make the simulated vendor misbehave; every ``*_next_n`` counts down.
+class VnptFaults(Faults):
+    """The standard switches (``hub.contracts.Faults``) plus this vendor's own misbehaviour.
 
-    They apply to every request (the token endpoint too), checked in the order listed, so a
-    test can predict exactly which request fails.
+    Unlike the base contract, every ``*_next_n`` here counts down on every request, the token
+    endpoint too, in the order listed (``outage``, drop, stall, 5xx, 429, HTML, truncate): the
+    token endpoint is where a real vnEdu-style server fails first, and a test can still
+    predict exactly which request fails.
     """
-    drop_next_n_connections: int = 0   # close the connection without an answer
     stall_next_n: int = 0              # hang for ``stall_seconds`` (longer than a client timeout)
     stall_seconds: float = 30.0
-    fail_next_n_with_5xx: int = 0
-    status_5xx: int = 503
-    rate_limit_next_n: int = 0         # 429 with ``Retry-After: retry_after_seconds``
-    retry_after_seconds: int = 1
+    status_5xx: int = 503              # the status ``fail_next_n`` answers with
     html_next_n: int = 0               # 200 with an HTML maintenance page (a proxy in front)
     truncate_next_n: int = 0           # 200 with JSON cut off half-way
-    slow_seconds: float = 0.0          # latency added to every request while non-zero
     token_ttl_seconds: int = 3600      # ``expires_in`` of tokens issued from now on
 
 
@@ -181,10 +178,13 @@ class _Row:
 class VnptSimulator(Simulator):
     """A vnEdu-style school-software server on loopback, serving CONTRACT.md with fault switches.
 
-    ``faults`` flips failures on; ``requests`` counts requests by path and ``log`` lists
-    ``(method, path, status)`` in order (status 0: connection dropped), so tests can prove a
-    retry or a re-authentication happened.
+    ``faults`` flips failures on (``VnptFaults``); ``requests`` counts requests by path and
+    ``log`` lists ``(method, path, status)`` in order (status 0: connection dropped), so tests
+    can prove a retry or a re-authentication happened.
     """
+    # Small enough that a few dozen records span several pages, so the demo and the
+    # conformance kit's paging cases exercise paging; ``adapter_settings`` asks for it.
+    page_size: int | None = 20
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0,
                  client_id: str = "sogddt-hocba-hub", client_secret: str | None = None,
@@ -192,7 +192,7 @@ class VnptSimulator(Simulator):
         super().__init__(records=records, invalid=invalid, seed=seed)
         self.client_id = client_id
         self.client_secret = client_secret or secrets.token_urlsafe(24)
-        self.faults = Faults()
+        self.faults = VnptFaults()
         self.requests: Counter[str] = Counter()
         self.log: list[tuple[str, str, int]] = []
         self.defects: dict[str, tuple[str, str]] = {}
@@ -256,7 +256,7 @@ class VnptSimulator(Simulator):
         row.updated = self._next_timestamp()
         return row.source_id
 
-    def expire_all_tokens(self) -> None:
+    def expire_tokens(self) -> None:
         """Revoke every issued token, as a server restart or a key rotation does."""
         self._tokens.clear()
 
@@ -287,7 +287,8 @@ class VnptSimulator(Simulator):
             self._runner = None
 
     def adapter_settings(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "client_id": self.client_id, "client_secret": self.client_secret}
+        return {"base_url": self.base_url, "client_id": self.client_id, "client_secret": self.client_secret,
+                "page_size": self.page_size}
 
     # --- HTTP --------------------------------------------------------------------------------
 
@@ -297,6 +298,12 @@ class VnptSimulator(Simulator):
         f = self.faults
         if f.slow_seconds:
             await asyncio.sleep(f.slow_seconds)
+        if f.outage:
+            # Down, not failing at random: nothing is counted down until it is back.
+            response = web.json_response({"error": "Hệ thống đang bảo trì"}, status=503,
+                                         headers={"Retry-After": str(f.retry_after_seconds)})
+            self.log.append((request.method, request.path, response.status))
+            return response
         if f.drop_next_n_connections > 0:
             f.drop_next_n_connections -= 1
             self.log.append((request.method, request.path, 0))
@@ -310,8 +317,8 @@ class VnptSimulator(Simulator):
                 await asyncio.wait_for(self._stopping.wait(), f.stall_seconds)
             except asyncio.TimeoutError:
                 pass
-        if f.fail_next_n_with_5xx > 0:
-            f.fail_next_n_with_5xx -= 1
+        if f.fail_next_n > 0:
+            f.fail_next_n -= 1
             response = web.json_response({"error": "Hệ thống đang bận"}, status=f.status_5xx)
         elif f.rate_limit_next_n > 0:
             f.rate_limit_next_n -= 1

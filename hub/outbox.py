@@ -1,0 +1,240 @@
+"""Delivery from the outbox: retries by error class, a circuit breaker, dead letters, versions.
+
+A delivery job exists in the store (``outbox`` table) from the transaction that signed the
+last step until the one that records the outcome, so a crash never loses or duplicates one:
+the destination is idempotent on ``record_id`` + ``version``, and a job re-sent after a crash
+gets the original receipt back.
+
+- transient failures (5xx, timeouts, dropped connections, 429) are retried with exponential
+  backoff and jitter (tenacity's wait strategy), a ``Retry-After`` is honoured;
+- permanent refusals (4xx validation) go to ``dead_letter`` at once, with the reason;
+- a version conflict (409) is reconciled: the record is sent again as the next version above
+  what the destination holds, re-rendered and re-signed, never retried blindly;
+- while the destination is down, the circuit breaker sends one probe per interval instead of
+  a storm, and the outage is logged once when it starts and once when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import TYPE_CHECKING, Any
+
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from hub import store as st
+from hub.config import DeliveryConfig
+from hub.contracts import Delivery, DeliveryError
+from hub.records import parse_transcript
+
+if TYPE_CHECKING:
+    from hub.pipeline import Hub
+
+
+def _utc(seconds_from_now: float = 0.0) -> str:
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds_from_now)
+    return when.isoformat(timespec="milliseconds")
+
+
+class Backoff:
+    """The wait before attempt ``n + 1``: exponential with jitter, at least ``Retry-After``."""
+
+    def __init__(self, policy: DeliveryConfig):
+        self._wait = wait_exponential_jitter(multiplier=policy.backoff_initial, max=policy.backoff_max,
+                                             jitter=policy.backoff_initial)
+
+    def seconds(self, attempts: int, retry_after: float | None = None) -> float:
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempts
+        return max(self._wait(state), retry_after or 0.0)
+
+
+class CircuitBreaker:
+    """Closed → (``threshold`` consecutive transient failures) → open → one probe per
+    ``probe_seconds`` → closed on the first success."""
+
+    def __init__(self, name: str, threshold: int, probe_seconds: float, log: Any):
+        self.name = name
+        self.threshold = threshold
+        self.probe_seconds = probe_seconds
+        self.failures = 0
+        self.open_since: float | None = None
+        self.affected: set[str] = set()
+        self._next_probe = 0.0
+        self._probing = False
+        self.ended = False  # set when an outage ends, so the outbox makes every job due again
+        self._log = log
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_since is not None
+
+    def allow(self) -> bool:
+        """May a request go out now? While open, only one probe per interval."""
+        if not self.is_open:
+            return True
+        if self._probing or time.monotonic() < self._next_probe:
+            return False
+        self._probing = True
+        return True
+
+    def wait_seconds(self) -> float:
+        return max(0.0, self._next_probe - time.monotonic()) if self.is_open else 0.0
+
+    def success(self) -> None:
+        if self.is_open:
+            self.ended = True
+            self._log.warning("destination.outage_ended", destination=self.name,
+                              seconds=round(time.monotonic() - self.open_since, 1),
+                              affected_records=len(self.affected))
+        self.failures, self.open_since, self._probing = 0, None, False
+        self.affected.clear()
+
+    def failure(self, record_id: str, error: str) -> None:
+        self.failures += 1
+        self._probing = False
+        if self.is_open:
+            self.affected.add(record_id)
+            self._next_probe = time.monotonic() + self.probe_seconds
+        elif self.failures >= self.threshold:
+            self.open_since = time.monotonic()
+            self.affected.add(record_id)
+            self._next_probe = time.monotonic() + self.probe_seconds
+            self._log.error("destination.outage_started", destination=self.name, error=error,
+                            consecutive_failures=self.failures)
+
+
+class Outbox:
+    """The delivery worker of one hub: takes due jobs from the store and sends them."""
+
+    def __init__(self, hub: "Hub", concurrency: int = 8):
+        self.hub = hub
+        self.policy = hub.config.delivery
+        self.backoff = Backoff(self.policy)
+        self.breaker = CircuitBreaker(hub.config.destination.name, self.policy.breaker_threshold,
+                                      self.policy.breaker_probe_seconds, hub.log)
+        self.wake = asyncio.Event()
+        self.active = 0
+        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._claimed: set[int] = set()
+
+    async def run(self) -> None:
+        """Until cancelled: send what is due; sleep until the next job is due or one is added."""
+        hub = self.hub
+        while True:
+            self.wake.clear()
+            if self.breaker.is_open and not self.breaker.allow():
+                await self._sleep(self.breaker.wait_seconds())
+                continue
+            if self.breaker.ended:  # the destination is back: everything waiting goes now
+                self.breaker.ended = False
+                await hub._db(hub.store.make_due, _utc())
+            probing = self.breaker.is_open
+            limit = 1 if probing else self._concurrency
+            due = [(pk, n) for pk, n in await hub._db(hub.store.due_deliveries, _utc(), limit + len(self._claimed))
+                   if pk not in self._claimed][:limit]
+            if not due:
+                if probing:
+                    self.breaker._probing = False
+                next_due = await hub._db(hub.store.next_due)
+                wait = 5.0 if next_due is None else (
+                    dt.datetime.fromisoformat(next_due) - dt.datetime.now(dt.timezone.utc)).total_seconds()
+                await self._sleep(min(max(wait, 0.01), 5.0))
+                continue
+            for pk, attempts in due:
+                await self._slots.acquire()
+                self._claimed.add(pk)
+                task = asyncio.create_task(self._deliver(pk, attempts))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if probing:  # one probe at a time: wait for its outcome before sending more
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def drain(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _deliver(self, pk: int, attempts: int) -> None:
+        hub = self.hub
+        self.active += 1
+        started = time.perf_counter()
+        try:
+            row = await hub._db(hub.store.get, pk)
+            if row.state != hub.last_signed_state:
+                return  # a stale job (the record was replayed or superseded meanwhile)
+            sent = await hub._db(hub.store.sent_version, row.record_id)
+            if sent is not None and sent[0] > row.version:
+                await hub._move(row, st.SUPERSEDED, detail=f"destination already holds version {sent[0]}")
+                return
+            record = parse_transcript(row.normalized)
+            delivery = Delivery(row.record_id, row.version, row.event,
+                                record.model_dump(mode="json", by_alias=True), row.pdf)
+            await hub._db(hub.store.delivery_attempted, pk, row.record_id, row.version)
+            try:
+                receipt = await hub.destination.deliver(delivery)
+            except DeliveryError as exc:
+                await self._failed(row, attempts, exc)
+                return
+            self.breaker.success()
+            await hub._move(row, st.DELIVERED, receipt={
+                "receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
+                "duplicate": receipt.duplicate, **receipt.detail,
+            })
+            hub.observe_stage("deliver", time.perf_counter() - started)
+        finally:
+            self.active -= 1
+            self._claimed.discard(pk)
+            self._slots.release()
+            self.wake.set()
+
+    async def _failed(self, row: st.Row, attempts: int, exc: DeliveryError) -> None:
+        hub = self.hub
+        reason = str(exc)
+        if exc.conflict:
+            held = exc.held_version
+            if held is None:
+                try:
+                    held = await hub.destination.held_version(row.record_id)
+                except DeliveryError:
+                    held = None
+            if held is None:
+                # Without knowing what the destination holds, the safe move is an operator's.
+                await hub._move(row, st.DEAD_LETTER, detail="version conflict", errors=[reason])
+                hub.count_dead_letter()
+                return
+            new_pk = await hub._db(hub.store.reissue, row.id, row.state, held,
+                                   f"destination holds version {held}; sending as the next version")
+            hub.log.warning("delivery.reconciled", record_id=row.record_id, held_version=held,
+                            old_version=row.version, adapter=row.adapter, school_code=row.school_code)
+            hub._enqueue(new_pk, st.RECEIVED)
+            return
+        if exc.permanent:
+            await hub._move(row, st.DEAD_LETTER, detail="refused by the destination", errors=[reason])
+            hub.count_dead_letter()
+            return
+        was_open = self.breaker.is_open
+        self.breaker.failure(row.record_id, reason)
+        if was_open:
+            # A failed probe during an outage says nothing about this record: no attempt counted,
+            # so an hour-long outage dead-letters nothing.
+            await hub._db(hub.store.retry_later, row.id, reason, _utc(self.policy.breaker_probe_seconds), False)
+            return
+        attempts += 1
+        if attempts >= self.policy.max_attempts:
+            await hub._move(row, st.DEAD_LETTER, detail=f"gave up after {attempts} attempts", errors=[reason])
+            hub.count_dead_letter()
+            return
+        delay = self.backoff.seconds(attempts, exc.retry_after)
+        await hub._db(hub.store.retry_later, row.id, reason, _utc(delay))
+        hub.count_retry()
+        if not self.breaker.is_open:  # during an outage the breaker logs once, not every retry
+            hub.log.info("delivery.retry", record_id=row.record_id, adapter=row.adapter,
+                         school_code=row.school_code, attempt=attempts, in_seconds=round(delay, 2), error=reason)
