@@ -1,8 +1,11 @@
-"""The HTTP face of a running hub (starlette): liveness, readiness and record counts.
+"""The HTTP face of a running hub (starlette).
 
 ``/healthz`` answers as long as the process serves requests; ``/readyz`` checks the store and
 every configured plugin (``check()``) and answers 503 when any of them is not healthy, so a
 load balancer or systemd watchdog stops sending work to a hub that cannot do it.
+
+Also: the status page ``/`` (``hub.status_page``), ``/metrics`` (``hub.metrics``), the admin
+API under ``/api`` with its ``/openapi.json`` (``hub.admin``), and the vendors' push ingest.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from hub import __version__
+from hub.admin import admin_routes
+from hub.ingest import ingest_routes
+from hub.metrics import Metrics, metrics_routes
 from hub.pipeline import Hub
+from hub.status_page import status_routes
 
 
 def create_app(hub: Hub) -> Starlette:
@@ -26,4 +33,9 @@ def create_app(hub: Hub) -> Starlette:
         report = await hub.readiness()
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    if hub.metrics is None:  # the pipeline reports stage times, retries and dead letters here
+        hub.metrics = Metrics(hub)
+    return Starlette(routes=[
+        Route("/healthz", healthz), Route("/readyz", readyz), *ingest_routes(hub),
+        *status_routes(hub), *metrics_routes(hub), *admin_routes(hub),
+    ])

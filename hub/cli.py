@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -134,10 +135,84 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_of(path: str):
+    from hub.config import ConfigError, load_config
+    from hub.store import Store
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_errors(exc.errors)
+        return None, None
+    return config, Store(config.store_path)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    config, store = _store_of(args.config)
+    if store is None:
+        return 1
+    try:
+        pks = store.select(ids=args.id, record_ids=args.record_id, adapter=args.adapter,
+                           school=args.school, state=args.state)
+    except ValueError:
+        _print_errors(["say which records: --id, --record-id, --adapter, --school or --state"])
+        return 2
+    last = "signed:" + config.signing.steps[-1].role
+    moved = store.replay(pks, stage=args.stage, actor=f"cli:{args.actor}", deliver_from=last)
+    print(f"{len(moved)} of {len(pks)} selected record(s) queued again from stage {args.stage}"
+          + ("" if len(moved) == len(pks) else " (the others are not quarantined, failed or dead-lettered)"))
+    for pk, state in moved:
+        print(f"  {pk}: {state}")
+    print("a running hub picks them up within seconds; a stopped one when it starts")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from hub.audit import verify_chain
+
+    _config, store = _store_of(args.config)
+    if store is None:
+        return 1
+    report = verify_chain(store.audit_entries())
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    print(f"{report.entries} entries, head {report.head}: {'intact' if report.ok else 'TAMPERED'}")
+    return 0 if report.ok else 1
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    config, store = _store_of(args.config)
+    if store is None:
+        return 1
+    days = args.older_than_days if args.older_than_days is not None else config.retention.delivered_payload_days
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
+    result = store.prune(cutoff.isoformat(timespec="milliseconds"))
+    print(f"pruned payloads of {result['records']} record(s) older than {days} day(s); "
+          f"{result['pages_reclaimed']} page(s) returned to the file system")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hub.demo import run_demo
 
     return asyncio.run(run_demo(args.config, records=args.records, out=Path(args.out), invalid=args.invalid))
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from hub.logs import configure
+    from hub.testing import ConformanceError, run_conformance
+
+    # The kit provokes retries on purpose: log only what is worse than that, to stderr.
+    configure("console", "error")
+    try:
+        report = run_conformance(args.adapter, config_path=args.config, checks=args.check or None)
+    except ConformanceError as exc:
+        _print_errors([str(exc)])
+        return 2
+    print(report.table())
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,9 +246,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", help="PEM file of trusted root certificates")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser("replay", help="send quarantined, failed or dead-lettered records through again")
+    p.add_argument("--config", required=True)
+    p.add_argument("--id", type=int, action="append", default=[], help="store id (repeatable)")
+    p.add_argument("--record-id", action="append", default=[], help="envelope record_id (repeatable)")
+    p.add_argument("--adapter")
+    p.add_argument("--school", help="school code")
+    p.add_argument("--state", choices=["quarantined", "failed", "dead_letter"])
+    p.add_argument("--stage", choices=["normalize", "render", "deliver"], default="normalize",
+                   help="normalize: from the raw payload (default); deliver: re-send the signed PDF as it is")
+    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("audit", help="check the audit log's hash chain")
+    p.add_argument("action", choices=["verify"])
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("prune", help="drop payloads of delivered records past the retention age")
+    p.add_argument("--config", required=True)
+    p.add_argument("--older-than-days", type=float)
+    p.set_defaults(func=cmd_prune)
+
     p = sub.add_parser("plugins", help="list installed adapters and signers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("conformance", help="run the adapter conformance kit against the adapter's simulator")
+    p.add_argument("--adapter", required=True, help="an installed pull adapter's name")
+    p.add_argument("--config", help="YAML config: its first adapter of this type supplies extra settings")
+    p.add_argument("--check", action="append", metavar="NAME",
+                   help="run only this check or group (e.g. faults); repeatable")
+    p.set_defaults(func=cmd_conformance)
 
     p = sub.add_parser("schema", help="print the central format's JSON Schema")
     p.add_argument("--config", action="store_true", help="print the config file's JSON Schema instead")

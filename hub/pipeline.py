@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from hub import store as st
 from hub.config import HubConfig
-from hub.contracts import Adapter, Health, PluginContext, PluginError, Signer
+from hub.contracts import Adapter, Health, PluginContext, PluginError, RawRecord, Signer
 from hub.logs import get_logger
 from hub.outbox import Outbox
 from hub.plugins import adapter_types, manager, signer_types
@@ -365,7 +365,9 @@ class Hub:
             data = adapter.normalize(row.raw())
             for result in self._hook.hocba_hub_transform_record(record=data, adapter=row.adapter):
                 data = result if result is not None else data
-            updated = row.received_at[:19]
+            # thoigiancapnhat: when the school changed the transcript, as the vendor states it
+            # (its own wall-clock time); the hub's receipt time for sources that do not say.
+            updated = (row.source_updated or row.received_at)[:19]
             record = parse_transcript({
                 **data, "record_id": row.record_id, "event": row.event,
                 "version": row.version, "updated_at": updated,
@@ -410,3 +412,28 @@ class Hub:
             await self._move(row, st.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
             return
         await self._move(row, st.SIGNED_PREFIX + role, pdf=signed)
+
+    # --- operator actions (the admin API, hub/admin.py) -------------------------------------
+
+    async def replay(self, pks: list[int], *, stage: str = "normalize", actor: str) -> list[tuple[int, str]]:
+        """``Store.replay`` through the running hub: the moved records are queued at once rather
+        than waiting for the next rescan. Returns ``(id, new state)`` of the records that moved."""
+        moved = await self._db(self.store.replay, list(pks), stage=stage, actor=actor,
+                               deliver_from=self.last_signed_state)
+        for pk, state in moved:
+            self._enqueue(pk, state)
+        return moved
+
+    # --- pushed records (the ingest route, hub/ingest.py) -----------------------------------
+
+    async def ingest(self, adapter: str, records: list[RawRecord]) -> list[int]:
+        """Commit records a sender pushed to ``adapter`` and queue the new versions.
+
+        Returns only after the commit (the store's thread, ``synchronous=FULL``), so a ``202``
+        sent after this call never covers a record a crash could lose. Records whose payload
+        is unchanged create nothing, as for a re-read page. Returns the new versions' ids.
+        """
+        ids = await self._db(self.store.receive, adapter, records)
+        for pk in ids:
+            self._enqueue(pk, st.RECEIVED)
+        return ids

@@ -19,9 +19,11 @@ import threading
 import unicodedata
 from abc import abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import aiohttp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -34,7 +36,10 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.sign import fields, signers
 from pyhanko.sign.general import SigningError as PyHankoSigningError
-from pyhanko.sign.timestamps import TimeStamper
+from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
+from pyhanko.sign.signers.pdf_cms import ExternalSigner, PdfCMSSignedAttributes
+from pyhanko.sign.timestamps import HTTPTimeStamper, TimeStamper
+from pyhanko.sign.timestamps.common_utils import TimestampRequestError
 from pyhanko.stamp import TextStampStyle
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 from pyhanko_certvalidator.util import get_pyca_cryptography_hash, process_pss_params
@@ -53,8 +58,9 @@ from hub.records import PrimaryTranscript, SecondaryTranscript
 from hub.render import ROLE_LABELS, font_bytes
 
 __all__ = [
-    "LocalKey", "LocalKeySigner", "SigningError", "identity_for", "request_for",
-    "reserve_bytes", "sign_pades", "sign_pades_blocking", "stamp_style",
+    "LEVELS", "LocalKey", "LocalKeySigner", "Prepared", "SigningError", "chain_bytes", "complete",
+    "embed_validation_blocking", "identity_for", "prepare_blocking", "request_for", "reserve_bytes",
+    "sign_elsewhere", "sign_pades", "sign_pades_blocking", "stamp_style", "timestamper_for",
 ]
 
 
@@ -89,14 +95,17 @@ def identity_for(record: PrimaryTranscript | SecondaryTranscript, role: str) -> 
     return SigningIdentity(role, name, record.school_code, personal_id)
 
 
-def request_for(record: PrimaryTranscript | SecondaryTranscript, pdf: bytes, role: str) -> SignRequest:
-    """A request to sign ``role``'s field of the rendered ``pdf`` of ``record``."""
+def request_for(record: PrimaryTranscript | SecondaryTranscript, pdf: bytes, role: str, *,
+                level: str = "B-B", timestamp_url: str = "") -> SignRequest:
+    """A request to sign ``role``'s field of the rendered ``pdf`` of ``record`` at PAdES ``level``."""
     return SignRequest(
         pdf=pdf,
         field_name=role,
         identity=identity_for(record, role),
         reason=f"{ROLE_LABELS[role]} ký học bạ {record.transcript_id}",
         location=record.signatories.issue_place,
+        level=level,
+        timestamp_url=timestamp_url,
     )
 
 
@@ -233,6 +242,164 @@ def sign_pades_blocking(pdf: bytes, request: SignRequest, signer: signers.Signer
                                   timestamper=timestamper))
 
 
+# --- levels, and signing with the key elsewhere ---------------------------------------------------
+
+LEVELS = ("B-B", "B-T", "B-LT")
+"""PAdES baseline levels the hub produces: B-T adds a signature timestamp, B-LT the
+certificates and revocation data a validator needs years later, in the document's DSS."""
+
+_timestampers: dict[str, HTTPTimeStamper] = {}
+
+
+def timestamper_for(url: str) -> HTTPTimeStamper:
+    """The RFC 3161 client for ``url``, one per process (it opens a connection per request)."""
+    if not url.startswith(("http://", "https://")):
+        raise SigningError(f"timestamp_url {url!r} is not an http(s) URL")
+    stamper = _timestampers.get(url)
+    if stamper is None:
+        stamper = _timestampers[url] = HTTPTimeStamper(url, timeout=30)
+    return stamper
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A document with its signature placeholder written and its byte-range digest taken.
+
+    Picklable: a worker process prepares it, the event loop fills in the CMS signature once the
+    key holder (a remote service, a token, a TSA for the timestamp) has answered.
+    """
+    pdf: bytes
+    digest: PreparedByteRangeDigest
+    signing_time: dt.datetime
+
+
+_placeholders: dict[tuple[bytes, ...], ExternalSigner] = {}
+
+
+def _placeholder_signer(certs: tuple[bytes, ...]) -> ExternalSigner:
+    # Only the certificates matter before the signature exists (the stamp shows the holder's
+    # name); parsed once per process and certificate chain.
+    signer = _placeholders.get(certs)
+    if signer is None:
+        parsed = [asn1_x509.Certificate.load(c) for c in certs]
+        signer = _placeholders[certs] = ExternalSigner(
+            parsed[0], SimpleCertificateStore.from_certs(parsed[1:]), signature_value=0)
+    return signer
+
+
+def chain_bytes(signer: signers.Signer) -> tuple[bytes, ...]:
+    """DER of the signing certificate, then the others ``signer`` embeds."""
+    first = signer.signing_cert.dump()
+    return (first, *(c.dump() for c in signer.cert_registry if c.dump() != first))
+
+
+def prepare_blocking(request: SignRequest, certs: tuple[bytes, ...], bytes_reserved: int) -> Prepared:
+    """Stamp, placeholder and digest for ``request`` (CPU work: run it in a worker process)."""
+    pdf_signer, text = _pdf_signer(request, _placeholder_signer(certs))
+
+    async def prepare() -> Prepared:
+        writer = IncrementalPdfFileWriter(io.BytesIO(request.pdf), strict=False)
+        session = pdf_signer.init_signing_session(writer, existing_fields_only=True)
+        info = await session.perform_presign_validation(writer)
+        tbs = session.prepare_tbs_document(validation_info=info, bytes_reserved=bytes_reserved,
+                                           appearance_text_params=text)
+        digest, output = tbs.digest_tbs_document()
+        return Prepared(output.getvalue(), digest, session.system_time)
+
+    try:
+        return asyncio.run(prepare())
+    except PyHankoSigningError as exc:
+        raise SigningError(f"cannot sign field {request.field_name!r} as {request.identity.role} "
+                           f"{request.identity.name}: {exc}") from exc
+
+
+async def complete(prepared: Prepared, request: SignRequest, signer: signers.Signer) -> bytes:
+    """Have ``signer`` sign the prepared digest (and the TSA stamp it for B-T); fill it in."""
+    timestamper = timestamper_for(request.timestamp_url) if request.level != "B-B" else None
+    try:
+        signature = await signer.async_sign(
+            prepared.digest.document_digest, "sha256", use_pades=True, timestamper=timestamper,
+            signed_attr_settings=PdfCMSSignedAttributes(signing_time=prepared.signing_time))
+    except (PyHankoSigningError, TimestampRequestError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise SigningError(_explain(exc, request)) from exc
+    out = io.BytesIO(prepared.pdf)
+    prepared.digest.fill_with_cms(out, signature)
+    return out.getvalue()
+
+
+def _explain(exc: BaseException, request: SignRequest) -> str:
+    # pyHanko wraps the cause ("Signature request failed"); the operator needs the cause too.
+    who = f"{request.identity.role} {request.identity.name}"
+    causes = [str(exc) or type(exc).__name__]
+    cause = exc.__cause__
+    while cause is not None:
+        causes.append(str(cause) or type(cause).__name__)
+        cause = cause.__cause__
+    if isinstance(exc, (TimestampRequestError, aiohttp.ClientError, asyncio.TimeoutError)) or any(
+            "imestamp" in c for c in causes):
+        return f"timestamp from {request.timestamp_url} for {who} failed: " + ": ".join(causes)
+    return f"signing as {who} failed: " + ": ".join(causes)
+
+
+def embed_validation_blocking(pdf: bytes, field_name: str, certs: tuple[bytes, ...],
+                              trust: tuple[bytes, ...] = ()) -> bytes:
+    """B-LT: the certificates, OCSP answers and CRLs that validate ``field_name``'s signature and
+    its timestamp, fetched now from the addresses in the certificates, in a DSS update.
+
+    ``trust``: roots to build paths to; by default the self-signed certificates of the signer's
+    own chain (a path is needed to know what to fetch; the trust decision is the verifier's).
+    """
+    from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign.validation import DocumentSecurityStore  # noqa: F401 - registers DSS support
+    from pyhanko.sign.validation.dss import async_add_validation_info
+    from pyhanko_certvalidator import ValidationContext
+
+    parsed = [asn1_x509.Certificate.load(c) for c in (*certs, *trust)]
+    roots = [c for c in parsed if c.self_signed != "no"]
+    reader = PdfFileReader(io.BytesIO(pdf), strict=False)
+    embedded = next((s for s in reader.embedded_regular_signatures if s.field_name == field_name), None)
+    if embedded is None:
+        raise SigningError(f"B-LT: no signature in field {field_name!r} to add validation data for")
+    context = ValidationContext(trust_roots=roots, other_certs=parsed, allow_fetching=True,
+                                revocation_mode="hard-fail")
+
+    async def add() -> bytes:
+        try:
+            out = await async_add_validation_info(embedded, context)
+        finally:
+            await context.aclose()
+        return out.getvalue()
+
+    try:
+        return asyncio.run(add())
+    except Exception as exc:  # pyHanko raises several kinds; all mean "no B-LT for this one"
+        raise SigningError(f"B-LT: cannot collect revocation data for field {field_name!r}: {exc}") from exc
+
+
+async def sign_elsewhere(request: SignRequest, signer: signers.Signer, *, executor: Executor | None,
+                         bytes_reserved: int) -> bytes:
+    """Sign where the key is not in this process: a remote service, a token, or a TSA to wait on.
+
+    The CPU work (stamp, placeholder, digest; B-LT's DSS update) runs in ``executor`` (a thread
+    without one); only the signed attributes' hash goes to ``signer`` — the event loop awaits
+    its answer while other documents go on.
+    """
+    if request.level not in LEVELS:
+        raise SigningError(f"unknown PAdES level {request.level!r}; expected one of {', '.join(LEVELS)}")
+    certs = chain_bytes(signer)
+    prepared = await _off_loop(executor, prepare_blocking, request, certs, bytes_reserved)
+    pdf = await complete(prepared, request, signer)
+    if request.level == "B-LT":
+        pdf = await _off_loop(executor, embed_validation_blocking, pdf, request.field_name, certs)
+    return pdf
+
+
+async def _off_loop(executor: Executor | None, fn: Any, *args: Any) -> Any:
+    if executor is None:
+        return await asyncio.to_thread(fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
 # --- keys on this machine -------------------------------------------------------------------------
 
 class LocalKey(NamedTuple):
@@ -284,12 +451,13 @@ class _Ready:
     key: LocalKey
     signer: _KeptKeySigner
     bytes_reserved: int
+    bytes_reserved_timestamped: int
 
     @classmethod
     def of(cls, key: LocalKey | tuple) -> "_Ready":
         key = LocalKey(*key)
         signer = _KeptKeySigner(key)
-        return cls(key, signer, reserve_bytes(signer))
+        return cls(key, signer, reserve_bytes(signer), reserve_bytes(signer, timestamp=True))
 
 
 @dataclass(frozen=True)
@@ -425,7 +593,7 @@ class LocalKeySigner(Signer):
             return Health(False, str(exc))
         return Health(True, f"{len(keys)} keys")
 
-    async def _check(self, identity: SigningIdentity, now: dt.datetime) -> None:
+    async def _check(self, identity: SigningIdentity, now: dt.datetime) -> _Ready:
         ready = _keys.get(self._source.fingerprint, {}).get(identity.key)
         if ready is None or not _valid_now(ready, now):
             # Not loaded yet, issued or renewed since: reading a key file is blocking work.
@@ -435,19 +603,33 @@ class LocalKeySigner(Signer):
             raise SigningError(f"{self.name}: no key for {identity.role} {identity.name} "
                                f"(key {identity.key})" + (f"; {hint}" if hint else ""))
         _refuse_if_invalid(ready, identity, now)
+        return ready
 
     async def sign(self, requests: Sequence[SignRequest]) -> list[bytes]:
-        """Sign every request concurrently, in the executor; all are checked before any is signed."""
+        """Sign every request concurrently, in the executor; all are checked before any is signed.
+
+        B-B signs whole in a worker. B-T and B-LT wait on a timestamping authority: the worker
+        prepares the document, and this process signs the hash (the key is loaded here too) and
+        awaits the TSA, so no worker process idles on the network.
+        """
         now = dt.datetime.now(dt.timezone.utc)
-        for identity in dict.fromkeys(r.identity for r in requests):
-            await self._check(identity, now)
-        if self.context.executor is None:
-            jobs = [asyncio.to_thread(_sign_job, self._source, r) for r in requests]
-        else:
-            loop = asyncio.get_running_loop()
-            jobs = [loop.run_in_executor(self.context.executor, _sign_job, self._source, r)
-                    for r in requests]
-        return list(await asyncio.gather(*jobs))
+        ready = {identity: await self._check(identity, now)
+                 for identity in dict.fromkeys(r.identity for r in requests)}
+        for r in requests:
+            if r.level not in LEVELS:
+                raise SigningError(f"unknown PAdES level {r.level!r}; expected one of {', '.join(LEVELS)}")
+        loop = asyncio.get_running_loop()
+
+        def job(r: SignRequest) -> Any:
+            if r.level != "B-B":
+                key = ready[r.identity]
+                return sign_elsewhere(r, key.signer, executor=self.context.executor,
+                                      bytes_reserved=key.bytes_reserved_timestamped)
+            if self.context.executor is None:
+                return asyncio.to_thread(_sign_job, self._source, r)
+            return loop.run_in_executor(self.context.executor, _sign_job, self._source, r)
+
+        return list(await asyncio.gather(*(job(r) for r in requests)))
 
 
 def _reveal(value: Any) -> Any:

@@ -155,6 +155,7 @@ class Row:
     event: str
     adapter: str
     source_id: str
+    source_updated: str | None
     content_type: str
     payload: bytes
     state: str
@@ -172,7 +173,8 @@ class Row:
     def _from(cls, r: sqlite3.Row) -> "Row":
         return cls(
             id=r["id"], record_id=r["record_id"], version=r["version"], event=r["event"],
-            adapter=r["adapter"], source_id=r["source_id"], content_type=r["content_type"],
+            adapter=r["adapter"], source_id=r["source_id"], source_updated=r["source_updated"],
+            content_type=r["content_type"],
             payload=r["payload"], state=r["state"], school_code=r["school_code"],
             school_year=r["school_year"],
             normalized=json.loads(r["normalized"]) if r["normalized"] else None,
@@ -459,9 +461,9 @@ class Store:
                     target, reset = RECEIVED, "normalized = NULL, pdf = NULL, content_hash = NULL"
                 elif stage == "render" and row["normalized"]:
                     target, reset = NORMALIZED, "pdf = NULL"
-                elif stage == "deliver" and row["pdf"] and deliver_from and row["errors"] and \
-                        db.execute("SELECT 1 FROM history WHERE record = ? AND state = ?", (pk, deliver_from)).fetchone():
-                    target, reset = deliver_from, "errors = errors"
+                elif stage == "deliver" and row["pdf"] and deliver_from and db.execute(
+                        "SELECT 1 FROM history WHERE record = ? AND state = ?", (pk, deliver_from)).fetchone():
+                    target, reset = deliver_from, "pdf = pdf"  # the fully signed PDF goes as it is
                 else:
                     continue
                 db.execute(f"UPDATE records SET {reset}, errors = NULL, attempts = 0 WHERE id = ?", (pk,))

@@ -22,19 +22,9 @@ from hub.app import create_app
 from hub.config import parse_config
 from hub.contracts import PluginError
 from hub.pipeline import Hub
-from hub.pki import ensure_pki
-from hub.synthetic import signing_identities
 from hub.verify import extract_record, load_certs, verify_pdf
 
-PASSWORD = "test-key-password"
-ROLES = ["homeroom_teacher", "principal", "school_seal"]
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("pki")
-    root = ensure_pki(directory, signing_identities(), PASSWORD)
-    return directory, root
+from conftest import PASSWORD, ROLES
 
 
 @pytest.fixture

@@ -1,0 +1,565 @@
+"""Pull adapter for EMIS-style school software: the contract in CONTRACT.md, nothing more.
+
+``fetch`` follows the server's continuation token through ``GET /api/v1/transcripts``, every
+request signed with HMAC-SHA256 (API key, timestamp, nonce, signature headers); ``normalize``
+maps the nested camelCase JSON record to the central format's snake_case fields and leaves
+value cleaning (comma decimals, NFD names, ``…T00:00:00`` dates) to ``hub.records``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from pydantic import Field, HttpUrl, SecretStr, field_validator
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from yarl import URL
+
+from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
+
+log = structlog.get_logger(__name__)
+
+RECORDS_PATH = "/api/v1/transcripts"
+VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
+# A server that keeps answering "no records, but more to come" must not hold a worker forever.
+MAX_EMPTY_PAGES = 50
+# What the operator should do about each refusal the contract defines.
+AUTH_HINTS = {
+    "INVALID_API_KEY": "check api_key",
+    "INVALID_SIGNATURE": "check api_secret",
+    "STALE_TIMESTAMP": "check the hub's clock (NTP): X-Timestamp must be within 5 minutes of the server's",
+    "REPLAYED_NONCE": "a nonce was reused; report this, it is a bug",
+    "MISSING_AUTH": "the request lacked a signature header; report this, it is a bug",
+}
+
+
+class MisaError(PluginError):
+    """The vendor's server answered in a way the contract does not allow, or not at all."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying (5xx, 429, timeout, dropped connection)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _TokenExpired(Exception):
+    """The server no longer honours a continuation token (``410``)."""
+
+
+class MisaSettings(PluginSettings):
+    """The ``settings`` of a ``misa`` adapter in the hub's YAML.
+
+    ``api_key`` identifies the province and travels in every request, like an access-key id;
+    ``api_secret`` only ever keys the HMAC and never leaves the hub.
+    """
+    base_url: HttpUrl = Field(description="Root of the vendor API, e.g. https://emis.example.vn")
+    api_key: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                         description="API key id issued to the province (sent as X-Api-Key)")
+    api_secret: SecretStr = Field(min_length=16, description="HMAC-SHA256 signing secret; use ${ENV_VAR}")
+    page_size: int = Field(default=100, ge=1, le=500, description="Records per page (limit)")
+    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for one HTTP request")
+    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request before giving up")
+    backoff_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles, with jitter")
+    max_backoff_seconds: float = Field(
+        default=60.0, gt=0, description="Longest wait between tries; a longer Retry-After gives up until the next poll")
+
+    @field_validator("base_url")
+    @classmethod
+    def _plain_root(cls, url: HttpUrl) -> HttpUrl:
+        # Endpoint paths are appended to base_url; a query or fragment would end up in the middle.
+        if url.query or url.fragment:
+            raise ValueError("base_url must not have a query string or fragment")
+        return url
+
+
+# --- request signing -------------------------------------------------------------------------
+
+def canonical_query(params: Iterable[tuple[str, str]]) -> str:
+    """Parameters sorted by name then value, each RFC 3986-encoded (only ``A-Za-z0-9-._~`` kept).
+
+    The exact string is signed and sent, so client and server cannot disagree on encoding.
+    """
+    return "&".join(f"{quote(k, safe='-._~')}={quote(v, safe='-._~')}" for k, v in sorted(params))
+
+
+def signature(secret: bytes, method: str, path: str, query: str, timestamp: str, nonce: str) -> str:
+    """Lower-case hex HMAC-SHA256 of ``METHOD\\npath\\nquery\\ntimestamp\\nnonce``."""
+    message = "\n".join((method.upper(), path, query, timestamp, nonce)).encode("utf-8")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def _parse_timestamp(value: Any) -> dt.datetime:
+    """An ISO 8601 instant; one without an offset is Vietnam time (the contract's clock)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an ISO 8601 timestamp")
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=VIETNAM_TIME)
+    return parsed.astimezone(VIETNAM_TIME)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
+class MisaAdapter(Adapter):
+    """Pulls transcripts from EMIS-style school software (REST/JSON, HMAC-signed requests).
+
+    The hub's cursor is the server's continuation token: after the last page it is a sync
+    token that returns only what changed since. An expired token (``410``) means a full
+    resync, which the hub absorbs because unchanged records create no new version.
+    """
+    name: ClassVar[str] = "misa"
+    Settings: ClassVar[type[PluginSettings]] = MisaSettings
+    simulator: ClassVar[str | None] = "adapters.misa.simulator:MisaSimulator"
+
+    settings: MisaSettings
+
+    def __init__(self, settings: PluginSettings, context: PluginContext):
+        super().__init__(settings, context)
+        self._http: aiohttp.ClientSession | None = None
+        # The signing clock; a test can skew it to see what a drifting server clock does.
+        self._clock: Callable[[], float] = time.time
+
+    @property
+    def _base(self) -> str:
+        # Read when a request is made, not in __init__: `hocba-hub normalize` builds the adapter
+        # without settings, and normalising needs none.
+        return str(self.settings.base_url).rstrip("/")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+                headers={"User-Agent": "hocba-hub misa-adapter", "Accept": "application/json"},
+            )
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # --- HTTP plumbing -----------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        # A vendor error page may echo what it was sent; the secret must never reach a log line.
+        secret = self.settings.api_secret.get_secret_value()
+        return text.replace(secret, "***") if secret else text
+
+    def _url(self, params: dict[str, Any]) -> tuple[URL, str]:
+        query = canonical_query((k, str(v)) for k, v in params.items())
+        raw = self._base + RECORDS_PATH + (f"?{query}" if query else "")
+        # encoded=True: the bytes on the wire are exactly the query that was signed.
+        return URL(raw, encoded=True), query
+
+    def _signed_headers(self, method: str, url: URL, query: str) -> dict[str, str]:
+        # Signed afresh for every attempt: a retry after a long Retry-After must not reuse a
+        # timestamp the server now finds stale, nor a nonce it has already seen.
+        timestamp = str(int(self._clock()))
+        nonce = secrets.token_hex(16)
+        mac = signature(self.settings.api_secret.get_secret_value().encode("utf-8"),
+                        method, url.raw_path, query, timestamp, nonce)
+        return {"X-Api-Key": self.settings.api_key, "X-Timestamp": timestamp, "X-Nonce": nonce,
+                "X-Signature": mac}
+
+    async def _send_once(self, method: str, url: URL, query: str) -> tuple[int, str, bytes]:
+        if self._http is None:
+            raise MisaError("the misa adapter is not open: await open() before fetch()")
+        try:
+            async with self._http.request(method, url, headers=self._signed_headers(method, url, query)) as response:
+                body = await response.read()
+                status, content_type = response.status, response.headers.get("Content-Type", "")
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except asyncio.TimeoutError:
+            raise _Transient(f"no answer within {self.settings.timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            # Connection refused/reset/dropped and bodies cut off in transfer all land here.
+            raise _Transient(f"{type(exc).__name__}: {exc}") from None
+        if status in (429, 503) and retry_after is not None and retry_after > self.settings.max_backoff_seconds:
+            raise MisaError(
+                f"{method} {url}: HTTP {status} with Retry-After {retry_after:g} s, longer than "
+                f"max_backoff_seconds ({self.settings.max_backoff_seconds:g}); the next poll resumes")
+        if status == 429:
+            raise _Transient("429 Too Many Requests", retry_after)
+        if status >= 500:
+            # A 503 with Retry-After is a planned outage: its own estimate beats our backoff.
+            raise _Transient(f"HTTP {status}", retry_after if status == 503 else None)
+        return status, content_type, body
+
+    def _wait(self, retry_state) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, _Transient) and exc.retry_after is not None:
+            return exc.retry_after
+        return wait_random_exponential(multiplier=self.settings.backoff_seconds,
+                                       max=self.settings.max_backoff_seconds)(retry_state)
+
+    async def _send(self, method: str, url: URL, query: str, *, attempts: int | None = None) -> tuple[int, str, bytes]:
+        """One request, retried on transient faults; ``MisaError`` once the attempts are spent."""
+        attempts = attempts or self.settings.max_attempts
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(attempts),
+                wait=self._wait,
+                retry=retry_if_exception_type(_Transient),
+                reraise=True,
+                before_sleep=lambda rs: log.debug("misa.retry", url=str(url), attempt=rs.attempt_number,
+                                                  error=str(rs.outcome.exception())),
+            ):
+                with attempt:
+                    return await self._send_once(method, url, query)
+        except _Transient as exc:
+            raise MisaError(f"{method} {url}: gave up after {attempts} attempt(s), last error: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _json(self, url: URL, content_type: str, body: bytes) -> Any:
+        """Decode a 200 body, or say clearly that the server sent something else."""
+        media = content_type.split(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
+            raise MisaError(f"GET {url} answered 200 with {media or 'no Content-Type'}, "
+                            f"not JSON: {self._scrub(snippet)!r}")
+        try:
+            return json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise MisaError(f"GET {url} answered 200 with a body that is not UTF-8 (byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise MisaError(f"GET {url} answered 200 with invalid or truncated JSON "
+                            f"({exc.msg} at char {exc.pos} of {len(body)} bytes)") from None
+
+    @staticmethod
+    def _error(status: int, body: bytes) -> tuple[str, str]:
+        """``(code, message)`` of an ``{"error": {…}}`` answer, or the status and a snippet."""
+        try:
+            error = json.loads(body)["error"]
+            return str(error["code"]), str(error.get("message", ""))
+        except (ValueError, KeyError, TypeError):
+            return f"HTTP {status}", body[:200].decode("utf-8", "replace")
+
+    async def _get(self, params: dict[str, Any], *, attempts: int | None = None) -> tuple[URL, Any]:
+        url, query = self._url(params)
+        status, content_type, body = await self._send("GET", url, query, attempts=attempts)
+        if status == 200:
+            return url, self._json(url, content_type, body)
+        code, message = self._error(status, body)
+        if status == 410:
+            raise _TokenExpired(code)
+        if status == 401:
+            # There is no token to renew: a refused signature needs an operator, not a retry.
+            hint = AUTH_HINTS.get(code, "check api_key and api_secret")
+            raise MisaError(self._scrub(
+                f"GET {url}: request refused: {code}: {message} ({hint}; key {self.settings.api_key!r})"))
+        raise MisaError(self._scrub(f"GET {url} answered HTTP {status}: {code}: {message}"))
+
+    # --- pull --------------------------------------------------------------------------------
+
+    def _page(self, data: Any, shown: str) -> tuple[bool, str, list[dict[str, Any]]]:
+        if not isinstance(data, dict):
+            raise MisaError(f"GET {shown}: the answer is not a JSON object")
+        items, has_more, token = data.get("items"), data.get("hasMore"), data.get("continuationToken")
+        if not isinstance(items, list) or not isinstance(has_more, bool):
+            raise MisaError(f"GET {shown}: the answer lacks an items list or a hasMore boolean")
+        if not isinstance(token, str) or not token:
+            raise MisaError(f"GET {shown}: continuationToken is missing or empty")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise MisaError(f"GET {shown}: items[{i}] is not an object")
+        return has_more, token, items
+
+    def _raw(self, item: dict[str, Any], where: str) -> tuple[RawRecord, dt.datetime]:
+        source_id = item.get("id")
+        if isinstance(source_id, int) and not isinstance(source_id, bool):
+            source_id = str(source_id)
+        if not isinstance(source_id, str) or not source_id.strip():
+            # Without its id a record cannot be stored, quarantined or replayed: stop the pull.
+            raise MisaError(f"{where}.id is missing or empty")
+        try:
+            updated = _parse_timestamp(item.get("modifiedAt"))
+        except ValueError as exc:
+            raise MisaError(f"{where}.modifiedAt: {exc}") from None
+        deleted = item.get("isDeleted", False)
+        if not isinstance(deleted, bool):
+            raise MisaError(f"{where}.isDeleted: {deleted!r} is not true or false")
+        payload = json.dumps(item, ensure_ascii=False).encode("utf-8")
+        return RawRecord(source_id=source_id.strip(), payload=payload, updated_at=updated, deleted=deleted), updated
+
+    async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:
+        """Yield one ``Page`` per HTTP page; each page's cursor is the token that resumes after it."""
+        token = cursor.strip() if cursor and cursor.strip() else None
+        empty_pages = 0
+        while True:
+            params: dict[str, Any] = {"limit": self.settings.page_size}
+            if token:
+                params["continuationToken"] = token
+            try:
+                url, data = await self._get(params)
+            except _TokenExpired:
+                if not token:
+                    raise MisaError(f"GET {self._url(params)[0]} answered 410 to a request without a token") from None
+                # Nothing else can say where we were: read everything again. The hub stores a new
+                # version only for records whose payload changed, so a resync costs bandwidth, not data.
+                log.warning("misa.continuation_token_expired", action="full resync")
+                token = None
+                continue
+            shown = str(url)
+            has_more, next_token, items = self._page(data, shown)
+            if has_more and next_token == token:
+                # The same page again would loop forever; what was read is saved, the next poll retries.
+                raise MisaError(f"GET {shown}: the server answered with the continuation token it was "
+                                "given and hasMore=true, so the pull cannot advance")
+            read = [self._raw(item, f"GET {shown}: items[{i}]") for i, item in enumerate(items)]
+            # Should a page list a record twice, the newest copy must be the one the hub stores last.
+            read.sort(key=lambda pair: pair[1])
+            token = next_token
+            yield Page([raw for raw, _ in read], token)
+            if not has_more:
+                return
+            empty_pages = 0 if read else empty_pages + 1
+            if empty_pages >= MAX_EMPTY_PAGES:
+                raise MisaError(f"GET {shown}: {empty_pages} empty pages in a row with hasMore=true; "
+                                "stopping, the next poll resumes from the last token")
+
+    async def check(self) -> Health:
+        """Read one record with a signed request: proves reachability, key, secret and clock."""
+        opened_here = self._http is None
+        await self.open()
+        try:
+            url, data = await self._get({"limit": 1}, attempts=1)
+            self._page(data, str(url))
+            return Health(True, "signed request accepted; transcript feed readable")
+        except MisaError as exc:
+            return Health(False, self._scrub(str(exc)))
+        except _TokenExpired:  # pragma: no cover - no token is sent
+            return Health(False, "the server answered 410 without a continuation token")
+        finally:
+            if opened_here:
+                await self.close()
+
+    # --- normalise ---------------------------------------------------------------------------
+
+    def normalize(self, raw: RawRecord) -> dict[str, Any]:
+        try:
+            record = json.loads(raw.payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"payload is not JSON, or is truncated: {exc}") from None
+        return to_central(record)
+
+
+# --- the vendor record → central-format fields ---------------------------------------------------
+#
+# Each table maps a vendor key to (central field, required). A required key that is absent is
+# the vendor breaking the contract and is reported by its dotted path (``student.fullName``,
+# ``evaluation.subjects[2].subjectCode``); a key present with null or "" means "unknown" and is
+# passed on, so hub.records names the central field if it may not be empty.
+
+ENVELOPE_KEYS = frozenset({"id", "modifiedAt", "isDeleted"})    # read by fetch, not content
+IGNORED_KEYS = frozenset({"modifiedBy"})                       # audit trail, not on a transcript
+
+SCHOOL = {"departmentCode": ("department_code", True), "schoolCode": ("school_code", True),
+          "schoolName": ("school_name", True), "schoolLevel": ("level", True)}
+TRANSCRIPT = {"transcriptCode": ("transcript_id", True), "status": ("status", False),
+              "schoolYear": ("school_year", True), "grade": ("grade", True), "className": ("class_name", True)}
+STUDENT = {
+    "studentCode": ("student_code", True), "personalIdentifier": ("personal_id", False),
+    "fullName": ("full_name", True), "dateOfBirth": ("birth_date", True), "gender": ("gender", True),
+    "ethnicity": ("ethnicity", False), "nationality": ("nationality", False),
+    "policyGroup": ("policy_group", False), "disabilityNotAssessed": ("disability_not_assessed", False),
+}
+FAMILY = {"fatherName": ("father_name", False), "motherName": ("mother_name", False),
+          "guardianName": ("guardian_name", False)}
+APPROVAL = {"signedDate": ("issue_date", True), "issuePlace": ("issue_place", True)}
+HOMEROOM_TEACHER = {"fullName": ("homeroom_teacher_name", True),
+                    "personalIdentifier": ("homeroom_teacher_personal_id", False)}
+PRINCIPAL = {"fullName": ("principal_name", True), "personalIdentifier": ("principal_personal_id", False),
+             "title": ("principal_title", False)}
+PRIMARY = {"completedGradeProgram": ("completed_grade_program", True),
+           "completedPrimaryProgram": ("completed_primary_program", False), "promoted": ("promoted", True)}
+PRIMARY_SUBJECT = {
+    "subjectCode": ("subject_code", True), "subjectName": ("subject_name", True),
+    "term1Level": ("term1_level", False), "yearEndLevel": ("year_level", True),
+    "term1TestScore": ("term1_score", False), "yearEndTestScore": ("year_score", False),
+    "teacherComment": ("comment", False),
+}
+QUALITIES = {"patriotism": ("yeu_nuoc", True), "compassion": ("nhan_ai", True), "diligence": ("cham_chi", True),
+             "honesty": ("trung_thuc", True), "responsibility": ("trach_nhiem", True)}
+GENERAL_COMPETENCIES = {"selfReliance": ("tu_chu_tu_hoc", True), "communication": ("giao_tiep_hop_tac", True),
+                        "problemSolving": ("giai_quyet_van_de_sang_tao", True)}
+SUBJECT_COMPETENCIES = {"language": ("ngon_ngu", False), "mathematics": ("tinh_toan", False),
+                        "science": ("khoa_hoc", False), "technology": ("cong_nghe", False),
+                        "informatics": ("tin_hoc", False), "aesthetics": ("tham_my", False),
+                        "physical": ("the_chat", False)}
+SECONDARY = {"daysAbsent": ("days_absent", True), "promoted": ("promoted", True)}
+SECONDARY_SUBJECT_KEYS = frozenset({"subjectCode", "subjectName", "evaluationType", "term1", "term2", "yearEnd"})
+EVALUATION_FIELDS = {"score": ("term1_average", "term2_average", "year_average"),
+                     "comment": ("term1_comment", "term2_comment", "year_comment")}
+TERMS = {"term1": ("term1", False), "term2": ("term2", False), "yearEnd": ("year", True)}
+CERTIFICATE = {"name": ("name", True), "issuedDate": ("issued_on", False), "issuer": ("issuer", False)}
+
+PRIMARY_KEYS = frozenset(PRIMARY) | {"subjects", "qualities", "competencies", "awards"}
+SECONDARY_KEYS = frozenset(SECONDARY) | {"subjects", "learningResult", "conduct", "certificates"}
+TOP_KEYS = frozenset({"school", "transcript", "student", "evaluation", "approval"}) | ENVELOPE_KEYS | IGNORED_KEYS
+
+
+def _where(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _object(parent: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    where = _where(path, key)
+    if key not in parent or parent[key] is None:
+        raise ValueError(f"{where} is missing")
+    if not isinstance(parent[key], dict):
+        raise ValueError(f"{where} is not an object")
+    return parent[key]
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where} is not a list")
+    return value
+
+
+def _map(obj: dict[str, Any], path: str, table: dict[str, tuple[str, bool]],
+         allowed: Iterable[str] = ()) -> dict[str, Any]:
+    """Rename ``obj``'s keys by ``table``; keys outside ``table`` and ``allowed`` are errors."""
+    allowed = frozenset(allowed)
+    out: dict[str, Any] = {}
+    for key, (field, required) in table.items():
+        if key in obj:
+            out[field] = obj[key]
+        elif required:
+            raise ValueError(f"{_where(path, key)} is missing")
+    for key in obj:
+        if key not in table and key not in allowed:
+            # An unknown key may carry data the central format needs: refuse rather than drop it.
+            raise ValueError(f"{_where(path, key)} is not part of the misa contract (see CONTRACT.md)")
+    return out
+
+
+def _shape(level: Any, evaluation: dict[str, Any]) -> str:
+    """Primary or secondary: by ``school.schoolLevel``, else by the keys the evaluation carries."""
+    code = str(level).strip().zfill(2) if isinstance(level, (str, int)) and not isinstance(level, bool) else None
+    if code == "02":
+        return "primary"
+    if code in ("03", "04"):
+        return "secondary"
+    # An unknown level is the central format's error to name (``level``): map the content by
+    # the keys it carries so that error is the one reported.
+    keys = set(evaluation)
+    if keys & (PRIMARY_KEYS - SECONDARY_KEYS):
+        return "primary"
+    if keys & (SECONDARY_KEYS - PRIMARY_KEYS):
+        return "secondary"
+    raise ValueError(f"school.schoolLevel {level!r} is not 02, 03 or 04")
+
+
+def _secondary_subject(subject: dict[str, Any], where: str) -> dict[str, Any]:
+    out = _map(subject, where, {"subjectCode": ("subject_code", True), "subjectName": ("subject_name", True)},
+               SECONDARY_SUBJECT_KEYS)
+    kind = subject.get("evaluationType")
+    if kind not in EVALUATION_FIELDS:
+        if "evaluationType" not in subject:
+            raise ValueError(f"{where}.evaluationType is missing")
+        raise ValueError(f"{where}.evaluationType {kind!r} is not 'score' or 'comment'")
+    # The same three keys hold averages or Đ/CĐ results; evaluationType says which.
+    for key, field in zip(("term1", "term2", "yearEnd"), EVALUATION_FIELDS[kind]):
+        if key in subject:
+            out[field] = subject[key]
+        elif key == "yearEnd":
+            raise ValueError(f"{where}.yearEnd is missing")
+    return out
+
+
+def to_central(record: Any) -> dict[str, Any]:
+    """Map one vendor record (an ``items`` element) to central-format fields, no envelope."""
+    if not isinstance(record, dict):
+        raise ValueError("(record) is not an object")
+    _map(record, "", {}, TOP_KEYS)
+    school, info = _object(record, "school", ""), _object(record, "transcript", "")
+    student, evaluation = _object(record, "student", ""), _object(record, "evaluation", "")
+    approval = _object(record, "approval", "")
+    if "schoolLevel" not in school:
+        raise ValueError("school.schoolLevel is missing")
+    shape = _shape(school["schoolLevel"], evaluation)
+
+    out = {**_map(school, "school", SCHOOL), **_map(info, "transcript", TRANSCRIPT)}
+    out["student"] = _map(student, "student", STUDENT, {"family"})
+    if student.get("family") is not None:
+        out["student"].update(_map(_object(student, "family", "student"), "student.family", FAMILY))
+    signatories = _map(approval, "approval", APPROVAL, {"homeroomTeacher", "principal"})
+    signatories.update(_map(_object(approval, "homeroomTeacher", "approval"), "approval.homeroomTeacher",
+                            HOMEROOM_TEACHER))
+    signatories.update(_map(_object(approval, "principal", "approval"), "approval.principal", PRINCIPAL))
+    out["signatories"] = signatories
+
+    if "subjects" not in evaluation:
+        raise ValueError("evaluation.subjects is missing")
+    subjects = _list(evaluation["subjects"], "evaluation.subjects")
+    items = []
+    for i, subject in enumerate(subjects):
+        where = f"evaluation.subjects[{i}]"
+        if not isinstance(subject, dict):
+            raise ValueError(f"{where} is not an object")
+        items.append(_map(subject, where, PRIMARY_SUBJECT) if shape == "primary"
+                     else _secondary_subject(subject, where))
+    out["subjects"] = items
+
+    if shape == "primary":
+        out.update(_map(evaluation, "evaluation", PRIMARY, PRIMARY_KEYS))
+        out["qualities"] = _map(_object(evaluation, "qualities", "evaluation"), "evaluation.qualities", QUALITIES)
+        competencies = _object(evaluation, "competencies", "evaluation")
+        # A subject competency the school did not assess comes as null: it is simply absent.
+        out["competencies"] = {
+            **_map({k: v for k, v in competencies.items() if k not in SUBJECT_COMPETENCIES},
+                   "evaluation.competencies", GENERAL_COMPETENCIES),
+            **{field: competencies[key] for key, (field, _) in SUBJECT_COMPETENCIES.items()
+               if competencies.get(key) is not None},
+        }
+        if evaluation.get("awards") is not None:
+            out["awards"] = _list(evaluation["awards"], "evaluation.awards")
+    else:
+        out.update(_map(evaluation, "evaluation", SECONDARY, SECONDARY_KEYS))
+        out["learning"] = _map(_object(evaluation, "learningResult", "evaluation"), "evaluation.learningResult", TERMS)
+        out["conduct"] = _map(_object(evaluation, "conduct", "evaluation"), "evaluation.conduct", TERMS)
+        if evaluation.get("certificates") is not None:
+            out["certificates"] = [
+                _map(c, f"evaluation.certificates[{i}]", CERTIFICATE) if isinstance(c, dict)
+                else _fail(f"evaluation.certificates[{i}] is not an object")
+                for i, c in enumerate(_list(evaluation["certificates"], "evaluation.certificates"))
+            ]
+    return out
+
+
+def _fail(message: str) -> Any:
+    raise ValueError(message)

@@ -1,0 +1,449 @@
+"""The EMIS-style contract (CONTRACT.md) served over real HTTP, with the faults a real server has.
+
+Records come from ``hub.synthetic`` (every school level) and are encoded in the vendor's
+shape with its quirks: scores as strings with a decimal comma (``"8,5"``), dates as
+``yyyy-MM-ddT00:00:00``, some names in NFD, ``null`` for unknown values. Every request must be
+signed (HMAC-SHA256); the server refuses bad signatures, unknown keys, stale timestamps and
+replayed nonces. The feed is a change log: every edit or recall moves a record to its end, and
+a continuation token is a position in that log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from hub.contracts import Faults, Simulator
+from hub.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
+
+RECORDS_PATH = "/api/v1/transcripts"
+MAX_PAGE_SIZE = 500
+MAX_SKEW_SECONDS = 300
+VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7))
+FIRST_UPDATE = dt.datetime(2025, 6, 1, 7, 0, 0, tzinfo=VIETNAM_TIME)
+_ID_NAMESPACE = uuid.UUID("9e3a6c1d-2f4b-4d7e-8a0c-5b6d7e8f9a10")
+
+QUALITY_KEYS = {"yeu_nuoc": "patriotism", "nhan_ai": "compassion", "cham_chi": "diligence",
+                "trung_thuc": "honesty", "trach_nhiem": "responsibility"}
+COMPETENCY_KEYS = {"tu_chu_tu_hoc": "selfReliance", "giao_tiep_hop_tac": "communication",
+                   "giai_quyet_van_de_sang_tao": "problemSolving", "ngon_ngu": "language",
+                   "tinh_toan": "mathematics", "khoa_hoc": "science", "cong_nghe": "technology",
+                   "tin_hoc": "informatics", "tham_my": "aesthetics", "the_chat": "physical"}
+TERM_KEYS = {"term1": "term1", "term2": "term2", "year": "yearEnd"}
+
+
+@dataclass
+class MisaFaults(Faults):
+    """The standard switches plus this vendor's own; every ``*_next_n`` counts down per data request.
+
+    Standard ones (outage, fail_next_n, rate_limit_next_n, drop_next_n_connections,
+    slow_seconds) act before the signature is checked; the page faults change what a page holds.
+    """
+    stall_next_n: int = 0             # hang for ``stall_seconds`` (longer than a client timeout)
+    stall_seconds: float = 30.0
+    html_next_n: int = 0              # 200 with an HTML maintenance page (a proxy in front)
+    truncate_next_n: int = 0          # 200 with the JSON cut off half-way
+    duplicate_next_n: int = 0         # the page lists its first record twice
+    repeat_next_n: int = 0            # the previous answer again, byte for byte (token included)
+    empty_next_n: int = 0             # no records, hasMore=true, a re-issued token at the same place
+    missing_id_next_n: int = 0        # the page's first record has no ``id``
+
+
+def _date(iso: str | None) -> str | None:
+    # .NET-style serialisers write a date as midnight local time.
+    return None if iso is None else f"{iso}T00:00:00"
+
+
+def _comma(value: float | int | None, decimals: int = 1) -> str | None:
+    if value is None:
+        return None
+    return f"{value:.{decimals}f}".replace(".", ",")
+
+
+def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
+              deleted: bool = False, quirks: int = 0) -> dict[str, Any]:
+    """Encode one central-format transcript (``hub.synthetic`` shape) as a vendor record.
+
+    ``quirks`` picks which vendor habits this record shows, so a run mixes them.
+    """
+    student, signer = central["student"], central["signatories"]
+    s_text = nfd if quirks % 3 == 1 else (lambda t: t)
+    k_text = nfd if quirks % 3 == 2 else (lambda t: t)
+    optional = (lambda t: None if t is None else s_text(t))
+    record: dict[str, Any] = {
+        "id": source_id,
+        "modifiedAt": updated.isoformat(timespec="milliseconds"),
+        "isDeleted": deleted,
+        "modifiedBy": "gvcn." + central["school_code"],
+        "school": {"departmentCode": central["department_code"], "schoolCode": central["school_code"],
+                   "schoolName": central["school_name"], "schoolLevel": central["level"]},
+        "transcript": {"transcriptCode": central["transcript_id"], "status": central.get("status", "1"),
+                       "schoolYear": central["school_year"], "grade": central["grade"],
+                       "className": central["class_name"]},
+        "student": {
+            "studentCode": student["student_code"],
+            "personalIdentifier": student.get("personal_id"),
+            "fullName": s_text(student["full_name"]),
+            "dateOfBirth": _date(student["birth_date"]),
+            "gender": student.get("gender", 0),
+            "ethnicity": student.get("ethnicity"),
+            "nationality": student.get("nationality"),
+            "family": {"fatherName": optional(student.get("father_name")),
+                       "motherName": optional(student.get("mother_name")),
+                       "guardianName": optional(student.get("guardian_name"))},
+            "policyGroup": student.get("policy_group"),
+            "disabilityNotAssessed": bool(student.get("disability_not_assessed", False)),
+        },
+    }
+    if "qualities" in central:
+        evaluation: dict[str, Any] = {
+            "subjects": [
+                {"subjectCode": s["subject_code"], "subjectName": s["subject_name"],
+                 "term1Level": s.get("term1_level"), "yearEndLevel": s["year_level"],
+                 "term1TestScore": _comma(s.get("term1_score"), 0), "yearEndTestScore": _comma(s.get("year_score"), 0),
+                 "teacherComment": s.get("comment")}
+                for s in central["subjects"]
+            ],
+            "qualities": {QUALITY_KEYS[k]: v for k, v in central["qualities"].items()},
+            "competencies": {COMPETENCY_KEYS[k]: v for k, v in central["competencies"].items()},
+            "completedGradeProgram": central["completed_grade_program"],
+            "completedPrimaryProgram": central.get("completed_primary_program"),
+            "promoted": central["promoted"],
+            "awards": list(central.get("awards", [])),
+        }
+    else:
+        subjects = []
+        for s in central["subjects"]:
+            if s.get("year_comment") is not None:
+                subjects.append({"subjectCode": s["subject_code"], "subjectName": s["subject_name"],
+                                 "evaluationType": "comment", "term1": s.get("term1_comment"),
+                                 "term2": s.get("term2_comment"), "yearEnd": s["year_comment"]})
+            else:
+                subjects.append({"subjectCode": s["subject_code"], "subjectName": s["subject_name"],
+                                 "evaluationType": "score", "term1": _comma(s.get("term1_average")),
+                                 "term2": _comma(s.get("term2_average")), "yearEnd": _comma(s["year_average"])})
+        evaluation = {
+            "subjects": subjects,
+            "learningResult": {TERM_KEYS[k]: v for k, v in central["learning"].items()},
+            "conduct": {TERM_KEYS[k]: v for k, v in central["conduct"].items()},
+            "daysAbsent": central.get("days_absent", 0),
+            "promoted": central["promoted"],
+            "certificates": [{"name": c["name"], "issuedDate": _date(c.get("issued_on")), "issuer": c.get("issuer")}
+                             for c in central.get("certificates", [])],
+        }
+    record["evaluation"] = evaluation
+    record["approval"] = {
+        "homeroomTeacher": {"fullName": k_text(signer["homeroom_teacher_name"]),
+                            "personalIdentifier": signer.get("homeroom_teacher_personal_id")},
+        "principal": {"fullName": k_text(signer["principal_name"]),
+                      "personalIdentifier": signer.get("principal_personal_id"),
+                      "title": signer.get("principal_title", "Hiệu trưởng")},
+        "signedDate": _date(signer["issue_date"]),
+        "issuePlace": signer["issue_place"],
+    }
+    return record
+
+
+@dataclass
+class _Row:
+    central: dict[str, Any]
+    source_id: str
+    seq: int                 # position in the change log
+    updated: dt.datetime
+    deleted: bool
+    quirks: int
+
+    def vendor(self) -> dict[str, Any]:
+        return to_vendor(self.central, source_id=self.source_id, updated=self.updated,
+                         deleted=self.deleted, quirks=self.quirks)
+
+
+def _string_to_sign(method: str, path: str, params: list[tuple[str, str]], timestamp: str, nonce: str) -> bytes:
+    # Written here from CONTRACT.md rather than imported from the adapter: a shared bug would
+    # make both sides agree and the tests prove nothing.
+    query = "&".join(f"{quote(k, safe='-._~')}={quote(v, safe='-._~')}" for k, v in sorted(params))
+    return f"{method}\n{path}\n{query}\n{timestamp}\n{nonce}".encode("utf-8")
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=json.dumps(data, ensure_ascii=False).encode("utf-8"), status=status,
+                        content_type="application/json", charset="utf-8", headers=headers)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"error": {"code": code, "message": message}}, status, headers)
+
+
+class MisaSimulator(Simulator):
+    """An EMIS-style school-software server on loopback, serving CONTRACT.md with fault switches.
+
+    ``faults`` flips failures on; ``requests`` counts requests by path, ``log`` lists
+    ``(method, path_qs, status)`` in order (status 0: connection dropped) and ``auth_failures``
+    the refusal codes, so tests can prove a retry, a re-signature or a resync happened.
+    """
+
+    def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0, api_key: str = "sogddt-hocba-hub",
+                 api_secret: str | None = None, page_size: int = 50, per_timestamp: int = 3):
+        super().__init__(records=records, invalid=invalid, seed=seed)
+        self.api_key = api_key
+        self.api_secret = api_secret or secrets.token_urlsafe(32)
+        self.page_size = page_size
+        self.faults: MisaFaults = MisaFaults()
+        self.requests: Counter[str] = Counter()
+        self.log: list[tuple[str, str, int]] = []
+        self.auth_failures: list[str] = []
+        self.nonces: list[str] = []
+        """Every nonce accepted, in order (each may be used once)."""
+        self.defects: dict[str, tuple[str, str]] = {}
+        """id of each deliberately invalid record → (defect kind, central field it breaks)."""
+        self._seen_nonces: dict[str, float] = {}
+        self._token_key = secrets.token_bytes(32)
+        self._token_epoch = 0
+        self._token_serial = 0
+        self._last_answer: bytes | None = None
+        self._rows: list[_Row] = []
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self.base_url = ""
+        per_timestamp = max(1, per_timestamp)
+        for i in range(records):
+            self._rows.append(_Row(transcript(i, seed), self._source_id("hs", i), i + 1,
+                                   FIRST_UPDATE + dt.timedelta(minutes=i // per_timestamp), False, i))
+        for j in range(invalid):
+            kind = INVALID_KINDS[j % len(INVALID_KINDS)]
+            central, kind, field = invalid_transcript(records + j, seed, kind)
+            # invalid_transcript reuses valid indices; a transcript id of its own keeps ids unique.
+            central["transcript_id"] = f"HBLOI{seed % 1000:03d}{j:06d}"
+            k = records + j
+            row = _Row(central, self._source_id("loi", j), k + 1,
+                       FIRST_UPDATE + dt.timedelta(minutes=k // per_timestamp), False, k)
+            self._rows.append(row)
+            self.defects[row.source_id] = (kind, field)
+
+    def _source_id(self, group: str, index: int) -> str:
+        return str(uuid.uuid5(_ID_NAMESPACE, f"{group}:{self.seed}:{index}"))
+
+    # --- what tests and the demo use ---------------------------------------------------------
+
+    def source_id(self, index: int) -> str:
+        """``id`` of valid record ``index`` (``hub.synthetic.transcript(index, seed)``)."""
+        return self._rows[index].source_id
+
+    def central(self, index: int) -> dict[str, Any]:
+        """The central-format transcript record ``index`` currently encodes."""
+        return copy.deepcopy(self._rows[index].central)
+
+    def vendor_record(self, index: int) -> dict[str, Any]:
+        """Record ``index`` as the API serves it (invalid records follow the valid ones)."""
+        return self._rows[index].vendor()
+
+    def update(self, index: int, change: Callable[[dict[str, Any]], None] | None = None) -> str:
+        """Edit record ``index``, move it to the end of the change log; return its id.
+
+        ``change`` edits the central-format dict in place; the default re-issues the transcript
+        one day later, which is valid for every school level.
+        """
+        row = self._rows[index]
+        if change is None:
+            def change(central: dict[str, Any]) -> None:
+                issued = dt.date.fromisoformat(central["signatories"]["issue_date"])
+                central["signatories"]["issue_date"] = (issued + dt.timedelta(days=1)).isoformat()
+        change(row.central)
+        self._bump(row)
+        return row.source_id
+
+    def delete(self, index: int) -> str:
+        """Recall record ``index`` (``isDeleted: true``), move it to the end of the log; return its id."""
+        row = self._rows[index]
+        row.deleted = True
+        self._bump(row)
+        return row.source_id
+
+    def expire_continuation_tokens(self) -> None:
+        """Forget every continuation token issued so far: they answer ``410`` from now on."""
+        self._token_epoch += 1
+
+    def rotate_secret(self) -> str:
+        """Issue a new signing secret (the old one stops working at once); return it."""
+        self.api_secret = secrets.token_urlsafe(32)
+        return self.api_secret
+
+    def _bump(self, row: _Row) -> None:
+        row.seq = max(r.seq for r in self._rows) + 1
+        row.updated = max(r.updated for r in self._rows) + dt.timedelta(minutes=1)
+
+    # --- Simulator protocol ------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._faults_middleware])
+        app.router.add_get(RECORDS_PATH, self._records)
+        self._stopping = asyncio.Event()
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{bound_host}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        # Stalled handlers wait on this event, so stopping never waits out a stall.
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def adapter_settings(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "api_key": self.api_key, "api_secret": self.api_secret,
+                "page_size": self.page_size}
+
+    # --- HTTP --------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _faults_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        self.requests[request.path] += 1
+        f = self.faults
+        if f.slow_seconds:
+            await asyncio.sleep(f.slow_seconds)
+        response: web.StreamResponse | None = None
+        if f.outage:
+            response = _error(503, "MAINTENANCE", "Hệ thống đang bảo trì",
+                              {"Retry-After": str(f.retry_after_seconds)})
+        elif f.drop_next_n_connections > 0:
+            f.drop_next_n_connections -= 1
+            self.log.append((request.method, request.path_qs, 0))
+            assert request.transport is not None
+            request.transport.close()
+            # Ends the handler without writing anything: the client sees a dropped connection.
+            raise asyncio.CancelledError()
+        elif f.stall_next_n > 0:
+            f.stall_next_n -= 1
+            try:
+                await asyncio.wait_for(self._stopping.wait(), f.stall_seconds)
+            except asyncio.TimeoutError:
+                pass
+        if response is None and f.fail_next_n > 0:
+            f.fail_next_n -= 1
+            response = _error(503, "BUSY", "Hệ thống đang bận")
+        elif response is None and f.rate_limit_next_n > 0:
+            f.rate_limit_next_n -= 1
+            response = _error(429, "RATE_LIMITED", "Quá nhiều yêu cầu", {"Retry-After": str(f.retry_after_seconds)})
+        if response is None:
+            response = await handler(request)
+        self.log.append((request.method, request.path_qs, response.status))
+        return response
+
+    def _refuse(self, code: str, message: str) -> web.Response:
+        self.auth_failures.append(code)
+        return _error(401, code, message)
+
+    def _authenticate(self, request: web.Request) -> web.Response | None:
+        """None if the request is signed correctly, else the 401 to answer."""
+        headers = request.headers
+        key, timestamp = headers.get("X-Api-Key"), headers.get("X-Timestamp")
+        nonce, mac = headers.get("X-Nonce"), headers.get("X-Signature")
+        if not (key and timestamp and nonce and mac):
+            return self._refuse("MISSING_AUTH", "Thiếu X-Api-Key, X-Timestamp, X-Nonce hoặc X-Signature")
+        if not secrets.compare_digest(key.encode(), self.api_key.encode()):
+            return self._refuse("INVALID_API_KEY", "Khoá API không tồn tại")
+        now = time.time()
+        if not timestamp.isdigit() or abs(now - int(timestamp)) > MAX_SKEW_SECONDS:
+            return self._refuse("STALE_TIMESTAMP", f"X-Timestamp lệch quá {MAX_SKEW_SECONDS} giây")
+        message = _string_to_sign(request.method, request.rel_url.raw_path, list(request.query.items()),
+                                  timestamp, nonce)
+        expected = hmac.new(self.api_secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, mac.lower()):
+            return self._refuse("INVALID_SIGNATURE", "Chữ ký không hợp lệ")
+        # A nonce is remembered for as long as its timestamp would be accepted.
+        self._seen_nonces = {n: t for n, t in self._seen_nonces.items() if now - t <= 2 * MAX_SKEW_SECONDS}
+        if nonce in self._seen_nonces:
+            return self._refuse("REPLAYED_NONCE", "Nonce đã được dùng")
+        self._seen_nonces[nonce] = now
+        self.nonces.append(nonce)
+        return None
+
+    # Token: base64url(JSON [seq, epoch, serial]) "." HMAC — opaque to clients, tamper-evident,
+    # and forgettable by bumping the epoch.
+    def _issue_token(self, seq: int) -> str:
+        self._token_serial += 1
+        body = json.dumps([seq, self._token_epoch, self._token_serial], separators=(",", ":")).encode()
+        mac = hmac.new(self._token_key, body, hashlib.sha256).digest()[:12]
+        return (base64.urlsafe_b64encode(body).rstrip(b"=") + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
+
+    def _read_token(self, token: str) -> int | web.Response:
+        try:
+            body_b64, mac_b64 = token.split(".")
+            body = base64.urlsafe_b64decode(body_b64 + "=" * (-len(body_b64) % 4))
+            mac = base64.urlsafe_b64decode(mac_b64 + "=" * (-len(mac_b64) % 4))
+            if not hmac.compare_digest(mac, hmac.new(self._token_key, body, hashlib.sha256).digest()[:12]):
+                raise ValueError("bad mac")
+            seq, epoch, _serial = json.loads(body)
+        except (ValueError, TypeError):
+            return _error(400, "INVALID_CONTINUATION_TOKEN", "continuationToken không hợp lệ")
+        if epoch != self._token_epoch:
+            return _error(410, "CONTINUATION_TOKEN_EXPIRED", "continuationToken đã hết hạn, hãy đồng bộ lại từ đầu")
+        return int(seq)
+
+    async def _records(self, request: web.Request) -> web.Response:
+        refused = self._authenticate(request)
+        if refused is not None:
+            return refused
+        f, query = self.faults, request.query
+        try:
+            size = int(query.get("limit", "100"))
+        except ValueError:
+            size = 0
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            return _error(400, "INVALID_PARAMETER", f"limit từ 1 đến {MAX_PAGE_SIZE}")
+        after = 0
+        if "continuationToken" in query:
+            read = self._read_token(query["continuationToken"])
+            if isinstance(read, web.Response):
+                return read
+            after = read
+
+        if f.repeat_next_n > 0 and self._last_answer is not None:
+            f.repeat_next_n -= 1
+            return web.Response(body=self._last_answer, content_type="application/json", charset="utf-8")
+        if f.html_next_n > 0:
+            f.html_next_n -= 1
+            return web.Response(text="<!DOCTYPE html><html><head><title>Bảo trì hệ thống</title></head>"
+                                     "<body><h1>Hệ thống đang bảo trì</h1></body></html>",
+                                content_type="text/html", charset="utf-8")
+
+        rows = sorted((r for r in self._rows if r.seq > after), key=lambda r: r.seq)
+        if f.empty_next_n > 0:
+            f.empty_next_n -= 1
+            chunk, has_more, last = [], bool(rows), after
+        else:
+            chunk, has_more = rows[:size], len(rows) > size
+            last = chunk[-1].seq if chunk else after
+        items = [r.vendor() for r in chunk]
+        if f.duplicate_next_n > 0 and items:
+            f.duplicate_next_n -= 1
+            items.append(chunk[0].vendor())
+        if f.missing_id_next_n > 0 and items:
+            f.missing_id_next_n -= 1
+            del items[0]["id"]
+        body = json.dumps({"items": items, "hasMore": has_more, "continuationToken": self._issue_token(last)},
+                          ensure_ascii=False).encode("utf-8")
+        self._last_answer = body
+        if f.truncate_next_n > 0:
+            f.truncate_next_n -= 1
+            body = body[: len(body) // 2]
+        return web.Response(body=body, content_type="application/json", charset="utf-8")

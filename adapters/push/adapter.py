@@ -1,0 +1,198 @@
+"""Push adapter: school software POSTs records to ``/ingest/{name}``, signed with HMAC (CONTRACT.md).
+
+The hub's ingest route (``hub.ingest``) calls ``verify_push`` (authenticity and freshness),
+then ``parse_push`` (the body → raw records), commits the records and only then answers
+``202``. ``normalize`` maps the envelope's ``transcript`` — already central-format
+snake_case — to the hub, refusing envelope fields the hub owns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import Field, SecretStr
+
+from hub.contracts import Adapter, PluginContext, PluginSettings, RawRecord
+
+TIMESTAMP_HEADER = "X-Hocba-Timestamp"
+SIGNATURE_HEADER = "X-Hocba-Signature"
+SIGNATURE_SCHEME = "sha256"
+ENVELOPE_KEYS = frozenset({"source_id", "updated_at", "deleted", "transcript"})
+# The hub assigns these on every version it sends; a sender setting them would be ignored
+# silently, so it is told instead.
+HUB_OWNED = frozenset({"record_id", "event", "version", "updated_at",
+                       "idbanghi", "sukien", "phienban", "thoigiancapnhat"})
+VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
+MAX_SOURCE_ID = 200
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+
+
+class PushRefused(PermissionError):
+    """A push whose signature or timestamp is not acceptable; the message says which."""
+
+
+class PushSettings(PluginSettings):
+    """The ``settings`` of a ``push`` adapter in the hub's YAML."""
+    secret: SecretStr = Field(min_length=16, description="Shared HMAC-SHA256 key; use ${ENV_VAR}")
+    previous_secret: SecretStr | None = Field(
+        default=None, description="The key being rotated out: still accepted until removed")
+    replay_window_seconds: int = Field(
+        default=300, ge=10, le=3600, description="Pushes signed longer ago (or later) than this are refused")
+    max_body_bytes: int = Field(
+        default=5 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="Larger bodies get 413 unread")
+    max_records: int = Field(default=500, ge=1, le=10_000, description="Records in one push, at most")
+
+
+def sign(secret: str | bytes, timestamp: str | int, body: bytes) -> str:
+    """The ``X-Hocba-Signature`` value for ``body`` sent at ``timestamp`` (Unix seconds)."""
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    digest = hmac.new(key, f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_SCHEME}={digest}"
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON; accepting them would store a payload other tools cannot read.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _timestamp(value: Any, where: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{where}.updated_at is not an ISO 8601 string")
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{where}.updated_at {value!r} is not an ISO 8601 timestamp") from None
+    # The contract's clock is Vietnam time when the sender gives no offset.
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=VIETNAM_TIME)
+
+
+class PushAdapter(Adapter):
+    """Receives transcripts that school software POSTs, authenticated by an HMAC-SHA256 signature.
+
+    Push receivers implement ``verify_push`` and ``parse_push`` (``hub.ingest`` calls them for
+    any adapter that has them) and expose ``max_push_bytes``. Nothing is pulled: ``fetch`` is
+    not implemented, so the hub starts no poller for this adapter.
+    """
+    name: ClassVar[str] = "push"
+    Settings: ClassVar[type[PluginSettings]] = PushSettings
+    simulator: ClassVar[str | None] = "adapters.push.simulator:PushSimulator"
+
+    settings: PushSettings
+
+    def __init__(self, settings: PluginSettings, context: PluginContext):
+        super().__init__(settings, context)
+        self._seen: dict[str, float] = {}   # accepted signature → when it leaves the window
+
+    @property
+    def max_push_bytes(self) -> int:
+        return self.settings.max_body_bytes
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    def verify_push(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Raise ``PushRefused`` unless ``body`` is signed with a configured secret, recently, once.
+
+        Comparison is constant-time. A signature already accepted within the window is a replay:
+        every attempt, retries included, is signed afresh with the current time.
+        """
+        lowered = {k.lower(): v for k, v in headers.items()}
+        stamp = lowered.get(TIMESTAMP_HEADER.lower(), "").strip()
+        given = lowered.get(SIGNATURE_HEADER.lower(), "").strip()
+        if not stamp or not given:
+            raise PushRefused(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header")
+        if not _TIMESTAMP.fullmatch(stamp):
+            raise PushRefused(f"{TIMESTAMP_HEADER} must be Unix seconds, got {stamp[:20]!r}")
+        now = time.time()
+        window = self.settings.replay_window_seconds
+        if abs(now - int(stamp)) > window:
+            raise PushRefused(f"{TIMESTAMP_HEADER} is {now - int(stamp):+.0f} s from the hub's clock, "
+                              f"outside the {window} s replay window")
+        secrets = [self.settings.secret] + ([self.settings.previous_secret] if self.settings.previous_secret else [])
+        expected = [sign(s.get_secret_value(), stamp, body) for s in secrets]
+        # A sender rotating its key may send both signatures, comma-separated.
+        offered = [part.strip() for part in given.split(",") if part.strip()]
+        matched = None
+        for candidate in offered:
+            for good in expected:
+                if hmac.compare_digest(candidate.encode("ascii", "replace"), good.encode("ascii")):
+                    matched = good
+        if matched is None:
+            raise PushRefused(f"{SIGNATURE_HEADER} does not match the body (HMAC-SHA256 over "
+                              f"'<{TIMESTAMP_HEADER}>.<body>' with the shared secret)")
+        for old in [s for s, until in self._seen.items() if until < now]:
+            del self._seen[old]
+        if matched in self._seen:
+            raise PushRefused("this exact request was already received (replay); sign each attempt "
+                              "with the current time")
+        self._seen[matched] = int(stamp) + window
+
+    def parse_push(self, body: bytes) -> list[RawRecord]:
+        """The body (one envelope or an array of them) as raw records; ``ValueError`` if malformed.
+
+        Each envelope is stored re-encoded as canonical JSON (sorted keys, UTF-8), so a re-push
+        that only reorders keys is not a new version.
+        """
+        try:
+            data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"the body is not UTF-8 (byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the body is not JSON: {exc.msg} at char {exc.pos}") from None
+        if isinstance(data, dict):
+            items, paths = [data], ["(record)"]
+        elif isinstance(data, list):
+            items, paths = data, [f"[{i}]" for i in range(len(data))]
+        else:
+            raise ValueError("the body must be a JSON object (one record) or an array of them")
+        if not items:
+            raise ValueError("the body is an empty array: send at least one record")
+        if len(items) > self.settings.max_records:
+            raise ValueError(f"{len(items)} records in one push, more than max_records ({self.settings.max_records})")
+        records: list[RawRecord] = []
+        seen: dict[str, str] = {}
+        for item, where in zip(items, paths):
+            if not isinstance(item, dict):
+                raise ValueError(f"{where} is not an object")
+            unknown = sorted(set(item) - ENVELOPE_KEYS)
+            if unknown:
+                raise ValueError(f"{where}.{unknown[0]} is not part of the push envelope "
+                                 f"({', '.join(sorted(ENVELOPE_KEYS))})")
+            source_id = item.get("source_id")
+            if not isinstance(source_id, str) or not source_id.strip() or len(source_id) > MAX_SOURCE_ID:
+                raise ValueError(f"{where}.source_id must be a non-empty string of at most {MAX_SOURCE_ID} characters")
+            if source_id in seen:
+                raise ValueError(f"{where}.source_id {source_id!r} is also {seen[source_id]}: one record per id per push")
+            seen[source_id] = where
+            deleted = item.get("deleted", False)
+            if not isinstance(deleted, bool):
+                raise ValueError(f"{where}.deleted must be true or false")
+            if not isinstance(item.get("transcript"), dict):
+                raise ValueError(f"{where}.transcript must be an object (a deleted record carries its last content)")
+            updated = _timestamp(item.get("updated_at"), where)
+            payload = json.dumps(item, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+            records.append(RawRecord(source_id, payload, updated_at=updated, deleted=deleted))
+        return records
+
+    # --- normalise ---------------------------------------------------------------------------
+
+    def normalize(self, raw: RawRecord) -> dict[str, Any]:
+        try:
+            item = json.loads(raw.payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"payload is not JSON: {exc}") from None
+        transcript = item.get("transcript") if isinstance(item, dict) else None
+        if not isinstance(transcript, dict):
+            raise ValueError("transcript is missing or not an object")
+        owned = sorted(HUB_OWNED & set(transcript))
+        if owned:
+            raise ValueError(f"transcript.{owned[0]} is set by the hub, not the sender: leave it out")
+        return dict(transcript)

@@ -1,0 +1,470 @@
+"""The SMAS-style contract (CONTRACT.md) served over real HTTP, with the faults a real server has.
+
+Records are the secondary-school transcripts of ``hub.synthetic`` (its schools at levels 03
+and 04), encoded as the contract's XML with the vendor's habits: QCVN gender codes, whole
+averages without a decimal (``8`` for ``8.0``), lower-case ``đ``/``cđ`` results on some records,
+empty elements for unknown values. Cursors are keyset positions (``updatedAt``, ``id``) signed
+by the server, so paging is stable while records change, and the server can forget them
+(``expire_cursors``) as a real one does after a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from hub.contracts import Faults, Simulator
+from hub.synthetic import INVALID_KINDS, SCHOOLS, invalid_transcript, transcript
+
+SESSION_PATH = "/api/v2/sessions"
+RECORDS_PATH = "/api/v2/transcripts"
+LEAK_PATH = "/xxe-target"   # what a hostile document's external entity points at; must never be fetched
+MAX_PAGE_SIZE = 200
+VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7))
+FIRST_UPDATE = dt.datetime(2025, 6, 1, 7, 0, 0, tzinfo=VIETNAM_TIME)
+_ID_NAMESPACE = uuid.UUID("2b7c4f0e-5a1d-4e8b-b3c9-7d1e0a6f4c21")
+SECONDARY_SLOTS = [i for i, school in enumerate(SCHOOLS) if school[3] in ("03", "04")]
+
+
+def synthetic_index(k: int) -> int:
+    """The ``hub.synthetic.transcript`` index of the simulator's ``k``-th record (secondary only)."""
+    return (k // len(SECONDARY_SLOTS)) * len(SCHOOLS) + SECONDARY_SLOTS[k % len(SECONDARY_SLOTS)]
+
+
+@dataclass
+class ViettelFaults(Faults):
+    """The standard switches plus this vendor's own; every ``*_next_n`` counts down per data request.
+
+    Standard ones (outage, fail_next_n, rate_limit_next_n, drop_next_n_connections,
+    slow_seconds) act before the handler; the page faults below change what a page contains.
+    """
+    stall_next_n: int = 0             # hang for ``stall_seconds`` (longer than a client timeout)
+    stall_seconds: float = 30.0
+    html_next_n: int = 0              # 200 with an HTML maintenance page (a proxy in front)
+    truncate_next_n: int = 0          # 200 with the XML cut off half-way
+    hostile_next_n: int = 0           # 200 with a hostile document, see ``hostile_kind``
+    hostile_kind: str = "billion_laughs"   # or "external_entity" (points at LEAK_PATH)
+    duplicate_next_n: int = 0         # the page lists its first record twice
+    repeat_next_n: int = 0            # the previous answer again, byte for byte (cursor included)
+    empty_next_n: int = 0             # no records, hasMore=true, a re-issued cursor at the same place
+    missing_id_next_n: int = 0        # the page's first record has no ``id`` attribute
+    session_ttl_seconds: int = 1800   # ``expiresIn`` of sessions opened from now on
+
+
+def _text(parent: ET.Element, tag: str, value: Any) -> ET.Element:
+    child = ET.SubElement(parent, tag)
+    if value is not None:
+        child.text = value if isinstance(value, str) else str(value)
+    return child
+
+
+def _bool(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _average(value: float) -> str:
+    # SMAS-style exports drop a trailing ".0": 8.0 is written 8.
+    return f"{value:g}" if value == int(value) else f"{value:.1f}"
+
+
+def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
+              deleted: bool = False, quirks: int = 0) -> ET.Element:
+    """Encode one central-format secondary transcript as a ``<transcript>`` element."""
+    student, signer = central["student"], central["signatories"]
+    result = (lambda v: v.lower()) if quirks % 2 == 1 else (lambda v: v)
+    record = ET.Element("transcript", {"id": source_id, "updatedAt": updated.isoformat(timespec="seconds"),
+                                       "deleted": _bool(deleted)})
+    for tag, key in (("transcriptCode", "transcript_id"), ("status", "status"),
+                     ("departmentCode", "department_code"), ("schoolCode", "school_code"),
+                     ("schoolName", "school_name"), ("schoolLevel", "level"), ("grade", "grade"),
+                     ("className", "class_name"), ("schoolYear", "school_year")):
+        _text(record, tag, central.get(key, "1" if key == "status" else None))
+    s = ET.SubElement(record, "student")
+    for tag, key in (("studentCode", "student_code"), ("personalId", "personal_id"), ("fullName", "full_name"),
+                     ("birthDate", "birth_date"), ("gender", "gender"), ("ethnicity", "ethnicity"),
+                     ("nationality", "nationality"), ("fatherName", "father_name"),
+                     ("motherName", "mother_name"), ("guardianName", "guardian_name"),
+                     ("policyGroup", "policy_group")):
+        _text(s, tag, student.get(key))
+    _text(s, "disabilityNotAssessed", _bool(student.get("disability_not_assessed", False)))
+    subjects = ET.SubElement(record, "subjects")
+    for subject in central["subjects"]:
+        item = ET.SubElement(subjects, "subject")
+        _text(item, "code", subject["subject_code"])
+        _text(item, "name", subject["subject_name"])
+        if subject.get("year_comment") is not None:
+            for tag, key in (("term1Result", "term1_comment"), ("term2Result", "term2_comment"),
+                             ("yearResult", "year_comment")):
+                _text(item, tag, result(subject[key]) if subject.get(key) is not None else None)
+        else:
+            for tag, key in (("term1Average", "term1_average"), ("term2Average", "term2_average"),
+                             ("yearAverage", "year_average")):
+                value = subject.get(key)
+                _text(item, tag, _average(value) if isinstance(value, (int, float)) else value)
+    for tag, key in (("learning", "learning"), ("conduct", "conduct")):
+        levels = ET.SubElement(record, tag)
+        for period in ("term1", "term2", "year"):
+            _text(levels, period, central[key].get(period))
+    _text(record, "daysAbsent", central.get("days_absent", 0))
+    _text(record, "promoted", _bool(central["promoted"]))
+    certificates = ET.SubElement(record, "certificates")
+    for c in central.get("certificates", []):
+        item = ET.SubElement(certificates, "certificate")
+        _text(item, "name", c["name"])
+        _text(item, "issuedOn", c.get("issued_on"))
+        _text(item, "issuer", c.get("issuer"))
+    sig = ET.SubElement(record, "signatories")
+    teacher = ET.SubElement(sig, "homeroomTeacher")
+    _text(teacher, "name", signer["homeroom_teacher_name"])
+    _text(teacher, "personalId", signer.get("homeroom_teacher_personal_id"))
+    principal = ET.SubElement(sig, "principal")
+    _text(principal, "name", signer["principal_name"])
+    _text(principal, "personalId", signer.get("principal_personal_id"))
+    _text(principal, "title", signer.get("principal_title", "Hiệu trưởng"))
+    _text(sig, "issueDate", signer["issue_date"])
+    _text(sig, "issuePlace", signer["issue_place"])
+    return record
+
+
+def _xml(element: ET.Element) -> bytes:
+    ET.indent(element)
+    return ET.tostring(element, encoding="utf-8", xml_declaration=True)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    root = ET.Element("error")
+    _text(root, "code", code)
+    _text(root, "message", message)
+    return web.Response(body=_xml(root), status=status, content_type="application/xml", charset="utf-8",
+                        headers=headers)
+
+
+def billion_laughs() -> bytes:
+    """The classic entity-expansion bomb: ten levels of ten, 10⁹ ``lol``s if expanded."""
+    entities = ['<!ENTITY lol0 "lol">'] + [
+        f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10}">' for i in range(1, 10)]
+    return (f'<?xml version="1.0"?>\n<!DOCTYPE transcriptPage [\n{chr(10).join(entities)}\n]>\n'
+            "<transcriptPage><hasMore>false</hasMore><nextCursor>&lol9;</nextCursor>"
+            "<transcripts/></transcriptPage>").encode()
+
+
+def external_entity(url: str) -> bytes:
+    """An external-entity (XXE) document whose entity points at ``url``."""
+    return (f'<?xml version="1.0"?>\n<!DOCTYPE transcriptPage [\n<!ENTITY leak SYSTEM "{url}">\n]>\n'
+            "<transcriptPage><hasMore>false</hasMore><nextCursor>&leak;</nextCursor>"
+            "<transcripts/></transcriptPage>").encode()
+
+
+@dataclass
+class _Row:
+    central: dict[str, Any]
+    source_id: str
+    updated: dt.datetime
+    deleted: bool
+    quirks: int
+
+    @property
+    def key(self) -> tuple[dt.datetime, str]:
+        return self.updated, self.source_id
+
+    def vendor(self) -> ET.Element:
+        return to_vendor(self.central, source_id=self.source_id, updated=self.updated,
+                         deleted=self.deleted, quirks=self.quirks)
+
+
+class ViettelSimulator(Simulator):
+    """An SMAS-style school-software server on loopback, serving CONTRACT.md with fault switches.
+
+    ``faults`` flips failures on; ``requests`` counts requests by path and ``log`` lists
+    ``(method, path_qs, status)`` in order (status 0: connection dropped), so tests can prove a
+    retry, a new session or a cursor fallback happened.
+    """
+
+    def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0, api_key: str | None = None,
+                 page_size: int = 50, per_timestamp: int = 3):
+        super().__init__(records=records, invalid=invalid, seed=seed)
+        self.api_key = api_key or secrets.token_urlsafe(24)
+        self.page_size = page_size
+        self.faults: ViettelFaults = ViettelFaults()
+        self.requests: Counter[str] = Counter()
+        self.log: list[tuple[str, str, int]] = []
+        self.defects: dict[str, tuple[str, str]] = {}
+        """id of each deliberately invalid record → (defect kind, central field it breaks)."""
+        self._sessions: dict[str, float] = {}
+        self._cursor_key = secrets.token_bytes(32)
+        self._cursor_epoch = 0
+        self._cursor_serial = 0
+        self._last_answer: bytes | None = None
+        self._rows: list[_Row] = []
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self.base_url = ""
+        per_timestamp = max(1, per_timestamp)
+        for k in range(records):
+            self._rows.append(_Row(transcript(synthetic_index(k), seed), self._source_id("hs", k),
+                                   FIRST_UPDATE + dt.timedelta(minutes=k // per_timestamp), False, k))
+        for j in range(invalid):
+            kind = INVALID_KINDS[j % len(INVALID_KINDS)]
+            central, kind, field = invalid_transcript(synthetic_index(records + j), seed, kind)
+            # invalid_transcript reuses valid indices; a transcript id of its own keeps ids unique.
+            central["transcript_id"] = f"HBLOI{seed % 1000:03d}{j:06d}"
+            k = records + j
+            row = _Row(central, self._source_id("loi", j),
+                       FIRST_UPDATE + dt.timedelta(minutes=k // per_timestamp), False, k)
+            self._rows.append(row)
+            self.defects[row.source_id] = (kind, field)
+
+    def _source_id(self, group: str, index: int) -> str:
+        return str(uuid.uuid5(_ID_NAMESPACE, f"{group}:{self.seed}:{index}"))
+
+    # --- what tests and the demo use ---------------------------------------------------------
+
+    def source_id(self, index: int) -> str:
+        """``id`` of valid record ``index``."""
+        return self._rows[index].source_id
+
+    def central(self, index: int) -> dict[str, Any]:
+        """The central-format transcript record ``index`` currently encodes."""
+        return copy.deepcopy(self._rows[index].central)
+
+    def vendor_xml(self, index: int) -> bytes:
+        """Record ``index`` as the API serves it, one ``<transcript>`` element (invalid ones follow the valid)."""
+        element = self._rows[index].vendor()
+        ET.indent(element)
+        return ET.tostring(element, encoding="utf-8")
+
+    def update(self, index: int, change: Callable[[dict[str, Any]], None] | None = None) -> str:
+        """Edit record ``index`` and bump its updatedAt past every other; return its id.
+
+        ``change`` edits the central-format dict in place; the default re-issues the transcript
+        one day later.
+        """
+        row = self._rows[index]
+        if change is None:
+            def change(central: dict[str, Any]) -> None:
+                issued = dt.date.fromisoformat(central["signatories"]["issue_date"])
+                central["signatories"]["issue_date"] = (issued + dt.timedelta(days=1)).isoformat()
+        change(row.central)
+        row.updated = self._next_timestamp()
+        return row.source_id
+
+    def delete(self, index: int) -> str:
+        """Recall record ``index`` (``deleted="true"``) and bump its updatedAt; return its id."""
+        row = self._rows[index]
+        row.deleted = True
+        row.updated = self._next_timestamp()
+        return row.source_id
+
+    def expire_tokens(self) -> None:
+        """Close every open session, as a server restart does."""
+        self._sessions.clear()
+
+    def expire_cursors(self) -> None:
+        """Forget every cursor issued so far: they answer ``410 CURSOR_EXPIRED`` from now on."""
+        self._cursor_epoch += 1
+
+    def _next_timestamp(self) -> dt.datetime:
+        latest = max((r.updated for r in self._rows), default=FIRST_UPDATE)
+        return latest + dt.timedelta(minutes=1)
+
+    # --- Simulator protocol ------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._faults_middleware])
+        app.router.add_post(SESSION_PATH, self._session)
+        app.router.add_get(RECORDS_PATH, self._records)
+        app.router.add_get(LEAK_PATH, self._leak)
+        self._stopping = asyncio.Event()
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{bound_host}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        # Stalled handlers wait on this event, so stopping never waits out a stall.
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def adapter_settings(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "api_key": self.api_key, "page_size": self.page_size}
+
+    # --- HTTP --------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _faults_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        self.requests[request.path] += 1
+        f = self.faults
+        if f.slow_seconds:
+            await asyncio.sleep(f.slow_seconds)
+        data = request.path == RECORDS_PATH  # only data requests count the *_next_n switches down
+        response: web.StreamResponse | None = None
+        if f.outage:
+            response = _error(503, "MAINTENANCE", "Hệ thống đang bảo trì",
+                              {"Retry-After": str(f.retry_after_seconds)})
+        elif data and f.drop_next_n_connections > 0:
+            f.drop_next_n_connections -= 1
+            self.log.append((request.method, request.path_qs, 0))
+            assert request.transport is not None
+            request.transport.close()
+            # Ends the handler without writing anything: the client sees a dropped connection.
+            raise asyncio.CancelledError()
+        elif data and f.stall_next_n > 0:
+            f.stall_next_n -= 1
+            try:
+                await asyncio.wait_for(self._stopping.wait(), f.stall_seconds)
+            except asyncio.TimeoutError:
+                pass
+        if response is None and data and f.fail_next_n > 0:
+            f.fail_next_n -= 1
+            response = _error(503, "BUSY", "Hệ thống đang bận")
+        elif response is None and data and f.rate_limit_next_n > 0:
+            f.rate_limit_next_n -= 1
+            response = _error(429, "RATE_LIMITED", "Quá nhiều yêu cầu",
+                              {"Retry-After": str(f.retry_after_seconds)})
+        if response is None:
+            response = await handler(request)
+        self.log.append((request.method, request.path_qs, response.status))
+        return response
+
+    async def _leak(self, request: web.Request) -> web.Response:
+        return web.Response(text="LEAKED-" + self.api_key)
+
+    async def _session(self, request: web.Request) -> web.Response:
+        key = request.headers.get("X-Api-Key", "")
+        if not secrets.compare_digest(key.encode(), self.api_key.encode()):
+            return _error(401, "INVALID_API_KEY", "Khoá API không hợp lệ")
+        token = secrets.token_urlsafe(32)
+        ttl = self.faults.session_ttl_seconds
+        self._sessions[token] = time.monotonic() + ttl
+        root = ET.Element("session")
+        _text(root, "token", token)
+        _text(root, "expiresIn", ttl)
+        return web.Response(body=_xml(root), status=201, content_type="application/xml", charset="utf-8")
+
+    def _authorized(self, request: web.Request) -> bool:
+        token = request.headers.get("X-Session-Token", "")
+        expires = self._sessions.get(token)
+        if expires is None:
+            return False
+        if time.monotonic() >= expires:
+            del self._sessions[token]
+            return False
+        return True
+
+    # Cursor: base64url(JSON [updatedAt|null, id|null, epoch, serial]) "." HMAC — opaque to clients,
+    # tamper-evident, and forgettable by bumping the epoch.
+    def _issue_cursor(self, position: tuple[dt.datetime | None, str | None]) -> str:
+        self._cursor_serial += 1
+        updated, source_id = position
+        body = json.dumps([updated.isoformat() if updated else None, source_id, self._cursor_epoch,
+                           self._cursor_serial], separators=(",", ":")).encode()
+        mac = hmac.new(self._cursor_key, body, hashlib.sha256).digest()[:12]
+        return (base64.urlsafe_b64encode(body).rstrip(b"=") + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
+
+    def _read_cursor(self, token: str) -> tuple[dt.datetime | None, str | None] | web.Response:
+        try:
+            body_b64, mac_b64 = token.split(".")
+            body = base64.urlsafe_b64decode(body_b64 + "=" * (-len(body_b64) % 4))
+            mac = base64.urlsafe_b64decode(mac_b64 + "=" * (-len(mac_b64) % 4))
+            if not hmac.compare_digest(mac, hmac.new(self._cursor_key, body, hashlib.sha256).digest()[:12]):
+                raise ValueError("bad mac")
+            updated, source_id, epoch, _serial = json.loads(body)
+        except (ValueError, TypeError):
+            return _error(400, "INVALID_CURSOR", "cursor không hợp lệ")
+        if epoch != self._cursor_epoch:
+            return _error(410, "CURSOR_EXPIRED", "cursor đã hết hạn, hãy đọc lại bằng updatedAfter")
+        return (dt.datetime.fromisoformat(updated) if updated else None), source_id
+
+    async def _records(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "SESSION_EXPIRED", "Phiên làm việc không hợp lệ hoặc đã hết hạn")
+        f, query = self.faults, request.query
+        try:
+            size = int(query.get("pageSize", "100"))
+        except ValueError:
+            size = 0
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            return _error(400, "INVALID_PARAMETER", f"pageSize từ 1 đến {MAX_PAGE_SIZE}")
+        if "cursor" in query and "updatedAfter" in query:
+            return _error(400, "INVALID_PARAMETER", "cursor và updatedAfter không dùng cùng nhau")
+        position: tuple[dt.datetime | None, str | None] = (None, None)
+        if "cursor" in query:
+            read = self._read_cursor(query["cursor"])
+            if isinstance(read, web.Response):
+                return read
+            position = read
+        elif "updatedAfter" in query:
+            try:
+                after = dt.datetime.fromisoformat(query["updatedAfter"])
+            except ValueError:
+                return _error(400, "INVALID_PARAMETER", "updatedAfter phải theo ISO 8601")
+            position = (after if after.tzinfo else after.replace(tzinfo=VIETNAM_TIME), None)
+
+        if f.repeat_next_n > 0 and self._last_answer is not None:
+            f.repeat_next_n -= 1
+            return self._page_response(self._last_answer)
+        if f.html_next_n > 0:
+            f.html_next_n -= 1
+            return web.Response(
+                text="<!DOCTYPE html><html><head><title>Bảo trì hệ thống</title></head>"
+                     "<body><h1>Hệ thống đang bảo trì</h1></body></html>",
+                content_type="text/html", charset="utf-8")
+        if f.hostile_next_n > 0:
+            f.hostile_next_n -= 1
+            body = (billion_laughs() if f.hostile_kind == "billion_laughs"
+                    else external_entity(self.base_url + LEAK_PATH))
+            return self._page_response(body)
+
+        updated, last_id = position
+        rows = sorted((r for r in self._rows
+                       if updated is None or r.updated > updated
+                       or (last_id is not None and r.updated == updated and r.source_id > last_id)),
+                      key=lambda r: r.key)
+        if f.empty_next_n > 0:
+            f.empty_next_n -= 1
+            chunk, has_more, after = [], bool(rows), position
+        else:
+            chunk, has_more = rows[:size], len(rows) > size
+            after = chunk[-1].key if chunk else position
+        elements = [r.vendor() for r in chunk]
+        if f.duplicate_next_n > 0 and elements:
+            f.duplicate_next_n -= 1
+            elements.append(chunk[0].vendor())
+        if f.missing_id_next_n > 0 and elements:
+            f.missing_id_next_n -= 1
+            del elements[0].attrib["id"]
+        root = ET.Element("transcriptPage")
+        _text(root, "hasMore", _bool(has_more))
+        _text(root, "nextCursor", self._issue_cursor(after))
+        container = ET.SubElement(root, "transcripts")
+        container.extend(elements)
+        body = _xml(root)
+        self._last_answer = body
+        if f.truncate_next_n > 0:
+            f.truncate_next_n -= 1
+            body = body[: len(body) // 2]
+        return self._page_response(body)
+
+    @staticmethod
+    def _page_response(body: bytes) -> web.Response:
+        return web.Response(body=body, content_type="application/xml", charset="utf-8")

@@ -1,0 +1,11 @@
+"""Quảng Ích-style school software for hocba-hub (REST, tabular JSON pages): see CONTRACT.md."""
+
+from hub.hookspecs import hookimpl
+
+
+@hookimpl
+def hocba_hub_adapter_types(register):
+    # Imported here, not at module level: listing plugins must not pay for every adapter's imports.
+    from hocba_quangich.adapter import QuangIchAdapter
+
+    register(QuangIchAdapter)

@@ -1,0 +1,626 @@
+"""The admin API under ``/api/``: find records, see why they are stuck, replay them, pause adapters.
+
+Every ``/api`` request needs ``Authorization: Bearer <token>`` with a token from
+``admin.tokens``; with no token configured the API answers 401 to everyone (secure by default).
+The presented token is compared with every configured token in constant time, so neither the
+answer's timing nor its content tells which tokens exist.
+
+Two roles. A **viewer** sees ids, states, adapters, school codes, versions, times and error
+lines with personal ids, quoted values and dates blanked. An **operator** may also act
+(replay, pause, resume), download a transcript's PDF, and sees the student's name, code and
+personal id in the single-record view. Lists never carry personal data, whoever asks. No
+response ever carries a secret: every string that leaves the API is scrubbed of the
+configured tokens, keys and passwords first.
+
+Malformed queries are a 400 whose ``error`` starts with the parameter's name, so an operator's
+typo (``?stat=failed``) is an error, not a silently unfiltered list. ``/openapi.json`` (public:
+it holds no data) describes all of it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, SecretStr
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hub import __version__
+from hub import store as st
+from hub.contracts import SIGNING_ROLES
+from hub.logs import _SECRET_KEY, mask
+
+if TYPE_CHECKING:
+    from hub.pipeline import Hub
+
+OPERATOR, VIEWER = "operator", "viewer"
+STAGES = ("normalize", "render", "deliver")
+MAX_LIMIT = 1000
+_MAX_BODY = 1 << 20
+_MAX_SELECT = 10_000
+_YEAR = re.compile(r"^\d{4}-\d{4}$")
+_PK = re.compile(r"^\d{1,18}$")  # SQLite integers are 64-bit: a longer number cannot be an id
+_CALLER = "hocba.caller"
+
+
+def all_states(roles: tuple[str, ...] = SIGNING_ROLES) -> list[str]:
+    """Every state a record can be in, in pipeline order, then the final ones."""
+    return [st.RECEIVED, st.NORMALIZED, st.RENDERED, *(st.SIGNED_PREFIX + r for r in roles), st.DELIVERED,
+            st.QUARANTINED, st.FAILED, st.DEAD_LETTER, st.SUPERSEDED, st.UNCHANGED]
+
+
+# --- what may leave the hub -------------------------------------------------------------------
+
+_QUOTED = re.compile(r"""'[^']*'|"[^"]*\"""")
+_DATE = re.compile(r"(?<![\d-])\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}(?:[T ]\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?)?")
+
+
+def public_error(line: str) -> str:
+    """An error line fit for a viewer or the wall screen: personal ids masked (``hub.logs.mask``)
+    and quoted values and dates blanked, since a vendor's message may quote a name or birth date."""
+    return _DATE.sub("…", _QUOTED.sub("'…'", mask(line)))
+
+
+def secret_values(config: Any) -> list[str]:
+    """Every secret in a loaded config: admin tokens, ``SecretStr`` settings and any setting whose
+    name says it is a secret. Longest first, so a secret containing another is replaced whole."""
+    found: set[str] = {t.token.get_secret_value() for t in config.admin.tokens}
+
+    def walk(node: Any, key: str = "") -> None:
+        if isinstance(node, SecretStr):
+            found.add(node.get_secret_value())
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name), name)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, str(k))
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, str) and key and _SECRET_KEY.search(key):
+            found.add(node)
+
+    for section in [*config.adapters, config.destination, *config.signers]:
+        walk(section.settings)
+    for getter, names in ((config.adapter_settings, [a.name for a in config.adapters]),
+                          (config.signer_settings, [s.name for s in config.signers])):
+        for name in names:
+            try:
+                walk(getter(name))
+            except KeyError:  # a section that failed validation has no settings object
+                pass
+    try:
+        walk(config.destination_settings())
+    except AssertionError:
+        pass
+    # Very short values ("1", "on") would blank ordinary text and protect nothing.
+    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+
+
+def scrub(value: Any, secrets: list[str]) -> Any:
+    """``value`` with every secret in every string replaced by ``***``."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v, secrets) for v in value]
+    return value
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the token's name (the audit log's actor) and its role."""
+    name: str
+    role: str
+
+
+def _digest(value: str) -> bytes:
+    # Equal-length digests make compare_digest's time independent of the token's length too.
+    return hashlib.sha256(value.encode()).digest()
+
+
+def authenticate(header: str | None, tokens: list[Any]) -> Caller | None:
+    """The caller a ``Bearer`` header belongs to, or None. Every configured token is compared,
+    match or not, so the time taken does not depend on which one (if any) matched."""
+    scheme, _, presented = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return None
+    offered = _digest(presented.strip())
+    caller = None
+    for token in tokens:
+        if hmac.compare_digest(offered, _digest(token.token.get_secret_value())) and caller is None:
+            caller = Caller(token.name, token.role)
+    return caller
+
+
+class _Bearer:
+    """ASGI middleware in front of every ``/api`` route: nothing reaches a handler unauthenticated."""
+
+    def __init__(self, app: ASGIApp, tokens: list[Any], secrets: list[str]):
+        self.app, self.tokens, self.secrets = app, tokens, secrets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        caller = authenticate(Headers(scope=scope).get("authorization"), self.tokens)
+        if caller is None:
+            response = _error(401, "authorization", "a valid bearer token is required",
+                              headers={"WWW-Authenticate": 'Bearer realm="hocba-hub"'})
+            await response(scope, receive, send)
+            return
+        scope[_CALLER] = caller
+        await self.app(scope, receive, send)
+
+
+class ApiError(Exception):
+    """A request the API refuses: ``status`` and a reason that starts with the parameter's name."""
+
+    def __init__(self, status: int, parameter: str, reason: str):
+        super().__init__(f"{parameter}: {reason}")
+        self.status, self.parameter, self.reason = status, parameter, reason
+
+
+def _error(status: int, parameter: str, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": f"{parameter}: {reason}", "parameter": parameter}, status_code=status,
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+# --- the API ----------------------------------------------------------------------------------
+
+Handler = Callable[[Request, Caller], Awaitable[Any]]
+
+
+class AdminApi:
+    """The ``/api`` routes of one hub."""
+
+    def __init__(self, hub: "Hub"):
+        self.hub = hub
+        self.states = all_states(hub.roles or SIGNING_ROLES)
+        self.secrets = secret_values(hub.config)
+        self.adapter_names = [a.name for a in hub.config.adapters]
+
+    def routes(self) -> list[BaseRoute]:
+        api = [
+            Route("/records", self._endpoint(self.records, VIEWER)),
+            Route("/records/{id}", self._endpoint(self.record, VIEWER)),
+            Route("/records/{id}/pdf", self._endpoint(self.pdf, OPERATOR)),
+            Route("/quarantine", self._endpoint(self.quarantine, VIEWER)),
+            Route("/dead-letters", self._endpoint(self.dead_letters, VIEWER)),
+            Route("/replay", self._endpoint(self.replay, OPERATOR), methods=["POST"]),
+            Route("/adapters", self._endpoint(self.adapters, VIEWER)),
+            Route("/adapters/{name}/pause", self._endpoint(self.pause, OPERATOR), methods=["POST"]),
+            Route("/adapters/{name}/resume", self._endpoint(self.resume, OPERATOR), methods=["POST"]),
+        ]
+        return [
+            Route("/openapi.json", self.openapi),
+            Mount("/api", routes=api, middleware=[Middleware(_Bearer, tokens=self.hub.config.admin.tokens,
+                                                             secrets=self.secrets)]),
+        ]
+
+    def _endpoint(self, handler: Handler, role: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            caller: Caller = request.scope[_CALLER]
+            if role == OPERATOR and caller.role != OPERATOR:
+                return _error(403, "authorization", "this action needs an operator token")
+            try:
+                result = await handler(request, caller)
+            except ApiError as exc:
+                return _error(exc.status, exc.parameter, scrub(exc.reason, self.secrets))
+            if isinstance(result, Response):
+                return result
+            return JSONResponse(scrub(result, self.secrets), headers={"Cache-Control": "no-store"})
+        return endpoint
+
+    # --- query parsing ------------------------------------------------------------------------
+
+    def _query(self, request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """Validated filters from the query string, in ``Store.search``'s terms."""
+        q = request.query_params
+        for key in q.keys():
+            if key not in allowed:
+                raise ApiError(400, key, f"unknown parameter (allowed: {', '.join(allowed)})")
+            if len(q.getlist(key)) > 1:
+                raise ApiError(400, key, "given more than once")
+        out: dict[str, Any] = {"limit": 100, "offset": 0}
+        if "state" in q:
+            if q["state"] not in self.states:
+                raise ApiError(400, "state", f"unknown state {q['state']!r} (one of {', '.join(self.states)})")
+            out["state"] = q["state"]
+        for key, column in (("adapter", "adapter"), ("school", "school")):
+            if key in q:
+                if not 0 < len(q[key]) <= 100:
+                    raise ApiError(400, key, "must be 1 to 100 characters")
+                out[column] = q[key]
+        if "year" in q:
+            if not _YEAR.match(q["year"]):
+                raise ApiError(400, "year", "must be a school year like 2024-2025")
+            out["year"] = q["year"]
+        for key in ("since", "until"):
+            if key in q:
+                out[key] = _timestamp(key, q[key])
+        if "since" in out and "until" in out and out["since"] >= out["until"]:
+            raise ApiError(400, "since", "must be earlier than until")
+        if "limit" in q:
+            out["limit"] = _integer("limit", q["limit"], 1, MAX_LIMIT)
+        if "offset" in q:
+            out["offset"] = _integer("offset", q["offset"], 0, 10**12)
+        return out
+
+    def _record_pk(self, request: Request) -> int | str:
+        """The path's ``{id}``: a store id, or a ``record_id`` (then its latest version)."""
+        raw = request.path_params["id"]
+        if _PK.match(raw):
+            return int(raw)
+        try:
+            return str(uuid.UUID(raw))
+        except ValueError:
+            raise ApiError(400, "id", "must be a store id (integer) or a record_id (UUID)") from None
+
+    async def _row(self, request: Request) -> st.Row:
+        key = self._record_pk(request)
+        if isinstance(key, str):
+            pks = await self.hub._db(self.hub.store.select, record_ids=[key])
+            if not pks:
+                raise ApiError(404, "id", f"no record {key}")
+            key = max(pks)
+        try:
+            return await self.hub._db(self.hub.store.get, key)
+        except KeyError:
+            raise ApiError(404, "id", f"no record {key}") from None
+
+    # --- views ------------------------------------------------------------------------------
+
+    def _summary(self, item: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        receipt = item.get("receipt") or None
+        out = {
+            "id": item["id"], "record_id": item["record_id"], "version": item["version"],
+            "event": item["event"], "adapter": item["adapter"], "state": item["state"],
+            "school_code": item["school_code"], "school_year": item["school_year"],
+            "errors": [mask(e) if caller.role == OPERATOR else public_error(e) for e in item["errors"]],
+            "attempts": item["attempts"], "received_at": item["received_at"], "updated_at": item["updated_at"],
+            "pruned": bool(item.get("pruned_at")),
+            "receipt": {k: receipt.get(k) for k in ("receipt_id", "received_at", "duplicate")} if receipt else None,
+        }
+        if caller.role == OPERATOR:
+            out["source_id"] = item["source_id"]
+        return out
+
+    async def _list(self, request: Request, caller: Caller, state: str | None = None) -> dict[str, Any]:
+        allowed = ("adapter", "school", "year", "since", "until", "limit", "offset")
+        filters = self._query(request, allowed if state else ("state", *allowed))
+        if state:
+            filters["state"] = state
+        items = await self.hub._db(lambda: self.hub.store.search(**filters))
+        return {"items": [self._summary(i, caller) for i in items], "count": len(items),
+                "limit": filters["limit"], "offset": filters["offset"]}
+
+    async def records(self, request: Request, caller: Caller) -> dict[str, Any]:
+        return await self._list(request, caller)
+
+    async def quarantine(self, request: Request, caller: Caller) -> dict[str, Any]:
+        return await self._list(request, caller, st.QUARANTINED)
+
+    async def dead_letters(self, request: Request, caller: Caller) -> dict[str, Any]:
+        return await self._list(request, caller, st.DEAD_LETTER)
+
+    async def record(self, request: Request, caller: Caller) -> dict[str, Any]:
+        self._query(request, ())
+        row = await self._row(request)
+        history = await self.hub._db(self.hub.store.history, row.id)
+        versions = []
+        for pk in await self.hub._db(self.hub.store.select, record_ids=[row.record_id]):
+            other = await self.hub._db(self.hub.store.get, pk)
+            versions.append({"id": other.id, "version": other.version, "event": other.event, "state": other.state})
+        item = {**row.__dict__, "pruned_at": "yes" if not row.payload else None}
+        out = self._summary(item, caller)
+        clean = mask if caller.role == OPERATOR else public_error
+        out["history"] = [{"at": h["at"], "state": h["state"], "detail": clean(h["detail"]) if h["detail"] else None}
+                          for h in history]
+        out["versions"] = versions
+        out["has_pdf"] = row.pdf is not None
+        out["replayable"] = row.state in st.REPLAYABLE and bool(row.payload)
+        if caller.role == OPERATOR and row.normalized:
+            student = row.normalized.get("student") or {}
+            out["student"] = {k: student.get(k) for k in ("full_name", "student_code", "personal_id")}
+            out["class_name"] = row.normalized.get("class_name")
+        return out
+
+    async def pdf(self, request: Request, caller: Caller) -> Response:
+        self._query(request, ())
+        row = await self._row(request)
+        if row.pdf is None:
+            reason = "was pruned by retention" if not row.payload else "has not been rendered"
+            raise ApiError(404, "id", f"record {row.id} has no PDF: it {reason}")
+        # The PDF carries personal data: who fetched which one belongs in the audit log.
+        await self.hub._db(self.hub.store.audit, "admin.pdf", caller.name, row.record_id, {"version": row.version})
+        return Response(row.pdf, media_type="application/pdf", headers={
+            "Content-Disposition": f'attachment; filename="{row.record_id}-v{row.version}.pdf"',
+            "Cache-Control": "no-store",
+        })
+
+    async def replay(self, request: Request, caller: Caller) -> dict[str, Any]:
+        self._query(request, ())
+        body = await _json_body(request)
+        allowed = ("ids", "record_ids", "adapter", "school", "state", "stage")
+        for key in body:
+            if key not in allowed:
+                raise ApiError(400, str(key)[:50], f"unknown field (allowed: {', '.join(allowed)})")
+        criteria: dict[str, Any] = {}
+        if "ids" in body:
+            ids = body["ids"]
+            if not isinstance(ids, list) or not 0 < len(ids) <= _MAX_SELECT or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63 for i in ids):
+                raise ApiError(400, "ids", f"must be a list of 1 to {_MAX_SELECT} positive integers")
+            criteria["ids"] = ids
+        if "record_ids" in body:
+            rids = body["record_ids"]
+            if not isinstance(rids, list) or not 0 < len(rids) <= _MAX_SELECT:
+                raise ApiError(400, "record_ids", f"must be a list of 1 to {_MAX_SELECT} UUIDs")
+            try:
+                criteria["record_ids"] = [str(uuid.UUID(r)) for r in rids]
+            except (ValueError, TypeError, AttributeError):
+                raise ApiError(400, "record_ids", "every item must be a UUID") from None
+        for key in ("adapter", "school"):
+            if key in body:
+                if not isinstance(body[key], str) or not 0 < len(body[key]) <= 100:
+                    raise ApiError(400, key, "must be a string of 1 to 100 characters")
+                criteria[key] = body[key]
+        if "state" in body:
+            if body["state"] not in st.REPLAYABLE:
+                raise ApiError(400, "state", f"only {', '.join(sorted(st.REPLAYABLE))} records can be replayed")
+            criteria["state"] = body["state"]
+        if not criteria:
+            raise ApiError(400, "body", "give at least one of ids, record_ids, adapter, school, state")
+        stage = body.get("stage", "normalize")
+        if stage not in STAGES:
+            raise ApiError(400, "stage", f"must be one of {', '.join(STAGES)}")
+        pks = await self.hub._db(lambda: self.hub.store.select(**criteria))
+        moved = await self.hub.replay(pks, stage=stage, actor=caller.name) if pks else []
+        await self.hub._db(self.hub.store.audit, "admin.replay", caller.name, None,
+                           {"criteria": criteria, "stage": stage, "matched": len(pks), "moved": len(moved)})
+        return {"stage": stage, "matched": len(pks), "moved": [{"id": pk, "state": state} for pk, state in moved],
+                "skipped": len(pks) - len(moved)}
+
+    async def adapters(self, request: Request, caller: Caller) -> dict[str, Any]:
+        self._query(request, ())
+        paused = await self.hub._db(self.hub.store.paused)
+        out = []
+        for section in self.hub.config.adapters:
+            status = self.hub.status.get(section.name)
+            out.append({
+                "name": section.name, "type": section.type, "enabled": section.enabled,
+                "poll_interval": section.poll_interval, "paused": section.name in paused,
+                "health": {"ok": status.health.ok, "detail": public_error(status.health.detail)} if status else None,
+                "last_sync": status.last_sync if status else None,
+            })
+        return {"items": out}
+
+    async def _set_paused(self, request: Request, caller: Caller, paused: bool) -> dict[str, Any]:
+        self._query(request, ())
+        name = request.path_params["name"]
+        if name not in self.adapter_names:
+            raise ApiError(404, "name", f"no adapter {name[:100]!r} is configured")
+        await self.hub._db(self.hub.store.set_paused, name, paused, caller.name)
+        return {"adapter": name, "paused": paused}
+
+    async def pause(self, request: Request, caller: Caller) -> dict[str, Any]:
+        return await self._set_paused(request, caller, True)
+
+    async def resume(self, request: Request, caller: Caller) -> dict[str, Any]:
+        return await self._set_paused(request, caller, False)
+
+    async def openapi(self, request: Request) -> JSONResponse:
+        return JSONResponse(openapi_document(self.states, self.adapter_names))
+
+
+def _integer(name: str, raw: str, low: int, high: int) -> int:
+    # int() would also take " 12", "+12" and "1_000"; a query parameter is digits or an error.
+    if not re.fullmatch(r"\d{1,13}", raw) or not low <= int(raw) <= high:
+        raise ApiError(400, name, f"must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def _timestamp(name: str, raw: str) -> str:
+    """An ISO date or date-time as the store writes times (UTC, milliseconds); naive is UTC."""
+    try:
+        value = dt.datetime.fromisoformat(raw)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError):
+        raise ApiError(400, name, "must be an ISO 8601 date or date-time, e.g. 2025-05-31 or "
+                                  "2025-05-31T08:00:00+07:00 (write + as %2B in a URL)") from None
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "body", "must be JSON (Content-Type: application/json)")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > _MAX_BODY:
+            raise ApiError(413, "body", f"larger than {_MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "body", "is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body", "must be a JSON object")
+    return body
+
+
+def admin_routes(hub: "Hub") -> list[BaseRoute]:
+    """``/openapi.json`` and the authenticated ``/api`` routes for ``hub``."""
+    return AdminApi(hub).routes()
+
+
+# --- OpenAPI --------------------------------------------------------------------------------
+
+def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
+    """The OpenAPI 3.0 description of the admin API (built by hand: it is the contract)."""
+    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    nullable_str = {"type": "string", "nullable": True}
+
+    def param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False):
+        return {"name": name, "in": where, "required": required or where == "path",
+                "schema": schema, "description": description}
+
+    filters = [
+        param("adapter", "query", {"type": "string", "minLength": 1, "maxLength": 100}, "Adapter instance name"),
+        param("school", "query", {"type": "string", "minLength": 1, "maxLength": 100}, "School code (matruong)"),
+        param("year", "query", {"type": "string", "pattern": r"^\d{4}-\d{4}$"}, "School year, e.g. 2024-2025"),
+        param("since", "query", {"type": "string", "format": "date-time"},
+              "Changed at or after (ISO 8601; no offset = UTC)"),
+        param("until", "query", {"type": "string", "format": "date-time"}, "Changed before (ISO 8601)"),
+        param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
+              "Page size"),
+        param("offset", "query", {"type": "integer", "minimum": 0, "maximum": 10**12, "default": 0},
+              "Records to skip"),
+    ]
+    state_param = param("state", "query", {"type": "string", "enum": states}, "Record state")
+    record_id = param("id", "path", {"type": "string", "pattern": r"^(\d{1,18}|[0-9a-fA-F-]{36})$"},
+                      "Store id, or record_id (UUID) for its latest version")
+    adapter_name = param("name", "path", {"type": "string", "minLength": 1, "maxLength": 100},
+                         f"Adapter instance name (configured: {', '.join(adapters)})")
+
+    def responses(ok: dict[str, Any], *codes: int, media: str = "application/json") -> dict[str, Any]:
+        out: dict[str, Any] = {"200": {"description": "OK", "content": {media: {"schema": ok}}},
+                               "401": {"$ref": "#/components/responses/Unauthorized"}}
+        texts = {400: "Malformed request: `error` names the parameter", 403: "Needs an operator token",
+                 404: "Not found", 413: "Body too large", 415: "Body is not JSON"}
+        for code in codes:
+            out[str(code)] = {"description": texts[code], "content": {"application/json": {"schema": ref("Error")}}}
+        return out
+
+    listing = lambda summary, params: {  # noqa: E731
+        "get": {"summary": summary, "parameters": params, "responses": responses(ref("RecordList"), 400)}}
+    record_summary = {
+        "type": "object",
+        "required": ["id", "record_id", "version", "event", "adapter", "state", "school_code", "school_year",
+                     "errors", "attempts", "received_at", "updated_at", "pruned", "receipt"],
+        "properties": {
+            "id": {"type": "integer"}, "record_id": {"type": "string"}, "version": {"type": "integer"},
+            "event": {"type": "string", "enum": ["NEW", "UPDATE", "CANCEL"]}, "adapter": {"type": "string"},
+            "state": {"type": "string", "enum": states}, "school_code": nullable_str, "school_year": nullable_str,
+            "errors": {"type": "array", "items": {"type": "string"}}, "attempts": {"type": "integer"},
+            "received_at": {"type": "string"}, "updated_at": {"type": "string"}, "pruned": {"type": "boolean"},
+            "receipt": {"type": "object", "nullable": True, "properties": {
+                "receipt_id": nullable_str, "received_at": nullable_str,
+                "duplicate": {"type": "boolean", "nullable": True}}},
+            "source_id": {"type": "string", "description": "Operators only: the vendor's id"},
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "hocba-hub admin API", "version": __version__,
+                 "description": "Records, quarantine, dead letters, replay and adapters of a running hub. "
+                                "Every /api route needs a bearer token; `viewer` tokens see ids and states "
+                                "only, `operator` tokens may act and see the student's identity."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/records": listing("List records, newest change first", [state_param, *filters]),
+            "/api/records/{id}": {"get": {
+                "summary": "One record with its history of state changes and errors",
+                "parameters": [record_id], "responses": responses(ref("RecordDetail"), 400, 404)}},
+            "/api/records/{id}/pdf": {"get": {
+                "summary": "The record's (signed) PDF; operators only",
+                "parameters": [record_id],
+                "responses": responses({"type": "string", "format": "binary"}, 400, 403, 404,
+                                       media="application/pdf")}},
+            "/api/quarantine": listing("Quarantined records with the reasons", filters),
+            "/api/dead-letters": listing("Dead-lettered deliveries with the last error", filters),
+            "/api/replay": {"post": {
+                "summary": "Run quarantined, failed or dead-lettered records again; operators only",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": ref("ReplayRequest")}}},
+                "responses": responses(ref("ReplayResult"), 400, 403, 413, 415)}},
+            "/api/adapters": {"get": {"summary": "Adapters with health, last sync and pause state",
+                                      "responses": responses(ref("AdapterList"))}},
+            "/api/adapters/{name}/pause": {"post": {
+                "summary": "Stop pulling from an adapter; operators only", "parameters": [adapter_name],
+                "responses": responses(ref("PauseResult"), 403, 404)}},
+            "/api/adapters/{name}/resume": {"post": {
+                "summary": "Pull from a paused adapter again; operators only", "parameters": [adapter_name],
+                "responses": responses(ref("PauseResult"), 403, 404)}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Unauthorized": {
+                "description": "No token, or not a configured one",
+                "content": {"application/json": {"schema": ref("Error")}}}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "parameter"], "properties": {
+                    "error": {"type": "string", "description": "`<parameter>: <reason>`"},
+                    "parameter": {"type": "string"}}},
+                "RecordSummary": record_summary,
+                "RecordList": {"type": "object", "required": ["items", "count", "limit", "offset"], "properties": {
+                    "items": {"type": "array", "items": ref("RecordSummary")}, "count": {"type": "integer"},
+                    "limit": {"type": "integer"}, "offset": {"type": "integer"}}},
+                "RecordDetail": {"allOf": [ref("RecordSummary"), {
+                    "type": "object", "required": ["history", "versions", "has_pdf", "replayable"], "properties": {
+                        "history": {"type": "array", "items": {
+                            "type": "object", "required": ["at", "state", "detail"], "properties": {
+                                "at": {"type": "string"}, "state": {"type": "string"}, "detail": nullable_str}}},
+                        "versions": {"type": "array", "items": {
+                            "type": "object", "required": ["id", "version", "event", "state"], "properties": {
+                                "id": {"type": "integer"}, "version": {"type": "integer"},
+                                "event": {"type": "string"}, "state": {"type": "string"}}}},
+                        "has_pdf": {"type": "boolean"}, "replayable": {"type": "boolean"},
+                        "student": {"type": "object", "description": "Operators only", "properties": {
+                            "full_name": nullable_str, "student_code": nullable_str, "personal_id": nullable_str}},
+                        "class_name": {**nullable_str, "description": "Operators only"}}}]},
+                "ReplayRequest": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "Records matching every given criterion (ids and record_ids: any of them)",
+                    "properties": {
+                        "ids": {"type": "array", "minItems": 1, "maxItems": _MAX_SELECT,
+                                "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
+                        "record_ids": {"type": "array", "minItems": 1, "maxItems": _MAX_SELECT,
+                                       "items": {"type": "string", "format": "uuid"}},
+                        "adapter": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "school": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "state": {"type": "string", "enum": sorted(st.REPLAYABLE)},
+                        "stage": {"type": "string", "enum": list(STAGES), "default": "normalize",
+                                  "description": "normalize: from the raw payload; render: from the "
+                                                 "normalised record; deliver: the signed PDF as it is"}},
+                    "minProperties": 1},
+                "ReplayResult": {"type": "object", "required": ["stage", "matched", "moved", "skipped"], "properties": {
+                    "stage": {"type": "string"}, "matched": {"type": "integer"}, "skipped": {"type": "integer"},
+                    "moved": {"type": "array", "items": {"type": "object", "required": ["id", "state"], "properties": {
+                        "id": {"type": "integer"}, "state": {"type": "string"}}}}}},
+                "AdapterList": {"type": "object", "required": ["items"], "properties": {"items": {
+                    "type": "array", "items": {
+                        "type": "object",
+                        "required": ["name", "type", "enabled", "poll_interval", "paused", "health", "last_sync"],
+                        "properties": {
+                            "name": {"type": "string"}, "type": {"type": "string"}, "enabled": {"type": "boolean"},
+                            "poll_interval": {"type": "number"}, "paused": {"type": "boolean"},
+                            "health": {"type": "object", "nullable": True, "properties": {
+                                "ok": {"type": "boolean"}, "detail": {"type": "string"}}},
+                            "last_sync": nullable_str}}}}},
+                "PauseResult": {"type": "object", "required": ["adapter", "paused"], "properties": {
+                    "adapter": {"type": "string"}, "paused": {"type": "boolean"}}},
+            },
+        },
+    }

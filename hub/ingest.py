@@ -1,0 +1,113 @@
+"""Webhook ingest: ``POST /ingest/{adapter}`` for any adapter that receives pushes.
+
+An adapter receives pushes when it implements the ``PushReceiver`` methods below; the route
+looks the configured instance up by name and calls them, so the core knows no sender's
+format or signature scheme. The answer is ``202`` only once the records are committed to the
+store — a sender may forget a record when it sees ``202``, exactly as a pull adapter may
+acknowledge a page only after its commit.
+
+Answers: ``202`` committed (or unchanged); ``400`` the body is malformed (nothing stored);
+``401`` the sender is not authenticated (nothing stored); ``404`` no push adapter by that
+name; ``413`` the body is larger than the adapter accepts; ``503`` the store could not commit
+(retry later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from hub.contracts import RawRecord
+from hub.store import record_id_for
+
+if TYPE_CHECKING:
+    from hub.pipeline import Hub
+
+DEFAULT_MAX_BYTES = 1024 * 1024
+
+
+@runtime_checkable
+class PushReceiver(Protocol):
+    """What an adapter implements to receive pushes (in addition to ``normalize``).
+
+    - ``verify_push`` raises ``PermissionError`` (with a reason safe to show the sender) unless
+      the request is authentic and fresh. It runs before the body is parsed.
+    - ``parse_push`` turns the body into raw records, or raises ``ValueError`` naming what is
+      malformed; nothing of a body it refuses is stored.
+    - ``max_push_bytes`` (optional, default 1 MiB): larger bodies are refused unread.
+    """
+
+    def verify_push(self, headers: Mapping[str, str], body: bytes) -> None: ...
+
+    def parse_push(self, body: bytes) -> list[RawRecord]: ...
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it grows past ``limit`` (the rest is never buffered)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def ingest_routes(hub: "Hub") -> list[Route]:
+    """The ingest route for ``hub`` (mounted by ``hub.app.create_app``)."""
+    log = hub.log
+
+    async def ingest(request: Request) -> JSONResponse:
+        name = request.path_params["adapter"]
+        adapter: Any = hub.adapters.get(name)
+        if not isinstance(adapter, PushReceiver):
+            return _error(404, "unknown_adapter", f"no adapter named {name!r} receives pushes here")
+        limit = int(getattr(adapter, "max_push_bytes", DEFAULT_MAX_BYTES))
+        declared = request.headers.get("content-length", "")
+        too_big = {"error": "too_large", "detail": f"the body must be at most {limit} bytes"}
+        if declared.isdigit() and int(declared) > limit:
+            log.warning("ingest.refused", adapter=name, status=413, bytes=int(declared))
+            return JSONResponse(too_big, status_code=413)
+        try:
+            body = await _read_body(request, limit)
+        except ClientDisconnect:
+            return _error(400, "incomplete", "the client went away before the body was complete")
+        if body is None:
+            log.warning("ingest.refused", adapter=name, status=413)
+            return JSONResponse(too_big, status_code=413)
+
+        try:
+            adapter.verify_push(request.headers, body)
+        except PermissionError as exc:
+            log.warning("ingest.refused", adapter=name, status=401, reason=str(exc))
+            return _error(401, "unauthenticated", str(exc))
+        try:
+            # Off the event loop: a large body (or an XML sender) takes a while to parse.
+            records = await asyncio.to_thread(adapter.parse_push, body)
+        except ValueError as exc:
+            log.warning("ingest.refused", adapter=name, status=400, reason=str(exc))
+            return _error(400, "malformed", str(exc))
+        try:
+            new = await hub.ingest(name, records)
+        except Exception as exc:  # the sender must retry, so it gets an answer, not a dropped request
+            log.error("ingest.store_failed", adapter=name, error=str(exc))
+            response = _error(503, "not_stored", "the hub could not store the records; retry later")
+            response.headers["Retry-After"] = "5"
+            return response
+        log.info("ingest.received", adapter=name, records=len(records), new_versions=len(new))
+        return JSONResponse({
+            "received": len(records),
+            "new_versions": len(new),
+            "records": [{"source_id": r.source_id, "record_id": record_id_for(name, r.source_id)} for r in records],
+        }, status_code=202)
+
+    return [Route("/ingest/{adapter}", ingest, methods=["POST"])]

@@ -1,0 +1,383 @@
+"""The status page at ``/``: the operators' wall screen, in Vietnamese (``?lang=en`` for English).
+
+One server-rendered HTML page, no JavaScript and no build step; it reloads itself every 15 s.
+It answers what an operator asks first during the year-end rush: how many transcripts are
+where (per adapter and per school), which are stuck and why — with the reason explained in
+plain words, not only the validator's line — when each school system was last read, and
+whether the central store and the signing services are up.
+
+**Access.** The page needs no token: it is meant for a screen on the wall of the department's
+operations room. It therefore shows no personal data at all — store ids, record ids, adapter
+names, school codes, states, and error lines with personal ids masked and quoted values and
+dates blanked (``hub.admin.public_error``); no configured secret can appear (every string is
+scrubbed of them). Anything more (names, PDFs, actions) is the admin API's, behind a token. The
+hub's port belongs on the internal network like every other route.
+
+Plugin health comes from ``hub.metrics.health``: at most one round of ``check()`` calls per
+10 s whatever the number of screens and scrapes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import time
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import BaseRoute, Route
+
+from hub import __version__
+from hub import store as st
+from hub.admin import all_states, public_error, scrub, secret_values
+
+if TYPE_CHECKING:
+    from hub.pipeline import Hub
+
+REFRESH_SECONDS = 15
+STUCK_SHOWN = 50
+STUCK_STATES = (st.QUARANTINED, st.FAILED, st.DEAD_LETTER)
+# The operators work in Vietnam: times on the wall screen are local (UTC+7, no daylight saving).
+VN_TIME = dt.timezone(dt.timedelta(hours=7))
+
+ROLE_LABELS = {
+    "vi": {"homeroom_teacher": "GVCN", "principal": "Hiệu trưởng", "school_seal": "Nhà trường"},
+    "en": {"homeroom_teacher": "homeroom teacher", "principal": "principal", "school_seal": "school seal"},
+}
+STATE_LABELS = {
+    "vi": {st.RECEIVED: "đã nhận", st.NORMALIZED: "đã chuẩn hoá", st.RENDERED: "đã tạo PDF",
+           st.DELIVERED: "đã gửi", st.QUARANTINED: "cách ly", st.FAILED: "lỗi xử lý",
+           st.DEAD_LETTER: "gửi thất bại", st.SUPERSEDED: "đã thay thế", st.UNCHANGED: "không thay đổi"},
+    "en": {st.RECEIVED: "received", st.NORMALIZED: "normalized", st.RENDERED: "PDF rendered",
+           st.DELIVERED: "delivered", st.QUARANTINED: "quarantined", st.FAILED: "failed",
+           st.DEAD_LETTER: "dead letter", st.SUPERSEDED: "superseded", st.UNCHANGED: "unchanged"},
+}
+
+TEXT = {
+    "vi": {
+        "title": "Học bạ số — trạng thái cổng tích hợp", "updated": "Cập nhật lúc",
+        "tz": "giờ Việt Nam", "auto": f"Trang tự làm mới sau mỗi {REFRESH_SECONDS} giây.",
+        "switch": "English", "switch_lang": "en",
+        "total": "Tổng hồ sơ", "delivered": "Đã gửi lên kho trung ương", "in_progress": "Đang xử lý",
+        "stuck_n": "Cần xử lý", "outbox": "Chờ gửi",
+        "health": "Kết nối và ký số", "kind_adapter": "Phần mềm của trường",
+        "kind_destination": "Kho dữ liệu trung ương", "kind_signer": "Dịch vụ ký số",
+        "ok": "Hoạt động", "down": "Lỗi", "paused": "Tạm dừng", "last_sync": "Đồng bộ lần cuối",
+        "never": "chưa đồng bộ", "checked": "Kiểm tra lúc", "not_checked": "chưa kiểm tra",
+        "name": "Tên", "kind": "Loại", "status": "Tình trạng", "detail": "Chi tiết",
+        "by_adapter": "Theo phần mềm nguồn (adapter)", "by_school": "Theo trường", "adapter": "Nguồn",
+        "school": "Mã trường", "school_unknown": "chưa xác định", "sum": "Tổng",
+        "no_records": "Chưa có hồ sơ nào.",
+        "stuck": "Hồ sơ bị kẹt và nguyên nhân", "stuck_none": "Không có hồ sơ nào bị kẹt.",
+        "reasons": "Nguyên nhân", "count": "Số hồ sơ", "what_to_do": "Cách xử lý",
+        "id": "Mã lưu trữ", "record_id": "Mã hồ sơ", "version": "Phiên bản", "state": "Trạng thái",
+        "changed": "Cập nhật", "errors": "Dòng lỗi", "why": "Giải thích",
+        "more": "Đang hiện {shown} trên {total} hồ sơ bị kẹt (mới nhất trước); danh sách đầy đủ có trong "
+                "API quản trị (/api/quarantine, /api/dead-letters, /api/records?state=failed).",
+        "replay": "Sau khi sửa nguyên nhân, chạy lại hồ sơ (replay) bằng API quản trị "
+                  "(POST /api/replay) hoặc lệnh hocba-hub replay.",
+        "privacy": "Trang này chỉ hiện mã hồ sơ, trạng thái và dòng lỗi đã che dữ liệu cá nhân, "
+                   "nên không cần đăng nhập.",
+    },
+    "en": {
+        "title": "Digital transcripts — integration hub status", "updated": "Updated at",
+        "tz": "Vietnam time", "auto": f"This page refreshes every {REFRESH_SECONDS} seconds.",
+        "switch": "Tiếng Việt", "switch_lang": "vi",
+        "total": "Records", "delivered": "Delivered to the central store", "in_progress": "In progress",
+        "stuck_n": "Need attention", "outbox": "Waiting to be sent",
+        "health": "Connections and signing", "kind_adapter": "School software",
+        "kind_destination": "Central store", "kind_signer": "Signing service",
+        "ok": "Up", "down": "Down", "paused": "Paused", "last_sync": "Last sync",
+        "never": "never", "checked": "Checked at", "not_checked": "not checked yet",
+        "name": "Name", "kind": "Kind", "status": "Status", "detail": "Detail",
+        "by_adapter": "By school software (adapter)", "by_school": "By school", "adapter": "Adapter",
+        "school": "School code", "school_unknown": "unknown", "sum": "Total",
+        "no_records": "No records yet.",
+        "stuck": "Stuck records and why", "stuck_none": "Nothing is stuck.",
+        "reasons": "Reason", "count": "Records", "what_to_do": "What to do",
+        "id": "Store id", "record_id": "Record id", "version": "Version", "state": "State",
+        "changed": "Changed", "errors": "Error lines", "why": "Explanation",
+        "more": "Showing {shown} of {total} stuck records (newest first); the full lists are in the admin API "
+                "(/api/quarantine, /api/dead-letters, /api/records?state=failed).",
+        "replay": "Once the cause is fixed, replay the records with the admin API (POST /api/replay) "
+                  "or hocba-hub replay.",
+        "privacy": "This page shows only record ids, states and error lines with personal data masked, "
+                   "so it needs no sign-in.",
+    },
+}
+
+# Common reasons a record is stuck, most specific first: (key, test, Vietnamese, English).
+# The test sees the record's state and its error lines in lower case.
+REASONS: list[tuple[str, Any, str, str]] = [
+    ("rule_tt22", lambda s, e: "rule tt22" in e,
+     "Kết quả học tập hoặc rèn luyện ghi trong học bạ mâu thuẫn với chính điểm số của học sinh (quy định "
+     "của Thông tư 22). Trường cần sửa lại trong phần mềm quản lý; bản sửa sẽ được tự động lấy về.",
+     "The stated learning or conduct result contradicts the student's own scores (Circular 22 rules). "
+     "The school must correct it in its software; the corrected record is picked up automatically."),
+    ("personal_id", lambda s, e: "personal_id" in e,
+     "Số định danh cá nhân sai: phải gồm đúng 12 chữ số. Trường cần sửa trong phần mềm quản lý.",
+     "The personal id number is wrong: it must be exactly 12 digits. The school must correct it."),
+    ("birth_date", lambda s, e: "birth_date" in e,
+     "Ngày sinh sai, không tồn tại hoặc nằm ngoài khoảng hợp lệ. Trường cần sửa trong phần mềm quản lý.",
+     "The birth date is invalid, does not exist or is out of range. The school must correct it."),
+    ("score", lambda s, e: "average" in e or "score" in e,
+     "Điểm số nằm ngoài thang điểm 0–10 hoặc sai định dạng. Trường cần kiểm tra lại bảng điểm.",
+     "A score is outside the 0–10 scale or malformed. The school must check the marks."),
+    ("level", lambda s, e: "level" in e or "caphoc" in e,
+     "Mã cấp học hoặc mức đánh giá không thuộc danh mục của Bộ (ví dụ T/H/C, T/K/Đ/CĐ).",
+     "A school-level code or assessment level is not in the Ministry's catalogue (e.g. T/H/C, T/K/Đ/CĐ)."),
+    ("missing", lambda s, e: "field required" in e or "is missing" in e,
+     "Thiếu thông tin bắt buộc. Trường cần bổ sung trong phần mềm quản lý.",
+     "A required field is missing. The school must fill it in."),
+    ("school_code", lambda s, e: "school_code" in e or "department_code" in e,
+     "Mã trường sai định dạng hoặc không thuộc mã Sở GD&ĐT đã khai báo.",
+     "The school code is malformed or does not belong to the configured department."),
+    ("contract", lambda s, e: "not part of the" in e or "not json" in e or "cannot map" in e,
+     "Phần mềm của trường gửi dữ liệu không đúng mẫu mà bộ chuyển đổi (adapter) hiểu được. Cần nhà cung cấp "
+     "sửa dữ liệu hoặc cập nhật adapter, sau đó chạy lại.",
+     "The school software sent data the adapter does not understand. The vendor must fix the data or the "
+     "adapter must be updated; then replay."),
+    ("signing", lambda s, e: s == st.FAILED and ("sign" in e or "homeroom_teacher:" in e or "principal:" in e
+                                                 or "school_seal:" in e),
+     "Không ký số được: kiểm tra chứng thư số (còn hạn, đúng người ký), mật khẩu khoá hoặc dịch vụ ký từ xa; "
+     "sửa xong thì chạy lại từ bước tạo PDF.",
+     "Signing failed: check the certificate (valid, right signer), the key password or the remote signing "
+     "service; then replay from rendering."),
+    ("conflict", lambda s, e: "409" in e or "conflict" in e,
+     "Kho trung ương đã có phiên bản mới hơn của hồ sơ này; hệ thống sẽ đối chiếu phiên bản, không gửi đè.",
+     "The central store already holds a newer version of this record; the hub reconciles, it never overwrites."),
+    ("unreachable", lambda s, e: any(k in e for k in ("timeout", "timed out", "connect", "unavailable", "http 5",
+                                                      " 500", " 502", " 503", " 504", "outage")),
+     "Kho dữ liệu trung ương không phản hồi hoặc đang lỗi. Khi kho hoạt động lại, chạy lại bước gửi.",
+     "The central store did not answer or failed. Once it is back, replay the delivery."),
+    ("rejected", lambda s, e: s == st.DEAD_LETTER,
+     "Kho trung ương từ chối hồ sơ hoặc đã thử gửi quá số lần cho phép; xem dòng lỗi, sửa rồi chạy lại bước gửi.",
+     "The central store refused the record, or delivery gave up after its attempts; see the error, fix, replay."),
+    ("invalid", lambda s, e: s == st.QUARANTINED,
+     "Dữ liệu hồ sơ không hợp lệ; dòng lỗi cho biết trường thông tin nào sai.",
+     "The record's data is invalid; the error line names the field."),
+    ("other", lambda s, e: True,
+     "Một bước xử lý không hoàn tất; xem dòng lỗi, sửa nguyên nhân rồi chạy lại.",
+     "A step could not finish; see the error line, fix the cause and replay."),
+]
+
+
+def explain(state: str, errors: list[str]) -> tuple[str, str, str]:
+    """``(key, Vietnamese, English)`` explanation of why a record in ``state`` is stuck."""
+    text = " ".join(errors).lower()
+    for key, test, vi, en in REASONS:
+        if test(state, text):
+            return key, vi, en
+    raise AssertionError("the last reason matches everything")
+
+
+def state_label(state: str, lang: str) -> str:
+    if state.startswith(st.SIGNED_PREFIX):
+        role = state.removeprefix(st.SIGNED_PREFIX)
+        who = ROLE_LABELS[lang].get(role, role)
+        return f"đã ký ({who})" if lang == "vi" else f"signed ({who})"
+    return STATE_LABELS[lang].get(state, state)
+
+
+def _local(iso: str | None) -> str:
+    if not iso:
+        return ""
+    try:
+        value = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(VN_TIME).strftime("%d/%m/%Y %H:%M:%S")
+
+
+CSS = """
+*{box-sizing:border-box}
+body{margin:0;font-family:"Noto Sans","DejaVu Sans",system-ui,sans-serif;background:#f3f5f8;color:#1d2733;font-size:15px}
+header{background:#12355b;color:#fff;padding:14px 24px;display:flex;justify-content:space-between;align-items:center}
+header h1{font-size:22px;margin:0}
+header .meta{font-size:13px;opacity:.9;text-align:right}
+header a{color:#ffd166}
+main{padding:16px 24px;max-width:1400px}
+section{background:#fff;border-radius:8px;padding:12px 16px;margin:0 0 16px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
+h2{font-size:18px;margin:4px 0 10px;color:#12355b}
+.tiles{display:flex;gap:12px;margin-bottom:16px}
+.tile{flex:1;background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px rgba(0,0,0,.08);border-top:4px solid #12355b}
+.tile .n{font-size:30px;font-weight:700}
+.tile.good{border-color:#2a9d55}.tile.warn{border-color:#e07a1f}.tile.bad{border-color:#c62828}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e3e7ee;vertical-align:top}
+th{background:#eef2f7;font-weight:600;font-size:13px}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff}
+.ok{background:#2a9d55}.down{background:#c62828}.paused{background:#e0a01f}
+.s-delivered{color:#1e7b43;font-weight:600}.s-quarantined{color:#c25e00;font-weight:600}
+.s-failed,.s-dead_letter{color:#c62828;font-weight:600}
+.err{font-family:"DejaVu Sans Mono",monospace;font-size:12px;color:#5b1f1f;white-space:pre-wrap}
+.why{font-size:13px}
+.muted{color:#6b7785;font-size:13px}
+code{font-size:12px}
+"""
+
+
+class StatusPage:
+    """Renders ``/`` for one hub."""
+
+    def __init__(self, hub: "Hub"):
+        self.hub = hub
+        self.secrets = secret_values(hub.config)
+        self.order = {s: i for i, s in enumerate(all_states(hub.roles))}
+
+    async def handle(self, request: Request) -> HTMLResponse:
+        lang = "en" if request.query_params.get("lang") == "en" else "vi"
+        hub = self.hub
+        await hub.metrics.health.refresh()
+        breakdown = await hub._db(hub.store.breakdown)
+        paused = await hub._db(hub.store.paused)
+        outbox = await hub._db(hub.store.outbox_size)
+        stuck: list[dict[str, Any]] = []
+        for state in STUCK_STATES:
+            stuck += await hub._db(lambda s=state: hub.store.search(state=s, limit=STUCK_SHOWN))
+        stuck.sort(key=lambda r: (r["updated_at"], r["id"]), reverse=True)
+        body = self.render(lang, breakdown, paused, outbox, stuck)
+        return HTMLResponse(body, headers={"Cache-Control": "no-store", "Content-Language": lang})
+
+    # --- rendering ----------------------------------------------------------------------------
+
+    def _e(self, value: Any) -> str:
+        """Escaped, secret-free text."""
+        return html.escape(scrub(str(value), self.secrets))
+
+    def render(self, lang: str, breakdown: list[dict[str, Any]], paused: set[str], outbox: int,
+               stuck: list[dict[str, Any]]) -> str:
+        t = TEXT[lang]
+        counts = Counter()
+        for row in breakdown:
+            counts[row["state"]] += row["n"]
+        total = sum(counts.values())
+        stuck_total = sum(counts[s] for s in STUCK_STATES)
+        in_progress = sum(n for s, n in counts.items() if s not in st.FINAL_STATES)
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        tiles = "".join(
+            f'<div class="tile {cls}"><div class="n" id="tile-{key}">{n}</div><div>{self._e(t[key])}</div></div>'
+            for key, n, cls in (("total", total, ""), ("delivered", counts[st.DELIVERED], "good"),
+                                ("in_progress", in_progress, ""), ("stuck_n", stuck_total, "bad" if stuck_total else "good"),
+                                ("outbox", outbox, "warn" if outbox else "")))
+        return f"""<!DOCTYPE html>
+<html lang="{lang}">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{self._e(t["title"])}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header>
+<h1>{self._e(t["title"])}</h1>
+<div class="meta">{self._e(t["updated"])} {_local(now)} ({self._e(t["tz"])}) · hocba-hub {__version__}<br>
+{self._e(t["auto"])} <a href="?lang={t["switch_lang"]}">{self._e(t["switch"])}</a></div>
+</header>
+<main>
+<div class="tiles">{tiles}</div>
+{self._health(t, lang, paused)}
+{self._stuck(t, lang, stuck, stuck_total)}
+{self._table(t, lang, "by-adapter", t["by_adapter"], t["adapter"], breakdown, "adapter")}
+{self._table(t, lang, "by-school", t["by_school"], t["school"], breakdown, "school_code")}
+<p class="muted">{self._e(t["privacy"])}</p>
+</main>
+</body>
+</html>
+"""
+
+    def _health(self, t: dict[str, str], lang: str, paused: set[str]) -> str:
+        hub = self.hub
+        checked = hub.metrics.health.checked_at
+        rows = []
+        plugins = [(a.name, "adapter") for a in hub.config.adapters]
+        plugins += [(hub.config.destination.name, "destination")]
+        plugins += [(s.name, "signer") for s in hub.config.signers]
+        for name, kind in plugins:
+            status = hub.status.get(name)
+            if status is None:
+                badge, detail = f'<span class="badge paused">{self._e(t["not_checked"])}</span>', ""
+            else:
+                badge = (f'<span class="badge ok">{self._e(t["ok"])}</span>' if status.health.ok
+                         else f'<span class="badge down">{self._e(t["down"])}</span>')
+                detail = self._e(public_error(status.health.detail))
+            if name in paused:
+                badge += f' <span class="badge paused">{self._e(t["paused"])}</span>'
+            sync = ""
+            if kind == "adapter":
+                sync = _local(status.last_sync) if status and status.last_sync else t["never"]
+            rows.append(f'<tr data-plugin="{self._e(name)}"><td><b>{self._e(name)}</b></td>'
+                        f'<td>{self._e(t["kind_" + kind])}</td><td>{badge}</td><td>{self._e(sync)}</td>'
+                        f'<td class="muted">{detail}</td></tr>')
+        when = ""
+        if checked is not None:
+            ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=time.monotonic() - checked)
+            when = f'<p class="muted">{self._e(t["checked"])} {_local(ago.isoformat())}</p>'
+        return (f'<section id="health"><h2>{self._e(t["health"])}</h2><table><tr><th>{self._e(t["name"])}</th>'
+                f'<th>{self._e(t["kind"])}</th><th>{self._e(t["status"])}</th><th>{self._e(t["last_sync"])}</th>'
+                f'<th>{self._e(t["detail"])}</th></tr>{"".join(rows)}</table>{when}</section>')
+
+    def _table(self, t: dict[str, str], lang: str, anchor: str, title: str, key_title: str,
+               breakdown: list[dict[str, Any]], key: str) -> str:
+        grid: dict[str, Counter] = defaultdict(Counter)
+        if key == "adapter":
+            for section in self.hub.config.adapters:  # a configured adapter shows even before its first record
+                grid[section.name]
+        for row in breakdown:
+            grid[row[key] or ""][row["state"]] += row["n"]
+        states = sorted({s for c in grid.values() for s in c}, key=lambda s: self.order.get(s, 99))
+        if not states:
+            return f'<section id="{anchor}"><h2>{self._e(title)}</h2><p>{self._e(t["no_records"])}</p></section>'
+        head = "".join(f'<th class="n s-{self._e(s.replace(":", "-"))}">{self._e(state_label(s, lang))}</th>'
+                       for s in states)
+        rows = []
+        for name in sorted(grid):
+            cells = "".join(f'<td class="n" data-state="{self._e(s)}">{grid[name][s] or ""}</td>' for s in states)
+            label = self._e(name) if name else f'<i>{self._e(t["school_unknown"])}</i>'
+            rows.append(f'<tr data-key="{self._e(name)}"><td>{label}</td>{cells}'
+                        f'<td class="n"><b>{sum(grid[name].values())}</b></td></tr>')
+        return (f'<section id="{anchor}"><h2>{self._e(title)}</h2><table><tr><th>{self._e(key_title)}</th>{head}'
+                f'<th class="n">{self._e(t["sum"])}</th></tr>{"".join(rows)}</table></section>')
+
+    def _stuck(self, t: dict[str, str], lang: str, stuck: list[dict[str, Any]], total: int) -> str:
+        if not total:
+            return f'<section id="stuck"><h2>{self._e(t["stuck"])}</h2><p>{self._e(t["stuck_none"])}</p></section>'
+        reasons: Counter = Counter()
+        texts: dict[str, str] = {}
+        rows = []
+        shown = stuck[:STUCK_SHOWN]
+        for r in shown:
+            key, vi, en = explain(r["state"], r["errors"])
+            reasons[key] += 1
+            texts[key] = vi if lang == "vi" else en
+            errors = "\n".join(public_error(e) for e in r["errors"][:5])
+            rows.append(
+                f'<tr data-id="{r["id"]}" data-reason="{key}"><td class="n">{r["id"]}</td>'
+                f'<td><code>{self._e(r["record_id"])}</code></td><td class="n">{r["version"]}</td>'
+                f'<td>{self._e(r["adapter"])}</td><td>{self._e(r["school_code"] or "")}</td>'
+                f'<td class="s-{self._e(r["state"])}">{self._e(state_label(r["state"], lang))}</td>'
+                f'<td>{_local(r["updated_at"])}</td><td class="err">{self._e(errors)}</td>'
+                f'<td class="why">{self._e(texts[key])}</td></tr>')
+        summary = "".join(f'<tr><td class="n"><b>{n}</b></td><td>{self._e(texts[k])}</td></tr>'
+                          for k, n in reasons.most_common())
+        more = ""
+        if total > len(shown):
+            more = f'<p class="muted">{self._e(t["more"].format(shown=len(shown), total=total))}</p>'
+        cols = "".join(f"<th>{self._e(t[c])}</th>" for c in
+                       ("id", "record_id", "version", "adapter", "school", "state", "changed", "errors", "why"))
+        return (f'<section id="stuck"><h2>{self._e(t["stuck"])}</h2>'
+                f'<table class="reasons"><tr><th class="n">{self._e(t["count"])}</th>'
+                f'<th>{self._e(t["reasons"])} · {self._e(t["what_to_do"])}</th></tr>{summary}</table>'
+                f'<p class="muted">{self._e(t["replay"])}</p>'
+                f'<table class="stuck"><tr>{cols}</tr>{"".join(rows)}</table>{more}</section>')
+
+
+def status_routes(hub: "Hub") -> list[BaseRoute]:
+    """``GET /``: the status page of ``hub`` (needs ``hub.metrics``, set by ``create_app``)."""
+    return [Route("/", StatusPage(hub).handle)]
