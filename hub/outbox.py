@@ -116,13 +116,19 @@ class Outbox:
                                       self.policy.breaker_probe_seconds, hub.log)
         self.wake = asyncio.Event()
         self.active = 0
-        self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._tasks: set[asyncio.Task[None]] = set()
-        self._claimed: set[int] = set()
 
     async def run(self) -> None:
         """Until cancelled: send what is due; sleep until the next job is due or one is added."""
+        try:
+            await self._run()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
         hub = self.hub
         while True:
             self.wake.clear()
@@ -133,9 +139,11 @@ class Outbox:
                 self.breaker.ended = False
                 await hub._db(hub.store.make_due, _utc())
             probing = self.breaker.is_open
-            limit = 1 if probing else self._concurrency
-            due = [(pk, n) for pk, n in await hub._db(hub.store.due_deliveries, _utc(), limit + len(self._claimed))
-                   if pk not in self._claimed][:limit]
+            free = 1 if probing else self._concurrency - len(self._tasks)
+            if free <= 0:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            due = await hub._db(hub.store.claim_deliveries, hub.owner, hub.lease_seconds, free)
             if not due:
                 if probing:
                     self.breaker._probing = False
@@ -145,8 +153,6 @@ class Outbox:
                 await self._sleep(min(max(wait, 0.01), 5.0))
                 continue
             for pk, attempts in due:
-                await self._slots.acquire()
-                self._claimed.add(pk)
                 task = asyncio.create_task(self._deliver(pk, attempts))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -159,8 +165,6 @@ class Outbox:
         except asyncio.TimeoutError:
             pass
 
-    async def drain(self) -> None:
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _deliver(self, pk: int, attempts: int) -> None:
         hub = self.hub
@@ -169,7 +173,8 @@ class Outbox:
         try:
             row = await hub._db(hub.store.get, pk)
             if row.state != hub.last_signed_state:
-                return  # a stale job (the record was replayed or superseded meanwhile)
+                await hub._db(hub.store.drop_delivery, pk)  # the record moved on meanwhile
+                return
             sent = await hub._db(hub.store.sent_version, row.record_id)
             if sent is not None and sent[0] > row.version:
                 await hub._move(row, st.SUPERSEDED, detail=f"destination already holds version {sent[0]}")
@@ -189,10 +194,13 @@ class Outbox:
                 "duplicate": receipt.duplicate, **receipt.detail,
             })
             hub.observe_stage("deliver", time.perf_counter() - started)
+        except asyncio.CancelledError:
+            # Stopped mid-send: the job goes back (the destination's idempotency makes a
+            # re-send of a delivery that did arrive harmless).
+            await asyncio.shield(hub._db(hub.store.release_delivery, pk, hub.owner))
+            raise
         finally:
             self.active -= 1
-            self._claimed.discard(pk)
-            self._slots.release()
             self.wake.set()
 
     async def _failed(self, row: st.Row, attempts: int, exc: DeliveryError) -> None:

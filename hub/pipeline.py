@@ -13,7 +13,9 @@ import asyncio
 import datetime as dt
 import multiprocessing
 import os
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,13 +65,16 @@ class Hub:
         self.adapters: dict[str, Adapter] = {}
         self.signers: dict[str, Signer] = {}
         self.destination: Adapter | None = None
-        self._queues: dict[str, asyncio.Queue[int]] = {}
+        # Work is claimed from the store with leases, so several hub processes can share one
+        # database; ``owner`` names this process's leases. ``_wake`` lets a stage that just handed
+        # a record on start the next stage at once instead of at its next poll.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_seconds = 120.0
+        self._wake: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pullers: list[asyncio.Task[None]] = []
-        self._inflight = 0
-        self._busy = 0
-        self._tracked: set[int] = set()  # ids waiting in a stage queue
-        self._working: set[int] = set()  # ids a stage is working on
+        self._working: set[int] = set()  # ids a stage of this process is working on
+        self._moved: set[int] = set()    # ids whose state a handler changed (lease ended)
         self._pulled: dict[str, asyncio.Event] = {}
         self.metrics: Any = None  # hub.metrics.Metrics, when the HTTP surface is on
         self.outbox: Outbox | None = None
@@ -117,24 +122,24 @@ class Hub:
             "render": (self._render, self._concurrency),
             "sign": (self._sign, self._concurrency),
         }
-        for stage, (handler, workers) in stages.items():
-            queue: asyncio.Queue[int] = asyncio.Queue()
-            self._queues[stage] = queue
-            for _ in range(workers):
-                self._tasks.append(asyncio.create_task(self._worker(queue, handler), name=f"hocba-{stage}"))
+        if not self.store.shared:
+            # Only this process uses the file: leases left by a killed run are void right away.
+            await self._db(self.store.release_all)
+        for stage, (handler, slots) in stages.items():
+            self._wake[stage] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._stage(stage, handler, slots), name=f"hocba-{stage}"))
         self.outbox = Outbox(self)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="hocba-outbox"))
-        self._tasks.append(asyncio.create_task(self._rescan(), name="hocba-rescan"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="hocba-heartbeat"))
         self._tasks.append(asyncio.create_task(self._retention(), name="hocba-retention"))
-        for pk, state in await self._db(self.store.pending):
-            self._enqueue(pk, state)
+        resumed = len(await self._db(self.store.pending))
         if pull:
             for name, adapter in self.adapters.items():
                 if adapter.can("fetch"):
                     self._pulled[name] = asyncio.Event()
                     self._pullers.append(asyncio.create_task(self._pull(name, adapter), name=f"hocba-pull-{name}"))
         self.log.info("hub.started", adapters=list(self.adapters), signers=list(self.signers),
-                      processes=self._processes, resumed=self._inflight)
+                      processes=self._processes, resumed=resumed)
 
     async def stop(self, *, drain_timeout: float = 30.0) -> None:
         """Stop pulling, let records in a stage finish (up to ``drain_timeout``), close everything.
@@ -146,7 +151,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._pullers, return_exceptions=True)
         deadline = time.monotonic() + drain_timeout
-        while (self._busy or (self.outbox and self.outbox.active)) and time.monotonic() < deadline:
+        while (self._working or (self.outbox and self.outbox.active)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
@@ -165,7 +170,7 @@ class Hub:
         for event in self._pulled.values():
             await event.wait()
         while True:
-            if self._inflight == 0 and self.outbox.active == 0 and await self._db(self.store.outbox_size) == 0:
+            if not self._working and self.outbox.active == 0 and not await self._db(self.store.pending):
                 return
             await asyncio.sleep(poll)
 
@@ -233,41 +238,78 @@ class Hub:
         return None
 
     def _enqueue(self, pk: int, state: str) -> None:
+        """Tell the stage that works on ``state`` that a record is waiting (it claims it)."""
         stage = self._stage_for(state)
         if stage == "deliver":
             if self.outbox is not None:
-                self.outbox.wake.set()  # the job is already in the store's outbox
-            return
-        if stage is None or pk in self._tracked:
-            return
-        self._tracked.add(pk)
-        self._inflight += 1
-        self._queues[stage].put_nowait(pk)
+                self.outbox.wake.set()
+        elif stage is not None and stage in self._wake:
+            self._wake[stage].set()
 
-    async def _worker(self, queue: asyncio.Queue[int], handler: Callable[[int], Awaitable[None]]) -> None:
-        while not self._stopping.is_set():
-            pk = await queue.get()
-            self._busy += 1
-            self._tracked.discard(pk)
-            self._working.add(pk)
-            started = time.perf_counter()
-            try:
-                await handler(pk)
-                self.observe_stage(handler.__name__.lstrip("_"), time.perf_counter() - started)
-            except st.StateConflict:
-                pass  # another path already moved it; nothing to do
-            except Exception as exc:  # a bug in a stage must not kill the worker or lose the record
-                self.log.exception("stage.crashed", pk=pk, error=str(exc))
-                await self._fail(pk, f"internal error: {type(exc).__name__}: {exc}")
-            finally:
-                self._working.discard(pk)
-                self._busy -= 1
-                self._inflight -= 1
+    async def _stage(self, stage: str, handler: Callable[[int], Awaitable[None]], slots: int) -> None:
+        """Claim records waiting for ``stage`` and run ``handler`` on up to ``slots`` at once."""
+        states = self._states_for(stage)
+        running: set[asyncio.Task[None]] = set()
+        wake = self._wake[stage]
+        try:
+            while not self._stopping.is_set():
+                if len(running) >= slots:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                wake.clear()
+                pks = await self._db(self.store.claim, states, self.owner, self.lease_seconds, slots - len(running))
+                if not pks:
+                    try:  # poll too: another process (a replay, another worker) may have added work
+                        await asyncio.wait_for(wake.wait(), 1.0)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                for pk in pks:
+                    self._working.add(pk)
+                    task = asyncio.create_task(self._run(stage, handler, pk))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    def _states_for(self, stage: str) -> list[str]:
+        if stage == "normalize":
+            return [st.RECEIVED]
+        if stage == "render":
+            return [st.NORMALIZED]
+        return [st.RENDERED] + [st.SIGNED_PREFIX + role for role in self.roles[:-1]]
+
+    async def _run(self, stage: str, handler: Callable[[int], Awaitable[None]], pk: int) -> None:
+        started = time.perf_counter()
+        try:
+            await handler(pk)
+            self.observe_stage(stage, time.perf_counter() - started)
+        except st.StateConflict:
+            pass  # another path already moved it; nothing to do
+        except Exception as exc:  # a bug in a stage must not kill the stage or lose the record
+            self.log.exception("stage.crashed", pk=pk, error=str(exc))
+            await self._fail(pk, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._working.discard(pk)
+            if pk in self._moved:
+                self._moved.discard(pk)
+            else:  # the handler left the record as it was: give the lease back
+                await asyncio.shield(self._db(self.store.release, [pk], self.owner))
+
+    async def _heartbeat(self) -> None:
+        """Renew this process's leases while long work (a remote signature) is under way."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            await self._db(self.store.renew, self.owner, self.lease_seconds)
 
     async def _move(self, row: st.Row, state: str, *, detail: str | None = None, **fields: Any) -> None:
         # Signing the last step makes the delivery due: the job is written in the same transaction.
         due = state == self.last_signed_state
         await self._db(self.store.advance, row.id, row.state, state, detail=detail, due=due, **fields)
+        if row.id in self._working:
+            self._moved.add(row.id)
         school = fields.get("school_code") or row.school_code
         event = {"record_id": row.record_id, "version": row.version, "adapter": row.adapter,
                  "school_code": school, "state": state}
@@ -285,14 +327,6 @@ class Hub:
                 await self._move(row, st.FAILED, detail=reason, errors=[reason])
         except Exception as exc:
             self.log.error("record.fail_not_recorded", pk=pk, error=str(exc))
-
-    async def _rescan(self, interval: float = 5.0) -> None:
-        """Pick up records another process moved (``hocba-hub replay`` on the store)."""
-        while True:
-            await asyncio.sleep(interval)
-            for pk, state in await self._db(self.store.pending):
-                if pk not in self._working:
-                    self._enqueue(pk, state)
 
     async def _current(self, pk: int, stage: str) -> st.Row | None:
         """The record, if it is still at a state this stage works on (a rescan may have queued

@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS records (
     received_at     TEXT NOT NULL,
     updated_at      TEXT NOT NULL,
     pruned_at       TEXT,
+    lease_owner     TEXT,
+    lease_until     TEXT,
     UNIQUE (record_id, version)
 );
 CREATE INDEX IF NOT EXISTS records_state ON records (state);
@@ -88,10 +90,12 @@ CREATE TABLE IF NOT EXISTS cursors (
 -- The outbox: a row here is a delivery that is due; it is written in the same transaction
 -- as the state that makes it due and removed in the one that records the outcome.
 CREATE TABLE IF NOT EXISTS outbox (
-    record     INTEGER PRIMARY KEY REFERENCES records (id),
-    due_at     TEXT NOT NULL,
-    attempts   INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    record      INTEGER PRIMARY KEY REFERENCES records (id),
+    due_at      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    lease_owner TEXT,
+    lease_until TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_at);
 -- Per record_id, the highest version the destination holds and the content it carried.
@@ -192,7 +196,11 @@ class StateConflict(Exception):
 
 
 class Store:
-    """SQLite-backed record store. Thread-safe; every public method is one transaction."""
+    """SQLite-backed record store. Thread-safe; every public method is one transaction.
+
+    ``shared`` is false: one hub process owns a SQLite file (several workers need PostgreSQL).
+    """
+    shared = False
 
     def __init__(self, path: str | Path):
         self.path = str(path)
@@ -286,7 +294,9 @@ class Store:
 
     @staticmethod
     def _set_state(db: sqlite3.Connection, pk: int, state: str, detail: str | None, now: str) -> None:
-        db.execute("UPDATE records SET state = ?, updated_at = ? WHERE id = ?", (state, now, pk))
+        # A state change ends the worker's lease: the next stage claims the record afresh.
+        db.execute("UPDATE records SET state = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL"
+                   " WHERE id = ?", (state, now, pk))
         if state in FINAL_STATES:  # a record that is done (or superseded) has no delivery due
             db.execute("DELETE FROM outbox WHERE record = ?", (pk,))
         db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)", (pk, now, state, detail))
@@ -318,7 +328,9 @@ class Store:
                 db.execute(f"UPDATE records SET {', '.join(columns)} WHERE id = ?", (*values, pk))
             self._set_state(db, pk, state, detail, now)
             if due:
-                db.execute("INSERT OR REPLACE INTO outbox (record, due_at, attempts) VALUES (?, ?, 0)", (pk, now))
+                db.execute("INSERT INTO outbox (record, due_at, attempts) VALUES (?, ?, 0) ON CONFLICT (record)"
+                           " DO UPDATE SET due_at = excluded.due_at, attempts = 0, lease_owner = NULL,"
+                           " lease_until = NULL", (pk, now))
             if state == DELIVERED:
                 r = db.execute("SELECT record_id, version, content_hash, receipt FROM records WHERE id = ?",
                                (pk,)).fetchone()
@@ -340,20 +352,75 @@ class Store:
                        "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, _now(), pk, f"retry: {error}"))
             return db.execute("SELECT attempts FROM records WHERE id = ?", (pk,)).fetchone()[0]
 
+    # --- leases ------------------------------------------------------------------------------
+
+    def claim(self, states: Iterable[str], owner: str, lease_seconds: float, limit: int) -> list[int]:
+        """Lease up to ``limit`` records in ``states`` that nobody holds (or whose lease ran
+        out: its worker died) to ``owner``, oldest first. A state change ends the lease."""
+        states = list(states)
+        now = dt.datetime.now(dt.timezone.utc)
+        until = (now + dt.timedelta(seconds=lease_seconds)).isoformat(timespec="milliseconds")
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE records SET lease_owner = ?, lease_until = ? WHERE id IN ("
+                f" SELECT id FROM records WHERE state IN ({','.join('?' * len(states))})"
+                "  AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?) RETURNING id",
+                (owner, until, *states, now.isoformat(timespec="milliseconds"), limit)).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def release(self, pks: Iterable[int], owner: str) -> None:
+        """Give records back without changing their state (the worker could not finish)."""
+        pks = list(pks)
+        if not pks:
+            return
+        with self._tx() as db:
+            db.execute(f"UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
+                       f" AND id IN ({','.join('?' * len(pks))})", (owner, *pks))
+
+    def renew(self, owner: str, lease_seconds: float) -> None:
+        """Extend every lease ``owner`` holds (a heartbeat while long work is under way)."""
+        until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=lease_seconds)).isoformat(
+            timespec="milliseconds")
+        with self._tx() as db:
+            db.execute("UPDATE records SET lease_until = ? WHERE lease_owner = ?", (until, owner))
+            db.execute("UPDATE outbox SET lease_until = ? WHERE lease_owner = ?", (until, owner))
+
+    def release_all(self) -> None:
+        """Drop every lease: for a store only one hub process uses, at that process's start."""
+        with self._tx() as db:
+            db.execute("UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL")
+            db.execute("UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL")
+
     # --- delivery (outbox) ------------------------------------------------------------------
 
-    def due_deliveries(self, now: str, limit: int = 100) -> list[tuple[int, int]]:
-        """Delivery jobs due by ``now``, oldest first: ``(record pk, attempts so far)``."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT record, attempts FROM outbox WHERE due_at <= ? ORDER BY due_at, record LIMIT ?",
-                (now, limit)).fetchall()
-        return [(r["record"], r["attempts"]) for r in rows]
+    def claim_deliveries(self, owner: str, lease_seconds: float, limit: int) -> list[tuple[int, int]]:
+        """Lease delivery jobs that are due, oldest first: ``(record pk, attempts so far)``."""
+        now = dt.datetime.now(dt.timezone.utc)
+        until = (now + dt.timedelta(seconds=lease_seconds)).isoformat(timespec="milliseconds")
+        stamp = now.isoformat(timespec="milliseconds")
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE record IN ("
+                " SELECT record FROM outbox WHERE due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+                " ORDER BY due_at, record LIMIT ?) RETURNING record, attempts, due_at",
+                (owner, until, stamp, stamp, limit)).fetchall()
+        return [(r[0], r[1]) for r in sorted(rows, key=lambda r: (r[2], r[0]))]
 
     def next_due(self) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT MIN(due_at) FROM outbox").fetchone()
+            row = self._db.execute("SELECT MIN(due_at) FROM outbox WHERE lease_until IS NULL").fetchone()
         return row[0]
+
+    def release_delivery(self, pk: int, owner: str) -> None:
+        """Give a delivery job back untouched (the worker stopped before an outcome)."""
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE record = ? AND lease_owner = ?",
+                       (pk, owner))
+
+    def drop_delivery(self, pk: int) -> None:
+        """Remove a job whose record is no longer waiting for delivery."""
+        with self._tx() as db:
+            db.execute("DELETE FROM outbox WHERE record = ?", (pk,))
 
     def outbox_size(self) -> int:
         with self._lock:
@@ -368,8 +435,8 @@ class Store:
         """Keep the job for another attempt at ``due_at`` (``count``: the attempt counts toward
         the limit); returns the attempts counted so far."""
         with self._tx() as db:
-            db.execute("UPDATE outbox SET attempts = attempts + ?, due_at = ?, last_error = ? WHERE record = ?",
-                       (int(count), due_at, error, pk))
+            db.execute("UPDATE outbox SET attempts = attempts + ?, due_at = ?, last_error = ?,"
+                       " lease_owner = NULL, lease_until = NULL WHERE record = ?", (int(count), due_at, error, pk))
             db.execute("UPDATE records SET attempts = attempts + 1, errors = ?, updated_at = ? WHERE id = ?",
                        (json.dumps([error], ensure_ascii=False), _now(), pk))
             db.execute("INSERT INTO history (record, at, state, detail) VALUES "
@@ -469,7 +536,9 @@ class Store:
                 db.execute(f"UPDATE records SET {reset}, errors = NULL, attempts = 0 WHERE id = ?", (pk,))
                 self._set_state(db, pk, target, f"replay ({stage}) by {actor}", now)
                 if stage == "deliver":
-                    db.execute("INSERT OR REPLACE INTO outbox (record, due_at, attempts) VALUES (?, ?, 0)", (pk, now))
+                    db.execute("INSERT INTO outbox (record, due_at, attempts) VALUES (?, ?, 0) ON CONFLICT (record)"
+                               " DO UPDATE SET due_at = excluded.due_at, attempts = 0, lease_owner = NULL,"
+                               " lease_until = NULL", (pk, now))
                 self._audit(db, "replay", actor, row["record_id"],
                             {"version": row["version"], "from": row["state"], "stage": stage})
                 moved.append((pk, target))

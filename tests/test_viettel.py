@@ -417,7 +417,6 @@ async def test_a_repeated_page_stops_the_poll_and_the_next_poll_finishes(vendor)
 
 async def test_an_empty_page_mid_stream_is_followed(vendor):
     sim, adapter = await vendor(records=7, page_size=3)
-    _, first = await read(adapter)
     sim.faults.empty_next_n = 1
     pages, raws = await read(adapter)
     assert pages[0].records == [] and len(pages) == 4
