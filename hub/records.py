@@ -32,7 +32,7 @@ __all__ = [
     "CommentResult", "Student", "Signatories", "PrimarySubject", "SecondarySubject",
     "TermLevels", "Certificate", "PrimaryTranscript", "SecondaryTranscript",
     "TranscriptRecord", "parse_transcript", "transcript_json_schema", "field_errors",
-    "RuleViolation", "QUALITIES", "GENERAL_COMPETENCIES",
+    "RuleViolation", "FieldError", "QUALITIES", "GENERAL_COMPETENCIES",
 ]
 
 
@@ -224,7 +224,7 @@ class Student(_Model):
     @model_validator(mode="after")
     def _born_in_the_past(self) -> "Student":
         if not dt.date(1990, 1, 1) <= self.birth_date <= dt.date.today():
-            raise ValueError(f"birth_date {self.birth_date.isoformat()} is outside 1990-01-01..today")
+            raise FieldError("birth_date", f"{self.birth_date.isoformat()} is outside 1990-01-01..today")
         return self
 
 
@@ -269,9 +269,9 @@ class SecondarySubject(_Model):
     def _scored_or_commented(self) -> "SecondarySubject":
         scored = self.year_average is not None
         if scored == self.is_comment_only:
-            raise ValueError(
-                f"subject {self.subject_code}: give either year_average (scored) or "
-                "year_comment (Đ/CĐ), exactly one"
+            raise FieldError(
+                "year_average",
+                f"subject {self.subject_code}: give either year_average (scored) or year_comment (Đ/CĐ), exactly one",
             )
         return self
 
@@ -312,11 +312,9 @@ class _Transcript(_Model):
     def _envelope_and_year(self) -> "_Transcript":
         start, end = (int(y) for y in self.school_year.split("-"))
         if end != start + 1:
-            raise ValueError(f"school_year {self.school_year} must span two consecutive years")
+            raise FieldError("school_year", f"{self.school_year} must span two consecutive years")
         if not self.school_code.startswith(self.department_code):
-            raise ValueError(
-                f"school_code {self.school_code} must start with department_code {self.department_code}"
-            )
+            raise FieldError("school_code", f"{self.school_code} must start with department_code {self.department_code}")
         return self
 
 
@@ -334,18 +332,18 @@ class PrimaryTranscript(_Transcript):
     @model_validator(mode="after")
     def _primary_rules(self) -> "PrimaryTranscript":
         if not 1 <= self.grade <= 5:
-            raise ValueError(f"grade {self.grade} is not a primary grade (1-5)")
+            raise FieldError("grade", f"{self.grade} is not a primary grade (1-5)")
         missing = [q for q in QUALITIES if q not in self.qualities]
         if missing:
-            raise ValueError(f"qualities: missing {', '.join(missing)}")
+            raise FieldError("qualities", f"missing {', '.join(missing)}")
         unknown = sorted(set(self.qualities) - set(QUALITIES))
         if unknown:
-            raise ValueError(f"qualities: unknown {', '.join(unknown)}")
+            raise FieldError("qualities", f"unknown {', '.join(unknown)}")
         missing = [c for c in GENERAL_COMPETENCIES if c not in self.competencies]
         if missing:
-            raise ValueError(f"competencies: missing {', '.join(missing)}")
+            raise FieldError("competencies", f"missing {', '.join(missing)}")
         if self.completed_primary_program is not None and self.grade != 5:
-            raise ValueError("completed_primary_program is only stated in grade 5")
+            raise FieldError("completed_primary_program", "is only stated in grade 5")
         return self
 
 
@@ -363,7 +361,7 @@ class SecondaryTranscript(_Transcript):
     def _secondary_rules(self) -> "SecondaryTranscript":
         grades = range(6, 10) if self.level == SchoolLevel.LOWER_SECONDARY else range(10, 13)
         if self.grade not in grades:
-            raise ValueError(f"grade {self.grade} does not belong to school level {self.level.value}")
+            raise FieldError("grade", f"{self.grade} does not belong to school level {self.level.value}")
         for period in ("term1", "term2", "year"):
             stated = getattr(self.learning, period)
             if stated is not None:
@@ -386,13 +384,20 @@ class SecondaryTranscript(_Transcript):
         return self
 
 
-class RuleViolation(ValueError):
+class FieldError(ValueError):
+    """A check that spans several fields, reported against the one to fix (``field``)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+class RuleViolation(FieldError):
     """A stated result that contradicts the record's own data; ``rule`` names the rule."""
 
     def __init__(self, rule: str, message: str, field: str):
         self.rule = rule
-        self.field = field
-        super().__init__(f"rule {rule}: {message}")
+        super().__init__(field, f"rule {rule}: {message}")
 
 
 def check_learning_result(subjects: list[SecondarySubject], period: str, stated: SecondaryLevel) -> None:
@@ -484,8 +489,9 @@ def field_errors(error: ValidationError) -> list[str]:
         for part in loc:
             path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)
         cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, RuleViolation):
-            path = cause.field
+        if isinstance(cause, FieldError):
+            # A model-level check: name the field to fix, under the model's own path.
+            path = f"{path}.{cause.field}" if path else cause.field
         elif err["type"] == "school_level":
             path = "level"
         message = err["msg"].removeprefix("Value error, ")

@@ -246,9 +246,9 @@ class _Kit:
             await adapter.close()
 
     async def read(self, sim: Simulator, cursor: str | None = None, *,
-                   after_page: Callable[[int], None] | None = None, **patch: Any) -> _Read:
+                   after_page: Callable[[int], None] | None = None) -> _Read:
         """One pull with a fresh adapter, as a restarted hub would do it."""
-        async with self.adapter(sim, **patch) as adapter:
+        async with self.adapter(sim) as adapter:
             pages: list[Page] = []
             async for page in adapter.fetch(cursor):
                 _expect(isinstance(page, Page), f"fetch() yielded {type(page).__name__}, not a Page")
@@ -402,7 +402,9 @@ class _Kit:
 
             def only_unchanged_again(result: _Read, changed: list[str], what: str) -> None:
                 again = {i: p for i, p in result.payloads().items() if i not in changed}
-                altered = [i for i, p in again.items() if known.get(i) != p]
+                strangers = [i for i in again if i not in known]
+                _expect(not strangers, f"{what}: {len(strangers)} id(s) the full read never returned: {_few(strangers)}")
+                altered = [i for i, p in again.items() if known[i] != p]
                 _expect(not altered, f"{what}: {len(altered)} record(s) that did not change came back "
                                      f"different: {_few(altered)}")
                 # A cursor may be inclusive: records at its very instant come again, unchanged,
@@ -652,13 +654,18 @@ async def run_conformance_async(adapter: str | type[Adapter], *, settings_overri
         raise ConformanceError(f"adapter {name!r} does not fetch: the kit covers pull adapters")
     sim_cls = simulator or _simulator_of(cls)
     extra = _settings_from_config(config_path, name) if config_path else {}
-    wanted = set(checks) if checks is not None else None
+    wanted = ({checks} if isinstance(checks, str) else set(checks)) if checks is not None else None
     unknown = (wanted or set()) - set(CHECKS) - {c.split(".")[0] for c in CHECKS}
     if unknown:
         raise ConformanceError(f"unknown check(s) {', '.join(sorted(unknown))} (checks: {', '.join(CHECKS)})")
     report = ConformanceReport(name, f"{sim_cls.__module__}:{sim_cls.__qualname__}")
     with tempfile.TemporaryDirectory(prefix="hocba-conformance-") as data_dir:
-        kit = _Kit(name, cls, sim_cls, extra=extra, overrides=dict(settings_overrides or {}), data_dir=Path(data_dir))
+        try:
+            kit = _Kit(name, cls, sim_cls, extra=extra, overrides=dict(settings_overrides or {}),
+                       data_dir=Path(data_dir))
+        except Exception as exc:
+            raise ConformanceError(f"{report.simulator}(records=0, invalid=0, seed={SEED}) failed: "
+                                   f"{type(exc).__name__}: {exc}") from exc
         selected = [(n, c) for n, c in _CHECKS if wanted is None or n in wanted or n.split(".")[0] in wanted]
         report.rows = list(await asyncio.gather(*(_run_one(n, lambda c=c: c(kit), timeout) for n, c in selected)))
     return report

@@ -48,9 +48,9 @@ class VnptFaults(Faults):
     """The standard switches (``hub.contracts.Faults``) plus this vendor's own misbehaviour.
 
     Unlike the base contract, every ``*_next_n`` here counts down on every request, the token
-    endpoint too, in the order listed (``outage``, drop, stall, 5xx, 429, HTML, truncate): the
-    token endpoint is where a real vnEdu-style server fails first, and a test can still
-    predict exactly which request fails.
+    endpoint too (where a real vnEdu-style server fails first), checked in this order:
+    ``outage``, drop, stall, 5xx, 429, HTML, truncate; a test can still predict exactly which
+    request fails.
     """
     stall_next_n: int = 0              # hang for ``stall_seconds`` (longer than a client timeout)
     stall_seconds: float = 30.0
