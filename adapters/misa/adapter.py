@@ -39,7 +39,7 @@ AUTH_HINTS = {
     "INVALID_API_KEY": "check api_key",
     "INVALID_SIGNATURE": "check api_secret",
     "STALE_TIMESTAMP": "check the hub's clock (NTP): X-Timestamp must be within 5 minutes of the server's",
-    "REPLAYED_NONCE": "a nonce was reused; report this, it is a bug",
+    "REPLAYED_NONCE": "the server kept refusing fresh nonces as replays; report this to the vendor",
     "MISSING_AUTH": "the request lacked a signature header; report this, it is a bug",
 }
 
@@ -163,6 +163,12 @@ class MisaAdapter(Adapter):
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
                 headers={"User-Agent": "hocba-hub misa-adapter", "Accept": "application/json"},
             )
+            # aiohttp silently resends an idempotent request once when a connection drops, with
+            # the same headers, hence the same nonce, which the server must refuse as a replay.
+            # Our own retries sign every attempt afresh, so that resend is switched off (there is
+            # no public switch; REPLAYED_NONCE is also retried below in case this one goes away).
+            if hasattr(self._http, "_retry_connection"):
+                self._http._retry_connection = False
 
     async def close(self) -> None:
         if self._http is not None:
@@ -214,6 +220,10 @@ class MisaAdapter(Adapter):
         if status >= 500:
             # A 503 with Retry-After is a planned outage: its own estimate beats our backoff.
             raise _Transient(f"HTTP {status}", retry_after if status == 503 else None)
+        if status == 401 and self._error(status, body)[0] == "REPLAYED_NONCE":
+            # Only a transport-level resend of our own request can repeat a nonce; the next
+            # attempt carries a fresh one.
+            raise _Transient("401 REPLAYED_NONCE (a resent request)")
         return status, content_type, body
 
     def _wait(self, retry_state) -> float:
@@ -553,13 +563,11 @@ def to_central(record: Any) -> dict[str, Any]:
         out["learning"] = _map(_object(evaluation, "learningResult", "evaluation"), "evaluation.learningResult", TERMS)
         out["conduct"] = _map(_object(evaluation, "conduct", "evaluation"), "evaluation.conduct", TERMS)
         if evaluation.get("certificates") is not None:
-            out["certificates"] = [
-                _map(c, f"evaluation.certificates[{i}]", CERTIFICATE) if isinstance(c, dict)
-                else _fail(f"evaluation.certificates[{i}] is not an object")
-                for i, c in enumerate(_list(evaluation["certificates"], "evaluation.certificates"))
-            ]
+            certificates = []
+            for i, certificate in enumerate(_list(evaluation["certificates"], "evaluation.certificates")):
+                where = f"evaluation.certificates[{i}]"
+                if not isinstance(certificate, dict):
+                    raise ValueError(f"{where} is not an object")
+                certificates.append(_map(certificate, where, CERTIFICATE))
+            out["certificates"] = certificates
     return out
-
-
-def _fail(message: str) -> Any:
-    raise ValueError(message)

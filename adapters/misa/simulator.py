@@ -62,6 +62,7 @@ class MisaFaults(Faults):
     repeat_next_n: int = 0            # the previous answer again, byte for byte (token included)
     empty_next_n: int = 0             # no records, hasMore=true, a re-issued token at the same place
     missing_id_next_n: int = 0        # the page's first record has no ``id``
+    drop_after_auth_next_n: int = 0   # accept the signature (the nonce is spent), then close the socket
 
 
 def _date(iso: str | None) -> str | None:
@@ -207,8 +208,8 @@ class MisaSimulator(Simulator):
         self.requests: Counter[str] = Counter()
         self.log: list[tuple[str, str, int]] = []
         self.auth_failures: list[str] = []
-        self.nonces: list[str] = []
-        """Every nonce accepted, in order (each may be used once)."""
+        self.nonces: list[str | None] = []
+        """The X-Nonce of every request received, in order, faulted ones included."""
         self.defects: dict[str, tuple[str, str]] = {}
         """id of each deliberately invalid record → (defect kind, central field it breaks)."""
         self._seen_nonces: dict[str, float] = {}
@@ -274,6 +275,9 @@ class MisaSimulator(Simulator):
         self._bump(row)
         return row.source_id
 
+    def expire_tokens(self) -> None:
+        """Nothing to expire: the contract has no tokens, every request is signed (see ``rotate_secret``)."""
+
     def expire_continuation_tokens(self) -> None:
         """Forget every continuation token issued so far: they answer ``410`` from now on."""
         self._token_epoch += 1
@@ -317,6 +321,7 @@ class MisaSimulator(Simulator):
     @web.middleware
     async def _faults_middleware(self, request: web.Request, handler) -> web.StreamResponse:
         self.requests[request.path] += 1
+        self.nonces.append(request.headers.get("X-Nonce"))
         f = self.faults
         if f.slow_seconds:
             await asyncio.sleep(f.slow_seconds)
@@ -374,7 +379,6 @@ class MisaSimulator(Simulator):
         if nonce in self._seen_nonces:
             return self._refuse("REPLAYED_NONCE", "Nonce đã được dùng")
         self._seen_nonces[nonce] = now
-        self.nonces.append(nonce)
         return None
 
     # Token: base64url(JSON [seq, epoch, serial]) "." HMAC — opaque to clients, tamper-evident,
@@ -404,6 +408,12 @@ class MisaSimulator(Simulator):
         if refused is not None:
             return refused
         f, query = self.faults, request.query
+        if f.drop_after_auth_next_n > 0:
+            f.drop_after_auth_next_n -= 1
+            self.log.append((request.method, request.path_qs, 0))
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError()
         try:
             size = int(query.get("limit", "100"))
         except ValueError:
