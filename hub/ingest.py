@@ -8,8 +8,8 @@ acknowledge a page only after its commit.
 
 Answers: ``202`` committed (or unchanged); ``400`` the body is malformed (nothing stored);
 ``401`` the sender is not authenticated (nothing stored); ``404`` no push adapter by that
-name; ``413`` the body is larger than the adapter accepts; ``503`` the store could not commit
-(retry later).
+name; ``413`` the body is larger than the adapter accepts; ``503`` the adapter is paused by an
+operator or the store could not commit (retry later).
 """
 
 from __future__ import annotations
@@ -71,6 +71,12 @@ def ingest_routes(hub: "Hub") -> list[Route]:
         adapter: Any = hub.adapters.get(name)
         if not isinstance(adapter, PushReceiver):
             return _error(404, "unknown_adapter", f"no adapter named {name!r} receives pushes here")
+        if name in await hub._db(hub.store.paused):
+            # An operator paused this source (e.g. it sends garbage): the sender keeps its records
+            # and retries, as a paused pull adapter's records wait at the vendor.
+            response = _error(503, "paused", f"adapter {name!r} is paused by an operator; retry later")
+            response.headers["Retry-After"] = "60"
+            return response
         limit = int(getattr(adapter, "max_push_bytes", DEFAULT_MAX_BYTES))
         declared = request.headers.get("content-length", "")
         too_big = {"error": "too_large", "detail": f"the body must be at most {limit} bytes"}

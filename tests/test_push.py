@@ -327,6 +327,20 @@ async def test_unknown_or_non_push_adapter_is_404(running, vendor, name):
 
 
 @over_http
+async def test_a_paused_adapter_refuses_with_503_until_resumed(running, vendor):
+    sim = await vendor()
+    running.hub.store.set_paused(NAME, True, "test")
+    try:
+        before = running.versions()
+        answer = await sim.send(running.url, envelope("while-paused"))
+        assert answer.status == 503 and answer.body["error"] == "paused"
+        assert running.versions() == before
+    finally:
+        running.hub.store.set_paused(NAME, False, "test")
+    assert (await sim.send(running.url, envelope("while-paused"))).status == 202
+
+
+@over_http
 async def test_only_post_is_allowed(running):
     async with aiohttp.ClientSession() as http:
         async with http.get(running.url) as response:
@@ -351,6 +365,10 @@ def test_settings_need_a_real_secret_and_keep_it_out_of_reprs():
     settings = PushAdapter.Settings(secret=SECRET)
     assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())
     assert settings.replay_window_seconds == 300
+    # An unset rotation variable (``${OLD:-}``) must not become an empty, forgeable key.
+    assert PushAdapter.Settings(secret=SECRET, previous_secret=" ").previous_secret is None
+    with pytest.raises(ValidationError):
+        PushAdapter.Settings(secret=SECRET, previous_secret="short")
 
 
 def test_signature_is_hmac_sha256_over_timestamp_dot_body():

@@ -221,7 +221,7 @@ async def test_bad_rows_are_refused_and_invalid_ones_sent_on_both_reported(drop)
     twin_a = row_from_central(transcript(16, 6))                      # rows 9 and 10: the same student twice
     twin_b = dict(twin_a, **{"Họ và tên": "Someone Else"})
     recalled = dict(row_from_central(transcript(20, 6)), **{"Thu hồi": "x"})  # row 11
-    headers = ["STT", *rows[0]]
+    headers = ["STT", *rows[0], "Thu hồi"]
     path = write_csv(drop / "5a.csv", headers, [
         {**r, "STT": str(i)} for i, r in enumerate(rows, start=1)
     ] + [["99", *short], broken, nameless, twin_a, twin_b, recalled])
@@ -316,22 +316,23 @@ async def test_temporary_hidden_and_other_files_are_left_alone(drop):
 
 async def test_a_file_is_read_only_once_size_and_mtime_have_settled(drop):
     now = [1000.0]
-    adapter = await opened(drop, settle_seconds=30)   # longer than a pull waits: the clock decides
+    # Every remaining wait below is longer than a pull waits in real time: the fake clock decides.
+    adapter = await opened(drop, settle_seconds=100)
     adapter._clock = lambda: now[0]
     rows = list(iter_rows([transcript(0), transcript(1)]))
     path = write_csv(drop / "lop.csv", PRIMARY, rows[:1])
     # A copy that keeps the source's old mtime must still wait: age alone proves nothing.
     os.utime(path, (time.time() - 86400, time.time() - 86400))
     assert (await read(adapter))[0] == []
-    now[0] += 20
+    now[0] += 50
     assert (await read(adapter))[0] == []
     with path.open("a", encoding="utf-8", newline="") as out:   # the copy goes on
         csv.writer(out).writerow([rows[1].get(h, "") for h in PRIMARY])
-    now[0] += 20
+    now[0] += 50
     assert (await read(adapter))[0] == []                       # changed: the wait starts again
-    now[0] += 29
+    now[0] += 80
     assert (await read(adapter))[0] == []
-    now[0] += 1
+    now[0] += 20
     pages, raws = await read(adapter)
     assert len(pages) == 1 and len(raws) == 2
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from hub.contracts import Adapter, PluginContext, PluginSettings, RawRecord
 
@@ -42,12 +42,21 @@ class PushSettings(PluginSettings):
     """The ``settings`` of a ``push`` adapter in the hub's YAML."""
     secret: SecretStr = Field(min_length=16, description="Shared HMAC-SHA256 key; use ${ENV_VAR}")
     previous_secret: SecretStr | None = Field(
-        default=None, description="The key being rotated out: still accepted until removed")
+        default=None, min_length=16, description="The key being rotated out: still accepted until removed")
     replay_window_seconds: int = Field(
         default=300, ge=10, le=3600, description="Pushes signed longer ago (or later) than this are refused")
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="Larger bodies get 413 unread")
     max_records: int = Field(default=500, ge=1, le=10_000, description="Records in one push, at most")
+
+    @field_validator("previous_secret", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        # ``${OLD_SECRET:-}`` expands to "" when no rotation is under way; an empty key would let
+        # anyone sign, so blank means "no previous secret", never "the empty secret".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
 
 def sign(secret: str | bytes, timestamp: str | int, body: bytes) -> str:

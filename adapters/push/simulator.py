@@ -161,6 +161,7 @@ class PushSimulator(Simulator):
 
     async def send_oversized(self, url: str, size: int) -> Sent:
         """A correctly signed JSON array padded to ``size`` bytes."""
-        filler = "x" * max(0, size - 64)
+        empty = json.dumps([{"source_id": "padding", "transcript": {"padding": ""}}]).encode()
+        filler = "x" * max(0, size - len(empty))
         body = json.dumps([{"source_id": "padding", "transcript": {"padding": filler}}]).encode()
         return await self.send_raw(url, body, self.headers(body))

@@ -55,7 +55,7 @@ class Column:
     """One template column: its header, the central field it fills and what goes in the cell."""
     header: str
     field: str | None            # central-format path; None: read by fetch, not content
-    note: str
+    note: str                    # how to fill the cell, in Vietnamese (the template's Hướng dẫn sheet)
     text: bool = False           # a code with leading zeros: the XLSX template formats it as Text
     aliases: tuple[str, ...] = ()
     blank_is_default: bool = False  # a blank cell leaves the central default (stated in ``note``)
@@ -66,40 +66,40 @@ RECALL = "Thu hồi"
 IDENTITY = ("Mã trường", "Mã học sinh", "Năm học")   # the row's stable source id
 
 COMMON_COLUMNS: tuple[Column, ...] = (
-    Column(ROW_NUMBER, None, "Số thứ tự; not read (rows are identified by the source id)"),
-    Column("Mã sở GD&ĐT", "department_code", "2–3 digits, e.g. 01", text=True, aliases=("Mã sở",)),
-    Column("Mã trường", "school_code", "8–12 digits, starts with the department code", text=True),
-    Column("Tên trường", "school_name", "school name"),
+    Column(ROW_NUMBER, None, "Số thứ tự; không đọc (mỗi dòng nhận diện bằng Mã trường + Mã học sinh + Năm học)"),
+    Column("Mã sở GD&ĐT", "department_code", "2–3 chữ số, ví dụ 01", text=True, aliases=("Mã sở",)),
+    Column("Mã trường", "school_code", "8–12 chữ số, bắt đầu bằng mã sở", text=True),
+    Column("Tên trường", "school_name", "tên trường"),
     Column("Cấp học", "level", "02 / Tiểu học, 03 / THCS, 04 / THPT", text=True),
     Column("Khối", "grade", "1–12"),
-    Column("Lớp", "class_name", "class name, e.g. 5A", aliases=("Tên lớp",)),
-    Column("Năm học", "school_year", "yyyy-yyyy, e.g. 2024-2025"),
-    Column("Mã định danh học bạ", "transcript_id", "the transcript's id", text=True),
-    Column("Trạng thái học bạ", "status", "blank: 1", blank_is_default=True),
-    Column("Mã học sinh", "student.student_code", "the school software's student code", text=True,
+    Column("Lớp", "class_name", "tên lớp, ví dụ 5A", aliases=("Tên lớp",)),
+    Column("Năm học", "school_year", "yyyy-yyyy, ví dụ 2024-2025"),
+    Column("Mã định danh học bạ", "transcript_id", "mã định danh của học bạ", text=True),
+    Column("Trạng thái học bạ", "status", "để trống: 1", blank_is_default=True),
+    Column("Mã học sinh", "student.student_code", "mã học sinh trong phần mềm quản lý trường", text=True,
            aliases=("Mã HS",)),
-    Column("Số định danh cá nhân", "student.personal_id", "12 digits", text=True,
+    Column("Số định danh cá nhân", "student.personal_id", "12 chữ số", text=True,
            aliases=("Số định danh", "Mã định danh cá nhân")),
-    Column("Họ và tên", "student.full_name", "full name", aliases=("Họ tên", "Họ tên học sinh")),
-    Column("Ngày sinh", "student.birth_date", "dd/MM/yyyy (or a date cell)", aliases=("Ngày tháng năm sinh",)),
-    Column("Giới tính", "student.gender", "Nam / Nữ (or 1 / 2)"),
-    Column("Dân tộc", "student.ethnicity", "e.g. Kinh"),
-    Column("Quốc tịch", "student.nationality", "e.g. Việt Nam"),
-    Column("Họ tên cha", "student.father_name", "optional"),
-    Column("Họ tên mẹ", "student.mother_name", "optional"),
-    Column("Họ tên người giám hộ", "student.guardian_name", "optional"),
-    Column("Đối tượng chính sách", "student.policy_group", "optional"),
-    Column("Khuyết tật không đánh giá", "student.disability_not_assessed", "Có / Không (x = Có); blank: Không",
+    Column("Họ và tên", "student.full_name", "họ và tên học sinh", aliases=("Họ tên", "Họ tên học sinh")),
+    Column("Ngày sinh", "student.birth_date", "dd/MM/yyyy (hoặc ô kiểu ngày)", aliases=("Ngày tháng năm sinh",)),
+    Column("Giới tính", "student.gender", "Nam / Nữ (hoặc 1 / 2)"),
+    Column("Dân tộc", "student.ethnicity", "ví dụ Kinh"),
+    Column("Quốc tịch", "student.nationality", "ví dụ Việt Nam"),
+    Column("Họ tên cha", "student.father_name", "không bắt buộc"),
+    Column("Họ tên mẹ", "student.mother_name", "không bắt buộc"),
+    Column("Họ tên người giám hộ", "student.guardian_name", "không bắt buộc"),
+    Column("Đối tượng chính sách", "student.policy_group", "không bắt buộc"),
+    Column("Khuyết tật không đánh giá", "student.disability_not_assessed", "Có / Không (x = Có); để trống: Không",
            blank_is_default=True),
-    Column("Họ tên GVCN", "signatories.homeroom_teacher_name", "homeroom teacher", aliases=("GVCN",)),
-    Column("Số định danh GVCN", "signatories.homeroom_teacher_personal_id", "12 digits", text=True),
-    Column("Họ tên hiệu trưởng", "signatories.principal_name", "principal", aliases=("Hiệu trưởng",)),
-    Column("Số định danh hiệu trưởng", "signatories.principal_personal_id", "12 digits", text=True),
-    Column("Chức vụ người ký", "signatories.principal_title", "blank: Hiệu trưởng", aliases=("Chức vụ",),
+    Column("Họ tên GVCN", "signatories.homeroom_teacher_name", "họ tên giáo viên chủ nhiệm", aliases=("GVCN",)),
+    Column("Số định danh GVCN", "signatories.homeroom_teacher_personal_id", "12 chữ số", text=True),
+    Column("Họ tên hiệu trưởng", "signatories.principal_name", "họ tên hiệu trưởng", aliases=("Hiệu trưởng",)),
+    Column("Số định danh hiệu trưởng", "signatories.principal_personal_id", "12 chữ số", text=True),
+    Column("Chức vụ người ký", "signatories.principal_title", "để trống: Hiệu trưởng", aliases=("Chức vụ",),
            blank_is_default=True),
     Column("Ngày ký", "signatories.issue_date", "dd/MM/yyyy"),
-    Column("Địa danh", "signatories.issue_place", "place of issue, e.g. Hà Nội"),
-    Column(RECALL, None, "x / Có: the school recalls this transcript (sent as CANCEL)"),
+    Column("Địa danh", "signatories.issue_place", "nơi cấp, ví dụ Hà Nội"),
+    Column(RECALL, None, "x / Có: trường thu hồi học bạ này (gửi sự kiện CANCEL)"),
 )
 
 PRIMARY_COLUMNS: tuple[Column, ...] = (
@@ -111,17 +111,17 @@ PRIMARY_COLUMNS: tuple[Column, ...] = (
     Column("Tự chủ và tự học", "competencies.tu_chu_tu_hoc", "T / Đ / C"),
     Column("Giao tiếp và hợp tác", "competencies.giao_tiep_hop_tac", "T / Đ / C"),
     Column("Giải quyết vấn đề và sáng tạo", "competencies.giai_quyet_van_de_sang_tao", "T / Đ / C"),
-    Column("Năng lực ngôn ngữ", "competencies.ngon_ngu", "T / Đ / C; blank: not assessed"),
-    Column("Năng lực tính toán", "competencies.tinh_toan", "T / Đ / C; blank: not assessed"),
-    Column("Năng lực khoa học", "competencies.khoa_hoc", "T / Đ / C; blank: not assessed"),
-    Column("Năng lực công nghệ", "competencies.cong_nghe", "T / Đ / C; blank: not assessed"),
-    Column("Năng lực tin học", "competencies.tin_hoc", "T / Đ / C; blank: not assessed"),
-    Column("Năng lực thẩm mĩ", "competencies.tham_my", "T / Đ / C; blank: not assessed"),
-    Column("Năng lực thể chất", "competencies.the_chat", "T / Đ / C; blank: not assessed"),
+    Column("Năng lực ngôn ngữ", "competencies.ngon_ngu", "T / Đ / C; để trống: không đánh giá"),
+    Column("Năng lực tính toán", "competencies.tinh_toan", "T / Đ / C; để trống: không đánh giá"),
+    Column("Năng lực khoa học", "competencies.khoa_hoc", "T / Đ / C; để trống: không đánh giá"),
+    Column("Năng lực công nghệ", "competencies.cong_nghe", "T / Đ / C; để trống: không đánh giá"),
+    Column("Năng lực tin học", "competencies.tin_hoc", "T / Đ / C; để trống: không đánh giá"),
+    Column("Năng lực thẩm mĩ", "competencies.tham_my", "T / Đ / C; để trống: không đánh giá"),
+    Column("Năng lực thể chất", "competencies.the_chat", "T / Đ / C; để trống: không đánh giá"),
     Column("Hoàn thành chương trình lớp học", "completed_grade_program", "Có / Không"),
-    Column("Hoàn thành chương trình tiểu học", "completed_primary_program", "Có / Không; grade 5 only"),
+    Column("Hoàn thành chương trình tiểu học", "completed_primary_program", "Có / Không; chỉ ghi ở lớp 5"),
     Column("Được lên lớp", "promoted", "Có / Không"),
-    Column("Khen thưởng", "awards", "awards separated by ;"),
+    Column("Khen thưởng", "awards", "các khen thưởng, cách nhau bởi ;"),
 )
 
 SECONDARY_COLUMNS: tuple[Column, ...] = (
@@ -131,9 +131,9 @@ SECONDARY_COLUMNS: tuple[Column, ...] = (
     Column("Rèn luyện HK1", "conduct.term1", "T / K / Đ / CĐ"),
     Column("Rèn luyện HK2", "conduct.term2", "T / K / Đ / CĐ"),
     Column("Rèn luyện CN", "conduct.year", "T / K / Đ / CĐ"),
-    Column("Số ngày nghỉ", "days_absent", "whole days, 0 if none"),
+    Column("Số ngày nghỉ", "days_absent", "số ngày, ghi 0 nếu không nghỉ"),
     Column("Được lên lớp", "promoted", "Có / Không"),
-    Column("Chứng chỉ", "certificates", "Tên | dd/MM/yyyy | Nơi cấp; several separated by ;"),
+    Column("Chứng chỉ", "certificates", "Tên | dd/MM/yyyy | Nơi cấp; nhiều chứng chỉ cách nhau bởi ;"),
 )
 
 # Subject catalogues (Chương trình GDPT 2018): column name → subject code, in template order.
@@ -154,15 +154,18 @@ SECONDARY_COMMENT_SUBJECTS = {
     "Giáo dục thể chất": "GDTC", "Nghệ thuật": "NT", "Âm nhạc": "AN", "Mĩ thuật": "MT",
     "Hoạt động trải nghiệm, hướng nghiệp": "HDTN",
 }
+# Both spellings are in use (old and new tone placement, i/y): a school may type either.
+ALTERNATE_SPELLINGS = {"Hóa học": "Hoá học", "Mỹ thuật": "Mĩ thuật", "Vật lý": "Vật lí", "Địa lý": "Địa lí",
+                       "Lịch sử và Địa lý": "Lịch sử và Địa lí"}
 PRIMARY_MEASURES = {"Mức đạt HK1": "term1_level", "Mức đạt CN": "year_level",
                     "Điểm KTĐK HK1": "term1_score", "Điểm KTĐK CN": "year_score", "Nhận xét": "comment"}
 SCORED_MEASURES = {"ĐTB HK1": "term1_average", "ĐTB HK2": "term2_average", "ĐTB CN": "year_average"}
 COMMENT_MEASURES = {"KQ HK1": "term1_comment", "KQ HK2": "term2_comment", "KQ CN": "year_comment"}
 SECONDARY_MEASURES = {**SCORED_MEASURES, **COMMENT_MEASURES}
 MEASURE_NOTES = {
-    "Mức đạt HK1": "T / H / C", "Mức đạt CN": "T / H / C", "Điểm KTĐK HK1": "1–10, tested subjects",
-    "Điểm KTĐK CN": "1–10, tested subjects", "Nhận xét": "teacher's comment",
-    "ĐTB HK1": "0–10, one decimal (8,5 or 8.5)", "ĐTB HK2": "0–10, one decimal", "ĐTB CN": "0–10, one decimal",
+    "Mức đạt HK1": "T / H / C", "Mức đạt CN": "T / H / C", "Điểm KTĐK HK1": "1–10, môn có kiểm tra định kỳ",
+    "Điểm KTĐK CN": "1–10, môn có kiểm tra định kỳ", "Nhận xét": "nhận xét của giáo viên",
+    "ĐTB HK1": "0–10, một chữ số thập phân (8,5 hoặc 8.5)", "ĐTB HK2": "0–10, một chữ số thập phân", "ĐTB CN": "0–10, một chữ số thập phân",
     "KQ HK1": "Đ / CĐ", "KQ HK2": "Đ / CĐ", "KQ CN": "Đ / CĐ",
 }
 LEVEL_NAMES = {"tiểu học": "02", "th": "02", "trung học cơ sở": "03", "thcs": "03",
@@ -243,7 +246,11 @@ def _catalogue(level: str, extra: dict[str, str]) -> dict[str, tuple[str, str]]:
     else:
         names = {**SECONDARY_SCORED_SUBJECTS, **SECONDARY_COMMENT_SUBJECTS}
     names.update(extra)
-    return {_key(name): (_clean(name), code) for name, code in names.items()}
+    out = {_key(name): (_clean(name), code) for name, code in names.items()}
+    for alternate, canonical in ALTERNATE_SPELLINGS.items():
+        if canonical in names and _key(alternate) not in out:
+            out[_key(alternate)] = (canonical, names[canonical])
+    return out
 
 
 def resolve_header(header: str, extra_subjects: dict[str, str] | None = None) -> _Fixed | _Subject:
@@ -353,6 +360,10 @@ def to_central(row: dict[str, Any], extra_subjects: dict[str, str] | None = None
         _set(out, path, value)
     kept = [code for code, entry in subjects.items()
             if any(str(v).strip() for k, v in entry.items() if k not in ("subject_code", "subject_name"))]
+    # The catalogue's order, not the sheet's: the payload's keys are sorted (so reordered columns
+    # are not a new version), and a transcript lists its subjects in the Ministry's order.
+    rank = {key: i for i, key in enumerate(_catalogue(shape, {}))}
+    kept.sort(key=lambda code: rank.get(_key(subjects[code]["subject_name"]), len(rank)))
     if kept:
         out["subjects"] = [subjects[code] for code in kept]
         for i, code in enumerate(kept):
@@ -480,6 +491,9 @@ def _read_xlsx(data: bytes) -> _Table:
     book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     try:
         sheet = book.worksheets[0]
+        # Read-only mode trusts the dimension the writing program recorded; some exporters record
+        # a wrong one, and rows past it would vanish silently. Read every row that is there.
+        sheet.reset_dimensions()
         for number, cells in enumerate(sheet.iter_rows(), start=1):
             row = []
             for cell in cells:
@@ -496,9 +510,10 @@ def _read_xlsx(data: bytes) -> _Table:
 def _read_csv(data: bytes, encoding: str, delimiter: str | None) -> _Table:
     text = data.decode(encoding)
     if delimiter is None:
-        # Excel in a Vietnamese locale separates with ';' (the comma is the decimal mark).
-        first = next((line for line in text.splitlines() if line.strip()), "")
-        delimiter = max((",", ";", "\t"), key=first.count)
+        # Excel in a Vietnamese locale separates with ';' (the comma is the decimal mark). The
+        # header is the widest of the first lines; a title row above it may hold a stray comma.
+        head = text.splitlines()[:HEADER_SEARCH_ROWS]
+        delimiter = max((",", ";", "\t"), key=lambda d: max((line.count(d) for line in head), default=0))
     table = _Table(strict_width=True)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     for number, cells in enumerate(reader, start=1):
@@ -659,6 +674,7 @@ class SpreadsheetAdapter(Adapter):
     def __init__(self, settings: PluginSettings, context: PluginContext):
         super().__init__(settings, context)
         self._observed: dict[str, tuple[int, int, float]] = {}   # name → (size, mtime_ns, stable since)
+        self._clock = time.monotonic  # settling is measured on this clock (tests substitute one)
 
     @property
     def _extra_subjects(self) -> dict[str, str]:
@@ -701,7 +717,7 @@ class SpreadsheetAdapter(Adapter):
 
     def _scan(self) -> tuple[list[Path], float | None]:
         """Files settled now (oldest first), and seconds until the next unsettled one may be."""
-        now = time.monotonic()
+        now = self._clock()
         settle = self.settings.settle_seconds
         ready: list[tuple[int, str, Path]] = []
         wait: float | None = None

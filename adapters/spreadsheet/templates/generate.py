@@ -74,7 +74,7 @@ def main() -> None:
     # Examples: a primary class as CSV, a secondary one as XLSX, one row payload as fetch stores it.
     primary = [transcript(i, seed=11) for i in range(0, 12, 4)]
     secondary = [transcript(i, seed=11) for i in range(3, 15, 4)]
-    broken, _, _ = invalid_transcript(0, seed=11, kind="personal_id")
+    broken, _, _ = invalid_transcript(12, seed=11, kind="personal_id")  # a fourth student
     write_csv(EXAMPLES / "lop_tieu_hoc.csv", "primary", list(iter_rows(primary + [broken])))
     write_xlsx(EXAMPLES / "lop_trung_hoc.xlsx", "secondary", list(iter_rows(secondary)))
     row = next(iter_rows(primary))
