@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +139,19 @@ class Adapter(ABC):
         """
         raise NotImplementedError
 
+    def verify_push(self, headers: Mapping[str, str], body: bytes) -> None:
+        """For a push source: raise ``PermissionError`` (a reason safe to show the sender)
+        unless the request to ``POST /ingest/{name}`` is authentic and fresh. Runs before
+        the body is parsed; nothing of a refused request is stored."""
+        raise NotImplementedError
+
+    def parse_push(self, body: bytes) -> list[RawRecord]:
+        """For a push source: the body as raw records, or ``ValueError`` naming what is wrong."""
+        raise NotImplementedError
+
+    max_push_bytes: int = 1024 * 1024
+    """For a push source: larger bodies are refused (413) without being read."""
+
     async def deliver(self, delivery: Delivery) -> Receipt:
         """Send a signed transcript. Raise ``DeliveryError`` on failure; do not retry (the hub's
         outbox owns the retry policy)."""
@@ -162,7 +175,7 @@ class Adapter(ABC):
 
     @classmethod
     def can(cls, capability: str) -> bool:
-        """Whether the class implements ``fetch``, ``normalize`` or ``deliver``."""
+        """Whether the class implements ``fetch``, ``normalize``, ``verify_push`` or ``deliver``."""
         return getattr(cls, capability) is not getattr(Adapter, capability)
 
 
@@ -267,6 +280,10 @@ class Simulator(ABC):
 
     def expire_tokens(self) -> None:
         """Revoke every credential issued so far (for auth-expiry tests); no-op without tokens."""
+
+    async def feed(self, hub_url: str, instance: str) -> None:
+        """For a source the hub does not pull from (a pushing vendor): send the seeded records
+        to the running hub at ``hub_url`` as adapter instance ``instance``. No-op otherwise."""
 
     @abstractmethod
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:

@@ -51,7 +51,8 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-async def start_simulators(config: HubConfig, records: int, invalid: int) -> tuple[list[Simulator], Simulator]:
+async def start_simulators(config: HubConfig, records: int, invalid: int
+                           ) -> tuple[list[tuple[str, Simulator]], Simulator]:
     """Start a simulator per adapter that has one (and the destination's); point the config at them."""
     sources = [a for a in config.adapters if a.enabled and _simulator_class(a.type)]
     if not sources:
@@ -59,12 +60,12 @@ async def start_simulators(config: HubConfig, records: int, invalid: int) -> tup
     dest_cls = _simulator_class(config.destination.type)
     if dest_cls is None:
         raise ConfigError([f"destination.type: {config.destination.type!r} ships no simulator for the demo"])
-    started: list[Simulator] = []
+    started: list[tuple[str, Simulator]] = []
     shares = zip(sources, _split(records, len(sources)), _split(invalid, len(sources)))
     for seed, (section, n, bad) in enumerate(shares):
         sim = _simulator_class(section.type)(records=n, invalid=bad, seed=seed)
         await sim.start()
-        started.append(sim)
+        started.append((section.name, sim))
         config.override_settings(section.name, sim.adapter_settings())
     destination = dest_cls()
     await destination.start()
@@ -102,7 +103,13 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     total = records + invalid
+    server = None
     try:
+        if any(type(a).can("verify_push") for a in hub.adapters.values()):
+            # Pushing vendors need the hub's HTTP face: serve it on an ephemeral loopback port.
+            server, hub_url = await _serve(hub)
+            for name, sim in sources:
+                await sim.feed(hub_url, name)
         with tqdm(total=total, unit="record", desc="transcripts", file=sys.stderr) as bar:
             waiter = asyncio.create_task(hub.wait_idle())
             while not waiter.done():
@@ -112,11 +119,28 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
                 bar.refresh()
         rows = hub.store.rows()
     finally:
+        if server is not None:
+            server.should_exit = True
+            await server.serve_task
         await hub.stop()
-        for sim in (*sources, destination):
+        for sim in (*(s for _, s in sources), destination):
             await sim.stop()
 
     return _report(rows, destination, out, root_pem, records, invalid)
+
+
+async def _serve(hub: Hub):
+    import uvicorn
+
+    from hub.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
+                                           lifespan="off"))
+    server.serve_task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
 
 
 def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Path,

@@ -1,7 +1,7 @@
 """Webhook ingest: ``POST /ingest/{adapter}`` for any adapter that receives pushes.
 
-An adapter receives pushes when it implements the ``PushReceiver`` methods below; the route
-looks the configured instance up by name and calls them, so the core knows no sender's
+An adapter receives pushes when it implements ``verify_push`` and ``parse_push`` (see
+``hub.contracts.Adapter``); the route looks the configured instance up by name and calls them, so the core knows no sender's
 format or signature scheme. The answer is ``202`` only once the records are committed to the
 store — a sender may forget a record when it sees ``202``, exactly as a pull adapter may
 acknowledge a page only after its commit.
@@ -15,37 +15,16 @@ operator or the store could not commit (retry later).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from hub.contracts import RawRecord
 from hub.store import record_id_for
 
 if TYPE_CHECKING:
     from hub.pipeline import Hub
-
-DEFAULT_MAX_BYTES = 1024 * 1024
-
-
-@runtime_checkable
-class PushReceiver(Protocol):
-    """What an adapter implements to receive pushes (in addition to ``normalize``).
-
-    - ``verify_push`` raises ``PermissionError`` (with a reason safe to show the sender) unless
-      the request is authentic and fresh. It runs before the body is parsed.
-    - ``parse_push`` turns the body into raw records, or raises ``ValueError`` naming what is
-      malformed; nothing of a body it refuses is stored.
-    - ``max_push_bytes`` (optional, default 1 MiB): larger bodies are refused unread.
-    """
-
-    def verify_push(self, headers: Mapping[str, str], body: bytes) -> None: ...
-
-    def parse_push(self, body: bytes) -> list[RawRecord]: ...
-
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
@@ -69,7 +48,7 @@ def ingest_routes(hub: "Hub") -> list[Route]:
     async def ingest(request: Request) -> JSONResponse:
         name = request.path_params["adapter"]
         adapter: Any = hub.adapters.get(name)
-        if not isinstance(adapter, PushReceiver):
+        if adapter is None or not type(adapter).can("verify_push"):
             return _error(404, "unknown_adapter", f"no adapter named {name!r} receives pushes here")
         if name in await hub._db(hub.store.paused):
             # An operator paused this source (e.g. it sends garbage): the sender keeps its records
@@ -77,7 +56,7 @@ def ingest_routes(hub: "Hub") -> list[Route]:
             response = _error(503, "paused", f"adapter {name!r} is paused by an operator; retry later")
             response.headers["Retry-After"] = "60"
             return response
-        limit = int(getattr(adapter, "max_push_bytes", DEFAULT_MAX_BYTES))
+        limit = int(adapter.max_push_bytes)
         declared = request.headers.get("content-length", "")
         too_big = {"error": "too_large", "detail": f"the body must be at most {limit} bytes"}
         if declared.isdigit() and int(declared) > limit:

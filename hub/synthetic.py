@@ -154,7 +154,7 @@ def transcript(index: int, seed: int = 0, year: int = 2024) -> dict[str, Any]:
 
 def invalid_transcript(index: int, seed: int = 0, kind: str | None = None) -> tuple[dict[str, Any], str, str]:
     """A transcript with one known defect: ``(record, kind, field path the error must name)``."""
-    kind = kind or INVALID_KINDS[index % len(INVALID_KINDS)]
+    kind = kind or INVALID_KINDS[(index + seed) % len(INVALID_KINDS)]
     if kind in ("rule_tt22", "score_range"):
         # Both defects need a secondary school: pick the index's nearest secondary slot.
         index = index - index % len(SCHOOLS) + 3

@@ -147,6 +147,12 @@ class PushSimulator(Simulator):
             answers.append(await self.send(url, self._envelopes[start:start + batch_size]))
         return answers
 
+    async def feed(self, hub_url: str, instance: str) -> None:
+        """The demo's vendor: push every seeded record; a refusal is an error, not a shrug."""
+        refused = [a for a in await self.push(hub_url, instance) if a.status != 202]
+        if refused:
+            raise RuntimeError(f"the hub refused {len(refused)} push(es): {refused[0].status} {refused[0].body}")
+
     async def send_bad_signature(self, url: str, payload: Any) -> Sent:
         return await self.send(url, payload, secret="not-" + self.secret)
 

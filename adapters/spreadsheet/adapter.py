@@ -668,6 +668,7 @@ class SpreadsheetAdapter(Adapter):
     """
     name: ClassVar[str] = "spreadsheet"
     Settings: ClassVar[type[PluginSettings]] = SpreadsheetSettings
+    simulator: ClassVar[str | None] = "adapters.spreadsheet.simulator:SpreadsheetSimulator"
 
     settings: SpreadsheetSettings
 
