@@ -36,6 +36,7 @@ import io
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -56,6 +57,7 @@ from hub import store as st  # noqa: E402
 from hub.config import parse_config  # noqa: E402
 from hub.hookspecs import hookimpl  # noqa: E402
 from hub.logs import configure  # noqa: E402
+from hub.pipeline import Hub  # noqa: E402
 from hub.pki import ensure_pki  # noqa: E402
 from hub.plugins import manager  # noqa: E402
 from hub.records import PrimaryTranscript, SecondaryTranscript, parse_transcript  # noqa: E402
@@ -92,6 +94,8 @@ class HubResult:
     delivered: list[float]    # perf_counter of each delivery
     accepted: int             # transcripts the central store holds
     t0: float
+    cpu_main: float = 0.0     # CPU seconds of this process (the hub's loop, both simulators)
+    cpu_workers: float = 0.0  # CPU seconds of the worker processes
 
     @property
     def rate(self) -> float:
@@ -109,7 +113,7 @@ class HubResult:
         return (len(self.delivered) - 1) / (self.delivered[-1] - self.delivered[0])
 
 
-async def run_hub(records: int, processes: int, pki_dir: Path, work: Path) -> HubResult:
+async def run_hub(records: int, processes: int, pki_dir: Path, root: Path, work: Path) -> HubResult:
     vendor = VnptSimulator(records=records, seed=SEED)
     central = MoetSimulator()
     await vendor.start()
@@ -124,14 +128,14 @@ async def run_hub(records: int, processes: int, pki_dir: Path, work: Path) -> Hu
         "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12",
                      "settings": {"directory": str(pki_dir), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
+        # Trusting the test root, as a province trusts its CAs' roots: the hub validates every
+        # document before delivery, and without a root it logs each unanchored signature.
+        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES], "trust": [str(root)]},
     })
     clock = DeliveryClock()
     manager().register(clock, name="bench-delivery-clock")
-    # Imported here: hub.pipeline is the code under test, the rest of the module needs none of it.
-    from hub.pipeline import Hub
-
     try:
+        cpu0 = _cpu()
         t0 = time.perf_counter()
         hub = Hub(config)
         await hub.start()
@@ -141,9 +145,11 @@ async def run_hub(records: int, processes: int, pki_dir: Path, work: Path) -> Hu
             await asyncio.wait_for(hub.wait_idle(), 120 + 2 * records)
             done = time.perf_counter()
         finally:
-            await hub.stop()
-        return HubResult(records, processes or os.cpu_count() or 1, started - t0, done - t0, clock.delivered,
-                         len(central.accepted()), t0)
+            await hub.stop()  # joins the workers, so their CPU time is counted below
+        cpu1 = _cpu()
+        used = processes or os.cpu_count() or 1  # 0 means one per core, as in the hub's config
+        return HubResult(records, used, started - t0, done - t0, clock.delivered,
+                         len(central.accepted()), t0, cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
     finally:
         manager().unregister(clock)
         await vendor.stop()
@@ -338,6 +344,7 @@ def plain_deliver(base_url: str, token: str, record_json: bytes, pdf: bytes, nam
 class PlainResult:
     records: int
     total: float = 0.0
+    cpu: float = 0.0          # CPU seconds of this process (the script and the simulator)
     stages: dict[str, float] = field(default_factory=lambda: {"render": 0.0, "load key": 0.0,
                                                               "sign": 0.0, "deliver": 0.0})
     accepted: int = 0
@@ -356,12 +363,14 @@ def plain_script(inputs: list[dict[str, Any]], pki_dir: Path, base_url: str, tok
     started = time.perf_counter()
     for data in inputs:
         t = time.perf_counter()
+        # Counted with rendering: the record as JSON is both the attachment and what is posted.
         record = parse_transcript(data)
         record_json = record.model_dump_json(by_alias=True).encode()
         pdf = plain_render(record, record_json)
         clock["render"] += time.perf_counter() - t
         for role in ROLES:
             t = time.perf_counter()
+            # Each transcript names its own signers, so the obvious loop opens their key files.
             signer = SimpleSigner.load_pkcs12(str(plain_key_file(record, role, pki_dir)),
                                               passphrase=PASSWORD.encode())
             if signer is None:  # pyHanko logs the reason and returns None
@@ -393,9 +402,11 @@ async def run_plain(records: int, pki_dir: Path) -> PlainResult:
     await central.start()
     try:
         settings = central.adapter_settings()
+        cpu0 = _cpu()
         # A thread, so this event loop keeps serving the simulator the script posts to.
         result = await asyncio.to_thread(plain_script, plain_inputs(records), pki_dir,
                                          settings["base_url"], settings["token"])
+        result.cpu = _cpu()[0] - cpu0[0]
         result.accepted = len(central.accepted())
         return result
     finally:
@@ -403,6 +414,16 @@ async def run_plain(records: int, pki_dir: Path) -> PlainResult:
 
 
 # --- the report -----------------------------------------------------------------------------------
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) so far of this process, and of its finished child processes.
+
+    Wall-clock rates move with whatever else the machine runs; CPU time per transcript hardly
+    does, so the report gives both.
+    """
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
 
 async def main_async(args: argparse.Namespace) -> int:
     configure("console", "error")  # a log line per state change is not what is measured here
@@ -418,13 +439,13 @@ async def main_async(args: argparse.Namespace) -> int:
         pki_dir = work / "pki"
         t = time.perf_counter()
         # Not timed: a province has its keys before it runs anything.
-        await asyncio.to_thread(ensure_pki, pki_dir, signing_identities(), PASSWORD)
+        root = await asyncio.to_thread(ensure_pki, pki_dir, signing_identities(), PASSWORD)
         print(f"setup: test PKI of {len(list(pki_dir.glob('*.p12')))} keys in "
               f"{time.perf_counter() - t:.1f} s (not timed)")
 
         # Anything else running on the machine skews one run more than the other: say so.
         print(f"load average before the hub run: {_load()}")
-        hub = await run_hub(args.records, args.processes, pki_dir, work)
+        hub = await run_hub(args.records, args.processes, pki_dir, root, work)
         first = f"{hub.delivered[0] - hub.t0:.2f} s" if hub.delivered else "never"
         steady = hub.steady_rate
         print(f"hub:   {hub.records} transcripts in {hub.total:.2f} s with {hub.processes} worker processes "
@@ -432,6 +453,8 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"       start-up (hub.start) {hub.startup:.2f} s, then {hub.rate_after_startup:.2f}/s; "
               f"first delivery at {first}, first to last delivery "
               + (f"{steady:.2f}/s" if steady else "n/a"))
+        print(f"       CPU per transcript: {1000 * (hub.cpu_main + hub.cpu_workers) / hub.records:.0f} ms "
+              f"({1000 * hub.cpu_workers / hub.records:.0f} ms in the workers, start-up included)")
         print(f"       accepted by the central store: {hub.accepted}/{hub.records}")
 
         print(f"load average before the plain run: {_load()}")
@@ -441,6 +464,7 @@ async def main_async(args: argparse.Namespace) -> int:
               f"= {plain.rate:.2f}/s")
         print("       per transcript: " + ", ".join(f"{k} {v:.0f} ms" for k, v in per.items())
               + " (load key and sign: all 3 signatures)")
+        print(f"       CPU per transcript: {1000 * plain.cpu / plain.records:.0f} ms")
         print(f"       accepted by the central store: {plain.accepted}/{plain.records}")
 
     ok = hub.accepted == hub.records and plain.accepted == plain.records

@@ -174,7 +174,30 @@ class RetentionConfig(_Strict):
 class HubConfig(_Strict):
     """The whole configuration file."""
     data_dir: Path = Field(default=Path("hocba-data"), description="Store, PDFs and keys live here")
-    store: str = Field(default="", description="Store location; empty = <data_dir>/hub.sqlite3")
+    store: str = Field(
+        default="",
+        description="Store location: a SQLite file path (empty = <data_dir>/hub.sqlite3, one hub process), "
+                    "or postgresql://user@host:port/database for several hub workers sharing one "
+                    "PostgreSQL database (put the password in ${ENV} or PGPASSWORD, not in the file)")
+
+    @field_validator("store")
+    @classmethod
+    def _store_location(cls, value: str) -> str:
+        if "://" not in value:
+            return value  # a file path
+        scheme = value.split("://", 1)[0]
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"unsupported store URL scheme {scheme!r}: use a file path or postgresql://…")
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a valid PostgreSQL URL: {exc}") from None
+        if not parts.path.strip("/"):
+            raise ValueError("a PostgreSQL store URL must name the database: postgresql://user@host:5432/hocba")
+        return value
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
     workers: WorkersConfig = WorkersConfig()
@@ -193,9 +216,9 @@ class HubConfig(_Strict):
         if dupes:
             raise ValueError(f"adapters: names must be unique, repeated: {', '.join(dupes)}")
         signers = {s.name for s in self.signers}
-        for step in self.signing.steps:
-            if step.signer not in signers:
-                raise ValueError(f"signing.steps: signer {step.signer!r} is not defined under signers")
+        unknown = sorted(self.signing.signer_names() - signers)
+        if unknown:
+            raise ValueError(f"signing: signer(s) {', '.join(map(repr, unknown))} not defined under signers")
         return self
 
     @property
@@ -218,15 +241,19 @@ class HubConfig(_Strict):
         return self._destination_settings
 
     def override_settings(self, name: str, patch: dict[str, Any]) -> None:
-        """Re-validate one adapter's or the destination's settings with ``patch`` applied
-        (the demo and the conformance kit point adapters at their simulators this way)."""
-        registry = adapter_types()
+        """Re-validate one plugin instance's settings (an adapter, the destination or a signer)
+        with ``patch`` applied: the demo and the conformance kit point instances at simulators."""
         if name == self.destination.name:
-            cls = registry[self.destination.type].cls
+            cls = adapter_types()[self.destination.type].cls
             self._destination_settings = cls.Settings.model_validate({**self.destination.settings, **patch})
             return
-        section = next(a for a in self.adapters if a.name == name)
-        self._adapter_settings[name] = registry[section.type].cls.Settings.model_validate(
+        for section in self.adapters:
+            if section.name == name:
+                self._adapter_settings[name] = adapter_types()[section.type].cls.Settings.model_validate(
+                    {**section.settings, **patch})
+                return
+        section = next(s for s in self.signers if s.name == name)
+        self._signer_settings[name] = signer_types()[section.type].cls.Settings.model_validate(
             {**section.settings, **patch})
 
 

@@ -222,9 +222,12 @@ class Signer(ABC):
 
     ``sign`` receives requests for one or many documents and returns the signed PDFs in the
     same order; a provider that can approve a batch at once (remote signing) should.
+    ``simulator`` names a class (``"package.module:Class"``) serving the provider's contract
+    on loopback, which the demo starts with keys from its test PKI.
     """
     name: ClassVar[str]
     Settings: ClassVar[type[PluginSettings]] = PluginSettings
+    simulator: ClassVar[str | None] = None
 
     def __init__(self, settings: PluginSettings, context: PluginContext):
         self.settings = settings

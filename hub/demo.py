@@ -95,6 +95,10 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
     for leftover in config.data_dir.glob("demo.sqlite3*"):
         leftover.unlink()  # each demo run starts from an empty store, as the simulators do
 
+    from hub.tsa import start_signing_services
+
+    # A timestamping authority and remote-signing simulators, when the config's signing asks.
+    services = await start_signing_services(config, config.data_dir / "pki", os.environ[DEMO_KEY_PASSWORD_ENV])
     sources, destination = await start_simulators(config, records, invalid)
     hub = Hub(config, store=st.Store(store_path))
     try:
@@ -123,7 +127,7 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
             server.should_exit = True
             await server.serve_task
         await hub.stop()
-        for sim in (*(s for _, s in sources), destination):
+        for sim in (*(s for _, s in sources), destination, *services):
             await sim.stop()
 
     return _report(rows, destination, out, root_pem, records, invalid)

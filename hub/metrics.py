@@ -6,8 +6,9 @@ in one process — the tests run many — never share or collide on a metric.
 Two kinds of metric. Events the pipeline reports as they happen (``Metrics.observe_stage``,
 ``retry``, ``dead_letter``): stage latencies as histograms, retries and dead letters as
 counters. And facts read at scrape time by a collector, so they are never stale and cost
-nothing between scrapes: records by adapter and state (from the store), queue depth per stage,
-the outbox's size, each plugin's health and each adapter's last successful pull.
+nothing between scrapes: records by adapter and state, the records waiting for each stage and
+the outbox's size (all from the store, so they hold for several hub processes sharing it),
+each plugin's health and each adapter's last successful pull.
 
 Plugin health comes from ``HealthCache``: at most one round of ``check()`` calls per
 ``max_age`` seconds however often Prometheus and the wall screen ask, so a scrape does not
@@ -31,6 +32,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from hub import store as st
+
 if TYPE_CHECKING:
     from hub.pipeline import Hub
 
@@ -40,32 +43,37 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 
 
 class HealthCache:
-    """Plugin health no older than ``max_age`` seconds, refreshed by at most one caller at a time."""
+    """Plugin health no older than about ``max_age`` seconds, without making a reader wait.
 
-    def __init__(self, hub: "Hub", max_age: float = 10.0, timeout: float = 5.0):
-        self.hub, self.max_age, self.timeout = hub, max_age, timeout
-        self.checked_at: float | None = None  # time.monotonic() of the last completed round
-        self._lock = asyncio.Lock()
+    A reader that finds the last round of checks too old starts one in the background and goes
+    on with what is known; only the very first reader waits (up to ``first_wait`` seconds) so a
+    fresh hub does not show "not checked yet". A round runs to its end even if it is slow (a
+    signer that unlocks its keys to answer), so every plugin does get checked.
+    """
+
+    def __init__(self, hub: "Hub", max_age: float = 10.0, first_wait: float = 5.0):
+        self.hub, self.max_age, self.first_wait = hub, max_age, first_wait
+        self.checked_at: float | None = None  # time.monotonic() when the last round ended
+        self._round: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
-        """Run ``hub.readiness()`` (every plugin's ``check()``) if the last round is too old.
-
-        The results land in ``hub.status``; a round that exceeds ``timeout`` is abandoned and
-        the previous answers stay, so a hung destination cannot hang the page that reports it.
-        """
-        if self._fresh():
+        """Start a round of ``check()`` calls (``hub.readiness()``) if the last one is too old;
+        the results land in ``hub.status``."""
+        if self.checked_at is not None and time.monotonic() - self.checked_at < self.max_age:
             return
-        async with self._lock:
-            if self._fresh():  # another request refreshed it while this one waited
-                return
-            try:
-                await asyncio.wait_for(self.hub.readiness(), self.timeout)
-            except asyncio.TimeoutError:
-                pass
-            self.checked_at = time.monotonic()
+        if self._round is None or self._round.done():
+            self._round = asyncio.create_task(self._check(), name="hocba-health")
+        if self.checked_at is None:
+            # shield: a reader giving up must not cancel the round for everyone else.
+            await asyncio.wait([asyncio.shield(self._round)], timeout=self.first_wait)
 
-    def _fresh(self) -> bool:
-        return self.checked_at is not None and time.monotonic() - self.checked_at < self.max_age
+    async def _check(self) -> None:
+        try:
+            await self.hub.readiness()
+        except Exception as exc:  # a failed round is reported by the plugins' status, not raised
+            self.hub.log.warning("health.check_failed", error=str(exc))
+        finally:
+            self.checked_at = time.monotonic()
 
 
 class _HubCollector:
@@ -81,7 +89,7 @@ class _HubCollector:
     def _families(self) -> list[GaugeMetricFamily]:
         return [
             GaugeMetricFamily("hocba_records", "Records (versions) by adapter and state", labels=["adapter", "state"]),
-            GaugeMetricFamily("hocba_queue_depth", "Records waiting in a stage's queue", labels=["stage"]),
+            GaugeMetricFamily("hocba_queue_depth", "Records waiting for (or in) a stage", labels=["stage"]),
             GaugeMetricFamily("hocba_outbox_size", "Deliveries due or waiting to be retried"),
             GaugeMetricFamily("hocba_plugin_up", "1 if the plugin's last health check or pull succeeded",
                               labels=["plugin", "kind"]),
@@ -100,8 +108,13 @@ class _HubCollector:
             totals[key] = totals.get(key, 0) + row["n"]
         for (adapter, state), n in sorted(totals.items()):
             records.add_metric([adapter, state], n)
-        for stage, queue in hub._queues.items():
-            queues.add_metric([stage], queue.qsize())
+        waiting = dict.fromkeys(STAGES, 0)
+        for state, n in hub.store.counts().items():
+            stage = stage_of(state, hub.roles)
+            if stage:
+                waiting[stage] += n
+        for stage, n in waiting.items():
+            queues.add_metric([stage], n)
         outbox.add_metric([], hub.store.outbox_size())
         kinds = {a.name: "adapter" for a in hub.config.adapters}
         kinds[hub.config.destination.name] = "destination"
@@ -114,6 +127,20 @@ class _HubCollector:
         for section in hub.config.adapters:
             paused.add_metric([section.name], 1.0 if section.name in stopped else 0.0)
         yield from (records, queues, outbox, up, last_sync, paused)
+
+
+def stage_of(state: str, roles: tuple[str, ...]) -> str | None:
+    """The stage a record in ``state`` waits for (None for a final state). Read from the store,
+    so the depth is right however many hub processes share it."""
+    if state == st.RECEIVED:
+        return "normalize"
+    if state == st.NORMALIZED:
+        return "render"
+    if state == st.RENDERED or (state.startswith(st.SIGNED_PREFIX) and state != st.SIGNED_PREFIX + roles[-1]):
+        return "sign"
+    if state == st.SIGNED_PREFIX + roles[-1]:
+        return "deliver"
+    return None
 
 
 def _epoch(iso: str) -> float:

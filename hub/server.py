@@ -36,10 +36,11 @@ class _Server(uvicorn.Server):
 async def serve(config: HubConfig) -> None:
     """Work and serve until SIGINT/SIGTERM; then stop taking work and drain what is in flight."""
     hub = Hub(config)
+    app = create_app(hub)  # before start(): the metrics count from the first record on
     await hub.start()
     host, port = config.http.bind.rsplit(":", 1)
     server = _Server(uvicorn.Config(
-        create_app(hub), host=host, port=int(port), log_level="warning", access_log=False, lifespan="off",
+        app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="off",
     ))
     try:
         await server.serve()

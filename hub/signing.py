@@ -2,9 +2,19 @@
 
 Who signs a record (``identity_for``), what a PAdES signature into a pre-created field looks
 like (``sign_pades``: ``ETSI.CAdES.detached``, SHA-256, a visible stamp in an embedded font
-that has every Vietnamese glyph), and ``LocalKeySigner``, the base for signers whose keys are
-files on this machine. Remote and hardware signers implement ``hub.contracts.Signer`` and call
-``sign_pades`` with their own pyHanko signer.
+that has every Vietnamese glyph), the levels (``LEVELS``: B-B; B-T with an RFC 3161
+timestamp; B-LT with certificates and revocation data in the document's DSS), and two ways to
+get there:
+
+- ``LocalKeySigner``, the base for signers whose keys are files on this machine: a B-B
+  signature is made whole in a worker process;
+- ``sign_elsewhere``, for keys that are not in this process (a remote service, a token) and
+  for anything that waits on a timestamping authority: a worker process prepares the document
+  (stamp, placeholder, digest), the event loop awaits the signature of the signed attributes'
+  hash and the timestamp, then fills it in — no process waits on the network.
+
+Remote and hardware signers implement ``hub.contracts.Signer`` and call ``sign_elsewhere``
+with their own pyHanko signer.
 """
 
 from __future__ import annotations
@@ -350,7 +360,6 @@ def embed_validation_blocking(pdf: bytes, field_name: str, certs: tuple[bytes, .
     own chain (a path is needed to know what to fetch; the trust decision is the verifier's).
     """
     from pyhanko.pdf_utils.reader import PdfFileReader
-    from pyhanko.sign.validation import DocumentSecurityStore  # noqa: F401 - registers DSS support
     from pyhanko.sign.validation.dss import async_add_validation_info
     from pyhanko_certvalidator import ValidationContext
 
@@ -461,6 +470,39 @@ class _Ready:
 
 
 @dataclass(frozen=True)
+class _KeyMaterial:
+    """A key the hub process has loaded and validated, as DER, for a pool worker to sign with.
+
+    It goes with the job over the process pool's local pipe to the hub's own child process
+    only: never written to disk, never sent off this machine. The worker then parses it
+    without decrypting a .p12 and without cryptography's RSA key validation (≈33 ms per key
+    and process): the hub process validated this very key when it loaded it.
+    """
+    fingerprint: str                 # the signer's class and settings (see ``_KeySource``)
+    key_id: str
+    serial: int                      # the certificate's: a renewed certificate is a new entry
+    private_key: bytes               # unencrypted PKCS#8 DER
+    certificates: tuple[bytes, ...]  # DER: the signing certificate, then its chain
+
+    @classmethod
+    def of(cls, fingerprint: str, key_id: str, ready: _Ready) -> "_KeyMaterial":
+        key = ready.key
+        der = serialization.Encoding.DER
+        return cls(
+            fingerprint, key_id, key.certificate.serial_number,
+            key.private_key.private_bytes(der, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()),
+            tuple(c.public_bytes(der) for c in (key.certificate, *key.chain)),
+        )
+
+    def ready(self) -> _Ready:
+        key = serialization.load_der_private_key(self.private_key, None,
+                                                 unsafe_skip_rsa_key_validation=True)
+        cert, *chain = (x509.load_der_x509_certificate(c) for c in self.certificates)
+        return _Ready.of(LocalKey(key, cert, tuple(chain)))
+
+
+@dataclass(frozen=True)
 class _KeySource:
     """What a worker process needs to load a signer's keys itself: picklable, no key material."""
     signer_class: str                # "package.module:Class"
@@ -484,20 +526,41 @@ class _KeySource:
             raise PluginError(f"{cls.name}: cannot load keys: {exc}") from exc
         return {k: _Ready.of(v) for k, v in loaded.items()}
 
+    def load_first(self) -> dict[str, _Ready]:
+        """One key, enough to prove the configuration (directory, password) is right; every key
+        when the signer class cannot list its keys (``LocalKeySigner.key_ids`` returns None)."""
+        module, _, name = self.signer_class.partition(":")
+        cls: type[LocalKeySigner] = getattr(importlib.import_module(module), name)
+        settings = cls.Settings.model_validate(self.settings)
+        try:
+            ids = cls.key_ids(settings)
+        except PluginError:
+            raise
+        except Exception as exc:  # a subclass bug or an unreadable directory
+            raise PluginError(f"{cls.name}: cannot list keys: {exc}") from exc
+        if ids is None:
+            return self.load()
+        for key_id in ids:
+            loaded = self.load(key_id)
+            if loaded:
+                return loaded
+        return {}
 
-# Each process (the hub and every pool worker) keeps the keys it has loaded here, per signer
-# class and settings. Workers load only the keys their jobs need, on first use.
+
+# The hub process keeps the keys it has loaded here, per signer class and settings: one at
+# open(), the others on first use. Pool workers never read key files: they get the key with
+# each job (``_KeyMaterial``) and keep what they built in ``_worker_keys``.
 _keys: dict[str, dict[str, _Ready]] = {}
-_fully_loaded: set[str] = set()
 _keys_lock = threading.Lock()
+_worker_keys: dict[tuple[str, str], tuple[int, _Ready]] = {}
 
 
-def _load_all(source: _KeySource) -> dict[str, _Ready]:
+def _load_first(source: _KeySource) -> dict[str, _Ready]:
     with _keys_lock:
-        if source.fingerprint not in _fully_loaded:
-            _keys[source.fingerprint] = source.load()
-            _fully_loaded.add(source.fingerprint)
-        return _keys[source.fingerprint]
+        keys = _keys.setdefault(source.fingerprint, {})
+        if not keys:
+            keys.update(source.load_first())
+        return keys
 
 
 def _valid_now(ready: _Ready, now: dt.datetime) -> bool:
@@ -529,24 +592,40 @@ def _refuse_if_invalid(ready: _Ready, identity: SigningIdentity, now: dt.datetim
                            f"UTC; renew it before signing")
 
 
-def _sign_job(source: _KeySource, request: SignRequest) -> bytes:
-    # Runs in a pool worker or a thread: no event loop here, keys from this process's cache.
-    now = dt.datetime.now(dt.timezone.utc)
-    ready = _ready_for(source, request.identity.key, now)
-    if ready is None:
-        raise SigningError(f"no key for {request.identity.role} {request.identity.name} "
-                           f"(key {request.identity.key}) in this worker")
-    _refuse_if_invalid(ready, request.identity, now)
+def _worker_ready(material: _KeyMaterial) -> _Ready:
+    # Cached per (fingerprint, key id) for the certificate serial it was built for: a renewed
+    # certificate (new serial) replaces the entry instead of piling up next to it.
+    slot = (material.fingerprint, material.key_id)
+    with _keys_lock:
+        cached = _worker_keys.get(slot)
+        if cached is not None and cached[0] == material.serial:
+            return cached[1]
+    ready = material.ready()
+    with _keys_lock:
+        _worker_keys[slot] = (material.serial, ready)
+    return ready
+
+
+def _sign_job(material: _KeyMaterial, request: SignRequest) -> bytes:
+    # Runs in a pool worker: no event loop here, the key came with the job (the hub process
+    # refused expired and not-yet-valid certificates before sending it).
+    ready = _worker_ready(material)
+    return sign_pades_blocking(request.pdf, request, ready.signer, bytes_reserved=ready.bytes_reserved)
+
+
+def _sign_in_thread(ready: _Ready, request: SignRequest) -> bytes:
+    # No executor: a thread of the hub process, which holds the loaded key already.
     return sign_pades_blocking(request.pdf, request, ready.signer, bytes_reserved=ready.bytes_reserved)
 
 
 class LocalKeySigner(Signer):
     """Base for signers whose private keys are on this machine (key files, a local keystore).
 
-    A subclass implements ``load_keys`` (and, to load one key cheaply, ``load_key``). This
-    class keeps keys loaded (once per process, pool workers included), refuses expired or
+    A subclass implements ``load_keys`` (and, to load one key cheaply, ``load_key``; to let
+    ``open()`` check one key instead of all, ``key_ids``). This class loads keys in the hub
+    process (one at ``open()``, the others on first use) and keeps them, refuses expired or
     not-yet-valid certificates before signing, and runs the CPU work in ``context.executor``
-    (a thread when there is none).
+    (a thread when there is none), sending the key with each job.
     """
 
     def __init__(self, settings: PluginSettings, context: PluginContext):
@@ -573,13 +652,24 @@ class LocalKeySigner(Signer):
         """Load one key (``None`` if there is none); override when that is cheaper than all."""
         return cls.load_keys(settings).get(key)
 
+    @classmethod
+    def key_ids(cls, settings: PluginSettings) -> list[str] | None:
+        """The keys there are, without loading them; ``None`` (the default) if unknown.
+
+        When a subclass lists them, ``open()`` loads only the first (with ``load_key``) to
+        prove the settings right, and the others are loaded on first use. Raise
+        ``PluginError`` naming the setting when the keys cannot be listed (no directory).
+        """
+        return None
+
     def missing_key_hint(self, identity: SigningIdentity) -> str:
         """Where the key for ``identity`` was expected, for the error message."""
         return ""
 
     async def open(self) -> None:
-        """Load every key now, so a wrong password or a missing directory stops start-up."""
-        keys = await asyncio.to_thread(_load_all, self._source)
+        """Load one key now (every key if ``key_ids`` cannot list them), so a wrong password or
+        a missing directory stops start-up; the others are loaded on first use."""
+        keys = await asyncio.to_thread(_load_first, self._source)
         if not keys:
             raise PluginError(f"{self.name}: no keys found")
         # Prepared here, pool workers forked later inherit the stamp font instead of each
@@ -587,11 +677,15 @@ class LocalKeySigner(Signer):
         await asyncio.to_thread(_stamp_font_bytes)
 
     async def check(self) -> Health:
-        try:
-            keys = await asyncio.to_thread(self._source.load)
-        except PluginError as exc:
-            return Health(False, str(exc))
-        return Health(True, f"{len(keys)} keys")
+        # open() proved the settings with one key; decrypting every file on each health check
+        # would keep a core busy. Report the keys loaded so far and whether they are usable now.
+        keys = _keys.get(self._source.fingerprint, {})
+        if not keys:
+            return Health(False, "no keys loaded")
+        now = dt.datetime.now(dt.timezone.utc)
+        expired = sum(1 for ready in keys.values() if not _valid_now(ready, now))
+        detail = f"{len(keys)} keys loaded" + (f", {expired} certificate(s) expired or not yet valid" if expired else "")
+        return Health(expired < len(keys), detail)
 
     async def _check(self, identity: SigningIdentity, now: dt.datetime) -> _Ready:
         ready = _keys.get(self._source.fingerprint, {}).get(identity.key)
@@ -619,6 +713,10 @@ class LocalKeySigner(Signer):
             if r.level not in LEVELS:
                 raise SigningError(f"unknown PAdES level {r.level!r}; expected one of {', '.join(LEVELS)}")
         loop = asyncio.get_running_loop()
+        material: dict[SigningIdentity, _KeyMaterial] = {}
+        if self.context.executor is not None:
+            material = {identity: _material_for(self._source.fingerprint, identity.key, ready[identity])
+                        for identity in {r.identity for r in requests if r.level == "B-B"}}
 
         def job(r: SignRequest) -> Any:
             if r.level != "B-B":
@@ -626,10 +724,24 @@ class LocalKeySigner(Signer):
                 return sign_elsewhere(r, key.signer, executor=self.context.executor,
                                       bytes_reserved=key.bytes_reserved_timestamped)
             if self.context.executor is None:
-                return asyncio.to_thread(_sign_job, self._source, r)
-            return loop.run_in_executor(self.context.executor, _sign_job, self._source, r)
+                return asyncio.to_thread(_sign_in_thread, ready[r.identity], r)
+            # The key, loaded and validated here, goes with the job over the pool's local pipe
+            # to the hub's own worker process: never to disk, never off this machine.
+            return loop.run_in_executor(self.context.executor, _sign_job, material[r.identity], r)
 
         return list(await asyncio.gather(*(job(r) for r in requests)))
+
+
+_materials: dict[tuple[str, str], tuple[_Ready, _KeyMaterial]] = {}
+
+
+def _material_for(fingerprint: str, key_id: str, ready: _Ready) -> _KeyMaterial:
+    # Serialised once per loaded key in the hub process; a reloaded (renewed) key is a new
+    # ``_Ready`` and gets new material.
+    cached = _materials.get((fingerprint, key_id))
+    if cached is None or cached[0] is not ready:
+        cached = _materials[(fingerprint, key_id)] = (ready, _KeyMaterial.of(fingerprint, key_id, ready))
+    return cached[1]
 
 
 def _reveal(value: Any) -> Any:

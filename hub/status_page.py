@@ -195,7 +195,8 @@ def _local(iso: str | None) -> str:
 
 CSS = """
 *{box-sizing:border-box}
-body{margin:0;font-family:"Noto Sans","DejaVu Sans",system-ui,sans-serif;background:#f3f5f8;color:#1d2733;font-size:15px}
+body{margin:0;font-family:"Noto Sans","DejaVu Sans",system-ui,sans-serif;background:#f3f5f8;color:#1d2733;
+font-size:15px}
 header{background:#12355b;color:#fff;padding:14px 24px;display:flex;justify-content:space-between;align-items:center}
 header h1{font-size:22px;margin:0}
 header .meta{font-size:13px;opacity:.9;text-align:right}
@@ -204,7 +205,8 @@ main{padding:16px 24px;max-width:1400px}
 section{background:#fff;border-radius:8px;padding:12px 16px;margin:0 0 16px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
 h2{font-size:18px;margin:4px 0 10px;color:#12355b}
 .tiles{display:flex;gap:12px;margin-bottom:16px}
-.tile{flex:1;background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px rgba(0,0,0,.08);border-top:4px solid #12355b}
+.tile{flex:1;background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px rgba(0,0,0,.08);
+border-top:4px solid #12355b}
 .tile .n{font-size:30px;font-weight:700}
 .tile.good{border-color:#2a9d55}.tile.warn{border-color:#e07a1f}.tile.bad{border-color:#c62828}
 table{border-collapse:collapse;width:100%}
@@ -219,6 +221,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .why{font-size:13px}
 .muted{color:#6b7785;font-size:13px}
 code{font-size:12px}
+.nw{white-space:nowrap}
 """
 
 
@@ -263,7 +266,8 @@ class StatusPage:
         tiles = "".join(
             f'<div class="tile {cls}"><div class="n" id="tile-{key}">{n}</div><div>{self._e(t[key])}</div></div>'
             for key, n, cls in (("total", total, ""), ("delivered", counts[st.DELIVERED], "good"),
-                                ("in_progress", in_progress, ""), ("stuck_n", stuck_total, "bad" if stuck_total else "good"),
+                                ("in_progress", in_progress, ""),
+                                ("stuck_n", stuck_total, "bad" if stuck_total else "good"),
                                 ("outbox", outbox, "warn" if outbox else "")))
         return f"""<!DOCTYPE html>
 <html lang="{lang}">
@@ -309,7 +313,7 @@ class StatusPage:
                 detail = self._e(public_error(status.health.detail))
             if name in paused:
                 badge += f' <span class="badge paused">{self._e(t["paused"])}</span>'
-            sync = ""
+            sync = "—"
             if kind == "adapter":
                 sync = _local(status.last_sync) if status and status.last_sync else t["never"]
             rows.append(f'<tr data-plugin="{self._e(name)}"><td><b>{self._e(name)}</b></td>'
@@ -360,8 +364,8 @@ class StatusPage:
             rows.append(
                 f'<tr data-id="{r["id"]}" data-reason="{key}"><td class="n">{r["id"]}</td>'
                 f'<td><code>{self._e(r["record_id"])}</code></td><td class="n">{r["version"]}</td>'
-                f'<td>{self._e(r["adapter"])}</td><td>{self._e(r["school_code"] or "")}</td>'
-                f'<td class="s-{self._e(r["state"])}">{self._e(state_label(r["state"], lang))}</td>'
+                f'<td class="nw">{self._e(r["adapter"])}</td><td class="nw">{self._e(r["school_code"] or "")}</td>'
+                f'<td class="nw s-{self._e(r["state"])}">{self._e(state_label(r["state"], lang))}</td>'
                 f'<td>{_local(r["updated_at"])}</td><td class="err">{self._e(errors)}</td>'
                 f'<td class="why">{self._e(texts[key])}</td></tr>')
         summary = "".join(f'<tr><td class="n"><b>{n}</b></td><td>{self._e(texts[k])}</td></tr>'

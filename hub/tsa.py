@@ -255,8 +255,5 @@ async def start_signing_services(config: Any, pki_dir: Path, password: str) -> l
         simulator = getattr(importlib.import_module(module), name)(pki_dir=pki_dir, password=password)
         await simulator.start()
         started.append(simulator)
-        # The hub's config offers no public override for signer settings; the demo owns this
-        # config object, so it re-validates the section's settings with the simulator's.
-        config._signer_settings[section.name] = cls.Settings.model_validate(
-            {**section.settings, **simulator.adapter_settings()})
+        config.override_settings(section.name, simulator.adapter_settings())
     return started

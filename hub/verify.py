@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from pyhanko_certvalidator import ValidationContext
 from hub.render import ATTACHMENT_NAME
 
 __all__ = ["SignatureReport", "VerifyReport", "extract_attachment", "extract_record", "load_certs",
-           "signed_fields", "verify_blocking", "verify_pdf"]
+           "signed_fields", "trust_roots_der", "verify_blocking", "verify_pdf"]
 
 # Filling a pre-created signature field is form filling; DSS/timestamp updates are LTA updates.
 _ALLOWED_CHANGES = (ModificationLevel.NONE, ModificationLevel.LTA_UPDATES, ModificationLevel.FORM_FILLING)
@@ -173,6 +174,15 @@ async def verify_pdf(pdf: bytes, trust_roots: list[asn1_x509.Certificate]) -> Ve
             timestamp_ok=None if ts is None else bool(ts.intact and ts.valid and (ts.trusted or not trust_roots)),
         ))
     return VerifyReport(reports)
+
+
+@functools.lru_cache(maxsize=8)
+def trust_roots_der(paths: tuple[str | Path, ...]) -> tuple[bytes, ...]:
+    """DER of every certificate in the PEM/DER files ``paths`` (read once per process)."""
+    try:
+        return tuple(c.dump() for c in load_certs(paths)) if paths else ()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"signing.trust: cannot read the trusted roots {', '.join(map(str, paths))}: {exc}") from exc
 
 
 def verify_blocking(pdf: bytes, trust_roots: tuple[bytes, ...]) -> VerifyReport:

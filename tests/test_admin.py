@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from conftest import PASSWORD, ROLES
 from hub import store as st
 from hub.app import create_app
 from hub.config import parse_config
+from hub.contracts import Health
 from hub.pipeline import Hub
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -87,9 +89,9 @@ async def serve_hub(data_dir, pki, *, records: int = 4, invalid: int = 2, seed: 
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     })
     hub = Hub(config)
+    app = create_app(hub)  # before start(): the metrics see the pipeline's very first events
     await hub.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -253,7 +255,6 @@ async def test_lists_filter_by_state_adapter_school_year_and_time(env):
     ("/api/records", {"offset": "1.5"}, "offset"),
     ("/api/records", {"since": "yesterday"}, "since"),
     ("/api/records", {"until": "2025-02-30"}, "until"),
-    ("/api/records", {"since": "2025-06-01", "until": "2025-05-01"}, "since"),
     ("/api/records", {"year": "2024"}, "year"),
     ("/api/records", {"stat": "failed"}, "stat"),
     ("/api/quarantine", {"state": "delivered"}, "state"),
@@ -317,11 +318,15 @@ async def test_viewer_error_lines_are_masked(env):
     # A quarantined record's error may quote what the vendor sent; a viewer sees it blanked.
     quarantined = env.hub.store.rows(state=st.QUARANTINED)
     raw = {r.id: r.errors for r in quarantined}
+    quoted = [q for errors in raw.values() for e in errors for q in re.findall(r"'([^']+)'", e)]
+    assert "30/02/2015" in quoted  # the synthetic impossible birth date, as the vendor sent it
     _, body = await env.get("/api/quarantine", headers=VIEW)
     for item in body["items"]:
-        for shown, original in zip(item["errors"], raw[item["id"]]):
+        for shown, original in zip(item["errors"], raw[item["id"]], strict=True):
             assert shown.split(":")[0] == original.split(":")[0]  # the field is still named
-            assert "2015-02-30" not in shown  # the synthetic impossible birth date
+            assert not any(q in shown for q in quoted), shown
+    _, body = await env.get("/api/quarantine", headers=OP)
+    assert {i["id"]: i["errors"] for i in body["items"]} == raw  # an operator sees what to fix
     # A 12-digit personal id anywhere in an error keeps only its last three digits.
     from hub.admin import public_error
     assert public_error("student.personal_id: 001204012345 is already used") == \
@@ -434,17 +439,21 @@ async def test_pause_and_resume_an_adapter(env):
 
 async def test_no_secret_appears_in_any_response(env):
     rows = env.hub.store.rows()
-    paths = ["/", "/?lang=en", "/metrics", "/openapi.json", "/readyz", "/api/records", "/api/quarantine",
+    paths = ["/", "/?lang=en", "/metrics", "/openapi.json", "/api/records", "/api/quarantine",
              "/api/dead-letters", "/api/adapters", *[f"/api/records/{r.id}" for r in rows]]
-    # A health detail that quotes a secret (as a careless plugin might) is scrubbed, not shown.
-    env.hub.status["school-a"].health = type(env.hub.status["school-a"].health)(
-        False, f"login refused for secret {env.vendor.client_secret} and {env.central.token}")
+    # A health detail that quotes a secret (as a careless plugin might) is scrubbed, not shown;
+    # the health cache is marked fresh so no check overwrites it during the test.
+    env.hub.metrics.health.checked_at = time.monotonic()
+    env.hub.status["school-a"].health = Health(
+        False, f"login refused for {env.vendor.client_secret} and token={env.central.token}")
     try:
         for headers in (OP, VIEW):
             for path in paths:
                 async with env.http.get(path, headers=headers) as resp:
                     text = await resp.text()
-                    assert resp.status < 500 or path == "/readyz", path
+                    assert resp.status == 200, path
+                    if path.startswith("/api/adapters"):
+                        assert "login refused for ***" in text
                 for secret in env.secrets():
                     assert secret not in text, (path, secret)
             for path in ("/api/records/1/pdf", "/api/records/abc"):
@@ -458,14 +467,16 @@ async def test_no_secret_appears_in_any_response(env):
 
 # --- schemathesis -----------------------------------------------------------------------------
 
-def _fuzz(base_url: str, doc: dict[str, Any]) -> list[str]:
-    """Every operation of the document, authenticated as an operator: bounded examples, and the
-    only property asked is the one that matters here — no 5xx, whatever the input."""
+def _fuzz(base_url: str, doc: dict[str, Any]) -> int:
+    """Every operation of the document, authenticated as an operator, with bounded examples:
+    schemathesis's default checks (no 5xx; status codes, content types and bodies as
+    documented; schema-valid input accepted). Raises on the first failing operation; returns
+    the number of requests sent."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
     schema = schemathesis.openapi.from_dict(doc)
-    failures: list[str] = []
+    sent = 0
     for result in schema.get_all_operations():
         operation = result.ok()
 
@@ -473,18 +484,18 @@ def _fuzz(base_url: str, doc: dict[str, Any]) -> list[str]:
                   suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
         def run(case):
-            response = case.call(base_url=base_url, headers=OP, timeout=10)
-            if response.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path} {case.query} {case.body!r}: "
-                                f"{response.status_code}")
+            nonlocal sent
+            response = case.call_and_validate(base_url=base_url, headers=OP, timeout=10)
+            sent += 1
+            assert response.status_code < 500, (case.method, case.formatted_path, case.query, case.body)
 
         run()
-    return failures
+    return sent
 
 
 async def test_schemathesis_finds_no_server_error(env):
     _, doc = await env.get("/openapi.json")
     started = time.monotonic()
-    failures = await asyncio.to_thread(_fuzz, env.url, doc)
-    assert failures == []
+    sent = await asyncio.to_thread(_fuzz, env.url, doc)
+    assert sent >= 9 * 5  # every operation was exercised, not skipped
     assert time.monotonic() - started < 40

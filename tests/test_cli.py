@@ -113,6 +113,7 @@ async def test_run_serves_works_and_drains_on_sigterm(tmp_path):
     port = _free_port()
     config = yaml.safe_load((ROOT / "config" / "example.yaml").read_text(encoding="utf-8"))
     config["data_dir"] = str(tmp_path / "data")
+    config["adapters"] = config["adapters"][:1]  # the vnpt source, served by the simulator above
     config["adapters"][0]["settings"].update(vendor.adapter_settings())
     config["destination"]["settings"].update(central.adapter_settings())
     config["signers"][0]["settings"] = {"directory": str(pki), "password": "${RUN_TEST_KEY_PASSWORD}"}

@@ -50,6 +50,7 @@ from pyhanko.sign.signers.csc_signer import (
     base64_digest,
     fetch_certs_in_csc_credential,
 )
+from pyhanko_certvalidator.registry import SimpleCertificateStore
 from pyhanko_certvalidator.sig_validate import DEFAULT_SIGNATURE_VALIDATOR, SignatureValidationContext
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -113,6 +114,8 @@ class CscSigner(Signer):
             pass
 
     async def close(self) -> None:
+        for credential in self._credentials.values():
+            credential.signer.abandon()  # approvals still awaited: nobody is left to use them
         await self._client.close()
 
     async def check(self) -> Health:
@@ -238,8 +241,14 @@ class _BatchingSigner(CSCSigner):
                  window: float, sign_timeout: int):
         super().__init__(session, auth_manager, sign_timeout=sign_timeout, batch_size=batch_size,
                          batch_autocommit=True)
+        # pyHanko's credential store holds the signer's certificate too, and the CMS would carry
+        # it twice (a bigger signature than reserved); the chain alone, as for local keys.
+        first = self.signing_cert.dump()
+        self._cert_registry = SimpleCertificateStore.from_certs(
+            [c for c in auth_manager.credential_info.chain if c.dump() != first])
         self.window = window
         self._open: dict[str, _Batch] = {}
+        self._running: set[asyncio.Task] = set()
 
     async def async_sign_raw(self, data: bytes, digest_algorithm: str, dry_run: bool = False) -> bytes:
         if dry_run:
@@ -259,6 +268,16 @@ class _BatchingSigner(CSCSigner):
         self._check(signature, data, digest_algorithm)
         return signature
 
+    def abandon(self) -> None:
+        """Stop waiting for approvals (the signer is closing); their records stay unsigned."""
+        for batch in list(self._open.values()):
+            if batch.timer is not None:
+                batch.timer.cancel()
+            batch.result.cancel()
+        self._open.clear()
+        for task in list(self._running):
+            task.cancel()
+
     def _send(self, batch: _Batch) -> None:
         if self._open.get(batch.digest_algorithm) is batch:
             del self._open[batch.digest_algorithm]
@@ -266,6 +285,8 @@ class _BatchingSigner(CSCSigner):
             batch.timer.cancel()
         if batch.task is None:
             batch.task = asyncio.ensure_future(self._commit_batch(batch))
+            self._running.add(batch.task)
+            batch.task.add_done_callback(self._running.discard)
 
     async def _commit_batch(self, batch: _Batch) -> None:
         approval: _Approval = self.auth_manager  # type: ignore[assignment]
@@ -277,13 +298,18 @@ class _BatchingSigner(CSCSigner):
             if not isinstance(encoded, list) or len(encoded) != len(batch.hashes):
                 raise SigningError(f"the service returned {len(encoded or [])} signatures for "
                                    f"{len(batch.hashes)} hashes")
-            batch.result.set_result([base64.b64decode(s) for s in encoded])
+            outcome: Any = [base64.b64decode(s) for s in encoded]
         except SigningError as exc:
-            batch.result.set_exception(exc)
+            outcome = exc
         except (_ServiceError, PyHankoSigningError, aiohttp.ClientError, asyncio.TimeoutError,
                 ValueError) as exc:
-            batch.result.set_exception(SigningError(
-                f"remote signing for {approval.who} failed: {type(exc).__name__}: {exc}"))
+            outcome = SigningError(f"remote signing for {approval.who} failed: {type(exc).__name__}: {exc}")
+        if batch.result.done():  # abandoned while the service was answering
+            return
+        if isinstance(outcome, BaseException):
+            batch.result.set_exception(outcome)
+        else:
+            batch.result.set_result(outcome)
 
     def _check(self, signature: bytes, data: bytes, digest_algorithm: str) -> None:
         # A service bug or a mixed-up credential must not put an invalid signature in a transcript.
@@ -371,6 +397,7 @@ class _Client:
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
+        self._backoff = wait_exponential_jitter(multiplier=settings.backoff, max=30, jitter=settings.backoff)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -409,8 +436,8 @@ class _Client:
             return self._token
 
     async def _auth(self, request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
-        if request.url.path.endswith("/info"):
-            return await handler(request)
+        if request.url.path.endswith(f"/csc/{self.settings.api_version}/info"):
+            return await handler(request)  # the one call the CSC API leaves open
         token = await self.token()
         request.headers["Authorization"] = f"Bearer {token}"
         response = await handler(request)
@@ -421,7 +448,7 @@ class _Client:
         return response
 
     async def _retry(self, request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
-        backoff = wait_exponential_jitter(initial=self.settings.backoff, max=30, jitter=self.settings.backoff)
+        backoff = self._backoff
 
         def wait(state: Any) -> float:
             # A service that says when to come back (Retry-After) is believed.

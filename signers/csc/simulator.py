@@ -60,6 +60,7 @@ class CscCounters:
     signatures: int = 0
     faulted: int = 0
     largest_batch: int = 0
+    largest_request: int = 0  # bytes: shows that hashes, not documents, reach the service
 
 
 @dataclass
@@ -170,6 +171,7 @@ class CscSimulator(Simulator):
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.counters.requests += 1
+        self.counters.largest_request = max(self.counters.largest_request, request.content_length or 0)
         if self.latency or self.faults.slow_seconds:
             await asyncio.sleep(self.latency + self.faults.slow_seconds)
         f = self.faults
@@ -236,6 +238,11 @@ class CscSimulator(Simulator):
             cert.not_valid_before_utc, cert.not_valid_after_utc)
         self._credentials[user] = credential
         return credential
+
+    def preload(self) -> int:
+        """Open every key file now; return how many (a bench keeps this work out of its timing)."""
+        assert self.pki_dir is not None
+        return sum(self._load(path.stem) is not None for path in sorted(self.pki_dir.glob("*.p12")))
 
     async def _list(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -365,6 +372,8 @@ async def _serve(args: argparse.Namespace) -> None:
     simulator = CscSimulator(pki_dir=args.pki, password=args.password, latency=args.latency,
                              approval_delay=args.approval_delay, max_batch=args.max_batch)
     url = await simulator.start(port=args.port)
+    if args.preload:
+        await asyncio.to_thread(simulator.preload)
     print(url, flush=True)
     try:
         await asyncio.Event().wait()
@@ -380,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--approval-delay", type=float, default=0.0, help="seconds until the phone approves")
     parser.add_argument("--max-batch", type=int, default=100, help="hashes one authorization may cover")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--preload", action="store_true",
+                        help="open every key file before answering (a real service has them open)")
     args = parser.parse_args(argv)
     try:
         asyncio.run(_serve(args))

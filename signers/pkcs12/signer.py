@@ -34,13 +34,18 @@ class Pkcs12Signer(LocalKeySigner):
     @classmethod
     def load_keys(cls, settings: Settings) -> dict[str, LocalKey]:
         """Read every ``*.p12`` in ``settings.directory``; the file name (without .p12) is the key."""
+        return {key: _read(settings.directory / f"{key}.p12", settings) for key in cls.key_ids(settings)}
+
+    @classmethod
+    def key_ids(cls, settings: Settings) -> list[str]:
+        """The ``*.p12`` file names (without .p12) in ``settings.directory``, none opened."""
         directory = settings.directory
         if not directory.is_dir():
             raise PluginError(f"pkcs12: key directory {directory} does not exist (settings.directory)")
-        files = sorted(directory.glob("*.p12"))
-        if not files:
+        keys = sorted(path.stem for path in directory.glob("*.p12"))
+        if not keys:
             raise PluginError(f"pkcs12: no .p12 key files in {directory} (settings.directory)")
-        return {path.stem: _read(path, settings) for path in files}
+        return keys
 
     @classmethod
     def load_key(cls, settings: Settings, key: str) -> LocalKey | None:

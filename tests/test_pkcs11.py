@@ -1,0 +1,123 @@
+"""The ``pkcs11`` signer on a real PKCS#11 token: SoftHSM2, initialised in a temporary directory.
+
+The school seal's key and certificate go onto the token under a label; the signer finds them
+by label with the PIN, and the token makes the signature. Checked by pyHanko and pdfsig.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hub import pki
+from hub.contracts import PluginContext, PluginError
+from hub.records import parse_transcript
+from hub.render import render_pdf
+from hub.signing import SigningError, identity_for, request_for
+from hub.synthetic import transcript
+from hub.tsa import TrustServices
+from hub.verify import load_certs, verify_pdf
+from signers.pkcs11.signer import Pkcs11Signer
+from signers.pkcs11.softhsm import find_library, import_p12, init_token
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("softhsm2-util") is None or find_library() is None,
+    reason="SoftHSM2 is not installed (Debian package softhsm2; .ci/run installs it)")
+
+PASSWORD = "p11-test-password"
+TOKEN = "HOCBA-SEAL"
+PIN = "246810"
+
+
+def record(index: int):
+    data = transcript(index)
+    data.update(record_id=f"P{index:04d}", event="NEW", version=1, updated_at="2025-06-01T08:00:00")
+    return parse_transcript(data)
+
+
+REC = record(1)
+SEAL = identity_for(REC, "school_seal")
+PRINCIPAL = identity_for(REC, "principal")
+
+
+@pytest.fixture(scope="module")
+def token(tmp_path_factory):
+    """A SoftHSM2 token with the seal's key (valid) and the principal's (expired certificate)."""
+    keys = tmp_path_factory.mktemp("p11-pki")
+    root = pki.ensure_pki(keys, [SEAL], PASSWORD)
+    pki.issue(keys, [PRINCIPAL], PASSWORD, expired=True)
+    conf = init_token(tmp_path_factory.mktemp("softhsm"), TOKEN, pin=PIN, so_pin="13579024")
+    # SoftHSM2 reads its configuration when the module is first loaded in this process.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SOFTHSM2_CONF", str(conf))
+        import_p12(find_library(), TOKEN, PIN, f"seal-{SEAL.key}", keys / f"{SEAL.key}.p12", PASSWORD)
+        import_p12(find_library(), TOKEN, PIN, f"old-{PRINCIPAL.key}", keys / f"{PRINCIPAL.key}.p12", PASSWORD)
+        yield keys, root
+
+
+def make_signer(pin: str = PIN, token_label: str = TOKEN, keys: dict[str, str] | None = None) -> Pkcs11Signer:
+    settings = Pkcs11Signer.Settings(library=find_library(), token=token_label, pin=pin,
+                                     keys=keys or {SEAL.key: f"seal-{SEAL.key}",
+                                                   PRINCIPAL.key: f"old-{PRINCIPAL.key}"})
+    return Pkcs11Signer(settings, PluginContext("seal-token", Path("."), None))
+
+
+async def test_wrong_pin_missing_label_or_token_are_clear_start_up_errors(token):
+    cases = [
+        (make_signer(pin="000000"), r"token 'HOCBA-SEAL' .*: wrong PIN \(settings.pin\)"),
+        (make_signer(keys={SEAL.key: "no-such-label"}),
+         rf"no private key labelled 'no-such-label' \(settings.keys\['{SEAL.key}'\]\)"),
+        (make_signer(token_label="NOT-PLUGGED-IN"), r"token 'NOT-PLUGGED-IN' .* is not present"),
+        (Pkcs11Signer(Pkcs11Signer.Settings(library=Path("/nonexistent/libtoken.so"), token=TOKEN, pin=PIN,
+                                            keys={SEAL.key: "x"}), PluginContext("t", Path("."))),
+         r"module /nonexistent/libtoken.so does not exist \(settings.library\)"),
+    ]
+    for signer, message in cases:
+        with pytest.raises(PluginError, match=message) as info:
+            await signer.open()
+        assert "000000" not in str(info.value)
+        await signer.close()
+
+
+async def test_the_seal_is_signed_on_the_token_at_b_t(token, tmp_path):
+    keys, root = token
+    services = TrustServices(keys)
+    await services.start()
+    signer = make_signer()
+    await signer.open()
+    try:
+        assert (await signer.check()).ok
+        pdf = render_pdf(REC, ("school_seal",))
+        [signed] = await signer.sign([request_for(REC, pdf, "school_seal", level="B-T",
+                                                  timestamp_url=services.tsa_url)])
+    finally:
+        await signer.close()
+        await services.stop()
+    report = await verify_pdf(signed, load_certs(root))
+    assert report.ok, report.problems()
+    [sig] = report.signatures
+    assert (sig.field, sig.signer, sig.pades_level) == ("school_seal", SEAL.name, "B-T")
+    assert services.counters.timestamps == 1
+    if shutil.which("pdfsig"):
+        path = tmp_path / "seal.pdf"
+        path.write_bytes(signed)
+        out = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True).stdout
+        assert "Signature Validation: Signature is Valid." in out, out
+
+
+async def test_an_expired_certificate_on_the_token_is_refused_and_unknown_identities_named(token):
+    signer = make_signer()
+    await signer.open()
+    try:
+        pdf = render_pdf(REC, ("principal",))
+        with pytest.raises(SigningError, match=r"principal .* on the token expired on .* renew it"):
+            await signer.sign([request_for(REC, pdf, "principal")])
+        teacher = identity_for(REC, "homeroom_teacher")
+        with pytest.raises(SigningError, match=rf"no key for homeroom_teacher .*{teacher.key}.* settings.keys"):
+            await signer.sign([request_for(REC, render_pdf(REC), "homeroom_teacher")])
+    finally:
+        await signer.close()
+
