@@ -137,14 +137,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _store_of(path: str):
     from hub.config import ConfigError, load_config
-    from hub.store import Store
+    from hub.store import open_store
 
     try:
         config = load_config(path)
     except ConfigError as exc:
         _print_errors(exc.errors)
         return None, None
-    return config, Store(config.store_path)
+    return config, open_store(config.store_path)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -40,6 +40,31 @@ def render_job(normalized: dict[str, Any], roles: tuple[str, ...]) -> bytes:
     return render_pdf(parse_transcript(normalized), roles)
 
 
+def _worker_init(fonts: dict[str, bytes]) -> None:
+    """In each pool worker: take the prepared fonts, and exit if the hub dies.
+
+    A hub killed with SIGKILL cannot shut its pool down; without this watch its workers would
+    linger as orphans holding memory.
+    """
+    import threading
+
+    from hub.render import load_fonts
+
+    load_fonts(fonts)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="hocba-orphan-watch", daemon=True).start()
+
+
+def _warm() -> int:
+    return os.getpid()
+
+
 @dataclass
 class Status:
     """What an operator and ``/readyz`` need to know about one plugin instance."""
@@ -52,7 +77,8 @@ class Hub:
 
     def __init__(self, config: HubConfig, *, store: st.Store | None = None):
         self.config = config
-        self.store = store or st.Store(config.store_path)
+        # SQLite file by default; ``store: postgresql://…`` for several workers on one database.
+        self.store = store or st.open_store(config.store_path)
         self.log = get_logger()
         self.steps = [(s.role, s.signer) for s in config.signing.steps]
         self.roles = tuple(role for role, _ in self.steps)
@@ -90,7 +116,11 @@ class Hub:
         # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s.
         fonts = await asyncio.to_thread(load_fonts)
         self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=load_fonts, initargs=(fonts,))
+                                         initializer=_worker_init, initargs=(fonts,))
+        # Start every worker now, off the event loop, rather than on the first render (where
+        # spawning them would stall the loop for a second or two).
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, _warm) for _ in range(self._processes)))
         data = self.config.data_dir
         try:
             for section in self.config.signers:
@@ -120,7 +150,7 @@ class Hub:
         stages: dict[str, tuple[Callable[[int], Awaitable[None]], int]] = {
             "normalize": (self._normalize, 2),
             "render": (self._render, self._concurrency),
-            "sign": (self._sign, self._concurrency),
+            "sign": (self._sign, max(self._concurrency, self.config.signing.concurrency)),  # remote signers wait on I/O
         }
         if not self.store.shared:
             # Only this process uses the file: leases left by a killed run are void right away.
@@ -194,8 +224,8 @@ class Hub:
         """Store and every plugin's ``check()``; ``ready`` only if all are healthy."""
         checks: dict[str, Any] = {}
         try:
-            await self._db(self.store.ping)
-            checks["store"] = {"ok": True}
+            # The shared store as this worker sees it: backend, schema, workers connected.
+            checks["store"] = {"ok": True, "detail": await self._db(self.store.describe)}
         except Exception as exc:  # the store is down: that is the answer, not an error
             checks["store"] = {"ok": False, "detail": str(exc)}
         plugins = self._plugins()
@@ -362,32 +392,53 @@ class Hub:
                     pass
                 continue
             paused_logged = False
+            # One worker at a time reads an adapter and moves its cursor: the store leases the
+            # pull (renewed by the heartbeat; a dead worker's lease runs out or, on PostgreSQL,
+            # ends with its session). A worker that does not get it has nothing to pull now.
             try:
-                cursor = await self._db(self.store.cursor, name)
-                received = 0
-                async for page in adapter.fetch(cursor):
-                    # Records and the cursor that covers them commit together: a crash re-reads.
-                    ids = await self._db(self.store.receive, name, page.records, page.cursor, save_cursor=True)
-                    received += len(ids)
-                    for pk in ids:
-                        self._enqueue(pk, st.RECEIVED)
-                    await adapter.acknowledge(page)
-                self.status[name].last_sync = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-                if not self.status[name].health.ok:
-                    log.info("adapter.recovered")
-                self.status[name].health = Health(True, "last pull succeeded")
-                log.info("adapter.pulled", new_versions=received)
-            except asyncio.CancelledError:
-                raise
+                owned = await self._db(self.store.claim_pull, name, self.owner, self.lease_seconds)
             except Exception as exc:
-                if self.status[name].health.ok:  # log the start of an outage once, not every poll
-                    log.error("adapter.pull_failed", error=str(exc))
-                self.status[name].health = Health(False, f"pull failed: {exc}")
+                owned = False
+                log.error("adapter.pull_lease_failed", error=str(exc))
+            if owned:
+                try:
+                    cursor = await self._db(self.store.cursor, name)
+                    received = 0
+                    async for page in adapter.fetch(cursor):
+                        # Records and the cursor that covers them commit together, and only while
+                        # this worker still holds the pull: a crash or a lost lease re-reads.
+                        ids = await self._db(self.store.receive, name, page.records, page.cursor,
+                                             save_cursor=True, lease_owner=self.owner)
+                        received += len(ids)
+                        for pk in ids:
+                            self._enqueue(pk, st.RECEIVED)
+                        await adapter.acknowledge(page)
+                    self.status[name].last_sync = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                    if not self.status[name].health.ok:
+                        log.info("adapter.recovered")
+                    self.status[name].health = Health(True, "last pull succeeded")
+                    log.info("adapter.pulled", new_versions=received)
+                except asyncio.CancelledError:
+                    raise
+                except st.LeaseLost as exc:
+                    log.warning("adapter.pull_lease_lost", error=str(exc))
+                except Exception as exc:
+                    if self.status[name].health.ok:  # log the start of an outage once, not every poll
+                        log.error("adapter.pull_failed", error=str(exc))
+                    self.status[name].health = Health(False, f"pull failed: {exc}")
+                finally:
+                    await asyncio.shield(self._release_pull(name))
             self._pulled[name].set()
             try:
                 await asyncio.wait_for(self._stopping.wait(), section.poll_interval)
             except asyncio.TimeoutError:
                 pass
+
+    async def _release_pull(self, name: str) -> None:
+        try:
+            await self._db(self.store.release_pull, name, self.owner)
+        except Exception as exc:  # the lease runs out by itself
+            self.log.warning("adapter.pull_release_failed", adapter=name, error=str(exc))
 
     async def _normalize(self, pk: int) -> None:
         if (row := await self._current(pk, "normalize")) is None:
@@ -433,25 +484,66 @@ class Hub:
         await self._move(row, st.RENDERED, pdf=pdf)
 
     async def _sign(self, pk: int) -> None:
+        """One signing step: the role's signer for the record's school, at the step's PAdES level.
+
+        A document that arrived already signed (a vendor's signatures) is validated against
+        ``signing.trust`` and only its missing steps are signed; one modified after signing is
+        quarantined with the reason. After the last step the whole document is validated, and
+        one that does not validate is never handed to delivery.
+        """
         from hub.signing import request_for
+        from hub.verify import trust_roots_der, verify_blocking
 
         if (row := await self._current(pk, "sign")) is None:
             return
         done = 0 if row.state == st.RENDERED else self.roles.index(row.state.removeprefix(st.SIGNED_PREFIX)) + 1
-        role, signer_name = self.steps[done]
+        role = self.roles[done]
+        signing = self.config.signing
+        loop = asyncio.get_running_loop()
+        pdf = row.pdf
         try:
-            request = request_for(parse_transcript(row.normalized), row.pdf, role)
-            [signed] = await self.signers[signer_name].sign([request])
+            record = parse_transcript(row.normalized)
+            step = signing.step_for(role, record.school_code)
+            trust = trust_roots_der(tuple(signing.trust))
+            # More signatures than steps this hub took: someone signed before the hub did.
+            signed_before: set[str] = set()
+            if pdf.count(b"/ByteRange") > done:
+                report = await loop.run_in_executor(self._pool, verify_blocking, pdf, trust)
+                problems = report.problems(require_trust=bool(trust))
+                signed_before = set(report.fields)
+                later = [r for r in self.roles[done + 1:] if r in signed_before]
+                if not problems and role not in signed_before and later:
+                    problems = [f"{later[0]}: signed before {role}, out of the Ministry's order"]
+                if problems:
+                    await self._move(row, st.QUARANTINED, detail="arrived signed, and the signatures do not hold",
+                                     errors=problems)
+                    return
+            if role not in signed_before:
+                signer = self.signers.get(step.signer)
+                if signer is None:
+                    raise PluginError(f"signer {step.signer!r} (for school {record.school_code}) is not "
+                                      f"defined under signers")
+                request = request_for(record, pdf, role, level=step.level or "B-B",
+                                      timestamp_url=step.timestamp_url or "")
+                [pdf] = await signer.sign([request])
         except (PluginError, ValueError) as exc:
             await self._move(row, st.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
             return
-        await self._move(row, st.SIGNED_PREFIX + role, pdf=signed)
+        if done == len(self.roles) - 1:
+            report = await loop.run_in_executor(self._pool, verify_blocking, pdf, trust)
+            problems = report.problems(require_trust=bool(trust))
+            if problems:
+                await self._move(row, st.FAILED, detail="the signed document does not validate; not delivered",
+                                 errors=problems)
+                return
+        await self._move(row, st.SIGNED_PREFIX + role, pdf=pdf)
 
     # --- operator actions (the admin API, hub/admin.py) -------------------------------------
 
     async def replay(self, pks: list[int], *, stage: str = "normalize", actor: str) -> list[tuple[int, str]]:
-        """``Store.replay`` through the running hub: the moved records are queued at once rather
-        than waiting for the next rescan. Returns ``(id, new state)`` of the records that moved."""
+        """``Store.replay`` through the running hub: the stages that take the moved records are
+        woken at once rather than at their next poll. Returns ``(id, new state)`` of the records
+        that moved."""
         moved = await self._db(self.store.replay, list(pks), stage=stage, actor=actor,
                                deliver_from=self.last_signed_state)
         for pk, state in moved:

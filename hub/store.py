@@ -1,12 +1,19 @@
-"""The durable store: every record's raw payload, state and products, in SQLite.
+"""The durable store: every record's raw payload, state and products.
 
 The raw payload is committed before anything else happens to a record; every state change is
 one transaction that checks the state it leaves (so two workers cannot both advance a record)
 and appends to the record's history. A restarted hub asks ``pending()`` for every record not
 in a final state and carries on from there.
 
-SQLite runs in WAL mode with ``synchronous=FULL``: a commit survives a crash of the process
-and of the machine. All calls go through one connection guarded by a lock; the pipeline calls
+Two backends, one behaviour (``tests/test_store_contract.py`` runs the same cases on both):
+
+- ``Store``: SQLite, the default. One file in WAL mode with ``synchronous=FULL``: a commit
+  survives a crash of the process and of the machine. One hub process owns the file.
+- ``hub.store_pg.PostgresStore``: PostgreSQL, for several hub workers on one database
+  (``store: postgresql://…``). Work is leased with ``SELECT … FOR UPDATE SKIP LOCKED``.
+
+``open_store(location)`` picks the backend. The schema of both comes from
+``hub.migrations``. All calls go through one connection guarded by a lock; the pipeline calls
 the store from a dedicated thread so the event loop never waits on the disk.
 """
 
@@ -18,12 +25,12 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from hub import migrations
 from hub.contracts import RawRecord
 
 # States, in pipeline order. ``signed:<role>`` follows each signing step.
@@ -44,85 +51,7 @@ REPLAYABLE = frozenset({QUARANTINED, FAILED, DEAD_LETTER})
 # Record ids are derived from (adapter instance, vendor id) so a re-read maps to the same id.
 _RECORD_NS = uuid.UUID("6f1d3f5c-43d1-4a56-9a4e-9d1c0e0b7a11")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id              INTEGER PRIMARY KEY,
-    record_id       TEXT NOT NULL,
-    version         INTEGER NOT NULL,
-    event           TEXT NOT NULL,
-    adapter         TEXT NOT NULL,
-    source_id       TEXT NOT NULL,
-    source_updated  TEXT,
-    content_type    TEXT NOT NULL,
-    payload         BLOB NOT NULL,
-    payload_hash    TEXT NOT NULL,
-    state           TEXT NOT NULL,
-    school_code     TEXT,
-    school_year     TEXT,
-    normalized      TEXT,
-    pdf             BLOB,
-    errors          TEXT,
-    receipt         TEXT,
-    content_hash    TEXT,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    received_at     TEXT NOT NULL,
-    updated_at      TEXT NOT NULL,
-    pruned_at       TEXT,
-    lease_owner     TEXT,
-    lease_until     TEXT,
-    UNIQUE (record_id, version)
-);
-CREATE INDEX IF NOT EXISTS records_state ON records (state);
-CREATE INDEX IF NOT EXISTS records_adapter ON records (adapter, state);
-CREATE TABLE IF NOT EXISTS history (
-    id         INTEGER PRIMARY KEY,
-    record     INTEGER NOT NULL REFERENCES records (id),
-    at         TEXT NOT NULL,
-    state      TEXT NOT NULL,
-    detail     TEXT
-);
-CREATE INDEX IF NOT EXISTS history_record ON history (record);
-CREATE TABLE IF NOT EXISTS cursors (
-    adapter    TEXT PRIMARY KEY,
-    cursor     TEXT,
-    updated_at TEXT NOT NULL
-);
--- The outbox: a row here is a delivery that is due; it is written in the same transaction
--- as the state that makes it due and removed in the one that records the outcome.
-CREATE TABLE IF NOT EXISTS outbox (
-    record      INTEGER PRIMARY KEY REFERENCES records (id),
-    due_at      TEXT NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT,
-    lease_owner TEXT,
-    lease_until TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_at);
--- Per record_id, the highest version the destination holds and the content it carried.
-CREATE TABLE IF NOT EXISTS sent (
-    record_id    TEXT PRIMARY KEY,
-    version      INTEGER NOT NULL,
-    content_hash TEXT,
-    receipt      TEXT,
-    sent_at      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS adapters (
-    name       TEXT PRIMARY KEY,
-    paused     INTEGER NOT NULL DEFAULT 0,
-    updated_at TEXT NOT NULL
-);
--- Append-only and hash-chained: each entry's hash covers its content and the previous hash.
-CREATE TABLE IF NOT EXISTS audit (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    at      TEXT NOT NULL,
-    kind    TEXT NOT NULL,
-    actor   TEXT NOT NULL,
-    subject TEXT,
-    detail  TEXT,
-    prev    TEXT NOT NULL,
-    hash    TEXT NOT NULL
-);
-"""
+T = TypeVar("T")
 
 _SUMMARY_COLUMNS = ("id, record_id, version, event, adapter, source_id, state, school_code, school_year,"
                     " errors, receipt, attempts, received_at, updated_at, pruned_at")
@@ -174,7 +103,7 @@ class Row:
     updated_at: str
 
     @classmethod
-    def _from(cls, r: sqlite3.Row) -> "Row":
+    def _from(cls, r: Any) -> "Row":  # a row of either backend, by column name
         return cls(
             id=r["id"], record_id=r["record_id"], version=r["version"], event=r["event"],
             adapter=r["adapter"], source_id=r["source_id"], source_updated=r["source_updated"],
@@ -195,12 +124,45 @@ class StateConflict(Exception):
     """The record was not in the state the transition expected (another worker moved it)."""
 
 
+class LeaseLost(Exception):
+    """This worker no longer holds the adapter's pull lease (it expired and another worker
+    took it): nothing of the page was committed, the other worker reads it."""
+
+
+def is_postgres_url(location: str | Path) -> bool:
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def open_store(location: str | Path) -> "Store":
+    """The store at ``location``: a ``postgresql://`` URL, or a SQLite file path."""
+    if is_postgres_url(location):
+        from hub.store_pg import PostgresStore
+
+        return PostgresStore(str(location))
+    return Store(location)
+
+
 class Store:
     """SQLite-backed record store. Thread-safe; every public method is one transaction.
 
     ``shared`` is false: one hub process owns a SQLite file (several workers need PostgreSQL).
+    The PostgreSQL store subclasses this one and changes only what the dialect needs: row
+    locks, leases, the audit chain's numbering, space reclamation.
     """
     shared = False
+    dialect = "sqlite"
+    # SQLite's single writer already serialises a whole transaction; PostgreSQL needs the rows
+    # a transition checks locked until it commits.
+    _for_update = ""
+
+    def __new__(cls, path: str | Path = ":memory:", *args: Any, **kwargs: Any) -> "Store":
+        # ``Store(config.store_path)`` is how callers open the configured store: a PostgreSQL URL
+        # must open PostgreSQL, never a SQLite file named after the URL.
+        if cls is Store and is_postgres_url(path):
+            from hub.store_pg import PostgresStore
+
+            return super().__new__(PostgresStore)
+        return super().__new__(cls)
 
     def __init__(self, path: str | Path):
         self.path = str(path)
@@ -215,39 +177,74 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._migrate()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _migrate(self) -> None:
+        def work(db: Any) -> None:
+            db.execute(migrations.VERSION_TABLE)
+            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            for step in migrations.pending(current):
+                for statement in step.statements(self.dialect):
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                           (step.version, step.name, _now()))
+        self._write(work)
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+
+    def _write(self, work: Callable[[Any], T]) -> T:
+        """Run ``work(db)`` in one write transaction; roll back if it raises."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                result = work(self._db)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            return result
+
+    # Dialect hooks: what SQLite's single writer makes unnecessary, PostgreSQL overrides.
+
+    def _lock_record_ids(self, db: Any, record_ids: list[str]) -> None:
+        """Serialise version numbering per record_id against other workers (sorted: no deadlock)."""
+
+    def _lease_times(self, lease_seconds: float) -> tuple[str, str]:
+        now = dt.datetime.now(dt.timezone.utc)
+        until = now + dt.timedelta(seconds=lease_seconds)
+        return now.isoformat(timespec="milliseconds"), until.isoformat(timespec="milliseconds")
 
     # --- intake ---------------------------------------------------------------------------
 
     def receive(self, adapter: str, records: Iterable[RawRecord], cursor: str | None = None,
-                *, save_cursor: bool = False) -> list[int]:
+                *, save_cursor: bool = False, lease_owner: str | None = None) -> list[int]:
         """Commit raw records (and the cursor that covers them) in one transaction.
 
         A record whose payload is unchanged since its latest version is skipped; a changed one
         becomes the next version (``UPDATE``, or ``CANCEL`` when the vendor deleted it), and any
         older version still on its way is superseded so a stale version is never sent.
-        Returns the store ids of the new versions.
+        ``lease_owner``: commit only while that worker holds the adapter's pull lease
+        (``claim_pull``), else raise ``LeaseLost`` — a worker that lost it never moves the
+        cursor back. Returns the store ids of the new versions.
         """
-        new_ids: list[int] = []
+        page = list(records)  # one page; a failing iterator commits nothing
         now = _now()
-        with self._tx() as db:
-            for raw in records:
-                rid = record_id_for(adapter, raw.source_id)
+        placeholders = ",".join("?" * len(FINAL_STATES))
+
+        def work(db: Any) -> list[int]:
+            if lease_owner is not None:
+                self._check_pull_lease(db, adapter, lease_owner)
+            rids = [record_id_for(adapter, raw.source_id) for raw in page]
+            self._lock_record_ids(db, sorted(set(rids)))
+            new_ids: list[int] = []
+            for raw, rid in zip(page, rids):
                 digest = hashlib.sha256(raw.payload + (b"\x00deleted" if raw.deleted else b"")).hexdigest()
                 latest = db.execute(
                     "SELECT id, version, payload_hash, event FROM records WHERE record_id = ? "
@@ -262,38 +259,66 @@ class Store:
                 version = latest["version"] + 1 if latest is not None else 1
                 if latest is not None:
                     for old in db.execute(
-                        f"SELECT id FROM records WHERE record_id = ? AND state NOT IN ({','.join('?' * len(FINAL_STATES))})",
+                        f"SELECT id FROM records WHERE record_id = ? AND state NOT IN ({placeholders})"
+                        f" ORDER BY id{self._for_update}",
                         (rid, *sorted(FINAL_STATES)),
                     ).fetchall():
                         self._set_state(db, old["id"], SUPERSEDED, f"version {version} received", now)
-                cur = db.execute(
+                pk = db.execute(
                     "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
                     " content_type, payload, payload_hash, state, received_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (rid, version, event, adapter, raw.source_id,
                      raw.updated_at.isoformat() if raw.updated_at else None, raw.content_type,
                      raw.payload, digest, RECEIVED, now, now),
-                )
-                new_ids.append(cur.lastrowid)
+                ).fetchone()[0]
+                new_ids.append(pk)
                 db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)",
-                           (cur.lastrowid, now, RECEIVED, f"version {version} {event}"))
+                           (pk, now, RECEIVED, f"version {version} {event}"))
             if save_cursor:
                 db.execute(
                     "INSERT INTO cursors (adapter, cursor, updated_at) VALUES (?, ?, ?) "
                     "ON CONFLICT (adapter) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
                     (adapter, cursor, now),
                 )
-        return new_ids
+            return new_ids
+        return self._write(work)
 
     def cursor(self, adapter: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT cursor FROM cursors WHERE adapter = ?", (adapter,)).fetchone()
         return row["cursor"] if row else None
 
+    # --- pull leases: one worker at a time reads an adapter ----------------------------------
+
+    def claim_pull(self, adapter: str, owner: str, lease_seconds: float) -> bool:
+        """Lease pulling ``adapter`` (and moving its cursor) to ``owner``; false while another
+        worker holds it. Holding it already renews it."""
+        now, until = self._lease_times(lease_seconds)
+        return self._write(lambda db: db.execute(
+            "INSERT INTO pull_leases (adapter, owner, lease_until) VALUES (?, ?, ?)"
+            " ON CONFLICT (adapter) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until"
+            " WHERE pull_leases.owner = excluded.owner OR pull_leases.lease_until < ? RETURNING adapter",
+            (adapter, owner, until, now)).fetchone() is not None)
+
+    def release_pull(self, adapter: str, owner: str) -> None:
+        self._write(lambda db: db.execute("DELETE FROM pull_leases WHERE adapter = ? AND owner = ?",
+                                          (adapter, owner)))
+
+    def pull_owner(self, adapter: str) -> str | None:
+        """Who holds ``adapter``'s pull lease (expired or not), if anyone."""
+        with self._lock:
+            row = self._db.execute("SELECT owner FROM pull_leases WHERE adapter = ?", (adapter,)).fetchone()
+        return row[0] if row else None
+
+    def _check_pull_lease(self, db: Any, adapter: str, owner: str) -> None:
+        row = db.execute(f"SELECT owner FROM pull_leases WHERE adapter = ?{self._for_update}", (adapter,)).fetchone()
+        if row is None or row[0] != owner:
+            raise LeaseLost(f"{adapter}: the pull lease is held by {row[0] if row else 'nobody'}, not {owner}")
+
     # --- state changes ----------------------------------------------------------------------
 
-    @staticmethod
-    def _set_state(db: sqlite3.Connection, pk: int, state: str, detail: str | None, now: str) -> None:
+    def _set_state(self, db: Any, pk: int, state: str, detail: str | None, now: str) -> None:
         # A state change ends the worker's lease: the next stage claims the record afresh.
         db.execute("UPDATE records SET state = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL"
                    " WHERE id = ?", (state, now, pk))
@@ -320,8 +345,9 @@ class Store:
                 value = json.dumps(value, ensure_ascii=False)
             columns.append(f"{name} = ?")
             values.append(value)
-        with self._tx() as db:
-            row = db.execute("SELECT state FROM records WHERE id = ?", (pk,)).fetchone()
+
+        def work(db: Any) -> None:
+            row = db.execute(f"SELECT state FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
             if row is None or row["state"] != expected:
                 raise StateConflict(f"record {pk} is {row['state'] if row else 'missing'}, not {expected}")
             if columns:
@@ -342,15 +368,17 @@ class Store:
                     (r["record_id"], r["version"], r["content_hash"], r["receipt"], now),
                 )
                 self._audit(db, "receipt", "hub", r["record_id"], {"version": r["version"], "receipt": fields.get("receipt")})
+        self._write(work)
 
     def note_attempt(self, pk: int, error: str) -> int:
         """Count a failed attempt without changing state; returns the attempt count."""
-        with self._tx() as db:
+        def work(db: Any) -> int:
             db.execute("UPDATE records SET attempts = attempts + 1, errors = ?, updated_at = ? WHERE id = ?",
                        (json.dumps([error], ensure_ascii=False), _now(), pk))
             db.execute("INSERT INTO history (record, at, state, detail) VALUES "
                        "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, _now(), pk, f"retry: {error}"))
             return db.execute("SELECT attempts FROM records WHERE id = ?", (pk,)).fetchone()[0]
+        return self._write(work)
 
     # --- leases ------------------------------------------------------------------------------
 
@@ -358,14 +386,12 @@ class Store:
         """Lease up to ``limit`` records in ``states`` that nobody holds (or whose lease ran
         out: its worker died) to ``owner``, oldest first. A state change ends the lease."""
         states = list(states)
-        now = dt.datetime.now(dt.timezone.utc)
-        until = (now + dt.timedelta(seconds=lease_seconds)).isoformat(timespec="milliseconds")
-        with self._tx() as db:
-            rows = db.execute(
-                "UPDATE records SET lease_owner = ?, lease_until = ? WHERE id IN ("
-                f" SELECT id FROM records WHERE state IN ({','.join('?' * len(states))})"
-                "  AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?) RETURNING id",
-                (owner, until, *states, now.isoformat(timespec="milliseconds"), limit)).fetchall()
+        now, until = self._lease_times(lease_seconds)
+        rows = self._write(lambda db: db.execute(
+            "UPDATE records SET lease_owner = ?, lease_until = ? WHERE id IN ("
+            f" SELECT id FROM records WHERE state IN ({','.join('?' * len(states))})"
+            "  AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?) RETURNING id",
+            (owner, until, *states, now, limit)).fetchall())
         return sorted(r[0] for r in rows)
 
     def release(self, pks: Iterable[int], owner: str) -> None:
@@ -373,37 +399,38 @@ class Store:
         pks = list(pks)
         if not pks:
             return
-        with self._tx() as db:
-            db.execute(f"UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
-                       f" AND id IN ({','.join('?' * len(pks))})", (owner, *pks))
+        self._write(lambda db: db.execute(
+            f"UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
+            f" AND id IN ({','.join('?' * len(pks))})", (owner, *pks)))
 
     def renew(self, owner: str, lease_seconds: float) -> None:
         """Extend every lease ``owner`` holds (a heartbeat while long work is under way)."""
-        until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=lease_seconds)).isoformat(
-            timespec="milliseconds")
-        with self._tx() as db:
+        _, until = self._lease_times(lease_seconds)
+
+        def work(db: Any) -> None:
             db.execute("UPDATE records SET lease_until = ? WHERE lease_owner = ?", (until, owner))
             db.execute("UPDATE outbox SET lease_until = ? WHERE lease_owner = ?", (until, owner))
+            db.execute("UPDATE pull_leases SET lease_until = ? WHERE owner = ?", (until, owner))
+        self._write(work)
 
     def release_all(self) -> None:
         """Drop every lease: for a store only one hub process uses, at that process's start."""
-        with self._tx() as db:
+        def work(db: Any) -> None:
             db.execute("UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL")
             db.execute("UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL")
+            db.execute("DELETE FROM pull_leases")
+        self._write(work)
 
     # --- delivery (outbox) ------------------------------------------------------------------
 
     def claim_deliveries(self, owner: str, lease_seconds: float, limit: int) -> list[tuple[int, int]]:
         """Lease delivery jobs that are due, oldest first: ``(record pk, attempts so far)``."""
-        now = dt.datetime.now(dt.timezone.utc)
-        until = (now + dt.timedelta(seconds=lease_seconds)).isoformat(timespec="milliseconds")
-        stamp = now.isoformat(timespec="milliseconds")
-        with self._tx() as db:
-            rows = db.execute(
-                "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE record IN ("
-                " SELECT record FROM outbox WHERE due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-                " ORDER BY due_at, record LIMIT ?) RETURNING record, attempts, due_at",
-                (owner, until, stamp, stamp, limit)).fetchall()
+        now, until = self._lease_times(lease_seconds)
+        rows = self._write(lambda db: db.execute(
+            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE record IN ("
+            " SELECT record FROM outbox WHERE due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+            " ORDER BY due_at, record LIMIT ?) RETURNING record, attempts, due_at",
+            (owner, until, now, now, limit)).fetchall())
         return [(r[0], r[1]) for r in sorted(rows, key=lambda r: (r[2], r[0]))]
 
     def next_due(self) -> str | None:
@@ -413,14 +440,13 @@ class Store:
 
     def release_delivery(self, pk: int, owner: str) -> None:
         """Give a delivery job back untouched (the worker stopped before an outcome)."""
-        with self._tx() as db:
-            db.execute("UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE record = ? AND lease_owner = ?",
-                       (pk, owner))
+        self._write(lambda db: db.execute(
+            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE record = ? AND lease_owner = ?",
+            (pk, owner)))
 
     def drop_delivery(self, pk: int) -> None:
         """Remove a job whose record is no longer waiting for delivery."""
-        with self._tx() as db:
-            db.execute("DELETE FROM outbox WHERE record = ?", (pk,))
+        self._write(lambda db: db.execute("DELETE FROM outbox WHERE record = ?", (pk,)))
 
     def outbox_size(self) -> int:
         with self._lock:
@@ -428,13 +454,12 @@ class Store:
 
     def delivery_attempted(self, pk: int, record_id: str, version: int) -> None:
         """Audit a submission before it is sent (so a crash mid-send still shows it)."""
-        with self._tx() as db:
-            self._audit(db, "submission", "hub", record_id, {"version": version})
+        self._write(lambda db: self._audit(db, "submission", "hub", record_id, {"version": version}))
 
     def retry_later(self, pk: int, error: str, due_at: str, count: bool = True) -> int:
         """Keep the job for another attempt at ``due_at`` (``count``: the attempt counts toward
         the limit); returns the attempts counted so far."""
-        with self._tx() as db:
+        def work(db: Any) -> int:
             db.execute("UPDATE outbox SET attempts = attempts + ?, due_at = ?, last_error = ?,"
                        " lease_owner = NULL, lease_until = NULL WHERE record = ?", (int(count), due_at, error, pk))
             db.execute("UPDATE records SET attempts = attempts + 1, errors = ?, updated_at = ? WHERE id = ?",
@@ -442,11 +467,12 @@ class Store:
             db.execute("INSERT INTO history (record, at, state, detail) VALUES "
                        "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, _now(), pk, f"retry: {error}"))
             return db.execute("SELECT attempts FROM outbox WHERE record = ?", (pk,)).fetchone()[0]
+        return self._write(work)
 
     def make_due(self, now: str) -> int:
         """Make every waiting delivery due now (the destination came back after an outage)."""
-        with self._tx() as db:
-            return db.execute("UPDATE outbox SET due_at = ? WHERE due_at > ?", (now, now)).rowcount
+        return self._write(lambda db: db.execute("UPDATE outbox SET due_at = ? WHERE due_at > ?",
+                                                 (now, now)).rowcount)
 
     def sent_version(self, record_id: str) -> tuple[int, str | None] | None:
         """The highest version the destination holds for ``record_id`` and its content hash."""
@@ -459,10 +485,12 @@ class Store:
         """The destination holds ``held_version`` ≥ ours: send the same payload again as the
         next version above it. The old row is superseded; returns the new row's id."""
         now = _now()
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM records WHERE id = ?", (pk,)).fetchone()
+
+        def work(db: Any) -> int:
+            row = db.execute(f"SELECT * FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
             if row["state"] != expected:
                 raise StateConflict(f"record {pk} is {row['state']}, not {expected}")
+            self._lock_record_ids(db, [row["record_id"]])
             latest = db.execute("SELECT MAX(version) FROM records WHERE record_id = ?", (row["record_id"],)).fetchone()[0]
             version = max(held_version, latest) + 1
             self._set_state(db, pk, SUPERSEDED, reason, now)
@@ -470,18 +498,19 @@ class Store:
                 "INSERT INTO sent (record_id, version, content_hash, sent_at) VALUES (?, ?, NULL, ?)"
                 " ON CONFLICT (record_id) DO UPDATE SET version = excluded.version WHERE excluded.version > sent.version",
                 (row["record_id"], held_version, now))
-            cur = db.execute(
+            new_pk = db.execute(
                 "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
                 " content_type, payload, payload_hash, state, received_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (row["record_id"], version, "CANCEL" if row["event"] == "CANCEL" else "UPDATE", row["adapter"],
                  row["source_id"], row["source_updated"], row["content_type"], row["payload"],
-                 row["payload_hash"], RECEIVED, now, now))
+                 row["payload_hash"], RECEIVED, now, now)).fetchone()[0]
             db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)",
-                       (cur.lastrowid, now, RECEIVED, f"version {version}: {reason}"))
+                       (new_pk, now, RECEIVED, f"version {version}: {reason}"))
             self._audit(db, "reconcile", "hub", row["record_id"],
                         {"held_version": held_version, "old_version": row["version"], "new_version": version})
-            return cur.lastrowid
+            return new_pk
+        return self._write(work)
 
     # --- operators ---------------------------------------------------------------------------
 
@@ -516,12 +545,14 @@ class Store:
         skipped — a delivered version is never sent twice. Returns ``(id, new state)`` of the
         records that moved.
         """
-        moved = []
+        pks = sorted(set(pks))  # row locks in one order: two replays never deadlock
         now = _now()
-        with self._tx() as db:
+
+        def work(db: Any) -> list[tuple[int, str]]:
+            moved = []
             for pk in pks:
                 row = db.execute("SELECT state, record_id, version, normalized, pdf, pruned_at, errors"
-                                 " FROM records WHERE id = ?", (pk,)).fetchone()
+                                 f" FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
                 if row is None or row["state"] not in REPLAYABLE or row["pruned_at"]:
                     continue
                 if stage == "normalize":
@@ -542,14 +573,16 @@ class Store:
                 self._audit(db, "replay", actor, row["record_id"],
                             {"version": row["version"], "from": row["state"], "stage": stage})
                 moved.append((pk, target))
-        return moved
+            return moved
+        return self._write(work)
 
     def set_paused(self, adapter: str, paused: bool, actor: str) -> None:
-        with self._tx() as db:
+        def work(db: Any) -> None:
             db.execute("INSERT INTO adapters (name, paused, updated_at) VALUES (?, ?, ?) ON CONFLICT (name)"
                        " DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
                        (adapter, int(paused), _now()))
             self._audit(db, "pause" if paused else "resume", actor, adapter, {})
+        self._write(work)
 
     def paused(self) -> set[str]:
         with self._lock:
@@ -557,19 +590,18 @@ class Store:
 
     def audit(self, kind: str, actor: str, subject: str | None = None, detail: dict[str, Any] | None = None) -> None:
         """Append an audit entry (admin actions)."""
-        with self._tx() as db:
-            self._audit(db, kind, actor, subject, detail or {})
+        self._write(lambda db: self._audit(db, kind, actor, subject, detail or {}))
 
-    def _audit(self, db: sqlite3.Connection, kind: str, actor: str, subject: str | None,
-               detail: dict[str, Any]) -> None:
+    def _audit(self, db: Any, kind: str, actor: str, subject: str | None, detail: dict[str, Any]) -> None:
         prev = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         prev_hash = prev[0] if prev else "0" * 64
         at = _now()
         detail_text = json.dumps(detail, sort_keys=True, ensure_ascii=False, default=str)
-        cur = db.execute("INSERT INTO audit (at, kind, actor, subject, detail, prev, hash) VALUES (?, ?, ?, ?, ?, ?, '')",
-                         (at, kind, actor, subject, detail_text, prev_hash))
-        entry = {"id": cur.lastrowid, "at": at, "kind": kind, "actor": actor, "subject": subject, "detail": detail_text}
-        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (audit_hash(prev_hash, entry), cur.lastrowid))
+        pk = db.execute("INSERT INTO audit (at, kind, actor, subject, detail, prev, hash)"
+                        " VALUES (?, ?, ?, ?, ?, ?, '') RETURNING id",
+                        (at, kind, actor, subject, detail_text, prev_hash)).fetchone()[0]
+        entry = {"id": pk, "at": at, "kind": kind, "actor": actor, "subject": subject, "detail": detail_text}
+        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (audit_hash(prev_hash, entry), pk))
 
     def audit_entries(self) -> Iterator[dict[str, Any]]:
         """Every audit entry in order (a snapshot, streamed)."""
@@ -582,19 +614,38 @@ class Store:
         """Drop payloads and PDFs of records that reached the destination (or were superseded or
         unchanged) before ``older_than``; keep id, version, hashes and receipt. Records still on
         their way, quarantined, failed or dead-lettered are never pruned. Reclaims the space."""
-        with self._tx() as db:
+        def work(db: Any) -> int:
             n = db.execute(
-                "UPDATE records SET payload = X'', pdf = NULL, normalized = NULL, pruned_at = ?"
+                "UPDATE records SET payload = ?, pdf = NULL, normalized = NULL, pruned_at = ?"
                 " WHERE state IN (?, ?, ?) AND updated_at < ? AND pruned_at IS NULL",
-                (_now(), DELIVERED, SUPERSEDED, UNCHANGED, older_than)).rowcount
+                (b"", _now(), DELIVERED, SUPERSEDED, UNCHANGED, older_than)).rowcount
             if n:
                 self._audit(db, "prune", "hub", None, {"records": n, "older_than": older_than})
+            return n
+        n = self._write(work)
+        return {"records": n, "pages_reclaimed": self._reclaim(n)}
+
+    def _reclaim(self, pruned: int) -> int:
+        """Hand freed pages back to the file system; returns how many."""
         with self._lock:
             before = self._db.execute("PRAGMA freelist_count").fetchone()[0]
             self._db.execute("PRAGMA incremental_vacuum")
             after = self._db.execute("PRAGMA freelist_count").fetchone()[0]
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return {"records": n, "pages_reclaimed": before - after}
+        return before - after
+
+    def storage_bytes(self) -> int:
+        """Bytes the store occupies on disk (the database file; WAL checkpointed first)."""
+        with self._lock:
+            if self.path == ":memory:":
+                return self._db.execute("PRAGMA page_count").fetchone()[0] * \
+                    self._db.execute("PRAGMA page_size").fetchone()[0]
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return Path(self.path).stat().st_size
+
+    def describe(self) -> str:
+        """One line for operators (``/readyz``): backend, location, schema version."""
+        return f"sqlite {self.path}, schema {self.schema_version()}"
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -626,7 +677,6 @@ class Store:
             rows = self._db.execute("SELECT adapter, school_code, state, COUNT(*) AS n FROM records"
                                     " GROUP BY adapter, school_code, state ORDER BY adapter, school_code, state")
             return [dict(r) for r in rows]
-
 
     def get(self, pk: int) -> Row:
         with self._lock:

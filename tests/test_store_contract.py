@@ -1,0 +1,511 @@
+"""The store's contract, run against both backends: SQLite (one hub process) and PostgreSQL
+(several workers on one database).
+
+Every case takes ``open_store``: each call opens another connection to the same store, as
+another hub process (or the same one after a restart) would. PostgreSQL cases run on a fresh
+database each and skip, saying why, when no server is reachable (``tests/pgtest.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+
+import pytest
+
+from hub import migrations
+from hub import store as st
+from hub.audit import verify_chain
+from hub.contracts import RawRecord
+from pgtest import scratch_database
+
+
+def raw(source_id, body=None, deleted=False):
+    return RawRecord(source_id, json.dumps(body or {"id": source_id}).encode(), deleted=deleted)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def location(backend, tmp_path):
+    if backend == "sqlite":
+        yield str(tmp_path / "hub.sqlite3")
+    else:
+        with scratch_database() as url:
+            yield url
+
+
+@pytest.fixture
+def open_store(location):
+    opened: list[st.Store] = []
+
+    def factory() -> st.Store:
+        store = st.open_store(location)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        try:
+            store.close()
+        except Exception:
+            pass
+
+
+def advance_to_signed(s, pk, last="signed:school_seal"):
+    s.advance(pk, st.RECEIVED, st.NORMALIZED, normalized={"x": pk}, content_hash=f"h{pk}")
+    s.advance(pk, st.NORMALIZED, st.RENDERED, pdf=b"%PDF-")
+    s.advance(pk, st.RENDERED, last, pdf=b"%PDF-signed", due=True)
+
+
+# --- intake, versions, transitions (the cases tests/test_store.py started with) -----------------
+
+def test_open_store_picks_the_backend(open_store, backend):
+    s = open_store()
+    assert s.dialect == backend and s.shared == (backend == "postgresql")
+    assert s.schema_version() == migrations.LATEST
+    assert s.describe().startswith(backend)
+
+
+def test_payload_and_cursor_commit_together(open_store):
+    s = open_store()
+    ids = s.receive("vendor-a", [raw("1"), raw("2")], "cursor-1", save_cursor=True)
+    s.close()
+    again = open_store()  # another connection (another process, after a crash) sees both
+    assert again.counts() == {st.RECEIVED: 2} and len(ids) == 2
+    assert again.cursor("vendor-a") == "cursor-1"
+    assert [again.get(pk).payload for pk in ids] == [b'{"id": "1"}', b'{"id": "2"}']
+
+
+def test_failed_page_commits_nothing(open_store):
+    s = open_store()
+
+    def records():
+        yield raw("1")
+        raise RuntimeError("connection dropped mid-page")
+
+    with pytest.raises(RuntimeError):
+        s.receive("vendor-a", records(), "cursor-2", save_cursor=True)
+    assert s.counts() == {}
+    assert s.cursor("vendor-a") is None
+
+
+def test_unchanged_reread_is_not_a_new_version_changed_is_update_deleted_is_cancel(open_store):
+    s = open_store()
+    [first] = s.receive("a", [raw("1", {"v": 1})])
+    assert s.receive("a", [raw("1", {"v": 1})]) == []
+    [second] = s.receive("a", [raw("1", {"v": 2})])
+    [third] = s.receive("a", [raw("1", {"v": 2}, deleted=True)])
+    rows = {r.id: r for r in s.rows()}
+    assert (rows[first].version, rows[first].event) == (1, "NEW")
+    assert (rows[second].version, rows[second].event) == (2, "UPDATE")
+    assert (rows[third].version, rows[third].event) == (3, "CANCEL")
+    assert rows[first].record_id == rows[third].record_id == st.record_id_for("a", "1")
+    # Older versions still on their way are superseded: a stale version is never sent.
+    assert rows[first].state == rows[second].state == st.SUPERSEDED
+    assert rows[third].state == st.RECEIVED
+
+
+def test_transition_checks_the_state_it_leaves(open_store):
+    s = open_store()
+    [pk] = s.receive("a", [raw("1")])
+    s.advance(pk, st.RECEIVED, st.NORMALIZED, normalized={"x": 1}, school_code="01001001")
+    with pytest.raises(st.StateConflict):
+        s.advance(pk, st.RECEIVED, st.NORMALIZED)
+    row = s.get(pk)
+    assert row.state == st.NORMALIZED and row.normalized == {"x": 1} and row.school_code == "01001001"
+    assert [h["state"] for h in s.history(pk)] == [st.RECEIVED, st.NORMALIZED]
+    with pytest.raises(ValueError):
+        s.advance(pk, st.NORMALIZED, st.RENDERED, colour="red")
+    with pytest.raises(KeyError):
+        s.get(pk + 1000)
+
+
+def test_restart_finds_every_unfinished_record_at_its_state(open_store):
+    s = open_store()
+    a, b, c, d = s.receive("a", [raw(str(i)) for i in range(4)])
+    s.advance(b, st.RECEIVED, st.NORMALIZED)
+    s.advance(c, st.RECEIVED, st.QUARANTINED, errors=["student.personal_id: bad"])
+    s.advance(d, st.RECEIVED, st.NORMALIZED)
+    s.advance(d, st.NORMALIZED, st.RENDERED, pdf=b"%PDF-")
+    s.advance(d, st.RENDERED, "signed:homeroom_teacher", pdf=b"%PDF-1")
+    s.close()
+    again = open_store()
+    assert again.pending() == [(a, st.RECEIVED), (b, st.NORMALIZED), (d, "signed:homeroom_teacher")]
+    assert again.get(c).errors == ["student.personal_id: bad"]
+    assert again.get(d).pdf == b"%PDF-1"
+
+
+def test_queries_search_select_breakdown(open_store):
+    s = open_store()
+    ids = s.receive("a", [raw(str(i)) for i in range(3)]) + s.receive("b", [raw("x")])
+    s.advance(ids[0], st.RECEIVED, st.QUARANTINED, errors=["f: bad"], school_code="S1")
+    assert s.select(adapter="a") == ids[:3]
+    assert s.select(ids=[ids[1]], record_ids=[st.record_id_for("b", "x")]) == [ids[1], ids[3]]
+    assert s.select(state=st.QUARANTINED, school="S1") == [ids[0]]
+    with pytest.raises(ValueError):
+        s.select()
+    found = s.search(state=st.QUARANTINED)
+    assert [f["id"] for f in found] == [ids[0]] and found[0]["errors"] == ["f: bad"]
+    assert "payload" not in found[0]
+    assert len(s.search(limit=2)) == 2 and len(s.search(limit=10, offset=3)) == 1
+    assert {(r["adapter"], r["state"], r["n"]) for r in s.breakdown()} == {
+        ("a", st.QUARANTINED, 1), ("a", st.RECEIVED, 2), ("b", st.RECEIVED, 1)}
+    s.set_paused("a", True, "ops")
+    assert s.paused() == {"a"}
+    s.set_paused("a", False, "ops")
+    assert s.paused() == set()
+    s.ping()
+
+
+# --- leases ------------------------------------------------------------------------------------
+
+def test_claims_are_exclusive_and_a_state_change_or_release_ends_them(open_store):
+    one, two = open_store(), open_store()
+    ids = one.receive("a", [raw(str(i)) for i in range(5)])
+    mine = one.claim([st.RECEIVED], "w1", 60, 3)
+    theirs = two.claim([st.RECEIVED], "w2", 60, 10)
+    assert mine == ids[:3] and theirs == ids[3:]
+    assert two.claim([st.RECEIVED], "w2", 60, 10) == []
+    one.advance(mine[0], st.RECEIVED, st.NORMALIZED)  # the next stage claims it afresh
+    assert two.claim([st.NORMALIZED], "w2", 60, 10) == [mine[0]]
+    one.release([mine[1]], "w2")  # only the holder can give a lease back
+    assert two.claim([st.RECEIVED], "w2", 60, 10) == []
+    one.release([mine[1]], "w1")
+    assert two.claim([st.RECEIVED], "w2", 60, 10) == [mine[1]]
+
+
+def test_a_lease_that_runs_out_is_claimed_again_and_renew_extends_it(open_store):
+    one, two = open_store(), open_store()
+    a, b = one.receive("a", [raw("1"), raw("2")])
+    assert one.claim([st.RECEIVED], "w1", -1, 10) == [a, b]  # leased, and already run out
+    one.renew("w1", 60)  # the heartbeat came in time
+    assert two.claim([st.RECEIVED], "w2", 60, 10) == []
+    one.renew("w1", -1)
+    assert two.claim([st.RECEIVED], "w2", 60, 10) == [a, b]
+
+
+def test_concurrent_claimers_get_every_record_exactly_once(open_store):
+    first = open_store()
+    ids = first.receive("a", [raw(str(i)) for i in range(120)])
+    stores = [first] + [open_store() for _ in range(3)]
+    got: dict[str, list[int]] = {}
+
+    def worker(name, s):
+        got[name] = []
+        while pks := s.claim([st.RECEIVED], name, 60, 7):
+            for pk in pks:
+                s.advance(pk, st.RECEIVED, st.NORMALIZED)
+            got[name].extend(pks)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}", s)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [pk for pks in got.values() for pk in pks]
+    assert sorted(claimed) == ids  # none twice, none missed
+    assert first.counts() == {st.NORMALIZED: 120}
+
+
+def test_deliveries_are_leased_once_and_retried_when_due(open_store):
+    one, two = open_store(), open_store()
+    a, b = one.receive("a", [raw("1"), raw("2")])
+    for pk in (a, b):
+        advance_to_signed(one, pk)
+    assert one.outbox_size() == 2 and one.next_due() is not None
+    assert one.claim_deliveries("w1", 60, 1) == [(a, 0)]
+    assert two.claim_deliveries("w2", 60, 10) == [(b, 0)]
+    assert one.claim_deliveries("w1", 60, 10) == []
+    assert one.retry_later(a, "503", "9999-01-01T00:00:00.000+00:00") == 1
+    two.release_delivery(b, "w2")
+    assert one.claim_deliveries("w1", 60, 10) == [(b, 0)]  # a waits for its due time
+    assert one.make_due(st._now()) == 1  # the destination is back: what waits goes now
+    assert two.claim_deliveries("w2", 60, 10) == [(a, 1)]
+    assert one.get(a).errors == ["503"]
+    one.advance(a, "signed:school_seal", st.DELIVERED, receipt={"receipt_id": "R1"})
+    assert one.outbox_size() == 1 and one.sent_version(st.record_id_for("a", "1")) == (1, f"h{a}")
+    one.drop_delivery(b)
+    assert one.outbox_size() == 0
+
+
+def test_reissue_sends_the_payload_again_above_the_held_version(open_store):
+    s = open_store()
+    [pk] = s.receive("a", [raw("1")])
+    advance_to_signed(s, pk)
+    new = s.reissue(pk, "signed:school_seal", 4, "destination holds version 4")
+    old, row = s.get(pk), s.get(new)
+    assert old.state == st.SUPERSEDED and (row.version, row.event, row.state) == (5, "UPDATE", st.RECEIVED)
+    assert row.payload == old.payload and s.sent_version(row.record_id) == (4, None)
+    with pytest.raises(st.StateConflict):
+        s.reissue(pk, "signed:school_seal", 4, "again")
+
+
+def test_replay_moves_only_replayable_records(open_store):
+    s = open_store()
+    q, d = s.receive("a", [raw("1"), raw("2")])
+    s.advance(q, st.RECEIVED, st.QUARANTINED, errors=["x: bad"])
+    advance_to_signed(s, d)
+    s.advance(d, "signed:school_seal", st.DEAD_LETTER, errors=["refused"])
+    assert s.replay([q, d], actor="ops", stage="normalize") == [(q, st.RECEIVED), (d, st.RECEIVED)]
+    s.advance(d, st.RECEIVED, st.DEAD_LETTER)
+    assert s.replay([d], actor="ops", stage="deliver", deliver_from="signed:school_seal") == []  # no pdf now
+    assert s.replay([q], actor="ops") == []  # not replayable any more
+    assert [e["kind"] for e in s.audit_entries()].count("replay") == 2
+
+
+# --- pull leases (adapter cursors) ---------------------------------------------------------------
+
+def test_one_worker_at_a_time_pulls_an_adapter(open_store):
+    one, two = open_store(), open_store()
+    assert one.claim_pull("vendor", "w1", 60)
+    assert one.claim_pull("vendor", "w1", 60)  # holding it renews it
+    assert not two.claim_pull("vendor", "w2", 60)
+    assert two.claim_pull("other", "w2", 60)  # per adapter
+    assert one.pull_owner("vendor") == "w1"
+    one.release_pull("vendor", "w2")  # not theirs to give back
+    assert not two.claim_pull("vendor", "w2", 60)
+    one.release_pull("vendor", "w1")
+    assert two.claim_pull("vendor", "w2", 60)
+
+
+def test_a_worker_that_lost_the_pull_lease_commits_nothing(open_store):
+    one, two = open_store(), open_store()
+    assert one.claim_pull("vendor", "w1", -1)  # taken, and already run out
+    assert two.claim_pull("vendor", "w2", 60)
+    with pytest.raises(st.LeaseLost):
+        one.receive("vendor", [raw("1")], "old-cursor", save_cursor=True, lease_owner="w1")
+    assert one.counts() == {} and one.cursor("vendor") is None
+    assert two.receive("vendor", [raw("1")], "new-cursor", save_cursor=True, lease_owner="w2")
+    assert one.cursor("vendor") == "new-cursor"
+
+
+# --- several writers ---------------------------------------------------------------------------
+
+def test_audit_chain_never_forks_under_concurrent_appends(open_store):
+    stores = [open_store() for _ in range(4)]
+    ids = stores[0].receive("a", [raw(str(i)) for i in range(20)])
+
+    def worker(i, s):
+        for n in range(10):
+            s.audit("admin.test", f"worker-{i}", None, {"n": n})
+        for pk in ids[i::4]:  # receipts are appended inside state transitions
+            advance_to_signed(s, pk)
+            s.advance(pk, "signed:school_seal", st.DELIVERED, receipt={"receipt_id": f"R{pk}"})
+
+    threads = [threading.Thread(target=worker, args=(i, s)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report = verify_chain(stores[0].audit_entries())
+    assert report.ok, report.problems
+    assert report.entries == 40 + 20
+
+
+def test_two_writers_receiving_the_same_record_make_one_version_per_change(open_store):
+    stores = [open_store() for _ in range(3)]
+    errors = []
+
+    def worker(s):
+        try:
+            for v in range(15):  # all three push the same changes, in the same order
+                s.receive("push", [raw(str(i), {"v": v}) for i in range(6)])
+        except Exception as exc:  # a duplicate version would raise a unique violation here
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = stores[0].rows()
+    for i in range(6):
+        versions = sorted(r.version for r in rows if r.source_id == str(i))
+        assert versions == list(range(1, len(versions) + 1))  # no gaps, no duplicates
+        latest = [r for r in rows if r.source_id == str(i) and r.state == st.RECEIVED]
+        assert len(latest) == 1 and latest[0].payload == b'{"v": 14}'
+
+
+# --- retention -------------------------------------------------------------------------------
+
+def test_prune_keeps_what_is_still_needed_and_its_space_is_reused(open_store):
+    s = open_store()
+    pdf = bytes(range(256)) * 1024  # 256 kB of incompressible-looking data per record
+
+    def batch(prefix, n=24):
+        ids = s.receive("a", [raw(f"{prefix}{i}", {"pad": "x" * 2000, "i": i}) for i in range(n)])
+        for pk in ids:
+            advance_to_signed(s, pk)
+            s.advance(pk, "signed:school_seal", st.RENDERED, pdf=pdf)  # a big product to prune
+            s.advance(pk, st.RENDERED, st.DELIVERED, receipt={"receipt_id": f"R{pk}"})
+        return ids
+
+    [waiting] = s.receive("a", [raw("waiting")])
+    [bad] = s.receive("a", [raw("bad")])
+    s.advance(bad, st.RECEIVED, st.QUARANTINED, errors=["x: bad"])
+    first = batch("one-")
+    full = s.storage_bytes()
+    result = s.prune("9999-01-01T00:00:00")
+    assert result["records"] == len(first)
+    for pk in first:
+        row = s.get(pk)
+        assert row.payload == b"" and row.pdf is None and row.normalized is None and row.receipt
+    assert s.get(waiting).payload and s.get(bad).payload  # never pruned
+    assert s.prune("9999-01-01T00:00:00")["records"] == 0  # once
+    assert verify_chain(s.audit_entries()).ok
+    # The freed space is handed back (SQLite) or reused (PostgreSQL): storing as much again
+    # does not double the store, as it would if pruning freed nothing.
+    batch("two-")
+    assert s.storage_bytes() < full * 1.5, (full, s.storage_bytes())
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+def test_migrations_run_once_and_a_newer_schema_is_refused(open_store, backend):
+    s = open_store()
+    assert s.schema_version() == migrations.LATEST
+    again = open_store()  # a second worker (or a restart) applies nothing
+    with again._lock:
+        applied = [r[0] for r in again._db.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert applied == [step.version for step in migrations.STEPS]
+    s._write(lambda db: db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                                   (migrations.LATEST + 1, "from the future", "2099-01-01")))
+    with pytest.raises(migrations.SchemaTooNew):
+        open_store()
+
+
+OLD_SQLITE_SCHEMA = """
+CREATE TABLE records (id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, version INTEGER NOT NULL,
+  event TEXT NOT NULL, adapter TEXT NOT NULL, source_id TEXT NOT NULL, source_updated TEXT,
+  content_type TEXT NOT NULL, payload BLOB NOT NULL, payload_hash TEXT NOT NULL, state TEXT NOT NULL,
+  school_code TEXT, school_year TEXT, normalized TEXT, pdf BLOB, errors TEXT, receipt TEXT, content_hash TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0, received_at TEXT NOT NULL, updated_at TEXT NOT NULL, pruned_at TEXT,
+  lease_owner TEXT, lease_until TEXT, UNIQUE (record_id, version));
+CREATE TABLE history (id INTEGER PRIMARY KEY, record INTEGER NOT NULL REFERENCES records (id), at TEXT NOT NULL,
+  state TEXT NOT NULL, detail TEXT);
+CREATE TABLE cursors (adapter TEXT PRIMARY KEY, cursor TEXT, updated_at TEXT NOT NULL);
+CREATE TABLE outbox (record INTEGER PRIMARY KEY REFERENCES records (id), due_at TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, lease_owner TEXT, lease_until TEXT);
+CREATE TABLE sent (record_id TEXT PRIMARY KEY, version INTEGER NOT NULL, content_hash TEXT, receipt TEXT,
+  sent_at TEXT NOT NULL);
+CREATE TABLE adapters (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL);
+CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, actor TEXT NOT NULL,
+  subject TEXT, detail TEXT, prev TEXT NOT NULL, hash TEXT NOT NULL);
+INSERT INTO records (record_id, version, event, adapter, source_id, content_type, payload, payload_hash, state,
+  received_at, updated_at) VALUES ('r1', 1, 'NEW', 'a', '1', 'application/json', x'7b7d', 'h', 'normalized',
+  '2025-01-01', '2025-01-01');
+"""
+
+
+def test_a_sqlite_file_from_before_versioned_migrations_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SQLITE_SCHEMA)
+    db.close()
+    s = st.Store(path)
+    assert s.schema_version() == migrations.LATEST
+    assert s.pending() == [(1, st.NORMALIZED)]  # the data is untouched
+    assert s.claim_pull("a", "w1", 60)  # and the new tables are there
+    assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# --- what differs between the backends, by design -----------------------------------------------
+
+def test_sqlite_store_is_one_process_and_release_all_frees_a_dead_runs_leases(tmp_path):
+    path = tmp_path / "hub.sqlite3"
+    s = st.Store(path)
+    assert not s.shared
+    ids = s.receive("a", [raw("1"), raw("2")])
+    assert s.claim([st.RECEIVED], "killed-run", 60, 10) == ids
+    assert s.claim_pull("a", "killed-run", 60)
+    s.close()
+    again = st.Store(path)  # the next start of the one hub process
+    again.release_all()
+    assert again.claim([st.RECEIVED], "new-run", 60, 10) == ids
+    assert again.claim_pull("a", "new-run", 60)
+
+
+def test_postgres_worker_that_dies_frees_its_leases_at_once():
+    with scratch_database() as url:
+        dying, survivor = st.open_store(url), st.open_store(url)
+        try:
+            ids = dying.receive("a", [raw(str(i)) for i in range(3)])
+            [a, b, c] = ids
+            advance_to_signed(dying, c)
+            assert dying.claim([st.RECEIVED], "dying", 3600, 10) == [a, b]
+            assert dying.claim_deliveries("dying", 3600, 10) == [(c, 0)]
+            assert dying.claim_pull("vendor", "dying", 3600)
+            assert survivor.claim([st.RECEIVED], "survivor", 60, 10) == []
+            assert "2 worker(s) connected" in survivor.describe()
+            dying._conn.close()  # what PostgreSQL sees when a worker is killed: its session ends
+            assert survivor.claim([st.RECEIVED], "survivor", 60, 10) == [a, b]
+            assert survivor.claim_deliveries("survivor", 60, 10) == [(c, 0)]
+            assert survivor.claim_pull("vendor", "survivor", 60)
+            assert "1 worker(s) connected" in survivor.describe()
+            # The dead worker's store reconnects on its next call, as a new session.
+            assert dying.claim([st.RECEIVED], "dying", 60, 10) == []
+        finally:
+            dying.close()
+            survivor.close()
+
+
+def test_postgres_url_password_is_masked():
+    from hub.store_pg import mask_url
+
+    assert mask_url("postgresql://hub:s3cret@db.example:5432/hocba") == "postgresql://hub:***@db.example:5432/hocba"
+    assert mask_url("postgresql://hub@db/hocba") == "postgresql://hub@db/hocba"
+
+
+def test_store_given_a_postgres_url_opens_postgres_not_a_file(tmp_path, monkeypatch):
+    # ``Store(config.store_path)`` is how the CLI opens the configured store.
+    with scratch_database() as url:
+        monkeypatch.chdir(tmp_path)
+        s = st.Store(url)
+        try:
+            assert s.dialect == "postgresql" and s.shared
+        finally:
+            s.close()
+        assert list(tmp_path.iterdir()) == []  # no SQLite file (or directory) named after the URL
+
+
+def test_postgres_deadlock_between_workers_is_retried_not_raised():
+    # Two workers lock the same two rows in opposite orders: PostgreSQL aborts one of them
+    # (deadlock detected); the store runs that transaction again, so both calls succeed.
+    with scratch_database() as url:
+        one, two = st.open_store(url), st.open_store(url)
+        try:
+            a, b = one.receive("a", [raw("1"), raw("2")])
+            barrier = threading.Barrier(2)
+            runs = {"one": 0, "two": 0}
+            errors = []
+
+            def cross(store, name, first, second):
+                def work(db):
+                    runs[name] += 1
+                    db.execute("SELECT id FROM records WHERE id = ? FOR UPDATE", (first,))
+                    if runs[name] == 1:
+                        barrier.wait(timeout=10)
+                    db.execute("UPDATE records SET attempts = attempts + 1 WHERE id = ?", (second,))
+                try:
+                    store._write(work)
+                except Exception as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=cross, args=(one, "one", a, b)),
+                       threading.Thread(target=cross, args=(two, "two", b, a))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == []
+            assert sorted(runs.values()) == [1, 2]  # one side was aborted once and ran again
+            assert one.get(a).attempts == 1 and one.get(b).attempts == 1
+        finally:
+            one.close()
+            two.close()
