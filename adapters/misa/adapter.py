@@ -498,7 +498,7 @@ def _secondary_subject(subject: dict[str, Any], where: str) -> dict[str, Any]:
     out = _map(subject, where, {"subjectCode": ("subject_code", True), "subjectName": ("subject_name", True)},
                SECONDARY_SUBJECT_KEYS)
     kind = subject.get("evaluationType")
-    if kind not in EVALUATION_FIELDS:
+    if not isinstance(kind, str) or kind not in EVALUATION_FIELDS:
         if "evaluationType" not in subject:
             raise ValueError(f"{where}.evaluationType is missing")
         raise ValueError(f"{where}.evaluationType {kind!r} is not 'score' or 'comment'")

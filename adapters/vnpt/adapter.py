@@ -450,7 +450,8 @@ def _map(obj: dict[str, Any], path: str, table: dict[str, tuple[str, bool]],
     for key in obj:
         if key not in table and key not in allowed:
             # An unknown key may carry data the central format needs: refuse rather than drop it.
-            raise ValueError(f"{_where(path, key)} is not part of the vnpt contract (see CONTRACT.md)")
+            where = _where(path, key) if key else f"{path or 'record'}: an empty key"
+            raise ValueError(f"{where} is not part of the vnpt contract (see CONTRACT.md)")
     return out
 
 
