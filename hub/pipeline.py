@@ -1,10 +1,12 @@
 """The pipeline: pull → store → normalise → render → sign (each step) → deliver.
 
-One asyncio queue and a few worker tasks per stage. A worker takes a record id, does its
-stage, commits the new state and hands the id to the next stage. The store is the truth: at
-start every unfinished record is queued again from its stored state, so a restart resumes
-where the last run stopped. Rendering and signing run in a process pool (one process per core
-by default), so the event loop stays free and both cores work.
+The store is the truth. Each stage claims the records waiting in its states with a lease,
+works on a few at once, and commits the next state, which ends the lease and wakes the next
+stage. A hub that stops or is killed leaves every record at its last committed state; the
+next start (or another worker on a shared PostgreSQL store, once the lease runs out) carries
+on from there. Delivery runs from the outbox (``hub.outbox``). Rendering and signing run in a
+process pool (one process per core by default), so the event loop stays free and both cores
+work.
 """
 
 from __future__ import annotations
