@@ -8,9 +8,7 @@ value cleaning (comma decimals, NFD names, ``…T00:00:00`` dates) to ``hub.reco
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import email.utils
 import hashlib
 import hmac
 import json
@@ -23,10 +21,10 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 from pydantic import Field, HttpUrl, SecretStr, field_validator
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 from yarl import URL
 
 from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
+from hub.http import HttpPullMixin, Transient
 
 log = structlog.get_logger(__name__)
 
@@ -46,14 +44,6 @@ AUTH_HINTS = {
 
 class MisaError(PluginError):
     """The vendor's server answered in a way the contract does not allow, or not at all."""
-
-
-class _Transient(Exception):
-    """A failure worth retrying (5xx, 429, timeout, dropped connection)."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class _TokenExpired(Exception):
@@ -115,22 +105,7 @@ def _parse_timestamp(value: Any) -> dt.datetime:
     return parsed.astimezone(VIETNAM_TIME)
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
-
-
-class MisaAdapter(Adapter):
+class MisaAdapter(HttpPullMixin, Adapter):
     """Pulls transcripts from EMIS-style school software (REST/JSON, HMAC-signed requests).
 
     The hub's cursor is the server's continuation token: after the last page it is a sync
@@ -142,38 +117,22 @@ class MisaAdapter(Adapter):
     simulator: ClassVar[str | None] = "adapters.misa.simulator:MisaSimulator"
 
     settings: MisaSettings
+    Error: ClassVar[type[Exception]] = MisaError
 
     def __init__(self, settings: PluginSettings, context: PluginContext):
         super().__init__(settings, context)
-        self._http: aiohttp.ClientSession | None = None
         # The signing clock; a test can skew it to see what a drifting server clock does.
         self._clock: Callable[[], float] = time.time
 
-    @property
-    def _base(self) -> str:
-        # Read when a request is made, not in __init__: `hocba-hub normalize` builds the adapter
-        # without settings, and normalising needs none.
-        return str(self.settings.base_url).rstrip("/")
+    # --- lifecycle: open/close and _base come from hub.http.HttpPullMixin -----------------------
 
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                headers={"User-Agent": "hocba-hub misa-adapter", "Accept": "application/json"},
-            )
-            # aiohttp silently resends an idempotent request once when a connection drops, with
-            # the same headers, hence the same nonce, which the server must refuse as a replay.
-            # Our own retries sign every attempt afresh, so that resend is switched off (there is
-            # no public switch; REPLAYED_NONCE is also retried below in case this one goes away).
-            if hasattr(self._http, "_retry_connection"):
-                self._http._retry_connection = False
-
-    async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+    def _configure_http(self, http: aiohttp.ClientSession) -> None:
+        # aiohttp silently resends an idempotent request once when a connection drops, with
+        # the same headers, hence the same nonce, which the server must refuse as a replay.
+        # Our own retries sign every attempt afresh, so that resend is switched off (there is
+        # no public switch; REPLAYED_NONCE is also retried below in case this one goes away).
+        if hasattr(http, "_retry_connection"):
+            http._retry_connection = False
 
     # --- HTTP plumbing -----------------------------------------------------------------------
 
@@ -199,57 +158,18 @@ class MisaAdapter(Adapter):
                 "X-Signature": mac}
 
     async def _send_once(self, method: str, url: URL, query: str) -> tuple[int, str, bytes]:
-        if self._http is None:
-            raise MisaError("the misa adapter is not open: await open() before fetch()")
-        try:
-            async with self._http.request(method, url, headers=self._signed_headers(method, url, query)) as response:
-                body = await response.read()
-                status, content_type = response.status, response.headers.get("Content-Type", "")
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except asyncio.TimeoutError:
-            raise _Transient(f"no answer within {self.settings.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            # Connection refused/reset/dropped and bodies cut off in transfer all land here.
-            raise _Transient(f"{type(exc).__name__}: {exc}") from None
-        if status in (429, 503) and retry_after is not None and retry_after > self.settings.max_backoff_seconds:
-            raise MisaError(
-                f"{method} {url}: HTTP {status} with Retry-After {retry_after:g} s, longer than "
-                f"max_backoff_seconds ({self.settings.max_backoff_seconds:g}); the next poll resumes")
-        if status == 429:
-            raise _Transient("429 Too Many Requests", retry_after)
-        if status >= 500:
-            # A 503 with Retry-After is a planned outage: its own estimate beats our backoff.
-            raise _Transient(f"HTTP {status}", retry_after if status == 503 else None)
+        status, content_type, body, retry_after = await self._request(
+            method, url, headers=self._signed_headers(method, url, query))
+        self._raise_if_unavailable(method, url, status, retry_after)
         if status == 401 and self._error(status, body)[0] == "REPLAYED_NONCE":
             # Only a transport-level resend of our own request can repeat a nonce; the next
             # attempt carries a fresh one.
-            raise _Transient("401 REPLAYED_NONCE (a resent request)")
+            raise Transient("401 REPLAYED_NONCE (a resent request)")
         return status, content_type, body
-
-    def _wait(self, retry_state) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return exc.retry_after
-        return wait_random_exponential(multiplier=self.settings.backoff_seconds,
-                                       max=self.settings.max_backoff_seconds)(retry_state)
 
     async def _send(self, method: str, url: URL, query: str, *, attempts: int | None = None) -> tuple[int, str, bytes]:
         """One request, retried on transient faults; ``MisaError`` once the attempts are spent."""
-        attempts = attempts or self.settings.max_attempts
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(attempts),
-                wait=self._wait,
-                retry=retry_if_exception_type(_Transient),
-                reraise=True,
-                before_sleep=lambda rs: log.debug("misa.retry", url=str(url), attempt=rs.attempt_number,
-                                                  error=str(rs.outcome.exception())),
-            ):
-                with attempt:
-                    return await self._send_once(method, url, query)
-        except _Transient as exc:
-            raise MisaError(f"{method} {url}: gave up after {attempts} attempt(s), last error: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._retrying(method, url, attempts, lambda: self._send_once(method, url, query))
 
     def _json(self, url: URL, content_type: str, body: bytes) -> Any:
         """Decode a 200 body, or say clearly that the server sent something else."""

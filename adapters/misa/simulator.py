@@ -10,7 +10,6 @@ a continuation token is a position in that log.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import datetime as dt
@@ -20,7 +19,6 @@ import json
 import secrets
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +26,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from hub.contracts import Faults, Simulator
+from hub.contracts import Faults
+from hub.simulation import FaultySimulator, drop_connection
 from hub.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
 
 RECORDS_PATH = "/api/v1/transcripts"
@@ -190,7 +189,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return _json({"error": {"code": code, "message": message}}, status, headers)
 
 
-class MisaSimulator(Simulator):
+class MisaSimulator(FaultySimulator):
     """An EMIS-style school-software server on loopback, serving CONTRACT.md with fault switches.
 
     ``faults`` flips failures on; ``requests`` counts requests by path, ``log`` lists
@@ -205,8 +204,6 @@ class MisaSimulator(Simulator):
         self.api_secret = api_secret or secrets.token_urlsafe(32)
         self.page_size = page_size
         self.faults: MisaFaults = MisaFaults()
-        self.requests: Counter[str] = Counter()
-        self.log: list[tuple[str, str, int]] = []
         self.auth_failures: list[str] = []
         self.nonces: list[str | None] = []
         """The X-Nonce of every request received, in order, faulted ones included."""
@@ -218,9 +215,6 @@ class MisaSimulator(Simulator):
         self._token_serial = 0
         self._last_answer: bytes | None = None
         self._rows: list[_Row] = []
-        self._runner: web.AppRunner | None = None
-        self._stopping = asyncio.Event()
-        self.base_url = ""
         per_timestamp = max(1, per_timestamp)
         for i in range(records):
             self._rows.append(_Row(transcript(i, seed), self._source_id("hs", i), i + 1,
@@ -296,21 +290,7 @@ class MisaSimulator(Simulator):
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         app = web.Application(middlewares=[self._faults_middleware])
         app.router.add_get(RECORDS_PATH, self._records)
-        self._stopping = asyncio.Event()
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{bound_host}:{bound_port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        # Stalled handlers wait on this event, so stopping never waits out a stall.
-        self._stopping.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return await self._serve(app, host, port)
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "api_key": self.api_key, "api_secret": self.api_secret,
@@ -318,40 +298,17 @@ class MisaSimulator(Simulator):
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    @web.middleware
-    async def _faults_middleware(self, request: web.Request, handler) -> web.StreamResponse:
-        self.requests[request.path] += 1
+    # Standard switches: hub.simulation.FaultySimulator (every request counts the switches down).
+    log_path_qs = True
+
+    _FAULT_CODES = {"outage": ("MAINTENANCE", "Hệ thống đang bảo trì"), "fail": ("BUSY", "Hệ thống đang bận"),
+                    "rate_limit": ("RATE_LIMITED", "Quá nhiều yêu cầu")}
+
+    def _fault_response(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
+        return _error(status, *self._FAULT_CODES[kind], headers)
+
+    def _on_request(self, request: web.Request) -> None:
         self.nonces.append(request.headers.get("X-Nonce"))
-        f = self.faults
-        if f.slow_seconds:
-            await asyncio.sleep(f.slow_seconds)
-        response: web.StreamResponse | None = None
-        if f.outage:
-            response = _error(503, "MAINTENANCE", "Hệ thống đang bảo trì",
-                              {"Retry-After": str(f.retry_after_seconds)})
-        elif f.drop_next_n_connections > 0:
-            f.drop_next_n_connections -= 1
-            self.log.append((request.method, request.path_qs, 0))
-            assert request.transport is not None
-            request.transport.close()
-            # Ends the handler without writing anything: the client sees a dropped connection.
-            raise asyncio.CancelledError()
-        elif f.stall_next_n > 0:
-            f.stall_next_n -= 1
-            try:
-                await asyncio.wait_for(self._stopping.wait(), f.stall_seconds)
-            except asyncio.TimeoutError:
-                pass
-        if response is None and f.fail_next_n > 0:
-            f.fail_next_n -= 1
-            response = _error(503, "BUSY", "Hệ thống đang bận")
-        elif response is None and f.rate_limit_next_n > 0:
-            f.rate_limit_next_n -= 1
-            response = _error(429, "RATE_LIMITED", "Quá nhiều yêu cầu", {"Retry-After": str(f.retry_after_seconds)})
-        if response is None:
-            response = await handler(request)
-        self.log.append((request.method, request.path_qs, response.status))
-        return response
 
     def _refuse(self, code: str, message: str) -> web.Response:
         self.auth_failures.append(code)
@@ -410,10 +367,8 @@ class MisaSimulator(Simulator):
         f, query = self.faults, request.query
         if f.drop_after_auth_next_n > 0:
             f.drop_after_auth_next_n -= 1
-            self.log.append((request.method, request.path_qs, 0))
-            assert request.transport is not None
-            request.transport.close()
-            raise asyncio.CancelledError()
+            self._log(request, 0)
+            drop_connection(request)
         try:
             size = int(query.get("limit", "100"))
         except ValueError:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from hub.contracts import Faults, Simulator
 from hub.records import Event, field_errors, parse_transcript
+from hub.simulation import LoopbackServer
 
 DEFAULT_TOKEN = "demo-moet-token"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -72,7 +73,7 @@ class _Reject(Exception):
         self.body = {"error": error, "errors": errors or [], **extra}
 
 
-class MoetSimulator(Simulator):
+class MoetSimulator(LoopbackServer, Simulator):
     """The central transcript store over HTTP on loopback (see ``adapters/moet/CONTRACT.md``).
 
     What it received stays inspectable: ``records`` and ``documents`` keyed by
@@ -114,18 +115,10 @@ class MoetSimulator(Simulator):
         app.router.add_post("/api/v1/hocba", self._submit)
         app.router.add_get("/api/v1/hocba/{record_id}", self._status)
         # A handler still sleeping in ``slow_seconds`` must not hold up stop() for a minute.
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{bound_host}:{bound_port}"
-        return self.base_url
+        return await self._serve(app, host, port, shutdown_timeout=0.5)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._shutdown()
 
     def adapter_settings(self) -> dict[str, Any]:
         if self.base_url is None:

@@ -9,9 +9,7 @@ XML document is parsed with defusedxml and refused if it carries a DTD, so entit
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import email.utils
 import json
 import time
 from collections.abc import AsyncIterator, Collection
@@ -19,15 +17,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from xml.etree.ElementTree import Element, ParseError, tostring
 
-import aiohttp
 import structlog
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from pydantic import Field, HttpUrl, SecretStr, field_validator
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 from yarl import URL
 
 from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
+from hub.http import HttpPullMixin
 
 log = structlog.get_logger(__name__)
 
@@ -41,14 +38,6 @@ MAX_EMPTY_PAGES = 50
 
 class ViettelError(PluginError):
     """The vendor's server answered in a way the contract does not allow, or not at all."""
-
-
-class _Transient(Exception):
-    """A failure worth retrying (5xx, 429, timeout, dropped connection)."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class _CursorExpired(Exception):
@@ -110,21 +99,6 @@ def _iso(value: dt.datetime) -> str:
     return value.astimezone(VIETNAM_TIME).isoformat(timespec="seconds")
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
-
-
 @dataclass
 class _Position:
     """Where a pull stands: the server's cursor, and the newest ``updatedAt`` read before it.
@@ -164,7 +138,7 @@ class _Position:
                           separators=(",", ":"))
 
 
-class ViettelAdapter(Adapter):
+class ViettelAdapter(HttpPullMixin, Adapter):
     """Pulls secondary-school transcripts from SMAS-style school software (XML over HTTP).
 
     Authentication is an API key exchanged for a session token; paging follows the server's
@@ -175,32 +149,17 @@ class ViettelAdapter(Adapter):
     simulator: ClassVar[str | None] = "adapters.viettel.simulator:ViettelSimulator"
 
     settings: ViettelSettings
+    Error: ClassVar[type[Exception]] = ViettelError
+    accept: ClassVar[str] = "application/xml"
 
     def __init__(self, settings: PluginSettings, context: PluginContext):
         super().__init__(settings, context)
-        self._http: aiohttp.ClientSession | None = None
         self._session_token: str | None = None
         self._session_expires = 0.0
 
-    @property
-    def _base(self) -> str:
-        # Read when a request is made, not in __init__: `hocba-hub normalize` builds the adapter
-        # without settings, and normalising needs none.
-        return str(self.settings.base_url).rstrip("/")
+    # --- lifecycle: open/close and _base come from hub.http.HttpPullMixin -----------------------
 
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                headers={"User-Agent": "hocba-hub viettel-adapter", "Accept": "application/xml"},
-            )
-
-    async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+    def _forget_credentials(self) -> None:
         self._session_token = None
 
     # --- HTTP plumbing -----------------------------------------------------------------------
@@ -214,54 +173,14 @@ class ViettelAdapter(Adapter):
         return text
 
     async def _send_once(self, method: str, url: URL, **kwargs: Any) -> tuple[int, str, bytes]:
-        if self._http is None:
-            raise ViettelError("the viettel adapter is not open: await open() before fetch()")
-        try:
-            async with self._http.request(method, url, **kwargs) as response:
-                body = await response.read()
-                status, content_type = response.status, response.headers.get("Content-Type", "")
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except asyncio.TimeoutError:
-            raise _Transient(f"no answer within {self.settings.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            # Connection refused/reset/dropped and bodies cut off in transfer all land here.
-            raise _Transient(f"{type(exc).__name__}: {exc}") from None
-        if status in (429, 503) and retry_after is not None and retry_after > self.settings.max_backoff_seconds:
-            raise ViettelError(
-                f"{method} {url}: HTTP {status} with Retry-After {retry_after:g} s, longer than "
-                f"max_backoff_seconds ({self.settings.max_backoff_seconds:g}); the next poll resumes")
-        if status == 429:
-            raise _Transient("429 Too Many Requests", retry_after)
-        if status >= 500:
-            # A 503 with Retry-After is a planned outage: its own estimate beats our backoff.
-            raise _Transient(f"HTTP {status}", retry_after if status == 503 else None)
+        status, content_type, body, retry_after = await self._request(method, url, **kwargs)
+        self._raise_if_unavailable(method, url, status, retry_after)
         return status, content_type, body
-
-    def _wait(self, retry_state) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return exc.retry_after
-        return wait_random_exponential(multiplier=self.settings.backoff_seconds,
-                                       max=self.settings.max_backoff_seconds)(retry_state)
 
     async def _send(self, method: str, url: URL, *, attempts: int | None = None,
                     **kwargs: Any) -> tuple[int, str, bytes]:
         """One request, retried on transient faults; ``ViettelError`` once the attempts are spent."""
-        attempts = attempts or self.settings.max_attempts
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(attempts),
-                wait=self._wait,
-                retry=retry_if_exception_type(_Transient),
-                reraise=True,
-                before_sleep=lambda rs: log.debug("viettel.retry", url=str(url), attempt=rs.attempt_number,
-                                                  error=str(rs.outcome.exception())),
-            ):
-                with attempt:
-                    return await self._send_once(method, url, **kwargs)
-        except _Transient as exc:
-            raise ViettelError(f"{method} {url}: gave up after {attempts} attempt(s), last error: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._retrying(method, url, attempts, lambda: self._send_once(method, url, **kwargs))
 
     def _document(self, method: str, url: URL, content_type: str, body: bytes) -> Element:
         """Parse a 200 body, or say clearly that the server sent something else."""

@@ -10,7 +10,6 @@ by the server, so paging is stable while records change, and the server can forg
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import datetime as dt
@@ -21,14 +20,14 @@ import secrets
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from hub.contracts import Faults, Simulator
+from hub.contracts import Faults
+from hub.simulation import FaultySimulator
 from hub.synthetic import INVALID_KINDS, SCHOOLS, invalid_transcript, transcript
 
 SESSION_PATH = "/api/v2/sessions"
@@ -187,7 +186,7 @@ class _Row:
                          deleted=self.deleted, quirks=self.quirks)
 
 
-class ViettelSimulator(Simulator):
+class ViettelSimulator(FaultySimulator):
     """An SMAS-style school-software server on loopback, serving CONTRACT.md with fault switches.
 
     ``faults`` flips failures on; ``requests`` counts requests by path and ``log`` lists
@@ -201,8 +200,6 @@ class ViettelSimulator(Simulator):
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.page_size = page_size
         self.faults: ViettelFaults = ViettelFaults()
-        self.requests: Counter[str] = Counter()
-        self.log: list[tuple[str, str, int]] = []
         self.defects: dict[str, tuple[str, str]] = {}
         """id of each deliberately invalid record → (defect kind, central field it breaks)."""
         self._sessions: dict[str, float] = {}
@@ -211,9 +208,6 @@ class ViettelSimulator(Simulator):
         self._cursor_serial = 0
         self._last_answer: bytes | None = None
         self._rows: list[_Row] = []
-        self._runner: web.AppRunner | None = None
-        self._stopping = asyncio.Event()
-        self.base_url = ""
         per_timestamp = max(1, per_timestamp)
         for k in range(records):
             self._rows.append(_Row(transcript(synthetic_index(k), seed), self._source_id("hs", k),
@@ -289,62 +283,22 @@ class ViettelSimulator(Simulator):
         app.router.add_post(SESSION_PATH, self._session)
         app.router.add_get(RECORDS_PATH, self._records)
         app.router.add_get(LEAK_PATH, self._leak)
-        self._stopping = asyncio.Event()
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{bound_host}:{bound_port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        # Stalled handlers wait on this event, so stopping never waits out a stall.
-        self._stopping.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return await self._serve(app, host, port)
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "api_key": self.api_key, "page_size": self.page_size}
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    @web.middleware
-    async def _faults_middleware(self, request: web.Request, handler) -> web.StreamResponse:
-        self.requests[request.path] += 1
-        f = self.faults
-        if f.slow_seconds:
-            await asyncio.sleep(f.slow_seconds)
-        data = request.path == RECORDS_PATH  # only data requests count the *_next_n switches down
-        response: web.StreamResponse | None = None
-        if f.outage:
-            response = _error(503, "MAINTENANCE", "Hệ thống đang bảo trì",
-                              {"Retry-After": str(f.retry_after_seconds)})
-        elif data and f.drop_next_n_connections > 0:
-            f.drop_next_n_connections -= 1
-            self.log.append((request.method, request.path_qs, 0))
-            assert request.transport is not None
-            request.transport.close()
-            # Ends the handler without writing anything: the client sees a dropped connection.
-            raise asyncio.CancelledError()
-        elif data and f.stall_next_n > 0:
-            f.stall_next_n -= 1
-            try:
-                await asyncio.wait_for(self._stopping.wait(), f.stall_seconds)
-            except asyncio.TimeoutError:
-                pass
-        if response is None and data and f.fail_next_n > 0:
-            f.fail_next_n -= 1
-            response = _error(503, "BUSY", "Hệ thống đang bận")
-        elif response is None and data and f.rate_limit_next_n > 0:
-            f.rate_limit_next_n -= 1
-            response = _error(429, "RATE_LIMITED", "Quá nhiều yêu cầu",
-                              {"Retry-After": str(f.retry_after_seconds)})
-        if response is None:
-            response = await handler(request)
-        self.log.append((request.method, request.path_qs, response.status))
-        return response
+    # Standard switches: hub.simulation.FaultySimulator (only data requests count the *_next_n switches down).
+    log_path_qs = True
+    data_paths = frozenset({RECORDS_PATH})
+
+    _FAULT_CODES = {"outage": ("MAINTENANCE", "Hệ thống đang bảo trì"), "fail": ("BUSY", "Hệ thống đang bận"),
+                    "rate_limit": ("RATE_LIMITED", "Quá nhiều yêu cầu")}
+
+    def _fault_response(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
+        return _error(status, *self._FAULT_CODES[kind], headers)
 
     async def _leak(self, request: web.Request) -> web.Response:
         return web.Response(text="LEAKED-" + self.api_key)

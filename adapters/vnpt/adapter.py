@@ -7,23 +7,18 @@ format's snake_case fields and leaves value cleaning to ``hub.records``.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import email.utils
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import aiohttp
-import structlog
 from pydantic import Field, HttpUrl, SecretStr, field_validator
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 from yarl import URL
 
 from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
+from hub.http import HttpPullMixin, Transient
 
-log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/oauth/token"
 RECORDS_PATH = "/api/v1/hocba"
@@ -33,14 +28,6 @@ _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 class VnptError(PluginError):
     """The vendor's server answered in a way the contract does not allow, or not at all."""
-
-
-class _Transient(Exception):
-    """A failure worth retrying (5xx, 429, timeout, dropped connection)."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class _Unauthorized(Exception):
@@ -81,22 +68,7 @@ def _parse_timestamp(value: Any) -> dt.datetime:
     return parsed
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
-
-
-class VnptAdapter(Adapter):
+class VnptAdapter(HttpPullMixin, Adapter):
     """Pulls transcripts from vnEdu-style school software (REST/JSON, OAuth2 client credentials).
 
     The cursor is the latest ``NgayCapNhat`` already handed to the hub (``yyyy-MM-ddTHH:mm:ss``,
@@ -108,32 +80,16 @@ class VnptAdapter(Adapter):
     simulator: ClassVar[str | None] = "adapters.vnpt.simulator:VnptSimulator"
 
     settings: VnptSettings
+    Error: ClassVar[type[Exception]] = VnptError
 
     def __init__(self, settings: PluginSettings, context: PluginContext):
         super().__init__(settings, context)
-        self._session: aiohttp.ClientSession | None = None
         self._token: str | None = None
         self._token_expires = 0.0
 
-    @property
-    def _base(self) -> str:
-        # Read when a request is made, not in __init__: `hocba-hub normalize` builds the adapter
-        # without settings, and normalising needs none.
-        return str(self.settings.base_url).rstrip("/")
+    # --- lifecycle: open/close and _base come from hub.http.HttpPullMixin -----------------------
 
-    # --- lifecycle ---------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                headers={"User-Agent": "hocba-hub vnpt-adapter", "Accept": "application/json"},
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def _forget_credentials(self) -> None:
         self._token = None
 
     # --- HTTP plumbing -----------------------------------------------------------------------
@@ -144,53 +100,22 @@ class VnptAdapter(Adapter):
         return text.replace(secret, "***") if secret else text
 
     async def _send_once(self, method: str, url: str | URL, **kwargs: Any) -> tuple[int, str, bytes]:
-        if self._session is None:
-            raise VnptError("the vnpt adapter is not open: await open() before fetch()")
-        try:
-            async with self._session.request(method, url, **kwargs) as response:
-                body = await response.read()
-                status, content_type = response.status, response.headers.get("Content-Type", "")
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except asyncio.TimeoutError:
-            raise _Transient(f"no answer within {self.settings.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            # Connection refused/reset/dropped and bodies cut off in transfer all land here.
-            raise _Transient(f"{type(exc).__name__}: {exc}") from None
+        status, content_type, body, retry_after = await self._request(method, url, **kwargs)
+        # Unlike hub.http's default, only a 429's Retry-After is honoured; a 5xx backs off.
         if status == 429:
             if retry_after is not None and retry_after > self.settings.max_backoff_seconds:
                 raise VnptError(
                     f"{method} {url}: rate limited, Retry-After {retry_after:g} s is longer than "
                     f"max_backoff_seconds ({self.settings.max_backoff_seconds:g}); the next poll resumes")
-            raise _Transient("429 Too Many Requests", retry_after)
+            raise Transient("429 Too Many Requests", retry_after)
         if status >= 500:
-            raise _Transient(f"HTTP {status}")
+            raise Transient(f"HTTP {status}")
         return status, content_type, body
-
-    def _wait(self, retry_state) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return exc.retry_after
-        return wait_random_exponential(multiplier=self.settings.backoff_seconds,
-                                       max=self.settings.max_backoff_seconds)(retry_state)
 
     async def _send(self, method: str, url: str | URL, *, attempts: int | None = None,
                     **kwargs: Any) -> tuple[int, str, bytes]:
         """One request, retried on transient faults; ``VnptError`` once the attempts are spent."""
-        attempts = attempts or self.settings.max_attempts
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(attempts),
-                wait=self._wait,
-                retry=retry_if_exception_type(_Transient),
-                reraise=True,
-                before_sleep=lambda rs: log.debug("vnpt.retry", url=str(url), attempt=rs.attempt_number,
-                                                  error=str(rs.outcome.exception())),
-            ):
-                with attempt:
-                    return await self._send_once(method, url, **kwargs)
-        except _Transient as exc:
-            raise VnptError(f"{method} {url}: gave up after {attempts} attempt(s), last error: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._retrying(method, url, attempts, lambda: self._send_once(method, url, **kwargs))
 
     def _json(self, method: str, url: str, content_type: str, body: bytes) -> Any:
         """Decode a 200 body, or say clearly that the server sent something else."""
@@ -328,7 +253,7 @@ class VnptAdapter(Adapter):
 
     async def check(self) -> Health:
         """Get a token and read one record: proves reachability, credentials and permission."""
-        opened_here = self._session is None
+        opened_here = self._http is None
         await self.open()
         try:
             # Always a fresh token: a rotated secret must show here, not when the cached token expires.

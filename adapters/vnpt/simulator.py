@@ -9,7 +9,6 @@ strings, ``""`` for unknown values. Timestamps are deterministic (several record
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import datetime as dt
 import json
@@ -17,14 +16,14 @@ import re
 import secrets
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from hub.contracts import Faults, Simulator
+from hub.contracts import Faults
+from hub.simulation import FaultySimulator
 from hub.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
 
 TOKEN_PATH = "/oauth/token"
@@ -175,7 +174,7 @@ class _Row:
                          deleted=self.deleted, quirks=self.quirks)
 
 
-class VnptSimulator(Simulator):
+class VnptSimulator(FaultySimulator):
     """A vnEdu-style school-software server on loopback, serving CONTRACT.md with fault switches.
 
     ``faults`` flips failures on (``VnptFaults``); ``requests`` counts requests by path and
@@ -193,15 +192,10 @@ class VnptSimulator(Simulator):
         self.client_id = client_id
         self.client_secret = client_secret or secrets.token_urlsafe(24)
         self.faults = VnptFaults()
-        self.requests: Counter[str] = Counter()
-        self.log: list[tuple[str, str, int]] = []
         self.defects: dict[str, tuple[str, str]] = {}
         """IdHocBa of each deliberately invalid record → (defect kind, central field it breaks)."""
         self._tokens: dict[str, float] = {}
         self._rows: list[_Row] = []
-        self._runner: web.AppRunner | None = None
-        self._stopping = asyncio.Event()
-        self.base_url = ""
         per_timestamp = max(1, per_timestamp)
         for i in range(records):
             self._rows.append(_Row(transcript(i, seed), self._source_id("hs", i),
@@ -270,21 +264,7 @@ class VnptSimulator(Simulator):
         app = web.Application(middlewares=[self._faults_middleware])
         app.router.add_post(TOKEN_PATH, self._token)
         app.router.add_get(RECORDS_PATH, self._records)
-        self._stopping = asyncio.Event()
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{bound_host}:{bound_port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        # Stalled handlers wait on this event, so stopping never waits out a stall.
-        self._stopping.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return await self._serve(app, host, port)
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "client_id": self.client_id, "client_secret": self.client_secret,
@@ -292,54 +272,28 @@ class VnptSimulator(Simulator):
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    @web.middleware
-    async def _faults_middleware(self, request: web.Request, handler) -> web.StreamResponse:
-        self.requests[request.path] += 1
+    # Standard switches: hub.simulation.FaultySimulator (every request counts them down here).
+
+    def _fault_response(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
+        message = {"outage": "Hệ thống đang bảo trì", "fail": "Hệ thống đang bận",
+                   "rate_limit": "Quá nhiều yêu cầu"}[kind]
+        return web.json_response({"error": message}, status=status, headers=headers)
+
+    async def _vendor_faults(self, request: web.Request, handler) -> web.StreamResponse:
         f = self.faults
-        if f.slow_seconds:
-            await asyncio.sleep(f.slow_seconds)
-        if f.outage:
-            # Down, not failing at random: nothing is counted down until it is back.
-            response = web.json_response({"error": "Hệ thống đang bảo trì"}, status=503,
-                                         headers={"Retry-After": str(f.retry_after_seconds)})
-            self.log.append((request.method, request.path, response.status))
-            return response
-        if f.drop_next_n_connections > 0:
-            f.drop_next_n_connections -= 1
-            self.log.append((request.method, request.path, 0))
-            assert request.transport is not None
-            request.transport.close()
-            # Ends the handler without writing anything: the client sees a dropped connection.
-            raise asyncio.CancelledError()
-        if f.stall_next_n > 0:
-            f.stall_next_n -= 1
-            try:
-                await asyncio.wait_for(self._stopping.wait(), f.stall_seconds)
-            except asyncio.TimeoutError:
-                pass
-        if f.fail_next_n > 0:
-            f.fail_next_n -= 1
-            response = web.json_response({"error": "Hệ thống đang bận"}, status=f.status_5xx)
-        elif f.rate_limit_next_n > 0:
-            f.rate_limit_next_n -= 1
-            response = web.json_response({"error": "Quá nhiều yêu cầu"}, status=429,
-                                         headers={"Retry-After": str(f.retry_after_seconds)})
-        elif f.html_next_n > 0:
+        if f.html_next_n > 0:
             f.html_next_n -= 1
-            response = web.Response(
+            return web.Response(
                 text="<!DOCTYPE html><html><head><title>Bảo trì hệ thống</title></head>"
                      "<body><h1>Hệ thống đang bảo trì</h1></body></html>",
                 content_type="text/html", charset="utf-8")
-        elif f.truncate_next_n > 0:
+        if f.truncate_next_n > 0:
             f.truncate_next_n -= 1
             full = await handler(request)
             body = full.body if isinstance(full, web.Response) and isinstance(full.body, bytes) else b"{}"
-            response = web.Response(body=body[: max(1, len(body) // 2)], status=full.status,
-                                    content_type="application/json", charset="utf-8")
-        else:
-            response = await handler(request)
-        self.log.append((request.method, request.path, response.status))
-        return response
+            return web.Response(body=body[: max(1, len(body) // 2)], status=full.status,
+                                content_type="application/json", charset="utf-8")
+        return await handler(request)
 
     @staticmethod
     def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

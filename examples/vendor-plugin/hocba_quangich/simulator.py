@@ -7,7 +7,6 @@ demo start it through ``QuangIchAdapter.simulator``.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 import io
@@ -18,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.contracts import Simulator
+from hub.simulation import FaultySimulator
 from hub.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
 
 SESSION_PATH = "/qi/v2/phien"
@@ -126,7 +125,7 @@ class _Record:
                       deleted=self.deleted, quirks=self.quirks)
 
 
-class QuangIchSimulator(Simulator):
+class QuangIchSimulator(FaultySimulator):
     """A Quảng Ích-style export server on loopback; ``faults`` are the standard switches."""
     page_size: int | None = 25   # what adapter_settings() asks for: a few dozen records page
 
@@ -135,11 +134,9 @@ class QuangIchSimulator(Simulator):
         super().__init__(records=records, invalid=invalid, seed=seed)
         self.connection_id = connection_id
         self.api_key = api_key or secrets.token_urlsafe(24)
-        self.base_url = ""
         self._sessions: dict[str, float] = {}
         self._records: list[_Record] = []
         self._seq = 0
-        self._runner: web.AppRunner | None = None
         for i in range(records):
             central = transcript(i, seed)
             self._add(central, f"QI-{central['school_code']}-{i:06d}", i)
@@ -180,20 +177,10 @@ class QuangIchSimulator(Simulator):
     # --- Simulator protocol ---------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application(middlewares=[self._faults])
+        app = web.Application(middlewares=[self._faults_middleware])
         app.router.add_post(SESSION_PATH, self._session)
         app.router.add_get(RECORDS_PATH, self._page)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{bound_host}:{bound_port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return await self._serve(app, host, port, shutdown_timeout=0.5)
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "connection_id": self.connection_id, "api_key": self.api_key,
@@ -201,28 +188,14 @@ class QuangIchSimulator(Simulator):
 
     # --- HTTP ---------------------------------------------------------------------------------
 
-    @web.middleware
-    async def _faults(self, request: web.Request, handler) -> web.StreamResponse:
-        f = self.faults
-        if f.slow_seconds:
-            await asyncio.sleep(f.slow_seconds)
-        if f.outage:
-            return web.json_response({"ok": False, "loi": "BAO_TRI", "thong_bao": "Hệ thống đang bảo trì"},
-                                     status=503, headers={"Retry-After": str(f.retry_after_seconds)})
-        if request.path == RECORDS_PATH:   # sessions are not counted (hub.contracts.Faults)
-            if f.drop_next_n_connections > 0:
-                f.drop_next_n_connections -= 1
-                if request.transport is not None:
-                    request.transport.close()
-                raise asyncio.CancelledError()   # ends the handler with nothing written
-            if f.fail_next_n > 0:
-                f.fail_next_n -= 1
-                return web.json_response({"ok": False, "loi": "LOI_MAY_CHU"}, status=503)
-            if f.rate_limit_next_n > 0:
-                f.rate_limit_next_n -= 1
-                return web.json_response({"ok": False, "loi": "QUA_NHIEU_YEU_CAU"}, status=429,
-                                         headers={"Retry-After": str(f.retry_after_seconds)})
-        return await handler(request)
+    # The standard switches come from hub.simulation.FaultySimulator; only the error bodies are ours.
+    data_paths = frozenset({RECORDS_PATH})   # sessions are not counted (hub.contracts.Faults)
+
+    def _fault_response(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
+        body = {"outage": {"ok": False, "loi": "BAO_TRI", "thong_bao": "Hệ thống đang bảo trì"},
+                "fail": {"ok": False, "loi": "LOI_MAY_CHU"},
+                "rate_limit": {"ok": False, "loi": "QUA_NHIEU_YEU_CAU"}}[kind]
+        return web.json_response(body, status=status, headers=headers)
 
     async def _session(self, request: web.Request) -> web.Response:
         try:
