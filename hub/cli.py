@@ -23,7 +23,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     rows = []
     for info in list(adapter_types().values()) + list(signer_types().values()):
         if info.kind == "adapter":
-            can = ", ".join(c for c in ("fetch", "normalize", "deliver") if info.cls.can(c))
+            labels = {"fetch": "fetch", "verify_push": "push", "normalize": "normalize", "deliver": "deliver"}
+            can = ", ".join(label for method, label in labels.items() if info.cls.can(method))
         else:
             can = "sign"
         rows.append((info.kind, info.name, info.package, info.version, can))
