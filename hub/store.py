@@ -74,6 +74,16 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _older(updated: dt.datetime | None, latest: str | None) -> bool:
+    """Whether the vendor dates ``updated`` before the latest stored version's time."""
+    if updated is None or latest is None:
+        return False
+    held = dt.datetime.fromisoformat(latest)
+    if (updated.tzinfo is None) != (held.tzinfo is None):
+        return False  # one side has no zone: the times cannot be compared, so do not guess
+    return updated < held
+
+
 def record_id_for(adapter: str, source_id: str) -> str:
     """The envelope ``record_id`` of a vendor record: stable across re-reads."""
     return str(uuid.uuid5(_RECORD_NS, f"{adapter}/{source_id}"))
@@ -227,9 +237,11 @@ class Store:
                 *, save_cursor: bool = False, lease_owner: str | None = None) -> list[int]:
         """Commit raw records (and the cursor that covers them) in one transaction.
 
-        A record whose payload is unchanged since its latest version is skipped; a changed one
-        becomes the next version (``UPDATE``, or ``CANCEL`` when the vendor deleted it), and any
-        older version still on its way is superseded so a stale version is never sent.
+        A record whose payload is unchanged since its latest version is skipped, and so is one the
+        vendor dates before the latest version (a delayed retry or a re-sent old page: the hub
+        already holds newer data); a changed one becomes the next version (``UPDATE``, or
+        ``CANCEL`` when the vendor deleted it), and any older version still on its way is
+        superseded so a stale version is never sent.
         ``lease_owner``: commit only while that worker holds the adapter's pull lease
         (``claim_pull``), else raise ``LeaseLost`` — a worker that lost it never moves the
         cursor back. Returns the store ids of the new versions.
@@ -247,10 +259,11 @@ class Store:
             for raw, rid in zip(page, rids):
                 digest = hashlib.sha256(raw.payload + (b"\x00deleted" if raw.deleted else b"")).hexdigest()
                 latest = db.execute(
-                    "SELECT id, version, payload_hash, event FROM records WHERE record_id = ? "
+                    "SELECT id, version, payload_hash, event, source_updated FROM records WHERE record_id = ? "
                     "ORDER BY version DESC LIMIT 1", (rid,),
                 ).fetchone()
-                if latest is not None and latest["payload_hash"] == digest:
+                if latest is not None and (latest["payload_hash"] == digest
+                                           or _older(raw.updated_at, latest["source_updated"])):
                     continue
                 if raw.deleted:
                     event = "CANCEL"

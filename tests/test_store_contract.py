@@ -110,6 +110,18 @@ def test_unchanged_reread_is_not_a_new_version_changed_is_update_deleted_is_canc
     assert rows[third].state == st.RECEIVED
 
 
+def test_a_payload_the_vendor_dates_before_the_latest_version_is_not_a_new_version(open_store):
+    import datetime as dt
+
+    s = open_store()
+    tz = dt.timezone(dt.timedelta(hours=7))
+    newer = RawRecord("1", b'{"v": 2}', updated_at=dt.datetime(2025, 6, 2, 8, 0, tzinfo=tz))
+    older = RawRecord("1", b'{"v": 1}', updated_at=dt.datetime(2025, 6, 1, 8, 0, tzinfo=tz))
+    assert len(s.receive("a", [newer])) == 1
+    assert s.receive("a", [older]) == []  # a delayed retry of an old page changes nothing
+    assert [(r.version, r.payload) for r in s.rows()] == [(1, b'{"v": 2}')]
+
+
 def test_transition_checks_the_state_it_leaves(open_store):
     s = open_store()
     [pk] = s.receive("a", [raw("1")])
