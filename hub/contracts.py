@@ -274,6 +274,9 @@ class Simulator(ABC):
     so the kit can test paging boundaries.
     """
     page_size: int | None = None
+    networked: ClassVar[bool] = True
+    """False for a source the adapter does not reach over a network (a watched folder): there
+    is no outage or transport fault to simulate, and the kit skips those checks."""
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0):
         self.records = records
@@ -283,6 +286,14 @@ class Simulator(ABC):
 
     def expire_tokens(self) -> None:
         """Revoke every credential issued so far (for auth-expiry tests); no-op without tokens."""
+
+    def seeded(self, index: int) -> dict[str, Any]:
+        """The central-format transcript the ``index``-th valid record was seeded from: by
+        default ``hub.synthetic.transcript(index, seed)``; a simulator serving only some
+        school levels overrides this."""
+        from hub.synthetic import transcript
+
+        return transcript(index, self.seed)
 
     async def feed(self, hub_url: str, instance: str) -> None:
         """For a source the hub does not pull from (a pushing vendor): send the seeded records

@@ -13,6 +13,7 @@ import random
 import unicodedata
 from typing import Any
 
+from hub.contracts import SigningIdentity
 from hub.records import GENERAL_COMPETENCIES, QUALITIES
 
 SURNAMES = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ"]
@@ -187,11 +188,9 @@ def nfd(text: str) -> str:
     return unicodedata.normalize("NFD", text)
 
 
-def signing_identities(year: int = 2024) -> list["SigningIdentity"]:
+def signing_identities(year: int = 2024) -> list[SigningIdentity]:
     """Every identity that can sign a synthetic transcript: a teacher per class, a principal
     and a seal per school. The demo issues its throwaway PKI for exactly these."""
-    from hub.contracts import SigningIdentity
-
     grades = {"02": range(1, 6), "03": range(6, 10), "04": range(10, 13)}
     out = []
     for _dept, code, name, level, _place in SCHOOLS:

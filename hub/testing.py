@@ -25,9 +25,10 @@ From a shell: ``hocba-hub conformance --adapter myvendor [--config hub.yaml]``.
 
 What the kit needs from the simulator (a ``hub.contracts.Simulator``):
 
-- ``Simulator(records=N, invalid=M, seed=S)`` serves ``hub.synthetic.transcript(i, S)`` for
-  ``i < N`` and ``M`` records made with ``hub.synthetic.invalid_transcript``, in the vendor's
-  shape. The kit compares what the adapter normalises with those transcripts.
+- ``Simulator(records=N, invalid=M, seed=S)`` serves ``seeded(i)`` (by default
+  ``hub.synthetic.transcript(i, S)``) for ``i < N`` and ``M`` records made with
+  ``hub.synthetic.invalid_transcript``, in the vendor's shape. The kit compares what the
+  adapter normalises with those transcripts.
 - ``faults`` is a ``hub.contracts.Faults`` and honours ``outage``, ``fail_next_n``,
   ``rate_limit_next_n`` (with ``retry_after_seconds``) and ``drop_next_n_connections``.
 - ``page_size``: the page size its ``adapter_settings()`` ask for (``None``: no paging).
@@ -59,7 +60,7 @@ from pydantic_core import PydanticUndefined
 
 from hub.contracts import Adapter, Faults, Health, Page, PluginContext, PluginError, RawRecord, Simulator
 from hub.records import field_errors, parse_transcript
-from hub.synthetic import INVALID_KINDS, transcript
+from hub.synthetic import INVALID_KINDS
 
 __all__ = [
     "CHECKS", "CheckResult", "ConformanceError", "ConformanceReport",
@@ -353,6 +354,7 @@ class _Kit:
             return await self.health(adapter, "against the running simulator", _secrets_of(adapter.settings), True)
 
     async def check_outage(self) -> str:
+        self.expect_network()
         async with self.serving(records=3) as sim, self.adapter(sim) as adapter:
             hidden = _secrets_of(adapter.settings)
             sim.faults.outage = True
@@ -459,7 +461,7 @@ class _Kit:
         _expect((len(good), len(bad)) == (valid, invalid),
                 f"{len(good)} valid and {len(bad)} invalid, {valid} and {invalid} were seeded "
                 f"(refused: {_few(bad)})")
-        expected = {transcript(i, SEED)["transcript_id"] for i in range(valid)}
+        expected = {sim.seeded(i)["transcript_id"] for i in range(valid)}
         got = {r["transcript_id"] for r in good}
         _expect(got == expected, f"valid records are not the seeded transcripts: unexpected {_few(sorted(got - expected))}")
         return f"{valid} valid, {invalid} refused naming {', '.join(bad)}"
@@ -471,7 +473,7 @@ class _Kit:
         envelope = {"record_id": "conformance", "event": "NEW", "version": 1, "updated_at": "2025-06-01T07:00:00"}
         expected = {}
         for i in range(n):
-            model = parse_transcript({**transcript(i, SEED), **envelope})
+            model = parse_transcript({**sim.seeded(i), **envelope})
             expected[model.transcript_id] = model.model_dump(mode="json")
         diffs: list[str] = []
         for raw in result.records:
@@ -516,7 +518,12 @@ class _Kit:
         _expect(len(result.pages) > 1, "the read ended after one page, so tokens did not expire mid-read")
         return f"tokens revoked after page 1 of {len(result.pages)}; {n} records, each once"
 
+    def expect_network(self) -> None:
+        if not self.sim_cls.networked:
+            raise _Skip("the source is not reached over a network (simulator.networked is False)")
+
     async def fault(self, name: str, value: int, *, retry_after: int | None = None) -> str:
+        self.expect_network()
         n = self.pages + 3
         async with self.serving(n) as sim:
             _expect(isinstance(sim.faults, Faults), f"simulator.faults is a {type(sim.faults).__name__}, "

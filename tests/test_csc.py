@@ -242,8 +242,6 @@ async def test_remote_signing_config_runs_the_demo(tmp_path, monkeypatch):
     """config/remote-signing.yaml end to end, the way ``hocba-hub demo`` runs it: CSC simulators
     for the remote signers, a loopback TSA for ``timestamp_url: demo``; every PDF carries three
     PAdES B-T signatures that pyHanko and pdfsig accept, one school signs with the other provider."""
-    import os
-
     from hub import demo, tsa
 
     config_file = Path(__file__).resolve().parent.parent / "config" / "remote-signing.yaml"

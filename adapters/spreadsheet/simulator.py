@@ -20,6 +20,7 @@ from hub.synthetic import invalid_transcript, transcript
 
 class SpreadsheetSimulator(Simulator):
     """Writes ``records`` valid and ``invalid`` defective transcripts as sheets, one per school level."""
+    networked = False  # a folder: no outage, 5xx or dropped connection to simulate
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0, directory: Path | None = None):
         super().__init__(records=records, invalid=invalid, seed=seed)

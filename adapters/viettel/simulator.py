@@ -232,6 +232,10 @@ class ViettelSimulator(FaultySimulator):
         """``id`` of valid record ``index``."""
         return self._rows[index].source_id
 
+    def seeded(self, index: int) -> dict[str, Any]:
+        # This vendor serves secondary schools only: the k-th record is a secondary transcript.
+        return transcript(synthetic_index(index), self.seed)
+
     def central(self, index: int) -> dict[str, Any]:
         """The central-format transcript record ``index`` currently encodes."""
         return copy.deepcopy(self._rows[index].central)
