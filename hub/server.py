@@ -37,12 +37,23 @@ async def serve(config: HubConfig) -> None:
     """Work and serve until SIGINT/SIGTERM; then stop taking work and drain what is in flight."""
     hub = Hub(config)
     app = create_app(hub)  # before start(): the metrics count from the first record on
-    await hub.start()
+    # A stop signal during start-up (opening plugins, spawning workers) is kept, not fatal:
+    # the hub then stops cleanly as soon as it has started.
+    loop = asyncio.get_running_loop()
+    early_stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, early_stop.set)
+    try:
+        await hub.start()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     host, port = config.http.bind.rsplit(":", 1)
     server = _Server(uvicorn.Config(
         app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="off",
     ))
     try:
-        await server.serve()
+        if not early_stop.is_set():
+            await server.serve()
     finally:
         await hub.stop()
