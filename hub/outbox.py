@@ -122,7 +122,12 @@ class Outbox:
     async def run(self) -> None:
         """Until cancelled: send what is due; sleep until the next job is due or one is added."""
         try:
-            await self._run()
+            while True:
+                try:
+                    await self._run()
+                except self.hub.store.unavailable as exc:  # the database is away: try again shortly
+                    self.hub.log.warning("store.unavailable", task="outbox", error=str(exc))
+                    await asyncio.sleep(1.0)
         finally:
             for task in list(self._tasks):
                 task.cancel()
@@ -194,6 +199,10 @@ class Outbox:
                 "duplicate": receipt.duplicate, **receipt.detail,
             })
             hub.observe_stage("deliver", time.perf_counter() - started)
+        except hub.store.unavailable as exc:
+            # The database, not the delivery, failed: the job's lease runs out and it is sent
+            # again (the destination's idempotency makes a repeat harmless).
+            hub.log.warning("store.unavailable", task="deliver", pk=pk, error=str(exc))
         except asyncio.CancelledError:
             # Stopped mid-send: the job goes back (the destination's idempotency makes a
             # re-send of a delivery that did arrive harmless).

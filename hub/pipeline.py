@@ -289,7 +289,13 @@ class Hub:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 wake.clear()
-                pks = await self._db(self.store.claim, states, self.owner, self.lease_seconds, slots - len(running))
+                try:
+                    pks = await self._db(self.store.claim, states, self.owner, self.lease_seconds,
+                                         slots - len(running))
+                except self.store.unavailable as exc:  # the database is away: try again shortly
+                    self.log.warning("store.unavailable", stage=stage, error=str(exc))
+                    await asyncio.sleep(1.0)
+                    continue
                 if not pks:
                     try:  # poll too: another process (a replay, another worker) may have added work
                         await asyncio.wait_for(wake.wait(), 1.0)
@@ -320,6 +326,10 @@ class Hub:
             self.observe_stage(stage, time.perf_counter() - started)
         except st.StateConflict:
             pass  # another path already moved it; nothing to do
+        except self.store.unavailable as exc:
+            # The database is down or locked, not the record: it stays at its state and is
+            # claimed again once its lease is given back (or runs out).
+            self.log.warning("store.unavailable", pk=pk, stage=stage, error=str(exc))
         except Exception as exc:  # a bug in a stage must not kill the stage or lose the record
             self.log.exception("stage.crashed", pk=pk, error=str(exc))
             await self._fail(pk, f"internal error: {type(exc).__name__}: {exc}")
@@ -328,13 +338,19 @@ class Hub:
             if pk in self._moved:
                 self._moved.discard(pk)
             else:  # the handler left the record as it was: give the lease back
-                await asyncio.shield(self._db(self.store.release, [pk], self.owner))
+                try:
+                    await asyncio.shield(self._db(self.store.release, [pk], self.owner))
+                except self.store.unavailable:
+                    pass  # the lease runs out by itself
 
     async def _heartbeat(self) -> None:
         """Renew this process's leases while long work (a remote signature) is under way."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            await self._db(self.store.renew, self.owner, self.lease_seconds)
+            try:
+                await self._db(self.store.renew, self.owner, self.lease_seconds)
+            except self.store.unavailable as exc:
+                self.log.warning("store.unavailable", task="heartbeat", error=str(exc))
 
     async def _move(self, row: st.Row, state: str, *, detail: str | None = None, **fields: Any) -> None:
         # Signing the last step makes the delivery due: the job is written in the same transaction.
@@ -371,7 +387,12 @@ class Hub:
         policy = self.config.retention
         while True:
             cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=policy.delivered_payload_days)
-            result = await self._db(self.store.prune, cutoff.isoformat(timespec="milliseconds"))
+            try:
+                result = await self._db(self.store.prune, cutoff.isoformat(timespec="milliseconds"))
+            except self.store.unavailable as exc:
+                self.log.warning("store.unavailable", task="retention", error=str(exc))
+                await asyncio.sleep(60)
+                continue
             if result["records"]:
                 self.log.info("retention.pruned", **result)
             await asyncio.sleep(policy.check_interval_hours * 3600)

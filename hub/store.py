@@ -160,6 +160,9 @@ class Store:
     locks, leases, the audit chain's numbering, space reclamation.
     """
     shared = False
+    # What the database raises when it cannot be reached or written just now (locked, disk
+    # full, connection dropped): the record is fine and stays at its state for a later try.
+    unavailable: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
     dialect = "sqlite"
     # SQLite's single writer already serialises a whole transaction; PostgreSQL needs the rows
     # a transition checks locked until it commits.

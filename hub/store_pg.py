@@ -124,6 +124,7 @@ class PostgresStore(Store):
     processes, on one machine or many, work from the same database.
     """
     shared = True
+    unavailable = (psycopg.OperationalError,)
     dialect = "postgresql"
     _for_update = " FOR UPDATE"
 

@@ -133,3 +133,36 @@ async def test_every_fault_at_once_then_recovery_sqlite(tmp_path, pki):
 async def test_every_fault_at_once_then_recovery_two_hubs_on_postgres(tmp_path, pki):
     with scratch_database("hocba_faults") as url:
         await run_fault_batch(tmp_path, pki, store=url, hubs=2)
+
+
+async def test_dropped_database_connections_leave_records_waiting_not_failed(tmp_path, pki):
+    """PostgreSQL kills the hub's connection again and again mid-batch (a failover, a restart
+    of the database): records are not failed for it; they stay at their state and go on."""
+    import psycopg
+
+    with scratch_database("hocba_dbdrop") as url:
+        vendor, central = VnptSimulator(records=10, invalid=1, seed=73), MoetSimulator()
+        for sim in (vendor, central):
+            await sim.start()
+        batch = Batch(vendor)
+        hub = Hub(load_config(write_config(tmp_path, store=url, pki=pki, password=PASSWORD,
+                                           vendor=vendor, central=central)))
+        await hub.start()
+        try:
+            with psycopg.connect(url, autocommit=True) as admin:
+                for _ in range(6):  # cut every hub connection, six times while the batch runs
+                    await asyncio.sleep(0.4)
+                    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                  " WHERE application_name = 'hocba-hub' AND datname = current_database()")
+            await asyncio.wait_for(hub.wait_idle(), 180)
+        finally:
+            await hub.stop()
+            for sim in (vendor, central):
+                await sim.stop()
+        reader = st.open_store(url)
+        try:
+            assert reader.rows(state=st.FAILED) == []
+            assert len(reader.rows(state=st.DELIVERED)) == len(batch.valid)
+        finally:
+            reader.close()
+        assert central.counters.created == len(batch.valid)
