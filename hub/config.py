@@ -70,7 +70,8 @@ class SchoolStep(_Strict):
 class SigningConfig(_Strict):
     """The signing order, and which signer each role uses — province-wide, then per school.
 
-    One school can sign with SmartCA, another with MySign, another seal with a USB token:
+    One school can sign with one remote signing service, another with a second provider,
+    another seal with a USB token:
     ``schools`` maps a school code to the roles it does differently.
     """
     steps: list[SigningStep] = Field(min_length=1)

@@ -1,6 +1,6 @@
 """The plugin manager: built-ins and third-party plugins load the same way, by entry point.
 
-``HOCBA_HUB_LOAD_PLUGINS=vnpt,moet`` restricts loading to the named entry points (an empty
+``HOCBA_HUB_LOAD_PLUGINS=name1,name2`` restricts loading to the named entry points (an empty
 value loads none); ``HOCBA_HUB_TRACE_PLUGINS=1`` prints every hook call to stderr.
 """
 
