@@ -4,7 +4,7 @@
 
 Both runs happen in this one process, one after the other, on this machine:
 
-1. **hub**: ``N`` valid synthetic transcripts through the real ``hub.pipeline.Hub``: pulled
+1. **hub**: ``N`` valid synthetic transcripts through the real ``hub.engine.pipeline.Hub``: pulled
    from the vnpt simulator, stored in SQLite, normalised, rendered, signed three times
    (pkcs12 signer, a throwaway PKI) and delivered to the moet simulator. Timed from
    ``hub.start()`` to ``hub.wait_idle()``: start-up (spawning the worker pool, loading the
@@ -53,15 +53,15 @@ os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12")
 
 from adapters.moet.simulator import MoetSimulator  # noqa: E402
 from adapters.vnpt.simulator import VnptSimulator  # noqa: E402
-from hub import store as st  # noqa: E402
+from hub import lifecycle as lc  # noqa: E402
 from hub.config import parse_config  # noqa: E402
+from hub.engine.pipeline import Hub  # noqa: E402
 from hub.hookspecs import hookimpl  # noqa: E402
+from hub.kit.pki import ensure_pki  # noqa: E402
+from hub.kit.synthetic import signing_identities, transcript  # noqa: E402
 from hub.logs import configure  # noqa: E402
-from hub.pipeline import Hub  # noqa: E402
-from hub.pki import ensure_pki  # noqa: E402
 from hub.plugins import manager  # noqa: E402
 from hub.records import PrimaryTranscript, SecondaryTranscript, parse_transcript  # noqa: E402
-from hub.synthetic import signing_identities, transcript  # noqa: E402
 
 PASSWORD = "bench-only-password"
 ROLES = ("homeroom_teacher", "principal", "school_seal")
@@ -81,7 +81,7 @@ class DeliveryClock:
 
     @hookimpl
     def hocba_hub_record_event(self, event: dict[str, Any]) -> None:
-        if event["state"] == st.DELIVERED:
+        if event["state"] == lc.DELIVERED:
             self.delivered.append(time.perf_counter())
 
 
@@ -303,7 +303,7 @@ def plain_render(record: PrimaryTranscript | SecondaryTranscript, record_json: b
 
 
 def plain_key_file(record: PrimaryTranscript | SecondaryTranscript, role: str, pki_dir: Path) -> Path:
-    # hub.pki names each .p12 after the person's personal id, or the school code for the seal.
+    # hub.kit.pki names each .p12 after the person's personal id, or the school code for the seal.
     sig = record.signatories
     key = {"homeroom_teacher": sig.homeroom_teacher_personal_id,
            "principal": sig.principal_personal_id, "school_seal": record.school_code}[role]

@@ -54,12 +54,13 @@ import yaml  # noqa: E402
 
 from adapters.moet.simulator import MoetSimulator  # noqa: E402
 from adapters.vnpt.simulator import VnptSimulator  # noqa: E402
+from hub import lifecycle as lc  # noqa: E402
 from hub import store as st  # noqa: E402
 from hub.contracts import PluginContext, RawRecord  # noqa: E402
-from hub.pki import ensure_pki  # noqa: E402
+from hub.kit.pki import ensure_pki  # noqa: E402
+from hub.kit.synthetic import signing_identities  # noqa: E402
 from hub.plugins import adapter_types  # noqa: E402
 from hub.records import parse_transcript  # noqa: E402
-from hub.synthetic import signing_identities  # noqa: E402
 
 PASSWORD = "bench-only-password"
 DEFAULT_POSTGRES = os.environ.get("HOCBA_HUB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -176,7 +177,7 @@ def ingest_normalise(count: int, location: str) -> float:
                 record = parse_transcript({**data, "record_id": row.record_id, "event": row.event,
                                            "version": row.version, "updated_at": "2025-06-01T07:00:00"})
                 normalized = record.model_dump(mode="json")
-                store.advance(pk, st.RECEIVED, st.NORMALIZED, normalized=normalized,
+                store.advance(pk, lc.RECEIVED, lc.NORMALIZED, normalized=normalized,
                               content_hash=st.content_hash(normalized), school_code=record.school_code,
                               school_year=record.school_year)
         return count / (time.perf_counter() - started)

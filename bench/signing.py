@@ -44,17 +44,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.moet.simulator import MoetSimulator  # noqa: E402
 from adapters.vnpt.simulator import VnptSimulator  # noqa: E402
-from hub import store as st  # noqa: E402
+from hub import lifecycle as lc  # noqa: E402
 from hub.config import parse_config  # noqa: E402
 from hub.contracts import PluginContext  # noqa: E402
+from hub.documents.render import FONT_FILE, ROLE_LABELS, render_pdf  # noqa: E402
+from hub.documents.signing import identity_for, request_for  # noqa: E402
+from hub.documents.verify import load_certs, verify_pdf  # noqa: E402
+from hub.engine.pipeline import Hub  # noqa: E402
+from hub.kit.pki import ensure_pki  # noqa: E402
+from hub.kit.synthetic import signing_identities, transcript  # noqa: E402
 from hub.logs import configure  # noqa: E402
-from hub.pipeline import Hub  # noqa: E402
-from hub.pki import ensure_pki  # noqa: E402
 from hub.records import parse_transcript  # noqa: E402
-from hub.render import FONT_FILE, ROLE_LABELS, render_pdf  # noqa: E402
-from hub.signing import identity_for, request_for  # noqa: E402
-from hub.synthetic import signing_identities, transcript  # noqa: E402
-from hub.verify import load_certs, verify_pdf  # noqa: E402
 from signers.pkcs12.signer import Pkcs12Signer  # noqa: E402
 
 PASSWORD = "bench-only-password"
@@ -161,7 +161,7 @@ async def pipeline(count: int, signer: dict[str, Any], pki_dir: Path, root: Path
         try:
             await asyncio.wait_for(hub.wait_idle(), 300 + 2 * count)
             elapsed = time.perf_counter() - start
-            delivered = hub.store.counts().get(st.DELIVERED, 0)
+            delivered = hub.store.counts().get(lc.DELIVERED, 0)
         finally:
             await hub.stop()
         return elapsed, delivered

@@ -98,7 +98,7 @@ def cmd_normalize(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hub.verify import load_certs, verify_pdf
+    from hub.documents.verify import load_certs, verify_pdf
 
     roots = load_certs(args.trust) if args.trust else []
     worst = 0
@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hub.config import ConfigError, load_config
     from hub.contracts import PluginError
     from hub.logs import configure
-    from hub.server import serve
+    from hub.web.server import serve
 
     try:
         config = load_config(args.config)
@@ -169,7 +169,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from hub.audit import verify_chain
+    from hub.store.audit import verify_chain
 
     _config, store = _store_of(args.config)
     if store is None:
@@ -196,14 +196,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from hub.demo import run_demo
+    from hub.kit.demo import run_demo
 
     return asyncio.run(run_demo(args.config, records=args.records, out=Path(args.out), invalid=args.invalid))
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
+    from hub.kit.conformance import ConformanceError, run_conformance
     from hub.logs import configure
-    from hub.testing import ConformanceError, run_conformance
 
     # The kit provokes retries on purpose: log only what is worse than that, to stderr.
     configure("console", "error")

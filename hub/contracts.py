@@ -267,8 +267,8 @@ class Faults:
 class Simulator(ABC):
     """A system's contract served over real HTTP on loopback, for the demo, tests and the kit.
 
-    A source is seeded with ``hub.synthetic.transcript(i, seed)`` for ``i < records`` plus
-    ``invalid`` deliberately invalid ones (``hub.synthetic.invalid_transcript``) in its
+    A source is seeded with ``hub.kit.synthetic.transcript(i, seed)`` for ``i < records`` plus
+    ``invalid`` deliberately invalid ones (``hub.kit.synthetic.invalid_transcript``) in its
     vendor's shape; a destination ignores them. ``page_size`` is the page size the adapter
     settings from ``adapter_settings()`` ask for (``None`` for a source that does not page),
     so the kit can test paging boundaries.
@@ -289,9 +289,9 @@ class Simulator(ABC):
 
     def seeded(self, index: int) -> dict[str, Any]:
         """The central-format transcript the ``index``-th valid record was seeded from: by
-        default ``hub.synthetic.transcript(index, seed)``; a simulator serving only some
+        default ``hub.kit.synthetic.transcript(index, seed)``; a simulator serving only some
         school levels overrides this."""
-        from hub.synthetic import transcript
+        from hub.kit.synthetic import transcript
 
         return transcript(index, self.seed)
 

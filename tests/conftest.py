@@ -2,8 +2,8 @@
 
 import pytest
 
-from hub.pki import ensure_pki
-from hub.synthetic import signing_identities
+from hub.kit.pki import ensure_pki
+from hub.kit.synthetic import signing_identities
 
 PASSWORD = "test-key-password"
 ROLES = ["homeroom_teacher", "principal", "school_seal"]

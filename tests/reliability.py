@@ -25,10 +25,11 @@ from typing import Any
 import aiohttp
 import yaml
 
+from hub import lifecycle as lc
 from hub import store as st
-from hub.audit import verify_chain
+from hub.documents.verify import load_certs, verify_pdf
 from hub.records import parse_transcript
-from hub.verify import load_certs, verify_pdf
+from hub.store.audit import verify_chain
 
 ADAPTER = "school-a"
 ROLES = ["homeroom_teacher", "principal", "school_seal"]
@@ -209,11 +210,11 @@ class Batch:
         if set(latest) != set(self.valid) | self.invalid:
             return False
         for rid in self.invalid:
-            if latest[rid][1] != st.QUARANTINED:
+            if latest[rid][1] != lc.QUARANTINED:
                 return False
         for rid in self.valid:
             version, state = latest[rid]
-            if state != st.DELIVERED or accepted[rid] != version:
+            if state != lc.DELIVERED or accepted[rid] != version:
                 return False
             if content_of(central.records[(rid, version)]) != self.expected_content(rid):
                 return False
@@ -264,7 +265,7 @@ async def check_outcome(batch: Batch, central: Any, location: str, root: Path,
                 latest[row.record_id] = row
         for rid in batch.valid:
             row = latest.get(rid)
-            if row is None or row.state != st.DELIVERED or accepted.get(rid) != row.version:
+            if row is None or row.state != lc.DELIVERED or accepted.get(rid) != row.version:
                 out.lost += 1
                 out.problems.append(f"{rid}: store {row.state if row else 'missing'} v{row.version if row else '-'},"
                                     f" central store v{accepted.get(rid)}")
@@ -276,23 +277,23 @@ async def check_outcome(batch: Batch, central: Any, location: str, root: Path,
         if extra:
             out.duplicates += len(extra)
             out.problems.append(f"records at the central store that are not valid vendor records: {sorted(extra)}")
-        quarantined = {r.record_id for r in latest.values() if r.state == st.QUARANTINED}
+        quarantined = {r.record_id for r in latest.values() if r.state == lc.QUARANTINED}
         if quarantined != batch.invalid:
             out.problems.append(f"quarantine {sorted(quarantined)} != invalid {sorted(batch.invalid)}")
         if store.pending():
             out.problems.append(f"still pending: {store.pending()}")
-        bad_states = [r for r in rows if r.state in (st.FAILED, st.DEAD_LETTER)]
+        bad_states = [r for r in rows if r.state in (lc.FAILED, lc.DEAD_LETTER)]
         if bad_states:
             out.problems.append(f"failed or dead-lettered: {[(r.id, r.state, r.errors) for r in bad_states]}")
         for row in rows:
-            if row.state == st.DELIVERED:
+            if row.state == lc.DELIVERED:
                 if (row.record_id, row.version) not in central.records:
                     out.lost += 1
                     out.problems.append(f"{row.record_id} v{row.version}: delivered in the store, not at the central store")
                 states = [h["state"] for h in store.history(row.id) if not (h["detail"] or "").startswith("retry:")]
-                if row.record_id in replayed and st.FAILED in states:
+                if row.record_id in replayed and lc.FAILED in states:
                     # An operator's replay after a refusal: from the replayed stage on, once each.
-                    states = states[len(states) - 1 - states[::-1].index(st.FAILED) + 1:]
+                    states = states[len(states) - 1 - states[::-1].index(lc.FAILED) + 1:]
                     states = TRANSITIONS[:TRANSITIONS.index(states[0])] + states if states else states
                 if states != TRANSITIONS:
                     out.problems.append(f"{row.record_id} v{row.version}: went through {states}")

@@ -22,15 +22,15 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import uvicorn
+from conftest import PASSWORD, ROLES
 
 from adapters.moet.simulator import MoetSimulator
 from adapters.vnpt.simulator import VnptSimulator
-from conftest import PASSWORD, ROLES
-from hub import store as st
-from hub.app import create_app
+from hub import lifecycle as lc
 from hub.config import parse_config
 from hub.contracts import Health
-from hub.pipeline import Hub
+from hub.engine.pipeline import Hub
+from hub.web.app import create_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -185,7 +185,7 @@ async def test_without_configured_tokens_nobody_gets_in(tmp_path_factory, pki):
 
 async def test_a_viewer_may_look_but_not_act(env):
     before = snapshot(env.hub)
-    dead = ids_in(env.hub, st.DEAD_LETTER)
+    dead = ids_in(env.hub, lc.DEAD_LETTER)
     assert dead, "the fixture should have dead-lettered the valid records"
     for method, path, body in [
         ("POST", "/api/replay", {"ids": dead, "stage": "deliver"}),
@@ -213,7 +213,7 @@ async def test_lists_filter_by_state_adapter_school_year_and_time(env):
     assert [i["updated_at"] for i in body["items"]] == sorted((i["updated_at"] for i in body["items"]), reverse=True)
 
     status, body = await env.get("/api/quarantine", headers=VIEW)
-    quarantined = [r for r in rows if r.state == st.QUARANTINED]
+    quarantined = [r for r in rows if r.state == lc.QUARANTINED]
     assert status == 200 and {i["id"] for i in body["items"]} == {r.id for r in quarantined}
     assert len(quarantined) == 2 and all(i["errors"] for i in body["items"])
 
@@ -277,14 +277,14 @@ async def test_duplicate_parameters_are_refused(env):
 # --- one record -------------------------------------------------------------------------------
 
 async def test_one_record_with_its_history_by_store_id_or_record_id(env):
-    row = env.hub.store.rows(state=st.DEAD_LETTER)[0]
+    row = env.hub.store.rows(state=lc.DEAD_LETTER)[0]
     status, body = await env.get(f"/api/records/{row.id}", headers=VIEW)
     assert status == 200
-    assert body["record_id"] == row.record_id and body["state"] == st.DEAD_LETTER and body["has_pdf"]
+    assert body["record_id"] == row.record_id and body["state"] == lc.DEAD_LETTER and body["has_pdf"]
     assert [h["state"] for h in body["history"]] == [
         "received", "normalized", "rendered", *[f"signed:{r}" for r in ROLES], "dead_letter"]
     assert body["errors"] and body["replayable"]
-    assert body["versions"] == [{"id": row.id, "version": 1, "event": "NEW", "state": st.DEAD_LETTER}]
+    assert body["versions"] == [{"id": row.id, "version": 1, "event": "NEW", "state": lc.DEAD_LETTER}]
     # The envelope's record_id finds the same record.
     assert (await env.get(f"/api/records/{row.record_id}", headers=VIEW))[1]["id"] == row.id
     assert (await env.get("/api/records/987654", headers=VIEW))[0] == 404
@@ -292,7 +292,7 @@ async def test_one_record_with_its_history_by_store_id_or_record_id(env):
 
 
 async def test_viewers_see_no_personal_data_and_operators_do(env):
-    row = env.hub.store.rows(state=st.DEAD_LETTER)[0]
+    row = env.hub.store.rows(state=lc.DEAD_LETTER)[0]
     student = row.normalized["student"]
     personal = [student["full_name"], student["student_code"], student["birth_date"]]
     if student.get("personal_id"):
@@ -316,7 +316,7 @@ async def test_viewers_see_no_personal_data_and_operators_do(env):
 
 async def test_viewer_error_lines_are_masked(env):
     # A quarantined record's error may quote what the vendor sent; a viewer sees it blanked.
-    quarantined = env.hub.store.rows(state=st.QUARANTINED)
+    quarantined = env.hub.store.rows(state=lc.QUARANTINED)
     raw = {r.id: r.errors for r in quarantined}
     quoted = [q for errors in raw.values() for e in errors for q in re.findall(r"'([^']+)'", e)]
     assert "30/02/2015" in quoted  # the synthetic impossible birth date, as the vendor sent it
@@ -328,7 +328,7 @@ async def test_viewer_error_lines_are_masked(env):
     _, body = await env.get("/api/quarantine", headers=OP)
     assert {i["id"]: i["errors"] for i in body["items"]} == raw  # an operator sees what to fix
     # A 12-digit personal id anywhere in an error keeps only its last three digits.
-    from hub.admin import public_error
+    from hub.web.admin import public_error
     assert public_error("student.personal_id: 001204012345 is already used") == \
         "student.personal_id: *********345 is already used"
 
@@ -336,7 +336,7 @@ async def test_viewer_error_lines_are_masked(env):
 # --- PDFs -------------------------------------------------------------------------------------
 
 async def test_operator_downloads_the_signed_pdf_and_it_is_audited(env):
-    row = env.hub.store.rows(state=st.DEAD_LETTER)[0]
+    row = env.hub.store.rows(state=lc.DEAD_LETTER)[0]
     async with env.http.get(f"/api/records/{row.id}/pdf", headers=OP) as resp:
         assert resp.status == 200 and resp.content_type == "application/pdf"
         assert row.record_id in resp.headers["Content-Disposition"]
@@ -344,7 +344,7 @@ async def test_operator_downloads_the_signed_pdf_and_it_is_audited(env):
     assert pdf == row.pdf and pdf.startswith(b"%PDF")
     last = list(env.hub.store.audit_entries())[-1]
     assert (last["kind"], last["actor"], last["subject"]) == ("admin.pdf", "an.nguyen", row.record_id)
-    quarantined = env.hub.store.rows(state=st.QUARANTINED)[0]
+    quarantined = env.hub.store.rows(state=lc.QUARANTINED)[0]
     status, body = await env.get(f"/api/records/{quarantined.id}/pdf", headers=OP)
     assert status == 404 and "no PDF" in body["error"]
     assert (await env.get("/api/records/987654/pdf", headers=OP))[0] == 404
@@ -381,11 +381,11 @@ async def test_replay_needs_a_json_body(env):
 
 
 async def test_replay_quarantined_renormalises_and_is_audited_by_token_name(env):
-    target = env.hub.store.rows(state=st.QUARANTINED)[0]
+    target = env.hub.store.rows(state=lc.QUARANTINED)[0]
     status, body = await env.post("/api/replay", headers=OP, json={"ids": [target.id]})
-    assert status == 200 and body["moved"] == [{"id": target.id, "state": st.RECEIVED}]
+    assert status == 200 and body["moved"] == [{"id": target.id, "state": lc.RECEIVED}]
     # The adapter still cannot map it: it is quarantined again, with a replay in its history.
-    await wait_for(lambda: env.hub.store.get(target.id).state == st.QUARANTINED
+    await wait_for(lambda: env.hub.store.get(target.id).state == lc.QUARANTINED
                    and len(env.hub.store.history(target.id)) > 2)
     history = [h["state"] for h in env.hub.store.history(target.id)]
     assert history == ["received", "quarantined", "received", "quarantined"]
@@ -396,7 +396,7 @@ async def test_replay_quarantined_renormalises_and_is_audited_by_token_name(env)
 
 
 async def test_dead_letters_replayed_for_delivery_arrive_once_without_resigning(env):
-    dead = env.hub.store.rows(state=st.DEAD_LETTER)
+    dead = env.hub.store.rows(state=lc.DEAD_LETTER)
     status, body = await env.get("/api/dead-letters", headers=VIEW)
     assert status == 200 and {i["id"] for i in body["items"]} == {r.id for r in dead}
     assert all(i["errors"] for i in body["items"])  # the last error is kept
@@ -406,7 +406,7 @@ async def test_dead_letters_replayed_for_delivery_arrive_once_without_resigning(
     assert status == 200 and body["matched"] == len(dead) and body["skipped"] == 0
     assert sorted(m["id"] for m in body["moved"]) == sorted(pdfs)
     assert all(m["state"] == "signed:school_seal" for m in body["moved"])
-    await wait_for(lambda: all(env.hub.store.get(pk).state == st.DELIVERED for pk in pdfs))
+    await wait_for(lambda: all(env.hub.store.get(pk).state == lc.DELIVERED for pk in pdfs))
     assert env.central.accepted() == {r.record_id: 1 for r in dead}
     # Re-delivered, not re-signed: the central store holds the very PDF that was dead-lettered.
     for r in dead:

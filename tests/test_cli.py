@@ -18,9 +18,9 @@ import yaml
 
 from adapters.moet.simulator import MoetSimulator
 from adapters.vnpt.simulator import VnptSimulator
-from hub.pki import ensure_pki
-from hub.synthetic import signing_identities
-from hub.verify import extract_record
+from hub.documents.verify import extract_record
+from hub.kit.pki import ensure_pki
+from hub.kit.synthetic import signing_identities
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "adapters" / "vnpt" / "examples"

@@ -1,4 +1,4 @@
-"""The conformance kit (hub.testing): vnpt passes it, the example plugin passes it once installed
+"""The conformance kit (hub.kit.conformance): vnpt passes it, the example plugin passes it once installed
 by its entry point, and every check fails for an adapter broken in the way that check looks for.
 """
 
@@ -24,7 +24,12 @@ from adapters.vnpt.adapter import VnptAdapter, VnptError, VnptSettings
 from adapters.vnpt.simulator import VnptSimulator
 from hub import plugins
 from hub.contracts import Health, Page, PluginSettings, RawRecord, Simulator
-from hub.testing import CHECKS, ConformanceError, assert_conformant, run_conformance_async
+from hub.kit.conformance import (
+    CHECKS,
+    ConformanceError,
+    assert_conformant,
+    run_conformance_async,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vendor-plugin"

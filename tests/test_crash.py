@@ -25,12 +25,19 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PASSWORD
+from pgtest import scratch_database
+from reliability import (
+    Batch,
+    HubProcess,
+    StoreProbe,
+    check_outcome,
+    summary,
+    write_config,
+)
 
 from adapters.moet.simulator import MoetSimulator
 from adapters.vnpt.simulator import RECORDS_PATH, VnptSimulator
-from conftest import PASSWORD
-from pgtest import scratch_database
-from reliability import Batch, HubProcess, StoreProbe, check_outcome, summary, write_config
 
 PHASES = ["fetch", "commit", "render", "sign:homeroom_teacher", "sign:principal", "sign:school_seal",
           "deliver", "random"]

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from hub import pki
 from hub.contracts import SIGNING_ROLES, PluginContext, PluginError
+from hub.documents.render import render_pdf
+from hub.documents.signing import SigningError, identity_for, request_for
+from hub.documents.verify import load_certs, verify_pdf
+from hub.kit import pki
+from hub.kit.synthetic import transcript
 from hub.records import parse_transcript
-from hub.render import render_pdf
-from hub.signing import SigningError, identity_for, request_for
-from hub.synthetic import transcript
-from hub.verify import load_certs, verify_pdf
 from signers.csc.signer import CscSigner
 from signers.csc.simulator import CscSimulator
 
@@ -242,7 +242,7 @@ async def test_remote_signing_config_runs_the_demo(tmp_path, monkeypatch):
     """config/remote-signing.yaml end to end, the way ``hocba-hub demo`` runs it: CSC simulators
     for the remote signers, a loopback TSA for ``timestamp_url: demo``; every PDF carries three
     PAdES B-T signatures that pyHanko and pdfsig accept, one school signs with the other provider."""
-    from hub import demo, tsa
+    from hub.kit import demo, tsa
 
     config_file = Path(__file__).resolve().parent.parent / "config" / "remote-signing.yaml"
     monkeypatch.chdir(tmp_path)  # the config's data_dir (hocba-data) is relative

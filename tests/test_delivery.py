@@ -9,18 +9,19 @@ import json
 import sqlite3
 
 import pytest
+from conftest import PASSWORD, ROLES
 
 from adapters.moet.simulator import MoetSimulator
 from adapters.vnpt.simulator import VnptSimulator
+from hub import lifecycle as lc
 from hub import store as st
-from hub.audit import verify_chain
 from hub.cli import main
 from hub.config import parse_config
+from hub.engine.pipeline import Hub
 from hub.hookspecs import hookimpl
 from hub.logs import configure
-from hub.pipeline import Hub
 from hub.plugins import manager
-from conftest import PASSWORD, ROLES
+from hub.store.audit import verify_chain
 
 
 @pytest.fixture
@@ -81,11 +82,11 @@ async def test_outage_queues_everything_logs_once_and_drains_exactly_once(tmp_pa
                 break
             await asyncio.sleep(0.05)
         assert hub.store.outbox_size() == 5
-        assert states(hub.store.rows()).get(st.DEAD_LETTER, 0) == 0  # an outage dead-letters nothing
+        assert states(hub.store.rows()).get(lc.DEAD_LETTER, 0) == 0  # an outage dead-letters nothing
         central.faults.outage = False
 
     rows = await run_until_idle(config_for(tmp_path, pki, vendor, central, max_attempts=3), outage_then_recovery)
-    assert states(rows) == {st.DELIVERED: 5, st.QUARANTINED: 1}
+    assert states(rows) == {lc.DELIVERED: 5, lc.QUARANTINED: 1}
     assert central.counters.created == 5 and len(central.accepted()) == 5
     events = [json.loads(line) for line in logs.getvalue().splitlines() if line.startswith("{")]
     started = [e for e in events if e["event"] == "destination.outage_started"]
@@ -103,7 +104,7 @@ async def test_transient_failures_are_retried_then_delivered(tmp_path, pki, syst
     central.faults.fail_next_n = 2
     central.faults.drop_next_n_connections = 1
     rows = await run_until_idle(config_for(tmp_path, pki, vendor, central, breaker_threshold=10))
-    assert states(rows) == {st.DELIVERED: 5, st.QUARANTINED: 1}
+    assert states(rows) == {lc.DELIVERED: 5, lc.QUARANTINED: 1}
     assert central.counters.created == 5
     retried = [r for r in rows if r.attempts > 0]
     assert retried, "some delivery must have been retried"
@@ -117,7 +118,7 @@ async def test_refusal_dead_letters_at_once_then_replay_redelivers_without_resig
     config = config_for(tmp_path, pki, vendor, central)
     config.override_settings("central", {"token": "a-wrong-token-for-this-test"})
     rows = await run_until_idle(config)
-    dead = [r for r in rows if r.state == st.DEAD_LETTER]
+    dead = [r for r in rows if r.state == lc.DEAD_LETTER]
     assert len(dead) == 5 and central.counters.created == 0
     assert all("token rejected" in r.errors[0] and r.attempts == 0 for r in dead)
     assert "a-wrong-token-for-this-test" not in json.dumps([r.errors for r in dead])
@@ -129,14 +130,14 @@ async def test_refusal_dead_letters_at_once_then_replay_redelivers_without_resig
     assert main(["replay", "--config", _write(tmp_path, config, central), "--state", "dead_letter",
                  "--stage", "deliver", "--actor", "test-operator"]) == 0
     rows = await run_until_idle(config)
-    assert states(rows) == {st.DELIVERED: 5, st.QUARANTINED: 1}
+    assert states(rows) == {lc.DELIVERED: 5, lc.QUARANTINED: 1}
     for r in rows:
         if r.id in signed_pdfs:
             assert r.pdf == signed_pdfs[r.id]  # not re-signed
             assert central.documents[(r.record_id, r.version)] == r.pdf
     # A replay of delivered records sends nothing.
     store = st.Store(tmp_path / "data" / "hub.sqlite3")
-    assert store.replay(store.select(state=st.DELIVERED), actor="test", deliver_from="signed:school_seal") == []
+    assert store.replay(store.select(state=lc.DELIVERED), actor="test", deliver_from="signed:school_seal") == []
     kinds = [e["kind"] for e in store.audit_entries()]
     assert kinds.count("replay") == 5 and kinds.count("receipt") == 5 and "submission" in kinds
 
@@ -160,7 +161,7 @@ def _write(tmp_path, config, central):
 async def test_quarantined_record_replays_from_raw_payload_once_the_mapping_is_fixed(tmp_path, pki, systems):
     vendor, central = systems
     rows = await run_until_idle(config_for(tmp_path, pki, vendor, central))
-    [bad] = [r for r in rows if r.state == st.QUARANTINED]
+    [bad] = [r for r in rows if r.state == lc.QUARANTINED]
 
     class Fix:  # a province rule deployed after the fact: what the vendor sent wrong, mended
         @hookimpl
@@ -175,12 +176,12 @@ async def test_quarantined_record_replays_from_raw_payload_once_the_mapping_is_f
     manager().register(plugin, name="test-fix")
     try:
         store = st.Store(tmp_path / "data" / "hub.sqlite3")
-        assert store.replay([bad.id], actor="test") == [(bad.id, st.RECEIVED)]
+        assert store.replay([bad.id], actor="test") == [(bad.id, lc.RECEIVED)]
         rows = await run_until_idle(config_for(tmp_path, pki, vendor, central))
     finally:
         manager().unregister(plugin)
     again = next(r for r in rows if r.id == bad.id)
-    assert again.state == st.DELIVERED and again.payload == bad.payload
+    assert again.state == lc.DELIVERED and again.payload == bad.payload
 
 
 async def test_version_conflict_is_reconciled_as_the_next_version(tmp_path, pki, systems):
@@ -193,8 +194,8 @@ async def test_version_conflict_is_reconciled_as_the_next_version(tmp_path, pki,
     rows = await run_until_idle(config_for(tmp_path / "second", pki, vendor, central))
     # Every version 1 this hub sent differs from what the store holds (new signatures, and one
     # changed transcript): each 409 is reconciled by sending version 2, none dead-lettered.
-    assert states(rows) == {st.SUPERSEDED: 5, st.DELIVERED: 5, st.QUARANTINED: 1}
-    reissued = [r for r in rows if r.state == st.DELIVERED]
+    assert states(rows) == {lc.SUPERSEDED: 5, lc.DELIVERED: 5, lc.QUARANTINED: 1}
+    reissued = [r for r in rows if r.state == lc.DELIVERED]
     assert {(r.version, r.event) for r in reissued} == {(2, "UPDATE")}
     assert central.accepted() == {r.record_id: 2 for r in reissued}
     assert central.counters.conflicts == 5
@@ -205,7 +206,7 @@ async def test_unchanged_content_is_not_sent_again(tmp_path, pki, systems):
     await run_until_idle(config_for(tmp_path, pki, vendor, central))
     vendor.update(1, change=lambda record: None)  # a new timestamp, the same transcript
     rows = await run_until_idle(config_for(tmp_path, pki, vendor, central))
-    assert [r.version for r in rows if r.state == st.UNCHANGED] == [2]
+    assert [r.version for r in rows if r.state == lc.UNCHANGED] == [2]
     assert central.counters.created == 5
 
 
@@ -236,9 +237,9 @@ async def test_retention_prunes_delivered_payloads_only_and_reclaims_space(tmp_p
     assert result["records"] == 5 and result["pages_reclaimed"] > 0
     assert store._db.execute("PRAGMA page_count").fetchone()[0] < pages_before
     for r in store.rows():
-        if r.state == st.DELIVERED:
+        if r.state == lc.DELIVERED:
             assert r.payload == b"" and r.pdf is None and r.receipt and r.version == 1
         else:
-            assert r.state == st.QUARANTINED and r.payload  # never pruned
+            assert r.state == lc.QUARANTINED and r.payload  # never pruned
     assert verify_chain(store.audit_entries()).ok
     assert len(rows) == 6

@@ -17,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-from adapters.moet.simulator import MoetSimulator
-from adapters.vnpt.simulator import VnptSimulator
 from conftest import PASSWORD
-from hub import store as st
-from hub.config import load_config
-from hub.pipeline import Hub
 from pgtest import scratch_database
 from reliability import Batch, StoreProbe, check_outcome, write_config
+
+from adapters.moet.simulator import MoetSimulator
+from adapters.vnpt.simulator import VnptSimulator
+from hub import lifecycle as lc
+from hub import store as st
+from hub.config import load_config
+from hub.engine.pipeline import Hub
 from signers.csc.simulator import CscSimulator
 
 
@@ -83,8 +85,8 @@ async def run_fault_batch(tmp_path, pki, *, store: str, hubs: int) -> None:
             states = [state for _v, state in latest.values()]
             return (len(latest) == len(batch.valid) + len(batch.invalid)
                     and states.count("signed:school_seal") == waiting
-                    and states.count(st.FAILED) == len(declined)
-                    and states.count(st.QUARANTINED) == len(batch.invalid))
+                    and states.count(lc.FAILED) == len(declined)
+                    and states.count(lc.QUARANTINED) == len(batch.invalid))
 
         await wait_for(all_waiting, 180, "the batch to wait for the central store")
         assert central.counters.created == 0 and central.counters.faulted > 0
@@ -94,10 +96,10 @@ async def run_fault_batch(tmp_path, pki, *, store: str, hubs: int) -> None:
         assert signing.counters.rejected >= 1
         reader = st.open_store(location)
         try:
-            failed = reader.rows(state=st.FAILED)
+            failed = reader.rows(state=lc.FAILED)
             assert {r.record_id for r in failed} == declined
             assert all("principal" in r.errors[0] for r in failed), [r.errors for r in failed]
-            assert reader.rows(state=st.DEAD_LETTER) == []  # an outage dead-letters nothing
+            assert reader.rows(state=lc.DEAD_LETTER) == []  # an outage dead-letters nothing
         finally:
             reader.close()
 
@@ -161,8 +163,8 @@ async def test_dropped_database_connections_leave_records_waiting_not_failed(tmp
                 await sim.stop()
         reader = st.open_store(url)
         try:
-            assert reader.rows(state=st.FAILED) == []
-            assert len(reader.rows(state=st.DELIVERED)) == len(batch.valid)
+            assert reader.rows(state=lc.FAILED) == []
+            assert len(reader.rows(state=lc.DELIVERED)) == len(batch.valid)
         finally:
             reader.close()
         assert central.counters.created == len(batch.valid)

@@ -18,17 +18,18 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from adapters.moet.simulator import MoetSimulator
 from adapters.vnpt.simulator import VnptSimulator
-from hub import pki
+from hub import lifecycle as lc
 from hub import store as st
 from hub.config import ConfigError, parse_config
 from hub.contracts import SIGNING_ROLES, PluginContext, RawRecord
-from hub.pipeline import Hub
+from hub.documents.render import render_pdf
+from hub.documents.signing import SigningError, identity_for, request_for
+from hub.documents.verify import load_certs, verify_pdf
+from hub.engine.pipeline import Hub
+from hub.kit import pki
+from hub.kit.synthetic import transcript
+from hub.kit.tsa import TrustServices
 from hub.records import parse_transcript
-from hub.render import render_pdf
-from hub.signing import SigningError, identity_for, request_for
-from hub.synthetic import transcript
-from hub.tsa import TrustServices
-from hub.verify import load_certs, verify_pdf
 from signers.pkcs12.signer import Pkcs12Signer
 
 PASSWORD = "levels-test-password"
@@ -187,9 +188,9 @@ async def run_rendered(tmp_path: Path, directory: Path, makers: list) -> dict[st
         row = store.get(pk)
         rec, pdf = await make(dict(record_id=row.record_id, version=row.version, event=row.event,
                                    updated_at=row.received_at[:19]))
-        store.advance(pk, st.RECEIVED, st.NORMALIZED, school_code=rec.school_code,
+        store.advance(pk, lc.RECEIVED, lc.NORMALIZED, school_code=rec.school_code,
                       normalized=rec.model_dump(mode="json"))
-        store.advance(pk, st.NORMALIZED, st.RENDERED, pdf=pdf)
+        store.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=pdf)
     store.close()
     hub = Hub(config)
     await hub.start(pull=False)
@@ -230,13 +231,13 @@ async def test_signed_on_arrival_is_validated_and_only_missing_steps_are_signed(
         teacher_signed(12, outsider)])
     delivered, modified, stranger = rows["src-0"], rows["src-1"], rows["src-2"]
 
-    assert delivered.state == st.DELIVERED, delivered.errors
+    assert delivered.state == lc.DELIVERED, delivered.errors
     # The teacher's signature that came with the document is kept byte for byte, not redone.
     assert delivered.pdf.startswith(kept[10])
     report = await verify_pdf(delivered.pdf, load_certs(directory / pki.ROOT_CERT))
     assert report.ok and report.fields == list(SIGNING_ROLES)
 
-    assert modified.state == st.QUARANTINED
+    assert modified.state == lc.QUARANTINED
     assert any("homeroom_teacher: the document was modified after it was signed" in e for e in modified.errors)
-    assert stranger.state == st.QUARANTINED
+    assert stranger.state == lc.QUARANTINED
     assert any("does not chain to a trusted root" in e for e in stranger.errors), stranger.errors

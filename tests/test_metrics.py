@@ -13,10 +13,10 @@ import prometheus_client
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
-
-from hub import store as st
-from hub.metrics import Metrics
 from test_admin import OP, serve_hub, wait_for
+
+from hub import lifecycle as lc
+from hub.web.metrics import Metrics
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -45,7 +45,7 @@ async def scrape(env) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 async def test_records_by_adapter_and_state(env):
     samples = await scrape(env)
     records = {dict(labels)["state"]: v for (name, labels), v in samples.items() if name == "hocba_records"}
-    assert records == {st.DEAD_LETTER: VALID, st.QUARANTINED: INVALID}
+    assert records == {lc.DEAD_LETTER: VALID, lc.QUARANTINED: INVALID}
     assert samples[("hocba_records", (("adapter", "school-a"), ("state", "dead_letter")))] == VALID
 
 
@@ -126,10 +126,10 @@ async def test_plugin_up_follows_the_destination_and_checks_are_cached(env):
 
 async def test_replayed_dead_letters_move_the_gauges_and_the_deliver_histogram(env):
     before = await scrape(env)
-    dead = [r.id for r in env.hub.store.rows(state=st.DEAD_LETTER)]
+    dead = [r.id for r in env.hub.store.rows(state=lc.DEAD_LETTER)]
     async with env.http.post("/api/replay", headers=OP, json={"ids": dead, "stage": "deliver"}) as resp:
         assert resp.status == 200
-    await wait_for(lambda: env.hub.store.counts().get(st.DELIVERED) == VALID)
+    await wait_for(lambda: env.hub.store.counts().get(lc.DELIVERED) == VALID)
     after = await scrape(env)
     assert after[("hocba_records", (("adapter", "school-a"), ("state", "delivered")))] == VALID
     assert ("hocba_records", (("adapter", "school-a"), ("state", "dead_letter"))) not in after

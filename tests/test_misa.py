@@ -24,9 +24,9 @@ from adapters.misa.adapter import MisaAdapter, MisaError, canonical_query, signa
 from adapters.misa.simulator import RECORDS_PATH, MisaSimulator
 from hub import plugins
 from hub.contracts import PluginContext, RawRecord
+from hub.kit.synthetic import nfd, transcript
 from hub.records import field_errors, parse_transcript
 from hub.store import Store
-from hub.synthetic import nfd, transcript
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "adapters" / "misa" / "examples"

@@ -16,8 +16,8 @@ import adapters.moet
 from adapters.moet.adapter import MoetAdapter, MoetSettings, _retry_after
 from adapters.moet.simulator import MoetSimulator
 from hub.contracts import Delivery, DeliveryError, PluginContext, PluginError, Receipt
+from hub.kit.synthetic import invalid_transcript, transcript
 from hub.records import parse_transcript
-from hub.synthetic import invalid_transcript, transcript
 
 # Enough of a signed PDF for the store's checks; real PAdES documents come from hub signing.
 SIGNED_PDF = (

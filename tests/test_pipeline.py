@@ -14,17 +14,17 @@ import subprocess
 import aiohttp
 import pytest
 import uvicorn
+from conftest import PASSWORD, ROLES
 
 from adapters.moet.simulator import MoetSimulator
 from adapters.vnpt.simulator import VnptSimulator
+from hub import lifecycle as lc
 from hub import store as st
-from hub.app import create_app
 from hub.config import parse_config
 from hub.contracts import PluginError
-from hub.pipeline import Hub
-from hub.verify import extract_record, load_certs, verify_pdf
-
-from conftest import PASSWORD, ROLES
+from hub.documents.verify import extract_record, load_certs, verify_pdf
+from hub.engine.pipeline import Hub
+from hub.web.app import create_app
 
 
 @pytest.fixture
@@ -68,18 +68,18 @@ async def test_valid_records_arrive_signed_and_invalid_ones_are_quarantined(tmp_
     by_state: dict[str, list[st.Row]] = {}
     for row in rows:
         by_state.setdefault(row.state, []).append(row)
-    assert sorted(by_state) == [st.DELIVERED, st.QUARANTINED]
-    assert len(by_state[st.DELIVERED]) == 6
+    assert sorted(by_state) == [lc.DELIVERED, lc.QUARANTINED]
+    assert len(by_state[lc.DELIVERED]) == 6
     # Every quarantined record names the very field its defect is in.
-    assert len(by_state[st.QUARANTINED]) == 3
-    for row in by_state[st.QUARANTINED]:
+    assert len(by_state[lc.QUARANTINED]) == 3
+    for row in by_state[lc.QUARANTINED]:
         _kind, field = vendor.defects[row.source_id]
         assert any(e.startswith(field + ":") for e in row.errors), (field, row.errors)
     # The central store holds each delivered record once, at its version, with the signed PDF.
-    assert central.accepted() == {r.record_id: 1 for r in by_state[st.DELIVERED]}
+    assert central.accepted() == {r.record_id: 1 for r in by_state[lc.DELIVERED]}
     assert central.counters.created == 6
     roots = load_certs(pki[1])
-    for row in by_state[st.DELIVERED]:
+    for row in by_state[lc.DELIVERED]:
         pdf = central.documents[(row.record_id, 1)]
         assert pdf == row.pdf
         report = await verify_pdf(pdf, roots)
@@ -99,7 +99,7 @@ def config_path(tmp_path):
 async def test_poppler_accepts_every_signature(tmp_path, pki, systems):
     vendor, central = systems
     rows = await run_once(make_config(tmp_path, pki, vendor, central))
-    row = next(r for r in rows if r.state == st.DELIVERED)
+    row = next(r for r in rows if r.state == lc.DELIVERED)
     path = tmp_path / "signed.pdf"
     path.write_bytes(row.pdf)
     out = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True).stdout
@@ -120,14 +120,14 @@ async def test_restart_resumes_every_record_and_delivers_each_once(tmp_path, pki
             if counts.get("signed:school_seal", 0) == 6:
                 break
             await asyncio.sleep(0.1)
-        assert counts == {"signed:school_seal": 6, st.QUARANTINED: 3}
+        assert counts == {"signed:school_seal": 6, lc.QUARANTINED: 3}
     finally:
         await hub.stop(drain_timeout=0.5)
     central.faults.outage = False
 
     # A second hub on the same store: nothing is re-read (the cursor was saved), everything resumes.
     rows = await run_once(make_config(tmp_path, pki, vendor, central))
-    assert sum(r.state == st.DELIVERED for r in rows) == 6
+    assert sum(r.state == lc.DELIVERED for r in rows) == 6
     assert central.counters.created == 6 and len(central.accepted()) == 6
     assert len(rows) == 9
 
@@ -140,13 +140,13 @@ async def test_kill_mid_pipeline_then_restart(tmp_path, pki, systems):
     # Stop as soon as some records are half-way; in-flight work is abandoned, not committed.
     for _ in range(600):
         counts = hub.store.counts()
-        if sum(n for s, n in counts.items() if s.startswith("signed:") or s == st.RENDERED) >= 2:
+        if sum(n for s, n in counts.items() if s.startswith("signed:") or s == lc.RENDERED) >= 2:
             break
         await asyncio.sleep(0.02)
     await hub.stop(drain_timeout=0)
     assert central.counters.created < 6
     rows = await run_once(make_config(tmp_path, pki, vendor, central))
-    assert sum(r.state == st.DELIVERED for r in rows) == 6
+    assert sum(r.state == lc.DELIVERED for r in rows) == 6
     assert central.counters.created == 6  # each accepted exactly once
 
 
@@ -156,7 +156,7 @@ async def test_changed_record_goes_as_update_with_next_version(tmp_path, pki, sy
     vendor.update(0)
     rows = await run_once(make_config(tmp_path, pki, vendor, central))
     changed = [r for r in rows if r.version == 2]
-    assert len(changed) == 1 and changed[0].event == "UPDATE" and changed[0].state == st.DELIVERED
+    assert len(changed) == 1 and changed[0].event == "UPDATE" and changed[0].state == lc.DELIVERED
     assert central.accepted()[changed[0].record_id] == 2
     assert central.counters.created == 7  # the five unchanged records were not sent again
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from hub import pki
 from hub.contracts import PluginContext, PluginError
+from hub.documents.render import render_pdf
+from hub.documents.signing import SigningError, identity_for, request_for
+from hub.documents.verify import load_certs, verify_pdf
+from hub.kit import pki
+from hub.kit.synthetic import transcript
+from hub.kit.tsa import TrustServices
 from hub.records import parse_transcript
-from hub.render import render_pdf
-from hub.signing import SigningError, identity_for, request_for
-from hub.synthetic import transcript
-from hub.tsa import TrustServices
-from hub.verify import load_certs, verify_pdf
 from signers.pkcs11.signer import Pkcs11Signer
 from signers.pkcs11.softhsm import find_library, import_p12, init_token
 

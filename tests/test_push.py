@@ -17,20 +17,27 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import uvicorn
+from conftest import PASSWORD, ROLES
 from pydantic import ValidationError
 
 from adapters.moet.simulator import MoetSimulator
-from adapters.push.adapter import SIGNATURE_HEADER, TIMESTAMP_HEADER, PushAdapter, PushRefused, sign
+from adapters.push.adapter import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    PushAdapter,
+    PushRefused,
+    sign,
+)
 from adapters.push.simulator import PushSimulator, ingest_url
-from conftest import PASSWORD, ROLES
+from hub import lifecycle as lc
 from hub import plugins
 from hub import store as st
-from hub.app import create_app
 from hub.config import parse_config
 from hub.contracts import PluginContext, RawRecord
-from hub.pipeline import Hub
+from hub.engine.pipeline import Hub
+from hub.kit.synthetic import transcript
 from hub.records import parse_transcript
-from hub.synthetic import transcript
+from hub.web.app import create_app
 
 # The HTTP tests share the module's hub, so they run in the module's event loop.
 over_http = pytest.mark.asyncio(loop_scope="module")
@@ -153,7 +160,7 @@ async def test_a_signed_push_is_committed_before_the_202(running, vendor):
     assert {"commit-1", "commit-2"} <= set(rows)
     for row in (rows["commit-1"], rows["commit-2"]):
         assert row.version == 1 and row.event == "NEW"
-        assert row.state in {st.RECEIVED, st.NORMALIZED, st.RENDERED, st.DELIVERED} or row.state.startswith(st.SIGNED_PREFIX)
+        assert row.state in {lc.RECEIVED, lc.NORMALIZED, lc.RENDERED, lc.DELIVERED} or row.state.startswith(lc.SIGNED_PREFIX)
     assert answer.body["received"] == 2 and answer.body["new_versions"] == 2
     assert answer.body["records"] == [{"source_id": s, "record_id": st.record_id_for(NAME, s)}
                                       for s in ("commit-1", "commit-2")]
@@ -171,7 +178,7 @@ async def test_pushed_records_go_through_the_whole_pipeline(running, vendor):
     assert len(ours) == 6
     for i in range(4):
         row = ours[sim.source_id(i)]
-        assert row.state == st.DELIVERED, (row.state, row.errors)
+        assert row.state == lc.DELIVERED, (row.state, row.errors)
         # The vendor's quirks (NFD names, dd/MM/yyyy, comma decimals) came out clean.
         assert row.normalized == parse_transcript({**transcript(i, 5), "record_id": row.record_id, "event": "NEW",
                                                    "version": 1, "updated_at": row.normalized["updated_at"]}
@@ -179,7 +186,7 @@ async def test_pushed_records_go_through_the_whole_pipeline(running, vendor):
         assert running.central.accepted()[row.record_id] == 1
     for source_id, (kind, field) in sim.defects.items():
         row = ours[source_id]
-        assert row.state == st.QUARANTINED
+        assert row.state == lc.QUARANTINED
         assert any(e.startswith(field + ":") for e in row.errors), (kind, row.errors)
 
 

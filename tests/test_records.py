@@ -6,10 +6,14 @@ import unicodedata
 import pytest
 from pydantic import ValidationError
 
+from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, transcript
 from hub.records import (
-    PrimaryTranscript, SecondaryTranscript, field_errors, parse_transcript, transcript_json_schema,
+    PrimaryTranscript,
+    SecondaryTranscript,
+    field_errors,
+    parse_transcript,
+    transcript_json_schema,
 )
-from hub.synthetic import INVALID_KINDS, invalid_transcript, transcript
 
 ENVELOPE = {"record_id": "r-1", "event": "NEW", "version": 1, "updated_at": "2025-06-01T10:00:00"}
 

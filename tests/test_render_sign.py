@@ -13,13 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from hub import pki
-from hub.contracts import SIGNING_ROLES, PluginContext, PluginError, SigningIdentity, SignRequest
+from hub.contracts import (
+    SIGNING_ROLES,
+    PluginContext,
+    PluginError,
+    SigningIdentity,
+    SignRequest,
+)
+from hub.documents.render import load_fonts, render_pdf, signature_boxes
+from hub.documents.signing import SigningError, identity_for, request_for
+from hub.documents.verify import extract_record, load_certs, verify_pdf
+from hub.kit import pki
+from hub.kit.synthetic import transcript
 from hub.records import PrimaryTranscript, SecondaryTranscript, parse_transcript
-from hub.render import load_fonts, render_pdf, signature_boxes
-from hub.signing import SigningError, identity_for, request_for
-from hub.synthetic import transcript
-from hub.verify import extract_record, load_certs, verify_pdf
 from signers.pkcs12.signer import Pkcs12Signer
 
 PASSWORD = "mật-khẩu-thử"

@@ -14,21 +14,26 @@ from pathlib import Path
 
 import openpyxl
 import pytest
+from conftest import PASSWORD, ROLES
 from pydantic import ValidationError
 
 from adapters.moet.simulator import MoetSimulator
 from adapters.spreadsheet.adapter import (
-    SpreadsheetAdapter, iter_rows, row_from_central, template_columns, to_central,
+    SpreadsheetAdapter,
+    iter_rows,
+    row_from_central,
+    template_columns,
+    to_central,
 )
 from adapters.spreadsheet.templates.generate import TEMPLATES
-from conftest import PASSWORD, ROLES
+from hub import lifecycle as lc
 from hub import plugins
 from hub import store as st
 from hub.config import parse_config
 from hub.contracts import PluginContext, PluginError, RawRecord
-from hub.pipeline import Hub
+from hub.engine.pipeline import Hub
+from hub.kit.synthetic import invalid_transcript, transcript
 from hub.records import parse_transcript
-from hub.synthetic import invalid_transcript, transcript
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adapters" / "spreadsheet"
 ENVELOPE = {"record_id": "sheet-test", "event": "NEW", "version": 1, "updated_at": "2025-06-01T07:00:00"}
@@ -435,7 +440,7 @@ async def test_through_a_running_hub_to_the_central_store(drop, tmp_path, pki):
         await hub.stop()
         await central_store.stop()
     assert {sid: r.state for sid, r in rows.items()} == {
-        **{source_id(t): st.DELIVERED for t in valid}, source_id(broken): st.QUARANTINED}
+        **{source_id(t): lc.DELIVERED for t in valid}, source_id(broken): lc.QUARANTINED}
     assert any(e.startswith(field + ":") for e in rows[source_id(broken)].errors)
     assert sorted(p.name for p in drop.iterdir()) == ["done", "rejected"]
     assert sorted(p.name for p in (drop / "done").iterdir()) == [

@@ -15,10 +15,10 @@ import time
 
 import pytest
 import pytest_asyncio
-
-from hub import store as st
-from hub.synthetic import INVALID_KINDS, invalid_transcript, transcript
 from test_admin import serve_hub
+
+from hub import lifecycle as lc
+from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, transcript
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -79,7 +79,7 @@ async def test_counts_per_adapter_and_school_with_vietnamese_state_names(env):
 async def test_stuck_records_are_listed_with_masked_errors_and_plain_explanations(env):
     html = await page(env)
     stuck = html[html.index('id="stuck"'):html.index('id="by-adapter"')]
-    quarantined = env.hub.store.rows(state=st.QUARANTINED)
+    quarantined = env.hub.store.rows(state=lc.QUARANTINED)
     assert len(quarantined) == QUARANTINED
     reasons = dict(re.findall(r'<tr data-id="(\d+)" data-reason="(\w+)">', stuck))
     assert reasons == {str(r.id): ("birth_date" if "birth_date" in r.errors[0] else "personal_id")

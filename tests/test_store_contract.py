@@ -13,12 +13,13 @@ import sqlite3
 import threading
 
 import pytest
-
-from hub import migrations
-from hub import store as st
-from hub.audit import verify_chain
-from hub.contracts import RawRecord
 from pgtest import scratch_database
+
+from hub import lifecycle as lc
+from hub import store as st
+from hub.contracts import RawRecord
+from hub.store import migrations
+from hub.store.audit import verify_chain
 
 
 def raw(source_id, body=None, deleted=False):
@@ -57,9 +58,9 @@ def open_store(location):
 
 
 def advance_to_signed(s, pk, last="signed:school_seal"):
-    s.advance(pk, st.RECEIVED, st.NORMALIZED, normalized={"x": pk}, content_hash=f"h{pk}")
-    s.advance(pk, st.NORMALIZED, st.RENDERED, pdf=b"%PDF-")
-    s.advance(pk, st.RENDERED, last, pdf=b"%PDF-signed", due=True)
+    s.advance(pk, lc.RECEIVED, lc.NORMALIZED, normalized={"x": pk}, content_hash=f"h{pk}")
+    s.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=b"%PDF-")
+    s.advance(pk, lc.RENDERED, last, pdf=b"%PDF-signed", due=True)
 
 
 # --- intake, versions, transitions (the cases tests/test_store.py started with) -----------------
@@ -76,7 +77,7 @@ def test_payload_and_cursor_commit_together(open_store):
     ids = s.receive("vendor-a", [raw("1"), raw("2")], "cursor-1", save_cursor=True)
     s.close()
     again = open_store()  # another connection (another process, after a crash) sees both
-    assert again.counts() == {st.RECEIVED: 2} and len(ids) == 2
+    assert again.counts() == {lc.RECEIVED: 2} and len(ids) == 2
     assert again.cursor("vendor-a") == "cursor-1"
     assert [again.get(pk).payload for pk in ids] == [b'{"id": "1"}', b'{"id": "2"}']
 
@@ -106,8 +107,8 @@ def test_unchanged_reread_is_not_a_new_version_changed_is_update_deleted_is_canc
     assert (rows[third].version, rows[third].event) == (3, "CANCEL")
     assert rows[first].record_id == rows[third].record_id == st.record_id_for("a", "1")
     # Older versions still on their way are superseded: a stale version is never sent.
-    assert rows[first].state == rows[second].state == st.SUPERSEDED
-    assert rows[third].state == st.RECEIVED
+    assert rows[first].state == rows[second].state == lc.SUPERSEDED
+    assert rows[third].state == lc.RECEIVED
 
 
 def test_a_payload_the_vendor_dates_before_the_latest_version_is_not_a_new_version(open_store):
@@ -125,14 +126,14 @@ def test_a_payload_the_vendor_dates_before_the_latest_version_is_not_a_new_versi
 def test_transition_checks_the_state_it_leaves(open_store):
     s = open_store()
     [pk] = s.receive("a", [raw("1")])
-    s.advance(pk, st.RECEIVED, st.NORMALIZED, normalized={"x": 1}, school_code="01001001")
+    s.advance(pk, lc.RECEIVED, lc.NORMALIZED, normalized={"x": 1}, school_code="01001001")
     with pytest.raises(st.StateConflict):
-        s.advance(pk, st.RECEIVED, st.NORMALIZED)
+        s.advance(pk, lc.RECEIVED, lc.NORMALIZED)
     row = s.get(pk)
-    assert row.state == st.NORMALIZED and row.normalized == {"x": 1} and row.school_code == "01001001"
-    assert [h["state"] for h in s.history(pk)] == [st.RECEIVED, st.NORMALIZED]
+    assert row.state == lc.NORMALIZED and row.normalized == {"x": 1} and row.school_code == "01001001"
+    assert [h["state"] for h in s.history(pk)] == [lc.RECEIVED, lc.NORMALIZED]
     with pytest.raises(ValueError):
-        s.advance(pk, st.NORMALIZED, st.RENDERED, colour="red")
+        s.advance(pk, lc.NORMALIZED, lc.RENDERED, colour="red")
     with pytest.raises(KeyError):
         s.get(pk + 1000)
 
@@ -140,14 +141,14 @@ def test_transition_checks_the_state_it_leaves(open_store):
 def test_restart_finds_every_unfinished_record_at_its_state(open_store):
     s = open_store()
     a, b, c, d = s.receive("a", [raw(str(i)) for i in range(4)])
-    s.advance(b, st.RECEIVED, st.NORMALIZED)
-    s.advance(c, st.RECEIVED, st.QUARANTINED, errors=["student.personal_id: bad"])
-    s.advance(d, st.RECEIVED, st.NORMALIZED)
-    s.advance(d, st.NORMALIZED, st.RENDERED, pdf=b"%PDF-")
-    s.advance(d, st.RENDERED, "signed:homeroom_teacher", pdf=b"%PDF-1")
+    s.advance(b, lc.RECEIVED, lc.NORMALIZED)
+    s.advance(c, lc.RECEIVED, lc.QUARANTINED, errors=["student.personal_id: bad"])
+    s.advance(d, lc.RECEIVED, lc.NORMALIZED)
+    s.advance(d, lc.NORMALIZED, lc.RENDERED, pdf=b"%PDF-")
+    s.advance(d, lc.RENDERED, "signed:homeroom_teacher", pdf=b"%PDF-1")
     s.close()
     again = open_store()
-    assert again.pending() == [(a, st.RECEIVED), (b, st.NORMALIZED), (d, "signed:homeroom_teacher")]
+    assert again.pending() == [(a, lc.RECEIVED), (b, lc.NORMALIZED), (d, "signed:homeroom_teacher")]
     assert again.get(c).errors == ["student.personal_id: bad"]
     assert again.get(d).pdf == b"%PDF-1"
 
@@ -155,18 +156,18 @@ def test_restart_finds_every_unfinished_record_at_its_state(open_store):
 def test_queries_search_select_breakdown(open_store):
     s = open_store()
     ids = s.receive("a", [raw(str(i)) for i in range(3)]) + s.receive("b", [raw("x")])
-    s.advance(ids[0], st.RECEIVED, st.QUARANTINED, errors=["f: bad"], school_code="S1")
+    s.advance(ids[0], lc.RECEIVED, lc.QUARANTINED, errors=["f: bad"], school_code="S1")
     assert s.select(adapter="a") == ids[:3]
     assert s.select(ids=[ids[1]], record_ids=[st.record_id_for("b", "x")]) == [ids[1], ids[3]]
-    assert s.select(state=st.QUARANTINED, school="S1") == [ids[0]]
+    assert s.select(state=lc.QUARANTINED, school="S1") == [ids[0]]
     with pytest.raises(ValueError):
         s.select()
-    found = s.search(state=st.QUARANTINED)
+    found = s.search(state=lc.QUARANTINED)
     assert [f["id"] for f in found] == [ids[0]] and found[0]["errors"] == ["f: bad"]
     assert "payload" not in found[0]
     assert len(s.search(limit=2)) == 2 and len(s.search(limit=10, offset=3)) == 1
     assert {(r["adapter"], r["state"], r["n"]) for r in s.breakdown()} == {
-        ("a", st.QUARANTINED, 1), ("a", st.RECEIVED, 2), ("b", st.RECEIVED, 1)}
+        ("a", lc.QUARANTINED, 1), ("a", lc.RECEIVED, 2), ("b", lc.RECEIVED, 1)}
     s.set_paused("a", True, "ops")
     assert s.paused() == {"a"}
     s.set_paused("a", False, "ops")
@@ -179,26 +180,26 @@ def test_queries_search_select_breakdown(open_store):
 def test_claims_are_exclusive_and_a_state_change_or_release_ends_them(open_store):
     one, two = open_store(), open_store()
     ids = one.receive("a", [raw(str(i)) for i in range(5)])
-    mine = one.claim([st.RECEIVED], "w1", 60, 3)
-    theirs = two.claim([st.RECEIVED], "w2", 60, 10)
+    mine = one.claim([lc.RECEIVED], "w1", 60, 3)
+    theirs = two.claim([lc.RECEIVED], "w2", 60, 10)
     assert mine == ids[:3] and theirs == ids[3:]
-    assert two.claim([st.RECEIVED], "w2", 60, 10) == []
-    one.advance(mine[0], st.RECEIVED, st.NORMALIZED)  # the next stage claims it afresh
-    assert two.claim([st.NORMALIZED], "w2", 60, 10) == [mine[0]]
+    assert two.claim([lc.RECEIVED], "w2", 60, 10) == []
+    one.advance(mine[0], lc.RECEIVED, lc.NORMALIZED)  # the next stage claims it afresh
+    assert two.claim([lc.NORMALIZED], "w2", 60, 10) == [mine[0]]
     one.release([mine[1]], "w2")  # only the holder can give a lease back
-    assert two.claim([st.RECEIVED], "w2", 60, 10) == []
+    assert two.claim([lc.RECEIVED], "w2", 60, 10) == []
     one.release([mine[1]], "w1")
-    assert two.claim([st.RECEIVED], "w2", 60, 10) == [mine[1]]
+    assert two.claim([lc.RECEIVED], "w2", 60, 10) == [mine[1]]
 
 
 def test_a_lease_that_runs_out_is_claimed_again_and_renew_extends_it(open_store):
     one, two = open_store(), open_store()
     a, b = one.receive("a", [raw("1"), raw("2")])
-    assert one.claim([st.RECEIVED], "w1", -1, 10) == [a, b]  # leased, and already run out
+    assert one.claim([lc.RECEIVED], "w1", -1, 10) == [a, b]  # leased, and already run out
     one.renew("w1", 60)  # the heartbeat came in time
-    assert two.claim([st.RECEIVED], "w2", 60, 10) == []
+    assert two.claim([lc.RECEIVED], "w2", 60, 10) == []
     one.renew("w1", -1)
-    assert two.claim([st.RECEIVED], "w2", 60, 10) == [a, b]
+    assert two.claim([lc.RECEIVED], "w2", 60, 10) == [a, b]
 
 
 def test_concurrent_claimers_get_every_record_exactly_once(open_store):
@@ -209,9 +210,9 @@ def test_concurrent_claimers_get_every_record_exactly_once(open_store):
 
     def worker(name, s):
         got[name] = []
-        while pks := s.claim([st.RECEIVED], name, 60, 7):
+        while pks := s.claim([lc.RECEIVED], name, 60, 7):
             for pk in pks:
-                s.advance(pk, st.RECEIVED, st.NORMALIZED)
+                s.advance(pk, lc.RECEIVED, lc.NORMALIZED)
             got[name].extend(pks)
 
     threads = [threading.Thread(target=worker, args=(f"w{i}", s)) for i, s in enumerate(stores)]
@@ -221,7 +222,7 @@ def test_concurrent_claimers_get_every_record_exactly_once(open_store):
         t.join()
     claimed = [pk for pks in got.values() for pk in pks]
     assert sorted(claimed) == ids  # none twice, none missed
-    assert first.counts() == {st.NORMALIZED: 120}
+    assert first.counts() == {lc.NORMALIZED: 120}
 
 
 def test_deliveries_are_leased_once_and_retried_when_due(open_store):
@@ -239,7 +240,7 @@ def test_deliveries_are_leased_once_and_retried_when_due(open_store):
     assert one.make_due(st._now()) == 1  # the destination is back: what waits goes now
     assert two.claim_deliveries("w2", 60, 10) == [(a, 1)]
     assert one.get(a).errors == ["503"]
-    one.advance(a, "signed:school_seal", st.DELIVERED, receipt={"receipt_id": "R1"})
+    one.advance(a, "signed:school_seal", lc.DELIVERED, receipt={"receipt_id": "R1"})
     assert one.outbox_size() == 1 and one.sent_version(st.record_id_for("a", "1")) == (1, f"h{a}")
     one.drop_delivery(b)
     assert one.outbox_size() == 0
@@ -251,7 +252,7 @@ def test_reissue_sends_the_payload_again_above_the_held_version(open_store):
     advance_to_signed(s, pk)
     new = s.reissue(pk, "signed:school_seal", 4, "destination holds version 4")
     old, row = s.get(pk), s.get(new)
-    assert old.state == st.SUPERSEDED and (row.version, row.event, row.state) == (5, "UPDATE", st.RECEIVED)
+    assert old.state == lc.SUPERSEDED and (row.version, row.event, row.state) == (5, "UPDATE", lc.RECEIVED)
     assert row.payload == old.payload and s.sent_version(row.record_id) == (4, None)
     with pytest.raises(st.StateConflict):
         s.reissue(pk, "signed:school_seal", 4, "again")
@@ -260,11 +261,11 @@ def test_reissue_sends_the_payload_again_above_the_held_version(open_store):
 def test_replay_moves_only_replayable_records(open_store):
     s = open_store()
     q, d = s.receive("a", [raw("1"), raw("2")])
-    s.advance(q, st.RECEIVED, st.QUARANTINED, errors=["x: bad"])
+    s.advance(q, lc.RECEIVED, lc.QUARANTINED, errors=["x: bad"])
     advance_to_signed(s, d)
-    s.advance(d, "signed:school_seal", st.DEAD_LETTER, errors=["refused"])
-    assert s.replay([q, d], actor="ops", stage="normalize") == [(q, st.RECEIVED), (d, st.RECEIVED)]
-    s.advance(d, st.RECEIVED, st.DEAD_LETTER)
+    s.advance(d, "signed:school_seal", lc.DEAD_LETTER, errors=["refused"])
+    assert s.replay([q, d], actor="ops", stage="normalize") == [(q, lc.RECEIVED), (d, lc.RECEIVED)]
+    s.advance(d, lc.RECEIVED, lc.DEAD_LETTER)
     assert s.replay([d], actor="ops", stage="deliver", deliver_from="signed:school_seal") == []  # no pdf now
     assert s.replay([q], actor="ops") == []  # not replayable any more
     assert [e["kind"] for e in s.audit_entries()].count("replay") == 2
@@ -307,7 +308,7 @@ def test_audit_chain_never_forks_under_concurrent_appends(open_store):
             s.audit("admin.test", f"worker-{i}", None, {"n": n})
         for pk in ids[i::4]:  # receipts are appended inside state transitions
             advance_to_signed(s, pk)
-            s.advance(pk, "signed:school_seal", st.DELIVERED, receipt={"receipt_id": f"R{pk}"})
+            s.advance(pk, "signed:school_seal", lc.DELIVERED, receipt={"receipt_id": f"R{pk}"})
 
     threads = [threading.Thread(target=worker, args=(i, s)) for i, s in enumerate(stores)]
     for t in threads:
@@ -340,7 +341,7 @@ def test_two_writers_receiving_the_same_record_make_one_version_per_change(open_
     for i in range(6):
         versions = sorted(r.version for r in rows if r.source_id == str(i))
         assert versions == list(range(1, len(versions) + 1))  # no gaps, no duplicates
-        latest = [r for r in rows if r.source_id == str(i) and r.state == st.RECEIVED]
+        latest = [r for r in rows if r.source_id == str(i) and r.state == lc.RECEIVED]
         assert len(latest) == 1 and latest[0].payload == b'{"v": 14}'
 
 
@@ -354,13 +355,13 @@ def test_prune_keeps_what_is_still_needed_and_its_space_is_reused(open_store):
         ids = s.receive("a", [raw(f"{prefix}{i}", {"pad": "x" * 2000, "i": i}) for i in range(n)])
         for pk in ids:
             advance_to_signed(s, pk)
-            s.advance(pk, "signed:school_seal", st.RENDERED, pdf=pdf)  # a big product to prune
-            s.advance(pk, st.RENDERED, st.DELIVERED, receipt={"receipt_id": f"R{pk}"})
+            s.advance(pk, "signed:school_seal", lc.RENDERED, pdf=pdf)  # a big product to prune
+            s.advance(pk, lc.RENDERED, lc.DELIVERED, receipt={"receipt_id": f"R{pk}"})
         return ids
 
     [waiting] = s.receive("a", [raw("waiting")])
     [bad] = s.receive("a", [raw("bad")])
-    s.advance(bad, st.RECEIVED, st.QUARANTINED, errors=["x: bad"])
+    s.advance(bad, lc.RECEIVED, lc.QUARANTINED, errors=["x: bad"])
     first = batch("one-")
     full = s.storage_bytes()
     result = s.prune("9999-01-01T00:00:00")
@@ -422,7 +423,7 @@ def test_a_sqlite_file_from_before_versioned_migrations_is_upgraded_in_place(tmp
     db.close()
     s = st.Store(path)
     assert s.schema_version() == migrations.LATEST
-    assert s.pending() == [(1, st.NORMALIZED)]  # the data is untouched
+    assert s.pending() == [(1, lc.NORMALIZED)]  # the data is untouched
     assert s.claim_pull("a", "w1", 60)  # and the new tables are there
     assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -434,12 +435,12 @@ def test_sqlite_store_is_one_process_and_release_all_frees_a_dead_runs_leases(tm
     s = st.Store(path)
     assert not s.shared
     ids = s.receive("a", [raw("1"), raw("2")])
-    assert s.claim([st.RECEIVED], "killed-run", 60, 10) == ids
+    assert s.claim([lc.RECEIVED], "killed-run", 60, 10) == ids
     assert s.claim_pull("a", "killed-run", 60)
     s.close()
     again = st.Store(path)  # the next start of the one hub process
     again.release_all()
-    assert again.claim([st.RECEIVED], "new-run", 60, 10) == ids
+    assert again.claim([lc.RECEIVED], "new-run", 60, 10) == ids
     assert again.claim_pull("a", "new-run", 60)
 
 
@@ -450,25 +451,25 @@ def test_postgres_worker_that_dies_frees_its_leases_at_once():
             ids = dying.receive("a", [raw(str(i)) for i in range(3)])
             [a, b, c] = ids
             advance_to_signed(dying, c)
-            assert dying.claim([st.RECEIVED], "dying", 3600, 10) == [a, b]
+            assert dying.claim([lc.RECEIVED], "dying", 3600, 10) == [a, b]
             assert dying.claim_deliveries("dying", 3600, 10) == [(c, 0)]
             assert dying.claim_pull("vendor", "dying", 3600)
-            assert survivor.claim([st.RECEIVED], "survivor", 60, 10) == []
+            assert survivor.claim([lc.RECEIVED], "survivor", 60, 10) == []
             assert "2 worker(s) connected" in survivor.describe()
             dying._conn.close()  # what PostgreSQL sees when a worker is killed: its session ends
-            assert survivor.claim([st.RECEIVED], "survivor", 60, 10) == [a, b]
+            assert survivor.claim([lc.RECEIVED], "survivor", 60, 10) == [a, b]
             assert survivor.claim_deliveries("survivor", 60, 10) == [(c, 0)]
             assert survivor.claim_pull("vendor", "survivor", 60)
             assert "1 worker(s) connected" in survivor.describe()
             # The dead worker's store reconnects on its next call, as a new session.
-            assert dying.claim([st.RECEIVED], "dying", 60, 10) == []
+            assert dying.claim([lc.RECEIVED], "dying", 60, 10) == []
         finally:
             dying.close()
             survivor.close()
 
 
 def test_postgres_url_password_is_masked():
-    from hub.store_pg import mask_url
+    from hub.store.postgres import mask_url
 
     assert mask_url("postgresql://hub:s3cret@db.example:5432/hocba") == "postgresql://hub:***@db.example:5432/hocba"
     assert mask_url("postgresql://hub@db/hocba") == "postgresql://hub@db/hocba"

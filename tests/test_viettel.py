@@ -18,13 +18,18 @@ from pydantic import ValidationError
 
 from adapters.viettel.adapter import ViettelAdapter, ViettelError, parse_xml
 from adapters.viettel.simulator import (
-    LEAK_PATH, RECORDS_PATH, SESSION_PATH, ViettelSimulator, billion_laughs, synthetic_index,
+    LEAK_PATH,
+    RECORDS_PATH,
+    SESSION_PATH,
+    ViettelSimulator,
+    billion_laughs,
+    synthetic_index,
 )
 from hub import plugins
 from hub.contracts import PluginContext, RawRecord
+from hub.kit.synthetic import transcript
 from hub.records import field_errors, parse_transcript
 from hub.store import Store
-from hub.synthetic import transcript
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "adapters" / "viettel" / "examples"

@@ -17,8 +17,8 @@ from adapters.vnpt.adapter import VnptAdapter, VnptError
 from adapters.vnpt.simulator import RECORDS_PATH, TOKEN_PATH, VnptSimulator
 from hub import plugins
 from hub.contracts import PluginContext, RawRecord
+from hub.kit.synthetic import nfd, transcript
 from hub.records import field_errors, parse_transcript
-from hub.synthetic import nfd, transcript
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "adapters" / "vnpt" / "examples"
 ENVELOPE = {"record_id": "vnpt-test", "event": "NEW", "version": 1, "updated_at": "2025-06-01T07:00:00"}

@@ -23,8 +23,16 @@ import structlog
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 from yarl import URL
 
-from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
-from hub.http import HttpPullMixin, Transient
+from hub.contracts import (
+    Adapter,
+    Health,
+    Page,
+    PluginContext,
+    PluginError,
+    PluginSettings,
+    RawRecord,
+)
+from hub.kit.http import HttpPullMixin, Transient
 
 log = structlog.get_logger(__name__)
 
@@ -124,7 +132,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
         # The signing clock; a test can skew it to see what a drifting server clock does.
         self._clock: Callable[[], float] = time.time
 
-    # --- lifecycle: open/close and _base come from hub.http.HttpPullMixin -----------------------
+    # --- lifecycle: open/close and _base come from hub.kit.http.HttpPullMixin -----------------------
 
     def _configure_http(self, http: aiohttp.ClientSession) -> None:
         # aiohttp silently resends an idempotent request once when a connection drops, with

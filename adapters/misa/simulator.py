@@ -1,6 +1,6 @@
 """The EMIS-style contract (CONTRACT.md) served over real HTTP, with the faults a real server has.
 
-Records come from ``hub.synthetic`` (every school level) and are encoded in the vendor's
+Records come from ``hub.kit.synthetic`` (every school level) and are encoded in the vendor's
 shape with its quirks: scores as strings with a decimal comma (``"8,5"``), dates as
 ``yyyy-MM-ddT00:00:00``, some names in NFD, ``null`` for unknown values. Every request must be
 signed (HMAC-SHA256); the server refuses bad signatures, unknown keys, stale timestamps and
@@ -27,8 +27,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from hub.contracts import Faults
-from hub.simulation import FaultySimulator, drop_connection
-from hub.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
+from hub.kit.simulation import FaultySimulator, drop_connection
+from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
 
 RECORDS_PATH = "/api/v1/transcripts"
 MAX_PAGE_SIZE = 500
@@ -77,7 +77,7 @@ def _comma(value: float | int | None, decimals: int = 1) -> str | None:
 
 def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
               deleted: bool = False, quirks: int = 0) -> dict[str, Any]:
-    """Encode one central-format transcript (``hub.synthetic`` shape) as a vendor record.
+    """Encode one central-format transcript (``hub.kit.synthetic`` shape) as a vendor record.
 
     ``quirks`` picks which vendor habits this record shows, so a run mixes them.
     """
@@ -236,7 +236,7 @@ class MisaSimulator(FaultySimulator):
     # --- what tests and the demo use ---------------------------------------------------------
 
     def source_id(self, index: int) -> str:
-        """``id`` of valid record ``index`` (``hub.synthetic.transcript(index, seed)``)."""
+        """``id`` of valid record ``index`` (``hub.kit.synthetic.transcript(index, seed)``)."""
         return self._rows[index].source_id
 
     def central(self, index: int) -> dict[str, Any]:
@@ -298,7 +298,7 @@ class MisaSimulator(FaultySimulator):
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    # Standard switches: hub.simulation.FaultySimulator (every request counts the switches down).
+    # Standard switches: hub.kit.simulation.FaultySimulator (every request counts the switches down).
     log_path_qs = True
 
     _FAULT_CODES = {"outage": ("MAINTENANCE", "Hệ thống đang bảo trì"), "fail": ("BUSY", "Hệ thống đang bận"),

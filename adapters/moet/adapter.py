@@ -19,7 +19,14 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_core import to_json
 
 from hub.contracts import (
-    Adapter, Delivery, DeliveryError, Health, PluginContext, PluginError, PluginSettings, Receipt,
+    Adapter,
+    Delivery,
+    DeliveryError,
+    Health,
+    PluginContext,
+    PluginError,
+    PluginSettings,
+    Receipt,
 )
 
 SUBMIT_PATH = "/api/v1/hocba"

@@ -22,8 +22,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from hub.contracts import Faults, Simulator
+from hub.kit.simulation import LoopbackServer
 from hub.records import Event, field_errors, parse_transcript
-from hub.simulation import LoopbackServer
 
 DEFAULT_TOKEN = "demo-moet-token"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024

@@ -1,6 +1,6 @@
 """Push adapter: school software POSTs records to ``/ingest/{name}``, signed with HMAC (CONTRACT.md).
 
-The hub's ingest route (``hub.ingest``) calls ``verify_push`` (authenticity and freshness),
+The hub's ingest route (``hub.web.ingest``) calls ``verify_push`` (authenticity and freshness),
 then ``parse_push`` (the body → raw records), commits the records and only then answers
 ``202``. ``normalize`` maps the envelope's ``transcript`` — already central-format
 snake_case — to the hub, refusing envelope fields the hub owns.
@@ -87,7 +87,7 @@ def _timestamp(value: Any, where: str) -> dt.datetime | None:
 class PushAdapter(Adapter):
     """Receives transcripts that school software POSTs, authenticated by an HMAC-SHA256 signature.
 
-    Push receivers implement ``verify_push`` and ``parse_push`` (``hub.ingest`` calls them for
+    Push receivers implement ``verify_push`` and ``parse_push`` (``hub.web.ingest`` calls them for
     any adapter that has them) and expose ``max_push_bytes``. Nothing is pulled: ``fetch`` is
     not implemented, so the hub starts no poller for this adapter.
     """

@@ -28,7 +28,7 @@ import aiohttp
 
 from adapters.push.adapter import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from hub.contracts import Simulator
-from hub.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
+from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
 
 FIRST_UPDATE = dt.datetime(2025, 6, 1, 7, 0, 0)
 

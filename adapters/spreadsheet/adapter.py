@@ -29,7 +29,15 @@ from typing import Any, ClassVar, Literal
 import structlog
 from pydantic import Field, ValidationError, field_validator
 
-from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
+from hub.contracts import (
+    Adapter,
+    Health,
+    Page,
+    PluginContext,
+    PluginError,
+    PluginSettings,
+    RawRecord,
+)
 from hub.records import field_errors, parse_transcript
 
 log = structlog.get_logger(__name__)
@@ -385,7 +393,7 @@ def column_for(path: str, origin: dict[str, str]) -> str:
 
 
 def row_from_central(record: dict[str, Any]) -> dict[str, str]:
-    """The template row for a central-format transcript (``hub.synthetic`` shape).
+    """The template row for a central-format transcript (``hub.kit.synthetic`` shape).
 
     The inverse of ``to_central``, written as a school types it (``dd/MM/yyyy``, ``Nam``/``Nữ``,
     comma decimals): the templates' example rows, ``examples/`` and the tests use it.

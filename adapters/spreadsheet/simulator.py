@@ -15,7 +15,7 @@ from typing import Any
 from adapters.spreadsheet.adapter import row_from_central
 from adapters.spreadsheet.templates.generate import write_csv, write_xlsx
 from hub.contracts import Simulator
-from hub.synthetic import invalid_transcript, transcript
+from hub.kit.synthetic import invalid_transcript, transcript
 
 
 class SpreadsheetSimulator(Simulator):

@@ -23,8 +23,16 @@ from defusedxml.ElementTree import fromstring
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 from yarl import URL
 
-from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
-from hub.http import HttpPullMixin
+from hub.contracts import (
+    Adapter,
+    Health,
+    Page,
+    PluginContext,
+    PluginError,
+    PluginSettings,
+    RawRecord,
+)
+from hub.kit.http import HttpPullMixin
 
 log = structlog.get_logger(__name__)
 
@@ -157,7 +165,7 @@ class ViettelAdapter(HttpPullMixin, Adapter):
         self._session_token: str | None = None
         self._session_expires = 0.0
 
-    # --- lifecycle: open/close and _base come from hub.http.HttpPullMixin -----------------------
+    # --- lifecycle: open/close and _base come from hub.kit.http.HttpPullMixin -----------------------
 
     def _forget_credentials(self) -> None:
         self._session_token = None

@@ -1,6 +1,6 @@
 """The SMAS-style contract (CONTRACT.md) served over real HTTP, with the faults a real server has.
 
-Records are the secondary-school transcripts of ``hub.synthetic`` (its schools at levels 03
+Records are the secondary-school transcripts of ``hub.kit.synthetic`` (its schools at levels 03
 and 04), encoded as the contract's XML with the vendor's habits: QCVN gender codes, whole
 averages without a decimal (``8`` for ``8.0``), lower-case ``đ``/``cđ`` results on some records,
 empty elements for unknown values. Cursors are keyset positions (``updatedAt``, ``id``) signed
@@ -27,8 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from hub.contracts import Faults
-from hub.simulation import FaultySimulator
-from hub.synthetic import INVALID_KINDS, SCHOOLS, invalid_transcript, transcript
+from hub.kit.simulation import FaultySimulator
+from hub.kit.synthetic import INVALID_KINDS, SCHOOLS, invalid_transcript, transcript
 
 SESSION_PATH = "/api/v2/sessions"
 RECORDS_PATH = "/api/v2/transcripts"
@@ -41,7 +41,7 @@ SECONDARY_SLOTS = [i for i, school in enumerate(SCHOOLS) if school[3] in ("03", 
 
 
 def synthetic_index(k: int) -> int:
-    """The ``hub.synthetic.transcript`` index of the simulator's ``k``-th record (secondary only)."""
+    """The ``hub.kit.synthetic.transcript`` index of the simulator's ``k``-th record (secondary only)."""
     return (k // len(SECONDARY_SLOTS)) * len(SCHOOLS) + SECONDARY_SLOTS[k % len(SECONDARY_SLOTS)]
 
 
@@ -294,7 +294,7 @@ class ViettelSimulator(FaultySimulator):
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    # Standard switches: hub.simulation.FaultySimulator (only data requests count the *_next_n switches down).
+    # Standard switches: hub.kit.simulation.FaultySimulator (only data requests count the *_next_n switches down).
     log_path_qs = True
     data_paths = frozenset({RECORDS_PATH})
 

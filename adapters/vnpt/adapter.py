@@ -16,9 +16,16 @@ from typing import Any, ClassVar
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 from yarl import URL
 
-from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
-from hub.http import HttpPullMixin, Transient
-
+from hub.contracts import (
+    Adapter,
+    Health,
+    Page,
+    PluginContext,
+    PluginError,
+    PluginSettings,
+    RawRecord,
+)
+from hub.kit.http import HttpPullMixin, Transient
 
 TOKEN_PATH = "/oauth/token"
 RECORDS_PATH = "/api/v1/hocba"
@@ -87,7 +94,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
         self._token: str | None = None
         self._token_expires = 0.0
 
-    # --- lifecycle: open/close and _base come from hub.http.HttpPullMixin -----------------------
+    # --- lifecycle: open/close and _base come from hub.kit.http.HttpPullMixin -----------------------
 
     def _forget_credentials(self) -> None:
         self._token = None
@@ -101,7 +108,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
 
     async def _send_once(self, method: str, url: str | URL, **kwargs: Any) -> tuple[int, str, bytes]:
         status, content_type, body, retry_after = await self._request(method, url, **kwargs)
-        # Unlike hub.http's default, only a 429's Retry-After is honoured; a 5xx backs off.
+        # Unlike hub.kit.http's default, only a 429's Retry-After is honoured; a 5xx backs off.
         if status == 429:
             if retry_after is not None and retry_after > self.settings.max_backoff_seconds:
                 raise VnptError(

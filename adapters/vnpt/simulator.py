@@ -1,6 +1,6 @@
 """The vnEdu-style contract (CONTRACT.md) served over real HTTP, with the faults a real server has.
 
-Records come from ``hub.synthetic`` and are encoded in the vendor's shape with its quirks:
+Records come from ``hub.kit.synthetic`` and are encoded in the vendor's shape with its quirks:
 some names in NFD, ``dd/MM/yyyy`` dates, ``Nam``/``Nữ``, some averages as comma-decimal
 strings, ``""`` for unknown values. Timestamps are deterministic (several records share one
 ``NgayCapNhat``, as a bulk edit in a school produces) so paging is stable and the inclusive
@@ -23,8 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from hub.contracts import Faults
-from hub.simulation import FaultySimulator
-from hub.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
+from hub.kit.simulation import FaultySimulator
+from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
 
 TOKEN_PATH = "/oauth/token"
 RECORDS_PATH = "/api/v1/hocba"
@@ -73,7 +73,7 @@ def _comma(value: float | None) -> str | None:
 
 def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
               deleted: bool = False, quirks: int = 0) -> dict[str, Any]:
-    """Encode one central-format transcript (``hub.synthetic`` shape) as a vendor record.
+    """Encode one central-format transcript (``hub.kit.synthetic`` shape) as a vendor record.
 
     ``quirks`` picks which vendor habits this record shows, so a run mixes them.
     """
@@ -217,7 +217,7 @@ class VnptSimulator(FaultySimulator):
     # --- what tests and the demo use ---------------------------------------------------------
 
     def source_id(self, index: int) -> str:
-        """IdHocBa of valid record ``index`` (``hub.synthetic.transcript(index, seed)``)."""
+        """IdHocBa of valid record ``index`` (``hub.kit.synthetic.transcript(index, seed)``)."""
         return self._rows[index].source_id
 
     def central(self, index: int) -> dict[str, Any]:
@@ -272,7 +272,7 @@ class VnptSimulator(FaultySimulator):
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    # Standard switches: hub.simulation.FaultySimulator (every request counts them down here).
+    # Standard switches: hub.kit.simulation.FaultySimulator (every request counts them down here).
 
     def _fault_response(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
         message = {"outage": "Hệ thống đang bảo trì", "fail": "Hệ thống đang bận",

@@ -51,12 +51,29 @@ from pyhanko.sign.signers.csc_signer import (
     fetch_certs_in_csc_credential,
 )
 from pyhanko_certvalidator.registry import SimpleCertificateStore
-from pyhanko_certvalidator.sig_validate import DEFAULT_SIGNATURE_VALIDATOR, SignatureValidationContext
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from pyhanko_certvalidator.sig_validate import (
+    DEFAULT_SIGNATURE_VALIDATOR,
+    SignatureValidationContext,
+)
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
-from hub.contracts import Health, PluginContext, PluginError, PluginSettings, Signer, SigningIdentity, SignRequest
-from hub.render import ROLE_LABELS
-from hub.signing import SigningError, reserve_bytes, sign_elsewhere
+from hub.contracts import (
+    Health,
+    PluginContext,
+    PluginError,
+    PluginSettings,
+    Signer,
+    SigningIdentity,
+    SignRequest,
+)
+from hub.documents.pades import reserve_bytes, sign_elsewhere
+from hub.documents.render import ROLE_LABELS
+from hub.documents.signing import SigningError
 
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 

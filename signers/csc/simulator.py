@@ -1,6 +1,6 @@
 """A remote signing service in the CSC shape (CONTRACT.md), over real HTTP on loopback.
 
-Per-user keys come from a test PKI directory (``hub.pki``: ``<personal id>.p12``), so the
+Per-user keys come from a test PKI directory (``hub.kit.pki``: ``<personal id>.p12``), so the
 certificates chain to the same root as everything else in a test or the demo. Everything a real
 service does to a client is switchable: ``latency`` on every answer, ``approval_delay`` before
 the phone says yes, users who ``reject`` or never answer (``unanswered`` → the request
@@ -127,8 +127,8 @@ class CscSimulator(Simulator):
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         if self.pki_dir is None:
             # No PKI given: issue one for every synthetic identity (the demo's set).
-            from hub.pki import ensure_pki
-            from hub.synthetic import signing_identities
+            from hub.kit.pki import ensure_pki
+            from hub.kit.synthetic import signing_identities
 
             self._tmp = tempfile.TemporaryDirectory(prefix="csc-sim-")
             self.pki_dir = Path(self._tmp.name)

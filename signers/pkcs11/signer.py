@@ -36,9 +36,16 @@ from pyhanko.sign.pkcs11 import select_pkcs11_signing_params
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 
 from hub.contracts import (
-    Health, PluginContext, PluginError, PluginSettings, Signer, SigningIdentity, SignRequest,
+    Health,
+    PluginContext,
+    PluginError,
+    PluginSettings,
+    Signer,
+    SigningIdentity,
+    SignRequest,
 )
-from hub.signing import SigningError, reserve_bytes, sign_elsewhere
+from hub.documents.pades import reserve_bytes, sign_elsewhere
+from hub.documents.signing import SigningError
 
 _libraries: dict[str, Any] = {}
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pydantic import Field, SecretStr
 
 from hub.contracts import PluginError, PluginSettings, SigningIdentity
-from hub.signing import LocalKey, LocalKeySigner
+from hub.documents.local_keys import LocalKey, LocalKeySigner
 
 
 class Pkcs12Signer(LocalKeySigner):

@@ -16,8 +16,13 @@ from openpyxl import Workbook
 from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 
-from adapters.spreadsheet.adapter import ROW_NUMBER, iter_rows, template_columns, to_central
-from hub.synthetic import invalid_transcript, transcript
+from adapters.spreadsheet.adapter import (
+    ROW_NUMBER,
+    iter_rows,
+    template_columns,
+    to_central,
+)
+from hub.kit.synthetic import invalid_transcript, transcript
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples"

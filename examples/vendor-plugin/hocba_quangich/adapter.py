@@ -18,9 +18,22 @@ from typing import Any, ClassVar
 
 import aiohttp
 from pydantic import Field, HttpUrl, SecretStr, field_validator
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
-from hub.contracts import Adapter, Health, Page, PluginContext, PluginError, PluginSettings, RawRecord
+from hub.contracts import (
+    Adapter,
+    Health,
+    Page,
+    PluginContext,
+    PluginError,
+    PluginSettings,
+    RawRecord,
+)
 from hub.records import GENERAL_COMPETENCIES, QUALITIES
 
 SESSION_PATH = "/qi/v2/phien"

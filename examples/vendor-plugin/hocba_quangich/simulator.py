@@ -1,6 +1,6 @@
 """The Quảng Ích-style export (CONTRACT.md) served over real HTTP on loopback, with faults.
 
-It encodes ``hub.synthetic`` transcripts itself, independently of the adapter, so a mapping bug
+It encodes ``hub.kit.synthetic`` transcripts itself, independently of the adapter, so a mapping bug
 in the adapter shows as a difference rather than cancelling out. The conformance kit and the
 demo start it through ``QuangIchAdapter.simulator``.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.simulation import FaultySimulator
-from hub.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
+from hub.kit.simulation import FaultySimulator
+from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
 
 SESSION_PATH = "/qi/v2/phien"
 RECORDS_PATH = "/qi/v2/hocba"
@@ -80,7 +80,7 @@ def _table(header: dict[str, str], rows: list[dict[str, Any]]) -> str:
 
 def to_row(central: dict[str, Any], *, source_id: str, seq: int, updated: dt.datetime,
            deleted: bool = False, quirks: int = 0) -> dict[str, str]:
-    """One central-format transcript (``hub.synthetic`` shape) as an export row, every cell text."""
+    """One central-format transcript (``hub.kit.synthetic`` shape) as an export row, every cell text."""
     names = nfd if quirks % 3 == 1 else (lambda t: t)
     student = dict(central["student"])
     for key in ("full_name", "father_name", "mother_name"):
@@ -188,7 +188,7 @@ class QuangIchSimulator(FaultySimulator):
 
     # --- HTTP ---------------------------------------------------------------------------------
 
-    # The standard switches come from hub.simulation.FaultySimulator; only the error bodies are ours.
+    # The standard switches come from hub.kit.simulation.FaultySimulator; only the error bodies are ours.
     data_paths = frozenset({RECORDS_PATH})   # sessions are not counted (hub.contracts.Faults)
 
     def _fault_response(self, kind: str, status: int, headers: dict[str, str] | None = None) -> web.Response:

@@ -5,10 +5,10 @@ Run after ``pip install -e .`` (the entry point exists only in an installed pack
 """
 
 import pytest
-
 from hocba_quangich.adapter import QuangIchAdapter
+
 from hub import plugins
-from hub.testing import CHECKS, assert_conformant
+from hub.kit.conformance import CHECKS, assert_conformant
 
 # The kit injects 5xx, 429 and dropped connections: retry quickly (429 still waits Retry-After).
 FAST = {"backoff_seconds": 0.01, "max_backoff_seconds": 5}

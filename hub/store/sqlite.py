@@ -9,11 +9,11 @@ Two backends, one behaviour (``tests/test_store_contract.py`` runs the same case
 
 - ``Store``: SQLite, the default. One file in WAL mode with ``synchronous=FULL``: a commit
   survives a crash of the process and of the machine. One hub process owns the file.
-- ``hub.store_pg.PostgresStore``: PostgreSQL, for several hub workers on one database
+- ``hub.store.postgres.PostgresStore``: PostgreSQL, for several hub workers on one database
   (``store: postgresql://…``). Work is leased with ``SELECT … FOR UPDATE SKIP LOCKED``.
 
 ``open_store(location)`` picks the backend. The schema of both comes from
-``hub.migrations``. All calls go through one connection guarded by a lock; the pipeline calls
+``hub.store.migrations``. All calls go through one connection guarded by a lock; the pipeline calls
 the store from a dedicated thread so the event loop never waits on the disk.
 """
 
@@ -30,23 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hub import migrations
 from hub.contracts import RawRecord
-
-# States, in pipeline order. ``signed:<role>`` follows each signing step.
-RECEIVED = "received"
-NORMALIZED = "normalized"
-RENDERED = "rendered"
-SIGNED_PREFIX = "signed:"
-DELIVERED = "delivered"
-QUARANTINED = "quarantined"   # the record itself is wrong: needs a fixed payload or adapter
-FAILED = "failed"             # the record is fine but a stage (render, sign) could not finish it
-DEAD_LETTER = "dead_letter"   # delivery gave up: permanent refusal or too many attempts
-SUPERSEDED = "superseded"     # a newer version of the same record_id arrived before delivery
-UNCHANGED = "unchanged"       # the transcript's content equals what the destination already holds
-FINAL_STATES = frozenset({DELIVERED, QUARANTINED, FAILED, DEAD_LETTER, SUPERSEDED, UNCHANGED})
-# What an operator may replay; a delivered version is never sent twice.
-REPLAYABLE = frozenset({QUARANTINED, FAILED, DEAD_LETTER})
+from hub.lifecycle import (
+    DELIVERED,
+    FINAL_STATES,
+    NORMALIZED,
+    RECEIVED,
+    REPLAYABLE,
+    SUPERSEDED,
+    UNCHANGED,
+)
+from hub.store import migrations
 
 # Record ids are derived from (adapter instance, vendor id) so a re-read maps to the same id.
 _RECORD_NS = uuid.UUID("6f1d3f5c-43d1-4a56-9a4e-9d1c0e0b7a11")
@@ -146,7 +140,7 @@ def is_postgres_url(location: str | Path) -> bool:
 def open_store(location: str | Path) -> "Store":
     """The store at ``location``: a ``postgresql://`` URL, or a SQLite file path."""
     if is_postgres_url(location):
-        from hub.store_pg import PostgresStore
+        from hub.store.postgres import PostgresStore
 
         return PostgresStore(str(location))
     return Store(location)
@@ -172,7 +166,7 @@ class Store:
         # ``Store(config.store_path)`` is how callers open the configured store: a PostgreSQL URL
         # must open PostgreSQL, never a SQLite file named after the URL.
         if cls is Store and is_postgres_url(path):
-            from hub.store_pg import PostgresStore
+            from hub.store.postgres import PostgresStore
 
             return super().__new__(PostgresStore)
         return super().__new__(cls)

@@ -38,12 +38,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub import __version__
+from hub import lifecycle as lc
 from hub import store as st
 from hub.contracts import SIGNING_ROLES
 from hub.logs import _SECRET_KEY, mask
 
 if TYPE_CHECKING:
-    from hub.pipeline import Hub
+    from hub.engine.pipeline import Hub
 
 OPERATOR, VIEWER = "operator", "viewer"
 STAGES = ("normalize", "render", "deliver")
@@ -59,8 +60,8 @@ _ID_PATTERN = rf"^(\d{{1,18}}|{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_
 
 def all_states(roles: tuple[str, ...] = SIGNING_ROLES) -> list[str]:
     """Every state a record can be in, in pipeline order, then the final ones."""
-    return [st.RECEIVED, st.NORMALIZED, st.RENDERED, *(st.SIGNED_PREFIX + r for r in roles), st.DELIVERED,
-            st.QUARANTINED, st.FAILED, st.DEAD_LETTER, st.SUPERSEDED, st.UNCHANGED]
+    return [lc.RECEIVED, lc.NORMALIZED, lc.RENDERED, *(lc.SIGNED_PREFIX + r for r in roles), lc.DELIVERED,
+            lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER, lc.SUPERSEDED, lc.UNCHANGED]
 
 
 # --- what may leave the hub -------------------------------------------------------------------
@@ -320,10 +321,10 @@ class AdminApi:
         return await self._list(request, caller)
 
     async def quarantine(self, request: Request, caller: Caller) -> dict[str, Any]:
-        return await self._list(request, caller, st.QUARANTINED)
+        return await self._list(request, caller, lc.QUARANTINED)
 
     async def dead_letters(self, request: Request, caller: Caller) -> dict[str, Any]:
-        return await self._list(request, caller, st.DEAD_LETTER)
+        return await self._list(request, caller, lc.DEAD_LETTER)
 
     async def record(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
@@ -340,7 +341,7 @@ class AdminApi:
                           for h in history]
         out["versions"] = versions
         out["has_pdf"] = row.pdf is not None
-        out["replayable"] = row.state in st.REPLAYABLE and bool(row.payload)
+        out["replayable"] = row.state in lc.REPLAYABLE and bool(row.payload)
         if caller.role == OPERATOR and row.normalized:
             student = row.normalized.get("student") or {}
             out["student"] = {k: student.get(k) for k in ("full_name", "student_code", "personal_id")}
@@ -388,8 +389,8 @@ class AdminApi:
                     raise ApiError(400, key, "must be a string of 1 to 100 characters")
                 criteria[key] = body[key]
         if "state" in body:
-            if body["state"] not in st.REPLAYABLE:
-                raise ApiError(400, "state", f"only {', '.join(sorted(st.REPLAYABLE))} records can be replayed")
+            if body["state"] not in lc.REPLAYABLE:
+                raise ApiError(400, "state", f"only {', '.join(sorted(lc.REPLAYABLE))} records can be replayed")
             criteria["state"] = body["state"]
         if not criteria:
             raise ApiError(400, "body", "give at least one of ids, record_ids, adapter, school, state")
@@ -602,7 +603,7 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                                        "items": {"type": "string", "format": "uuid"}},
                         "adapter": {"type": "string", "minLength": 1, "maxLength": 100},
                         "school": {"type": "string", "minLength": 1, "maxLength": 100},
-                        "state": {"type": "string", "enum": sorted(st.REPLAYABLE)},
+                        "state": {"type": "string", "enum": sorted(lc.REPLAYABLE)},
                         "stage": {"type": "string", "enum": list(STAGES), "default": "normalize",
                                   "description": "normalize: from the raw payload; render: from the "
                                                  "normalised record; deliver: the signed PDF as it is"}},

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from hub.store import record_id_for
 
 if TYPE_CHECKING:
-    from hub.pipeline import Hub
+    from hub.engine.pipeline import Hub
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
@@ -42,7 +42,7 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 
 def ingest_routes(hub: "Hub") -> list[Route]:
-    """The ingest route for ``hub`` (mounted by ``hub.app.create_app``)."""
+    """The ingest route for ``hub`` (mounted by ``hub.web.app.create_app``)."""
     log = hub.log
 
     async def ingest(request: Request) -> JSONResponse:

@@ -4,7 +4,7 @@ The store is the truth. Each stage claims the records waiting in its states with
 works on a few at once, and commits the next state, which ends the lease and wakes the next
 stage. A hub that stops or is killed leaves every record at its last committed state; the
 next start (or another worker on a shared PostgreSQL store, once the lease runs out) carries
-on from there. Delivery runs from the outbox (``hub.outbox``). Rendering and signing run in a
+on from there. Delivery runs from the outbox (``hub.engine.outbox``). Rendering and signing run in a
 process pool (one process per core by default), so the event loop stays free and both cores
 work.
 """
@@ -26,18 +26,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hub import lifecycle as lc
 from hub import store as st
 from hub.config import HubConfig
 from hub.contracts import Adapter, Health, PluginContext, PluginError, RawRecord, Signer
+from hub.engine.outbox import Outbox
 from hub.logs import get_logger
-from hub.outbox import Outbox
 from hub.plugins import adapter_types, manager, signer_types
 from hub.records import field_errors, parse_transcript
 
 
 def render_job(normalized: dict[str, Any], roles: tuple[str, ...]) -> bytes:
     """Render in a worker process (top-level so it pickles); the font loads once per process."""
-    from hub.render import render_pdf
+    from hub.documents.render import render_pdf
 
     return render_pdf(parse_transcript(normalized), roles)
 
@@ -50,7 +51,7 @@ def _worker_init(fonts: dict[str, bytes]) -> None:
     """
     import threading
 
-    from hub.render import load_fonts
+    from hub.documents.render import load_fonts
 
     load_fonts(fonts)
     parent = os.getppid()
@@ -113,7 +114,7 @@ class Hub:
 
     async def start(self, *, pull: bool = True) -> None:
         """Open every plugin (failing fast with its reason), requeue unfinished records, start."""
-        from hub.render import load_fonts
+        from hub.documents.render import load_fonts
 
         # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s.
         fonts = await asyncio.to_thread(load_fonts)
@@ -208,7 +209,7 @@ class Hub:
 
     @property
     def last_signed_state(self) -> str:
-        return st.SIGNED_PREFIX + self.roles[-1]
+        return lc.SIGNED_PREFIX + self.roles[-1]
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         if self.metrics is not None:
@@ -259,14 +260,14 @@ class Hub:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
 
     def _stage_for(self, state: str) -> str | None:
-        if state == st.RECEIVED:
+        if state == lc.RECEIVED:
             return "normalize"
-        if state == st.NORMALIZED:
+        if state == lc.NORMALIZED:
             return "render"
-        if state == st.RENDERED:
+        if state == lc.RENDERED:
             return "sign"
-        if state.startswith(st.SIGNED_PREFIX):
-            return "deliver" if state == st.SIGNED_PREFIX + self.roles[-1] else "sign"
+        if state.startswith(lc.SIGNED_PREFIX):
+            return "deliver" if state == lc.SIGNED_PREFIX + self.roles[-1] else "sign"
         return None
 
     def _enqueue(self, pk: int, state: str) -> None:
@@ -314,10 +315,10 @@ class Hub:
 
     def _states_for(self, stage: str) -> list[str]:
         if stage == "normalize":
-            return [st.RECEIVED]
+            return [lc.RECEIVED]
         if stage == "render":
-            return [st.NORMALIZED]
-        return [st.RENDERED] + [st.SIGNED_PREFIX + role for role in self.roles[:-1]]
+            return [lc.NORMALIZED]
+        return [lc.RENDERED] + [lc.SIGNED_PREFIX + role for role in self.roles[:-1]]
 
     async def _run(self, stage: str, handler: Callable[[int], Awaitable[None]], pk: int) -> None:
         started = time.perf_counter()
@@ -361,7 +362,7 @@ class Hub:
         school = fields.get("school_code") or row.school_code
         event = {"record_id": row.record_id, "version": row.version, "adapter": row.adapter,
                  "school_code": school, "state": state}
-        if state in (st.QUARANTINED, st.FAILED):
+        if state in (lc.QUARANTINED, lc.FAILED):
             self.log.warning("record.state", **event, errors=fields.get("errors"))
         else:
             self.log.info("record.state", **event)
@@ -371,8 +372,8 @@ class Hub:
     async def _fail(self, pk: int, reason: str) -> None:
         try:
             row = await self._db(self.store.get, pk)
-            if row.state not in st.FINAL_STATES:
-                await self._move(row, st.FAILED, detail=reason, errors=[reason])
+            if row.state not in lc.FINAL_STATES:
+                await self._move(row, lc.FAILED, detail=reason, errors=[reason])
         except Exception as exc:
             self.log.error("record.fail_not_recorded", pk=pk, error=str(exc))
 
@@ -434,7 +435,7 @@ class Hub:
                                              save_cursor=True, lease_owner=self.owner)
                         received += len(ids)
                         for pk in ids:
-                            self._enqueue(pk, st.RECEIVED)
+                            self._enqueue(pk, lc.RECEIVED)
                         await adapter.acknowledge(page)
                     self.status[name].last_sync = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                     if not self.status[name].health.ok:
@@ -481,10 +482,10 @@ class Hub:
                 "version": row.version, "updated_at": updated,
             })
         except ValidationError as exc:
-            await self._move(row, st.QUARANTINED, detail="invalid record", errors=field_errors(exc))
+            await self._move(row, lc.QUARANTINED, detail="invalid record", errors=field_errors(exc))
             return
         except (ValueError, KeyError, TypeError) as exc:
-            await self._move(row, st.QUARANTINED, detail="cannot map record", errors=[str(exc)])
+            await self._move(row, lc.QUARANTINED, detail="cannot map record", errors=[str(exc)])
             return
         normalized = record.model_dump(mode="json")
         digest = st.content_hash(normalized)
@@ -492,11 +493,11 @@ class Hub:
         if row.event != "CANCEL" and sent is not None and sent[1] == digest:
             # The vendor re-sent the same transcript (a new timestamp, a reformatted payload):
             # the destination already holds this content, so nothing is rendered, signed or sent.
-            await self._move(row, st.UNCHANGED, detail=f"same content as version {sent[0]}",
+            await self._move(row, lc.UNCHANGED, detail=f"same content as version {sent[0]}",
                              normalized=normalized, content_hash=digest,
                              school_code=record.school_code, school_year=record.school_year)
             return
-        await self._move(row, st.NORMALIZED, normalized=normalized, content_hash=digest,
+        await self._move(row, lc.NORMALIZED, normalized=normalized, content_hash=digest,
                          school_code=record.school_code, school_year=record.school_year)
 
     async def _render(self, pk: int) -> None:
@@ -504,7 +505,7 @@ class Hub:
             return
         loop = asyncio.get_running_loop()
         pdf = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles)
-        await self._move(row, st.RENDERED, pdf=pdf)
+        await self._move(row, lc.RENDERED, pdf=pdf)
 
     async def _sign(self, pk: int) -> None:
         """One signing step: the role's signer for the record's school, at the step's PAdES level.
@@ -514,12 +515,12 @@ class Hub:
         quarantined with the reason. After the last step the whole document is validated, and
         one that does not validate is never handed to delivery.
         """
-        from hub.signing import request_for
-        from hub.verify import trust_roots_der, verify_blocking
+        from hub.documents.signing import request_for
+        from hub.documents.verify import trust_roots_der, verify_blocking
 
         if (row := await self._current(pk, "sign")) is None:
             return
-        done = 0 if row.state == st.RENDERED else self.roles.index(row.state.removeprefix(st.SIGNED_PREFIX)) + 1
+        done = 0 if row.state == lc.RENDERED else self.roles.index(row.state.removeprefix(lc.SIGNED_PREFIX)) + 1
         role = self.roles[done]
         signing = self.config.signing
         loop = asyncio.get_running_loop()
@@ -538,7 +539,7 @@ class Hub:
                 if not problems and role not in signed_before and later:
                     problems = [f"{later[0]}: signed before {role}, out of the Ministry's order"]
                 if problems:
-                    await self._move(row, st.QUARANTINED, detail="arrived signed, and the signatures do not hold",
+                    await self._move(row, lc.QUARANTINED, detail="arrived signed, and the signatures do not hold",
                                      errors=problems)
                     return
             if role not in signed_before:
@@ -550,16 +551,16 @@ class Hub:
                                       timestamp_url=step.timestamp_url or "")
                 [pdf] = await signer.sign([request])
         except (PluginError, ValueError) as exc:
-            await self._move(row, st.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
+            await self._move(row, lc.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
             return
         if done == len(self.roles) - 1:
             report = await loop.run_in_executor(self._pool, verify_blocking, pdf, trust)
             problems = report.problems(require_trust=bool(trust))
             if problems:
-                await self._move(row, st.FAILED, detail="the signed document does not validate; not delivered",
+                await self._move(row, lc.FAILED, detail="the signed document does not validate; not delivered",
                                  errors=problems)
                 return
-        await self._move(row, st.SIGNED_PREFIX + role, pdf=pdf)
+        await self._move(row, lc.SIGNED_PREFIX + role, pdf=pdf)
 
     # --- operator actions (the admin API, hub/admin.py) -------------------------------------
 
@@ -584,5 +585,5 @@ class Hub:
         """
         ids = await self._db(self.store.receive, adapter, records)
         for pk in ids:
-            self._enqueue(pk, st.RECEIVED)
+            self._enqueue(pk, lc.RECEIVED)
         return ids

@@ -26,16 +26,22 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from hub import store as st
+from hub import lifecycle as lc
 
 if TYPE_CHECKING:
-    from hub.pipeline import Hub
+    from hub.engine.pipeline import Hub
 
 STAGES = ("normalize", "render", "sign", "deliver")
 # Local signing takes tens of milliseconds; remote signing waits for a person's phone.
@@ -132,13 +138,13 @@ class _HubCollector:
 def stage_of(state: str, roles: tuple[str, ...]) -> str | None:
     """The stage a record in ``state`` waits for (None for a final state). Read from the store,
     so the depth is right however many hub processes share it."""
-    if state == st.RECEIVED:
+    if state == lc.RECEIVED:
         return "normalize"
-    if state == st.NORMALIZED:
+    if state == lc.NORMALIZED:
         return "render"
-    if state == st.RENDERED or (state.startswith(st.SIGNED_PREFIX) and state != st.SIGNED_PREFIX + roles[-1]):
+    if state == lc.RENDERED or (state.startswith(lc.SIGNED_PREFIX) and state != lc.SIGNED_PREFIX + roles[-1]):
         return "sign"
-    if state == st.SIGNED_PREFIX + roles[-1]:
+    if state == lc.SIGNED_PREFIX + roles[-1]:
         return "deliver"
     return None
 

@@ -4,8 +4,8 @@
 every configured plugin (``check()``) and answers 503 when any of them is not healthy, so a
 load balancer or systemd watchdog stops sending work to a hub that cannot do it.
 
-Also: the status page ``/`` (``hub.status_page``), ``/metrics`` (``hub.metrics``), the admin
-API under ``/api`` with its ``/openapi.json`` (``hub.admin``), and the vendors' push ingest.
+Also: the status page ``/`` (``hub.web.status_page``), ``/metrics`` (``hub.web.metrics``), the admin
+API under ``/api`` with its ``/openapi.json`` (``hub.web.admin``), and the vendors' push ingest.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from hub import __version__
-from hub.admin import admin_routes
-from hub.ingest import ingest_routes
-from hub.metrics import Metrics, metrics_routes
-from hub.pipeline import Hub
-from hub.status_page import status_routes
+from hub.engine.pipeline import Hub
+from hub.web.admin import admin_routes
+from hub.web.ingest import ingest_routes
+from hub.web.metrics import Metrics, metrics_routes
+from hub.web.status_page import status_routes
 
 
 def create_app(hub: Hub) -> Starlette:

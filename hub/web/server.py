@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from hub.app import create_app
 from hub.config import HubConfig
-from hub.pipeline import Hub
+from hub.engine.pipeline import Hub
+from hub.web.app import create_app
 
 
 class _Server(uvicorn.Server):

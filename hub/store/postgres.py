@@ -15,7 +15,7 @@ SQL); what differs is what several writers need:
   record never both create version n+1.
 - **Audit chain.** Appends lock the single ``audit_head`` row (next id and last hash) until
   commit: two workers never fork the chain, and ids stay gapless (a sequence would leave a gap
-  on rollback, which ``hub.audit.verify_chain`` rightly reads as a removed entry).
+  on rollback, which ``hub.store.audit.verify_chain`` rightly reads as a removed entry).
 - **Deadlocks** between workers (PostgreSQL detects and aborts one side) are retried: the
   whole transaction runs again.
 - **Space.** ``prune`` clears payloads and PDFs, then runs ``VACUUM (ANALYZE)`` on the records
@@ -36,8 +36,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from hub import migrations
-from hub.store import Store, T, _now, audit_hash
+from hub.store import migrations
+from hub.store.sqlite import Store, T, _now, audit_hash
 
 try:
     import psycopg

@@ -9,11 +9,11 @@ whether the central store and the signing services are up.
 **Access.** The page needs no token: it is meant for a screen on the wall of the department's
 operations room. It therefore shows no personal data at all — store ids, record ids, adapter
 names, school codes, states, and error lines with personal ids masked and quoted values and
-dates blanked (``hub.admin.public_error``); no configured secret can appear (every string is
+dates blanked (``hub.web.admin.public_error``); no configured secret can appear (every string is
 scrubbed of them). Anything more (names, PDFs, actions) is the admin API's, behind a token. The
 hub's port belongs on the internal network like every other route.
 
-Plugin health comes from ``hub.metrics.health``: at most one round of ``check()`` calls per
+Plugin health comes from ``hub.web.metrics.health``: at most one round of ``check()`` calls per
 10 s whatever the number of screens and scrapes.
 """
 
@@ -30,15 +30,15 @@ from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Route
 
 from hub import __version__
-from hub import store as st
-from hub.admin import all_states, public_error, scrub, secret_values
+from hub import lifecycle as lc
+from hub.web.admin import all_states, public_error, scrub, secret_values
 
 if TYPE_CHECKING:
-    from hub.pipeline import Hub
+    from hub.engine.pipeline import Hub
 
 REFRESH_SECONDS = 15
 STUCK_SHOWN = 50
-STUCK_STATES = (st.QUARANTINED, st.FAILED, st.DEAD_LETTER)
+STUCK_STATES = (lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER)
 # The operators work in Vietnam: times on the wall screen are local (UTC+7, no daylight saving).
 VN_TIME = dt.timezone(dt.timedelta(hours=7))
 
@@ -47,12 +47,12 @@ ROLE_LABELS = {
     "en": {"homeroom_teacher": "homeroom teacher", "principal": "principal", "school_seal": "school seal"},
 }
 STATE_LABELS = {
-    "vi": {st.RECEIVED: "đã nhận", st.NORMALIZED: "đã chuẩn hoá", st.RENDERED: "đã tạo PDF",
-           st.DELIVERED: "đã gửi", st.QUARANTINED: "cách ly", st.FAILED: "lỗi xử lý",
-           st.DEAD_LETTER: "gửi thất bại", st.SUPERSEDED: "đã thay thế", st.UNCHANGED: "không thay đổi"},
-    "en": {st.RECEIVED: "received", st.NORMALIZED: "normalized", st.RENDERED: "PDF rendered",
-           st.DELIVERED: "delivered", st.QUARANTINED: "quarantined", st.FAILED: "failed",
-           st.DEAD_LETTER: "dead letter", st.SUPERSEDED: "superseded", st.UNCHANGED: "unchanged"},
+    "vi": {lc.RECEIVED: "đã nhận", lc.NORMALIZED: "đã chuẩn hoá", lc.RENDERED: "đã tạo PDF",
+           lc.DELIVERED: "đã gửi", lc.QUARANTINED: "cách ly", lc.FAILED: "lỗi xử lý",
+           lc.DEAD_LETTER: "gửi thất bại", lc.SUPERSEDED: "đã thay thế", lc.UNCHANGED: "không thay đổi"},
+    "en": {lc.RECEIVED: "received", lc.NORMALIZED: "normalized", lc.RENDERED: "PDF rendered",
+           lc.DELIVERED: "delivered", lc.QUARANTINED: "quarantined", lc.FAILED: "failed",
+           lc.DEAD_LETTER: "dead letter", lc.SUPERSEDED: "superseded", lc.UNCHANGED: "unchanged"},
 }
 
 TEXT = {
@@ -139,7 +139,7 @@ REASONS: list[tuple[str, Any, str, str]] = [
      "sửa dữ liệu hoặc cập nhật adapter, sau đó chạy lại.",
      "The school software sent data the adapter does not understand. The vendor must fix the data or the "
      "adapter must be updated; then replay."),
-    ("signing", lambda s, e: s == st.FAILED and ("sign" in e or "homeroom_teacher:" in e or "principal:" in e
+    ("signing", lambda s, e: s == lc.FAILED and ("sign" in e or "homeroom_teacher:" in e or "principal:" in e
                                                  or "school_seal:" in e),
      "Không ký số được: kiểm tra chứng thư số (còn hạn, đúng người ký), mật khẩu khoá hoặc dịch vụ ký từ xa; "
      "sửa xong thì chạy lại từ bước tạo PDF.",
@@ -152,10 +152,10 @@ REASONS: list[tuple[str, Any, str, str]] = [
                                                       " 500", " 502", " 503", " 504", "outage")),
      "Kho dữ liệu trung ương không phản hồi hoặc đang lỗi. Khi kho hoạt động lại, chạy lại bước gửi.",
      "The central store did not answer or failed. Once it is back, replay the delivery."),
-    ("rejected", lambda s, e: s == st.DEAD_LETTER,
+    ("rejected", lambda s, e: s == lc.DEAD_LETTER,
      "Kho trung ương từ chối hồ sơ hoặc đã thử gửi quá số lần cho phép; xem dòng lỗi, sửa rồi chạy lại bước gửi.",
      "The central store refused the record, or delivery gave up after its attempts; see the error, fix, replay."),
-    ("invalid", lambda s, e: s == st.QUARANTINED,
+    ("invalid", lambda s, e: s == lc.QUARANTINED,
      "Dữ liệu hồ sơ không hợp lệ; dòng lỗi cho biết trường thông tin nào sai.",
      "The record's data is invalid; the error line names the field."),
     ("other", lambda s, e: True,
@@ -174,8 +174,8 @@ def explain(state: str, errors: list[str]) -> tuple[str, str, str]:
 
 
 def state_label(state: str, lang: str) -> str:
-    if state.startswith(st.SIGNED_PREFIX):
-        role = state.removeprefix(st.SIGNED_PREFIX)
+    if state.startswith(lc.SIGNED_PREFIX):
+        role = state.removeprefix(lc.SIGNED_PREFIX)
         who = ROLE_LABELS[lang].get(role, role)
         return f"đã ký ({who})" if lang == "vi" else f"signed ({who})"
     return STATE_LABELS[lang].get(state, state)
@@ -261,11 +261,11 @@ class StatusPage:
             counts[row["state"]] += row["n"]
         total = sum(counts.values())
         stuck_total = sum(counts[s] for s in STUCK_STATES)
-        in_progress = sum(n for s, n in counts.items() if s not in st.FINAL_STATES)
+        in_progress = sum(n for s, n in counts.items() if s not in lc.FINAL_STATES)
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         tiles = "".join(
             f'<div class="tile {cls}"><div class="n" id="tile-{key}">{n}</div><div>{self._e(t[key])}</div></div>'
-            for key, n, cls in (("total", total, ""), ("delivered", counts[st.DELIVERED], "good"),
+            for key, n, cls in (("total", total, ""), ("delivered", counts[lc.DELIVERED], "good"),
                                 ("in_progress", in_progress, ""),
                                 ("stuck_n", stuck_total, "bad" if stuck_total else "good"),
                                 ("outbox", outbox, "warn" if outbox else "")))
@@ -383,5 +383,5 @@ class StatusPage:
 
 
 def status_routes(hub: "Hub") -> list[BaseRoute]:
-    """``GET /``: the status page of ``hub`` (needs ``hub.metrics``, set by ``create_app``)."""
+    """``GET /``: the status page of ``hub`` (needs ``hub.web.metrics``, set by ``create_app``)."""
     return [Route("/", StatusPage(hub).handle)]

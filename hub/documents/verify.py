@@ -28,7 +28,7 @@ from pyhanko.sign.validation import async_validate_pdf_signature
 from pyhanko.sign.validation.dss import DocumentSecurityStore
 from pyhanko_certvalidator import ValidationContext
 
-from hub.render import ATTACHMENT_NAME
+from hub.documents.render import ATTACHMENT_NAME
 
 __all__ = ["SignatureReport", "VerifyReport", "extract_attachment", "extract_record", "load_certs",
            "signed_fields", "trust_roots_der", "verify_blocking", "verify_pdf"]

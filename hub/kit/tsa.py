@@ -2,13 +2,13 @@
 
 PAdES B-T needs a timestamping authority and B-LT needs the revocation data a validator would
 fetch; a province uses its CA's services, tests and the demo use these. ``TrustServices``
-serves, for the PKI in one directory (``hub.pki``):
+serves, for the PKI in one directory (``hub.kit.pki``):
 
 - ``POST /tsa``: RFC 3161 timestamps signed by ``tsa.pem`` (issued under the root on start);
 - ``POST /ocsp`` (and ``GET /ocsp/<base64>``): OCSP answers signed by the root itself;
 - ``GET /crl``: the root's CRL (DER).
 
-Certificates point here when issued with ``hub.pki.issue(..., services_url=services.url)``.
+Certificates point here when issued with ``hub.kit.pki.issue(..., services_url=services.url)``.
 ``start_signing_services`` starts what ``hocba-hub demo`` needs for a config's signing steps.
 Like the rest of the test PKI, nothing here is fit for production.
 """
@@ -35,7 +35,7 @@ from pyhanko.sign.general import simple_cms_attribute
 from pyhanko.sign.timestamps import DummyTimeStamper
 from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 
-from hub import pki
+from hub.kit import pki
 
 __all__ = ["DEMO_TSA", "TrustServices", "start_signing_services"]
 

@@ -9,7 +9,7 @@ and every record normalises or is refused with a field named.
 
 From a vendor's test suite::
 
-    from hub.testing import assert_conformant
+    from hub.kit.conformance import assert_conformant
 
     def test_conformance():
         # Fast retries: the kit injects 5xx, 429 and dropped connections.
@@ -17,7 +17,7 @@ From a vendor's test suite::
 
 or one pytest test per check::
 
-    @pytest.mark.parametrize("check", hub.testing.CHECKS)
+    @pytest.mark.parametrize("check", hub.kit.conformance.CHECKS)
     def test_conformance(check):
         assert_conformant("myvendor", checks=[check])
 
@@ -26,8 +26,8 @@ From a shell: ``hocba-hub conformance --adapter myvendor [--config hub.yaml]``.
 What the kit needs from the simulator (a ``hub.contracts.Simulator``):
 
 - ``Simulator(records=N, invalid=M, seed=S)`` serves ``seeded(i)`` (by default
-  ``hub.synthetic.transcript(i, S)``) for ``i < N`` and ``M`` records made with
-  ``hub.synthetic.invalid_transcript``, in the vendor's shape. The kit compares what the
+  ``hub.kit.synthetic.transcript(i, S)``) for ``i < N`` and ``M`` records made with
+  ``hub.kit.synthetic.invalid_transcript``, in the vendor's shape. The kit compares what the
   adapter normalises with those transcripts.
 - ``faults`` is a ``hub.contracts.Faults`` and honours ``outage``, ``fail_next_n``,
   ``rate_limit_next_n`` (with ``retry_after_seconds``) and ``drop_next_n_connections``.
@@ -58,9 +58,18 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 from pydantic_core import PydanticUndefined
 
-from hub.contracts import Adapter, Faults, Health, Page, PluginContext, PluginError, RawRecord, Simulator
+from hub.contracts import (
+    Adapter,
+    Faults,
+    Health,
+    Page,
+    PluginContext,
+    PluginError,
+    RawRecord,
+    Simulator,
+)
+from hub.kit.synthetic import INVALID_KINDS
 from hub.records import field_errors, parse_transcript
-from hub.synthetic import INVALID_KINDS
 
 __all__ = [
     "CHECKS", "CheckResult", "ConformanceError", "ConformanceReport",

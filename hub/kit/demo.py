@@ -20,11 +20,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hub import lifecycle as lc
 from hub import store as st
 from hub.config import ConfigError, HubConfig, load_config
 from hub.contracts import PluginError, Simulator
+from hub.engine.pipeline import Hub
 from hub.logs import configure
-from hub.pipeline import Hub
 from hub.plugins import adapter_types
 
 DEMO_KEY_PASSWORD_ENV = "HOCBA_DEMO_KEY_PASSWORD"
@@ -74,8 +75,8 @@ async def start_simulators(config: HubConfig, records: int, invalid: int
 
 
 async def run_demo(config_path: str | None, *, records: int, out: Path, invalid: int = 5) -> int:
-    from hub.pki import ensure_pki
-    from hub.synthetic import signing_identities
+    from hub.kit.pki import ensure_pki
+    from hub.kit.synthetic import signing_identities
 
     configure("console", "error")  # the summary lists every quarantine reason; keep the bar readable
     os.environ.setdefault(DEMO_KEY_PASSWORD_ENV, DEMO_KEY_PASSWORD)
@@ -95,7 +96,7 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
     for leftover in config.data_dir.glob("demo.sqlite3*"):
         leftover.unlink()  # each demo run starts from an empty store, as the simulators do
 
-    from hub.tsa import start_signing_services
+    from hub.kit.tsa import start_signing_services
 
     # A timestamping authority and remote-signing simulators, when the config's signing asks.
     services = await start_signing_services(config, config.data_dir / "pki", os.environ[DEMO_KEY_PASSWORD_ENV])
@@ -119,7 +120,7 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
             while not waiter.done():
                 await asyncio.wait({waiter}, timeout=0.25)
                 counts = hub.store.counts()
-                bar.n = sum(counts.get(s, 0) for s in st.FINAL_STATES)
+                bar.n = sum(counts.get(s, 0) for s in lc.FINAL_STATES)
                 bar.refresh()
         rows = hub.store.rows()
     finally:
@@ -136,7 +137,7 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
 async def _serve(hub: Hub):
     import uvicorn
 
-    from hub.app import create_app
+    from hub.web.app import create_app
 
     server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
                                            lifespan="off"))
@@ -153,7 +154,7 @@ def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Pat
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
     for row in rows:
-        if row.state == st.DELIVERED:
+        if row.state == lc.DELIVERED:
             name = f"{row.school_code}-{row.record_id[:8]}-v{row.version}.pdf"
             (out / name).write_bytes(row.pdf)
     shutil.copyfile(root_pem, out / "root-ca.pem")
@@ -161,17 +162,17 @@ def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Pat
     print("\nrecords by state:")
     for state, n in sorted(counts.items()):
         print(f"  {state:<12} {n}")
-    quarantined = [r for r in rows if r.state == st.QUARANTINED]
+    quarantined = [r for r in rows if r.state == lc.QUARANTINED]
     if quarantined:
         print("\nquarantined (with reasons):")
         for row in quarantined:
             print(f"  {row.adapter}/{row.source_id}: " + "; ".join(row.errors))
-    failed = [r for r in rows if r.state == st.FAILED]
+    failed = [r for r in rows if r.state == lc.FAILED]
     for row in failed:
         print(f"  FAILED {row.adapter}/{row.source_id}: " + "; ".join(row.errors))
 
     accepted = destination.accepted()
-    delivered = {r.record_id: r.version for r in rows if r.state == st.DELIVERED}
+    delivered = {r.record_id: r.version for r in rows if r.state == lc.DELIVERED}
     problems = []
     if len(delivered) != records:
         problems.append(f"{len(delivered)} of {records} valid records delivered")

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
+from hub import lifecycle as lc
 from hub import store as st
 from hub.config import DeliveryConfig
 from hub.contracts import Delivery, DeliveryError
 from hub.records import parse_transcript
 
 if TYPE_CHECKING:
-    from hub.pipeline import Hub
+    from hub.engine.pipeline import Hub
 
 
 def _utc(seconds_from_now: float = 0.0) -> str:
@@ -182,7 +183,7 @@ class Outbox:
                 return
             sent = await hub._db(hub.store.sent_version, row.record_id)
             if sent is not None and sent[0] > row.version:
-                await hub._move(row, st.SUPERSEDED, detail=f"destination already holds version {sent[0]}")
+                await hub._move(row, lc.SUPERSEDED, detail=f"destination already holds version {sent[0]}")
                 return
             record = parse_transcript(row.normalized)
             delivery = Delivery(row.record_id, row.version, row.event,
@@ -194,7 +195,7 @@ class Outbox:
                 await self._failed(row, attempts, exc)
                 return
             self.breaker.success()
-            await hub._move(row, st.DELIVERED, receipt={
+            await hub._move(row, lc.DELIVERED, receipt={
                 "receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
                 "duplicate": receipt.duplicate, **receipt.detail,
             })
@@ -224,17 +225,17 @@ class Outbox:
                     held = None
             if held is None:
                 # Without knowing what the destination holds, the safe move is an operator's.
-                await hub._move(row, st.DEAD_LETTER, detail="version conflict", errors=[reason])
+                await hub._move(row, lc.DEAD_LETTER, detail="version conflict", errors=[reason])
                 hub.count_dead_letter()
                 return
             new_pk = await hub._db(hub.store.reissue, row.id, row.state, held,
                                    f"destination holds version {held}; sending as the next version")
             hub.log.warning("delivery.reconciled", record_id=row.record_id, held_version=held,
                             old_version=row.version, adapter=row.adapter, school_code=row.school_code)
-            hub._enqueue(new_pk, st.RECEIVED)
+            hub._enqueue(new_pk, lc.RECEIVED)
             return
         if exc.permanent:
-            await hub._move(row, st.DEAD_LETTER, detail="refused by the destination", errors=[reason])
+            await hub._move(row, lc.DEAD_LETTER, detail="refused by the destination", errors=[reason])
             hub.count_dead_letter()
             return
         was_open = self.breaker.is_open
@@ -246,7 +247,7 @@ class Outbox:
             return
         attempts += 1
         if attempts >= self.policy.max_attempts:
-            await hub._move(row, st.DEAD_LETTER, detail=f"gave up after {attempts} attempts", errors=[reason])
+            await hub._move(row, lc.DEAD_LETTER, detail=f"gave up after {attempts} attempts", errors=[reason])
             hub.count_dead_letter()
             return
         delay = self.backoff.seconds(attempts, exc.retry_after)

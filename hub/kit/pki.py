@@ -9,7 +9,7 @@ identity (``SigningIdentity.key``: personal id, or the school code for a seal), 
 ``tsa.pem``/``tsa.key`` for a timestamping authority (``issue_tsa``).
 
 Certificates issued with ``services_url`` name an OCSP responder (``<url>/ocsp``) and a CRL
-(``<url>/crl``) there, as a real CA's do: ``hub.tsa.TrustServices`` answers both on loopback,
+(``<url>/crl``) there, as a real CA's do: ``hub.kit.tsa.TrustServices`` answers both on loopback,
 so PAdES B-LT signatures can embed real revocation data.
 """
 
@@ -24,7 +24,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import (
-    AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID, ObjectIdentifier,
+    AuthorityInformationAccessOID,
+    ExtendedKeyUsageOID,
+    NameOID,
+    ObjectIdentifier,
 )
 
 from hub.contracts import SigningIdentity
@@ -119,7 +122,7 @@ def issue(directory: Path, identities: Iterable[SigningIdentity], password: str 
     school (O = school code), with keyUsage digitalSignature + nonRepudiation and a chain to
     the root, which is created when missing. ``expired`` issues certificates whose validity
     ended yesterday and ``not_yet_valid`` ones that start tomorrow, for testing that signers
-    refuse them. ``services_url`` names the OCSP responder and CRL (``hub.tsa.TrustServices``).
+    refuse them. ``services_url`` names the OCSP responder and CRL (``hub.kit.tsa.TrustServices``).
     """
     directory = Path(directory)
     create_root(directory)

@@ -33,7 +33,11 @@ from fpdf import FPDF
 from fpdf.fonts import SubsetMap, TTFFont
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.fields import SigFieldSpec, append_signature_field, enumerate_sig_fields
+from pyhanko.sign.fields import (
+    SigFieldSpec,
+    append_signature_field,
+    enumerate_sig_fields,
+)
 
 from hub.contracts import SIGNING_ROLES
 from hub.records import (

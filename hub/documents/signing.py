@@ -1,0 +1,69 @@
+"""Who signs a transcript in which role, and the request a signer receives.
+
+The PAdES signature itself lives in ``hub.documents.pades``; keys held on this machine in
+``hub.documents.local_keys``. Remote and hardware signers implement ``hub.contracts.Signer``
+and call ``pades.sign_elsewhere`` with their own pyHanko signer.
+"""
+
+from __future__ import annotations
+
+from hub.contracts import (
+    SIGNING_ROLES,
+    PluginError,
+    SigningIdentity,
+    SignRequest,
+)
+from hub.documents.render import ROLE_LABELS
+from hub.records import PrimaryTranscript, SecondaryTranscript
+
+
+class SigningError(PluginError):
+    """One request cannot be signed (unknown identity, expired certificate, missing field).
+
+    The signer itself still works: other records go on; this one waits for a fix.
+    """
+
+
+# --- who signs ------------------------------------------------------------------------------------
+
+def identity_for(record: PrimaryTranscript | SecondaryTranscript, role: str) -> SigningIdentity:
+    """The identity that signs ``record`` in ``role`` (``hub.contracts.SIGNING_ROLES``).
+
+    Raises ``SigningError`` when a person's personal id is missing: ``SigningIdentity.key``
+    would fall back to the school code and pick the school seal's key to sign as that person.
+    """
+    s = record.signatories
+    if role == "school_seal":
+        return SigningIdentity(role, record.school_name, record.school_code)
+    people = {
+        "homeroom_teacher": (s.homeroom_teacher_name, s.homeroom_teacher_personal_id),
+        "principal": (s.principal_name, s.principal_personal_id),
+    }
+    if role not in people:
+        raise ValueError(f"unknown signing role {role!r}; expected one of {', '.join(SIGNING_ROLES)}")
+    name, personal_id = people[role]
+    if not personal_id:
+        raise SigningError(f"signatories.{role}_personal_id: missing, so no key can be chosen "
+                           f"for {role} {name}")
+    return SigningIdentity(role, name, record.school_code, personal_id)
+
+
+def request_for(record: PrimaryTranscript | SecondaryTranscript, pdf: bytes, role: str, *,
+                level: str = "B-B", timestamp_url: str = "") -> SignRequest:
+    """A request to sign ``role``'s field of the rendered ``pdf`` of ``record`` at PAdES ``level``."""
+    return SignRequest(
+        pdf=pdf,
+        field_name=role,
+        identity=identity_for(record, role),
+        reason=f"{ROLE_LABELS[role]} ký học bạ {record.transcript_id}",
+        location=record.signatories.issue_place,
+        level=level,
+        timestamp_url=timestamp_url,
+    )
+
+
+# --- the PAdES signature --------------------------------------------------------------------------
+
+# A stamp shows a name, a role and a time: ASCII, Latin-1 and the Vietnamese letters. pyHanko
+# parses and subsets the stamp font for every signature, so the smaller it is the better
+# (≈300 glyphs instead of the page font's 1300: a fifth of the signing time saved).
