@@ -9,8 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
 
 def _print_errors(lines: list[str]) -> None:
     for line in lines:
@@ -67,8 +65,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_normalize(args: argparse.Namespace) -> int:
     from hub.contracts import PluginContext, RawRecord
+    from hub.engine.normalize import Envelope, normalize
     from hub.plugins import adapter_types
-    from hub.records import field_errors, parse_transcript
     from hub.store import record_id_for
 
     info = adapter_types().get(args.adapter)
@@ -83,16 +81,12 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     # Normalising needs no connection, so the adapter gets its settings' defaults unvalidated.
     adapter = info.cls(info.cls.Settings.model_construct(), PluginContext(args.adapter, Path(".")))
     raw = RawRecord(source_id=path.stem, payload=payload)
-    try:
-        data = adapter.normalize(raw)
-        record = parse_transcript({**data, "record_id": record_id_for(args.adapter, path.stem),
-                                   "event": "NEW", "version": 1, "updated_at": "2025-01-01T00:00:00"})
-    except ValidationError as exc:
-        _print_errors(field_errors(exc))
+    envelope = Envelope(record_id_for(args.adapter, path.stem), 1, "NEW", "2025-01-01T00:00:00")
+    outcome = normalize(adapter, raw, envelope)
+    if outcome.record is None:
+        _print_errors(list(outcome.errors))
         return 1
-    except (ValueError, KeyError, TypeError) as exc:
-        _print_errors([str(exc)])
-        return 1
+    record = outcome.record
     print(record.model_dump_json(by_alias=not args.snake_case, indent=2))
     return 0
 

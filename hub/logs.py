@@ -13,8 +13,10 @@ import sys
 from typing import Any
 
 import structlog
+from pydantic import BaseModel, SecretStr
 
-_SECRET_KEY = re.compile(r"(password|passwd|secret|token|authorization|api_key|apikey|pin|private_key)", re.I)
+# A key or setting whose name says its value is a secret.
+SECRET_NAME = re.compile(r"(password|passwd|secret|token|authorization|api_key|apikey|pin|private_key)", re.I)
 _PERSONAL_ID = re.compile(r"(?<!\d)\d{9}(\d{3})(?!\d)")
 # Bearer tokens and key=value secrets inside free text (an exception message that quotes a URL).
 _INLINE_SECRET = re.compile(r"(?i)(bearer\s+|(?:password|secret|token)=)[^\s&\"',]+")
@@ -30,7 +32,7 @@ def _clean(value: Any) -> Any:
     if isinstance(value, str):
         return mask(value)
     if isinstance(value, dict):
-        return {k: "***" if _SECRET_KEY.search(str(k)) else _clean(v) for k, v in value.items()}
+        return {k: "***" if SECRET_NAME.search(str(k)) else _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
@@ -38,7 +40,7 @@ def _clean(value: Any) -> Any:
 
 def redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: drop the value of every key that names a secret."""
-    return {k: ("***" if _SECRET_KEY.search(k) and k != "event" else v) for k, v in event.items()}
+    return {k: ("***" if SECRET_NAME.search(k) and k != "event" else v) for k, v in event.items()}
 
 
 def mask_personal_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -71,3 +73,81 @@ def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> Non
 
 def get_logger(**bound: Any) -> Any:
     return structlog.get_logger("hocba_hub").bind(**bound)
+
+
+# --- what may leave the hub: no secret, and for viewers no personal value --------------------
+
+_QUOTED = re.compile(r"""'[^']*'|"[^"]*\"""")
+# A calendar date, year first or last (2015-02-30, 30/02/2015, 30.02.2015), with any time of day;
+# the look-arounds keep IP addresses and version numbers intact.
+_DATE = re.compile(r"(?<![\d.])(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})(?![\d.]?\d)"
+                   r"(?:[T ]\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?)?")
+
+
+def public_error(line: str) -> str:
+    """An error line fit for a viewer or the wall screen: personal ids masked (``hub.logs.mask``)
+    and quoted values and dates blanked, since a vendor's message may quote a name or birth date."""
+    return _DATE.sub("…", _QUOTED.sub("'…'", mask(line)))
+
+
+def secrets_in(settings: Any) -> list[str]:
+    """Every secret in a settings object: ``SecretStr`` values and any value whose name says it
+    is a secret. Longest first, so a secret containing another is replaced whole."""
+    found: set[str] = set()
+
+    def walk(node: Any, key: str = "") -> None:
+        if isinstance(node, SecretStr):
+            found.add(node.get_secret_value())
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name), name)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, str(k))
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, str) and key and SECRET_NAME.search(key):
+            found.add(node)
+
+    walk(settings)
+    # Very short values ("1", "on") would blank ordinary text and protect nothing.
+    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+
+
+def secret_values(config: Any) -> list[str]:
+    """Every secret in a loaded config: admin tokens and every section's settings' secrets."""
+    found: set[str] = {t.token.get_secret_value() for t in config.admin.tokens}
+
+    def walk(node: Any) -> None:
+        found.update(secrets_in(node))
+
+    for section in [*config.adapters, config.destination, *config.signers]:
+        walk(section.settings)
+    for getter, names in ((config.adapter_settings, [a.name for a in config.adapters]),
+                          (config.signer_settings, [s.name for s in config.signers])):
+        for name in names:
+            try:
+                walk(getter(name))
+            except KeyError:  # a section that failed validation has no settings object
+                pass
+    try:
+        walk(config.destination_settings())
+    except AssertionError:  # the destination's section failed validation: nothing loaded
+        pass
+    # Very short values ("1", "on") would blank ordinary text and protect nothing.
+    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+
+
+def scrub(value: Any, secrets: list[str]) -> Any:
+    """``value`` with every secret in every string replaced by ``***``."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v, secrets) for v in value]
+    return value

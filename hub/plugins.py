@@ -92,3 +92,9 @@ def adapter_types() -> dict[str, PluginInfo]:
 def signer_types() -> dict[str, PluginInfo]:
     """Every registered signer class by name."""
     return _collect(manager().hook.hocba_hub_signer_types, Signer, "signer")
+
+
+def reload() -> None:
+    """Read the entry points again (after ``HOCBA_HUB_LOAD_PLUGINS`` changed, e.g. in a test)."""
+    for cached in (manager, adapter_types, signer_types):
+        cached.cache_clear()

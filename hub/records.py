@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
+
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,8 +28,12 @@ from pydantic import (
     model_validator,
 )
 
+# The central format's clock: every school's dates and vendor timestamps are Vietnam time (UTC+7,
+# no daylight saving). Everything in the hub that reads or prints local time uses this one.
+VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
+
 __all__ = [
-    "Event", "SchoolLevel", "Gender", "PrimaryLevel", "QualityLevel", "SecondaryLevel",
+    "VIETNAM_TIME", "Event", "SchoolLevel", "Gender", "PrimaryLevel", "QualityLevel", "SecondaryLevel",
     "CommentResult", "Student", "Signatories", "PrimarySubject", "SecondarySubject",
     "TermLevels", "Certificate", "PrimaryTranscript", "SecondaryTranscript",
     "TranscriptRecord", "parse_transcript", "transcript_json_schema", "field_errors",

@@ -1,6 +1,6 @@
 """EMIS-style school software (REST/JSON, HMAC-signed requests): see CONTRACT.md."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

@@ -20,24 +20,26 @@ from urllib.parse import quote
 
 import aiohttp
 import structlog
-from pydantic import Field, HttpUrl, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from yarl import URL
 
-from hub.contracts import (
+from hub import (
+    VIETNAM_TIME,
     Adapter,
     Health,
+    HttpPullMixin,
+    HttpPullSettings,
     Page,
     PluginContext,
     PluginError,
     PluginSettings,
     RawRecord,
+    Transient,
 )
-from hub.kit.http import HttpPullMixin, Transient
 
 log = structlog.get_logger(__name__)
 
 RECORDS_PATH = "/api/v1/transcripts"
-VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
 # A server that keeps answering "no records, but more to come" must not hold a worker forever.
 MAX_EMPTY_PAGES = 50
 # What the operator should do about each refusal the contract defines.
@@ -58,30 +60,16 @@ class _TokenExpired(Exception):
     """The server no longer honours a continuation token (``410``)."""
 
 
-class MisaSettings(PluginSettings):
+class MisaSettings(HttpPullSettings):
     """The ``settings`` of a ``misa`` adapter in the hub's YAML.
 
     ``api_key`` identifies the province and travels in every request, like an access-key id;
     ``api_secret`` only ever keys the HMAC and never leaves the hub.
     """
-    base_url: HttpUrl = Field(description="Root of the vendor API, e.g. https://emis.example.vn")
     api_key: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
                          description="API key id issued to the province (sent as X-Api-Key)")
     api_secret: SecretStr = Field(min_length=16, description="HMAC-SHA256 signing secret; use ${ENV_VAR}")
     page_size: int = Field(default=100, ge=1, le=500, description="Records per page (limit)")
-    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for one HTTP request")
-    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request before giving up")
-    backoff_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles, with jitter")
-    max_backoff_seconds: float = Field(
-        default=60.0, gt=0, description="Longest wait between tries; a longer Retry-After gives up until the next poll")
-
-    @field_validator("base_url")
-    @classmethod
-    def _plain_root(cls, url: HttpUrl) -> HttpUrl:
-        # Endpoint paths are appended to base_url; a query or fragment would end up in the middle.
-        if url.query or url.fragment:
-            raise ValueError("base_url must not have a query string or fragment")
-        return url
 
 
 # --- request signing -------------------------------------------------------------------------
@@ -134,7 +122,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
 
     # --- lifecycle: open/close and _base come from hub.kit.http.HttpPullMixin -----------------------
 
-    def _configure_http(self, http: aiohttp.ClientSession) -> None:
+    def configure_http(self, http: aiohttp.ClientSession) -> None:
         # aiohttp silently resends an idempotent request once when a connection drops, with
         # the same headers, hence the same nonce, which the server must refuse as a replay.
         # Our own retries sign every attempt afresh, so that resend is switched off (there is
@@ -144,14 +132,9 @@ class MisaAdapter(HttpPullMixin, Adapter):
 
     # --- HTTP plumbing -----------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        # A vendor error page may echo what it was sent; the secret must never reach a log line.
-        secret = self.settings.api_secret.get_secret_value()
-        return text.replace(secret, "***") if secret else text
-
     def _url(self, params: dict[str, Any]) -> tuple[URL, str]:
         query = canonical_query((k, str(v)) for k, v in params.items())
-        raw = self._base + RECORDS_PATH + (f"?{query}" if query else "")
+        raw = self.base_url + RECORDS_PATH + (f"?{query}" if query else "")
         # encoded=True: the bytes on the wire are exactly the query that was signed.
         return URL(raw, encoded=True), query
 
@@ -166,9 +149,9 @@ class MisaAdapter(HttpPullMixin, Adapter):
                 "X-Signature": mac}
 
     async def _send_once(self, method: str, url: URL, query: str) -> tuple[int, str, bytes]:
-        status, content_type, body, retry_after = await self._request(
+        status, content_type, body, retry_after = await self.request(
             method, url, headers=self._signed_headers(method, url, query))
-        self._raise_if_unavailable(method, url, status, retry_after)
+        self.raise_if_unavailable(method, url, status, retry_after)
         if status == 401 and self._error(status, body)[0] == "REPLAYED_NONCE":
             # Only a transport-level resend of our own request can repeat a nonce; the next
             # attempt carries a fresh one.
@@ -177,7 +160,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
 
     async def _send(self, method: str, url: URL, query: str, *, attempts: int | None = None) -> tuple[int, str, bytes]:
         """One request, retried on transient faults; ``MisaError`` once the attempts are spent."""
-        return await self._retrying(method, url, attempts, lambda: self._send_once(method, url, query))
+        return await self.retry(method, url, attempts, lambda: self._send_once(method, url, query))
 
     def _json(self, url: URL, content_type: str, body: bytes) -> Any:
         """Decode a 200 body, or say clearly that the server sent something else."""
@@ -185,7 +168,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
         if media != "application/json" and not media.endswith("+json"):
             snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
             raise MisaError(f"GET {url} answered 200 with {media or 'no Content-Type'}, "
-                            f"not JSON: {self._scrub(snippet)!r}")
+                            f"not JSON: {self.scrub(snippet)!r}")
         try:
             return json.loads(body.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -214,9 +197,9 @@ class MisaAdapter(HttpPullMixin, Adapter):
         if status == 401:
             # There is no token to renew: a refused signature needs an operator, not a retry.
             hint = AUTH_HINTS.get(code, "check api_key and api_secret")
-            raise MisaError(self._scrub(
+            raise MisaError(self.scrub(
                 f"GET {url}: request refused: {code}: {message} ({hint}; key {self.settings.api_key!r})"))
-        raise MisaError(self._scrub(f"GET {url} answered HTTP {status}: {code}: {message}"))
+        raise MisaError(self.scrub(f"GET {url} answered HTTP {status}: {code}: {message}"))
 
     # --- pull --------------------------------------------------------------------------------
 
@@ -295,7 +278,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
             self._page(data, str(url))
             return Health(True, "signed request accepted; transcript feed readable")
         except MisaError as exc:
-            return Health(False, self._scrub(str(exc)))
+            return Health(False, self.scrub(str(exc)))
         except _TokenExpired:  # pragma: no cover - no token is sent
             return Health(False, "the server answered 410 without a continuation token")
         finally:

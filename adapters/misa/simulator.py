@@ -26,14 +26,20 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from hub.contracts import Faults
-from hub.kit.simulation import FaultySimulator, drop_connection
-from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
+from hub import (
+    INVALID_KINDS,
+    VIETNAM_TIME,
+    Faults,
+    FaultySimulator,
+    drop_connection,
+    invalid_transcript,
+    nfd,
+    transcript,
+)
 
 RECORDS_PATH = "/api/v1/transcripts"
 MAX_PAGE_SIZE = 500
 MAX_SKEW_SECONDS = 300
-VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7))
 FIRST_UPDATE = dt.datetime(2025, 6, 1, 7, 0, 0, tzinfo=VIETNAM_TIME)
 _ID_NAMESPACE = uuid.UUID("9e3a6c1d-2f4b-4d7e-8a0c-5b6d7e8f9a10")
 

@@ -1,6 +1,6 @@
 """The central transcript store (destination): see CONTRACT.md."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

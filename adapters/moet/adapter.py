@@ -18,7 +18,7 @@ import aiohttp
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_core import to_json
 
-from hub.contracts import (
+from hub import (
     Adapter,
     Delivery,
     DeliveryError,
@@ -64,7 +64,7 @@ class MoetAdapter(Adapter):
     def __init__(self, settings: MoetSettings, context: PluginContext):
         super().__init__(settings, context)
         self._session: aiohttp.ClientSession | None = None
-        self._base = str(settings.base_url).rstrip("/")
+        self.base_url = str(settings.base_url).rstrip("/")
 
     async def open(self) -> None:
         if self._session is None:
@@ -99,7 +99,7 @@ class MoetAdapter(Adapter):
             filename=f"{delivery.record_id}-v{delivery.version}.pdf",
         )
         try:
-            async with session.post(self._base + SUBMIT_PATH, data=form, allow_redirects=False) as resp:
+            async with session.post(self.base_url + SUBMIT_PATH, data=form, allow_redirects=False) as resp:
                 body = await _json_body(resp)
                 status, headers = resp.status, resp.headers
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -125,7 +125,7 @@ class MoetAdapter(Adapter):
         """What the store holds for ``record_id`` (``highest_version``, ``receipt_id``,
         ``cancelled``), or ``None`` if it holds nothing: the hub reconciles a 409 with this."""
         session = self._require_session()
-        url = f"{self._base}{SUBMIT_PATH}/{quote(record_id, safe='')}"
+        url = f"{self.base_url}{SUBMIT_PATH}/{quote(record_id, safe='')}"
         try:
             async with session.get(url, allow_redirects=False) as resp:
                 body = await _json_body(resp)
@@ -144,20 +144,20 @@ class MoetAdapter(Adapter):
         # Usable before open(), so ``hocba-hub check`` can test a config without starting.
         session = self._session or self._new_session()
         try:
-            async with session.get(self._base + HEALTH_PATH, allow_redirects=False) as resp:
+            async with session.get(self.base_url + HEALTH_PATH, allow_redirects=False) as resp:
                 if resp.status != 200:
-                    return Health(False, f"moet: {self._base}{HEALTH_PATH} answered {resp.status}")
-            async with session.get(self._base + PING_PATH, allow_redirects=False) as resp:
+                    return Health(False, f"moet: {self.base_url}{HEALTH_PATH} answered {resp.status}")
+            async with session.get(self.base_url + PING_PATH, allow_redirects=False) as resp:
                 if resp.status in (401, 403):
-                    return Health(False, f"moet: token rejected by {self._base} ({resp.status}); check settings.token")
+                    return Health(False, f"moet: token rejected by {self.base_url} ({resp.status}); check settings.token")
                 if resp.status != 200:
-                    return Health(False, f"moet: {self._base}{PING_PATH} answered {resp.status}")
+                    return Health(False, f"moet: {self.base_url}{PING_PATH} answered {resp.status}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            return Health(False, f"moet: cannot reach {self._base}: {_describe(exc)}")
+            return Health(False, f"moet: cannot reach {self.base_url}: {_describe(exc)}")
         finally:
             if session is not self._session:
                 await session.close()
-        return Health(True, f"moet: {self._base} reachable, token accepted")
+        return Health(True, f"moet: {self.base_url} reachable, token accepted")
 
 
 def _check_envelope(delivery: Delivery) -> None:

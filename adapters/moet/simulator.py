@@ -21,9 +21,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from hub.contracts import Faults, Simulator
-from hub.kit.simulation import LoopbackServer
-from hub.records import Event, field_errors, parse_transcript
+from hub import Event, Faults, LoopbackServer, Simulator, field_errors, parse_transcript
 
 DEFAULT_TOKEN = "demo-moet-token"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024

@@ -1,6 +1,6 @@
 """School software that pushes transcripts to the hub (signed webhooks): see CONTRACT.md."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

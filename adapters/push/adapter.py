@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from hub.contracts import Adapter, PluginContext, PluginSettings, RawRecord
+from hub import VIETNAM_TIME, Adapter, PluginContext, PluginSettings, RawRecord
 
 TIMESTAMP_HEADER = "X-Hocba-Timestamp"
 SIGNATURE_HEADER = "X-Hocba-Signature"
@@ -29,7 +29,6 @@ ENVELOPE_KEYS = frozenset({"source_id", "updated_at", "deleted", "transcript"})
 # silently, so it is told instead.
 HUB_OWNED = frozenset({"record_id", "event", "version", "updated_at",
                        "idbanghi", "sukien", "phienban", "thoigiancapnhat"})
-VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
 MAX_SOURCE_ID = 200
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 

@@ -27,8 +27,7 @@ from typing import Any
 import aiohttp
 
 from adapters.push.adapter import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from hub.contracts import Simulator
-from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
+from hub import INVALID_KINDS, Simulator, invalid_transcript, nfd, transcript
 
 FIRST_UPDATE = dt.datetime(2025, 6, 1, 7, 0, 0)
 

@@ -1,6 +1,6 @@
 """CSV/XLSX files dropped in a watched folder, for schools without an API: see CONTRACT.md."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 import structlog
 from pydantic import Field, ValidationError, field_validator
 
-from hub.contracts import (
+from hub import (
     Adapter,
     Health,
     Page,
@@ -37,8 +37,9 @@ from hub.contracts import (
     PluginError,
     PluginSettings,
     RawRecord,
+    field_errors,
+    parse_transcript,
 )
-from hub.records import field_errors, parse_transcript
 
 log = structlog.get_logger(__name__)
 

@@ -14,8 +14,7 @@ from typing import Any
 
 from adapters.spreadsheet.adapter import row_from_central
 from adapters.spreadsheet.templates.generate import write_csv, write_xlsx
-from hub.contracts import Simulator
-from hub.kit.synthetic import invalid_transcript, transcript
+from hub import Simulator, invalid_transcript, transcript
 
 
 class SpreadsheetSimulator(Simulator):

@@ -1,6 +1,6 @@
 """SMAS-style school software (XML over HTTP, secondary schools): see CONTRACT.md."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

@@ -20,26 +20,27 @@ from xml.etree.ElementTree import Element, ParseError, tostring
 import structlog
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from pydantic import Field, HttpUrl, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from yarl import URL
 
-from hub.contracts import (
+from hub import (
+    VIETNAM_TIME,
     Adapter,
     Health,
+    HttpPullMixin,
+    HttpPullSettings,
     Page,
     PluginContext,
     PluginError,
     PluginSettings,
     RawRecord,
 )
-from hub.kit.http import HttpPullMixin
 
 log = structlog.get_logger(__name__)
 
 SESSION_PATH = "/api/v2/sessions"
 RECORDS_PATH = "/api/v2/transcripts"
 XML_MEDIA_TYPES = ("application/xml", "text/xml")
-VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
 # A server that keeps answering "no records, but more to come" must not hold a worker forever.
 MAX_EMPTY_PAGES = 50
 
@@ -52,24 +53,10 @@ class _CursorExpired(Exception):
     """The server no longer honours a cursor it issued (``410 CURSOR_EXPIRED``)."""
 
 
-class ViettelSettings(PluginSettings):
+class ViettelSettings(HttpPullSettings):
     """The ``settings`` of a ``viettel`` adapter in the hub's YAML."""
-    base_url: HttpUrl = Field(description="Root of the vendor API, e.g. https://smas.example.vn")
     api_key: SecretStr = Field(min_length=1, description="API key issued to the province; use ${ENV_VAR}")
     page_size: int = Field(default=100, ge=1, le=200, description="Records per page (pageSize)")
-    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for one HTTP request")
-    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request before giving up")
-    backoff_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles, with jitter")
-    max_backoff_seconds: float = Field(
-        default=60.0, gt=0, description="Longest wait between tries; a longer Retry-After gives up until the next poll")
-
-    @field_validator("base_url")
-    @classmethod
-    def _plain_root(cls, url: HttpUrl) -> HttpUrl:
-        # Endpoint paths are appended to base_url; a query or fragment would end up in the middle.
-        if url.query or url.fragment:
-            raise ValueError("base_url must not have a query string or fragment")
-        return url
 
 
 # --- XML, safely -----------------------------------------------------------------------------
@@ -167,28 +154,23 @@ class ViettelAdapter(HttpPullMixin, Adapter):
 
     # --- lifecycle: open/close and _base come from hub.kit.http.HttpPullMixin -----------------------
 
-    def _forget_credentials(self) -> None:
+    def forget_credentials(self) -> None:
         self._session_token = None
 
     # --- HTTP plumbing -----------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        # A vendor error page may echo request headers; neither the key nor a session token may
-        # reach a log line or a health page.
-        for secret in (self.settings.api_key.get_secret_value(), self._session_token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+    def live_secrets(self) -> list[str]:
+        return [self._session_token or ""]
 
     async def _send_once(self, method: str, url: URL, **kwargs: Any) -> tuple[int, str, bytes]:
-        status, content_type, body, retry_after = await self._request(method, url, **kwargs)
-        self._raise_if_unavailable(method, url, status, retry_after)
+        status, content_type, body, retry_after = await self.request(method, url, **kwargs)
+        self.raise_if_unavailable(method, url, status, retry_after)
         return status, content_type, body
 
     async def _send(self, method: str, url: URL, *, attempts: int | None = None,
                     **kwargs: Any) -> tuple[int, str, bytes]:
         """One request, retried on transient faults; ``ViettelError`` once the attempts are spent."""
-        return await self._retrying(method, url, attempts, lambda: self._send_once(method, url, **kwargs))
+        return await self.retry(method, url, attempts, lambda: self._send_once(method, url, **kwargs))
 
     def _document(self, method: str, url: URL, content_type: str, body: bytes) -> Element:
         """Parse a 200 body, or say clearly that the server sent something else."""
@@ -196,7 +178,7 @@ class ViettelAdapter(HttpPullMixin, Adapter):
         if media not in XML_MEDIA_TYPES and not media.endswith("+xml"):
             snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
             raise ViettelError(f"{method} {url} answered 200 with {media or 'no Content-Type'}, "
-                               f"not XML: {self._scrub(snippet)!r}")
+                               f"not XML: {self.scrub(snippet)!r}")
         try:
             return parse_xml(body, f"the answer ({len(body)} bytes)")
         except ValueError as exc:
@@ -210,17 +192,17 @@ class ViettelAdapter(HttpPullMixin, Adapter):
                 return (root.findtext("code") or f"HTTP {status}").strip(), (root.findtext("message") or "").strip()
         except ValueError:
             pass
-        return f"HTTP {status}", self._scrub(body[:200].decode("utf-8", "replace"))
+        return f"HTTP {status}", self.scrub(body[:200].decode("utf-8", "replace"))
 
     async def _open_session(self, attempts: int | None = None) -> None:
-        url = URL(self._base + SESSION_PATH)
+        url = URL(self.base_url + SESSION_PATH)
         self._session_token = None
         status, content_type, body = await self._send(
             "POST", url, attempts=attempts, headers={"X-Api-Key": self.settings.api_key.get_secret_value()})
         if status not in (200, 201):
             code, message = self._error(status, body)
             reason = f"{code}: {message}" if message else code
-            raise ViettelError(self._scrub(f"API key refused: {reason} (POST {url}; check api_key)"))
+            raise ViettelError(self.scrub(f"API key refused: {reason} (POST {url}; check api_key)"))
         root = self._document("POST", url, content_type, body)
         token = (root.findtext("token") or "").strip() if root.tag == "session" else ""
         if not token:
@@ -250,7 +232,7 @@ class ViettelAdapter(HttpPullMixin, Adapter):
                 raise _CursorExpired()
             if status != 200:
                 code, message = self._error(status, body)
-                raise ViettelError(self._scrub(f"GET {url} answered HTTP {status}: {code}: {message}"))
+                raise ViettelError(self.scrub(f"GET {url} answered HTTP {status}: {code}: {message}"))
             return self._document("GET", url, content_type, body)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -306,7 +288,7 @@ class ViettelAdapter(HttpPullMixin, Adapter):
                 params["cursor"] = position.token
             elif position.after is not None:
                 params["updatedAfter"] = _iso(position.after - dt.timedelta(seconds=1))
-            url = URL(self._base + RECORDS_PATH).with_query(params)
+            url = URL(self.base_url + RECORDS_PATH).with_query(params)
             shown = str(url)
             try:
                 root = await self._get(url)
@@ -344,11 +326,11 @@ class ViettelAdapter(HttpPullMixin, Adapter):
         try:
             # Always a fresh session: a revoked key must show here, not when the session expires.
             await self._open_session(attempts=1)
-            url = URL(self._base + RECORDS_PATH).with_query({"pageSize": 1})
+            url = URL(self.base_url + RECORDS_PATH).with_query({"pageSize": 1})
             self._page(await self._get(url, attempts=1), str(url))
             return Health(True, "API key accepted; transcript feed readable")
         except ViettelError as exc:
-            return Health(False, self._scrub(str(exc)))
+            return Health(False, self.scrub(str(exc)))
         except _CursorExpired:  # pragma: no cover - no cursor is sent
             return Health(False, "the server answered 410 without a cursor")
         finally:

@@ -26,15 +26,20 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.contracts import Faults
-from hub.kit.simulation import FaultySimulator
-from hub.kit.synthetic import INVALID_KINDS, SCHOOLS, invalid_transcript, transcript
+from hub import (
+    INVALID_KINDS,
+    SCHOOLS,
+    VIETNAM_TIME,
+    Faults,
+    FaultySimulator,
+    invalid_transcript,
+    transcript,
+)
 
 SESSION_PATH = "/api/v2/sessions"
 RECORDS_PATH = "/api/v2/transcripts"
 LEAK_PATH = "/xxe-target"   # what a hostile document's external entity points at; must never be fetched
 MAX_PAGE_SIZE = 200
-VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7))
 FIRST_UPDATE = dt.datetime(2025, 6, 1, 7, 0, 0, tzinfo=VIETNAM_TIME)
 _ID_NAMESPACE = uuid.UUID("2b7c4f0e-5a1d-4e8b-b3c9-7d1e0a6f4c21")
 SECONDARY_SLOTS = [i for i, school in enumerate(SCHOOLS) if school[3] in ("03", "04")]

@@ -1,6 +1,6 @@
 """vnEdu-style school software (REST/JSON pull): see CONTRACT.md."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

@@ -13,23 +13,25 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-from pydantic import Field, HttpUrl, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from yarl import URL
 
-from hub.contracts import (
+from hub import (
+    VIETNAM_TIME,
     Adapter,
     Health,
+    HttpPullMixin,
+    HttpPullSettings,
     Page,
     PluginContext,
     PluginError,
     PluginSettings,
     RawRecord,
+    Transient,
 )
-from hub.kit.http import HttpPullMixin, Transient
 
 TOKEN_PATH = "/oauth/token"
 RECORDS_PATH = "/api/v1/hocba"
-VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
@@ -41,25 +43,11 @@ class _Unauthorized(Exception):
     """The bearer token was refused (expired or revoked)."""
 
 
-class VnptSettings(PluginSettings):
+class VnptSettings(HttpPullSettings):
     """The ``settings`` of a ``vnpt`` adapter in the hub's YAML."""
-    base_url: HttpUrl = Field(description="Root of the vendor API, e.g. https://hocba.example.vn")
     client_id: str = Field(min_length=1, description="OAuth2 client id issued to the province")
     client_secret: SecretStr = Field(min_length=1, description="OAuth2 client secret; use ${ENV_VAR}")
     page_size: int = Field(default=100, ge=1, le=500, description="Records per page (sobanghi)")
-    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for one HTTP request")
-    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request before giving up")
-    backoff_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles, with jitter")
-    max_backoff_seconds: float = Field(
-        default=60.0, gt=0, description="Longest wait between tries; a longer Retry-After gives up until the next poll")
-
-    @field_validator("base_url")
-    @classmethod
-    def _plain_root(cls, url: HttpUrl) -> HttpUrl:
-        # Endpoint paths are appended to base_url; a query or fragment would end up in the middle.
-        if url.query or url.fragment:
-            raise ValueError("base_url must not have a query string or fragment")
-        return url
 
 
 def _parse_timestamp(value: Any) -> dt.datetime:
@@ -96,18 +84,13 @@ class VnptAdapter(HttpPullMixin, Adapter):
 
     # --- lifecycle: open/close and _base come from hub.kit.http.HttpPullMixin -----------------------
 
-    def _forget_credentials(self) -> None:
+    def forget_credentials(self) -> None:
         self._token = None
 
     # --- HTTP plumbing -----------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        # A vendor error page may echo the request; the secret must never reach a log or a health page.
-        secret = self.settings.client_secret.get_secret_value()
-        return text.replace(secret, "***") if secret else text
-
     async def _send_once(self, method: str, url: str | URL, **kwargs: Any) -> tuple[int, str, bytes]:
-        status, content_type, body, retry_after = await self._request(method, url, **kwargs)
+        status, content_type, body, retry_after = await self.request(method, url, **kwargs)
         # Unlike hub.kit.http's default, only a 429's Retry-After is honoured; a 5xx backs off.
         if status == 429:
             if retry_after is not None and retry_after > self.settings.max_backoff_seconds:
@@ -122,7 +105,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
     async def _send(self, method: str, url: str | URL, *, attempts: int | None = None,
                     **kwargs: Any) -> tuple[int, str, bytes]:
         """One request, retried on transient faults; ``VnptError`` once the attempts are spent."""
-        return await self._retrying(method, url, attempts, lambda: self._send_once(method, url, **kwargs))
+        return await self.retry(method, url, attempts, lambda: self._send_once(method, url, **kwargs))
 
     def _json(self, method: str, url: str, content_type: str, body: bytes) -> Any:
         """Decode a 200 body, or say clearly that the server sent something else."""
@@ -130,7 +113,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
         if media != "application/json" and not media.endswith("+json"):
             snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
             raise VnptError(f"{method} {url} answered 200 with {media or 'no Content-Type'}, "
-                            f"not JSON: {self._scrub(snippet)!r}")
+                            f"not JSON: {self.scrub(snippet)!r}")
         try:
             return json.loads(body.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -141,7 +124,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
                             f"({exc.msg} at char {exc.pos} of {len(body)} bytes)") from None
 
     async def _fetch_token(self, attempts: int | None = None) -> None:
-        url = self._base + TOKEN_PATH
+        url = self.base_url + TOKEN_PATH
         status, content_type, body = await self._send(
             "POST", url, attempts=attempts,
             data={"grant_type": "client_credentials", "client_id": self.settings.client_id,
@@ -153,7 +136,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
                 reason = f"{answer.get('error', reason)}: {answer.get('error_description', '')}".rstrip(": ")
             except (ValueError, AttributeError):
                 pass
-            raise VnptError(self._scrub(
+            raise VnptError(self.scrub(
                 f"token rejected: {reason} (POST {url}, client_id {self.settings.client_id!r}; "
                 "check client_id and client_secret)"))
         answer = self._json("POST", url, content_type, body)
@@ -168,7 +151,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
 
     async def _get(self, path: str, params: dict[str, Any], *, attempts: int | None = None) -> Any:
         """GET a JSON document with a valid token, re-authenticating once if the token was refused."""
-        url = URL(self._base + path).with_query(params)
+        url = URL(self.base_url + path).with_query(params)
         shown = str(url)
         for renewed in (False, True):
             if renewed or self._token is None or time.monotonic() >= self._token_expires:
@@ -182,7 +165,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
                 raise VnptError(f"GET {shown}: a freshly issued token was refused (401)")
             if status != 200:
                 snippet = body[:200].decode("utf-8", "replace")
-                raise VnptError(f"GET {shown} answered HTTP {status}: {self._scrub(snippet)}")
+                raise VnptError(f"GET {shown} answered HTTP {status}: {self.scrub(snippet)}")
             return self._json("GET", shown, content_type, body)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -239,7 +222,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
             params: dict[str, Any] = {"trang": page_no, "sobanghi": self.settings.page_size}
             if since is not None:
                 params = {"capnhattu": since.strftime(_TIMESTAMP_FORMAT), **params}
-            shown = str(URL(self._base + RECORDS_PATH).with_query(params))
+            shown = str(URL(self.base_url + RECORDS_PATH).with_query(params))
             total, size, rows = self._page(await self._get(RECORDS_PATH, params), shown)
             read = [self._raw(row, f"GET {shown}: DuLieu[{i}]") for i, row in enumerate(rows)]
             records = [raw for raw, updated in read
@@ -269,7 +252,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
             total = data.get("TongSo") if isinstance(data, dict) else None
             return Health(True, f"token accepted; {total} transcript(s) available")
         except VnptError as exc:
-            return Health(False, self._scrub(str(exc)))
+            return Health(False, self.scrub(str(exc)))
         finally:
             if opened_here:
                 await self.close()

@@ -22,9 +22,14 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.contracts import Faults
-from hub.kit.simulation import FaultySimulator
-from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
+from hub import (
+    INVALID_KINDS,
+    Faults,
+    FaultySimulator,
+    invalid_transcript,
+    nfd,
+    transcript,
+)
 
 TOKEN_PATH = "/oauth/token"
 RECORDS_PATH = "/api/v1/hocba"

@@ -43,6 +43,7 @@ from hub.contracts import SIGNING_ROLES
 from hub.records import (
     GENERAL_COMPETENCIES,
     QUALITIES,
+    VIETNAM_TIME,
     Gender,
     PrimaryTranscript,
     SchoolLevel,
@@ -198,7 +199,6 @@ def _add_fonts(pdf: FPDF) -> None:
 _MARGIN = 15.0
 _SIG_BOX_H = 22.0          # mm: the visible signature field
 _SIG_SECTION_H = 50.0      # mm: issue line + headings + field + name, kept on one page
-_VN_TZ = dt.timezone(dt.timedelta(hours=7), "ICT")
 
 
 @dataclass(frozen=True)
@@ -458,7 +458,7 @@ def _layout(record: PrimaryTranscript | SecondaryTranscript,
     pdf.set_auto_page_break(True, margin=12)
     _add_fonts(pdf)
     name = record.student.full_name
-    updated = record.updated_at if record.updated_at.tzinfo else record.updated_at.replace(tzinfo=_VN_TZ)
+    updated = record.updated_at if record.updated_at.tzinfo else record.updated_at.replace(tzinfo=VIETNAM_TIME)
     pdf.set_lang("vi")
     pdf.set_title(f"Học bạ - {name} - {record.class_name} - {record.school_year}")
     pdf.set_author(record.school_name)

@@ -63,7 +63,7 @@ class CircuitBreaker:
         self.open_since: float | None = None
         self.affected: set[str] = set()
         self._next_probe = 0.0
-        self._probing = False
+        self.probing = False  # a probe request is out while the breaker is open
         self.ended = False  # set when an outage ends, so the outbox makes every job due again
         self._log = log
 
@@ -75,9 +75,9 @@ class CircuitBreaker:
         """May a request go out now? While open, only one probe per interval."""
         if not self.is_open:
             return True
-        if self._probing or time.monotonic() < self._next_probe:
+        if self.probing or time.monotonic() < self._next_probe:
             return False
-        self._probing = True
+        self.probing = True
         return True
 
     def wait_seconds(self) -> float:
@@ -89,12 +89,12 @@ class CircuitBreaker:
             self._log.warning("destination.outage_ended", destination=self.name,
                               seconds=round(time.monotonic() - self.open_since, 1),
                               affected_records=len(self.affected))
-        self.failures, self.open_since, self._probing = 0, None, False
+        self.failures, self.open_since, self.probing = 0, None, False
         self.affected.clear()
 
     def failure(self, record_id: str, error: str) -> None:
         self.failures += 1
-        self._probing = False
+        self.probing = False
         if self.is_open:
             self.affected.add(record_id)
             self._next_probe = time.monotonic() + self.probe_seconds
@@ -143,17 +143,17 @@ class Outbox:
                 continue
             if self.breaker.ended:  # the destination is back: everything waiting goes now
                 self.breaker.ended = False
-                await hub._db(hub.store.make_due, _utc())
+                await hub.db(hub.store.make_due, _utc())
             probing = self.breaker.is_open
             free = 1 if probing else self._concurrency - len(self._tasks)
             if free <= 0:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            due = await hub._db(hub.store.claim_deliveries, hub.owner, hub.lease_seconds, free)
+            due = await hub.db(hub.store.claim_deliveries, hub.owner, hub.lease_seconds, free)
             if not due:
                 if probing:
-                    self.breaker._probing = False
-                next_due = await hub._db(hub.store.next_due)
+                    self.breaker.probing = False  # nothing was due: the probe slot is free again
+                next_due = await hub.db(hub.store.next_due)
                 wait = 5.0 if next_due is None else (
                     dt.datetime.fromisoformat(next_due) - dt.datetime.now(dt.timezone.utc)).total_seconds()
                 await self._sleep(min(max(wait, 0.01), 5.0))
@@ -177,25 +177,25 @@ class Outbox:
         self.active += 1
         started = time.perf_counter()
         try:
-            row = await hub._db(hub.store.get, pk)
+            row = await hub.db(hub.store.get, pk)
             if row.state != hub.last_signed_state:
-                await hub._db(hub.store.drop_delivery, pk)  # the record moved on meanwhile
+                await hub.db(hub.store.drop_delivery, pk)  # the record moved on meanwhile
                 return
-            sent = await hub._db(hub.store.sent_version, row.record_id)
+            sent = await hub.db(hub.store.sent_version, row.record_id)
             if sent is not None and sent[0] > row.version:
-                await hub._move(row, lc.SUPERSEDED, detail=f"destination already holds version {sent[0]}")
+                await hub.move(row, lc.SUPERSEDED, detail=f"destination already holds version {sent[0]}")
                 return
             record = parse_transcript(row.normalized)
             delivery = Delivery(row.record_id, row.version, row.event,
                                 record.model_dump(mode="json", by_alias=True), row.pdf)
-            await hub._db(hub.store.delivery_attempted, pk, row.record_id, row.version)
+            await hub.db(hub.store.delivery_attempted, pk, row.record_id, row.version)
             try:
                 receipt = await hub.destination.deliver(delivery)
             except DeliveryError as exc:
                 await self._failed(row, attempts, exc)
                 return
             self.breaker.success()
-            await hub._move(row, lc.DELIVERED, receipt={
+            await hub.move(row, lc.DELIVERED, receipt={
                 "receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
                 "duplicate": receipt.duplicate, **receipt.detail,
             })
@@ -207,7 +207,7 @@ class Outbox:
         except asyncio.CancelledError:
             # Stopped mid-send: the job goes back (the destination's idempotency makes a
             # re-send of a delivery that did arrive harmless).
-            await asyncio.shield(hub._db(hub.store.release_delivery, pk, hub.owner))
+            await asyncio.shield(hub.db(hub.store.release_delivery, pk, hub.owner))
             raise
         finally:
             self.active -= 1
@@ -225,17 +225,17 @@ class Outbox:
                     held = None
             if held is None:
                 # Without knowing what the destination holds, the safe move is an operator's.
-                await hub._move(row, lc.DEAD_LETTER, detail="version conflict", errors=[reason])
+                await hub.move(row, lc.DEAD_LETTER, detail="version conflict", errors=[reason])
                 hub.count_dead_letter()
                 return
-            new_pk = await hub._db(hub.store.reissue, row.id, row.state, held,
+            new_pk = await hub.db(hub.store.reissue, row.id, row.state, held,
                                    f"destination holds version {held}; sending as the next version")
             hub.log.warning("delivery.reconciled", record_id=row.record_id, held_version=held,
                             old_version=row.version, adapter=row.adapter, school_code=row.school_code)
-            hub._enqueue(new_pk, lc.RECEIVED)
+            hub.enqueue(new_pk, lc.RECEIVED)
             return
         if exc.permanent:
-            await hub._move(row, lc.DEAD_LETTER, detail="refused by the destination", errors=[reason])
+            await hub.move(row, lc.DEAD_LETTER, detail="refused by the destination", errors=[reason])
             hub.count_dead_letter()
             return
         was_open = self.breaker.is_open
@@ -243,15 +243,15 @@ class Outbox:
         if was_open:
             # A failed probe during an outage says nothing about this record: no attempt counted,
             # so an hour-long outage dead-letters nothing.
-            await hub._db(hub.store.retry_later, row.id, reason, _utc(self.policy.breaker_probe_seconds), False)
+            await hub.db(hub.store.retry_later, row.id, reason, _utc(self.policy.breaker_probe_seconds), False)
             return
         attempts += 1
         if attempts >= self.policy.max_attempts:
-            await hub._move(row, lc.DEAD_LETTER, detail=f"gave up after {attempts} attempts", errors=[reason])
+            await hub.move(row, lc.DEAD_LETTER, detail=f"gave up after {attempts} attempts", errors=[reason])
             hub.count_dead_letter()
             return
         delay = self.backoff.seconds(attempts, exc.retry_after)
-        await hub._db(hub.store.retry_later, row.id, reason, _utc(delay))
+        await hub.db(hub.store.retry_later, row.id, reason, _utc(delay))
         hub.count_retry()
         if not self.breaker.is_open:  # during an outage the breaker logs once, not every retry
             hub.log.info("delivery.retry", record_id=row.record_id, adapter=row.adapter,

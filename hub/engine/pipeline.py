@@ -24,16 +24,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pydantic import ValidationError
-
 from hub import lifecycle as lc
 from hub import store as st
 from hub.config import HubConfig
 from hub.contracts import Adapter, Health, PluginContext, PluginError, RawRecord, Signer
+from hub.engine.normalize import Envelope, normalize
 from hub.engine.outbox import Outbox
 from hub.logs import get_logger
 from hub.plugins import adapter_types, manager, signer_types
-from hub.records import field_errors, parse_transcript
+from hub.records import parse_transcript
 
 
 def render_job(normalized: dict[str, Any], roles: tuple[str, ...]) -> bytes:
@@ -157,7 +156,7 @@ class Hub:
         }
         if not self.store.shared:
             # Only this process uses the file: leases left by a killed run are void right away.
-            await self._db(self.store.release_all)
+            await self.db(self.store.release_all)
         for stage, (handler, slots) in stages.items():
             self._wake[stage] = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._stage(stage, handler, slots), name=f"hocba-{stage}"))
@@ -165,7 +164,7 @@ class Hub:
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="hocba-outbox"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="hocba-heartbeat"))
         self._tasks.append(asyncio.create_task(self._retention(), name="hocba-retention"))
-        resumed = len(await self._db(self.store.pending))
+        resumed = len(await self.db(self.store.pending))
         if pull:
             for name, adapter in self.adapters.items():
                 if adapter.can("fetch"):
@@ -203,7 +202,7 @@ class Hub:
         for event in self._pulled.values():
             await event.wait()
         while True:
-            if not self._working and self.outbox.active == 0 and not await self._db(self.store.pending):
+            if not self._working and self.outbox.active == 0 and not await self.db(self.store.pending):
                 return
             await asyncio.sleep(poll)
 
@@ -228,7 +227,7 @@ class Hub:
         checks: dict[str, Any] = {}
         try:
             # The shared store as this worker sees it: backend, schema, workers connected.
-            checks["store"] = {"ok": True, "detail": await self._db(self.store.describe)}
+            checks["store"] = {"ok": True, "detail": await self.db(self.store.describe)}
         except Exception as exc:  # the store is down: that is the answer, not an error
             checks["store"] = {"ok": False, "detail": str(exc)}
         plugins = self._plugins()
@@ -256,23 +255,12 @@ class Hub:
             except Exception as exc:
                 self.log.warning("plugin.close_failed", error=str(exc))
 
-    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
 
-    def _stage_for(self, state: str) -> str | None:
-        if state == lc.RECEIVED:
-            return "normalize"
-        if state == lc.NORMALIZED:
-            return "render"
-        if state == lc.RENDERED:
-            return "sign"
-        if state.startswith(lc.SIGNED_PREFIX):
-            return "deliver" if state == lc.SIGNED_PREFIX + self.roles[-1] else "sign"
-        return None
-
-    def _enqueue(self, pk: int, state: str) -> None:
+    def enqueue(self, pk: int, state: str) -> None:
         """Tell the stage that works on ``state`` that a record is waiting (it claims it)."""
-        stage = self._stage_for(state)
+        stage = lc.stage_of(state, self.roles)
         if stage == "deliver":
             if self.outbox is not None:
                 self.outbox.wake.set()
@@ -281,7 +269,7 @@ class Hub:
 
     async def _stage(self, stage: str, handler: Callable[[int], Awaitable[None]], slots: int) -> None:
         """Claim records waiting for ``stage`` and run ``handler`` on up to ``slots`` at once."""
-        states = self._states_for(stage)
+        states = lc.states_of(stage, self.roles)
         running: set[asyncio.Task[None]] = set()
         wake = self._wake[stage]
         try:
@@ -291,7 +279,7 @@ class Hub:
                     continue
                 wake.clear()
                 try:
-                    pks = await self._db(self.store.claim, states, self.owner, self.lease_seconds,
+                    pks = await self.db(self.store.claim, states, self.owner, self.lease_seconds,
                                          slots - len(running))
                 except self.store.unavailable as exc:  # the database is away: try again shortly
                     self.log.warning("store.unavailable", stage=stage, error=str(exc))
@@ -313,13 +301,6 @@ class Hub:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
 
-    def _states_for(self, stage: str) -> list[str]:
-        if stage == "normalize":
-            return [lc.RECEIVED]
-        if stage == "render":
-            return [lc.NORMALIZED]
-        return [lc.RENDERED] + [lc.SIGNED_PREFIX + role for role in self.roles[:-1]]
-
     async def _run(self, stage: str, handler: Callable[[int], Awaitable[None]], pk: int) -> None:
         started = time.perf_counter()
         try:
@@ -340,7 +321,7 @@ class Hub:
                 self._moved.discard(pk)
             else:  # the handler left the record as it was: give the lease back
                 try:
-                    await asyncio.shield(self._db(self.store.release, [pk], self.owner))
+                    await asyncio.shield(self.db(self.store.release, [pk], self.owner))
                 except self.store.unavailable:
                     pass  # the lease runs out by itself
 
@@ -349,14 +330,14 @@ class Hub:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                await self._db(self.store.renew, self.owner, self.lease_seconds)
+                await self.db(self.store.renew, self.owner, self.lease_seconds)
             except self.store.unavailable as exc:
                 self.log.warning("store.unavailable", task="heartbeat", error=str(exc))
 
-    async def _move(self, row: st.Row, state: str, *, detail: str | None = None, **fields: Any) -> None:
+    async def move(self, row: st.Row, state: str, *, detail: str | None = None, **fields: Any) -> None:
         # Signing the last step makes the delivery due: the job is written in the same transaction.
         due = state == self.last_signed_state
-        await self._db(self.store.advance, row.id, row.state, state, detail=detail, due=due, **fields)
+        await self.db(self.store.advance, row.id, row.state, state, detail=detail, due=due, **fields)
         if row.id in self._working:
             self._moved.add(row.id)
         school = fields.get("school_code") or row.school_code
@@ -367,21 +348,21 @@ class Hub:
         else:
             self.log.info("record.state", **event)
         self._hook.hocba_hub_record_event(event={**event, "errors": fields.get("errors")})
-        self._enqueue(row.id, state)
+        self.enqueue(row.id, state)
 
     async def _fail(self, pk: int, reason: str) -> None:
         try:
-            row = await self._db(self.store.get, pk)
+            row = await self.db(self.store.get, pk)
             if row.state not in lc.FINAL_STATES:
-                await self._move(row, lc.FAILED, detail=reason, errors=[reason])
+                await self.move(row, lc.FAILED, detail=reason, errors=[reason])
         except Exception as exc:
             self.log.error("record.fail_not_recorded", pk=pk, error=str(exc))
 
     async def _current(self, pk: int, stage: str) -> st.Row | None:
         """The record, if it is still at a state this stage works on (a rescan may have queued
         it from a snapshot that has since moved on)."""
-        row = await self._db(self.store.get, pk)
-        return row if self._stage_for(row.state) == stage else None
+        row = await self.db(self.store.get, pk)
+        return row if lc.stage_of(row.state, self.roles) == stage else None
 
     async def _retention(self) -> None:
         """Prune payloads of delivered records past the configured age, then every interval."""
@@ -389,7 +370,7 @@ class Hub:
         while True:
             cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=policy.delivered_payload_days)
             try:
-                result = await self._db(self.store.prune, cutoff.isoformat(timespec="milliseconds"))
+                result = await self.db(self.store.prune, cutoff.isoformat(timespec="milliseconds"))
             except self.store.unavailable as exc:
                 self.log.warning("store.unavailable", task="retention", error=str(exc))
                 await asyncio.sleep(60)
@@ -405,7 +386,7 @@ class Hub:
         log = self.log.bind(adapter=name)
         paused_logged = False
         while not self._stopping.is_set():
-            if name in await self._db(self.store.paused):
+            if name in await self.db(self.store.paused):
                 if not paused_logged:
                     log.info("adapter.paused")
                     paused_logged = True
@@ -420,22 +401,22 @@ class Hub:
             # pull (renewed by the heartbeat; a dead worker's lease runs out or, on PostgreSQL,
             # ends with its session). A worker that does not get it has nothing to pull now.
             try:
-                owned = await self._db(self.store.claim_pull, name, self.owner, self.lease_seconds)
+                owned = await self.db(self.store.claim_pull, name, self.owner, self.lease_seconds)
             except Exception as exc:
                 owned = False
                 log.error("adapter.pull_lease_failed", error=str(exc))
             if owned:
                 try:
-                    cursor = await self._db(self.store.cursor, name)
+                    cursor = await self.db(self.store.cursor, name)
                     received = 0
                     async for page in adapter.fetch(cursor):
                         # Records and the cursor that covers them commit together, and only while
                         # this worker still holds the pull: a crash or a lost lease re-reads.
-                        ids = await self._db(self.store.receive, name, page.records, page.cursor,
+                        ids = await self.db(self.store.receive, name, page.records, page.cursor,
                                              save_cursor=True, lease_owner=self.owner)
                         received += len(ids)
                         for pk in ids:
-                            self._enqueue(pk, lc.RECEIVED)
+                            self.enqueue(pk, lc.RECEIVED)
                         await adapter.acknowledge(page)
                     self.status[name].last_sync = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                     if not self.status[name].health.ok:
@@ -460,7 +441,7 @@ class Hub:
 
     async def _release_pull(self, name: str) -> None:
         try:
-            await self._db(self.store.release_pull, name, self.owner)
+            await self.db(self.store.release_pull, name, self.owner)
         except Exception as exc:  # the lease runs out by itself
             self.log.warning("adapter.pull_release_failed", adapter=name, error=str(exc))
 
@@ -470,34 +451,26 @@ class Hub:
         adapter = self.adapters.get(row.adapter)
         if adapter is None:
             raise PluginError(f"adapter {row.adapter!r} is not configured (any more)")
-        try:
-            data = adapter.normalize(row.raw())
-            for result in self._hook.hocba_hub_transform_record(record=data, adapter=row.adapter):
-                data = result if result is not None else data
-            # thoigiancapnhat: when the school changed the transcript, as the vendor states it
-            # (its own wall-clock time); the hub's receipt time for sources that do not say.
-            updated = (row.source_updated or row.received_at)[:19]
-            record = parse_transcript({
-                **data, "record_id": row.record_id, "event": row.event,
-                "version": row.version, "updated_at": updated,
-            })
-        except ValidationError as exc:
-            await self._move(row, lc.QUARANTINED, detail="invalid record", errors=field_errors(exc))
+        # thoigiancapnhat: when the school changed the transcript, as the vendor states it
+        # (its own wall-clock time); the hub's receipt time for sources that do not say.
+        envelope = Envelope(row.record_id, row.version, row.event, (row.source_updated or row.received_at)[:19])
+        outcome = normalize(adapter, row.raw(), envelope)
+        if outcome.record is None:
+            await self.move(row, lc.QUARANTINED, detail="invalid record" if outcome.mapped else "cannot map record",
+                            errors=list(outcome.errors))
             return
-        except (ValueError, KeyError, TypeError) as exc:
-            await self._move(row, lc.QUARANTINED, detail="cannot map record", errors=[str(exc)])
-            return
+        record = outcome.record
         normalized = record.model_dump(mode="json")
         digest = st.content_hash(normalized)
-        sent = await self._db(self.store.sent_version, row.record_id)
+        sent = await self.db(self.store.sent_version, row.record_id)
         if row.event != "CANCEL" and sent is not None and sent[1] == digest:
             # The vendor re-sent the same transcript (a new timestamp, a reformatted payload):
             # the destination already holds this content, so nothing is rendered, signed or sent.
-            await self._move(row, lc.UNCHANGED, detail=f"same content as version {sent[0]}",
+            await self.move(row, lc.UNCHANGED, detail=f"same content as version {sent[0]}",
                              normalized=normalized, content_hash=digest,
                              school_code=record.school_code, school_year=record.school_year)
             return
-        await self._move(row, lc.NORMALIZED, normalized=normalized, content_hash=digest,
+        await self.move(row, lc.NORMALIZED, normalized=normalized, content_hash=digest,
                          school_code=record.school_code, school_year=record.school_year)
 
     async def _render(self, pk: int) -> None:
@@ -505,7 +478,7 @@ class Hub:
             return
         loop = asyncio.get_running_loop()
         pdf = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles)
-        await self._move(row, lc.RENDERED, pdf=pdf)
+        await self.move(row, lc.RENDERED, pdf=pdf)
 
     async def _sign(self, pk: int) -> None:
         """One signing step: the role's signer for the record's school, at the step's PAdES level.
@@ -539,7 +512,7 @@ class Hub:
                 if not problems and role not in signed_before and later:
                     problems = [f"{later[0]}: signed before {role}, out of the Ministry's order"]
                 if problems:
-                    await self._move(row, lc.QUARANTINED, detail="arrived signed, and the signatures do not hold",
+                    await self.move(row, lc.QUARANTINED, detail="arrived signed, and the signatures do not hold",
                                      errors=problems)
                     return
             if role not in signed_before:
@@ -551,16 +524,16 @@ class Hub:
                                       timestamp_url=step.timestamp_url or "")
                 [pdf] = await signer.sign([request])
         except (PluginError, ValueError) as exc:
-            await self._move(row, lc.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
+            await self.move(row, lc.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
             return
         if done == len(self.roles) - 1:
             report = await loop.run_in_executor(self._pool, verify_blocking, pdf, trust)
             problems = report.problems(require_trust=bool(trust))
             if problems:
-                await self._move(row, lc.FAILED, detail="the signed document does not validate; not delivered",
+                await self.move(row, lc.FAILED, detail="the signed document does not validate; not delivered",
                                  errors=problems)
                 return
-        await self._move(row, lc.SIGNED_PREFIX + role, pdf=pdf)
+        await self.move(row, lc.SIGNED_PREFIX + role, pdf=pdf)
 
     # --- operator actions (the admin API, hub/admin.py) -------------------------------------
 
@@ -568,10 +541,10 @@ class Hub:
         """``Store.replay`` through the running hub: the stages that take the moved records are
         woken at once rather than at their next poll. Returns ``(id, new state)`` of the records
         that moved."""
-        moved = await self._db(self.store.replay, list(pks), stage=stage, actor=actor,
+        moved = await self.db(self.store.replay, list(pks), stage=stage, actor=actor,
                                deliver_from=self.last_signed_state)
         for pk, state in moved:
-            self._enqueue(pk, state)
+            self.enqueue(pk, state)
         return moved
 
     # --- pushed records (the ingest route, hub/ingest.py) -----------------------------------
@@ -583,7 +556,7 @@ class Hub:
         sent after this call never covers a record a crash could lose. Records whose payload
         is unchanged create nothing, as for a re-read page. Returns the new versions' ids.
         """
-        ids = await self._db(self.store.receive, adapter, records)
+        ids = await self.db(self.store.receive, adapter, records)
         for pk in ids:
-            self._enqueue(pk, lc.RECEIVED)
+            self.enqueue(pk, lc.RECEIVED)
         return ids

@@ -68,8 +68,9 @@ from hub.contracts import (
     RawRecord,
     Simulator,
 )
+from hub.engine.normalize import Envelope, normalize
 from hub.kit.synthetic import INVALID_KINDS
-from hub.records import field_errors, parse_transcript
+from hub.records import parse_transcript
 
 __all__ = [
     "CHECKS", "CheckResult", "ConformanceError", "ConformanceReport",
@@ -279,24 +280,16 @@ class _Kit:
             # As `hocba-hub normalize` builds it: normalising needs neither settings nor open().
             self._normalizer = self.cls(self.cls.Settings.model_construct(), PluginContext(self.name, self.data_dir))
         adapter = self._normalizer
-        envelope = {"record_id": record_id_for(self.name, raw.source_id),
-                    "event": "CANCEL" if raw.deleted else "NEW", "version": 1,
-                    "updated_at": "2025-06-01T07:00:00"}
+        envelope = Envelope(record_id_for(self.name, raw.source_id), 1, "CANCEL" if raw.deleted else "NEW",
+                            "2025-06-01T07:00:00")
         try:
-            data = adapter.normalize(raw)
-            _expect(isinstance(data, dict), f"normalize() returned {type(data).__name__}, not a dict")
-            record = parse_transcript({**data, **envelope})
-        except ValidationError as exc:
-            return None, field_errors(exc)
-        except (ValueError, KeyError, TypeError) as exc:
-            # What the hub quarantines with the message as the reason; it must say something.
-            return None, [str(exc)]
-        except _Fail:
-            raise
+            outcome = normalize(adapter, raw, envelope)
         except Exception as exc:
             raise _Fail(f"normalize({raw.source_id}) raised {type(exc).__name__}: {exc}; the hub quarantines "
                         "only ValueError (naming the field), KeyError and TypeError") from None
-        return record.model_dump(mode="json"), []
+        if outcome.record is None:
+            return None, list(outcome.errors)
+        return outcome.record.model_dump(mode="json"), []
 
     @staticmethod
     async def health(adapter: Adapter, what: str, hidden: list[str], ok: bool) -> str:

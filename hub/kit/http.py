@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 import structlog
+from pydantic import Field, HttpUrl, field_validator
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -23,6 +24,9 @@ from tenacity import (
     wait_random_exponential,
 )
 from yarl import URL
+
+from hub import logs
+from hub.contracts import PluginSettings
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +47,58 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
+def root_url(url: Any) -> Any:
+    """Refuse a base URL with a query or fragment: paths are appended to it, and those would end
+    up in the middle of every request's URL."""
+    if url.query or url.fragment:
+        raise ValueError("must not carry a query string or fragment")
+    return url
+
+
+class HttpPullSettings(PluginSettings):
+    """What every HTTP pull adapter's settings have: where, how long, how often to try.
+
+    Subclass it and add the vendor's credentials and paging; override a default with a field of
+    the same name (``backoff_seconds: float = Field(default=0.5, ...)``).
+    """
+    base_url: HttpUrl = Field(description="Root of the vendor API, e.g. https://hocba.example.vn")
+    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for one HTTP request")
+    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request before giving up")
+    backoff_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles, with jitter")
+    max_backoff_seconds: float = Field(
+        default=60.0, gt=0, description="Longest wait between tries; a longer Retry-After gives up until the next poll")
+
+    @field_validator("base_url")
+    @classmethod
+    def _plain_root(cls, url: HttpUrl) -> HttpUrl:
+        return root_url(url)
+
+
+def retrying(attempts: int, backoff_seconds: float, max_backoff_seconds: float,
+             retry_on: type[BaseException] | tuple[type[BaseException], ...],
+             before_sleep: Callable[[Any], None] | None = None) -> AsyncRetrying:
+    """The hub's one retry policy: ``attempts`` tries, exponential backoff with full jitter capped
+    at ``max_backoff_seconds``, a server's ``Retry-After`` (on ``Transient``) beating the backoff.
+
+    Adapters, remote signers and third-party plugins all use it, so a vendor outage is met the
+    same way everywhere::
+
+        async for attempt in retrying(5, 1.0, 60.0, Transient):
+            with attempt:
+                return await once()
+    """
+    backoff = wait_random_exponential(multiplier=backoff_seconds, max=max_backoff_seconds)
+
+    def wait(retry_state: Any) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, Transient) and exc.retry_after is not None:
+            return exc.retry_after
+        return backoff(retry_state)
+
+    return AsyncRetrying(stop=stop_after_attempt(attempts), wait=wait, retry=retry_if_exception_type(retry_on),
+                         reraise=True, before_sleep=before_sleep)
 
 
 class Transient(Exception):
@@ -70,7 +126,7 @@ class HttpPullMixin:
     _http: aiohttp.ClientSession | None = None
 
     @property
-    def _base(self) -> str:
+    def base_url(self) -> str:
         # Read when a request is made, not in __init__: `hocba-hub normalize` builds the adapter
         # without settings, and normalising needs none.
         return str(self.settings.base_url).rstrip("/")
@@ -83,23 +139,32 @@ class HttpPullMixin:
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
                 headers={"User-Agent": f"hocba-hub {self.name}-adapter", "Accept": self.accept},
             )
-            self._configure_http(self._http)
+            self.configure_http(self._http)
 
-    def _configure_http(self, http: aiohttp.ClientSession) -> None:
+    def configure_http(self, http: aiohttp.ClientSession) -> None:
         """Hook: adjust a newly opened client session."""
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        self._forget_credentials()
+        self.forget_credentials()
 
-    def _forget_credentials(self) -> None:
+    def forget_credentials(self) -> None:
         """Hook: drop tokens tied to the closed session, so a reopened adapter authenticates again."""
+
+    def live_secrets(self) -> list[str]:
+        """Hook: secrets obtained at run time (session tokens) that ``scrub`` removes too."""
+        return []
+
+    def scrub(self, text: str) -> str:
+        """``text`` without any secret of this adapter: a vendor error page may echo the request,
+        and neither a credential nor a session token may reach a log line or a health page."""
+        return logs.scrub(text, [*logs.secrets_in(self.settings), *filter(None, self.live_secrets())])
 
     # --- requests ----------------------------------------------------------------------------
 
-    async def _request(self, method: str, url: str | URL, **kwargs: Any) -> tuple[int, str, bytes, float | None]:
+    async def request(self, method: str, url: str | URL, **kwargs: Any) -> tuple[int, str, bytes, float | None]:
         """One request: ``(status, content type, body, Retry-After seconds)``; network faults → ``Transient``."""
         if self._http is None:
             raise self.Error(f"the {self.name} adapter is not open: await open() before fetch()")
@@ -115,7 +180,7 @@ class HttpPullMixin:
             raise Transient(f"{type(exc).__name__}: {exc}") from None
         return status, content_type, body, retry_after
 
-    def _raise_if_unavailable(self, method: str, url: str | URL, status: int, retry_after: float | None) -> None:
+    def raise_if_unavailable(self, method: str, url: str | URL, status: int, retry_after: float | None) -> None:
         """429 and 5xx → ``Transient``; a Retry-After beyond ``max_backoff_seconds`` → ``Error`` at once.
 
         A 503 with Retry-After is a planned outage: its own estimate beats our backoff. A wait
@@ -130,24 +195,13 @@ class HttpPullMixin:
         if status >= 500:
             raise Transient(f"HTTP {status}", retry_after if status == 503 else None)
 
-    def _wait(self, retry_state) -> float:
-        """Honour the server's Retry-After; otherwise exponential backoff with jitter, capped."""
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, Transient) and exc.retry_after is not None:
-            return exc.retry_after
-        return wait_random_exponential(multiplier=self.settings.backoff_seconds,
-                                       max=self.settings.max_backoff_seconds)(retry_state)
-
-    async def _retrying(self, method: str, url: str | URL, attempts: int | None,
+    async def retry(self, method: str, url: str | URL, attempts: int | None,
                         once: Callable[[], Awaitable[T]]) -> T:
         """Run ``once`` until it does not raise ``Transient``; ``Error`` once the attempts are spent."""
         attempts = attempts or self.settings.max_attempts
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(attempts),
-                wait=self._wait,
-                retry=retry_if_exception_type(Transient),
-                reraise=True,
+            async for attempt in retrying(
+                attempts, self.settings.backoff_seconds, self.settings.max_backoff_seconds, Transient,
                 before_sleep=lambda rs: log.debug(f"{self.name}.retry", url=str(url), attempt=rs.attempt_number,
                                                   error=str(rs.outcome.exception())),
             ):

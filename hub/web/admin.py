@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, SecretStr
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -41,13 +40,13 @@ from hub import __version__
 from hub import lifecycle as lc
 from hub import store as st
 from hub.contracts import SIGNING_ROLES
-from hub.logs import _SECRET_KEY, mask
+from hub.logs import mask, public_error, scrub, secret_values
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
 
 OPERATOR, VIEWER = "operator", "viewer"
-STAGES = ("normalize", "render", "deliver")
+STAGES = lc.REPLAY_STAGES
 MAX_LIMIT = 1000
 _MAX_BODY = 1 << 20
 _MAX_SELECT = 10_000
@@ -59,75 +58,8 @@ _ID_PATTERN = rf"^(\d{{1,18}}|{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_
 
 
 def all_states(roles: tuple[str, ...] = SIGNING_ROLES) -> list[str]:
-    """Every state a record can be in, in pipeline order, then the final ones."""
-    return [lc.RECEIVED, lc.NORMALIZED, lc.RENDERED, *(lc.SIGNED_PREFIX + r for r in roles), lc.DELIVERED,
-            lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER, lc.SUPERSEDED, lc.UNCHANGED]
-
-
-# --- what may leave the hub -------------------------------------------------------------------
-
-_QUOTED = re.compile(r"""'[^']*'|"[^"]*\"""")
-# A calendar date, year first or last (2015-02-30, 30/02/2015, 30.02.2015), with any time of day;
-# the look-arounds keep IP addresses and version numbers intact.
-_DATE = re.compile(r"(?<![\d.])(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})(?![\d.]?\d)"
-                   r"(?:[T ]\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?)?")
-
-
-def public_error(line: str) -> str:
-    """An error line fit for a viewer or the wall screen: personal ids masked (``hub.logs.mask``)
-    and quoted values and dates blanked, since a vendor's message may quote a name or birth date."""
-    return _DATE.sub("…", _QUOTED.sub("'…'", mask(line)))
-
-
-def secret_values(config: Any) -> list[str]:
-    """Every secret in a loaded config: admin tokens, ``SecretStr`` settings and any setting whose
-    name says it is a secret. Longest first, so a secret containing another is replaced whole."""
-    found: set[str] = {t.token.get_secret_value() for t in config.admin.tokens}
-
-    def walk(node: Any, key: str = "") -> None:
-        if isinstance(node, SecretStr):
-            found.add(node.get_secret_value())
-        elif isinstance(node, BaseModel):
-            for name in type(node).model_fields:
-                walk(getattr(node, name), name)
-        elif isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, str(k))
-        elif isinstance(node, (list, tuple)):
-            for v in node:
-                walk(v, key)
-        elif isinstance(node, str) and key and _SECRET_KEY.search(key):
-            found.add(node)
-
-    for section in [*config.adapters, config.destination, *config.signers]:
-        walk(section.settings)
-    for getter, names in ((config.adapter_settings, [a.name for a in config.adapters]),
-                          (config.signer_settings, [s.name for s in config.signers])):
-        for name in names:
-            try:
-                walk(getter(name))
-            except KeyError:  # a section that failed validation has no settings object
-                pass
-    try:
-        walk(config.destination_settings())
-    except AssertionError:  # the destination's section failed validation: nothing loaded
-        pass
-    # Very short values ("1", "on") would blank ordinary text and protect nothing.
-    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
-
-
-def scrub(value: Any, secrets: list[str]) -> Any:
-    """``value`` with every secret in every string replaced by ``***``."""
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, "***")
-        return value
-    if isinstance(value, dict):
-        return {k: scrub(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v, secrets) for v in value]
-    return value
+    """Every state a record can be in (``hub.lifecycle.all_states``) for the default roles."""
+    return lc.all_states(roles)
 
 
 # --- auth -------------------------------------------------------------------------------------
@@ -282,12 +214,12 @@ class AdminApi:
     async def _row(self, request: Request) -> st.Row:
         key = self._record_pk(request)
         if isinstance(key, str):
-            pks = await self.hub._db(self.hub.store.select, record_ids=[key])
+            pks = await self.hub.db(self.hub.store.select, record_ids=[key])
             if not pks:
                 raise ApiError(404, "id", f"no record {key}")
             key = max(pks)
         try:
-            return await self.hub._db(self.hub.store.get, key)
+            return await self.hub.db(self.hub.store.get, key)
         except KeyError:
             raise ApiError(404, "id", f"no record {key}") from None
 
@@ -313,7 +245,7 @@ class AdminApi:
         filters = self._query(request, allowed if state else ("state", *allowed))
         if state:
             filters["state"] = state
-        items = await self.hub._db(lambda: self.hub.store.search(**filters))
+        items = await self.hub.db(lambda: self.hub.store.search(**filters))
         return {"items": [self._summary(i, caller) for i in items], "count": len(items),
                 "limit": filters["limit"], "offset": filters["offset"]}
 
@@ -329,10 +261,10 @@ class AdminApi:
     async def record(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
         row = await self._row(request)
-        history = await self.hub._db(self.hub.store.history, row.id)
+        history = await self.hub.db(self.hub.store.history, row.id)
         versions = []
-        for pk in await self.hub._db(self.hub.store.select, record_ids=[row.record_id]):
-            other = await self.hub._db(self.hub.store.get, pk)
+        for pk in await self.hub.db(self.hub.store.select, record_ids=[row.record_id]):
+            other = await self.hub.db(self.hub.store.get, pk)
             versions.append({"id": other.id, "version": other.version, "event": other.event, "state": other.state})
         item = {**row.__dict__, "pruned_at": "yes" if not row.payload else None}
         out = self._summary(item, caller)
@@ -355,7 +287,7 @@ class AdminApi:
             reason = "was pruned by retention" if not row.payload else "has not been rendered"
             raise ApiError(404, "id", f"record {row.id} has no PDF: it {reason}")
         # The PDF carries personal data: who fetched which one belongs in the audit log.
-        await self.hub._db(self.hub.store.audit, "admin.pdf", caller.name, row.record_id, {"version": row.version})
+        await self.hub.db(self.hub.store.audit, "admin.pdf", caller.name, row.record_id, {"version": row.version})
         return Response(row.pdf, media_type="application/pdf", headers={
             "Content-Disposition": f'attachment; filename="{row.record_id}-v{row.version}.pdf"',
             "Cache-Control": "no-store",
@@ -397,16 +329,16 @@ class AdminApi:
         stage = body.get("stage", "normalize")
         if stage not in STAGES:
             raise ApiError(400, "stage", f"must be one of {', '.join(STAGES)}")
-        pks = await self.hub._db(lambda: self.hub.store.select(**criteria))
+        pks = await self.hub.db(lambda: self.hub.store.select(**criteria))
         moved = await self.hub.replay(pks, stage=stage, actor=caller.name) if pks else []
-        await self.hub._db(self.hub.store.audit, "admin.replay", caller.name, None,
+        await self.hub.db(self.hub.store.audit, "admin.replay", caller.name, None,
                            {"criteria": criteria, "stage": stage, "matched": len(pks), "moved": len(moved)})
         return {"stage": stage, "matched": len(pks), "moved": [{"id": pk, "state": state} for pk, state in moved],
                 "skipped": len(pks) - len(moved)}
 
     async def adapters(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
-        paused = await self.hub._db(self.hub.store.paused)
+        paused = await self.hub.db(self.hub.store.paused)
         out = []
         for section in self.hub.config.adapters:
             status = self.hub.status.get(section.name)
@@ -423,7 +355,7 @@ class AdminApi:
         name = request.path_params["name"]
         if name not in self.adapter_names:
             raise ApiError(404, "name", f"no adapter {name[:100]!r} is configured")
-        await self.hub._db(self.hub.store.set_paused, name, paused, caller.name)
+        await self.hub.db(self.hub.store.set_paused, name, paused, caller.name)
         return {"adapter": name, "paused": paused}
 
     async def pause(self, request: Request, caller: Caller) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def ingest_routes(hub: "Hub") -> list[Route]:
         adapter: Any = hub.adapters.get(name)
         if adapter is None or not type(adapter).can("verify_push"):
             return _error(404, "unknown_adapter", f"no adapter named {name!r} receives pushes here")
-        if name in await hub._db(hub.store.paused):
+        if name in await hub.db(hub.store.paused):
             # An operator paused this source (e.g. it sends garbage): the sender keeps its records
             # and retries, as a paused pull adapter's records wait at the vendor.
             response = _error(503, "paused", f"adapter {name!r} is paused by an operator; retry later")

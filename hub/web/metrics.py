@@ -43,7 +43,6 @@ from hub import lifecycle as lc
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
 
-STAGES = ("normalize", "render", "sign", "deliver")
 # Local signing takes tens of milliseconds; remote signing waits for a person's phone.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -114,9 +113,9 @@ class _HubCollector:
             totals[key] = totals.get(key, 0) + row["n"]
         for (adapter, state), n in sorted(totals.items()):
             records.add_metric([adapter, state], n)
-        waiting = dict.fromkeys(STAGES, 0)
+        waiting = dict.fromkeys(lc.STAGES, 0)
         for state, n in hub.store.counts().items():
-            stage = stage_of(state, hub.roles)
+            stage = lc.stage_of(state, hub.roles)
             if stage:
                 waiting[stage] += n
         for stage, n in waiting.items():
@@ -133,20 +132,6 @@ class _HubCollector:
         for section in hub.config.adapters:
             paused.add_metric([section.name], 1.0 if section.name in stopped else 0.0)
         yield from (records, queues, outbox, up, last_sync, paused)
-
-
-def stage_of(state: str, roles: tuple[str, ...]) -> str | None:
-    """The stage a record in ``state`` waits for (None for a final state). Read from the store,
-    so the depth is right however many hub processes share it."""
-    if state == lc.RECEIVED:
-        return "normalize"
-    if state == lc.NORMALIZED:
-        return "render"
-    if state == lc.RENDERED or (state.startswith(lc.SIGNED_PREFIX) and state != lc.SIGNED_PREFIX + roles[-1]):
-        return "sign"
-    if state == lc.SIGNED_PREFIX + roles[-1]:
-        return "deliver"
-    return None
 
 
 def _epoch(iso: str) -> float:
@@ -170,7 +155,7 @@ class Metrics:
         self._dead = Counter("hocba_dead_letters", "Deliveries given up (permanent refusal or too many attempts)",
                              ["destination"], registry=self.registry)
         # Series exist from the start, at 0, so a rate() or an alert sees the first event too.
-        for stage in STAGES:
+        for stage in lc.STAGES:
             self._stage.labels(stage)
         self._retries.labels(hub.config.destination.name)
         self._dead.labels(hub.config.destination.name)
@@ -199,7 +184,7 @@ def metrics_routes(hub: "Hub") -> list[BaseRoute]:
     async def metrics(request: Request) -> Response:
         await hub.metrics.health.refresh()
         # The collector reads the store: run it on the store's thread, as every store call is.
-        body = await hub._db(hub.metrics.exposition)
+        body = await hub.db(hub.metrics.exposition)
         return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
     return [Route("/metrics", metrics)]

@@ -20,7 +20,6 @@ Plugin health comes from ``hub.web.metrics.health``: at most one round of ``chec
 from __future__ import annotations
 
 import datetime as dt
-import html
 import time
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,9 @@ from starlette.routing import BaseRoute, Route
 
 from hub import __version__
 from hub import lifecycle as lc
-from hub.web.admin import all_states, public_error, scrub, secret_values
+from hub.logs import public_error, scrub, secret_values
+from hub.records import VIETNAM_TIME
+from hub.web.templating import stylesheet, templates
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
@@ -40,7 +41,6 @@ REFRESH_SECONDS = 15
 STUCK_SHOWN = 50
 STUCK_STATES = (lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER)
 # The operators work in Vietnam: times on the wall screen are local (UTC+7, no daylight saving).
-VN_TIME = dt.timezone(dt.timedelta(hours=7))
 
 ROLE_LABELS = {
     "vi": {"homeroom_teacher": "GVCN", "principal": "Hiệu trưởng", "school_seal": "Nhà trường"},
@@ -190,39 +190,7 @@ def _local(iso: str | None) -> str:
         return iso
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(VN_TIME).strftime("%d/%m/%Y %H:%M:%S")
-
-
-CSS = """
-*{box-sizing:border-box}
-body{margin:0;font-family:"Noto Sans","DejaVu Sans",system-ui,sans-serif;background:#f3f5f8;color:#1d2733;
-font-size:15px}
-header{background:#12355b;color:#fff;padding:14px 24px;display:flex;justify-content:space-between;align-items:center}
-header h1{font-size:22px;margin:0}
-header .meta{font-size:13px;opacity:.9;text-align:right}
-header a{color:#ffd166}
-main{padding:16px 24px;max-width:1400px}
-section{background:#fff;border-radius:8px;padding:12px 16px;margin:0 0 16px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
-h2{font-size:18px;margin:4px 0 10px;color:#12355b}
-.tiles{display:flex;gap:12px;margin-bottom:16px}
-.tile{flex:1;background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px rgba(0,0,0,.08);
-border-top:4px solid #12355b}
-.tile .n{font-size:30px;font-weight:700}
-.tile.good{border-color:#2a9d55}.tile.warn{border-color:#e07a1f}.tile.bad{border-color:#c62828}
-table{border-collapse:collapse;width:100%}
-th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e3e7ee;vertical-align:top}
-th{background:#eef2f7;font-weight:600;font-size:13px}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff}
-.ok{background:#2a9d55}.down{background:#c62828}.paused{background:#e0a01f}
-.s-delivered{color:#1e7b43;font-weight:600}.s-quarantined{color:#c25e00;font-weight:600}
-.s-failed,.s-dead_letter{color:#c62828;font-weight:600}
-.err{font-family:"DejaVu Sans Mono",monospace;font-size:12px;color:#5b1f1f;white-space:pre-wrap}
-.why{font-size:13px}
-.muted{color:#6b7785;font-size:13px}
-code{font-size:12px}
-.nw{white-space:nowrap}
-"""
+    return value.astimezone(VIETNAM_TIME).strftime("%d/%m/%Y %H:%M:%S")
 
 
 class StatusPage:
@@ -231,104 +199,67 @@ class StatusPage:
     def __init__(self, hub: "Hub"):
         self.hub = hub
         self.secrets = secret_values(hub.config)
-        self.order = {s: i for i, s in enumerate(all_states(hub.roles))}
+        self.order = {s: i for i, s in enumerate(lc.all_states(hub.roles))}
 
     async def handle(self, request: Request) -> HTMLResponse:
         lang = "en" if request.query_params.get("lang") == "en" else "vi"
         hub = self.hub
         await hub.metrics.health.refresh()
-        breakdown = await hub._db(hub.store.breakdown)
-        paused = await hub._db(hub.store.paused)
-        outbox = await hub._db(hub.store.outbox_size)
+        breakdown = await hub.db(hub.store.breakdown)
+        paused = await hub.db(hub.store.paused)
+        outbox = await hub.db(hub.store.outbox_size)
         stuck: list[dict[str, Any]] = []
         for state in STUCK_STATES:
-            stuck += await hub._db(lambda s=state: hub.store.search(state=s, limit=STUCK_SHOWN))
+            stuck += await hub.db(lambda s=state: hub.store.search(state=s, limit=STUCK_SHOWN))
         stuck.sort(key=lambda r: (r["updated_at"], r["id"]), reverse=True)
-        body = self.render(lang, breakdown, paused, outbox, stuck)
-        return HTMLResponse(body, headers={"Cache-Control": "no-store", "Content-Language": lang})
+        context = scrub(self.context(lang, breakdown, paused, outbox, stuck), self.secrets)
+        return templates().TemplateResponse(request, "status.html", context,
+                                            headers={"Cache-Control": "no-store", "Content-Language": lang})
 
-    # --- rendering ----------------------------------------------------------------------------
+    # --- what the page shows ------------------------------------------------------------------
 
-    def _e(self, value: Any) -> str:
-        """Escaped, secret-free text."""
-        return html.escape(scrub(str(value), self.secrets))
-
-    def render(self, lang: str, breakdown: list[dict[str, Any]], paused: set[str], outbox: int,
-               stuck: list[dict[str, Any]]) -> str:
+    def context(self, lang: str, breakdown: list[dict[str, Any]], paused: set[str], outbox: int,
+                stuck: list[dict[str, Any]]) -> dict[str, Any]:
         t = TEXT[lang]
-        counts = Counter()
+        counts: Counter = Counter()
         for row in breakdown:
             counts[row["state"]] += row["n"]
-        total = sum(counts.values())
         stuck_total = sum(counts[s] for s in STUCK_STATES)
         in_progress = sum(n for s, n in counts.items() if s not in lc.FINAL_STATES)
-        now = dt.datetime.now(dt.timezone.utc).isoformat()
-        tiles = "".join(
-            f'<div class="tile {cls}"><div class="n" id="tile-{key}">{n}</div><div>{self._e(t[key])}</div></div>'
-            for key, n, cls in (("total", total, ""), ("delivered", counts[lc.DELIVERED], "good"),
-                                ("in_progress", in_progress, ""),
-                                ("stuck_n", stuck_total, "bad" if stuck_total else "good"),
-                                ("outbox", outbox, "warn" if outbox else "")))
-        return f"""<!DOCTYPE html>
-<html lang="{lang}">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{self._e(t["title"])}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header>
-<h1>{self._e(t["title"])}</h1>
-<div class="meta">{self._e(t["updated"])} {_local(now)} ({self._e(t["tz"])}) · hocba-hub {__version__}<br>
-{self._e(t["auto"])} <a href="?lang={t["switch_lang"]}">{self._e(t["switch"])}</a></div>
-</header>
-<main>
-<div class="tiles">{tiles}</div>
-{self._health(t, lang, paused)}
-{self._stuck(t, lang, stuck, stuck_total)}
-{self._table(t, lang, "by-adapter", t["by_adapter"], t["adapter"], breakdown, "adapter")}
-{self._table(t, lang, "by-school", t["by_school"], t["school"], breakdown, "school_code")}
-<p class="muted">{self._e(t["privacy"])}</p>
-</main>
-</body>
-</html>
-"""
+        tiles = [{"key": key, "n": n, "cls": cls} for key, n, cls in (
+            ("total", sum(counts.values()), ""), ("delivered", counts[lc.DELIVERED], "good"),
+            ("in_progress", in_progress, ""), ("stuck_n", stuck_total, "bad" if stuck_total else "good"),
+            ("outbox", outbox, "warn" if outbox else ""))]
+        checked = self.hub.metrics.health.checked_at
+        return {
+            "lang": lang, "t": t, "title": t["title"], "css": stylesheet(), "version": __version__,
+            "refresh": REFRESH_SECONDS, "now": _local(dt.datetime.now(dt.timezone.utc).isoformat()),
+            "tiles": tiles, "plugins": self._plugins(t, paused),
+            "checked": None if checked is None else _local(
+                (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=time.monotonic() - checked)).isoformat()),
+            **self._stuck(t, lang, stuck, stuck_total),
+            "tables": [self._table(lang, "by-adapter", t["by_adapter"], t["adapter"], breakdown, "adapter"),
+                       self._table(lang, "by-school", t["by_school"], t["school"], breakdown, "school_code")],
+        }
 
-    def _health(self, t: dict[str, str], lang: str, paused: set[str]) -> str:
+    def _plugins(self, t: dict[str, str], paused: set[str]) -> list[dict[str, Any]]:
         hub = self.hub
-        checked = hub.metrics.health.checked_at
-        rows = []
         plugins = [(a.name, "adapter") for a in hub.config.adapters]
         plugins += [(hub.config.destination.name, "destination")]
         plugins += [(s.name, "signer") for s in hub.config.signers]
+        rows = []
         for name, kind in plugins:
             status = hub.status.get(name)
-            if status is None:
-                badge, detail = f'<span class="badge paused">{self._e(t["not_checked"])}</span>', ""
-            else:
-                badge = (f'<span class="badge ok">{self._e(t["ok"])}</span>' if status.health.ok
-                         else f'<span class="badge down">{self._e(t["down"])}</span>')
-                detail = self._e(public_error(status.health.detail))
-            if name in paused:
-                badge += f' <span class="badge paused">{self._e(t["paused"])}</span>'
             sync = "—"
             if kind == "adapter":
                 sync = _local(status.last_sync) if status and status.last_sync else t["never"]
-            rows.append(f'<tr data-plugin="{self._e(name)}"><td><b>{self._e(name)}</b></td>'
-                        f'<td>{self._e(t["kind_" + kind])}</td><td>{badge}</td><td>{self._e(sync)}</td>'
-                        f'<td class="muted">{detail}</td></tr>')
-        when = ""
-        if checked is not None:
-            ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=time.monotonic() - checked)
-            when = f'<p class="muted">{self._e(t["checked"])} {_local(ago.isoformat())}</p>'
-        return (f'<section id="health"><h2>{self._e(t["health"])}</h2><table><tr><th>{self._e(t["name"])}</th>'
-                f'<th>{self._e(t["kind"])}</th><th>{self._e(t["status"])}</th><th>{self._e(t["last_sync"])}</th>'
-                f'<th>{self._e(t["detail"])}</th></tr>{"".join(rows)}</table>{when}</section>')
+            rows.append({"name": name, "kind": kind, "ok": None if status is None else status.health.ok,
+                         "paused": name in paused, "sync": sync,
+                         "detail": public_error(status.health.detail) if status else ""})
+        return rows
 
-    def _table(self, t: dict[str, str], lang: str, anchor: str, title: str, key_title: str,
-               breakdown: list[dict[str, Any]], key: str) -> str:
+    def _table(self, lang: str, anchor: str, title: str, key_title: str,
+               breakdown: list[dict[str, Any]], key: str) -> dict[str, Any]:
         grid: dict[str, Counter] = defaultdict(Counter)
         if key == "adapter":
             for section in self.hub.config.adapters:  # a configured adapter shows even before its first record
@@ -336,22 +267,12 @@ class StatusPage:
         for row in breakdown:
             grid[row[key] or ""][row["state"]] += row["n"]
         states = sorted({s for c in grid.values() for s in c}, key=lambda s: self.order.get(s, 99))
-        if not states:
-            return f'<section id="{anchor}"><h2>{self._e(title)}</h2><p>{self._e(t["no_records"])}</p></section>'
-        head = "".join(f'<th class="n s-{self._e(s.replace(":", "-"))}">{self._e(state_label(s, lang))}</th>'
-                       for s in states)
-        rows = []
-        for name in sorted(grid):
-            cells = "".join(f'<td class="n" data-state="{self._e(s)}">{grid[name][s] or ""}</td>' for s in states)
-            label = self._e(name) if name else f'<i>{self._e(t["school_unknown"])}</i>'
-            rows.append(f'<tr data-key="{self._e(name)}"><td>{label}</td>{cells}'
-                        f'<td class="n"><b>{sum(grid[name].values())}</b></td></tr>')
-        return (f'<section id="{anchor}"><h2>{self._e(title)}</h2><table><tr><th>{self._e(key_title)}</th>{head}'
-                f'<th class="n">{self._e(t["sum"])}</th></tr>{"".join(rows)}</table></section>')
+        rows = [{"name": name, "cells": [(s, grid[name][s]) for s in states], "total": sum(grid[name].values())}
+                for name in sorted(grid)]
+        return {"anchor": anchor, "title": title, "key_title": key_title,
+                "states": [(s, state_label(s, lang)) for s in states], "rows": rows}
 
-    def _stuck(self, t: dict[str, str], lang: str, stuck: list[dict[str, Any]], total: int) -> str:
-        if not total:
-            return f'<section id="stuck"><h2>{self._e(t["stuck"])}</h2><p>{self._e(t["stuck_none"])}</p></section>'
+    def _stuck(self, t: dict[str, str], lang: str, stuck: list[dict[str, Any]], total: int) -> dict[str, Any]:
         reasons: Counter = Counter()
         texts: dict[str, str] = {}
         rows = []
@@ -360,26 +281,13 @@ class StatusPage:
             key, vi, en = explain(r["state"], r["errors"])
             reasons[key] += 1
             texts[key] = vi if lang == "vi" else en
-            errors = "\n".join(public_error(e) for e in r["errors"][:5])
-            rows.append(
-                f'<tr data-id="{r["id"]}" data-reason="{key}"><td class="n">{r["id"]}</td>'
-                f'<td><code>{self._e(r["record_id"])}</code></td><td class="n">{r["version"]}</td>'
-                f'<td class="nw">{self._e(r["adapter"])}</td><td class="nw">{self._e(r["school_code"] or "")}</td>'
-                f'<td class="nw s-{self._e(r["state"])}">{self._e(state_label(r["state"], lang))}</td>'
-                f'<td>{_local(r["updated_at"])}</td><td class="err">{self._e(errors)}</td>'
-                f'<td class="why">{self._e(texts[key])}</td></tr>')
-        summary = "".join(f'<tr><td class="n"><b>{n}</b></td><td>{self._e(texts[k])}</td></tr>'
-                          for k, n in reasons.most_common())
-        more = ""
-        if total > len(shown):
-            more = f'<p class="muted">{self._e(t["more"].format(shown=len(shown), total=total))}</p>'
-        cols = "".join(f"<th>{self._e(t[c])}</th>" for c in
-                       ("id", "record_id", "version", "adapter", "school", "state", "changed", "errors", "why"))
-        return (f'<section id="stuck"><h2>{self._e(t["stuck"])}</h2>'
-                f'<table class="reasons"><tr><th class="n">{self._e(t["count"])}</th>'
-                f'<th>{self._e(t["reasons"])} · {self._e(t["what_to_do"])}</th></tr>{summary}</table>'
-                f'<p class="muted">{self._e(t["replay"])}</p>'
-                f'<table class="stuck"><tr>{cols}</tr>{"".join(rows)}</table>{more}</section>')
+            rows.append({"id": r["id"], "reason": key, "record_id": r["record_id"], "version": r["version"],
+                         "adapter": r["adapter"], "school": r["school_code"] or "", "state": r["state"],
+                         "state_label": state_label(r["state"], lang), "changed": _local(r["updated_at"]),
+                         "errors": "\n".join(public_error(e) for e in r["errors"][:5]), "why": texts[key]})
+        more = t["more"].format(shown=len(shown), total=total) if total > len(shown) else ""
+        return {"stuck_total": total, "stuck": rows, "more": more,
+                "reasons": [(n, texts[k]) for k, n in reasons.most_common()]}
 
 
 def status_routes(hub: "Hub") -> list[BaseRoute]:

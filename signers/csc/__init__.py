@@ -1,6 +1,6 @@
 """Remote signing over the Cloud Signature Consortium API (VNPT SmartCA, Viettel MySign shape)."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

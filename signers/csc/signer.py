@@ -62,18 +62,19 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from hub.contracts import (
+from hub import (
+    ROLE_LABELS,
     Health,
     PluginContext,
     PluginError,
     PluginSettings,
     Signer,
+    SigningError,
     SigningIdentity,
     SignRequest,
+    reserve_bytes,
+    sign_elsewhere,
 )
-from hub.documents.pades import reserve_bytes, sign_elsewhere
-from hub.documents.render import ROLE_LABELS
-from hub.documents.signing import SigningError
 
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 

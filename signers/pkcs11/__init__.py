@@ -1,6 +1,6 @@
 """Hardware tokens and HSMs over PKCS#11 (school seals on a USB token; SoftHSM2 in tests)."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

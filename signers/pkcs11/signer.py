@@ -35,24 +35,28 @@ from pyhanko.sign import signers
 from pyhanko.sign.pkcs11 import select_pkcs11_signing_params
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 
-from hub.contracts import (
+from hub import (
     Health,
     PluginContext,
     PluginError,
     PluginSettings,
     Signer,
+    SigningError,
     SigningIdentity,
     SignRequest,
+    reserve_bytes,
+    sign_elsewhere,
 )
-from hub.documents.pades import reserve_bytes, sign_elsewhere
-from hub.documents.signing import SigningError
 
 _libraries: dict[str, Any] = {}
 
 
-def _library(path: str) -> Any:
-    # A PKCS#11 module is initialised once per process; a second C_Initialize fails.
-    import pkcs11
+def library(path: str) -> Any:
+    """The PKCS#11 module at ``path``, loaded once per process (a second C_Initialize fails)."""
+    try:
+        import pkcs11
+    except ImportError:
+        raise PluginError("the pkcs11 signer needs python-pkcs11: pip install 'hocba-hub[pkcs11]'") from None
 
     lib = _libraries.get(path)
     if lib is None:
@@ -98,7 +102,7 @@ class Pkcs11Signer(Signer):
         if not library.is_file():
             raise PluginError(f"{self.name}: PKCS#11 module {library} does not exist (settings.library)")
         try:
-            token = _library(str(library)).get_token(token_label=self.settings.token)
+            token = library(str(library)).get_token(token_label=self.settings.token)
         except p11.NoSuchToken:
             raise PluginError(f"{self._where()} is not present; is it plugged in? (settings.token)") from None
         except (OSError, RuntimeError, p11.PKCS11Error) as exc:

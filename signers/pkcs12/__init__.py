@@ -1,6 +1,6 @@
 """Local key files (PKCS#12): for tests, demos and small setups."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

@@ -18,8 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import pkcs12
 from pydantic import Field, SecretStr
 
-from hub.contracts import PluginError, PluginSettings, SigningIdentity
-from hub.documents.local_keys import LocalKey, LocalKeySigner
+from hub import LocalKey, LocalKeySigner, PluginError, PluginSettings, SigningIdentity
 
 
 class Pkcs12Signer(LocalKeySigner):

@@ -22,7 +22,7 @@ from adapters.spreadsheet.adapter import (
     template_columns,
     to_central,
 )
-from hub.kit.synthetic import invalid_transcript, transcript
+from hub import invalid_transcript, transcript
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples"

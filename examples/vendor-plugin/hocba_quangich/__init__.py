@@ -1,6 +1,6 @@
 """Quảng Ích-style school software for hocba-hub (REST, tabular JSON pages): see CONTRACT.md."""
 
-from hub.hookspecs import hookimpl
+from hub import hookimpl
 
 
 @hookimpl

@@ -8,7 +8,6 @@ as embedded ``;`` tables) into central-format fields and leaves value cleaning t
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 import io
@@ -16,153 +15,83 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import aiohttp
-from pydantic import Field, HttpUrl, SecretStr, field_validator
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from pydantic import Field, SecretStr
 
-from hub.contracts import (
+from hub import (
+    GENERAL_COMPETENCIES,
+    QUALITIES,
+    VIETNAM_TIME,
     Adapter,
     Health,
+    HttpPullMixin,
+    HttpPullSettings,
     Page,
     PluginContext,
     PluginError,
     PluginSettings,
     RawRecord,
 )
-from hub.records import GENERAL_COMPETENCIES, QUALITIES
 
 SESSION_PATH = "/qi/v2/phien"
 RECORDS_PATH = "/qi/v2/hocba"
-VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
 
 
-class QuangIchSettings(PluginSettings):
-    """The ``settings`` of a ``quangich`` adapter in the hub's YAML."""
-    base_url: HttpUrl = Field(description="Root of the export API, e.g. https://qi.example.vn")
+class QuangIchSettings(HttpPullSettings):
+    """The ``settings`` of a ``quangich`` adapter in the hub's YAML (``base_url``, ``timeout`` and
+    the retry settings come from ``hub.HttpPullSettings``)."""
     connection_id: str = Field(min_length=1, description="ma_ket_noi issued to the province")
     api_key: SecretStr = Field(min_length=1, description="khoa; reference it as ${QUANGICH_API_KEY}")
     page_size: int = Field(default=100, ge=1, le=500, description="Rows per page (so_luong)")
-    timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for one HTTP request")
-    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request before giving up")
     backoff_seconds: float = Field(default=0.5, gt=0, description="First retry delay; doubles, with jitter")
     max_backoff_seconds: float = Field(
         default=30.0, gt=0, description="Longest wait between tries; a longer Retry-After stops the pull")
-
-    @field_validator("base_url")
-    @classmethod
-    def _plain_root(cls, url: HttpUrl) -> HttpUrl:
-        # Paths are appended to base_url; a query or fragment would end up in the middle.
-        if url.query or url.fragment:
-            raise ValueError("base_url must not have a query string or fragment")
-        return url
 
 
 class QuangIchError(PluginError):
     """The export answered outside its contract, or not at all."""
 
 
-class _Transient(Exception):
-    """Worth retrying: 5xx, 429, a timeout, a dropped connection."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _seconds(value: str | None) -> float | None:
-    return float(value) if value and value.strip().isdigit() else None
-
-
-class QuangIchAdapter(Adapter):
+class QuangIchAdapter(HttpPullMixin, Adapter):
     """Pulls transcripts from a Quảng Ích-style export (tabular JSON pages, change sequence).
 
     The cursor is the last ``seq`` handed to the hub; ``sau`` is exclusive, so an incremental
-    pull returns exactly the rows changed since.
+    pull returns exactly the rows changed since. Sessions, timeouts, retries and Retry-After are
+    the hub kit's (``hub.HttpPullMixin``); only the export's own shape is written here.
     """
     name: ClassVar[str] = "quangich"
     Settings: ClassVar[type[PluginSettings]] = QuangIchSettings
     simulator: ClassVar[str | None] = "hocba_quangich.simulator:QuangIchSimulator"
+    Error: ClassVar[type[Exception]] = QuangIchError
 
     settings: QuangIchSettings
 
     def __init__(self, settings: PluginSettings, context: PluginContext):
         super().__init__(settings, context)
-        self._http: aiohttp.ClientSession | None = None
         self._session_id: str | None = None
 
-    async def open(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                                               headers={"User-Agent": "hocba-hub quangich-adapter"})
-
-    async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+    def forget_credentials(self) -> None:
         self._session_id = None
 
-    # --- HTTP plumbing -----------------------------------------------------------------------
+    def live_secrets(self) -> list[str]:
+        return [self._session_id or ""]
 
-    def _url(self, path: str) -> str:
-        # Read per request, not in __init__: `hocba-hub normalize` builds the adapter without settings.
-        return str(self.settings.base_url).rstrip("/") + path
-
-    def _scrub(self, text: str) -> str:
-        # Whatever the server echoes, the key must not reach a log or a health page.
-        key = self.settings.api_key.get_secret_value()
-        return text.replace(key, "***") if key else text
+    # --- HTTP: one request, then the kit's retries --------------------------------------------
 
     async def _once(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
-        if self._http is None:
-            raise QuangIchError("the quangich adapter is not open: await open() first")
-        try:
-            async with self._http.request(method, self._url(path), **kwargs) as response:
-                status, body = response.status, await response.read()
-                retry_after = _seconds(response.headers.get("Retry-After"))
-        except asyncio.TimeoutError:
-            raise _Transient(f"no answer within {self.settings.timeout:g} s") from None
-        except aiohttp.ClientError as exc:   # refused, reset, dropped, cut off
-            raise _Transient(f"{type(exc).__name__}: {exc}") from None
-        if status == 429:
-            if retry_after is not None and retry_after > self.settings.max_backoff_seconds:
-                raise QuangIchError(f"{method} {path}: rate limited, Retry-After {retry_after:g} s is longer "
-                                    "than max_backoff_seconds; the next poll resumes")
-            raise _Transient("429 Too Many Requests", retry_after)
-        if status >= 500:
-            raise _Transient(f"HTTP {status}", retry_after)
+        status, _, body, retry_after = await self.request(method, self.base_url + path, **kwargs)
+        self.raise_if_unavailable(method, path, status, retry_after)
         try:
             answer = json.loads(body)
         except ValueError:
             snippet = body[:80].decode("utf-8", "replace")
-            raise QuangIchError(f"{method} {path} answered HTTP {status}, not JSON: {self._scrub(snippet)!r}") from None
+            raise QuangIchError(f"{method} {path} answered HTTP {status}, not JSON: {self.scrub(snippet)!r}") from None
         if not isinstance(answer, dict):
             raise QuangIchError(f"{method} {path} answered HTTP {status} with JSON that is not an object")
         return status, answer
 
-    def _wait(self, state) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return exc.retry_after
-        return wait_random_exponential(multiplier=self.settings.backoff_seconds,
-                                       max=self.settings.max_backoff_seconds)(state)
-
     async def _send(self, method: str, path: str, *, attempts: int | None = None,
                     **kwargs: Any) -> tuple[int, dict[str, Any]]:
-        attempts = attempts or self.settings.max_attempts
-        try:
-            async for attempt in AsyncRetrying(stop=stop_after_attempt(attempts), wait=self._wait,
-                                               retry=retry_if_exception_type(_Transient), reraise=True):
-                with attempt:
-                    return await self._once(method, path, **kwargs)
-        except _Transient as exc:
-            raise QuangIchError(f"{method} {self._url(path)}: gave up after {attempts} attempt(s), "
-                                f"last error: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self.retry(method, self.base_url + path, attempts, lambda: self._once(method, path, **kwargs))
 
     async def _login(self, attempts: int | None = None) -> None:
         status, answer = await self._send("POST", SESSION_PATH, attempts=attempts, json={
@@ -170,7 +99,7 @@ class QuangIchAdapter(Adapter):
         session = answer.get("phien")
         if status != 200 or answer.get("ok") is not True or not isinstance(session, str) or not session:
             reason = f"{answer.get('loi', f'HTTP {status}')} {answer.get('thong_bao', '')}".strip()
-            raise QuangIchError(self._scrub(f"session refused: {reason} (connection_id "
+            raise QuangIchError(self.scrub(f"session refused: {reason} (connection_id "
                                             f"{self.settings.connection_id!r}; check connection_id and api_key)"))
         self._session_id = session
 
@@ -226,7 +155,7 @@ class QuangIchAdapter(Adapter):
             answer = await self._page(0, 1, attempts=1)
             return Health(True, f"session accepted; export at seq {answer.get('seq_cuoi')}")
         except QuangIchError as exc:
-            return Health(False, self._scrub(str(exc)))
+            return Health(False, self.scrub(str(exc)))
         finally:
             if opened_here:
                 await self.close()

@@ -17,8 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.kit.simulation import FaultySimulator
-from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, nfd, transcript
+from hub import INVALID_KINDS, FaultySimulator, invalid_transcript, nfd, transcript
 
 SESSION_PATH = "/qi/v2/phien"
 RECORDS_PATH = "/qi/v2/hocba"

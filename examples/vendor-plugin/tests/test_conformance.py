@@ -1,37 +1,13 @@
-"""The plugin's own tests: registration by entry point, then the hub's conformance kit.
+"""The plugin's own tests: the hub's conformance kit, through its pytest plugin.
 
 Run after ``pip install -e .`` (the entry point exists only in an installed package):
-``python -m pytest``. Each kit check is its own test, so a failure names the check.
+``python -m pytest``. Registration by entry point is the first test, then one test per kit check.
 """
 
-import pytest
-from hocba_quangich.adapter import QuangIchAdapter
-
-from hub import plugins
-from hub.kit.conformance import CHECKS, assert_conformant
-
-# The kit injects 5xx, 429 and dropped connections: retry quickly (429 still waits Retry-After).
-FAST = {"backoff_seconds": 0.01, "max_backoff_seconds": 5}
+from hub import AdapterConformance
 
 
-@pytest.fixture(autouse=True)
-def only_this_plugin(monkeypatch):
-    # Load this plugin's entry point alone: its tests must not depend on what else is installed.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "quangich")
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-    yield
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-
-
-def test_registered_through_the_entry_point():
-    info = plugins.adapter_types()["quangich"]
-    assert info.cls is QuangIchAdapter
-    assert info.package == "hocba-quangich" and info.version
-
-
-@pytest.mark.parametrize("check", CHECKS)
-def test_conformance(check):
-    report = assert_conformant("quangich", checks=[check], settings_overrides=FAST)
-    assert not any(row.skipped for row in report.rows), report.table()
+class TestQuangIch(AdapterConformance):
+    adapter = "quangich"
+    # The kit injects 5xx, 429 and dropped connections: retry quickly (429 still waits Retry-After).
+    settings_overrides = {"backoff_seconds": 0.01, "max_backoff_seconds": 5}

@@ -1,0 +1,76 @@
+"""The one way a raw payload becomes a central record: adapter → transform hook → validation.
+
+The pipeline's normalise stage, ``hocba-hub normalize``, the conformance kit and the
+spreadsheet adapter's pre-check all call this, so what a tool says about a payload is exactly
+what the hub will do with it (quarantine it with these reasons, or take it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from hub.contracts import Adapter, RawRecord
+from hub.plugins import manager
+from hub.records import (
+    PrimaryTranscript,
+    SecondaryTranscript,
+    field_errors,
+    parse_transcript,
+)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the hub adds to a vendor's content: which record, which version, what happened, when."""
+    record_id: str
+    version: int
+    event: str            # NEW | UPDATE | CANCEL
+    updated_at: str       # ISO local time, as the vendor states it
+
+    def fields(self) -> dict[str, Any]:
+        return {"record_id": self.record_id, "event": self.event, "version": self.version,
+                "updated_at": self.updated_at}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A central record, or the reasons there is none (each ``path: message``)."""
+    record: PrimaryTranscript | SecondaryTranscript | None
+    errors: tuple[str, ...] = ()
+    mapped: bool = True   # false: the adapter could not map the payload at all
+
+    @property
+    def ok(self) -> bool:
+        return self.record is not None
+
+
+def transform(data: dict[str, Any], adapter: str) -> dict[str, Any]:
+    """Apply every ``hocba_hub_transform_record`` implementation, in registration order."""
+    for result in manager().hook.hocba_hub_transform_record(record=data, adapter=adapter):
+        data = result if result is not None else data
+    return data
+
+
+def central_record(data: dict[str, Any], adapter: str, envelope: Envelope) -> Outcome:
+    """Central-format fields an adapter mapped (no envelope) → a validated record."""
+    try:
+        return Outcome(parse_transcript({**transform(data, adapter), **envelope.fields()}))
+    except ValidationError as exc:
+        return Outcome(None, tuple(field_errors(exc)))
+    except (ValueError, KeyError, TypeError) as exc:
+        return Outcome(None, (str(exc),), mapped=False)
+
+
+def normalize(adapter: Adapter, raw: RawRecord, envelope: Envelope) -> Outcome:
+    """A raw payload as ``adapter`` maps it → a validated central record, or the reasons."""
+    try:
+        data = adapter.normalize(raw)
+        if not isinstance(data, dict):
+            raise TypeError(f"normalize() returned {type(data).__name__}, not a dict")
+    except (ValueError, KeyError, TypeError) as exc:
+        # What the hub quarantines with the message as the reason; it must say something.
+        return Outcome(None, (str(exc) or type(exc).__name__,), mapped=False)
+    return central_record(data, adapter.name, envelope)
