@@ -23,62 +23,21 @@ from pydantic import ValidationError
 from adapters.misa.adapter import MisaAdapter, MisaError, canonical_query, signature
 from adapters.misa.simulator import RECORDS_PATH, MisaSimulator
 from hub import plugins
+from pull_vendors import PullVendor
 from hub.contracts import PluginContext, RawRecord
 from hub.kit.synthetic import nfd, transcript
-from hub.records import field_errors, parse_transcript
+from hub.records import field_errors
 from hub.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "adapters" / "misa" / "examples"
-ENVELOPE = {"record_id": "misa-test", "event": "NEW", "version": 1, "updated_at": "2025-06-01T07:00:00"}
 
 
-@pytest.fixture
-async def vendor(tmp_path):
-    """Start a simulator and an opened adapter pointed at it; everything is closed afterwards."""
-    started: list[tuple[MisaSimulator, MisaAdapter]] = []
-
-    async def start(*, records=0, invalid=0, seed=0, page_size=4, **settings):
-        sim = MisaSimulator(records=records, invalid=invalid, seed=seed, page_size=page_size)
-        await sim.start()
-        adapter = make_adapter(sim.adapter_settings(), tmp_path, **settings)
-        await adapter.open()
-        started.append((sim, adapter))
-        return sim, adapter
-
-    yield start
-    for sim, adapter in started:
-        await adapter.close()
-        await sim.stop()
-
-
-def make_adapter(base: dict, tmp_path: Path, **settings) -> MisaAdapter:
-    # Tiny backoff so a test waiting a second can only be waiting for Retry-After.
-    values = {**base, "backoff_seconds": 0.001, "max_backoff_seconds": 5.0, **settings}
-    return MisaAdapter(MisaAdapter.Settings(**values), PluginContext("misa-test", tmp_path))
-
-
-async def read(adapter: MisaAdapter, cursor: str | None = None):
-    pages = [page async for page in adapter.fetch(cursor)]
-    return pages, [r for p in pages for r in p.records]
-
-
-async def poll(adapter: MisaAdapter, store: Store) -> MisaError | None:
-    """One poll as the hub runs it: each page and its cursor committed together."""
-    try:
-        async for page in adapter.fetch(store.cursor("misa")):
-            store.receive("misa", page.records, page.cursor, save_cursor=True)
-    except MisaError as exc:
-        return exc
-    return None
-
-
-def central(adapter: MisaAdapter, raw: RawRecord) -> dict:
-    return parse_transcript({**adapter.normalize(raw), **ENVELOPE}).model_dump()
-
-
-def expected(record: dict) -> dict:
-    return parse_transcript({**record, **ENVELOPE}).model_dump()
+MISA = PullVendor("misa", MisaSimulator, MisaAdapter, simulator_args=("records", "invalid", "seed", "page_size"),
+                  defaults={"page_size": 4})
+vendor = MISA.fixture()
+make_adapter, read, central, expected = MISA.make_adapter, MISA.read, MISA.central, MISA.expected
+poll = MISA.poll
 
 
 def statuses(sim: MisaSimulator) -> list[int]:

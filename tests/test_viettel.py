@@ -26,63 +26,21 @@ from adapters.viettel.simulator import (
     synthetic_index,
 )
 from hub import plugins
+from pull_vendors import PullVendor
 from hub.contracts import PluginContext, RawRecord
 from hub.kit.synthetic import transcript
-from hub.records import field_errors, parse_transcript
+from hub.records import field_errors
 from hub.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "adapters" / "viettel" / "examples"
-ENVELOPE = {"record_id": "viettel-test", "event": "NEW", "version": 1, "updated_at": "2025-06-01T07:00:00"}
 
 
-@pytest.fixture
-async def vendor(tmp_path):
-    """Start a simulator and an opened adapter pointed at it; everything is closed afterwards."""
-    started: list[tuple[ViettelSimulator, ViettelAdapter]] = []
-
-    async def start(*, records=0, invalid=0, seed=0, per_timestamp=3, page_size=4, **settings):
-        sim = ViettelSimulator(records=records, invalid=invalid, seed=seed, per_timestamp=per_timestamp,
-                               page_size=page_size)
-        await sim.start()
-        adapter = make_adapter(sim.adapter_settings(), tmp_path, **settings)
-        await adapter.open()
-        started.append((sim, adapter))
-        return sim, adapter
-
-    yield start
-    for sim, adapter in started:
-        await adapter.close()
-        await sim.stop()
-
-
-def make_adapter(base: dict, tmp_path: Path, **settings) -> ViettelAdapter:
-    # Tiny backoff so a test waiting a second can only be waiting for Retry-After.
-    values = {**base, "backoff_seconds": 0.001, "max_backoff_seconds": 5.0, **settings}
-    return ViettelAdapter(ViettelAdapter.Settings(**values), PluginContext("viettel-test", tmp_path))
-
-
-async def read(adapter: ViettelAdapter, cursor: str | None = None):
-    pages = [page async for page in adapter.fetch(cursor)]
-    return pages, [r for p in pages for r in p.records]
-
-
-async def poll(adapter: ViettelAdapter, store: Store) -> ViettelError | None:
-    """One poll as the hub runs it: each page and its cursor committed together."""
-    try:
-        async for page in adapter.fetch(store.cursor("viettel")):
-            store.receive("viettel", page.records, page.cursor, save_cursor=True)
-    except ViettelError as exc:
-        return exc
-    return None
-
-
-def central(adapter: ViettelAdapter, raw: RawRecord) -> dict:
-    return parse_transcript({**adapter.normalize(raw), **ENVELOPE}).model_dump()
-
-
-def expected(record: dict) -> dict:
-    return parse_transcript({**record, **ENVELOPE}).model_dump()
+VIETTEL = PullVendor("viettel", ViettelSimulator, ViettelAdapter, simulator_args=("records", "invalid", "seed", "per_timestamp", "page_size"),
+                  defaults={"per_timestamp": 3, "page_size": 4})
+vendor = VIETTEL.fixture()
+make_adapter, read, central, expected = VIETTEL.make_adapter, VIETTEL.read, VIETTEL.central, VIETTEL.expected
+poll = VIETTEL.poll
 
 
 def canonical(xml: bytes) -> str:

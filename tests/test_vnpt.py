@@ -16,50 +16,18 @@ from pydantic import ValidationError
 from adapters.vnpt.adapter import VnptAdapter, VnptError
 from adapters.vnpt.simulator import RECORDS_PATH, TOKEN_PATH, VnptSimulator
 from hub import plugins
-from hub.contracts import PluginContext, RawRecord
+from pull_vendors import PullVendor
+from hub.contracts import RawRecord
 from hub.kit.synthetic import nfd, transcript
-from hub.records import field_errors, parse_transcript
+from hub.records import field_errors
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "adapters" / "vnpt" / "examples"
-ENVELOPE = {"record_id": "vnpt-test", "event": "NEW", "version": 1, "updated_at": "2025-06-01T07:00:00"}
 
 
-@pytest.fixture
-async def vendor(tmp_path):
-    """Start a simulator and an opened adapter pointed at it; everything is closed afterwards."""
-    started: list[tuple[VnptSimulator, VnptAdapter]] = []
-
-    async def start(*, records=0, invalid=0, seed=0, per_timestamp=3, **settings):
-        sim = VnptSimulator(records=records, invalid=invalid, seed=seed, per_timestamp=per_timestamp)
-        await sim.start()
-        adapter = make_adapter(sim.adapter_settings(), tmp_path, **settings)
-        await adapter.open()
-        started.append((sim, adapter))
-        return sim, adapter
-
-    yield start
-    for sim, adapter in started:
-        await adapter.close()
-        await sim.stop()
-
-
-def make_adapter(base: dict, tmp_path: Path, **settings) -> VnptAdapter:
-    # Tiny backoff so a test waiting a second can only be waiting for Retry-After.
-    values = {**base, "backoff_seconds": 0.001, "max_backoff_seconds": 5.0, **settings}
-    return VnptAdapter(VnptAdapter.Settings(**values), PluginContext("vnpt-test", tmp_path))
-
-
-async def read(adapter: VnptAdapter, cursor: str | None = None):
-    pages = [page async for page in adapter.fetch(cursor)]
-    return pages, [r for p in pages for r in p.records]
-
-
-def central(adapter: VnptAdapter, raw: RawRecord) -> dict:
-    return parse_transcript({**adapter.normalize(raw), **ENVELOPE}).model_dump()
-
-
-def expected(record: dict) -> dict:
-    return parse_transcript({**record, **ENVELOPE}).model_dump()
+VNPT = PullVendor("vnpt", VnptSimulator, VnptAdapter, simulator_args=("records", "invalid", "seed", "per_timestamp"),
+                  defaults={"per_timestamp": 3})
+vendor = VNPT.fixture()
+make_adapter, read, central, expected = VNPT.make_adapter, VNPT.read, VNPT.central, VNPT.expected
 
 
 def api_statuses(sim: VnptSimulator) -> list[tuple[str, int]]:

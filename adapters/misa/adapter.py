@@ -26,15 +26,20 @@ from yarl import URL
 from hub import (
     VIETNAM_TIME,
     Adapter,
+    as_list,
+    as_object,
     Health,
     HttpPullMixin,
     HttpPullSettings,
+    load_json,
+    map_keys,
     Page,
     PluginContext,
     PluginError,
     PluginSettings,
     RawRecord,
     Transient,
+    where,
 )
 
 log = structlog.get_logger(__name__)
@@ -271,28 +276,16 @@ class MisaAdapter(HttpPullMixin, Adapter):
 
     async def check(self) -> Health:
         """Read one record with a signed request: proves reachability, key, secret and clock."""
-        opened_here = self._http is None
-        await self.open()
-        try:
+        async def probe() -> str:
             url, data = await self._get({"limit": 1}, attempts=1)
             self._page(data, str(url))
-            return Health(True, "signed request accepted; transcript feed readable")
-        except MisaError as exc:
-            return Health(False, self.scrub(str(exc)))
-        except _TokenExpired:  # pragma: no cover - no token is sent
-            return Health(False, "the server answered 410 without a continuation token")
-        finally:
-            if opened_here:
-                await self.close()
+            return "signed request accepted; transcript feed readable"
+        return await self.checked(probe)
 
     # --- normalise ---------------------------------------------------------------------------
 
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
-        try:
-            record = json.loads(raw.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"payload is not JSON, or is truncated: {exc}") from None
-        return to_central(record)
+        return to_central(load_json(raw.payload))
 
 
 # --- the vendor record → central-format fields ---------------------------------------------------
@@ -350,42 +343,13 @@ SECONDARY_KEYS = frozenset(SECONDARY) | {"subjects", "learningResult", "conduct"
 TOP_KEYS = frozenset({"school", "transcript", "student", "evaluation", "approval"}) | ENVELOPE_KEYS | IGNORED_KEYS
 
 
-def _where(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
 def _object(parent: dict[str, Any], key: str, path: str) -> dict[str, Any]:
-    where = _where(path, key)
-    if key not in parent or parent[key] is None:
-        raise ValueError(f"{where} is missing")
-    if not isinstance(parent[key], dict):
-        raise ValueError(f"{where} is not an object")
-    return parent[key]
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ValueError(f"{where} is not a list")
-    return value
+    return as_object(parent.get(key), where(path, key))
 
 
 def _map(obj: dict[str, Any], path: str, table: dict[str, tuple[str, bool]],
          allowed: Iterable[str] = ()) -> dict[str, Any]:
-    """Rename ``obj``'s keys by ``table``; keys outside ``table`` and ``allowed`` are errors."""
-    allowed = frozenset(allowed)
-    out: dict[str, Any] = {}
-    for key, (field, required) in table.items():
-        if key in obj:
-            out[field] = obj[key]
-        elif required:
-            raise ValueError(f"{_where(path, key)} is missing")
-    for key in obj:
-        if key not in table and key not in allowed:
-            # An unknown key may carry data the central format needs: refuse rather than drop it.
-            raise ValueError(f"{_where(path, key)} is not part of the misa contract (see CONTRACT.md)")
-    return out
+    return map_keys(obj, path, table, allowed, contract="misa")
 
 
 def _shape(level: Any, evaluation: dict[str, Any]) -> str:
@@ -446,7 +410,7 @@ def to_central(record: Any) -> dict[str, Any]:
 
     if "subjects" not in evaluation:
         raise ValueError("evaluation.subjects is missing")
-    subjects = _list(evaluation["subjects"], "evaluation.subjects")
+    subjects = as_list(evaluation["subjects"], "evaluation.subjects")
     items = []
     for i, subject in enumerate(subjects):
         where = f"evaluation.subjects[{i}]"
@@ -468,14 +432,14 @@ def to_central(record: Any) -> dict[str, Any]:
                if competencies.get(key) is not None},
         }
         if evaluation.get("awards") is not None:
-            out["awards"] = _list(evaluation["awards"], "evaluation.awards")
+            out["awards"] = as_list(evaluation["awards"], "evaluation.awards")
     else:
         out.update(_map(evaluation, "evaluation", SECONDARY, SECONDARY_KEYS))
         out["learning"] = _map(_object(evaluation, "learningResult", "evaluation"), "evaluation.learningResult", TERMS)
         out["conduct"] = _map(_object(evaluation, "conduct", "evaluation"), "evaluation.conduct", TERMS)
         if evaluation.get("certificates") is not None:
             certificates = []
-            for i, certificate in enumerate(_list(evaluation["certificates"], "evaluation.certificates")):
+            for i, certificate in enumerate(as_list(evaluation["certificates"], "evaluation.certificates")):
                 where = f"evaluation.certificates[{i}]"
                 if not isinstance(certificate, dict):
                     raise ValueError(f"{where} is not an object")

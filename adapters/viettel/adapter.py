@@ -321,21 +321,13 @@ class ViettelAdapter(HttpPullMixin, Adapter):
 
     async def check(self) -> Health:
         """Open a session and read one record: proves reachability, the key and permission."""
-        opened_here = self._http is None
-        await self.open()
-        try:
+        async def probe() -> str:
             # Always a fresh session: a revoked key must show here, not when the session expires.
             await self._open_session(attempts=1)
             url = URL(self.base_url + RECORDS_PATH).with_query({"pageSize": 1})
             self._page(await self._get(url, attempts=1), str(url))
-            return Health(True, "API key accepted; transcript feed readable")
-        except ViettelError as exc:
-            return Health(False, self.scrub(str(exc)))
-        except _CursorExpired:  # pragma: no cover - no cursor is sent
-            return Health(False, "the server answered 410 without a cursor")
-        finally:
-            if opened_here:
-                await self.close()
+            return "API key accepted; transcript feed readable"
+        return await self.checked(probe)
 
     # --- normalise ---------------------------------------------------------------------------
 

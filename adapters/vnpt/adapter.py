@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr
@@ -19,15 +19,20 @@ from yarl import URL
 from hub import (
     VIETNAM_TIME,
     Adapter,
+    as_list,
+    as_object,
     Health,
     HttpPullMixin,
     HttpPullSettings,
+    load_json,
+    map_keys,
     Page,
     PluginContext,
     PluginError,
     PluginSettings,
     RawRecord,
     Transient,
+    where,
 )
 
 TOKEN_PATH = "/oauth/token"
@@ -243,28 +248,18 @@ class VnptAdapter(HttpPullMixin, Adapter):
 
     async def check(self) -> Health:
         """Get a token and read one record: proves reachability, credentials and permission."""
-        opened_here = self._http is None
-        await self.open()
-        try:
+        async def probe() -> str:
             # Always a fresh token: a rotated secret must show here, not when the cached token expires.
             await self._fetch_token(attempts=1)
             data = await self._get(RECORDS_PATH, {"trang": 1, "sobanghi": 1}, attempts=1)
             total = data.get("TongSo") if isinstance(data, dict) else None
-            return Health(True, f"token accepted; {total} transcript(s) available")
-        except VnptError as exc:
-            return Health(False, self.scrub(str(exc)))
-        finally:
-            if opened_here:
-                await self.close()
+            return f"token accepted; {total} transcript(s) available"
+        return await self.checked(probe)
 
     # --- normalise ---------------------------------------------------------------------------
 
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
-        try:
-            record = json.loads(raw.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"payload is not JSON: {exc}") from None
-        return to_central(record)
+        return to_central(load_json(raw.payload))
 
 
 # --- the vendor record → central-format fields ---------------------------------------------------
@@ -333,41 +328,13 @@ SECONDARY_KEYS = frozenset(SECONDARY) | {"HocLuc", "HanhKiem", "ChungChi"}
 COMMON_KEYS = frozenset(TRANSCRIPT) | {"HocSinh", "KyDuyet", "KetQua"} | ENVELOPE_KEYS | IGNORED_KEYS
 
 
-def _where(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
 def _object(value: Any, path: str) -> dict[str, Any]:
-    if value is None:
-        raise ValueError(f"{path} is missing")
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} is not an object")
-    return value
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ValueError(f"{path} is not a list")
-    return value
+    return as_object(value, path)
 
 
 def _map(obj: dict[str, Any], path: str, table: dict[str, tuple[str, bool]],
-         allowed: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Rename ``obj``'s keys by ``table``; keys outside ``table`` and ``allowed`` are errors."""
-    out: dict[str, Any] = {}
-    for key, (field, required) in table.items():
-        if key in obj:
-            out[field] = obj[key]
-        elif required:
-            raise ValueError(f"{_where(path, key)} is missing")
-    for key in obj:
-        if key not in table and key not in allowed:
-            # An unknown key may carry data the central format needs: refuse rather than drop it.
-            where = _where(path, key) if key else f"{path or 'record'}: an empty key"
-            raise ValueError(f"{where} is not part of the vnpt contract (see CONTRACT.md)")
-    return out
+         allowed: Iterable[str] = ()) -> dict[str, Any]:
+    return map_keys(obj, path, table, allowed, contract="vnpt")
 
 
 def _shape(record: dict[str, Any]) -> tuple[str, Any]:
@@ -409,8 +376,8 @@ def to_central(record: Any) -> dict[str, Any]:
     out["signatories"] = _map(_object(record["KyDuyet"], "KyDuyet"), "KyDuyet", SIGNATORIES)
     subject_table = PRIMARY_SUBJECT if shape == "primary" else SECONDARY_SUBJECT
     out["subjects"] = [
-        _map(_object(s, _where("KetQua", i)), _where("KetQua", i), subject_table)
-        for i, s in enumerate(_list(record["KetQua"], "KetQua"))
+        _map(_object(s, where("KetQua", i)), where("KetQua", i), subject_table)
+        for i, s in enumerate(as_list(record["KetQua"], "KetQua"))
     ]
     if shape == "primary":
         out.update(_map({k: record[k] for k in PRIMARY if k in record}, "", PRIMARY))
@@ -427,7 +394,7 @@ def to_central(record: Any) -> dict[str, Any]:
                if competencies.get(key) is not None},
         }
         if record.get("KhenThuong") is not None:
-            out["awards"] = _list(record["KhenThuong"], "KhenThuong")
+            out["awards"] = as_list(record["KhenThuong"], "KhenThuong")
     else:
         out.update(_map({k: record[k] for k in SECONDARY if k in record}, "", SECONDARY))
         for key, field in (("HocLuc", "learning"), ("HanhKiem", "conduct")):
@@ -436,7 +403,7 @@ def to_central(record: Any) -> dict[str, Any]:
             out[field] = _map(_object(record[key], key), key, TERMS)
         if record.get("ChungChi") is not None:
             out["certificates"] = [
-                _map(_object(c, _where("ChungChi", i)), _where("ChungChi", i), CERTIFICATE)
-                for i, c in enumerate(_list(record["ChungChi"], "ChungChi"))
+                _map(_object(c, where("ChungChi", i)), where("ChungChi", i), CERTIFICATE)
+                for i, c in enumerate(as_list(record["ChungChi"], "ChungChi"))
             ]
     return out

@@ -26,7 +26,7 @@ from tenacity import (
 from yarl import URL
 
 from hub import logs
-from hub.contracts import PluginSettings
+from hub.contracts import Health, PluginSettings
 
 log = structlog.get_logger(__name__)
 
@@ -152,6 +152,20 @@ class HttpPullMixin:
 
     def forget_credentials(self) -> None:
         """Hook: drop tokens tied to the closed session, so a reopened adapter authenticates again."""
+
+    async def checked(self, probe: Callable[[], Awaitable[str]]) -> Health:
+        """``check()``'s usual shape: run ``probe`` on an open session (opened for the check if
+        the adapter is closed); healthy with what ``probe`` returns, or down with the scrubbed
+        error. Probes should make one attempt each: a health check must answer promptly."""
+        opened_here = self._http is None
+        await self.open()
+        try:
+            return Health(True, await probe())
+        except self.Error as exc:
+            return Health(False, self.scrub(str(exc)))
+        finally:
+            if opened_here:
+                await self.close()
 
     def live_secrets(self) -> list[str]:
         """Hook: secrets obtained at run time (session tokens) that ``scrub`` removes too."""

@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hub.store import migrations
-from hub.store.sqlite import Store, T, _now, audit_hash
+from hub.store.sqlite import Store, T, now_iso, audit_hash
 
 try:
     import psycopg
@@ -197,7 +197,7 @@ class PostgresStore(Store):
                 for statement in step.statements(self.dialect):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                           (step.version, step.name, _now()))
+                           (step.version, step.name, now_iso()))
         self._write(work)
 
     # --- dialect hooks -------------------------------------------------------------------
@@ -208,7 +208,7 @@ class PostgresStore(Store):
 
     def _audit(self, db: Any, kind: str, actor: str, subject: str | None, detail: dict[str, Any]) -> None:
         head = db.execute("SELECT id, hash FROM audit_head WHERE one = 1 FOR UPDATE").fetchone()
-        entry = {"id": head[0] + 1, "at": _now(), "kind": kind, "actor": actor, "subject": subject,
+        entry = {"id": head[0] + 1, "at": now_iso(), "kind": kind, "actor": actor, "subject": subject,
                  "detail": json.dumps(detail, sort_keys=True, ensure_ascii=False, default=str)}
         digest = audit_hash(head[1], entry)
         db.execute("INSERT INTO audit (id, at, kind, actor, subject, detail, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -240,7 +240,7 @@ class PostgresStore(Store):
         return sorted(r[0] for r in rows)
 
     def claim_deliveries(self, owner: str, lease_seconds: float, limit: int) -> list[tuple[int, int]]:
-        stamp = _now()  # due times are written by the workers' clocks (retry backoff), so compare with one
+        stamp = now_iso()  # due times are written by the workers' clocks (retry backoff), so compare with one
         rows = self._write(lambda db: db.execute(
             "UPDATE outbox SET lease_owner = ?, lease_until = now() + make_interval(secs => ?),"
             " lease_session = ? WHERE record IN ("

@@ -64,7 +64,7 @@ def content_hash(normalized: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _now() -> str:
+def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -199,7 +199,7 @@ class Store:
                 for statement in step.statements(self.dialect):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                           (step.version, step.name, _now()))
+                           (step.version, step.name, now_iso()))
         self._write(work)
 
     def schema_version(self) -> int:
@@ -244,7 +244,7 @@ class Store:
         cursor back. Returns the store ids of the new versions.
         """
         page = list(records)  # one page; a failing iterator commits nothing
-        now = _now()
+        now = now_iso()
         placeholders = ",".join("?" * len(FINAL_STATES))
 
         def work(db: Any) -> list[int]:
@@ -345,7 +345,7 @@ class Store:
         in the same transaction. Reaching ``delivered`` records the version as sent and closes
         the job; ``dead_letter`` closes the job.
         """
-        now = _now()
+        now = now_iso()
         columns, values = [], []
         for name, value in fields.items():
             if name not in {"normalized", "pdf", "errors", "receipt", "school_code", "school_year",
@@ -384,9 +384,9 @@ class Store:
         """Count a failed attempt without changing state; returns the attempt count."""
         def work(db: Any) -> int:
             db.execute("UPDATE records SET attempts = attempts + 1, errors = ?, updated_at = ? WHERE id = ?",
-                       (json.dumps([error], ensure_ascii=False), _now(), pk))
+                       (json.dumps([error], ensure_ascii=False), now_iso(), pk))
             db.execute("INSERT INTO history (record, at, state, detail) VALUES "
-                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, _now(), pk, f"retry: {error}"))
+                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, now_iso(), pk, f"retry: {error}"))
             return db.execute("SELECT attempts FROM records WHERE id = ?", (pk,)).fetchone()[0]
         return self._write(work)
 
@@ -473,9 +473,9 @@ class Store:
             db.execute("UPDATE outbox SET attempts = attempts + ?, due_at = ?, last_error = ?,"
                        " lease_owner = NULL, lease_until = NULL WHERE record = ?", (int(count), due_at, error, pk))
             db.execute("UPDATE records SET attempts = attempts + 1, errors = ?, updated_at = ? WHERE id = ?",
-                       (json.dumps([error], ensure_ascii=False), _now(), pk))
+                       (json.dumps([error], ensure_ascii=False), now_iso(), pk))
             db.execute("INSERT INTO history (record, at, state, detail) VALUES "
-                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, _now(), pk, f"retry: {error}"))
+                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, now_iso(), pk, f"retry: {error}"))
             return db.execute("SELECT attempts FROM outbox WHERE record = ?", (pk,)).fetchone()[0]
         return self._write(work)
 
@@ -494,7 +494,7 @@ class Store:
     def reissue(self, pk: int, expected: str, held_version: int, reason: str) -> int:
         """The destination holds ``held_version`` ≥ ours: send the same payload again as the
         next version above it. The old row is superseded; returns the new row's id."""
-        now = _now()
+        now = now_iso()
 
         def work(db: Any) -> int:
             row = db.execute(f"SELECT * FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
@@ -556,7 +556,7 @@ class Store:
         records that moved.
         """
         pks = sorted(set(pks))  # row locks in one order: two replays never deadlock
-        now = _now()
+        now = now_iso()
 
         def work(db: Any) -> list[tuple[int, str]]:
             moved = []
@@ -590,7 +590,7 @@ class Store:
         def work(db: Any) -> None:
             db.execute("INSERT INTO adapters (name, paused, updated_at) VALUES (?, ?, ?) ON CONFLICT (name)"
                        " DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
-                       (adapter, int(paused), _now()))
+                       (adapter, int(paused), now_iso()))
             self._audit(db, "pause" if paused else "resume", actor, adapter, {})
         self._write(work)
 
@@ -605,7 +605,7 @@ class Store:
     def _audit(self, db: Any, kind: str, actor: str, subject: str | None, detail: dict[str, Any]) -> None:
         prev = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         prev_hash = prev[0] if prev else "0" * 64
-        at = _now()
+        at = now_iso()
         detail_text = json.dumps(detail, sort_keys=True, ensure_ascii=False, default=str)
         pk = db.execute("INSERT INTO audit (at, kind, actor, subject, detail, prev, hash)"
                         " VALUES (?, ?, ?, ?, ?, ?, '') RETURNING id",
@@ -628,7 +628,7 @@ class Store:
             n = db.execute(
                 "UPDATE records SET payload = ?, pdf = NULL, normalized = NULL, pruned_at = ?"
                 " WHERE state IN (?, ?, ?) AND updated_at < ? AND pruned_at IS NULL",
-                (b"", _now(), DELIVERED, SUPERSEDED, UNCHANGED, older_than)).rowcount
+                (b"", now_iso(), DELIVERED, SUPERSEDED, UNCHANGED, older_than)).rowcount
             if n:
                 self._audit(db, "prune", "hub", None, {"records": n, "older_than": older_than})
             return n

@@ -127,8 +127,7 @@ class CscSimulator(Simulator):
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         if self.pki_dir is None:
             # No PKI given: issue one for every synthetic identity (the demo's set).
-            from hub.kit.pki import ensure_pki
-            from hub.kit.synthetic import signing_identities
+            from hub import ensure_pki, signing_identities
 
             self._tmp = tempfile.TemporaryDirectory(prefix="csc-sim-")
             self.pki_dir = Path(self._tmp.name)

@@ -25,6 +25,7 @@ from hub import (
     Health,
     HttpPullMixin,
     HttpPullSettings,
+    load_json,
     Page,
     PluginContext,
     PluginError,
@@ -147,25 +148,15 @@ class QuangIchAdapter(HttpPullMixin, Adapter):
 
     async def check(self) -> Health:
         """A fresh session and one row: reachability, credentials and permission, no retries."""
-        opened_here = self._http is None
-        await self.open()
-        try:
+        async def probe() -> str:
             # Always a new session: a rotated key must show here, not when the old session expires.
             await self._login(attempts=1)
             answer = await self._page(0, 1, attempts=1)
-            return Health(True, f"session accepted; export at seq {answer.get('seq_cuoi')}")
-        except QuangIchError as exc:
-            return Health(False, self.scrub(str(exc)))
-        finally:
-            if opened_here:
-                await self.close()
+            return f"session accepted; export at seq {answer.get('seq_cuoi')}"
+        return await self.checked(probe)
 
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
-        try:
-            cells = json.loads(raw.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"payload is not JSON: {exc}") from None
-        return to_central(cells)
+        return to_central(load_json(raw.payload))
 
 
 def _raw(columns: list[Any], row: Any, where: str) -> RawRecord:

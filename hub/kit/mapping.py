@@ -1,0 +1,69 @@
+"""Mapping a vendor's record to central-format fields, key by key, with errors that say where.
+
+A vendor record is nested objects with the vendor's key names. An adapter describes each
+object with a table ``{vendor key: (central field, required)}`` and calls ``map_keys``: a
+required key that is absent is the vendor breaking its contract, reported by the vendor's
+dotted path (``student.fullName``, ``evaluation.subjects[2].subjectCode``); a key outside the
+table may carry data the central format needs, so it is refused rather than dropped; a key
+present with ``null`` or ``""`` is passed on, so ``hub.records`` names the central field if it
+may not be empty.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+
+class ContractError(ValueError):
+    """The payload does not follow the adapter's documented contract (the hub quarantines it)."""
+
+
+def where(path: str, key: str | int) -> str:
+    """The dotted path of ``key`` under ``path`` (``a.b``, ``a[2]``)."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def as_object(value: Any, at: str) -> dict[str, Any]:
+    """``value`` if it is an object; a ``ContractError`` naming ``at`` if it is missing or not one."""
+    if value is None:
+        raise ContractError(f"{at} is missing")
+    if not isinstance(value, dict):
+        raise ContractError(f"{at} is not an object")
+    return value
+
+
+def as_list(value: Any, at: str) -> list[Any]:
+    """``value`` if it is a list; a ``ContractError`` naming ``at`` otherwise."""
+    if not isinstance(value, list):
+        raise ContractError(f"{at} is not a list")
+    return value
+
+
+def map_keys(obj: dict[str, Any], path: str, table: dict[str, tuple[str, bool]], allowed: Iterable[str] = (),
+             *, contract: str) -> dict[str, Any]:
+    """Rename ``obj``'s keys by ``table``; a missing required key, or a key outside ``table`` and
+    ``allowed``, is a ``ContractError`` naming it and the ``contract`` (the adapter's name)."""
+    allowed = frozenset(allowed)
+    out: dict[str, Any] = {}
+    for key, (field, required) in table.items():
+        if key in obj:
+            out[field] = obj[key]
+        elif required:
+            raise ContractError(f"{where(path, key)} is missing")
+    for key in obj:
+        if key not in table and key not in allowed:
+            at = where(path, key) if key else f"{path or 'record'}: an empty key"
+            raise ContractError(f"{at} is not part of the {contract} contract (see CONTRACT.md)")
+    return out
+
+
+def load_json(payload: bytes, what: str = "payload") -> Any:
+    """Parse a vendor's JSON; a payload that is not JSON (or was cut off) is a ``ContractError``."""
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractError(f"{what} is not JSON, or is truncated: {exc}") from None
