@@ -27,8 +27,9 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -126,6 +127,64 @@ def _error(status: int, parameter: str, reason: str, headers: dict[str, str] | N
 # --- the API ----------------------------------------------------------------------------------
 
 Handler = Callable[[Request, Caller], Awaitable[Any]]
+
+
+class ReplayRequest(BaseModel):
+    """``POST /api/replay``: records matching every given criterion (ids and record_ids: any of them).
+
+    Strict: a JSON ``true`` is not an id, ``"1"`` is not a list; unknown fields are refused. The
+    OpenAPI document's ``ReplayRequest`` schema is generated from this model.
+    """
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
+        default=None, min_length=1, max_length=_MAX_SELECT, description="Store ids")
+    record_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=_MAX_SELECT,
+                                               description="Record ids (every version of each)")
+    adapter: str | None = Field(default=None, min_length=1, max_length=100, description="Adapter instance name")
+    school: str | None = Field(default=None, min_length=1, max_length=100, description="School code (matruong)")
+    state: Literal[tuple(sorted(lc.REPLAYABLE))] | None = None  # type: ignore[valid-type]
+    stage: Literal[lc.REPLAY_STAGES] = Field(  # type: ignore[valid-type]
+        default="normalize", description="normalize: from the raw payload; render: from the normalised record; "
+                                         "deliver: the signed documents as they are")
+
+    @classmethod
+    def parse(cls, body: Any) -> "ReplayRequest":
+        if not isinstance(body, dict):
+            raise ApiError(400, "body", "must be a JSON object")
+        try:
+            # JSON mode: a UUID arrives as a string, and strict mode still refuses true for an id.
+            request = cls.model_validate_json(json.dumps(body))
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            field = str(error["loc"][0]) if error["loc"] else "body"
+            raise ApiError(400, field[:50], error["msg"]) from None
+        if not request.criteria():
+            raise ApiError(400, "body", "give at least one of ids, record_ids, adapter, school, state")
+        return request
+
+    def criteria(self) -> dict[str, Any]:
+        """What ``Store.select`` takes."""
+        out = self.model_dump(exclude={"stage"}, exclude_none=True)
+        if "record_ids" in out:
+            out["record_ids"] = [str(r) for r in out["record_ids"]]
+        return out
+
+    @classmethod
+    def openapi_schema(cls) -> dict[str, Any]:
+        """This model's JSON Schema in OpenAPI 3.0 terms (optional fields without ``null``)."""
+        schema = cls.model_json_schema()
+        for prop in schema["properties"].values():
+            options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+            if options:
+                prop.update(options[0])
+            if prop.get("default", ...) is None:
+                del prop["default"]
+            prop.pop("title", None)
+        schema.pop("title", None)
+        schema["additionalProperties"] = False
+        schema["minProperties"] = 1
+        return schema
 
 
 class AdminApi:
@@ -295,40 +354,9 @@ class AdminApi:
 
     async def replay(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
-        body = await _json_body(request)
-        allowed = ("ids", "record_ids", "adapter", "school", "state", "stage")
-        for key in body:
-            if key not in allowed:
-                raise ApiError(400, str(key)[:50], f"unknown field (allowed: {', '.join(allowed)})")
-        criteria: dict[str, Any] = {}
-        if "ids" in body:
-            ids = body["ids"]
-            if not isinstance(ids, list) or not 0 < len(ids) <= _MAX_SELECT or not all(
-                    isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63 for i in ids):
-                raise ApiError(400, "ids", f"must be a list of 1 to {_MAX_SELECT} positive integers")
-            criteria["ids"] = ids
-        if "record_ids" in body:
-            rids = body["record_ids"]
-            if not isinstance(rids, list) or not 0 < len(rids) <= _MAX_SELECT:
-                raise ApiError(400, "record_ids", f"must be a list of 1 to {_MAX_SELECT} UUIDs")
-            try:
-                criteria["record_ids"] = [str(uuid.UUID(r)) for r in rids]
-            except (ValueError, TypeError, AttributeError):
-                raise ApiError(400, "record_ids", "every item must be a UUID") from None
-        for key in ("adapter", "school"):
-            if key in body:
-                if not isinstance(body[key], str) or not 0 < len(body[key]) <= 100:
-                    raise ApiError(400, key, "must be a string of 1 to 100 characters")
-                criteria[key] = body[key]
-        if "state" in body:
-            if body["state"] not in lc.REPLAYABLE:
-                raise ApiError(400, "state", f"only {', '.join(sorted(lc.REPLAYABLE))} records can be replayed")
-            criteria["state"] = body["state"]
-        if not criteria:
-            raise ApiError(400, "body", "give at least one of ids, record_ids, adapter, school, state")
-        stage = body.get("stage", "normalize")
-        if stage not in STAGES:
-            raise ApiError(400, "stage", f"must be one of {', '.join(STAGES)}")
+        body = ReplayRequest.parse(await _json_body(request))
+        criteria = body.criteria()
+        stage = body.stage
         pks = await self.hub.db(lambda: self.hub.store.select(**criteria))
         moved = await self.hub.replay(pks, stage=stage, actor=caller.name) if pks else []
         await self.hub.db(self.hub.store.audit, "admin.replay", caller.name, None,
@@ -525,21 +553,7 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                         "student": {"type": "object", "description": "Operators only", "properties": {
                             "full_name": nullable_str, "student_code": nullable_str, "personal_id": nullable_str}},
                         "class_name": {**nullable_str, "description": "Operators only"}}}]},
-                "ReplayRequest": {
-                    "type": "object", "additionalProperties": False,
-                    "description": "Records matching every given criterion (ids and record_ids: any of them)",
-                    "properties": {
-                        "ids": {"type": "array", "minItems": 1, "maxItems": _MAX_SELECT,
-                                "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
-                        "record_ids": {"type": "array", "minItems": 1, "maxItems": _MAX_SELECT,
-                                       "items": {"type": "string", "format": "uuid"}},
-                        "adapter": {"type": "string", "minLength": 1, "maxLength": 100},
-                        "school": {"type": "string", "minLength": 1, "maxLength": 100},
-                        "state": {"type": "string", "enum": sorted(lc.REPLAYABLE)},
-                        "stage": {"type": "string", "enum": list(STAGES), "default": "normalize",
-                                  "description": "normalize: from the raw payload; render: from the "
-                                                 "normalised record; deliver: the signed PDF as it is"}},
-                    "minProperties": 1},
+                "ReplayRequest": ReplayRequest.openapi_schema(),
                 "ReplayResult": {"type": "object", "required": ["stage", "matched", "moved", "skipped"], "properties": {
                     "stage": {"type": "string"}, "matched": {"type": "integer"}, "skipped": {"type": "integer"},
                     "moved": {"type": "array", "items": {"type": "object", "required": ["id", "state"], "properties": {
