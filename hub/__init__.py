@@ -40,8 +40,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("LocalKey", "LocalKeySigner"), "hub.documents.local_keys"),
     "ROLE_LABELS": "hub.documents.render",
     # the kit for vendor authors
-    **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "Transient", "retrying"), "hub.kit.http"),
-    **dict.fromkeys(("ContractError", "as_list", "as_object", "load_json", "map_keys", "where"), "hub.kit.mapping"),
+    **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "Transient", "parse_retry_after", "retrying"), "hub.kit.http"),
+    **dict.fromkeys(("ContractError", "as_list", "as_object", "load_json", "map_keys", "vietnam_time", "where"), "hub.kit.mapping"),
     **dict.fromkeys(("FaultySimulator", "LoopbackServer", "drop_connection"), "hub.kit.simulation"),
     **dict.fromkeys(("INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript"),
                     "hub.kit.synthetic"),

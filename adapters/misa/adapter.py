@@ -24,7 +24,6 @@ from pydantic import Field, SecretStr
 from yarl import URL
 
 from hub import (
-    VIETNAM_TIME,
     Adapter,
     as_list,
     as_object,
@@ -39,6 +38,7 @@ from hub import (
     PluginSettings,
     RawRecord,
     Transient,
+    vietnam_time,
     where,
 )
 
@@ -93,17 +93,6 @@ def signature(secret: bytes, method: str, path: str, query: str, timestamp: str,
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def _parse_timestamp(value: Any) -> dt.datetime:
-    """An ISO 8601 instant; one without an offset is Vietnam time (the contract's clock)."""
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not an ISO 8601 timestamp")
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=VIETNAM_TIME)
-    return parsed.astimezone(VIETNAM_TIME)
 
 
 class MisaAdapter(HttpPullMixin, Adapter):
@@ -229,7 +218,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
             # Without its id a record cannot be stored, quarantined or replayed: stop the pull.
             raise MisaError(f"{where}.id is missing or empty")
         try:
-            updated = _parse_timestamp(item.get("modifiedAt"))
+            updated = vietnam_time(item.get("modifiedAt"))
         except ValueError as exc:
             raise MisaError(f"{where}.modifiedAt: {exc}") from None
         deleted = item.get("isDeleted", False)

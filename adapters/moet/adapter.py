@@ -8,8 +8,6 @@ the hub's outbox's job, so every call here makes exactly one request.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import email.utils
 import json
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +21,7 @@ from hub import (
     Delivery,
     DeliveryError,
     Health,
+    parse_retry_after,
     PluginContext,
     PluginError,
     PluginSettings,
@@ -194,11 +193,11 @@ def _error_for(status: int, headers: Any, body: Any, what: str) -> DeliveryError
         return DeliveryError(f"moet: token rejected ({status}); check settings.token", permanent=True)
     if status == 429:
         return DeliveryError(
-            f"moet: {what} rate limited (429)", retry_after=_retry_after(headers.get("Retry-After"))
+            f"moet: {what} rate limited (429)", retry_after=parse_retry_after(headers.get("Retry-After"))
         )
     if status >= 500 or status == 408:
         return DeliveryError(
-            f"moet: {what} failed ({status}): {reasons}", retry_after=_retry_after(headers.get("Retry-After"))
+            f"moet: {what} failed ({status}): {reasons}", retry_after=parse_retry_after(headers.get("Retry-After"))
         )
     # 400, 413, 422 and anything unexpected: the same request will be answered the same way.
     return DeliveryError(f"moet: {what} rejected ({status}): {reasons}", permanent=True)
@@ -211,24 +210,6 @@ def _reasons(body: Any) -> str:
     else:
         text = str(body or "").strip()
     return text or "no reason given"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: either delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
 def _describe(exc: BaseException) -> str:

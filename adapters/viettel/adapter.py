@@ -34,6 +34,7 @@ from hub import (
     PluginError,
     PluginSettings,
     RawRecord,
+    vietnam_time,
 )
 
 log = structlog.get_logger(__name__)
@@ -77,17 +78,6 @@ def parse_xml(data: bytes, what: str) -> Element:
         raise ValueError(f"{what} is not well-formed XML or is truncated ({exc})") from None
 
 
-def _parse_timestamp(value: Any) -> dt.datetime:
-    """An ISO 8601 instant; one without an offset is Vietnam time (the contract's clock)."""
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not an ISO 8601 timestamp")
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=VIETNAM_TIME)
-    return parsed.astimezone(VIETNAM_TIME)
 
 
 def _iso(value: dt.datetime) -> str:
@@ -114,7 +104,7 @@ class _Position:
         try:
             if not text.startswith("{"):
                 # A bare instant: an operator asking to re-read everything changed since then.
-                return cls(_parse_timestamp(text), None)
+                return cls(vietnam_time(text), None)
             data = json.loads(text)
             if not isinstance(data, dict) or not set(data) <= {"after", "cursor"}:
                 raise ValueError("expected {\"after\": …, \"cursor\": …}")
@@ -122,7 +112,7 @@ class _Position:
             if token is not None and (not isinstance(token, str) or not token):
                 raise ValueError("cursor must be a non-empty string or null")
             after = data.get("after")
-            return cls(_parse_timestamp(after) if after is not None else None, token)
+            return cls(vietnam_time(after) if after is not None else None, token)
         except ValueError as exc:
             raise ViettelError(f"cursor {cursor!r} is not a viettel cursor: {exc}") from None
 
@@ -262,7 +252,7 @@ class ViettelAdapter(HttpPullMixin, Adapter):
             # Without its id a record cannot be stored, quarantined or replayed: stop the pull.
             raise ViettelError(f"{where}/@id is missing or empty")
         try:
-            updated = _parse_timestamp(element.get("updatedAt"))
+            updated = vietnam_time(element.get("updatedAt"))
         except ValueError as exc:
             raise ViettelError(f"{where}/@updatedAt: {exc}") from None
         deleted = (element.get("deleted") or "false").strip()

@@ -32,6 +32,7 @@ from hub import (
     PluginSettings,
     RawRecord,
     Transient,
+    vietnam_time,
     where,
 )
 
@@ -57,15 +58,7 @@ class VnptSettings(HttpPullSettings):
 
 def _parse_timestamp(value: Any) -> dt.datetime:
     """A vendor timestamp as naive Vietnam local time (the contract's clock)."""
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a yyyy-MM-ddTHH:mm:ss string")
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(f"{value!r} is not a yyyy-MM-ddTHH:mm:ss timestamp") from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(VIETNAM_TIME).replace(tzinfo=None)
-    return parsed
+    return vietnam_time(value).replace(tzinfo=None)
 
 
 class VnptAdapter(HttpPullMixin, Adapter):

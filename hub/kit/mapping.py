@@ -11,9 +11,12 @@ may not be empty.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable
 from typing import Any
+
+from hub.records import VIETNAM_TIME
 
 
 class ContractError(ValueError):
@@ -67,3 +70,17 @@ def load_json(payload: bytes, what: str = "payload") -> Any:
         return json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError(f"{what} is not JSON, or is truncated: {exc}") from None
+
+
+def vietnam_time(value: Any) -> dt.datetime:
+    """A vendor's ISO 8601 timestamp as an aware time in Vietnam time; one without an offset is
+    already Vietnam time (every contract's clock unless it says otherwise)."""
+    if not isinstance(value, str):
+        raise ContractError(f"{value!r} is not an ISO 8601 timestamp")
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ContractError(f"{value!r} is not an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=VIETNAM_TIME)
+    return parsed.astimezone(VIETNAM_TIME)
