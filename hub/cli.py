@@ -210,8 +210,19 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from hub.kit.simulate import run_simulators
+    from hub.logs import configure
+
+    configure("console", "warning")
+    return asyncio.run(run_simulators(args.config, records=args.records, invalid=args.invalid))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from hub import __version__
+
     parser = argparse.ArgumentParser(prog="hocba-hub", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hocba-hub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run synthetic transcripts end to end against the simulators")
@@ -225,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--bind", help="HOST:PORT, overrides http.bind")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("simulate", help="serve stand-ins for every system a config points at (for a first run)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--records", type=int, default=40, help="valid transcripts to seed (default 40)")
+    p.add_argument("--invalid", type=int, default=4, help="deliberately invalid transcripts (default 4)")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("check-config", help="validate a config file; every error names its path")
     p.add_argument("file")

@@ -311,6 +311,16 @@ class Simulator(ABC):
     def adapter_settings(self) -> dict[str, Any]:
         """Settings that point this system's adapter at the running simulator."""
 
+    def adopt(self, settings: dict[str, Any]) -> None:
+        """Serve the credentials an adapter's configured ``settings`` name (the reverse of
+        ``adapter_settings``), so ``hocba-hub simulate`` can stand in for the system a config
+        points at. By default every setting named like one of this simulator's attributes
+        (``client_id``, ``api_key``, ``token``, ``page_size`` …) is taken; ``base_url`` is where
+        it is started, not an attribute."""
+        for name, value in settings.items():
+            if name != "base_url" and value is not None and hasattr(self, name):
+                setattr(self, name, value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+
     def accepted(self) -> dict[str, int]:
         """For a destination: ``record_id`` → highest version accepted so far."""
         return {}

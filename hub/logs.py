@@ -48,8 +48,14 @@ def mask_personal_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[s
     return {k: _clean(v) for k, v in event.items()}
 
 
+# What ``configure`` was last called with: worker processes log the way their hub does.
+current: tuple[str, str] = ("json", "info")
+
+
 def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
     """Configure structlog for the process (idempotent)."""
+    global current
+    current = (fmt, level)
     renderer = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if fmt == "json"
@@ -69,6 +75,29 @@ def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> Non
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    capture_library_logs(level)
+
+
+class _LibraryRecords(logging.Handler):
+    """Libraries' log records (pyHanko's path building, aiohttp, …) as one structured event each:
+    the message with quoted values blanked (a certificate's subject names a person) and the
+    exception's one-line reason — never a traceback on an operator's terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            exc = record.exc_info[1] if record.exc_info else None
+            reason = public_error(f"{type(exc).__name__}: {exc}")[:300] if exc is not None else None
+            get_logger().log(record.levelno, f"library.{record.levelname.lower()}", logger=record.name,
+                             message=public_error(record.getMessage())[:300], reason=reason)
+        except Exception:  # a log line must never break the work that wrote it
+            self.handleError(record)
+
+
+def capture_library_logs(level: str = "warning") -> None:
+    """Route the standard library's logging (what libraries use) through structlog (idempotent)."""
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _LibraryRecords)] + [_LibraryRecords()]
+    root.setLevel(max(logging.WARNING, getattr(logging, level.upper())))
 
 
 def get_logger(**bound: Any) -> Any:
@@ -84,10 +113,15 @@ _DATE = re.compile(r"(?<![\d.])(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1
                    r"(?:[T ]\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?)?")
 
 
+# A certificate's subject as libraries print it names its holder (a teacher).
+_CERT_NAME = re.compile(r"(Common Name: |CN=)[^,]+")
+
+
 def public_error(line: str) -> str:
     """An error line fit for a viewer or the wall screen: personal ids masked (``hub.logs.mask``)
-    and quoted values and dates blanked, since a vendor's message may quote a name or birth date."""
-    return _DATE.sub("…", _QUOTED.sub("'…'", mask(line)))
+    and quoted values, certificate holders' names and dates blanked, since a vendor's message may
+    quote a name or birth date."""
+    return _DATE.sub("…", _CERT_NAME.sub(r"\1…", _QUOTED.sub("'…'", mask(line))))
 
 
 def secrets_in(settings: Any) -> list[str]:

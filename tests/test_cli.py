@@ -48,6 +48,7 @@ def test_demo_delivers_every_valid_record_and_quarantines_the_rest(demo):
     assert (work / "out" / "root-ca.pem").exists()
     assert "demo OK" in result.stdout
     assert "quarantined  5" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
     # The throwaway PKI lives in the data directory and is reused by the next run.
     assert (work / "hocba-data" / "pki" / "root-ca.pem").exists()
 
@@ -117,6 +118,7 @@ async def test_run_serves_works_and_drains_on_sigterm(tmp_path):
     config["adapters"][0]["settings"].update(vendor.adapter_settings())
     config["destination"]["settings"].update(central.adapter_settings())
     config["signers"][0]["settings"] = {"directory": str(pki), "password": "${RUN_TEST_KEY_PASSWORD}"}
+    config["signing"]["trust"] = [str(pki / "root-ca.pem")]
     path = tmp_path / "hub.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     log_file = tmp_path / "hub.log"  # a file, not a pipe nobody reads while the hub logs
@@ -153,3 +155,51 @@ def test_broken_config_never_starts_the_server(tmp_path):
     path.write_text("adapters: []\n", encoding="utf-8")
     result = cli("run", "--config", str(path), "--bind", "127.0.0.1:1")
     assert result.returncode == 1 and "adapters:" in result.stderr
+
+
+async def test_first_run_simulate_then_run_delivers_without_tracebacks(tmp_path):
+    """The README's first run: `simulate` stands in for every system the example config names,
+    `run` serves and delivers against them; neither prints a traceback."""
+    text = (ROOT / "config" / "example.yaml").read_text(encoding="utf-8")
+    for old in ("9100", "9101", "9102", "9103", "8080"):
+        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{_free_port()}")
+    text = text.replace("hocba-data", str(tmp_path / "hocba-data"))
+    config = tmp_path / "hub.yaml"
+    config.write_text(text, encoding="utf-8")
+    bind = yaml.safe_load(text)["http"]["bind"]
+    sim_log, run_log = tmp_path / "simulate.log", tmp_path / "run.log"
+    with sim_log.open("wb") as out:
+        sim = await asyncio.create_subprocess_exec(*CLI, "simulate", "--config", str(config), "--records", "10",
+                                                   "--invalid", "0", stdout=out, stderr=out, cwd=tmp_path)
+    hub = None
+    try:
+        for _ in range(300):
+            if "simulators running" in sim_log.read_text(encoding="utf-8"):
+                break
+            await asyncio.sleep(0.1)
+        assert "simulators running" in sim_log.read_text(encoding="utf-8"), sim_log.read_text(encoding="utf-8")
+        with run_log.open("wb") as out:
+            hub = await asyncio.create_subprocess_exec(*CLI, "run", "--config", str(config), stdout=out, stderr=out,
+                                                       cwd=tmp_path)
+        delivered = 0
+        async with aiohttp.ClientSession() as http:
+            for _ in range(900):
+                try:
+                    async with http.get(f"http://{bind}/metrics") as resp:
+                        body = await resp.text()
+                    delivered = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                                    if line.startswith("hocba_records{") and 'state="delivered"' in line)
+                except aiohttp.ClientError:
+                    pass
+                if delivered >= 10:
+                    break
+                await asyncio.sleep(0.1)
+        assert delivered == 10, run_log.read_text(encoding="utf-8")[-3000:]
+        assert '"event": "hub.listening"' in run_log.read_text(encoding="utf-8")
+    finally:
+        for proc in (hub, sim):
+            if proc is not None and proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 60)
+    for log in (sim_log, run_log):
+        assert "Traceback" not in log.read_text(encoding="utf-8"), log.read_text(encoding="utf-8")[-3000:]

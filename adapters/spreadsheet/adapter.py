@@ -649,6 +649,9 @@ def parse_table(table: _Table, extra_subjects: dict[str, str]) -> tuple[list[_Ro
 class SpreadsheetSettings(PluginSettings):
     """The ``settings`` of a ``spreadsheet`` adapter in the hub's YAML."""
     directory: Path = Field(description="The watched folder; done/ and rejected/ are created inside it")
+    create_directory: bool = Field(
+        default=False, description="Create the folder at start-up if it is missing (a first run); otherwise "
+                                   "a missing folder is an error, since it usually means a typo or an unmounted share")
     settle_seconds: float = Field(
         default=5.0, ge=0, le=3600,
         description="A file is read only once its size and modification time have not changed for this long")
@@ -702,7 +705,10 @@ class SpreadsheetAdapter(Adapter):
         return None
 
     async def open(self) -> None:
-        # A missing folder is a typo or an unmounted share: say so at start-up, do not create it.
+        # A missing folder is a typo or an unmounted share: say so at start-up, unless the
+        # province asked for it to be created.
+        if self.settings.create_directory:
+            self.settings.directory.mkdir(parents=True, exist_ok=True)
         problem = self._folder_problem()
         if problem:
             raise PluginError(problem)

@@ -27,6 +27,12 @@ class SpreadsheetSimulator(Simulator):
         self._own_directory = directory is None
         self.defects: dict[str, tuple[str, str]] = {}
 
+    def adopt(self, settings: dict[str, Any]) -> None:
+        # The configured folder is the school's, not ours: write into it, never remove it.
+        self.directory = Path(settings["directory"])
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._own_directory = False
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="hocba-sheets-"))

@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any
 
 from hub import lifecycle as lc
+from hub import logs
 from hub import store as st
 from hub.config import HubConfig
 from hub.contracts import Adapter, Health, PluginContext, PluginError, RawRecord, Signer
@@ -42,8 +43,8 @@ def render_job(normalized: dict[str, Any], roles: tuple[str, ...]) -> bytes:
     return render_pdf(parse_transcript(normalized), roles)
 
 
-def _worker_init(fonts: dict[str, bytes]) -> None:
-    """In each pool worker: take the prepared fonts, and exit if the hub dies.
+def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info") -> None:
+    """In each pool worker: log like the hub, take the prepared fonts, and exit if the hub dies.
 
     A hub killed with SIGKILL cannot shut its pool down; without this watch its workers would
     linger as orphans holding memory.
@@ -51,7 +52,9 @@ def _worker_init(fonts: dict[str, bytes]) -> None:
     import threading
 
     from hub.documents.render import load_fonts
+    from hub.logs import configure
 
+    configure(log_format, log_level)
     load_fonts(fonts)
     parent = os.getppid()
 
@@ -118,7 +121,7 @@ class Hub:
         # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s.
         fonts = await asyncio.to_thread(load_fonts)
         self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_worker_init, initargs=(fonts,))
+                                         initializer=_worker_init, initargs=(fonts, *logs.current))
         # Start every worker now, off the event loop, rather than on the first render (where
         # spawning them would stall the loop for a second or two).
         loop = asyncio.get_running_loop()

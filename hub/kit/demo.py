@@ -40,7 +40,7 @@ def default_config() -> Path:
     return Path(__file__).resolve().parent.parent / "config" / "example.yaml"
 
 
-def _simulator_class(adapter_type: str) -> type[Simulator] | None:
+def simulator_class(adapter_type: str) -> type[Simulator] | None:
     ref = adapter_types()[adapter_type].cls.simulator
     if not ref:
         return None
@@ -48,23 +48,23 @@ def _simulator_class(adapter_type: str) -> type[Simulator] | None:
     return getattr(importlib.import_module(module), name)
 
 
-def _split(total: int, parts: int) -> list[int]:
+def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 async def start_simulators(config: HubConfig, records: int, invalid: int
                            ) -> tuple[list[tuple[str, Simulator]], Simulator]:
     """Start a simulator per adapter that has one (and the destination's); point the config at them."""
-    sources = [a for a in config.adapters if a.enabled and _simulator_class(a.type)]
+    sources = [a for a in config.adapters if a.enabled and simulator_class(a.type)]
     if not sources:
         raise ConfigError(["adapters: the demo needs at least one adapter that ships a simulator"])
-    dest_cls = _simulator_class(config.destination.type)
+    dest_cls = simulator_class(config.destination.type)
     if dest_cls is None:
         raise ConfigError([f"destination.type: {config.destination.type!r} ships no simulator for the demo"])
     started: list[tuple[str, Simulator]] = []
-    shares = zip(sources, _split(records, len(sources)), _split(invalid, len(sources)))
+    shares = zip(sources, split(records, len(sources)), split(invalid, len(sources)))
     for seed, (section, n, bad) in enumerate(shares):
-        sim = _simulator_class(section.type)(records=n, invalid=bad, seed=seed)
+        sim = simulator_class(section.type)(records=n, invalid=bad, seed=seed)
         await sim.start()
         started.append((section.name, sim))
         config.override_settings(section.name, sim.adapter_settings())

@@ -54,6 +54,8 @@ async def serve(config: HubConfig) -> None:
     ))
     try:
         if not early_stop.is_set():
+            hub.log.info("hub.listening", url=f"http://{config.http.bind}", status_page=f"http://{config.http.bind}/",
+                         admin_api=f"http://{config.http.bind}/openapi.json")
             await server.serve()
     finally:
         await hub.stop()
