@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys((
         "Event", "GENERAL_COMPETENCIES", "PrimaryTranscript", "QUALITIES", "SecondaryTranscript",
         "VIETNAM_TIME", "field_errors", "parse_transcript"), "hub.records"),
+    **dict.fromkeys(("SUBJECTS", "Subject", "subjects_for"), "hub.catalogue"),
     # the one normalisation path
     **dict.fromkeys(("Envelope", "Outcome", "central_record", "normalize"), "hub.engine.normalize"),
     "record_id_for": "hub.store",

@@ -38,6 +38,7 @@ __all__ = [
     "TermLevels", "Certificate", "PrimaryTranscript", "SecondaryTranscript",
     "TranscriptRecord", "parse_transcript", "transcript_json_schema", "field_errors",
     "RuleViolation", "FieldError", "QUALITIES", "GENERAL_COMPETENCIES",
+    "OverallResult", "SchoolYearEntry",
 ]
 
 
@@ -194,12 +195,34 @@ class CommentResult(StrEnum):
     CD = "CĐ"  # Chưa đạt
 
 
+class OverallResult(StrEnum):
+    """Thông tư 27 (art. 9) overall result of a primary school year, best first."""
+    HTXS = "HTXS"  # Hoàn thành xuất sắc
+    HTT = "HTT"    # Hoàn thành tốt
+    HT = "HT"      # Hoàn thành
+    CHT = "CHT"    # Chưa hoàn thành
+
+
+_OVERALL_NAMES = {"hoàn thành xuất sắc": "HTXS", "hoàn thành tốt": "HTT", "hoàn thành": "HT",
+                  "chưa hoàn thành": "CHT"}
+
+
+def _overall_result(value: Any) -> Any:
+    # Vendors send the code or the words the form prints; both mean one thing.
+    value = _blank_to_none(value)
+    if isinstance(value, str):
+        text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", value)).strip()
+        return _OVERALL_NAMES.get(text.lower(), text.upper())
+    return value
+
+
 SECONDARY_RANK = {SecondaryLevel.T: 3, SecondaryLevel.K: 2, SecondaryLevel.D: 1, SecondaryLevel.CD: 0}
 
 PrimaryLevelField = Annotated[PrimaryLevel | None, BeforeValidator(_level_code)]
 QualityLevelField = Annotated[QualityLevel, BeforeValidator(_level_code)]
 SecondaryLevelField = Annotated[SecondaryLevel | None, BeforeValidator(_level_code)]
 CommentField = Annotated[CommentResult | None, BeforeValidator(_level_code)]
+OverallResultField = Annotated[OverallResult | None, BeforeValidator(_overall_result)]
 
 QUALITIES = ("yeu_nuoc", "nhan_ai", "cham_chi", "trung_thuc", "trach_nhiem")
 GENERAL_COMPETENCIES = ("tu_chu_tu_hoc", "giao_tiep_hop_tac", "giai_quyet_van_de_sang_tao")
@@ -225,6 +248,11 @@ class Student(_Model):
     guardian_name: OptText = Field(default=None, alias="hotennguoigiamho")
     policy_group: OptText = Field(default=None, alias="doituongchinhsach")
     disability_not_assessed: Bool = Field(default=False, alias="cokhuyettatkhongdanhgia")
+    # The forms' particulars page (issue 12): where the student was born and lives, and the
+    # school's register number (số đăng bộ).
+    birth_place: OptText = Field(default=None, alias="noisinh", max_length=200)
+    residence: OptText = Field(default=None, alias="noiohientai", max_length=300)
+    registration_number: OptText = Field(default=None, alias="sodangbo", max_length=50)
 
     @model_validator(mode="after")
     def _born_in_the_past(self) -> "Student":
@@ -265,6 +293,11 @@ class SecondarySubject(_Model):
     term1_comment: CommentField = Field(default=None, alias="ketquahk1")
     term2_comment: CommentField = Field(default=None, alias="ketquahk2")
     year_comment: CommentField = Field(default=None, alias="ketquacn")
+    # The form's last columns (issue 12): the re-assessed average or result, when the student
+    # was re-assessed (đánh giá lại), and the subject teacher who confirms the row.
+    reassessment_average: Average = Field(default=None, alias="dtbdanhgialai")
+    reassessment_comment: CommentField = Field(default=None, alias="ketquadanhgialai")
+    teacher_name: OptText = Field(default=None, alias="hotengvbm", max_length=100)
 
     @property
     def is_comment_only(self) -> bool:
@@ -278,6 +311,12 @@ class SecondarySubject(_Model):
                 "year_average",
                 f"subject {self.subject_code}: give either year_average (scored) or year_comment (Đ/CĐ), exactly one",
             )
+        if self.reassessment_average is not None and self.is_comment_only:
+            raise FieldError("reassessment_average", f"subject {self.subject_code} is assessed by comment: "
+                             "give reassessment_comment (Đ/CĐ)")
+        if self.reassessment_comment is not None and not self.is_comment_only:
+            raise FieldError("reassessment_comment", f"subject {self.subject_code} is scored: "
+                             "give reassessment_average")
         return self
 
 
@@ -293,6 +332,15 @@ class Certificate(_Model):
     name: Text = Field(alias="tenchungchi", min_length=1)
     issued_on: OptDate = Field(default=None, alias="ngaycap")
     issuer: OptText = Field(default=None, alias="noicap")
+
+
+class SchoolYearEntry(_Model):
+    """One row of the particulars page's school history (``quatrinhhoctap``): a year at a school."""
+    school_year: Annotated[str, Field(pattern=r"^\d{4}-\d{4}$")] = Field(alias="namhoc")
+    class_name: Text = Field(alias="tenlop", min_length=1)
+    school_name: Text = Field(alias="tentruong", min_length=1)
+    registration_number: OptText = Field(default=None, alias="sodangbo")
+    enrolled_on: OptDate = Field(default=None, alias="ngaynhaphoc")
 
 
 class _Transcript(_Model):
@@ -312,6 +360,10 @@ class _Transcript(_Model):
     school_year: Annotated[str, Field(pattern=r"^\d{4}-\d{4}$")] = Field(alias="namhoc")
     student: Student = Field(alias="hocsinh")
     signatories: Signatories = Field(alias="kyduyet")
+    # The forms' common parts (issue 12): the homeroom teacher's comments and the years before
+    # this one (the particulars page lists this year's row from the record itself).
+    homeroom_comment: OptText = Field(default=None, alias="nhanxetgvcn", max_length=2000)
+    history: list[SchoolYearEntry] = Field(default_factory=list, alias="quatrinhhoctap")
 
     @model_validator(mode="after")
     def _envelope_and_year(self) -> "_Transcript":
@@ -333,6 +385,11 @@ class PrimaryTranscript(_Transcript):
     completed_primary_program: OptBool = Field(default=None, alias="dahthanhctrinhtieuhoc")
     promoted: Bool = Field(alias="duoclenlop")
     awards: list[Text] = Field(default_factory=list, alias="khenthuong")
+    # Thông tư 27's overall result and the comments the form prints (issue 12).
+    overall_result: OverallResultField = Field(default=None, alias="ketquagiaoduc")
+    qualities_comment: OptText = Field(default=None, alias="nhanxetphamchat", max_length=2000)
+    general_competencies_comment: OptText = Field(default=None, alias="nhanxetnanglucchung", max_length=2000)
+    subject_competencies_comment: OptText = Field(default=None, alias="nhanxetnanglucdacthu", max_length=2000)
 
     @model_validator(mode="after")
     def _primary_rules(self) -> "PrimaryTranscript":
@@ -349,6 +406,9 @@ class PrimaryTranscript(_Transcript):
             raise FieldError("competencies", f"missing {', '.join(missing)}")
         if self.completed_primary_program is not None and self.grade != 5:
             raise FieldError("completed_primary_program", "is only stated in grade 5")
+        if self.overall_result is not None and (self.overall_result != OverallResult.CHT) != self.completed_grade_program:
+            raise FieldError("overall_result", f"{self.overall_result.value} contradicts completed_grade_program="
+                             f"{self.completed_grade_program} (only CHT means the grade is not completed)")
         return self
 
 
@@ -361,6 +421,13 @@ class SecondaryTranscript(_Transcript):
     days_absent: int = Field(default=0, alias="songaynghi", ge=0, le=366)
     promoted: Bool = Field(alias="duoclenlop")
     certificates: list[Certificate] = Field(default_factory=list, alias="chungchi")
+    # The form's end of year (issue 12): awards; the results after re-assessment and after
+    # summer conduct training, where they apply; completion of the level in grade 9 or 12,
+    # which those transcripts state instead of promotion.
+    awards: list[Text] = Field(default_factory=list, alias="khenthuong")
+    learning_reassessed: SecondaryLevelField = Field(default=None, alias="ketquahoctapsaudanhgialai")
+    conduct_after_summer: SecondaryLevelField = Field(default=None, alias="ketquarenluyensauhe")
+    completed_level_program: OptBool = Field(default=None, alias="dahthanhctrinhcaphoc")
 
     @model_validator(mode="after")
     def _secondary_rules(self) -> "SecondaryTranscript":
@@ -371,12 +438,17 @@ class SecondaryTranscript(_Transcript):
             stated = getattr(self.learning, period)
             if stated is not None:
                 check_learning_result(self.subjects, period, stated)
+        if self.completed_level_program is not None and self.grade not in (9, 12):
+            raise FieldError("completed_level_program", "is only stated in grade 9 or 12")
         if self.promoted:
             reasons = []
-            if SECONDARY_RANK[self.learning.year] < SECONDARY_RANK[SecondaryLevel.D]:
-                reasons.append(f"learning.year is {self.learning.year.value}")
-            if SECONDARY_RANK[self.conduct.year] < SECONDARY_RANK[SecondaryLevel.D]:
-                reasons.append(f"conduct.year is {self.conduct.year.value}")
+            # A re-assessment or summer training replaces the year's result it was held for.
+            learning = self.learning_reassessed or self.learning.year
+            conduct = self.conduct_after_summer or self.conduct.year
+            if SECONDARY_RANK[learning] < SECONDARY_RANK[SecondaryLevel.D]:
+                reasons.append(f"learning.year is {learning.value}")
+            if SECONDARY_RANK[conduct] < SECONDARY_RANK[SecondaryLevel.D]:
+                reasons.append(f"conduct.year is {conduct.value}")
             if self.days_absent > 45:
                 reasons.append(f"days_absent is {self.days_absent} (> 45)")
             if reasons:

@@ -535,7 +535,7 @@ def strip_level(record: dict) -> None:
     # Wrong JSON types where the contract has an object or a list name the vendor path.
     (0, lambda r: r.update(student="Nguyễn Văn A"), "student is not an object"),
     (0, lambda r: r["evaluation"].update(subjects={"TV": "T"}), "evaluation.subjects is not a list"),
-    (0, lambda r: r["evaluation"]["subjects"].append("TOAN"), r"evaluation.subjects\[7\] is not an object"),
+    (0, lambda r: r["evaluation"]["subjects"].insert(7, "TOAN"), r"evaluation.subjects\[7\] is not an object"),
     (3, lambda r: r["evaluation"].update(certificates=["x"]), r"evaluation.certificates\[0\] is not an object"),
     (0, lambda r: r["school"].pop("schoolLevel"), "school.schoolLevel is missing"),
     (0, strip_level, "school.schoolLevel '09' is not 02, 03 or 04"),
@@ -571,7 +571,7 @@ def set_path(path: str, value):
     (3, set_path("evaluation.subjects.0.yearEnd", "11,5"), "subjects[0].year_average"),      # out of range
     (3, set_path("evaluation.subjects.0.term1", "8,25"), "subjects[0].term1_average"),       # two decimals
     (3, set_path("evaluation.subjects.0.term2", "Đ"), "subjects[0].term2_average"),          # comment in a score
-    (3, set_path("evaluation.subjects.9.yearEnd", "X"), "subjects[9].year_comment"),
+    (3, set_path("evaluation.subjects.4.yearEnd", "X"), "subjects[4].year_comment"),
     (3, set_path("evaluation.subjects.0.subjectCode", ""), "subjects[0].subject_code"),
     (3, set_path("evaluation.learningResult.yearEnd", "T"), "learning.year"),                # contradicts averages
     (0, set_path("evaluation.subjects.0.yearEndTestScore", "8,5"), "subjects[0].year_score"),  # not whole

@@ -44,7 +44,7 @@ over_http = pytest.mark.asyncio(loop_scope="module")
 
 SECRET = "push-test-secret-4f7c1a9e2b"
 NAME = "school-push"
-MAX_BODY = 64 * 1024
+MAX_BODY = 128 * 1024  # room for 21 full transcripts (≈3.5 KB each), so max_records is what refuses them
 EXAMPLE = Path(__file__).resolve().parents[1] / "adapters" / "push" / "examples" / "record.json"
 ENVELOPE = {"record_id": "push-test", "event": "NEW", "version": 1, "updated_at": "2025-06-01T07:00:00"}
 

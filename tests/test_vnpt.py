@@ -331,7 +331,8 @@ def strip_level(record: dict, level: str) -> None:
     """An unknown level and no level-specific key: nothing tells which shape it is."""
     record["CapHoc"] = level
     for key in ("PhamChat", "NangLuc", "HoanThanhChuongTrinhLopHoc", "HoanThanhChuongTrinhTieuHoc",
-                "KhenThuong", "LenLop"):
+                "KhenThuong", "LenLop", "KetQuaGiaoDuc", "NhanXetPhamChat", "NhanXetNangLucChung",
+                "NhanXetNangLucDacThu"):
         record.pop(key)
 
 

@@ -114,7 +114,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
         # The signing clock; a test can skew it to see what a drifting server clock does.
         self._clock: Callable[[], float] = time.time
 
-    # --- lifecycle: open/close and _base come from hub.kit.http.HttpPullMixin -----------------------
+    # --- lifecycle: open/close, base_url and retries come from hub.HttpPullMixin -----------------------
 
     def configure_http(self, http: aiohttp.ClientSession) -> None:
         # aiohttp silently resends an idempotent request once when a connection drops, with
@@ -290,12 +290,15 @@ IGNORED_KEYS = frozenset({"modifiedBy"})                       # audit trail, no
 SCHOOL = {"departmentCode": ("department_code", True), "schoolCode": ("school_code", True),
           "schoolName": ("school_name", True), "schoolLevel": ("level", True)}
 TRANSCRIPT = {"transcriptCode": ("transcript_id", True), "status": ("status", False),
-              "schoolYear": ("school_year", True), "grade": ("grade", True), "className": ("class_name", True)}
+              "schoolYear": ("school_year", True), "grade": ("grade", True), "className": ("class_name", True),
+              "homeroomComment": ("homeroom_comment", False)}
 STUDENT = {
     "studentCode": ("student_code", True), "personalIdentifier": ("personal_id", False),
     "fullName": ("full_name", True), "dateOfBirth": ("birth_date", True), "gender": ("gender", True),
     "ethnicity": ("ethnicity", False), "nationality": ("nationality", False),
     "policyGroup": ("policy_group", False), "disabilityNotAssessed": ("disability_not_assessed", False),
+    "placeOfBirth": ("birth_place", False), "residence": ("residence", False),
+    "registrationNumber": ("registration_number", False),
 }
 FAMILY = {"fatherName": ("father_name", False), "motherName": ("mother_name", False),
           "guardianName": ("guardian_name", False)}
@@ -305,7 +308,10 @@ HOMEROOM_TEACHER = {"fullName": ("homeroom_teacher_name", True),
 PRINCIPAL = {"fullName": ("principal_name", True), "personalIdentifier": ("principal_personal_id", False),
              "title": ("principal_title", False)}
 PRIMARY = {"completedGradeProgram": ("completed_grade_program", True),
-           "completedPrimaryProgram": ("completed_primary_program", False), "promoted": ("promoted", True)}
+           "completedPrimaryProgram": ("completed_primary_program", False), "promoted": ("promoted", True),
+           "overallResult": ("overall_result", False), "qualitiesComment": ("qualities_comment", False),
+           "generalCompetenciesComment": ("general_competencies_comment", False),
+           "subjectCompetenciesComment": ("subject_competencies_comment", False)}
 PRIMARY_SUBJECT = {
     "subjectCode": ("subject_code", True), "subjectName": ("subject_name", True),
     "term1Level": ("term1_level", False), "yearEndLevel": ("year_level", True),
@@ -320,15 +326,17 @@ SUBJECT_COMPETENCIES = {"language": ("ngon_ngu", False), "mathematics": ("tinh_t
                         "science": ("khoa_hoc", False), "technology": ("cong_nghe", False),
                         "informatics": ("tin_hoc", False), "aesthetics": ("tham_my", False),
                         "physical": ("the_chat", False)}
-SECONDARY = {"daysAbsent": ("days_absent", True), "promoted": ("promoted", True)}
-SECONDARY_SUBJECT_KEYS = frozenset({"subjectCode", "subjectName", "evaluationType", "term1", "term2", "yearEnd"})
+SECONDARY = {"daysAbsent": ("days_absent", True), "promoted": ("promoted", True),
+             "completedLevelProgram": ("completed_level_program", False)}
+SECONDARY_SUBJECT_KEYS = frozenset({"subjectCode", "subjectName", "evaluationType", "term1", "term2", "yearEnd",
+                                    "teacherName"})
 EVALUATION_FIELDS = {"score": ("term1_average", "term2_average", "year_average"),
                      "comment": ("term1_comment", "term2_comment", "year_comment")}
 TERMS = {"term1": ("term1", False), "term2": ("term2", False), "yearEnd": ("year", True)}
 CERTIFICATE = {"name": ("name", True), "issuedDate": ("issued_on", False), "issuer": ("issuer", False)}
 
 PRIMARY_KEYS = frozenset(PRIMARY) | {"subjects", "qualities", "competencies", "awards"}
-SECONDARY_KEYS = frozenset(SECONDARY) | {"subjects", "learningResult", "conduct", "certificates"}
+SECONDARY_KEYS = frozenset(SECONDARY) | {"subjects", "learningResult", "conduct", "certificates", "awards"}
 TOP_KEYS = frozenset({"school", "transcript", "student", "evaluation", "approval"}) | ENVELOPE_KEYS | IGNORED_KEYS
 
 
@@ -372,6 +380,8 @@ def _secondary_subject(subject: dict[str, Any], where: str) -> dict[str, Any]:
             out[field] = subject[key]
         elif key == "yearEnd":
             raise ValueError(f"{where}.yearEnd is missing")
+    if "teacherName" in subject:
+        out["teacher_name"] = subject["teacherName"]
     return out
 
 
@@ -426,6 +436,8 @@ def to_central(record: Any) -> dict[str, Any]:
         out.update(_map(evaluation, "evaluation", SECONDARY, SECONDARY_KEYS))
         out["learning"] = _map(_object(evaluation, "learningResult", "evaluation"), "evaluation.learningResult", TERMS)
         out["conduct"] = _map(_object(evaluation, "conduct", "evaluation"), "evaluation.conduct", TERMS)
+        if evaluation.get("awards") is not None:
+            out["awards"] = as_list(evaluation["awards"], "evaluation.awards")
         if evaluation.get("certificates") is not None:
             certificates = []
             for i, certificate in enumerate(as_list(evaluation["certificates"], "evaluation.certificates")):

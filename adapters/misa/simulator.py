@@ -100,7 +100,8 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
                    "schoolName": central["school_name"], "schoolLevel": central["level"]},
         "transcript": {"transcriptCode": central["transcript_id"], "status": central.get("status", "1"),
                        "schoolYear": central["school_year"], "grade": central["grade"],
-                       "className": central["class_name"]},
+                       "className": central["class_name"],
+                       "homeroomComment": central.get("homeroom_comment")},
         "student": {
             "studentCode": student["student_code"],
             "personalIdentifier": student.get("personal_id"),
@@ -114,6 +115,9 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
                        "guardianName": optional(student.get("guardian_name"))},
             "policyGroup": student.get("policy_group"),
             "disabilityNotAssessed": bool(student.get("disability_not_assessed", False)),
+            "placeOfBirth": student.get("birth_place"),
+            "residence": optional(student.get("residence")),
+            "registrationNumber": student.get("registration_number"),
         },
     }
     if "qualities" in central:
@@ -131,6 +135,10 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
             "completedPrimaryProgram": central.get("completed_primary_program"),
             "promoted": central["promoted"],
             "awards": list(central.get("awards", [])),
+            "overallResult": central.get("overall_result"),
+            "qualitiesComment": central.get("qualities_comment"),
+            "generalCompetenciesComment": central.get("general_competencies_comment"),
+            "subjectCompetenciesComment": central.get("subject_competencies_comment"),
         }
     else:
         subjects = []
@@ -138,17 +146,21 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
             if s.get("year_comment") is not None:
                 subjects.append({"subjectCode": s["subject_code"], "subjectName": s["subject_name"],
                                  "evaluationType": "comment", "term1": s.get("term1_comment"),
-                                 "term2": s.get("term2_comment"), "yearEnd": s["year_comment"]})
+                                 "term2": s.get("term2_comment"), "yearEnd": s["year_comment"],
+                                 "teacherName": s.get("teacher_name")})
             else:
                 subjects.append({"subjectCode": s["subject_code"], "subjectName": s["subject_name"],
                                  "evaluationType": "score", "term1": _comma(s.get("term1_average")),
-                                 "term2": _comma(s.get("term2_average")), "yearEnd": _comma(s["year_average"])})
+                                 "term2": _comma(s.get("term2_average")), "yearEnd": _comma(s["year_average"]),
+                                 "teacherName": s.get("teacher_name")})
         evaluation = {
             "subjects": subjects,
             "learningResult": {TERM_KEYS[k]: v for k, v in central["learning"].items()},
             "conduct": {TERM_KEYS[k]: v for k, v in central["conduct"].items()},
             "daysAbsent": central.get("days_absent", 0),
             "promoted": central["promoted"],
+            "completedLevelProgram": central.get("completed_level_program"),
+            "awards": list(central.get("awards", [])),
             "certificates": [{"name": c["name"], "issuedDate": _date(c.get("issued_on")), "issuer": c.get("issuer")}
                              for c in central.get("certificates", [])],
         }

@@ -40,6 +40,7 @@ from hub import (
     field_errors,
     parse_transcript,
 )
+from hub import SUBJECTS as FORM_SUBJECTS
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +101,11 @@ COMMON_COLUMNS: tuple[Column, ...] = (
     Column("Đối tượng chính sách", "student.policy_group", "không bắt buộc"),
     Column("Khuyết tật không đánh giá", "student.disability_not_assessed", "Có / Không (x = Có); để trống: Không",
            blank_is_default=True),
+    # The forms' particulars page and the homeroom teacher's comments (assumed columns, CONTRACT.md).
+    Column("Nơi sinh", "student.birth_place", "không bắt buộc, ví dụ Hà Nội"),
+    Column("Nơi ở hiện nay", "student.residence", "không bắt buộc"),
+    Column("Số đăng bộ", "student.registration_number", "không bắt buộc, ví dụ 125/2021", text=True),
+    Column("Nhận xét của GVCN", "homeroom_comment", "không bắt buộc"),
     Column("Họ tên GVCN", "signatories.homeroom_teacher_name", "họ tên giáo viên chủ nhiệm", aliases=("GVCN",)),
     Column("Số định danh GVCN", "signatories.homeroom_teacher_personal_id", "12 chữ số", text=True),
     Column("Họ tên hiệu trưởng", "signatories.principal_name", "họ tên hiệu trưởng", aliases=("Hiệu trưởng",)),
@@ -131,6 +137,11 @@ PRIMARY_COLUMNS: tuple[Column, ...] = (
     Column("Hoàn thành chương trình tiểu học", "completed_primary_program", "Có / Không; chỉ ghi ở lớp 5"),
     Column("Được lên lớp", "promoted", "Có / Không"),
     Column("Khen thưởng", "awards", "các khen thưởng, cách nhau bởi ;"),
+    Column("Kết quả giáo dục", "overall_result",
+           "Hoàn thành xuất sắc / Hoàn thành tốt / Hoàn thành / Chưa hoàn thành (hoặc HTXS / HTT / HT / CHT)"),
+    Column("Nhận xét phẩm chất", "qualities_comment", "không bắt buộc"),
+    Column("Nhận xét năng lực chung", "general_competencies_comment", "không bắt buộc"),
+    Column("Nhận xét năng lực đặc thù", "subject_competencies_comment", "không bắt buộc"),
 )
 
 SECONDARY_COLUMNS: tuple[Column, ...] = (
@@ -143,6 +154,8 @@ SECONDARY_COLUMNS: tuple[Column, ...] = (
     Column("Số ngày nghỉ", "days_absent", "số ngày, ghi 0 nếu không nghỉ"),
     Column("Được lên lớp", "promoted", "Có / Không"),
     Column("Chứng chỉ", "certificates", "Tên | dd/MM/yyyy | Nơi cấp; nhiều chứng chỉ cách nhau bởi ;"),
+    Column("Khen thưởng", "awards", "các khen thưởng, cách nhau bởi ;"),
+    Column("Hoàn thành chương trình cấp học", "completed_level_program", "Có / Không; chỉ ghi ở lớp 9 và lớp 12"),
 )
 
 # Subject catalogues (Chương trình GDPT 2018): column name → subject code, in template order.
@@ -157,25 +170,29 @@ SECONDARY_SCORED_SUBJECTS = {
     "Khoa học tự nhiên": "KHTN", "Lịch sử và Địa lí": "LSDL", "Công nghệ": "CN", "Tin học": "TH",
     "Giáo dục công dân": "GDCD", "Vật lí": "VL", "Hoá học": "HH", "Sinh học": "SH", "Địa lí": "DL",
     "Giáo dục kinh tế và pháp luật": "GDKTPL", "Giáo dục quốc phòng và an ninh": "GDQPAN",
-    "Nội dung giáo dục của địa phương": "GDDP", "Ngoại ngữ 2": "NN2", "Tiếng dân tộc": "TDT",
+    "Ngoại ngữ 2": "NN2", "Tiếng dân tộc": "TDT",
 }
 SECONDARY_COMMENT_SUBJECTS = {
     "Giáo dục thể chất": "GDTC", "Nghệ thuật": "NT", "Âm nhạc": "AN", "Mĩ thuật": "MT",
     "Hoạt động trải nghiệm, hướng nghiệp": "HDTN",
+    # Thông tư 22 art. 5 assesses it by comment (hub.catalogue).
+    "Nội dung giáo dục của địa phương": "GDDP",
 }
 # Both spellings are in use (old and new tone placement, i/y): a school may type either.
 ALTERNATE_SPELLINGS = {"Hóa học": "Hoá học", "Mỹ thuật": "Mĩ thuật", "Vật lý": "Vật lí", "Địa lý": "Địa lí",
                        "Lịch sử và Địa lý": "Lịch sử và Địa lí"}
 PRIMARY_MEASURES = {"Mức đạt HK1": "term1_level", "Mức đạt CN": "year_level",
                     "Điểm KTĐK HK1": "term1_score", "Điểm KTĐK CN": "year_score", "Nhận xét": "comment"}
-SCORED_MEASURES = {"ĐTB HK1": "term1_average", "ĐTB HK2": "term2_average", "ĐTB CN": "year_average"}
-COMMENT_MEASURES = {"KQ HK1": "term1_comment", "KQ HK2": "term2_comment", "KQ CN": "year_comment"}
+SCORED_MEASURES = {"ĐTB HK1": "term1_average", "ĐTB HK2": "term2_average", "ĐTB CN": "year_average",
+                   "Giáo viên": "teacher_name"}
+COMMENT_MEASURES = {"KQ HK1": "term1_comment", "KQ HK2": "term2_comment", "KQ CN": "year_comment",
+                    "Giáo viên": "teacher_name"}
 SECONDARY_MEASURES = {**SCORED_MEASURES, **COMMENT_MEASURES}
 MEASURE_NOTES = {
     "Mức đạt HK1": "T / H / C", "Mức đạt CN": "T / H / C", "Điểm KTĐK HK1": "1–10, môn có kiểm tra định kỳ",
     "Điểm KTĐK CN": "1–10, môn có kiểm tra định kỳ", "Nhận xét": "nhận xét của giáo viên",
     "ĐTB HK1": "0–10, một chữ số thập phân (8,5 hoặc 8.5)", "ĐTB HK2": "0–10, một chữ số thập phân", "ĐTB CN": "0–10, một chữ số thập phân",
-    "KQ HK1": "Đ / CĐ", "KQ HK2": "Đ / CĐ", "KQ CN": "Đ / CĐ",
+    "KQ HK1": "Đ / CĐ", "KQ HK2": "Đ / CĐ", "KQ CN": "Đ / CĐ", "Giáo viên": "họ tên giáo viên môn học",
 }
 LEVEL_NAMES = {"tiểu học": "02", "th": "02", "trung học cơ sở": "03", "thcs": "03",
                "trung học phổ thông": "04", "thpt": "04"}
@@ -371,7 +388,9 @@ def to_central(row: dict[str, Any], extra_subjects: dict[str, str] | None = None
             if any(str(v).strip() for k, v in entry.items() if k not in ("subject_code", "subject_name"))]
     # The catalogue's order, not the sheet's: the payload's keys are sorted (so reordered columns
     # are not a new version), and a transcript lists its subjects in the Ministry's order.
-    rank = {key: i for i, key in enumerate(_catalogue(shape, {}))}
+    # The form's order for the level (hub.catalogue) first, then the template's for the rest.
+    form_order = [_key(subject.name) for subject in FORM_SUBJECTS.get(level, ())]
+    rank = {key: i for i, key in enumerate(dict.fromkeys(form_order + list(_catalogue(shape, {}))))}
     kept.sort(key=lambda code: rank.get(_key(subjects[code]["subject_name"]), len(rank)))
     if kept:
         out["subjects"] = [subjects[code] for code in kept]

@@ -142,7 +142,7 @@ class ViettelAdapter(HttpPullMixin, Adapter):
         self._session_token: str | None = None
         self._session_expires = 0.0
 
-    # --- lifecycle: open/close and _base come from hub.kit.http.HttpPullMixin -----------------------
+    # --- lifecycle: open/close, base_url and retries come from hub.HttpPullMixin -----------------------
 
     def forget_credentials(self) -> None:
         self._session_token = None
@@ -339,9 +339,10 @@ TRANSCRIPT = {
     "schoolName": ("school_name", True), "schoolLevel": ("level", True), "grade": ("grade", True),
     "className": ("class_name", True), "schoolYear": ("school_year", True),
     "daysAbsent": ("days_absent", True), "promoted": ("promoted", True),
+    "completedLevelProgram": ("completed_level_program", False), "homeroomComment": ("homeroom_comment", False),
 }
 TRANSCRIPT_CONTAINERS = {"student": True, "subjects": True, "learning": True, "conduct": True,
-                         "certificates": False, "signatories": True}
+                         "certificates": False, "awards": False, "signatories": True}
 STUDENT = {
     "studentCode": ("student_code", True), "personalId": ("personal_id", False),
     "fullName": ("full_name", True), "birthDate": ("birth_date", True), "gender": ("gender", True),
@@ -349,12 +350,15 @@ STUDENT = {
     "fatherName": ("father_name", False), "motherName": ("mother_name", False),
     "guardianName": ("guardian_name", False), "policyGroup": ("policy_group", False),
     "disabilityNotAssessed": ("disability_not_assessed", False),
+    "birthPlace": ("birth_place", False), "residence": ("residence", False),
+    "registrationNumber": ("registration_number", False),
 }
 SUBJECT = {
     "code": ("subject_code", True), "name": ("subject_name", True),
     "term1Average": ("term1_average", False), "term2Average": ("term2_average", False),
     "yearAverage": ("year_average", False), "term1Result": ("term1_comment", False),
     "term2Result": ("term2_comment", False), "yearResult": ("year_comment", False),
+    "teacher": ("teacher_name", False),
 }
 TERMS = {"term1": ("term1", False), "term2": ("term2", False), "year": ("year", True)}
 CERTIFICATE = {"name": ("name", True), "issuedOn": ("issued_on", False), "issuer": ("issuer", False)}
@@ -436,6 +440,9 @@ def to_central(element: Element) -> dict[str, Any]:
         out["certificates"] = [
             _map(item, where, CERTIFICATE)[0]
             for item, where in _items(containers["certificates"], f"{path}/certificates", "certificate")]
+    if "awards" in containers:
+        out["awards"] = [_value(item, where)
+                         for item, where in _items(containers["awards"], f"{path}/awards", "award")]
     where = f"{path}/signatories"
     signatories, people = _map(containers["signatories"], where, SIGNATORIES, ("homeroomTeacher", "principal"))
     for tag, table in (("homeroomTeacher", HOMEROOM_TEACHER), ("principal", PRINCIPAL)):

@@ -106,6 +106,9 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
                      ("policyGroup", "policy_group")):
         _text(s, tag, student.get(key))
     _text(s, "disabilityNotAssessed", _bool(student.get("disability_not_assessed", False)))
+    for tag, key in (("birthPlace", "birth_place"), ("residence", "residence"),
+                     ("registrationNumber", "registration_number")):
+        _text(s, tag, student.get(key))
     subjects = ET.SubElement(record, "subjects")
     for subject in central["subjects"]:
         item = ET.SubElement(subjects, "subject")
@@ -120,12 +123,19 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
                              ("yearAverage", "year_average")):
                 value = subject.get(key)
                 _text(item, tag, _average(value) if isinstance(value, (int, float)) else value)
+        _text(item, "teacher", subject.get("teacher_name"))
     for tag, key in (("learning", "learning"), ("conduct", "conduct")):
         levels = ET.SubElement(record, tag)
         for period in ("term1", "term2", "year"):
             _text(levels, period, central[key].get(period))
     _text(record, "daysAbsent", central.get("days_absent", 0))
     _text(record, "promoted", _bool(central["promoted"]))
+    completed = central.get("completed_level_program")
+    _text(record, "completedLevelProgram", None if completed is None else _bool(completed))
+    _text(record, "homeroomComment", central.get("homeroom_comment"))
+    awards = ET.SubElement(record, "awards")
+    for award in central.get("awards", []):
+        _text(awards, "award", award)
     certificates = ET.SubElement(record, "certificates")
     for c in central.get("certificates", []):
         item = ET.SubElement(certificates, "certificate")

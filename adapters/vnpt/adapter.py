@@ -80,7 +80,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
         self._token: str | None = None
         self._token_expires = 0.0
 
-    # --- lifecycle: open/close and _base come from hub.kit.http.HttpPullMixin -----------------------
+    # --- lifecycle: open/close, base_url and retries come from hub.HttpPullMixin -----------------------
 
     def forget_credentials(self) -> None:
         self._token = None
@@ -269,6 +269,7 @@ TRANSCRIPT = {
     "MaSoGD": ("department_code", True), "MaTruong": ("school_code", True),
     "TenTruong": ("school_name", True), "CapHoc": ("level", True), "Khoi": ("grade", True),
     "TenLop": ("class_name", True), "NamHoc": ("school_year", True),
+    "NhanXetGVCN": ("homeroom_comment", False),
 }
 STUDENT = {
     "MaHocSinh": ("student_code", True), "SoDinhDanh": ("personal_id", False),
@@ -277,6 +278,8 @@ STUDENT = {
     "HoTenCha": ("father_name", False), "HoTenMe": ("mother_name", False),
     "HoTenNguoiGiamHo": ("guardian_name", False), "DoiTuongChinhSach": ("policy_group", False),
     "KhuyetTatKhongDanhGia": ("disability_not_assessed", False),
+    "NoiSinh": ("birth_place", False), "NoiOHienNay": ("residence", False),
+    "SoDangBo": ("registration_number", False),
 }
 SIGNATORIES = {
     "GVCN": ("homeroom_teacher_name", True), "SoDinhDanhGVCN": ("homeroom_teacher_personal_id", False),
@@ -287,6 +290,9 @@ PRIMARY = {
     "HoanThanhChuongTrinhLopHoc": ("completed_grade_program", True),
     "HoanThanhChuongTrinhTieuHoc": ("completed_primary_program", False),
     "LenLop": ("promoted", True),
+    "KetQuaGiaoDuc": ("overall_result", False), "NhanXetPhamChat": ("qualities_comment", False),
+    "NhanXetNangLucChung": ("general_competencies_comment", False),
+    "NhanXetNangLucDacThu": ("subject_competencies_comment", False),
 }
 PRIMARY_SUBJECT = {
     "MaMon": ("subject_code", True), "TenMon": ("subject_name", True),
@@ -306,18 +312,20 @@ SUBJECT_COMPETENCIES = {
     "CongNghe": ("cong_nghe", False), "TinHoc": ("tin_hoc", False), "ThamMi": ("tham_my", False),
     "TheChat": ("the_chat", False),
 }
-SECONDARY = {"SoNgayNghi": ("days_absent", True), "LenLop": ("promoted", True)}
+SECONDARY = {"SoNgayNghi": ("days_absent", True), "LenLop": ("promoted", True),
+             "HoanThanhChuongTrinhCapHoc": ("completed_level_program", False)}
 SECONDARY_SUBJECT = {
     "MaMon": ("subject_code", True), "TenMon": ("subject_name", True),
     "DiemTBHK1": ("term1_average", False), "DiemTBHK2": ("term2_average", False),
     "DiemTBCN": ("year_average", False), "KetQuaHK1": ("term1_comment", False),
     "KetQuaHK2": ("term2_comment", False), "KetQuaCN": ("year_comment", False),
+    "GiaoVienBoMon": ("teacher_name", False),
 }
 TERMS = {"HK1": ("term1", False), "HK2": ("term2", False), "CN": ("year", True)}
 CERTIFICATE = {"TenChungChi": ("name", True), "NgayCap": ("issued_on", False), "NoiCap": ("issuer", False)}
 
 PRIMARY_KEYS = frozenset(PRIMARY) | {"PhamChat", "NangLuc", "KhenThuong"}
-SECONDARY_KEYS = frozenset(SECONDARY) | {"HocLuc", "HanhKiem", "ChungChi"}
+SECONDARY_KEYS = frozenset(SECONDARY) | {"HocLuc", "HanhKiem", "ChungChi", "KhenThuong"}
 COMMON_KEYS = frozenset(TRANSCRIPT) | {"HocSinh", "KyDuyet", "KetQua"} | ENVELOPE_KEYS | IGNORED_KEYS
 
 
@@ -394,6 +402,8 @@ def to_central(record: Any) -> dict[str, Any]:
             if key not in record:
                 raise ValueError(f"{key} is missing")
             out[field] = _map(_object(record[key], key), key, TERMS)
+        if record.get("KhenThuong") is not None:
+            out["awards"] = as_list(record["KhenThuong"], "KhenThuong")
         if record.get("ChungChi") is not None:
             out["certificates"] = [
                 _map(_object(c, where("ChungChi", i)), where("ChungChi", i), CERTIFICATE)

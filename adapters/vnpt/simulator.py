@@ -115,7 +115,11 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
             "HoTenNguoiGiamHo": s_text(student.get("guardian_name") or ""),
             "DoiTuongChinhSach": student.get("policy_group") or "",
             "KhuyetTatKhongDanhGia": bool(student.get("disability_not_assessed", False)),
+            "NoiSinh": student.get("birth_place") or "",
+            "NoiOHienNay": s_text(student.get("residence") or ""),
+            "SoDangBo": student.get("registration_number") or "",
         },
+        "NhanXetGVCN": central.get("homeroom_comment") or "",
     }
     if "qualities" in central:
         record["KetQua"] = [
@@ -131,6 +135,10 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
         record["HoanThanhChuongTrinhTieuHoc"] = central.get("completed_primary_program")
         record["LenLop"] = central["promoted"]
         record["KhenThuong"] = list(central.get("awards", []))
+        record["KetQuaGiaoDuc"] = central.get("overall_result")
+        record["NhanXetPhamChat"] = central.get("qualities_comment") or ""
+        record["NhanXetNangLucChung"] = central.get("general_competencies_comment") or ""
+        record["NhanXetNangLucDacThu"] = central.get("subject_competencies_comment") or ""
     else:
         # Older school databases keep averages as text with a decimal comma.
         score = _comma if quirks % 2 == 1 else (lambda v: v)
@@ -140,16 +148,18 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
                 record["KetQua"].append(
                     {"MaMon": s["subject_code"], "TenMon": s["subject_name"],
                      "KetQuaHK1": s.get("term1_comment"), "KetQuaHK2": s.get("term2_comment"),
-                     "KetQuaCN": s["year_comment"]})
+                     "KetQuaCN": s["year_comment"], "GiaoVienBoMon": s.get("teacher_name") or ""})
             else:
                 record["KetQua"].append(
                     {"MaMon": s["subject_code"], "TenMon": s["subject_name"],
                      "DiemTBHK1": score(s.get("term1_average")), "DiemTBHK2": score(s.get("term2_average")),
-                     "DiemTBCN": score(s["year_average"])})
+                     "DiemTBCN": score(s["year_average"]), "GiaoVienBoMon": s.get("teacher_name") or ""})
         record["HocLuc"] = {TERM_KEYS[k]: v for k, v in central["learning"].items()}
         record["HanhKiem"] = {TERM_KEYS[k]: v for k, v in central["conduct"].items()}
         record["SoNgayNghi"] = central.get("days_absent", 0)
         record["LenLop"] = central["promoted"]
+        record["HoanThanhChuongTrinhCapHoc"] = central.get("completed_level_program")
+        record["KhenThuong"] = list(central.get("awards", []))
         record["ChungChi"] = [
             {"TenChungChi": c["name"], "NgayCap": _vn_date(c.get("issued_on")), "NoiCap": c.get("issuer") or ""}
             for c in central.get("certificates", [])

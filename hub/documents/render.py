@@ -20,10 +20,12 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import gc
+import html
 import io
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import fontpkg_noto_sans
 from fontTools import subset as ftsubset
@@ -39,6 +41,7 @@ from pyhanko.sign.fields import (
     enumerate_sig_fields,
 )
 
+from hub.catalogue import LEVEL_PROGRAMME_NAMES, is_final_grade
 from hub.contracts import SIGNING_ROLES
 from hub.records import (
     GENERAL_COMPETENCIES,
@@ -75,17 +78,20 @@ ROLE_LABELS = {
 PRIMARY_LEVELS = {"T": "Hoàn thành tốt", "H": "Hoàn thành", "C": "Chưa hoàn thành"}
 QUALITY_LEVELS = {"T": "Tốt", "Đ": "Đạt", "C": "Cần cố gắng"}
 SECONDARY_LEVELS = {"T": "Tốt", "K": "Khá", "Đ": "Đạt", "CĐ": "Chưa đạt"}
+OVERALL_RESULTS = {"HTXS": "Hoàn thành xuất sắc", "HTT": "Hoàn thành tốt", "HT": "Hoàn thành",
+                   "CHT": "Chưa hoàn thành"}
 QUALITY_NAMES = {
     "yeu_nuoc": "Yêu nước", "nhan_ai": "Nhân ái", "cham_chi": "Chăm chỉ",
     "trung_thuc": "Trung thực", "trach_nhiem": "Trách nhiệm",
 }
 COMPETENCY_NAMES = {
+    # Keys in the form's order (the specific competencies are sorted by it).
     "tu_chu_tu_hoc": "Tự chủ và tự học",
     "giao_tiep_hop_tac": "Giao tiếp và hợp tác",
     "giai_quyet_van_de_sang_tao": "Giải quyết vấn đề và sáng tạo",
     # Subject-specific competencies (Thông tư 27, năng lực đặc thù).
     "ngon_ngu": "Ngôn ngữ", "tinh_toan": "Tính toán", "khoa_hoc": "Khoa học",
-    "cong_nghe": "Công nghệ", "tin_hoc": "Tin học", "tham_my": "Thẩm mỹ", "the_chat": "Thể chất",
+    "cong_nghe": "Công nghệ", "tin_hoc": "Tin học", "tham_my": "Thẩm mĩ", "the_chat": "Thể chất",
 }
 LEVEL_NAMES = {
     SchoolLevel.PRIMARY: "TIỂU HỌC",
@@ -135,10 +141,22 @@ def _reduce_font() -> dict[str, bytes]:
         # decoded again for every document.
         cmap = static["cmap"]
         cmap.tables = [t for t in cmap.tables if (t.platformID, t.platEncID) == (3, 1)]
+        # Both instances would keep the variable font's one name; a PDF (and PDF/A validators)
+        # must tell the regular font from the bold one by name.
+        _name_instance(static["name"], "Bold" if style else "Regular")
         buffer = io.BytesIO()
         static.save(buffer)
         out[style] = buffer.getvalue()
     return out
+
+
+def _name_instance(table: Any, weight: str) -> None:
+    for name_id in (16, 17, 21, 22, 25):  # typographic and variations names: not a static font's
+        table.removeNames(nameID=name_id)
+    for name_id, value in ((1, "Noto Sans"), (2, weight), (4, f"Noto Sans {weight}"),
+                           (6, f"NotoSans-{weight}")):
+        table.removeNames(nameID=name_id)
+        table.setName(value, name_id, 3, 1, 0x409)
 
 
 def _font_set(prepared: dict[str, bytes] | None = None) -> _FontSet:
@@ -199,6 +217,35 @@ def _add_fonts(pdf: FPDF) -> None:
 _MARGIN = 15.0
 _SIG_BOX_H = 22.0          # mm: the visible signature field
 _SIG_SECTION_H = 50.0      # mm: issue line + headings + field + name, kept on one page
+# PDF/A-3 (ISO 19005-3) level B: the archival profile that allows the attached record. fpdf2
+# then refuses unembedded fonts, writes no Info dictionary (the XMP carries the metadata) and
+# adds an sRGB output intent from the ICC profile it ships (sRGB2014.icc).
+_COMPLIANCE = "PDF/A-3B"
+
+
+def _xmp(title: str, author: str, subject: str, when: dt.datetime) -> str:
+    """The XMP packet body: Dublin Core, the dates, the producer and the PDF/A identification."""
+    esc = lambda text: html.escape(text, quote=True)  # noqa: E731 - four uses, one line each
+    stamp = when.isoformat(timespec="seconds")
+    return (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        '  <rdf:Description rdf:about=""\n'
+        '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+        '    xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
+        '    xmlns:pdf="http://ns.adobe.com/pdf/1.3/"\n'
+        '    xmlns:pdfaid="http://www.aiim.org/pdfa/ns/id/"\n'
+        f'    xmp:CreatorTool="hocba-hub" xmp:CreateDate="{stamp}" xmp:ModifyDate="{stamp}"\n'
+        f'    xmp:MetadataDate="{stamp}" pdf:Producer="{esc("fpdf2 (hocba-hub)")}"\n'
+        '    pdfaid:part="3" pdfaid:conformance="B">\n'
+        f'   <dc:title><rdf:Alt><rdf:li xml:lang="x-default">{esc(title)}</rdf:li></rdf:Alt></dc:title>\n'
+        f'   <dc:creator><rdf:Seq><rdf:li>{esc(author)}</rdf:li></rdf:Seq></dc:creator>\n'
+        f'   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{esc(subject)}</rdf:li></rdf:Alt></dc:description>\n'
+        '   <dc:language><rdf:Bag><rdf:li>vi</rdf:li></rdf:Bag></dc:language>\n'
+        '  </rdf:Description>\n'
+        ' </rdf:RDF>\n'
+        '</x:xmpmeta>'
+    )
 
 
 @dataclass(frozen=True)
@@ -287,7 +334,8 @@ class _Page:
         pdf.set_font(_FAMILY, "B" if bold else "", size)
         cells = []
         for w, text in zip(widths, values):
-            if pdf.get_string_width(text) <= w - 2 * pad:
+            # cell() keeps its own inner margin: a text that only fits without it overflows.
+            if pdf.get_string_width(text) <= w - 2 * pad - 2 * pdf.c_margin:
                 cells.append([text])
             else:
                 cells.append(pdf.multi_cell(w - 2 * pad, line_h, text, dry_run=True, output="LINES"))
@@ -310,7 +358,46 @@ class _Page:
         pdf.set_xy(pdf.l_margin, y + height)
 
 
-def _header(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None:
+def _issue_date(value: dt.date) -> str:
+    """A date in Vietnamese administrative style (Nghị định 30/2020/NĐ-CP): ``ngày 31 tháng 5
+    năm 2025``; a leading zero only for days below 10 and for months 1 and 2."""
+    month = f"{value.month:02d}" if value.month <= 2 else str(value.month)
+    return f"ngày {value.day:02d} tháng {month} năm {value.year}"
+
+
+def _merged(page: _Page, widths: Sequence[float], head: Sequence[str],
+            rows: Sequence[Sequence[str]], comment: str, *, size: float = 8.5) -> None:
+    """A table whose last column is one cell spanning every row (the forms' *Nhận xét*)."""
+    pdf = page.pdf
+    pad, line_h = 1.0, size * 0.42
+    pdf.set_font(_FAMILY, "", size)
+    comment_w = widths[-1] - 2 * pad
+    lines = (pdf.multi_cell(comment_w, line_h, comment, dry_run=True, output="LINES")
+             if comment else [""])
+    row_h = line_h + 2 * pad
+    height = max(row_h * len(rows), len(lines) * line_h + 2 * pad)
+    row_h = height / max(len(rows), 1)
+    if pdf.will_page_break(height + row_h + 2):
+        pdf.add_page()
+    page._row(widths, head, ["C"] * len(head), size, bold=True)
+    pdf.set_font(_FAMILY, "", size)
+    top = pdf.get_y()
+    for r, values in enumerate(rows):
+        x, y = pdf.l_margin, top + r * row_h
+        for w, text, how in zip(widths[:-1], values, "LC"):
+            pdf.rect(x, y, w, row_h)
+            pdf.set_xy(x + pad, y + (row_h - line_h) / 2)
+            pdf.cell(w - 2 * pad, line_h, text, align=how)
+            x += w
+    x = pdf.l_margin + sum(widths[:-1])
+    pdf.rect(x, top, widths[-1], height)
+    for i, line in enumerate(lines):
+        pdf.set_xy(x + pad, top + pad + i * line_h)
+        pdf.cell(comment_w, line_h, line)
+    pdf.set_xy(pdf.l_margin, top + height)
+
+
+def _motto(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None:
     pdf = page.pdf
     top = pdf.get_y()
     left_w = 78.0
@@ -326,86 +413,181 @@ def _header(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> Non
     pdf.set_line_width(0.3)
     pdf.line(mid - motto_w / 2, pdf.get_y(), mid + motto_w / 2, pdf.get_y())
     pdf.set_y(max(left_bottom, pdf.get_y()) + 4)
-    page.text("HỌC BẠ", size=22, bold=True, align="C", h=10)
-    page.text(LEVEL_NAMES[record.level], size=13, bold=True, align="C", h=7)
-    page.text(f"Năm học {record.school_year}", size=11, align="C", h=6)
-    pdf.ln(3)
 
 
-def _student(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None:
+def _particulars(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None:
+    """The first page: who the student is and the school years (both forms open with it).
+
+    Order and labels follow the Thông tư 27 and 22 transcripts' particulars page as the
+    circulars describe it (no published copy of the form could be consulted here): the
+    student, date and place of birth, ethnicity, nationality, residence, parents or guardian,
+    then the principal's confirmation and the school history (*quá trình học tập*) with the
+    register number (*số đăng bộ*).
+    """
+    pdf = page.pdf
     s = record.student
+    _motto(page, record)
+    pdf.ln(6)
+    page.text("HỌC BẠ", size=24, bold=True, align="C", h=11)
+    page.text(LEVEL_NAMES[record.level], size=14, bold=True, align="C", h=8)
+    page.text(f"Mã học bạ: {record.transcript_id}", size=9.5, align="C", h=6)
+    pdf.ln(6)
     page.fields([("Họ và tên học sinh", s.full_name), ("Giới tính", GENDERS[s.gender])])
-    page.fields([("Ngày sinh", _date(s.birth_date)), ("Dân tộc", s.ethnicity or ""),
-                 ("Quốc tịch", s.nationality or "")])
+    page.fields([("Ngày, tháng, năm sinh", _date(s.birth_date)), ("Dân tộc", s.ethnicity or "")])
+    page.fields([("Nơi sinh", s.birth_place or ""), ("Quốc tịch", s.nationality or "")])
+    page.fields([("Nơi ở hiện nay", s.residence or "")])
     page.fields([("Mã học sinh", s.student_code), ("Số định danh cá nhân", s.personal_id or "")])
+    page.fields([("Họ và tên cha", s.father_name or "")])
+    page.fields([("Họ và tên mẹ", s.mother_name or "")])
+    page.fields([("Người giám hộ (nếu có)", s.guardian_name or "")])
+    if s.policy_group:
+        page.fields([("Đối tượng chính sách", s.policy_group)])
+    if s.disability_not_assessed:
+        page.fields([("Khuyết tật", "không đánh giá các nội dung học sinh không đáp ứng được")])
+
+    pdf.ln(4)
+    half = page.width / 2
+    x = pdf.l_margin + half
+    page.text(f"{record.signatories.issue_place}, {_issue_date(record.signatories.issue_date)}",
+              size=10, align="C", w=half, x=x)
+    page.text(record.signatories.principal_title.upper(), size=10, bold=True, align="C", w=half, x=x)
+    page.text("(Ký, ghi rõ họ tên và đóng dấu)", size=8.5, align="C", w=half, x=x)
+    # The principal signs the whole transcript once; the signature itself is on the year's page.
+    page.text("(chữ ký số ở phần phê duyệt cuối học bạ)", size=8, align="C", w=half, x=x)
+    pdf.ln(5)
+    page.text(record.signatories.principal_name, size=10, bold=True, align="C", w=half, x=x)
+
+    pdf.ln(6)
+    page.text("QUÁ TRÌNH HỌC TẬP", size=11, bold=True, align="C", h=7)
+    rows = [(h.school_year, h.class_name, h.school_name, h.registration_number or "", _date(h.enrolled_on))
+            for h in record.history if h.school_year != record.school_year]
+    rows.append((record.school_year, record.class_name, record.school_name,
+                 s.registration_number or "", ""))
+    page.table((26, 18, 82, 26, 28),
+               ("Năm học", "Lớp", "Tên trường", "Số đăng bộ", "Ngày nhập học/ chuyển đến"),
+               rows, align="CCLCC", size=9)
+
+
+def _year_heading(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None:
+    page.pdf.add_page()
+    page.fields([("Họ và tên", record.student.full_name), ("Lớp", record.class_name),
+                 ("Năm học", record.school_year)])
     page.fields([("Trường", record.school_name)])
-    page.fields([("Lớp", record.class_name), ("Năm học", record.school_year),
-                 ("Mã học bạ", record.transcript_id)])
+    page.pdf.ln(1)
+
+
+def _completion(record: PrimaryTranscript | SecondaryTranscript) -> str:
+    """Promotion, or completion of the level in its final grade (grade 5, 9, 12): the final
+    grade's transcript never speaks of going up a class."""
+    programme = LEVEL_PROGRAMME_NAMES[record.level.value]
+    if is_final_grade(record.level.value, record.grade):
+        if isinstance(record, PrimaryTranscript):
+            done = record.completed_primary_program
+            done = record.completed_grade_program if done is None else done
+        else:
+            # A vendor that states no completion sends the year's pass as ``promoted``.
+            done = record.completed_level_program
+            done = record.promoted if done is None else done
+        return f"{'Hoàn thành' if done else 'Chưa hoàn thành'} chương trình {programme}"
+    if isinstance(record, PrimaryTranscript):
+        grade = (f"{'Hoàn thành' if record.completed_grade_program else 'Chưa hoàn thành'} "
+                 f"chương trình lớp {record.grade}")
+        return f"{grade}; {'được' if record.promoted else 'chưa được'} lên lớp {record.grade + 1}"
+    return f"{'Được' if record.promoted else 'Không được'} lên lớp {record.grade + 1}"
 
 
 def _primary(page: _Page, record: PrimaryTranscript) -> None:
+    """The year's page of the Thông tư 27 transcript (art. 7-9 and the form's sections 1-6)."""
     page.heading("1. Các môn học và hoạt động giáo dục")
-    rows = [
-        (s.subject_name, PRIMARY_LEVELS.get(s.term1_level or "", ""), _score(s.term1_score),
-         PRIMARY_LEVELS[s.year_level], _score(s.year_score), s.comment or "")
-        for s in record.subjects
-    ]
-    page.table((40, 25, 17, 25, 17, 56),
-               ("Môn học và hoạt động giáo dục", "Mức đạt cuối HK I", "Điểm KTĐK cuối HK I",
-                "Mức đạt cuối năm", "Điểm KTĐK cuối năm", "Nhận xét"),
-               rows, align="LCCCCL")
+    rows = [(s.subject_name, s.year_level.value, _score(s.year_score), s.comment or "")
+            for s in record.subjects]
+    page.table((50, 20, 20, 90), ("Môn học và hoạt động giáo dục", "Mức đạt được", "Điểm KTĐK",
+                                  "Nhận xét"), rows, align="LCCL")
+    page.text("Mức đạt được: T - Hoàn thành tốt; H - Hoàn thành; C - Chưa hoàn thành. "
+              "Điểm KTĐK: điểm bài kiểm tra định kì cuối năm học.", size=8)
 
-    page.heading("2. Những phẩm chất chủ yếu và năng lực cốt lõi")
-    qualities = [(QUALITY_NAMES.get(k, k), QUALITY_LEVELS[record.qualities[k]]) for k in QUALITIES
-                 if k in record.qualities]
-    keys = [k for k in GENERAL_COMPETENCIES if k in record.competencies]
-    keys += sorted(k for k in record.competencies if k not in GENERAL_COMPETENCIES)
-    competencies = [(COMPETENCY_NAMES.get(k, k), QUALITY_LEVELS[record.competencies[k]]) for k in keys]
-    height = max(len(qualities), len(competencies))
-    qualities += [("", "")] * (height - len(qualities))
-    competencies += [("", "")] * (height - len(competencies))
-    page.table((50, 30, 70, 30), ("Phẩm chất chủ yếu", "Mức đạt", "Năng lực cốt lõi", "Mức đạt"),
-               [q + c for q, c in zip(qualities, competencies)],
-               align="LCLC")
+    page.heading("2. Những phẩm chất chủ yếu")
+    rows = [(QUALITY_NAMES.get(k, k), record.qualities[k].value) for k in QUALITIES if k in record.qualities]
+    _merged(page, (50, 20, 110), ("Phẩm chất", "Mức đạt được", "Nhận xét"), rows,
+            record.qualities_comment or "")
 
-    page.heading("3. Đánh giá kết quả giáo dục")
-    page.fields([("Hoàn thành chương trình lớp học", _yes_no(record.completed_grade_program))])
-    if record.completed_primary_program is not None:
-        page.fields([("Hoàn thành chương trình tiểu học", _yes_no(record.completed_primary_program))])
-    page.fields([("Lên lớp", "Được lên lớp" if record.promoted else "Chưa được lên lớp")])
-    page.fields([("Khen thưởng", "; ".join(record.awards) or "Không")])
+    page.heading("3. Những năng lực cốt lõi")
+    general = [(COMPETENCY_NAMES[k], record.competencies[k].value) for k in GENERAL_COMPETENCIES
+               if k in record.competencies]
+    _merged(page, (50, 20, 110), ("Năng lực chung", "Mức đạt được", "Nhận xét"), general,
+            record.general_competencies_comment or "")
+    specific = [(COMPETENCY_NAMES.get(k, k), v.value) for k, v in record.competencies.items()
+                if k not in GENERAL_COMPETENCIES]
+    specific.sort(key=lambda row: list(COMPETENCY_NAMES.values()).index(row[0])
+                  if row[0] in COMPETENCY_NAMES.values() else len(COMPETENCY_NAMES))
+    if specific:
+        page.pdf.ln(1)
+        _merged(page, (50, 20, 110), ("Năng lực đặc thù", "Mức đạt được", "Nhận xét"), specific,
+                record.subject_competencies_comment or "")
+    page.text("Mức đạt được: T - Tốt; Đ - Đạt; C - Cần cố gắng.", size=8)
+
+    page.heading("4. Đánh giá kết quả giáo dục")
+    page.text(OVERALL_RESULTS[record.overall_result.value] if record.overall_result else
+              "(không ghi)", size=10, bold=True)
+    page.heading("5. Khen thưởng")
+    page.text("; ".join(record.awards) or "Không", size=10)
+    page.heading("6. Hoàn thành chương trình lớp học/chương trình tiểu học")
+    page.text(_completion(record), size=10, bold=True)
 
 
 def _secondary(page: _Page, record: SecondaryTranscript) -> None:
+    """The year's page of the Thông tư 22 transcript (art. 5-15).
+
+    Columns per subject as the circular's transcript form lists them: the term and whole-year
+    averages, or Đ/CĐ for the subjects assessed by comment, the re-assessed result where there
+    was one, and the subject teacher who confirms the row.
+    """
     page.heading("1. Kết quả học tập các môn học")
     rows = []
     for s in record.subjects:
         if s.is_comment_only:
             values = [c.value if c else "" for c in (s.term1_comment, s.term2_comment, s.year_comment)]
+            again = s.reassessment_comment.value if s.reassessment_comment else ""
         else:
             values = [_score(v) for v in (s.term1_average, s.term2_average, s.year_average)]
-        rows.append((s.subject_name, *values))
-    page.table((84, 32, 32, 32), ("Môn học và hoạt động giáo dục", "Học kỳ I", "Học kỳ II", "Cả năm"),
-               rows, align="LCCC")
-    page.text("Môn học đánh giá bằng nhận xét: Đ - Đạt, CĐ - Chưa đạt.", size=8.5)
+            again = _score(s.reassessment_average)
+        rows.append((s.subject_name, *values, again, s.teacher_name or ""))
+    page.table((56, 15, 15, 15, 22, 57),
+               ("Môn học/Hoạt động giáo dục", "Học kì I", "Học kì II", "Cả năm",
+                "Điểm hoặc mức đánh giá lại (nếu có)", "Giáo viên môn học"),
+               rows, align="LCCCCL")
+    page.text("Môn học đánh giá bằng nhận xét: Đ - Đạt, CĐ - Chưa đạt. Điểm trung bình môn học "
+              "có một chữ số thập phân.", size=8)
 
-    page.heading("2. Kết quả học tập và rèn luyện")
-    levels = [
-        (label, *(SECONDARY_LEVELS.get(getattr(terms, p).value, "") if getattr(terms, p) else ""
-                  for p in ("term1", "term2", "year")))
-        for label, terms in (("Kết quả học tập", record.learning), ("Kết quả rèn luyện", record.conduct))
-    ]
-    page.table((84, 32, 32, 32), ("", "Học kỳ I", "Học kỳ II", "Cả năm"), levels,
-               align="LCCC")
-
-    page.heading("3. Đánh giá kết quả giáo dục")
-    page.fields([("Tổng số ngày nghỉ", str(record.days_absent)),
-                 ("Lên lớp", "Được lên lớp" if record.promoted else "Không được lên lớp")])
+    page.heading("2. Kết quả rèn luyện và kết quả học tập")
+    rows = [(label, SECONDARY_LEVELS[getattr(record.conduct, p).value] if getattr(record.conduct, p) else "",
+             SECONDARY_LEVELS[getattr(record.learning, p).value] if getattr(record.learning, p) else "")
+            for label, p in (("Học kì I", "term1"), ("Học kì II", "term2"), ("Cả năm", "year"))]
+    if record.learning_reassessed or record.conduct_after_summer:
+        rows.append(("Sau đánh giá lại, rèn luyện trong kì nghỉ hè",
+                     SECONDARY_LEVELS[record.conduct_after_summer.value] if record.conduct_after_summer else "",
+                     SECONDARY_LEVELS[record.learning_reassessed.value] if record.learning_reassessed else ""))
+    page.table((80, 50, 50), ("Học kì", "Kết quả rèn luyện", "Kết quả học tập"), rows, align="LCC")
+    page.fields([("Số ngày nghỉ học cả năm học", str(record.days_absent))])
+    if record.conduct_after_summer:
+        page.fields([("Rèn luyện trong kì nghỉ hè", SECONDARY_LEVELS[record.conduct_after_summer.value])])
+    if record.learning_reassessed:
+        page.fields([("Kết quả học tập sau đánh giá lại", SECONDARY_LEVELS[record.learning_reassessed.value])])
+    page.fields([("Kết quả", _completion(record))])
+    page.fields([("Khen thưởng", "; ".join(record.awards) or "Không")])
     certificates = []
     for c in record.certificates:
         details = ", ".join(p for p in (c.issuer, _date(c.issued_on)) if p)
         certificates.append(f"{c.name} ({details})" if details else c.name)
     page.fields([("Chứng chỉ", "; ".join(certificates) or "Không")])
+
+
+def _homeroom_comment(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None:
+    if page.pdf.will_page_break(18):  # a heading never ends a page without its text
+        page.pdf.add_page()
+    page.heading("NHẬN XÉT CỦA GIÁO VIÊN CHỦ NHIỆM" if isinstance(record, SecondaryTranscript)
+                 else "7. Nhận xét của giáo viên chủ nhiệm")
+    page.text(record.homeroom_comment or "(không ghi)", size=9.5)
 
 
 def _signatures(page: _Page, record: PrimaryTranscript | SecondaryTranscript,
@@ -414,10 +596,9 @@ def _signatures(page: _Page, record: PrimaryTranscript | SecondaryTranscript,
     if pdf.will_page_break(_SIG_SECTION_H):
         pdf.add_page()
     pdf.ln(4)
-    issued = record.signatories.issue_date
     half = page.width / 2
-    page.text(f"{record.signatories.issue_place}, ngày {issued.day:02d} tháng {issued.month:02d} "
-              f"năm {issued.year}", size=10, align="C", w=half, x=pdf.l_margin + half)
+    page.text(f"{record.signatories.issue_place}, {_issue_date(record.signatories.issue_date)}",
+              size=10, align="C", w=half, x=pdf.l_margin + half)
     pdf.ln(2)
     top = pdf.get_y()
     col = page.width / max(len(roles), 1)
@@ -426,13 +607,18 @@ def _signatures(page: _Page, record: PrimaryTranscript | SecondaryTranscript,
         "principal": record.signatories.principal_name,
         "school_seal": record.school_name,
     }
-    titles = {**ROLE_TITLES, "principal": record.signatories.principal_title.upper()}
-    hints = {"school_seal": "(Ký số, đóng dấu)"}
+    titles = {**ROLE_TITLES, "principal": record.signatories.principal_title.upper(),
+              "school_seal": "NHÀ TRƯỜNG"}
+    overtitles = {"homeroom_teacher": "Xác nhận của", "principal": "Phê duyệt của",
+                  "school_seal": "Ký phát hành học bạ"}
+    hints = {"homeroom_teacher": "(Ký và ghi rõ họ tên)", "principal": "(Ký, ghi rõ họ tên và đóng dấu)",
+             "school_seal": "(Ký số của nhà trường)"}
     boxes = {}
     to_pt = 72 / 25.4
     for i, role in enumerate(roles):
         x = pdf.l_margin + i * col
         pdf.set_y(top)
+        page.text(overtitles.get(role, "Phát hành"), size=9, align="C", w=col, x=x)
         page.text(titles.get(role, role), size=10, bold=True, align="C", w=col, x=x)
         page.text(hints.get(role, "(Ký số, ghi rõ họ tên)"), size=8.5, align="C", w=col, x=x)
         box_w = min(col - 4, 58.0)
@@ -451,29 +637,68 @@ def _signatures(page: _Page, record: PrimaryTranscript | SecondaryTranscript,
     return boxes
 
 
+def _attached_data(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None:
+    """Every signed value the form itself has no place for, so that everything signed is printed."""
+    pdf = page.pdf
+    rows: list[tuple[str, str]] = [
+        ("Mã định danh bản ghi; sự kiện; phiên bản", f"{record.record_id}; {record.event.value}; {record.version}"),
+        ("Thời gian cập nhật", record.updated_at.isoformat(timespec="seconds")),
+        ("Mã sở; mã trường; cấp học; khối", f"{record.department_code}; {record.school_code}; "
+                                           f"{record.level.value}; {record.grade}"),
+        ("Trạng thái thông tin học bạ", record.status),
+        ("Số định danh giáo viên chủ nhiệm", record.signatories.homeroom_teacher_personal_id or ""),
+        ("Số định danh hiệu trưởng", record.signatories.principal_personal_id or ""),
+    ]
+    if isinstance(record, PrimaryTranscript):
+        # The form keeps the year-end results; the term-I ones are signed too.
+        rows += [(f"{s.subject_name}: cuối học kì I",
+                  "; ".join(p for p in ((s.term1_level.value if s.term1_level else ""),
+                                        (f"điểm KTĐK {s.term1_score}" if s.term1_score is not None else "")) if p))
+                 for s in record.subjects if s.term1_level or s.term1_score is not None]
+        rows.append(("Hoàn thành chương trình lớp học", _yes_no(record.completed_grade_program)))
+    # ``promoted`` in a final grade means the year is passed: that transcript never speaks of
+    # going up a class.
+    final = is_final_grade(record.level.value, record.grade)
+    rows.append(("Được công nhận hoàn thành năm học" if final else "Được lên lớp", _yes_no(record.promoted)))
+    height = 16 + (len(rows) + 1) * 5.0
+    if pdf.will_page_break(height):  # the section stays on one page
+        pdf.add_page()
+    pdf.ln(6)
+    page.text("DỮ LIỆU KÈM THEO HỌC BẠ", size=10, bold=True)
+    page.text(f"Các dữ liệu dưới đây thuộc bản ghi {ATTACHMENT_NAME} đính kèm và được ký cùng học bạ; "
+              "biểu mẫu không có chỗ ghi riêng.", size=8)
+    page.table((80, 100), ("Dữ liệu", "Giá trị"), rows, align="LL", size=8)
+
+
 def _layout(record: PrimaryTranscript | SecondaryTranscript,
             roles: Sequence[str]) -> tuple[bytes, dict[str, SignatureBox]]:
-    pdf = FPDF(format="A4", unit="mm")
+    pdf = FPDF(format="A4", unit="mm", enforce_compliance=_COMPLIANCE)
     pdf.set_margins(_MARGIN, 12, _MARGIN)
     pdf.set_auto_page_break(True, margin=12)
     _add_fonts(pdf)
     name = record.student.full_name
     updated = record.updated_at if record.updated_at.tzinfo else record.updated_at.replace(tzinfo=VIETNAM_TIME)
     pdf.set_lang("vi")
-    pdf.set_title(f"Học bạ - {name} - {record.class_name} - {record.school_year}")
+    title = f"Học bạ - {name} - {record.class_name} - {record.school_year}"
+    pdf.set_title(title)
     pdf.set_author(record.school_name)
     pdf.set_subject(f"Học bạ số {record.transcript_id}")
     pdf.set_creator("hocba-hub")
     pdf.set_creation_date(updated)
+    # fpdf2 would write the XMP's modification time as "now": the same record must give the
+    # same bytes, so the metadata is set here from the record.
+    pdf.set_xmp_metadata(_xmp(title, record.school_name, f"Học bạ số {record.transcript_id}", updated))
     pdf.add_page()
     page = _Page(pdf)
-    _header(page, record)
-    _student(page, record)
+    _particulars(page, record)
+    _year_heading(page, record)
     if isinstance(record, PrimaryTranscript):
         _primary(page, record)
     else:
         _secondary(page, record)
+    _homeroom_comment(page, record)
     boxes = _signatures(page, record, roles)
+    _attached_data(page, record)
     pdf.embed_file(
         bytes=record.model_dump_json(by_alias=True).encode(),
         basename=ATTACHMENT_NAME,

@@ -184,29 +184,33 @@ def _raw(columns: list[Any], row: Any, where: str) -> RawRecord:
 ENVELOPE = ("seq", "id", "cap_nhat", "xoa")   # read by fetch, not content
 TRANSCRIPT = {"ma_hoc_ba": "transcript_id", "trang_thai": "status", "ma_so": "department_code",
               "ma_truong": "school_code", "ten_truong": "school_name", "cap_hoc": "level", "khoi": "grade",
-              "lop": "class_name", "nam_hoc": "school_year", "len_lop": "promoted"}
+              "lop": "class_name", "nam_hoc": "school_year", "len_lop": "promoted", "nx_gvcn": "homeroom_comment"}
 STUDENT = {"hs_ma": "student_code", "hs_dinh_danh": "personal_id", "hs_ho_ten": "full_name",
            "hs_ngay_sinh": "birth_date", "hs_gioi_tinh": "gender", "hs_dan_toc": "ethnicity",
            "hs_quoc_tich": "nationality", "hs_cha": "father_name", "hs_me": "mother_name",
-           "hs_giam_ho": "guardian_name", "hs_doi_tuong": "policy_group", "hs_kt_kdg": "disability_not_assessed"}
+           "hs_giam_ho": "guardian_name", "hs_doi_tuong": "policy_group", "hs_kt_kdg": "disability_not_assessed",
+           "hs_noi_sinh": "birth_place", "hs_noi_o": "residence", "hs_so_dang_bo": "registration_number"}
 SIGNATORIES = {"ky_gvcn": "homeroom_teacher_name", "ky_gvcn_dinh_danh": "homeroom_teacher_personal_id",
                "ky_hieu_truong": "principal_name", "ky_hieu_truong_dinh_danh": "principal_personal_id",
                "ky_chuc_vu": "principal_title", "ky_ngay": "issue_date", "ky_dia_danh": "issue_place"}
 SUBJECT_COMPETENCIES = ("ngon_ngu", "tinh_toan", "khoa_hoc", "cong_nghe", "tin_hoc", "tham_my", "the_chat")
-PRIMARY = {"hoan_thanh_lop": "completed_grade_program", "hoan_thanh_tieu_hoc": "completed_primary_program"}
-PRIMARY_COLUMNS = (*PRIMARY, "khen_thuong", *(f"pc_{q}" for q in QUALITIES),
+PRIMARY = {"hoan_thanh_lop": "completed_grade_program", "hoan_thanh_tieu_hoc": "completed_primary_program",
+           "ket_qua_gd": "overall_result", "nx_pham_chat": "qualities_comment",
+           "nx_nang_luc_chung": "general_competencies_comment", "nx_nang_luc_dac_thu": "subject_competencies_comment"}
+PRIMARY_COLUMNS = (*PRIMARY, *(f"pc_{q}" for q in QUALITIES),
                    *(f"nl_{c}" for c in (*GENERAL_COMPETENCIES, *SUBJECT_COMPETENCIES)))
 TERMS = {"hk1": "term1", "hk2": "term2", "cn": "year"}
-SECONDARY_COLUMNS = ("so_ngay_nghi", "chung_chi", *(f"hoc_luc_{t}" for t in TERMS),
+SECONDARY_COLUMNS = ("so_ngay_nghi", "chung_chi", "hoan_thanh_cap_hoc", *(f"hoc_luc_{t}" for t in TERMS),
                      *(f"hanh_kiem_{t}" for t in TERMS))
-COLUMNS = (*ENVELOPE, *TRANSCRIPT, *STUDENT, *SIGNATORIES, "mon_hoc", *PRIMARY_COLUMNS, *SECONDARY_COLUMNS)
+COLUMNS = (*ENVELOPE, *TRANSCRIPT, *STUDENT, *SIGNATORIES, "mon_hoc", "khen_thuong", *PRIMARY_COLUMNS,
+           *SECONDARY_COLUMNS)
 
 PRIMARY_SUBJECT = {"ma": "subject_code", "ten": "subject_name", "muc_hk1": "term1_level",
                    "muc_cn": "year_level", "diem_hk1": "term1_score", "diem_cn": "year_score",
                    "nhan_xet": "comment"}
 SECONDARY_SUBJECT = {"ma": "subject_code", "ten": "subject_name", "tb_hk1": "term1_average",
                      "tb_hk2": "term2_average", "tb_cn": "year_average", "kq_hk1": "term1_comment",
-                     "kq_hk2": "term2_comment", "kq_cn": "year_comment"}
+                     "kq_hk2": "term2_comment", "kq_cn": "year_comment", "gv": "teacher_name"}
 CERTIFICATE = {"ten": "name", "ngay_cap": "issued_on", "noi_cap": "issuer"}
 AWARD = {"ten": "name"}
 
@@ -267,10 +271,11 @@ def to_central(cells: Any) -> dict[str, Any]:
             **{c: cells[f"nl_{c}"] for c in GENERAL_COMPETENCIES},
             **{c: cells[f"nl_{c}"] for c in SUBJECT_COMPETENCIES if cells[f"nl_{c}"].strip()},
         }
-        out["awards"] = [row["name"] for row in _table(cells["khen_thuong"], "khen_thuong", AWARD)]
     else:
         out["learning"] = {period: cells[f"hoc_luc_{t}"] for t, period in TERMS.items()}
         out["conduct"] = {period: cells[f"hanh_kiem_{t}"] for t, period in TERMS.items()}
         out["days_absent"] = cells["so_ngay_nghi"]
         out["certificates"] = _table(cells["chung_chi"], "chung_chi", CERTIFICATE)
+        out["completed_level_program"] = cells["hoan_thanh_cap_hoc"]
+    out["awards"] = [row["name"] for row in _table(cells["khen_thuong"], "khen_thuong", AWARD)]
     return out

@@ -29,18 +29,19 @@ PRIMARY_SUBJECT = {"ma": "subject_code", "ten": "subject_name", "muc_hk1": "term
                    "nhan_xet": "comment"}
 SECONDARY_SUBJECT = {"ma": "subject_code", "ten": "subject_name", "tb_hk1": "term1_average",
                      "tb_hk2": "term2_average", "tb_cn": "year_average", "kq_hk1": "term1_comment",
-                     "kq_hk2": "term2_comment", "kq_cn": "year_comment"}
+                     "kq_hk2": "term2_comment", "kq_cn": "year_comment", "gv": "teacher_name"}
 CERTIFICATE = {"ten": "name", "ngay_cap": "issued_on", "noi_cap": "issuer"}
 STUDENT = {"hs_ma": "student_code", "hs_dinh_danh": "personal_id", "hs_ho_ten": "full_name",
            "hs_ngay_sinh": "birth_date", "hs_gioi_tinh": "gender", "hs_dan_toc": "ethnicity",
            "hs_quoc_tich": "nationality", "hs_cha": "father_name", "hs_me": "mother_name",
-           "hs_giam_ho": "guardian_name", "hs_doi_tuong": "policy_group", "hs_kt_kdg": "disability_not_assessed"}
+           "hs_giam_ho": "guardian_name", "hs_doi_tuong": "policy_group", "hs_kt_kdg": "disability_not_assessed",
+           "hs_noi_sinh": "birth_place", "hs_noi_o": "residence", "hs_so_dang_bo": "registration_number"}
 SIGNATORIES = {"ky_gvcn": "homeroom_teacher_name", "ky_gvcn_dinh_danh": "homeroom_teacher_personal_id",
                "ky_hieu_truong": "principal_name", "ky_hieu_truong_dinh_danh": "principal_personal_id",
                "ky_chuc_vu": "principal_title", "ky_ngay": "issue_date", "ky_dia_danh": "issue_place"}
 TRANSCRIPT = {"ma_hoc_ba": "transcript_id", "trang_thai": "status", "ma_so": "department_code",
               "ma_truong": "school_code", "ten_truong": "school_name", "cap_hoc": "level", "khoi": "grade",
-              "lop": "class_name", "nam_hoc": "school_year"}
+              "lop": "class_name", "nam_hoc": "school_year", "nx_gvcn": "homeroom_comment"}
 QUALITIES = ("yeu_nuoc", "nhan_ai", "cham_chi", "trung_thuc", "trach_nhiem")
 COMPETENCIES = ("tu_chu_tu_hoc", "giao_tiep_hop_tac", "giai_quyet_van_de_sang_tao", "ngon_ngu", "tinh_toan",
                 "khoa_hoc", "cong_nghe", "tin_hoc", "tham_my", "the_chat")
@@ -49,8 +50,10 @@ TERMS = {"hk1": "term1", "hk2": "term2", "cn": "year"}
 COLUMNS = [
     "seq", "id", "cap_nhat", "xoa", *TRANSCRIPT, *STUDENT, *SIGNATORIES, "mon_hoc", "len_lop",
     *(f"pc_{q}" for q in QUALITIES), *(f"nl_{c}" for c in COMPETENCIES),
-    "hoan_thanh_lop", "hoan_thanh_tieu_hoc", "khen_thuong",
+    "hoan_thanh_lop", "hoan_thanh_tieu_hoc", "khen_thuong", "ket_qua_gd", "nx_pham_chat", "nx_nang_luc_chung",
+    "nx_nang_luc_dac_thu",
     *(f"hoc_luc_{t}" for t in TERMS), *(f"hanh_kiem_{t}" for t in TERMS), "so_ngay_nghi", "chung_chi",
+    "hoan_thanh_cap_hoc",
 ]
 
 
@@ -99,7 +102,10 @@ def to_row(central: dict[str, Any], *, source_id: str, seq: int, updated: dt.dat
         row.update({f"nl_{c}": v for c, v in central["competencies"].items()})
         row["hoan_thanh_lop"] = _cell(central["completed_grade_program"])
         row["hoan_thanh_tieu_hoc"] = _cell(central.get("completed_primary_program"))
-        row["khen_thuong"] = _table({"ten": "name"}, [{"name": a} for a in central.get("awards", [])])
+        for col, field in (("ket_qua_gd", "overall_result"), ("nx_pham_chat", "qualities_comment"),
+                           ("nx_nang_luc_chung", "general_competencies_comment"),
+                           ("nx_nang_luc_dac_thu", "subject_competencies_comment")):
+            row[col] = _cell(central.get(field))
     else:
         row["mon_hoc"] = _table(SECONDARY_SUBJECT, central["subjects"])
         for col, period in TERMS.items():
@@ -107,6 +113,8 @@ def to_row(central: dict[str, Any], *, source_id: str, seq: int, updated: dt.dat
             row[f"hanh_kiem_{col}"] = _cell(central["conduct"].get(period))
         row["so_ngay_nghi"] = _cell(central.get("days_absent", 0))
         row["chung_chi"] = _table(CERTIFICATE, central.get("certificates", []))
+        row["hoan_thanh_cap_hoc"] = _cell(central.get("completed_level_program"))
+    row["khen_thuong"] = _table({"ten": "name"}, [{"name": a} for a in central.get("awards", [])])
     return row
 
 

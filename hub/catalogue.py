@@ -1,0 +1,174 @@
+"""The subjects each grade studies, with their official names and how each is assessed.
+
+Programme: Chương trình giáo dục phổ thông 2018 (Thông tư 32/2018/TT-BGDĐT, as amended by
+Thông tư 13/2022/TT-BGDĐT); assessment: Thông tư 27/2020/TT-BGDĐT (primary) and Thông tư
+22/2021/TT-BGDĐT (secondary). What the form and the synthetic data need from it:
+
+- primary: every subject is assessed by level (T/H/C) with a comment; the subjects with a
+  periodic test (*bài kiểm tra định kì*, Thông tư 27 art. 7: Tiếng Việt, Toán, Ngoại ngữ 1,
+  Lịch sử và Địa lí, Khoa học, Tin học và Công nghệ) also get a score at the end of term I and
+  of the year;
+- secondary: Thông tư 22 art. 5 assesses by comment only (Đ/CĐ) Giáo dục thể chất, Nghệ thuật,
+  Âm nhạc, Mĩ thuật, Nội dung giáo dục của địa phương and Hoạt động trải nghiệm, hướng nghiệp;
+  every other subject is scored (averages 0–10);
+- grades 10–12 study compulsory subjects plus four electives (*môn học lựa chọn*).
+
+Codes are the ones the spreadsheet template already uses. Optional subjects a school may add
+(Tiếng dân tộc, Ngoại ngữ 2, Ngoại ngữ 1 in grades 1–2) are listed but never in a grade's
+default list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Subject", "SUBJECTS", "subject", "subjects_for", "upper_secondary_electives",
+    "ELECTIVE_COUNT", "FINAL_GRADES", "is_final_grade", "level_of_grade", "LEVEL_PROGRAMME_NAMES",
+]
+
+PRIMARY, LOWER, UPPER = "02", "03", "04"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One subject or educational activity as the forms name it."""
+
+    code: str
+    name: str                # official Vietnamese name, as printed on the transcript
+    scored: bool             # secondary: averages 0–10 (else Đ/CĐ); primary: has periodic tests
+    grades: frozenset[int]   # grades where it is taught
+    elective: bool = False   # upper secondary: chosen by the student (four of them)
+    optional: bool = False   # never in a grade's default list (a school adds it)
+
+    @property
+    def comment_only(self) -> bool:
+        """Secondary: assessed by comment only (Đ/CĐ)."""
+        return not self.scored
+
+    @property
+    def periodic_test(self) -> bool:
+        """Primary: has a periodic test score at the end of term I and of the year."""
+        return self.scored
+
+
+def _g(first: int, last: int) -> frozenset[int]:
+    return frozenset(range(first, last + 1))
+
+
+# Order is the form's row order.
+_PRIMARY = (
+    Subject("TV", "Tiếng Việt", True, _g(1, 5)),
+    Subject("TOAN", "Toán", True, _g(1, 5)),
+    Subject("NN1", "Ngoại ngữ 1", True, _g(3, 5)),
+    Subject("DD", "Đạo đức", False, _g(1, 5)),
+    Subject("TNXH", "Tự nhiên và Xã hội", False, _g(1, 3)),
+    Subject("LSDL", "Lịch sử và Địa lí", True, _g(4, 5)),
+    Subject("KH", "Khoa học", True, _g(4, 5)),
+    Subject("THCN", "Tin học và Công nghệ", True, _g(3, 5)),
+    Subject("GDTC", "Giáo dục thể chất", False, _g(1, 5)),
+    Subject("AN", "Âm nhạc", False, _g(1, 5)),
+    Subject("MT", "Mĩ thuật", False, _g(1, 5)),
+    Subject("HDTN", "Hoạt động trải nghiệm", False, _g(1, 5)),
+    Subject("TDT", "Tiếng dân tộc", False, _g(1, 5), optional=True),
+)
+_LOWER = (
+    Subject("NV", "Ngữ văn", True, _g(6, 9)),
+    Subject("TOAN", "Toán", True, _g(6, 9)),
+    Subject("NN1", "Ngoại ngữ 1", True, _g(6, 9)),
+    Subject("GDCD", "Giáo dục công dân", True, _g(6, 9)),
+    Subject("LSDL", "Lịch sử và Địa lí", True, _g(6, 9)),
+    Subject("KHTN", "Khoa học tự nhiên", True, _g(6, 9)),
+    Subject("CN", "Công nghệ", True, _g(6, 9)),
+    Subject("TH", "Tin học", True, _g(6, 9)),
+    Subject("GDTC", "Giáo dục thể chất", False, _g(6, 9)),
+    Subject("AN", "Âm nhạc", False, _g(6, 9)),
+    Subject("MT", "Mĩ thuật", False, _g(6, 9)),
+    Subject("HDTN", "Hoạt động trải nghiệm, hướng nghiệp", False, _g(6, 9)),
+    Subject("GDDP", "Nội dung giáo dục của địa phương", False, _g(6, 9)),
+    Subject("NN2", "Ngoại ngữ 2", True, _g(6, 9), optional=True),
+    Subject("TDT", "Tiếng dân tộc", True, _g(6, 9), optional=True),
+)
+_UPPER = (
+    Subject("NV", "Ngữ văn", True, _g(10, 12)),
+    Subject("TOAN", "Toán", True, _g(10, 12)),
+    Subject("NN1", "Ngoại ngữ 1", True, _g(10, 12)),
+    Subject("LS", "Lịch sử", True, _g(10, 12)),
+    Subject("GDTC", "Giáo dục thể chất", False, _g(10, 12)),
+    Subject("GDQPAN", "Giáo dục quốc phòng và an ninh", True, _g(10, 12)),
+    Subject("HDTN", "Hoạt động trải nghiệm, hướng nghiệp", False, _g(10, 12)),
+    Subject("GDDP", "Nội dung giáo dục của địa phương", False, _g(10, 12)),
+    Subject("DL", "Địa lí", True, _g(10, 12), elective=True),
+    Subject("GDKTPL", "Giáo dục kinh tế và pháp luật", True, _g(10, 12), elective=True),
+    Subject("VL", "Vật lí", True, _g(10, 12), elective=True),
+    Subject("HH", "Hoá học", True, _g(10, 12), elective=True),
+    Subject("SH", "Sinh học", True, _g(10, 12), elective=True),
+    Subject("CN", "Công nghệ", True, _g(10, 12), elective=True),
+    Subject("TH", "Tin học", True, _g(10, 12), elective=True),
+    Subject("AN", "Âm nhạc", False, _g(10, 12), elective=True),
+    Subject("MT", "Mĩ thuật", False, _g(10, 12), elective=True),
+    Subject("NN2", "Ngoại ngữ 2", True, _g(10, 12), optional=True),
+    Subject("TDT", "Tiếng dân tộc", True, _g(10, 12), optional=True),
+)
+
+SUBJECTS: dict[str, tuple[Subject, ...]] = {PRIMARY: _PRIMARY, LOWER: _LOWER, UPPER: _UPPER}
+"""Every subject per school level code (``02``, ``03``, ``04``), in the form's order."""
+
+ELECTIVE_COUNT = 4
+"""Upper secondary: electives a student takes (Thông tư 13/2022 amending the 2018 programme)."""
+
+FINAL_GRADES = {PRIMARY: 5, LOWER: 9, UPPER: 12}
+"""The grade that completes each level: its transcript states completion, never promotion."""
+
+LEVEL_PROGRAMME_NAMES = {PRIMARY: "tiểu học", LOWER: "trung học cơ sở", UPPER: "trung học phổ thông"}
+"""Each level's programme as running text (``Hoàn thành chương trình trung học cơ sở``)."""
+
+
+def level_of_grade(grade: int) -> str:
+    """The school level code (``02``/``03``/``04``) a grade 1–12 belongs to."""
+    if 1 <= grade <= 5:
+        return PRIMARY
+    if 6 <= grade <= 9:
+        return LOWER
+    if 10 <= grade <= 12:
+        return UPPER
+    raise ValueError(f"grade {grade} is not 1-12")
+
+
+def is_final_grade(level: str, grade: int) -> bool:
+    """Whether ``grade`` completes ``level`` (grade 5, 9 or 12)."""
+    return FINAL_GRADES.get(str(level).zfill(2)) == grade
+
+
+def subject(level: str, code: str) -> Subject | None:
+    """The catalogue's subject ``code`` at ``level``, or None."""
+    return next((s for s in SUBJECTS.get(str(level).zfill(2), ()) if s.code == code), None)
+
+
+def subjects_for(level: str, grade: int, electives: tuple[str, ...] = ()) -> list[Subject]:
+    """The subjects of ``grade`` at ``level`` in the form's order.
+
+    Compulsory subjects always; for grades 10–12, the ``electives`` named by code (exactly
+    four, see ``upper_secondary_electives``); optional subjects never.
+    """
+    level = str(level).zfill(2)
+    if level not in SUBJECTS:
+        raise ValueError(f"level {level!r} is not 02, 03 or 04")
+    if level != level_of_grade(grade):
+        raise ValueError(f"grade {grade} does not belong to level {level}")
+    chosen = set(electives)
+    if level == UPPER:
+        known = {s.code for s in _UPPER if s.elective}
+        if unknown := chosen - known:
+            raise ValueError(f"not an elective: {', '.join(sorted(unknown))}")
+        if len(chosen) != ELECTIVE_COUNT:
+            raise ValueError(f"grades 10-12 take {ELECTIVE_COUNT} electives, not {len(chosen)}")
+    elif chosen:
+        raise ValueError("only grades 10-12 choose electives")
+    return [s for s in SUBJECTS[level]
+            if grade in s.grades and not s.optional and (not s.elective or s.code in chosen)]
+
+
+def upper_secondary_electives() -> list[Subject]:
+    """The subjects a grade 10–12 student chooses four of."""
+    return [s for s in _UPPER if s.elective]
