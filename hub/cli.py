@@ -18,15 +18,15 @@ def _print_errors(lines: list[str]) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from hub.plugins import adapter_types, signer_types
+    from hub.plugins import adapter_types, identity_provider_types, signer_types
 
     rows = []
-    for info in list(adapter_types().values()) + list(signer_types().values()):
+    for info in [*adapter_types().values(), *signer_types().values(), *identity_provider_types().values()]:
         if info.kind == "adapter":
             labels = {"fetch": "fetch", "verify_push": "push", "normalize": "normalize", "deliver": "deliver"}
             can = ", ".join(label for method, label in labels.items() if info.cls.can(method))
         else:
-            can = "sign"
+            can = "sign" if info.kind == "signer" else "verify"
         rows.append((info.kind, info.name, info.package, info.version, can))
     if args.json:
         print(json.dumps([dict(zip(("kind", "name", "package", "version", "capabilities"), r)) for r in rows],

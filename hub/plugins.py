@@ -14,15 +14,15 @@ from functools import cache
 import pluggy
 
 from hub import hookspecs
-from hub.contracts import Adapter, Signer
+from hub.contracts import Adapter, IdentityProvider, Signer
 
 GROUP = "hocba_hub"
 
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """One registered adapter or signer class and where it comes from."""
-    kind: str         # "adapter" | "signer"
+    """One registered adapter, signer or identity provider class and where it comes from."""
+    kind: str         # "adapter" | "signer" | "identity"
     name: str
     cls: type
     package: str
@@ -92,3 +92,9 @@ def adapter_types() -> dict[str, PluginInfo]:
 def signer_types() -> dict[str, PluginInfo]:
     """Every registered signer class by name."""
     return _collect(manager().hook.hocba_hub_signer_types, Signer, "signer")
+
+
+@cache
+def identity_provider_types() -> dict[str, PluginInfo]:
+    """Every registered identity provider class by name."""
+    return _collect(manager().hook.hocba_hub_identity_provider_types, IdentityProvider, "identity")
