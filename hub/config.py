@@ -187,6 +187,8 @@ class IdentitySection(PluginSection):
         default=False, description="Also verify the homeroom teacher and principal named on the record "
                                    "(name and personal id; they have no birth date on it)")
     batch_size: int = Field(default=50, ge=1, le=5000, description="Records checked in one call to the provider")
+    batch_window: float = Field(default=0.5, ge=0, description="Seconds to wait for a fuller batch when fewer "
+                                                              "than batch_size records are waiting")
     cache_days: float = Field(default=30, ge=0, description="How long a verified person is remembered "
                                                             "(0: ask every time); mismatches are never remembered")
     retry_seconds: float = Field(default=10.0, gt=0, description="Wait after the provider could not answer")

@@ -48,6 +48,8 @@ class DancuFaults(Faults):
     token_ttl_seconds: int = 3600     # ``expires_in`` of tokens issued from now on
     batch_polls: int = 2              # GetRequestStatus answers DangXuLy this many times per batch
     batch_fails: bool = False         # a submitted batch ends in Loi
+    expire_tokens_after_n: int = 0    # the n-th SOAP request from now finds every token revoked
+    expire_tokens_on_poll: int = 0    # the n-th GetRequestStatus from now finds every token revoked
 
 
 @dataclass
@@ -98,6 +100,7 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
         self.population: dict[str, Citizen] = {}
         self.expected: dict[str, frozenset[IdentityFinding]] = {}
         self.calls: Counter[str] = Counter()
+        self.batched = 0                  # people received in submitted batches
         self.sent_fields: set[str] = set()
         self.tokens_issued = 0
         self._tokens: dict[str, float] = {}
@@ -206,6 +209,15 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
     # --- SOAP ---------------------------------------------------------------------------------
 
     async def _soap(self, request: web.Request) -> web.Response:
+        f = self.faults
+        if f.expire_tokens_after_n > 0:
+            f.expire_tokens_after_n -= 1
+            if f.expire_tokens_after_n == 0:
+                self.expire_tokens()
+        if f.expire_tokens_on_poll > 0 and request.headers.get("SOAPAction", "").endswith('/GetRequestStatus"'):
+            f.expire_tokens_on_poll -= 1
+            if f.expire_tokens_on_poll == 0:
+                self.expire_tokens()
         if not self._authorized(request):
             return web.Response(text="Invalid Credentials", status=401, content_type="text/plain")
         body = await request.read()
@@ -275,6 +287,7 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
             fields = {etree.QName(c).localname: c for c in item}
             items.append({"order": int(fields["SoThuTu"].text), **self._person(fields)})
         request_id = values["MaYeuCau"].text
+        self.batched += len(items)
         self._batches[request_id] = _Batch(items, self.faults.batch_polls, self.faults.batch_fails)
         return _el("SubmitRequestResponse", _el("MaYeuCau", request_id), _el("TrangThai", "DangXuLy"))
 

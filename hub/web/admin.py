@@ -60,8 +60,7 @@ _ID_PATTERN = rf"^(\d{{1,18}}|{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_
 
 def all_states(roles: tuple[str, ...] = SIGNING_ROLES) -> list[str]:
     """Every state a record can be in, in pipeline order, then the final ones."""
-    return [lc.RECEIVED, lc.NORMALIZED, lc.RENDERED, *(lc.SIGNED_PREFIX + r for r in roles), lc.DELIVERED,
-            lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER, lc.SUPERSEDED, lc.UNCHANGED]
+    return lc.all_states(roles)
 
 
 # --- what may leave the hub -------------------------------------------------------------------

@@ -43,7 +43,7 @@ from hub import lifecycle as lc
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
 
-STAGES = ("normalize", "render", "sign", "deliver")
+STAGES = lc.STAGES
 # Local signing takes tens of milliseconds; remote signing waits for a person's phone.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -116,7 +116,7 @@ class _HubCollector:
             records.add_metric([adapter, state], n)
         waiting = dict.fromkeys(STAGES, 0)
         for state, n in hub.store.counts().items():
-            stage = stage_of(state, hub.roles)
+            stage = lc.stage_of(state, hub.roles, identity=hub.config.identity is not None)
             if stage:
                 waiting[stage] += n
         for stage, n in waiting.items():
@@ -133,20 +133,6 @@ class _HubCollector:
         for section in hub.config.adapters:
             paused.add_metric([section.name], 1.0 if section.name in stopped else 0.0)
         yield from (records, queues, outbox, up, last_sync, paused)
-
-
-def stage_of(state: str, roles: tuple[str, ...]) -> str | None:
-    """The stage a record in ``state`` waits for (None for a final state). Read from the store,
-    so the depth is right however many hub processes share it."""
-    if state == lc.RECEIVED:
-        return "normalize"
-    if state == lc.NORMALIZED:
-        return "render"
-    if state == lc.RENDERED or (state.startswith(lc.SIGNED_PREFIX) and state != lc.SIGNED_PREFIX + roles[-1]):
-        return "sign"
-    if state == lc.SIGNED_PREFIX + roles[-1]:
-        return "deliver"
-    return None
 
 
 def _epoch(iso: str) -> float:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 REFRESH_SECONDS = 15
 STUCK_SHOWN = 50
-STUCK_STATES = (lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER)
+STUCK_STATES = (lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER, lc.BLOCKED_IDENTITY)
 # The operators work in Vietnam: times on the wall screen are local (UTC+7, no daylight saving).
 VN_TIME = dt.timezone(dt.timedelta(hours=7))
 
@@ -49,10 +49,12 @@ ROLE_LABELS = {
 STATE_LABELS = {
     "vi": {lc.RECEIVED: "đã nhận", lc.NORMALIZED: "đã chuẩn hoá", lc.RENDERED: "đã tạo PDF",
            lc.DELIVERED: "đã gửi", lc.QUARANTINED: "cách ly", lc.FAILED: "lỗi xử lý",
-           lc.DEAD_LETTER: "gửi thất bại", lc.SUPERSEDED: "đã thay thế", lc.UNCHANGED: "không thay đổi"},
+           lc.DEAD_LETTER: "gửi thất bại", lc.SUPERSEDED: "đã thay thế", lc.UNCHANGED: "không thay đổi",
+           lc.IDENTITY_CLEARED: "đã xác minh danh tính", lc.BLOCKED_IDENTITY: "chờ sửa danh tính"},
     "en": {lc.RECEIVED: "received", lc.NORMALIZED: "normalized", lc.RENDERED: "PDF rendered",
            lc.DELIVERED: "delivered", lc.QUARANTINED: "quarantined", lc.FAILED: "failed",
-           lc.DEAD_LETTER: "dead letter", lc.SUPERSEDED: "superseded", lc.UNCHANGED: "unchanged"},
+           lc.DEAD_LETTER: "dead letter", lc.SUPERSEDED: "superseded", lc.UNCHANGED: "unchanged",
+           lc.IDENTITY_CLEARED: "identity verified", lc.BLOCKED_IDENTITY: "blocked on identity"},
 }
 
 TEXT = {
@@ -261,7 +263,7 @@ class StatusPage:
             counts[row["state"]] += row["n"]
         total = sum(counts.values())
         stuck_total = sum(counts[s] for s in STUCK_STATES)
-        in_progress = sum(n for s, n in counts.items() if s not in lc.FINAL_STATES)
+        in_progress = sum(n for s, n in counts.items() if s not in lc.FINAL_STATES | lc.BLOCKED_STATES)
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         tiles = "".join(
             f'<div class="tile {cls}"><div class="n" id="tile-{key}">{n}</div><div>{self._e(t[key])}</div></div>'
