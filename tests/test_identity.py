@@ -50,11 +50,17 @@ async def world():
         await sim.stop()
 
 
+OPERATOR_TOKEN = "operator-token-0123456789abcdef"
+VIEWER_TOKEN = "viewer-token-0123456789abcdef"
+
+
 def make_config(tmp_path, pki, vendor, central, population, **identity):
     settings = {**population.adapter_settings(), "async_batch_min": 0, "timeout": 5,
                 **identity.pop("settings", {})}
     return parse_config({
         "data_dir": str(tmp_path / "data"),
+        "admin": {"tokens": [{"name": "op", "token": OPERATOR_TOKEN, "role": "operator"},
+                             {"name": "wall", "token": VIEWER_TOKEN, "role": "viewer"}]},
         "workers": {"processes": 1},
         "delivery": {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
@@ -271,6 +277,74 @@ async def test_a_replay_asks_again(tmp_path, pki, world):
     rows = await run_once(make_config(tmp_path, pki, vendor, central, population))
     assert rows[vendor.source_id(1)].state == lc.DELIVERED
     assert {rows[vendor.source_id(i)].state for i in BLOCKED - {1}} == {lc.BLOCKED_IDENTITY}
+
+
+async def test_the_report_per_school_over_the_admin_api_and_the_cli(tmp_path, pki, world):
+    import aiohttp
+    import uvicorn
+    from openpyxl import load_workbook
+
+    from hub.web.app import create_app
+
+    vendor, central, population = world
+    config = make_config(tmp_path, pki, vendor, central, population)
+    hub = Hub(config)
+    await hub.start()
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
+                                           lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    school = vendor.central(1)["school_code"]
+    expected = {vendor.central(i)["student"]["student_code"] for i in BLOCKED
+                if vendor.central(i)["school_code"] == school}
+    try:
+        await asyncio.wait_for(hub.wait_idle(), 120)
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            op = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+            async with http.get("/api/identity/blocked", params={"school": school}, headers=op) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            async with http.get("/api/identity/blocked", headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}) as resp:
+                assert resp.status == 403  # names: operators only
+            async with http.get("/api/identity/blocked", params={"schol": school}, headers=op) as resp:
+                assert resp.status == 400 and (await resp.json())["parameter"] == "schol"
+            async with http.get("/api/identity/blocked.xlsx", params={"school": school}, headers=op) as resp:
+                assert resp.status == 200 and "spreadsheetml" in resp.headers["Content-Type"]
+                workbook = load_workbook(io.BytesIO(await resp.read()))
+    finally:
+        server.should_exit = True
+        await task
+        await hub.stop()
+    assert body["count"] == len(expected) > 0
+    assert {e["student_code"] for e in body["items"]} == expected
+    for entry in body["items"]:
+        assert entry["differs"] and all(d["field"] and d["vi"] and d["en"] for d in entry["differs"])
+        assert entry["personal_id"] is None or entry["personal_id"].startswith("*********")
+    rows = list(workbook.active.iter_rows(values_only=True))
+    assert rows[0][:3] == ("Mã trường / School code", "Tên trường / School", "Lớp / Class")
+    assert {r[3] for r in rows[1:]} == expected and all(r[0] == school for r in rows[1:])
+
+    # The CLI reads the same report from the store.
+    import yaml
+
+    from hub.cli import main
+
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(
+        {"data_dir": str(tmp_path / "data"), **{k: v for k, v in make_raw(config).items()}}))))
+    out = tmp_path / "report.xlsx"
+    assert main(["identity-report", "--config", str(path), "--xlsx", str(out)]) == 0
+    assert len(list(load_workbook(out).active.iter_rows())) == 1 + sum(
+        len(e["differs"]) for e in body["items"]) + (len(BLOCKED) - len(expected))
+
+
+def make_raw(config):
+    """The config as YAML would hold it (secrets shown), for the CLI."""
+    raw = config.model_dump(mode="json", exclude={"data_dir"})
+    raw["admin"] = {"tokens": []}
+    return raw
 
 
 # --- the parts ------------------------------------------------------------------------------------
