@@ -374,3 +374,23 @@ def test_config_errors_name_the_identity_path(tmp_path):
     with pytest.raises(ConfigError) as info:
         parse_config({**base, "identity": {"name": "d", "type": "dancu", "settings": {}}})
     assert any("identity.name" in e for e in info.value.errors)
+
+
+def test_the_demo_with_the_identity_simulator_lists_blocked_students(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-m", "hub.cli", "demo", "--config", str(root / "config" / "identity.yaml"),
+                             "--records", "12", "--invalid", "1", "--out", "out"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "blocked_identity 2" in out and "delivered    10" in out
+    listed = [line for line in out.splitlines() if "CSDL quốc gia về dân cư" in line]
+    assert len(listed) == 2 and all("*********" in line for line in listed)
+    # Every sixth student disagrees: the 6th is not found, the 12th has another name.
+    assert "student.personal_id: không tìm thấy" in listed[0] + listed[1]
+    assert "student.full_name: họ và tên khác" in listed[0] + listed[1]
+    assert "demo OK: 10 delivered" in out and "2 blocked on identity with reasons" in out
