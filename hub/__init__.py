@@ -24,9 +24,10 @@ _EXPORTS: dict[str, str] = {
     # the plugin contract
     "hookimpl": "hub.hookspecs",
     **dict.fromkeys((
-        "Adapter", "Delivery", "DeliveryError", "Faults", "Health", "Page", "PluginContext", "PluginError",
-        "PluginSettings", "RawRecord", "Receipt", "SIGNING_ROLES", "SignRequest", "Signer", "SigningIdentity",
-        "Simulator"), "hub.contracts"),
+        "Adapter", "Delivery", "DeliveryError", "Faults", "Health", "IdentityFinding", "IdentityProvider",
+        "IdentityResult", "IdentitySimulator", "Page", "Person", "PluginContext", "PluginError", "PluginSettings",
+        "RawRecord", "Receipt", "SIGNING_ROLES", "SignRequest", "Signer", "SigningIdentity", "Simulator"),
+        "hub.contracts"),
     # the central format
     **dict.fromkeys((
         "Event", "GENERAL_COMPETENCIES", "PrimaryTranscript", "QUALITIES", "SecondaryTranscript",
@@ -44,7 +45,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "Transient", "parse_retry_after", "retrying"), "hub.kit.http"),
     **dict.fromkeys(("ContractError", "as_list", "as_object", "load_json", "map_keys", "vietnam_time", "where"), "hub.kit.mapping"),
     **dict.fromkeys(("FaultySimulator", "LoopbackServer", "drop_connection"), "hub.kit.simulation"),
-    **dict.fromkeys(("INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript"),
+    **dict.fromkeys(("GIVEN", "INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript"),
                     "hub.kit.synthetic"),
     "ensure_pki": "hub.kit.pki",
     **dict.fromkeys(("CHECKS", "assert_conformant"), "hub.kit.conformance"),

@@ -16,15 +16,15 @@ def _print_errors(lines: list[str]) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from hub.plugins import adapter_types, signer_types
+    from hub.plugins import adapter_types, identity_provider_types, signer_types
 
     rows = []
-    for info in list(adapter_types().values()) + list(signer_types().values()):
+    for info in [*adapter_types().values(), *signer_types().values(), *identity_provider_types().values()]:
         if info.kind == "adapter":
             labels = {"fetch": "fetch", "verify_push": "push", "normalize": "normalize", "deliver": "deliver"}
             can = ", ".join(label for method, label in labels.items() if info.cls.can(method))
         else:
-            can = "sign"
+            can = "sign" if info.kind == "signer" else "verify"
         rows.append((info.kind, info.name, info.package, info.version, can))
     if args.json:
         print(json.dumps([dict(zip(("kind", "name", "package", "version", "capabilities"), r)) for r in rows],
@@ -162,6 +162,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_identity_report(args: argparse.Namespace) -> int:
+    from hub.documents.identity_report import blocked_students, to_xlsx
+
+    _config, store = _store_of(args.config)
+    if store is None:
+        return 1
+    entries = blocked_students(store, args.school)
+    if args.xlsx:
+        Path(args.xlsx).write_bytes(to_xlsx(entries))
+        print(f"{len(entries)} student(s) blocked on identity written to {args.xlsx}")
+        return 0
+    # The terminal shows no names: the student code and the masked id find the student.
+    for e in entries:
+        what = "; ".join(f"{d['field']}: {d['en']}" for d in e["differs"])
+        print(f"{e['school_code']}  {e['class_name'] or '':<4} {e['student_code'] or '':<14} "
+              f"{e['personal_id'] or '(no personal id)':<14} {what}")
+    print(f"{len(entries)} student(s) blocked on identity" + (f" at school {args.school}" if args.school else ""))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from hub.store.audit import verify_chain
 
@@ -258,17 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", help="PEM file of trusted root certificates")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("replay", help="send quarantined, failed or dead-lettered records through again")
+    p = sub.add_parser("replay", help="send quarantined, failed, dead-lettered or identity-blocked records through again")
     p.add_argument("--config", required=True)
     p.add_argument("--id", type=int, action="append", default=[], help="store id (repeatable)")
     p.add_argument("--record-id", action="append", default=[], help="envelope record_id (repeatable)")
     p.add_argument("--adapter")
     p.add_argument("--school", help="school code")
-    p.add_argument("--state", choices=["quarantined", "failed", "dead_letter"])
+    p.add_argument("--state", choices=["quarantined", "failed", "dead_letter", "blocked_identity"])
     p.add_argument("--stage", choices=["normalize", "render", "deliver"], default="normalize",
                    help="normalize: from the raw payload (default); deliver: re-send the signed PDF as it is")
     p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("identity-report", help="students blocked on identity, per school, with what differs")
+    p.add_argument("--config", required=True)
+    p.add_argument("--school", help="one school's code")
+    p.add_argument("--xlsx", metavar="FILE", help="write the report as XLSX for the school (with names)")
+    p.set_defaults(func=cmd_identity_report)
 
     p = sub.add_parser("audit", help="check the audit log's hash chain")
     p.add_argument("action", choices=["verify"])

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from hub.contracts import SIGNING_ROLES, PluginSettings
-from hub.plugins import adapter_types, signer_types
+from hub.plugins import adapter_types, identity_provider_types, signer_types
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -174,6 +174,28 @@ class AdminConfig(_Strict):
     tokens: list[AdminToken] = Field(default_factory=list, description="Admin API bearer tokens")
 
 
+class IdentitySection(PluginSection):
+    """The identity check before rendering: which provider, and what it checks.
+
+    Every transcript's student is verified against the provider (the population database); a
+    mismatch or a missing personal id blocks the record (``blocked_identity``) with the reason
+    per field, and an outage leaves records waiting. A verified person is remembered for
+    ``cache_days``, so an unchanged student is not asked about again on every version.
+    """
+    type: str = Field(description="Registered identity provider name, see `hocba-hub plugins`")
+    check_signers: bool = Field(
+        default=False, description="Also verify the homeroom teacher and principal named on the record "
+                                   "(name and personal id; they have no birth date on it)")
+    batch_size: int = Field(default=50, ge=1, le=5000, description="Records checked in one call to the provider")
+    batch_window: float = Field(default=0.5, ge=0, description="Seconds to wait for a fuller batch when fewer "
+                                                              "than batch_size records are waiting")
+    cache_days: float = Field(default=30, ge=0, description="How long a verified person is remembered "
+                                                            "(0: ask every time); mismatches are never remembered")
+    retry_seconds: float = Field(default=10.0, gt=0, description="Wait after the provider could not answer")
+    breaker_threshold: int = Field(default=3, ge=1, description="Consecutive unanswered batches that open the circuit")
+    breaker_probe_seconds: float = Field(default=30.0, gt=0, description="While open: one probe this often")
+
+
 class RetentionConfig(_Strict):
     delivered_payload_days: float = Field(
         default=180, gt=0, description="Drop payloads/PDFs of delivered records after this many days")
@@ -217,6 +239,9 @@ class HubConfig(_Strict):
     destination: PluginSection
     signers: list[PluginSection] = Field(min_length=1)
     signing: SigningConfig
+    identity: IdentitySection | None = Field(
+        default=None, description="Check the people a record names against an identity provider before "
+                                  "rendering and signing (none: no check)")
 
     @model_validator(mode="after")
     def _references(self) -> "HubConfig":
@@ -228,6 +253,12 @@ class HubConfig(_Strict):
         unknown = sorted(self.signing.signer_names() - signers)
         if unknown:
             raise ValueError(f"signing: signer(s) {', '.join(map(repr, unknown))} not defined under signers")
+        if self.identity is not None:
+            # Health, logs and metrics key plugin instances by name: the provider needs its own.
+            taken = {*names, self.destination.name, *signers}
+            if self.identity.name in taken:
+                raise ValueError(f"identity.name: {self.identity.name!r} is already the name of another "
+                                 f"plugin instance")
         return self
 
     @property
@@ -238,6 +269,7 @@ class HubConfig(_Strict):
     _adapter_settings: dict[str, PluginSettings] = {}
     _signer_settings: dict[str, PluginSettings] = {}
     _destination_settings: PluginSettings | None = None
+    _identity_settings: PluginSettings | None = None
 
     def adapter_settings(self, name: str) -> PluginSettings:
         return self._adapter_settings[name]
@@ -249,9 +281,17 @@ class HubConfig(_Strict):
         assert self._destination_settings is not None
         return self._destination_settings
 
+    def identity_settings(self) -> PluginSettings:
+        assert self._identity_settings is not None
+        return self._identity_settings
+
     def override_settings(self, name: str, patch: dict[str, Any]) -> None:
-        """Re-validate one plugin instance's settings (an adapter, the destination or a signer)
-        with ``patch`` applied: the demo and the conformance kit point instances at simulators."""
+        """Re-validate one plugin instance's settings (an adapter, the destination, a signer or the
+        identity provider) with ``patch`` applied: the demo and the kit point instances at simulators."""
+        if self.identity is not None and name == self.identity.name:
+            cls = identity_provider_types()[self.identity.type].cls
+            self._identity_settings = cls.Settings.model_validate({**self.identity.settings, **patch})
+            return
         if name == self.destination.name:
             cls = adapter_types()[self.destination.type].cls
             self._destination_settings = cls.Settings.model_validate({**self.destination.settings, **patch})
@@ -339,6 +379,9 @@ def parse_config(data: Any) -> HubConfig:
         s = settings_of(section, signers, f"signers[{i}]")
         if s is not None:
             config._signer_settings[section.name] = s
+    config._identity_settings = None
+    if config.identity is not None:
+        config._identity_settings = settings_of(config.identity, identity_provider_types(), "identity")
     if errors:
         raise ConfigError(errors)
     return config
@@ -380,4 +423,5 @@ def config_json_schema() -> dict[str, Any]:
 
     defs["AdapterSection"]["allOf"] = typed(adapter_types())
     defs["PluginSection"]["allOf"] = typed(adapter_types()) + typed(signer_types())
+    defs["IdentitySection"]["allOf"] = typed(identity_provider_types())
     return schema

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -247,6 +248,89 @@ class Signer(ABC):
         return Health(True)
 
 
+class IdentityFinding(StrEnum):
+    """What an identity provider says about one person.
+
+    ``VERIFIED`` stands alone; any of the ``*_DIFFERS`` may come together (the name and the
+    birth date can both be wrong); ``UNAVAILABLE`` means the service cannot say now (down,
+    timing out, refusing the hub's credentials): the hub keeps the record waiting, it is not
+    a verdict on the person.
+    """
+    VERIFIED = "verified"
+    NOT_FOUND = "not_found"
+    NAME_DIFFERS = "name_differs"
+    BIRTH_DATE_DIFFERS = "birth_date_differs"
+    GENDER_DIFFERS = "gender_differs"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class Person:
+    """One person to verify, as the transcript names them.
+
+    Only ``personal_id``, ``full_name`` and ``birth_date`` may leave the hub; ``gender`` is for
+    comparing with what the service answers, never for sending. ``birth_date`` is ``None`` for
+    people the record gives no birth date for (the signers).
+    """
+    personal_id: str
+    full_name: str
+    birth_date: dt.date | None = None
+    gender: int | None = None        # QCVN 109:2017: 1 male, 2 female; None or 0: not compared
+
+
+@dataclass(frozen=True)
+class IdentityResult:
+    """A provider's answer about one ``Person``: one or more findings, and for ``UNAVAILABLE``
+    a reason for operators (no personal value in it)."""
+    findings: frozenset[IdentityFinding]
+    detail: str = ""
+
+    @classmethod
+    def of(cls, *findings: IdentityFinding, detail: str = "") -> "IdentityResult":
+        return cls(frozenset(findings), detail)
+
+    @property
+    def verified(self) -> bool:
+        return self.findings == {IdentityFinding.VERIFIED}
+
+    @property
+    def available(self) -> bool:
+        return IdentityFinding.UNAVAILABLE not in self.findings
+
+
+class IdentityProvider(ABC):
+    """A service that says whether a person is who the record says: the population database.
+
+    The hub calls ``verify`` with a batch of people (students, and signers when configured) and
+    expects one ``IdentityResult`` per person, in order. A provider never raises for a service
+    that is down: it answers ``UNAVAILABLE`` for the people it could not check, and the hub
+    keeps their records waiting behind a circuit breaker. Only what ``Person`` documents as
+    sendable may leave the hub, and nothing personal may be logged. ``simulator`` names an
+    ``IdentitySimulator`` class (``"package.module:Class"``) serving the provider's contract.
+    """
+    name: ClassVar[str]
+    Settings: ClassVar[type[PluginSettings]] = PluginSettings
+    simulator: ClassVar[str | None] = None
+
+    def __init__(self, settings: PluginSettings, context: PluginContext):
+        self.settings = settings
+        self.context = context
+
+    async def open(self) -> None:
+        """Acquire resources (HTTP client, WSDL). Raise ``PluginError`` with a clear reason."""
+
+    async def close(self) -> None:
+        """Release what ``open`` acquired."""
+
+    @abstractmethod
+    async def verify(self, people: Sequence[Person]) -> list[IdentityResult]:
+        """One result per person, in order; ``UNAVAILABLE`` for those the service could not check."""
+
+    async def check(self) -> Health:
+        """Is the service reachable and are the credentials accepted?"""
+        return Health(True)
+
+
 @dataclass
 class Faults:
     """Fault switches every simulator exposes as ``simulator.faults``; flip them at any time.
@@ -324,3 +408,19 @@ class Simulator(ABC):
     def accepted(self) -> dict[str, int]:
         """For a destination: ``record_id`` → highest version accepted so far."""
         return {}
+
+
+class IdentitySimulator(Simulator):
+    """An identity service's contract served on loopback, with a population seeded to agree or
+    disagree with given transcripts in known ways.
+
+    ``populate`` registers the people of central-format transcripts (``hub.kit.synthetic``
+    shape); ``expected`` then maps each transcript's ``transcript_id`` to the findings the
+    provider must report for its student (absent: verified). ``adapter_settings`` returns the
+    provider's settings pointing at the running simulator.
+    """
+    expected: dict[str, frozenset[IdentityFinding]]
+
+    @abstractmethod
+    def populate(self, transcripts: Sequence[Mapping[str, Any]]) -> None:
+        """Seed the population from these transcripts (their students and signers)."""

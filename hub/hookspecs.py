@@ -34,6 +34,12 @@ def hocba_hub_signer_types(register: Callable[[type], None]) -> None:
 
 
 @hookspec
+def hocba_hub_identity_provider_types(register: Callable[[type], None]) -> None:
+    """Register identity provider classes (``hub.contracts.IdentityProvider`` subclasses): services
+    that say whether the people a transcript names are who the record says (a population database)."""
+
+
+@hookspec
 def hocba_hub_transform_record(record: dict[str, Any], adapter: str) -> dict[str, Any] | None:
     """Adjust a normalised record (central-format dict) before it is validated.
 

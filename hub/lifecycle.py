@@ -6,7 +6,9 @@ stage — all of them ask this module.
 
 A record moves ``received → normalized → rendered → signed:<role>… → delivered``, one signing
 state per configured role, or ends ``quarantined``, ``failed``, ``dead_letter``,
-``superseded`` or ``unchanged``.
+``superseded`` or ``unchanged``. With an identity provider configured, ``normalized →
+identity_cleared → rendered``: the people a record names are checked before anything is
+rendered or signed, and a record whose people do not match waits in ``blocked_identity``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,20 @@ FAILED = "failed"             # the record is fine but a stage (render, sign) co
 DEAD_LETTER = "dead_letter"   # delivery gave up: permanent refusal or too many attempts
 SUPERSEDED = "superseded"     # a newer version of the same record_id arrived before delivery
 UNCHANGED = "unchanged"       # the transcript's content equals what the destination already holds
+IDENTITY_CLEARED = "identity_cleared"   # the identity provider confirmed the people it names
+# A person the record names is not who the population database says (or has no personal id).
+# Not final: the record waits for the school — a changed version from the vendor supersedes it
+# and is checked again — or for an operator's replay. No stage claims it by itself.
+BLOCKED_IDENTITY = "blocked_identity"
 FINAL_STATES = frozenset({DELIVERED, QUARANTINED, FAILED, DEAD_LETTER, SUPERSEDED, UNCHANGED})
+# Waiting on people outside the hub: not final, yet no stage will move them on by itself.
+BLOCKED_STATES = frozenset({BLOCKED_IDENTITY})
 # What an operator may replay; a delivered version is never sent twice.
-REPLAYABLE = frozenset({QUARANTINED, FAILED, DEAD_LETTER})
+REPLAYABLE = frozenset({QUARANTINED, FAILED, DEAD_LETTER, BLOCKED_IDENTITY})
 
-# The stages, in order: each claims the records waiting in its states.
-STAGES = ("normalize", "render", "sign", "deliver")
+# The stages, in order: each claims the records waiting in its states ("identity" only when an
+# identity provider is configured).
+STAGES = ("normalize", "identity", "render", "sign", "deliver")
 # Where a replay may restart a record (signing restarts from the rendered document).
 REPLAY_STAGES = ("normalize", "render", "deliver")
 
@@ -36,11 +46,14 @@ def signed(role: str) -> str:
     return SIGNED_PREFIX + role
 
 
-def stage_of(state: str, roles: tuple[str, ...]) -> str | None:
-    """The stage a record in ``state`` waits for, or None for a final state."""
+def stage_of(state: str, roles: tuple[str, ...], *, identity: bool = False) -> str | None:
+    """The stage a record in ``state`` waits for, or None for a final or blocked state.
+    ``identity``: whether an identity provider is configured."""
     if state == RECEIVED:
         return "normalize"
     if state == NORMALIZED:
+        return "identity" if identity else "render"
+    if state == IDENTITY_CLEARED:
         return "render"
     if state == RENDERED:
         return "sign"
@@ -49,12 +62,15 @@ def stage_of(state: str, roles: tuple[str, ...]) -> str | None:
     return None
 
 
-def states_of(stage: str, roles: tuple[str, ...]) -> list[str]:
-    """The states whose records ``stage`` claims."""
+def states_of(stage: str, roles: tuple[str, ...], *, identity: bool = False) -> list[str]:
+    """The states whose records ``stage`` claims. Without an identity provider, rendering also
+    takes records cleared while one was configured."""
     if stage == "normalize":
         return [RECEIVED]
+    if stage == "identity":
+        return [NORMALIZED] if identity else []
     if stage == "render":
-        return [NORMALIZED]
+        return [IDENTITY_CLEARED] if identity else [NORMALIZED, IDENTITY_CLEARED]
     if stage == "sign":
         return [RENDERED] + [signed(role) for role in roles[:-1]]
     if stage == "deliver":
@@ -64,5 +80,5 @@ def states_of(stage: str, roles: tuple[str, ...]) -> list[str]:
 
 def all_states(roles: tuple[str, ...]) -> list[str]:
     """Every state a record can be in, in pipeline order, then the final ones."""
-    return [RECEIVED, NORMALIZED, RENDERED, *(signed(r) for r in roles), DELIVERED,
-            QUARANTINED, FAILED, DEAD_LETTER, SUPERSEDED, UNCHANGED]
+    return [RECEIVED, NORMALIZED, IDENTITY_CLEARED, RENDERED, *(signed(r) for r in roles), DELIVERED,
+            BLOCKED_IDENTITY, QUARANTINED, FAILED, DEAD_LETTER, SUPERSEDED, UNCHANGED]

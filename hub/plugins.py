@@ -14,15 +14,15 @@ from functools import cache
 import pluggy
 
 from hub import hookspecs
-from hub.contracts import Adapter, Signer
+from hub.contracts import Adapter, IdentityProvider, Signer
 
 GROUP = "hocba_hub"
 
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """One registered adapter or signer class and where it comes from."""
-    kind: str         # "adapter" | "signer"
+    """One registered adapter, signer or identity provider class and where it comes from."""
+    kind: str         # "adapter" | "signer" | "identity"
     name: str
     cls: type
     package: str
@@ -94,7 +94,13 @@ def signer_types() -> dict[str, PluginInfo]:
     return _collect(manager().hook.hocba_hub_signer_types, Signer, "signer")
 
 
+@cache
+def identity_provider_types() -> dict[str, PluginInfo]:
+    """Every registered identity provider class by name."""
+    return _collect(manager().hook.hocba_hub_identity_provider_types, IdentityProvider, "identity")
+
+
 def reload() -> None:
     """Read the entry points again (after ``HOCBA_HUB_LOAD_PLUGINS`` changed, e.g. in a test)."""
-    for cached in (manager, adapter_types, signer_types):
+    for cached in (manager, adapter_types, signer_types, identity_provider_types):
         cached.cache_clear()

@@ -20,6 +20,7 @@ from hub import store as st
 from hub.contracts import RawRecord
 from hub.store import migrations
 from hub.store.audit import verify_chain
+from hub.store.sqlite import now_iso
 
 
 def raw(source_id, body=None, deleted=False):
@@ -237,7 +238,7 @@ def test_deliveries_are_leased_once_and_retried_when_due(open_store):
     assert one.retry_later(a, "503", "9999-01-01T00:00:00.000+00:00") == 1
     two.release_delivery(b, "w2")
     assert one.claim_deliveries("w1", 60, 10) == [(b, 0)]  # a waits for its due time
-    assert one.make_due(st._now()) == 1  # the destination is back: what waits goes now
+    assert one.make_due(now_iso()) == 1  # the destination is back: what waits goes now
     assert two.claim_deliveries("w2", 60, 10) == [(a, 1)]
     assert one.get(a).errors == ["503"]
     one.advance(a, "signed:school_seal", lc.DELIVERED, receipt={"receipt_id": "R1"})
@@ -522,3 +523,25 @@ def test_postgres_deadlock_between_workers_is_retried_not_raised():
         finally:
             one.close()
             two.close()
+
+
+def test_identity_cache_remembers_until_expiry_and_blocked_records_are_not_pending(open_store):
+    s = open_store()
+    s.identity_remember([("k1", "verified"), ("k2", "verified")], "2025-01-01T00:00:00.000+00:00",
+                        "2025-02-01T00:00:00.000+00:00")
+    assert s.identity_known(["k1", "k2", "k3"], "2025-01-15T00:00:00.000+00:00") == {
+        "k1": "verified", "k2": "verified"}
+    assert s.identity_known(["k1"], "2025-02-01T00:00:00.000+00:00") == {}  # expired
+    # Remembering again renews; expired entries go.
+    s.identity_remember([("k1", "verified")], "2025-03-01T00:00:00.000+00:00", "2025-04-01T00:00:00.000+00:00")
+    assert open_store().identity_known(["k1", "k2"], "2025-03-02T00:00:00.000+00:00") == {"k1": "verified"}
+
+    [pk] = s.receive("a", [raw("x")])
+    s.advance(pk, lc.RECEIVED, lc.NORMALIZED, normalized={"x": 1})
+    s.advance(pk, lc.NORMALIZED, lc.BLOCKED_IDENTITY, errors=["student.full_name: … / …"])
+    assert s.pending() == []
+    # Replayable, and a changed version supersedes it.
+    assert s.replay([pk], stage="render", actor="t") == [(pk, lc.NORMALIZED)]
+    s.advance(pk, lc.NORMALIZED, lc.BLOCKED_IDENTITY)
+    [pk2] = s.receive("a", [raw("x", {"id": "x", "changed": True})])
+    assert s.get(pk).state == lc.SUPERSEDED and s.get(pk2).version == 2

@@ -53,10 +53,12 @@ class Backoff:
 
 class CircuitBreaker:
     """Closed → (``threshold`` consecutive transient failures) → open → one probe per
-    ``probe_seconds`` → closed on the first success."""
+    ``probe_seconds`` → closed on the first success. ``kind`` names what is guarded in the
+    outage's log events (``destination.outage_started``, ``identity.outage_ended``…)."""
 
-    def __init__(self, name: str, threshold: int, probe_seconds: float, log: Any):
+    def __init__(self, name: str, threshold: int, probe_seconds: float, log: Any, kind: str = "destination"):
         self.name = name
+        self.kind = kind
         self.threshold = threshold
         self.probe_seconds = probe_seconds
         self.failures = 0
@@ -86,7 +88,7 @@ class CircuitBreaker:
     def success(self) -> None:
         if self.is_open:
             self.ended = True
-            self._log.warning("destination.outage_ended", destination=self.name,
+            self._log.warning(f"{self.kind}.outage_ended", **{self.kind: self.name},
                               seconds=round(time.monotonic() - self.open_since, 1),
                               affected_records=len(self.affected))
         self.failures, self.open_since, self.probing = 0, None, False
@@ -102,7 +104,7 @@ class CircuitBreaker:
             self.open_since = time.monotonic()
             self.affected.add(record_id)
             self._next_probe = time.monotonic() + self.probe_seconds
-            self._log.error("destination.outage_started", destination=self.name, error=error,
+            self._log.error(f"{self.kind}.outage_started", **{self.kind: self.name}, error=error,
                             consecutive_failures=self.failures)
 
 

@@ -1,10 +1,11 @@
-"""The pipeline: pull → store → normalise → render → sign (each step) → deliver.
+"""The pipeline: pull → store → normalise → (identity) → render → sign (each step) → deliver.
 
 The store is the truth. Each stage claims the records waiting in its states with a lease,
 works on a few at once, and commits the next state, which ends the lease and wakes the next
 stage. A hub that stops or is killed leaves every record at its last committed state; the
 next start (or another worker on a shared PostgreSQL store, once the lease runs out) carries
-on from there. Delivery runs from the outbox (``hub.engine.outbox``). Rendering and signing run in a
+on from there. With an identity provider configured, the people a record names are checked
+between normalisation and rendering (``hub.engine.identity``). Delivery runs from the outbox (``hub.engine.outbox``). Rendering and signing run in a
 process pool (one process per core by default), so the event loop stays free and both cores
 work.
 """
@@ -12,13 +13,14 @@ work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import multiprocessing
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,11 +30,12 @@ from hub import lifecycle as lc
 from hub import logs
 from hub import store as st
 from hub.config import HubConfig
-from hub.contracts import Adapter, Health, PluginContext, PluginError, RawRecord, Signer
+from hub.contracts import Adapter, Health, IdentityProvider, PluginContext, PluginError, RawRecord, Signer
+from hub.engine.identity import IdentityStage
 from hub.engine.normalize import Envelope, normalize
 from hub.engine.outbox import Outbox
 from hub.logs import get_logger
-from hub.plugins import adapter_types, manager, signer_types
+from hub.plugins import adapter_types, identity_provider_types, manager, signer_types
 from hub.records import parse_transcript
 
 
@@ -96,6 +99,8 @@ class Hub:
         self.adapters: dict[str, Adapter] = {}
         self.signers: dict[str, Signer] = {}
         self.destination: Adapter | None = None
+        self.identity: IdentityProvider | None = None
+        self.identity_stage: IdentityStage | None = None
         # Work is claimed from the store with leases, so several hub processes can share one
         # database; ``owner`` names this process's leases. ``_wake`` lets a stage that just handed
         # a record on start the next stage at once instead of at its next poll.
@@ -141,6 +146,9 @@ class Hub:
             self.destination = adapter_types()[dest.type].cls(
                 self.config.destination_settings(), PluginContext(dest.name, data / "plugins" / dest.name, self._pool)
             )
+            if (section := self.config.identity) is not None:
+                self.identity = identity_provider_types()[section.type].cls(
+                    self.config.identity_settings(), PluginContext(section.name, data / "plugins" / section.name))
             for name, plugin in self._plugins().items():
                 self.status[name] = Status()
                 try:
@@ -165,6 +173,9 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._stage(stage, handler, slots), name=f"hocba-{stage}"))
         self.outbox = Outbox(self)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="hocba-outbox"))
+        if self.identity is not None and self.config.identity is not None:
+            self.identity_stage = IdentityStage(self, self.identity, self.config.identity)
+            self._tasks.append(asyncio.create_task(self.identity_stage.run(), name="hocba-identity"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="hocba-heartbeat"))
         self._tasks.append(asyncio.create_task(self._retention(), name="hocba-retention"))
         resumed = len(await self.db(self.store.pending))
@@ -244,11 +255,13 @@ class Hub:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _plugins(self) -> dict[str, Adapter | Signer]:
-        out: dict[str, Adapter | Signer] = dict(self.adapters)
+    def _plugins(self) -> dict[str, Adapter | Signer | IdentityProvider]:
+        out: dict[str, Adapter | Signer | IdentityProvider] = dict(self.adapters)
         if self.destination is not None:
             out[self.config.destination.name] = self.destination
         out.update(self.signers)
+        if self.identity is not None and self.config.identity is not None:
+            out[self.config.identity.name] = self.identity
         return out
 
     async def _close_plugins(self) -> None:
@@ -261,18 +274,24 @@ class Hub:
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
 
+    def _stage_for(self, state: str) -> str | None:
+        return lc.stage_of(state, self.roles, identity=self.config.identity is not None)
+
     def enqueue(self, pk: int, state: str) -> None:
         """Tell the stage that works on ``state`` that a record is waiting (it claims it)."""
-        stage = lc.stage_of(state, self.roles)
+        stage = self._stage_for(state)
         if stage == "deliver":
             if self.outbox is not None:
                 self.outbox.wake.set()
+        elif stage == "identity":
+            if self.identity_stage is not None:
+                self.identity_stage.wake.set()
         elif stage is not None and stage in self._wake:
             self._wake[stage].set()
 
     async def _stage(self, stage: str, handler: Callable[[int], Awaitable[None]], slots: int) -> None:
         """Claim records waiting for ``stage`` and run ``handler`` on up to ``slots`` at once."""
-        states = lc.states_of(stage, self.roles)
+        states = self._states_for(stage)
         running: set[asyncio.Task[None]] = set()
         wake = self._wake[stage]
         try:
@@ -303,6 +322,27 @@ class Hub:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+
+    def _states_for(self, stage: str) -> list[str]:
+        return lc.states_of(stage, self.roles, identity=self.config.identity is not None)
+
+    @contextlib.asynccontextmanager
+    async def working_on(self, pks: list[int]) -> AsyncIterator[None]:
+        """Hold claimed records while a stage works on them (``wait_idle`` and ``stop`` wait for
+        them); on exit, hand back the leases of those whose state did not change."""
+        self._working.update(pks)
+        try:
+            yield
+        finally:
+            stay = [pk for pk in pks if pk not in self._moved]
+            for pk in pks:
+                self._working.discard(pk)
+                self._moved.discard(pk)
+            if stay:
+                try:
+                    await asyncio.shield(self.db(self.store.release, stay, self.owner))
+                except self.store.unavailable:
+                    pass  # the leases run out by themselves
 
     async def _run(self, stage: str, handler: Callable[[int], Awaitable[None]], pk: int) -> None:
         started = time.perf_counter()
@@ -346,7 +386,7 @@ class Hub:
         school = fields.get("school_code") or row.school_code
         event = {"record_id": row.record_id, "version": row.version, "adapter": row.adapter,
                  "school_code": school, "state": state}
-        if state in (lc.QUARANTINED, lc.FAILED):
+        if state in (lc.QUARANTINED, lc.FAILED, lc.BLOCKED_IDENTITY):
             self.log.warning("record.state", **event, errors=fields.get("errors"))
         else:
             self.log.info("record.state", **event)
@@ -365,7 +405,7 @@ class Hub:
         """The record, if it is still at a state this stage works on (a rescan may have queued
         it from a snapshot that has since moved on)."""
         row = await self.db(self.store.get, pk)
-        return row if lc.stage_of(row.state, self.roles) == stage else None
+        return row if self._stage_for(row.state) == stage else None
 
     async def _retention(self) -> None:
         """Prune payloads of delivered records past the configured age, then every interval."""

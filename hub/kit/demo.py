@@ -7,6 +7,10 @@ destination's simulator receives. The demo issues a throwaway test PKI into
 runs the hub until every record is delivered or quarantined, writes the signed PDFs and the
 PKI's ``root-ca.pem`` to the output folder and exits 0 only if every valid record reached the
 destination and every invalid one is quarantined with its reasons.
+
+With ``identity:`` in the config, the identity provider's simulator starts too, its population
+seeded from the sources' transcripts so that some students disagree with it in known ways: those
+records must end blocked on identity, with reasons, and the rest delivered.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from hub import store as st
 from hub.config import ConfigError, HubConfig, load_config
 from hub.contracts import PluginError, Simulator
 from hub.engine.pipeline import Hub
-from hub.logs import configure
-from hub.plugins import adapter_types
+from hub.contracts import IdentitySimulator
+from hub.logs import configure, mask
+from hub.plugins import adapter_types, identity_provider_types
 
 DEMO_KEY_PASSWORD_ENV = "HOCBA_DEMO_KEY_PASSWORD"
 DEMO_KEY_PASSWORD = "demo-only-password"
@@ -40,8 +45,8 @@ def default_config() -> Path:
     return Path(__file__).resolve().parent.parent / "config" / "example.yaml"
 
 
-def simulator_class(adapter_type: str) -> type[Simulator] | None:
-    ref = adapter_types()[adapter_type].cls.simulator
+def simulator_class(adapter_type: str, registry=adapter_types) -> type[Simulator] | None:
+    ref = registry()[adapter_type].cls.simulator
     if not ref:
         return None
     module, _, name = ref.partition(":")
@@ -74,6 +79,22 @@ async def start_simulators(config: HubConfig, records: int, invalid: int
     return started, destination
 
 
+async def start_identity_simulator(config: HubConfig, sources: list[tuple[str, Simulator]]
+                                   ) -> IdentitySimulator | None:
+    """The identity provider's simulator, its population seeded from the sources' valid
+    transcripts; the config points the provider at it. None without ``identity:``."""
+    if config.identity is None:
+        return None
+    cls = simulator_class(config.identity.type, identity_provider_types)
+    if cls is None or not issubclass(cls, IdentitySimulator):
+        raise ConfigError([f"identity.type: {config.identity.type!r} ships no simulator for the demo"])
+    sim = cls()
+    sim.populate([source.seeded(i) for _, source in sources for i in range(source.records)])
+    await sim.start()
+    config.override_settings(config.identity.name, sim.adapter_settings())
+    return sim
+
+
 async def run_demo(config_path: str | None, *, records: int, out: Path, invalid: int = 5) -> int:
     from hub.kit.pki import ensure_pki
     from hub.kit.synthetic import signing_identities
@@ -101,6 +122,7 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
     # A timestamping authority and remote-signing simulators, when the config's signing asks.
     services = await start_signing_services(config, config.data_dir / "pki", os.environ[DEMO_KEY_PASSWORD_ENV])
     sources, destination = await start_simulators(config, records, invalid)
+    identity = await start_identity_simulator(config, sources)
     hub = Hub(config, store=st.Store(store_path))
     try:
         await hub.start()
@@ -120,7 +142,7 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
             while not waiter.done():
                 await asyncio.wait({waiter}, timeout=0.25)
                 counts = hub.store.counts()
-                bar.n = sum(counts.get(s, 0) for s in lc.FINAL_STATES)
+                bar.n = sum(counts.get(s, 0) for s in lc.FINAL_STATES | lc.BLOCKED_STATES)
                 bar.refresh()
         rows = hub.store.rows()
     finally:
@@ -128,10 +150,10 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
             server.should_exit = True
             await server.serve_task
         await hub.stop()
-        for sim in (*(s for _, s in sources), destination, *services):
+        for sim in (*(s for _, s in sources), destination, *services, *([identity] if identity else [])):
             await sim.stop()
 
-    return _report(rows, destination, out, root_pem, records, invalid)
+    return _report(rows, destination, out, root_pem, records, invalid, identity)
 
 
 async def _serve(hub: Hub):
@@ -149,7 +171,7 @@ async def _serve(hub: Hub):
 
 
 def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Path,
-            records: int, invalid: int) -> int:
+            records: int, invalid: int, identity: IdentitySimulator | None = None) -> int:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
@@ -167,6 +189,13 @@ def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Pat
         print("\nquarantined (with reasons):")
         for row in quarantined:
             print(f"  {row.adapter}/{row.source_id}: " + "; ".join(row.errors))
+    blocked = [r for r in rows if r.state == lc.BLOCKED_IDENTITY]
+    if blocked:
+        print("\nblocked on identity (with reasons; `hocba-hub identity-report` exports them per school):")
+        for row in blocked:
+            student = (row.normalized or {}).get("student") or {}
+            who = mask(student["personal_id"]) if student.get("personal_id") else "(no personal id)"
+            print(f"  {row.school_code} {student.get('student_code')} {who}: " + "; ".join(row.errors))
     failed = [r for r in rows if r.state == lc.FAILED]
     for row in failed:
         print(f"  FAILED {row.adapter}/{row.source_id}: " + "; ".join(row.errors))
@@ -174,8 +203,12 @@ def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Pat
     accepted = destination.accepted()
     delivered = {r.record_id: r.version for r in rows if r.state == lc.DELIVERED}
     problems = []
-    if len(delivered) != records:
-        problems.append(f"{len(delivered)} of {records} valid records delivered")
+    expected_blocked = set(identity.expected) if identity is not None else set()
+    blocked_ids = {(r.normalized or {}).get("transcript_id") for r in blocked}
+    if blocked_ids != expected_blocked or any(not r.errors for r in blocked):
+        problems.append(f"{len(blocked)} blocked on identity (with reasons), expected {len(expected_blocked)}")
+    if len(delivered) != records - len(expected_blocked):
+        problems.append(f"{len(delivered)} of {records - len(expected_blocked)} valid records delivered")
     missing = [rid for rid, v in delivered.items() if accepted.get(rid) != v]
     if missing:
         problems.append(f"{len(missing)} delivered records not held by the destination at their version")
@@ -187,5 +220,6 @@ def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Pat
     if problems:
         print("DEMO FAILED: " + "; ".join(problems), file=sys.stderr)
         return 1
-    print(f"demo OK: {records} delivered and accepted by the destination, {invalid} quarantined with reasons")
+    print(f"demo OK: {len(delivered)} delivered and accepted by the destination, {invalid} quarantined with reasons"
+          + (f", {len(blocked)} blocked on identity with reasons" if identity is not None else ""))
     return 0

@@ -158,6 +158,15 @@ STEPS: tuple[Step, ...] = (
     Step(3, "index for claiming work oldest first by state",
          sqlite=("CREATE INDEX IF NOT EXISTS records_claim ON records (state, id)",),
          postgresql=("CREATE INDEX IF NOT EXISTS records_claim ON records (state, id)",)),
+    # Keyed by a hash of who was asked about (provider, id, name, birth date, gender): no personal
+    # value is stored, and a changed name or birth date is a different key, so it is asked again.
+    Step(4, "identity cache: people the identity provider verified, until the entry expires",
+         sqlite=("CREATE TABLE IF NOT EXISTS identity_cache (person_key TEXT PRIMARY KEY, outcome TEXT NOT NULL,"
+                 " checked_at TEXT NOT NULL, expires_at TEXT NOT NULL)",
+                 "CREATE INDEX IF NOT EXISTS identity_cache_expiry ON identity_cache (expires_at)"),
+         postgresql=("CREATE TABLE IF NOT EXISTS identity_cache (person_key TEXT PRIMARY KEY, outcome TEXT NOT NULL,"
+                     " checked_at TEXT NOT NULL, expires_at TEXT NOT NULL)",
+                     "CREATE INDEX IF NOT EXISTS identity_cache_expiry ON identity_cache (expires_at)")),
 )
 
 LATEST = STEPS[-1].version

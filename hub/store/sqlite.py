@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from hub.contracts import RawRecord
 from hub.lifecycle import (
+    BLOCKED_STATES,
     DELIVERED,
     FINAL_STATES,
     NORMALIZED,
@@ -522,6 +523,32 @@ class Store:
             return new_pk
         return self._write(work)
 
+    # --- identity cache -------------------------------------------------------------------
+
+    def identity_known(self, keys: Iterable[str], now: str) -> dict[str, str]:
+        """The remembered outcome of each of ``keys`` whose entry has not expired by ``now``."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT person_key, outcome FROM identity_cache WHERE person_key IN ({','.join('?' * len(keys))})"
+                " AND expires_at > ?", (*keys, now)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def identity_remember(self, entries: Iterable[tuple[str, str]], now: str, expires_at: str) -> None:
+        """Remember ``(key, outcome)`` pairs until ``expires_at``; entries expired by ``now`` go."""
+        entries = list(entries)
+
+        def work(db: Any) -> None:
+            for key, outcome in entries:
+                db.execute("INSERT INTO identity_cache (person_key, outcome, checked_at, expires_at)"
+                           " VALUES (?, ?, ?, ?) ON CONFLICT (person_key) DO UPDATE SET outcome = excluded.outcome,"
+                           " checked_at = excluded.checked_at, expires_at = excluded.expires_at",
+                           (key, outcome, now, expires_at))
+            db.execute("DELETE FROM identity_cache WHERE expires_at <= ?", (now,))
+        self._write(work)
+
     # --- operators ---------------------------------------------------------------------------
 
     def select(self, *, ids: Iterable[int] = (), record_ids: Iterable[str] = (), adapter: str | None = None,
@@ -696,11 +723,13 @@ class Store:
         return Row._from(r)
 
     def pending(self) -> list[tuple[int, str]]:
-        """Every record not in a final state, oldest first, as ``(id, state)``."""
+        """Every record a stage still has to work on (neither final nor blocked waiting for a
+        school or an operator), oldest first, as ``(id, state)``."""
+        settled = tuple(FINAL_STATES | BLOCKED_STATES)
         with self._lock:
             rows = self._db.execute(
-                f"SELECT id, state FROM records WHERE state NOT IN ({','.join('?' * len(FINAL_STATES))}) ORDER BY id",
-                tuple(FINAL_STATES),
+                f"SELECT id, state FROM records WHERE state NOT IN ({','.join('?' * len(settled))}) ORDER BY id",
+                settled,
             ).fetchall()
         return [(r["id"], r["state"]) for r in rows]
 

@@ -19,6 +19,7 @@ it holds no data) describes all of it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
 
 OPERATOR, VIEWER = "operator", "viewer"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 STAGES = lc.REPLAY_STAGES
 MAX_LIMIT = 1000
 _MAX_BODY = 1 << 20
@@ -207,6 +209,8 @@ class AdminApi:
             Route("/adapters", self._endpoint(self.adapters, VIEWER)),
             Route("/adapters/{name}/pause", self._endpoint(self.pause, OPERATOR), methods=["POST"]),
             Route("/adapters/{name}/resume", self._endpoint(self.resume, OPERATOR), methods=["POST"]),
+            Route("/identity/blocked", self._endpoint(self.identity_blocked, OPERATOR)),
+            Route("/identity/blocked.xlsx", self._endpoint(self.identity_blocked_xlsx, OPERATOR)),
         ]
         return [
             Route("/openapi.json", self.openapi),
@@ -392,6 +396,33 @@ class AdminApi:
     async def resume(self, request: Request, caller: Caller) -> dict[str, Any]:
         return await self._set_paused(request, caller, False)
 
+    async def _blocked(self, request: Request) -> tuple[str | None, list[dict[str, Any]]]:
+        from hub.documents.identity_report import blocked_students
+
+        school = self._query(request, ("school",)).get("school")
+        return school, await self.hub.db(blocked_students, self.hub.store, school)
+
+    async def identity_blocked(self, request: Request, caller: Caller) -> dict[str, Any]:
+        """Students blocked on identity (of one school), with what differs: names, for operators."""
+        school, entries = await self._blocked(request)
+        await self.hub.db(self.hub.store.audit, "admin.identity_report", caller.name, school,
+                           {"students": len(entries), "format": "json"})
+        return {"school": school, "count": len(entries), "items": entries}
+
+    async def identity_blocked_xlsx(self, request: Request, caller: Caller) -> Response:
+        """The same report as an XLSX for the school to fix its records from."""
+        from hub.documents.identity_report import to_xlsx
+
+        school, entries = await self._blocked(request)
+        # The workbook carries names: who took one belongs in the audit log.
+        await self.hub.db(self.hub.store.audit, "admin.identity_report", caller.name, school,
+                           {"students": len(entries), "format": "xlsx"})
+        body = await asyncio.to_thread(to_xlsx, entries)
+        # A header is Latin-1: the school code as given may be anything.
+        name = f"identity-blocked-{re.sub(r'[^A-Za-z0-9_-]', '_', school or 'all')}.xlsx"
+        return Response(body, media_type=XLSX, headers={
+            "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
+
     async def openapi(self, request: Request) -> JSONResponse:
         return JSONResponse(openapi_document(self.states, self.adapter_names))
 
@@ -526,6 +557,14 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
             "/api/adapters/{name}/resume": {"post": {
                 "summary": "Pull from a paused adapter again; operators only", "parameters": [adapter_name],
                 "responses": responses(ref("PauseResult"), 403, 404)}},
+            "/api/identity/blocked": {"get": {
+                "summary": "Students blocked on identity, with what differs from the population database; "
+                           "operators only (names)",
+                "parameters": [filters[1]], "responses": responses(ref("BlockedList"), 400, 403)}},
+            "/api/identity/blocked.xlsx": {"get": {
+                "summary": "The same report as an XLSX for the school; operators only",
+                "parameters": [filters[1]],
+                "responses": responses({"type": "string", "format": "binary"}, 400, 403, media=XLSX)}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -570,6 +609,19 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                             "last_sync": nullable_str}}}}},
                 "PauseResult": {"type": "object", "required": ["adapter", "paused"], "properties": {
                     "adapter": {"type": "string"}, "paused": {"type": "boolean"}}},
+                "BlockedList": {"type": "object", "required": ["school", "count", "items"], "properties": {
+                    "school": nullable_str, "count": {"type": "integer"},
+                    "items": {"type": "array", "items": {"type": "object", "required": [
+                        "school_code", "record_id", "version", "differs"], "properties": {
+                        "school_code": nullable_str, "school_name": nullable_str, "class_name": nullable_str,
+                        "student_code": nullable_str, "full_name": nullable_str,
+                        "personal_id": {**nullable_str, "description": "Masked: the last three digits"},
+                        "record_id": {"type": "string"}, "version": {"type": "integer"},
+                        "blocked_at": {"type": "string"},
+                        "differs": {"type": "array", "items": {
+                            "type": "object", "required": ["field", "vi", "en"], "properties": {
+                                "field": {"type": "string"}, "vi": {"type": "string"},
+                                "en": {"type": "string"}}}}}}}}},
             },
         },
     }

@@ -115,7 +115,7 @@ class _HubCollector:
             records.add_metric([adapter, state], n)
         waiting = dict.fromkeys(lc.STAGES, 0)
         for state, n in hub.store.counts().items():
-            stage = lc.stage_of(state, hub.roles)
+            stage = lc.stage_of(state, hub.roles, identity=hub.config.identity is not None)
             if stage:
                 waiting[stage] += n
         for stage, n in waiting.items():

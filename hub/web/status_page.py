@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 REFRESH_SECONDS = 15
 STUCK_SHOWN = 50
-STUCK_STATES = (lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER)
+STUCK_STATES = (lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER, lc.BLOCKED_IDENTITY)
 # The operators work in Vietnam: times on the wall screen are local (UTC+7, no daylight saving).
 
 ROLE_LABELS = {
@@ -49,10 +49,12 @@ ROLE_LABELS = {
 STATE_LABELS = {
     "vi": {lc.RECEIVED: "đã nhận", lc.NORMALIZED: "đã chuẩn hoá", lc.RENDERED: "đã tạo PDF",
            lc.DELIVERED: "đã gửi", lc.QUARANTINED: "cách ly", lc.FAILED: "lỗi xử lý",
-           lc.DEAD_LETTER: "gửi thất bại", lc.SUPERSEDED: "đã thay thế", lc.UNCHANGED: "không thay đổi"},
+           lc.DEAD_LETTER: "gửi thất bại", lc.SUPERSEDED: "đã thay thế", lc.UNCHANGED: "không thay đổi",
+           lc.IDENTITY_CLEARED: "đã xác minh danh tính", lc.BLOCKED_IDENTITY: "chờ sửa danh tính"},
     "en": {lc.RECEIVED: "received", lc.NORMALIZED: "normalized", lc.RENDERED: "PDF rendered",
            lc.DELIVERED: "delivered", lc.QUARANTINED: "quarantined", lc.FAILED: "failed",
-           lc.DEAD_LETTER: "dead letter", lc.SUPERSEDED: "superseded", lc.UNCHANGED: "unchanged"},
+           lc.DEAD_LETTER: "dead letter", lc.SUPERSEDED: "superseded", lc.UNCHANGED: "unchanged",
+           lc.IDENTITY_CLEARED: "identity verified", lc.BLOCKED_IDENTITY: "blocked on identity"},
 }
 
 TEXT = {
@@ -225,7 +227,7 @@ class StatusPage:
         for row in breakdown:
             counts[row["state"]] += row["n"]
         stuck_total = sum(counts[s] for s in STUCK_STATES)
-        in_progress = sum(n for s, n in counts.items() if s not in lc.FINAL_STATES)
+        in_progress = sum(n for s, n in counts.items() if s not in lc.FINAL_STATES | lc.BLOCKED_STATES)
         tiles = [{"key": key, "n": n, "cls": cls} for key, n, cls in (
             ("total", sum(counts.values()), ""), ("delivered", counts[lc.DELIVERED], "good"),
             ("in_progress", in_progress, ""), ("stuck_n", stuck_total, "bad" if stuck_total else "good"),
