@@ -236,6 +236,8 @@ async def test_retention_prunes_delivered_payloads_only_and_reclaims_space(tmp_p
     result = store.prune("9999-01-01T00:00:00")  # everything delivered is "old"
     assert result["records"] == 5 and result["pages_reclaimed"] > 0
     assert store._db.execute("PRAGMA page_count").fetchone()[0] < pages_before
+    # Every free page went back to the file system, not one per call.
+    assert store._db.execute("PRAGMA freelist_count").fetchone()[0] == 0
     for r in store.rows():
         if r.state == lc.DELIVERED:
             assert r.payload == b"" and r.pdf is None and r.receipt and r.version == 1

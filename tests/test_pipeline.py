@@ -198,3 +198,36 @@ async def test_health_and_readiness_over_http(tmp_path, pki, systems):
         server.should_exit = True
         await task
         await hub.stop()
+
+
+async def test_an_adapter_outage_is_logged_once_whoever_asks_for_health(tmp_path, pki, systems):
+    """Readiness checks overwrite the health shown to operators, not the pull loop's own view:
+    an outage is logged when pulls start failing and when they work again, once each, even when
+    a health check noticed first (the status page or /readyz asking between two polls)."""
+    import structlog
+
+    vendor, central = systems
+    config = make_config(tmp_path, pki, vendor, central)
+    config.adapters[0].poll_interval = 0.5
+    config.override_settings("school-a", {"max_attempts": 1})  # each poll fails at once
+
+    async def polls(n: int) -> None:
+        for _ in range(n):
+            hub._pulled["school-a"].clear()
+            await asyncio.wait_for(hub._pulled["school-a"].wait(), 30)
+
+    with structlog.testing.capture_logs() as events:
+        hub = Hub(config)   # inside: its logger is bound when it is made
+        await hub.start()
+        try:
+            await polls(1)
+            vendor.faults.outage = True
+            assert not (await hub.readiness())["checks"]["school-a"]["ok"]   # the check sees it first
+            await polls(3)
+            vendor.faults.outage = False
+            assert (await hub.readiness())["checks"]["school-a"]["ok"]       # and sees it end first
+            await polls(2)
+        finally:
+            await hub.stop()
+    names = [e["event"] for e in events if e["event"] in ("adapter.pull_failed", "adapter.recovered")]
+    assert names == ["adapter.pull_failed", "adapter.recovered"], names

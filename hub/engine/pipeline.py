@@ -78,6 +78,9 @@ class Status:
     """What an operator and ``/readyz`` need to know about one plugin instance."""
     health: Health = field(default_factory=lambda: Health(True, "not checked yet"))
     last_sync: str | None = None
+    # The pull loop's own view, apart from ``health`` (which readiness checks overwrite): an
+    # outage is logged once when pulls start failing and once when they work again.
+    pull_failing: bool = False
 
 
 class Hub:
@@ -462,8 +465,9 @@ class Hub:
                             self.enqueue(pk, lc.RECEIVED)
                         await adapter.acknowledge(page)
                     self.status[name].last_sync = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-                    if not self.status[name].health.ok:
+                    if self.status[name].pull_failing:
                         log.info("adapter.recovered")
+                    self.status[name].pull_failing = False
                     self.status[name].health = Health(True, "last pull succeeded")
                     log.info("adapter.pulled", new_versions=received)
                 except asyncio.CancelledError:
@@ -471,8 +475,9 @@ class Hub:
                 except st.LeaseLost as exc:
                     log.warning("adapter.pull_lease_lost", error=str(exc))
                 except Exception as exc:
-                    if self.status[name].health.ok:  # log the start of an outage once, not every poll
+                    if not self.status[name].pull_failing:  # the start of an outage, once, not every poll
                         log.error("adapter.pull_failed", error=str(exc))
+                    self.status[name].pull_failing = True
                     self.status[name].health = Health(False, f"pull failed: {exc}")
                 finally:
                     await asyncio.shield(self._release_pull(name))

@@ -666,7 +666,8 @@ class Store:
         """Hand freed pages back to the file system; returns how many."""
         with self._lock:
             before = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-            self._db.execute("PRAGMA incremental_vacuum")
+            # Each step of this pragma frees one page and execute() steps once: run it to the end.
+            self._db.executescript("PRAGMA incremental_vacuum;")
             after = self._db.execute("PRAGMA freelist_count").fetchone()[0]
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return before - after
