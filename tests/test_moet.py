@@ -213,12 +213,12 @@ async def test_unsigned_or_non_pdf_document_is_rejected(adapter, sim):
 
 
 async def test_payload_over_the_limit_is_413_permanent(tmp_path):
-    small = MoetSimulator(max_bytes=4096)
+    small = MoetSimulator(max_bytes=8192)
     await small.start()
     moet = make_adapter(small.adapter_settings(), tmp_path)
     await moet.open()
     try:
-        err = await rejected(moet, delivery(pdf=SIGNED_PDF + b"0" * 8192))
+        err = await rejected(moet, delivery(pdf=SIGNED_PDF + b"0" * 16384))
         assert err.permanent and "413" in str(err)
         assert (await moet.deliver(delivery())).receipt_id  # under the limit still works
     finally:
