@@ -310,6 +310,12 @@ async def test_the_report_per_school_over_the_admin_api_and_the_cli(tmp_path, pk
                 assert resp.status == 403  # names: operators only
             async with http.get("/api/identity/blocked", params={"schol": school}, headers=op) as resp:
                 assert resp.status == 400 and (await resp.json())["parameter"] == "schol"
+            async with http.get("/readyz") as resp:
+                ready = await resp.json()
+                assert ready["checks"]["population"]["ok"], ready
+            async with http.get("/", params={"lang": "en"}) as resp:
+                page = await resp.text()
+                assert "Population database" in page and population.client_secret not in page
             async with http.get("/api/identity/blocked.xlsx", params={"school": school}, headers=op) as resp:
                 assert resp.status == 200 and "spreadsheetml" in resp.headers["Content-Type"]
                 workbook = load_workbook(io.BytesIO(await resp.read()))
