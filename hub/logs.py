@@ -156,8 +156,14 @@ def secret_values(config: Any) -> list[str]:
     def walk(node: Any) -> None:
         found.update(secrets_in(node))
 
-    for section in [*config.adapters, config.destination, *config.signers]:
+    identity = [config.identity] if getattr(config, "identity", None) is not None else []
+    for section in [*config.adapters, config.destination, *config.signers, *identity]:
         walk(section.settings)
+    if identity:
+        try:
+            walk(config.identity_settings())
+        except AssertionError:  # the identity section failed validation: nothing loaded
+            pass
     for getter, names in ((config.adapter_settings, [a.name for a in config.adapters]),
                           (config.signer_settings, [s.name for s in config.signers])):
         for name in names:

@@ -162,23 +162,29 @@ class IdentityStage:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            if not probing and len(pks) < limit and self.config.batch_window:
-                # Records arrive a page at a time, normalised a few at once: a moment's wait
-                # turns a trickle of single checks into one batch.
-                await asyncio.sleep(self.config.batch_window)
-                pks += await hub.db(hub.store.claim, [lc.NORMALIZED], hub.owner, hub.lease_seconds,
-                                     limit - len(pks))
             started = time.perf_counter()
-            answered = await self._check(pks)
+            answered = await self._check(pks, fill=0 if probing else limit)
             hub.observe_stage("identity", time.perf_counter() - started)
+            if probing:
+                # A probe whose people were all cached (or had no id) asked nothing: the next
+                # record probes instead, rather than the breaker waiting on an answer forever.
+                self.breaker.probing = False
             if not answered and not self.breaker.is_open:
                 # Not woken early: records arriving during an outage must not turn into a storm.
                 await asyncio.sleep(self.config.retry_seconds)
 
-    async def _check(self, pks: list[int]) -> bool:
-        """Check one claimed batch; false if the provider left anyone unanswered."""
+    async def _check(self, pks: list[int], fill: int = 0) -> bool:
+        """Check one claimed batch, first topped up to ``fill`` records if more arrive within
+        ``batch_window``; false if the provider left anyone unanswered."""
         hub = self.hub
-        async with hub.working_on(pks):
+        async with hub.working_on(pks) as held:
+            if len(held.pks) < fill and self.config.batch_window:
+                # Records arrive a page at a time, normalised a few at once: a moment's wait
+                # turns a trickle of single checks into one batch.
+                await asyncio.sleep(self.config.batch_window)
+                held.add(await hub.db(hub.store.claim, [lc.NORMALIZED], hub.owner, hub.lease_seconds,
+                                      fill - len(held.pks)))
+            pks = held.pks
             rows = [row for row in [await hub.db(hub.store.get, pk) for pk in pks] if row.state == lc.NORMALIZED]
             people: dict[int, list[Subject]] = {}
             for row in rows:

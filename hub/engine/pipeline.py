@@ -83,6 +83,18 @@ class Status:
     pull_failing: bool = False
 
 
+class Held:
+    """Records a stage claimed and is working on (``Hub.working_on``)."""
+
+    def __init__(self, hub: "Hub", pks: list[int]):
+        self.hub, self.pks = hub, list(pks)
+        hub._working.update(self.pks)
+
+    def add(self, pks: list[int]) -> None:
+        self.pks += pks
+        self.hub._working.update(pks)
+
+
 class Hub:
     """A running hub: plugin instances, the store, the stage workers."""
 
@@ -330,13 +342,15 @@ class Hub:
         return lc.states_of(stage, self.roles, identity=self.config.identity is not None)
 
     @contextlib.asynccontextmanager
-    async def working_on(self, pks: list[int]) -> AsyncIterator[None]:
+    async def working_on(self, pks: list[int]) -> AsyncIterator["Held"]:
         """Hold claimed records while a stage works on them (``wait_idle`` and ``stop`` wait for
-        them); on exit, hand back the leases of those whose state did not change."""
-        self._working.update(pks)
+        them; ``Held.add`` takes more); on exit, hand back the leases of those whose state did
+        not change."""
+        held = Held(self, pks)
         try:
-            yield
+            yield held
         finally:
+            pks = held.pks
             stay = [pk for pk in pks if pk not in self._moved]
             for pk in pks:
                 self._working.discard(pk)

@@ -124,6 +124,8 @@ class _HubCollector:
         kinds = {a.name: "adapter" for a in hub.config.adapters}
         kinds[hub.config.destination.name] = "destination"
         kinds.update({s.name: "signer" for s in hub.config.signers})
+        if hub.config.identity is not None:
+            kinds[hub.config.identity.name] = "identity"
         for name, status in sorted(hub.status.items()):
             up.add_metric([name, kinds.get(name, "plugin")], 1.0 if status.health.ok else 0.0)
             if kinds.get(name) == "adapter" and status.last_sync:

@@ -66,6 +66,7 @@ TEXT = {
         "stuck_n": "Cần xử lý", "outbox": "Chờ gửi",
         "health": "Kết nối và ký số", "kind_adapter": "Phần mềm của trường",
         "kind_destination": "Kho dữ liệu trung ương", "kind_signer": "Dịch vụ ký số",
+        "kind_identity": "CSDL quốc gia về dân cư",
         "ok": "Hoạt động", "down": "Lỗi", "paused": "Tạm dừng", "last_sync": "Đồng bộ lần cuối",
         "never": "chưa đồng bộ", "checked": "Kiểm tra lúc", "not_checked": "chưa kiểm tra",
         "name": "Tên", "kind": "Loại", "status": "Tình trạng", "detail": "Chi tiết",
@@ -91,6 +92,7 @@ TEXT = {
         "stuck_n": "Need attention", "outbox": "Waiting to be sent",
         "health": "Connections and signing", "kind_adapter": "School software",
         "kind_destination": "Central store", "kind_signer": "Signing service",
+        "kind_identity": "Population database",
         "ok": "Up", "down": "Down", "paused": "Paused", "last_sync": "Last sync",
         "never": "never", "checked": "Checked at", "not_checked": "not checked yet",
         "name": "Name", "kind": "Kind", "status": "Status", "detail": "Detail",
@@ -249,6 +251,8 @@ class StatusPage:
         plugins = [(a.name, "adapter") for a in hub.config.adapters]
         plugins += [(hub.config.destination.name, "destination")]
         plugins += [(s.name, "signer") for s in hub.config.signers]
+        if hub.config.identity is not None:
+            plugins += [(hub.config.identity.name, "identity")]
         rows = []
         for name, kind in plugins:
             status = hub.status.get(name)
