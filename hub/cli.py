@@ -18,11 +18,13 @@ def _print_errors(lines: list[str]) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from hub.plugins import adapter_types, signer_types
+    from hub.plugins import adapter_types, document_formats, signer_types
 
     rows = []
-    for info in list(adapter_types().values()) + list(signer_types().values()):
-        if info.kind == "adapter":
+    for info in list(adapter_types().values()) + list(signer_types().values()) + list(document_formats().values()):
+        if info.kind == "document format":
+            can = "build, sign, verify"
+        elif info.kind == "adapter":
             labels = {"fetch": "fetch", "verify_push": "push", "normalize": "normalize", "deliver": "deliver"}
             can = ", ".join(label for method, label in labels.items() if info.cls.can(method))
         else:

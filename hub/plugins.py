@@ -14,7 +14,7 @@ from functools import cache
 import pluggy
 
 from hub import hookspecs
-from hub.contracts import Adapter, Signer
+from hub.contracts import Adapter, DocumentFormat, Signer
 
 GROUP = "hocba_hub"
 
@@ -22,7 +22,7 @@ GROUP = "hocba_hub"
 @dataclass(frozen=True)
 class PluginInfo:
     """One registered adapter or signer class and where it comes from."""
-    kind: str         # "adapter" | "signer"
+    kind: str         # "adapter" | "signer" | "document format"
     name: str
     cls: type
     package: str
@@ -92,3 +92,9 @@ def adapter_types() -> dict[str, PluginInfo]:
 def signer_types() -> dict[str, PluginInfo]:
     """Every registered signer class by name."""
     return _collect(manager().hook.hocba_hub_signer_types, Signer, "signer")
+
+
+@cache
+def document_formats() -> dict[str, PluginInfo]:
+    """Every registered document format class by name."""
+    return _collect(manager().hook.hocba_hub_document_formats, DocumentFormat, "document format")

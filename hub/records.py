@@ -260,6 +260,10 @@ class SecondarySubject(_Model):
     term1_comment: CommentField = Field(default=None, alias="ketquahk1")
     term2_comment: CommentField = Field(default=None, alias="ketquahk2")
     year_comment: CommentField = Field(default=None, alias="ketquacn")
+    # The subject teacher (giáo viên bộ môn) who signs this subject's results, so a signer can
+    # be chosen; the catalogue has no name for these, the aliases are ours.
+    teacher_name: OptText = Field(default=None, alias="hotengvbm")
+    teacher_personal_id: OptPersonalId = Field(default=None, alias="sodinhdanhgvbm")
 
     @property
     def is_comment_only(self) -> bool:

@@ -153,6 +153,31 @@ def transcript(index: int, seed: int = 0, year: int = 2024) -> dict[str, Any]:
     return record
 
 
+def subject_teacher(school_code: str, subject_code: str) -> tuple[str, str]:
+    """The synthetic teacher of ``subject_code`` at ``school_code``: ``(name, personal id)``.
+
+    One teacher per subject and school, so their keys repeat across classes.
+    """
+    return (_name(random.Random(f"gvbm:{school_code}:{subject_code}")),
+            _pid(random.Random(f"gvbm:{school_code}:{subject_code}")))
+
+
+def with_subject_teachers(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every secondary subject naming its teacher (a primary record unchanged).
+
+    ``transcript`` leaves them out: most vendors' contracts have no field for them, and the
+    round-trip tests compare against ``transcript``. Sources that carry them (push, viettel)
+    seed with this.
+    """
+    if record.get("level") == "02":
+        return record
+    out = {**record, "subjects": []}
+    for subject in record["subjects"]:
+        name, pid = subject_teacher(record["school_code"], subject["subject_code"])
+        out["subjects"].append({**subject, "teacher_name": name, "teacher_personal_id": pid})
+    return out
+
+
 def invalid_transcript(index: int, seed: int = 0, kind: str | None = None) -> tuple[dict[str, Any], str, str]:
     """A transcript with one known defect: ``(record, kind, field path the error must name)``."""
     kind = kind or INVALID_KINDS[(index + seed) % len(INVALID_KINDS)]
@@ -189,8 +214,8 @@ def nfd(text: str) -> str:
 
 
 def signing_identities(year: int = 2024) -> list[SigningIdentity]:
-    """Every identity that can sign a synthetic transcript: a teacher per class, a principal
-    and a seal per school. The demo issues its throwaway PKI for exactly these."""
+    """Every identity that can sign a synthetic transcript: a homeroom teacher per class, a
+    teacher per subject of a secondary school, a principal and a seal per school. The demo issues its throwaway PKI for exactly these."""
     grades = {"02": range(1, 6), "03": range(6, 10), "04": range(10, 13)}
     out = []
     for _dept, code, name, level, _place in SCHOOLS:
@@ -200,6 +225,10 @@ def signing_identities(year: int = 2024) -> list[SigningIdentity]:
                 teacher = _name(rng)
                 out.append(SigningIdentity("homeroom_teacher", teacher, code,
                                            _pid(random.Random(f"gv:{code}:{grade}{letter}"))))
+        if level != "02":
+            for subject_code, _ in SECONDARY_SCORED + SECONDARY_COMMENT:
+                teacher, pid = subject_teacher(code, subject_code)
+                out.append(SigningIdentity("subject_teacher", teacher, code, pid))
         principal = _name(random.Random(f"ht:{code}"))
         out.append(SigningIdentity("principal", principal, code, _pid(random.Random(f"ht:{code}"))))
         out.append(SigningIdentity("school_seal", name, code))
