@@ -187,7 +187,7 @@ class Outbox:
                 return
             record = parse_transcript(row.normalized)
             delivery = Delivery(row.record_id, row.version, row.event,
-                                record.model_dump(mode="json", by_alias=True), row.pdf)
+                                record.model_dump(mode="json", by_alias=True), row.pdf or b"", xml=row.xml)
             await hub._db(hub.store.delivery_attempted, pk, row.record_id, row.version)
             try:
                 receipt = await hub.destination.deliver(delivery)

@@ -158,6 +158,10 @@ STEPS: tuple[Step, ...] = (
     Step(3, "index for claiming work oldest first by state",
          sqlite=("CREATE INDEX IF NOT EXISTS records_claim ON records (state, id)",),
          postgresql=("CREATE INDEX IF NOT EXISTS records_claim ON records (state, id)",)),
+    Step(4, "xml: the signed XML học bạ beside the PDF",
+         sqlite=("ALTER TABLE records ADD COLUMN xml BLOB",),
+         postgresql=("ALTER TABLE records ADD COLUMN IF NOT EXISTS xml BYTEA",
+                     "ALTER TABLE records ALTER COLUMN xml SET STORAGE EXTERNAL")),
 )
 
 LATEST = STEPS[-1].version
