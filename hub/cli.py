@@ -177,6 +177,33 @@ def _store_of(path: str):
     return config, open_store(config.store_path)
 
 
+def cmd_signing(args: argparse.Namespace) -> int:
+    from hub.engine.signing_status import waiting_signatures
+    from hub.plugins import document_formats
+
+    config, store = _store_of(args.config)
+    if store is None:
+        return 1
+    try:
+        roles = tuple(s.role for s in config.signing.steps)
+        fmt = document_formats()[config.xml_format].cls() if config.xml_format else None
+        classes = waiting_signatures(store.rows(), roles, fmt, args.school)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"classes": classes}, ensure_ascii=False, indent=2))
+        return 0
+    if not classes:
+        print("no transcript waits for a signature")
+    for c in classes:
+        waiting = ", ".join(f"{n} → {role}" for role, n in c["waiting"].items())
+        print(f"{c['school_code']} {c['class_name']}: {c['transcripts']} transcript(s) waiting ({waiting})")
+        for u in c["unsigned"]:
+            subject = f" ({u['subject']})" if u["subject"] else ""
+            print(f"  not signed: {u['role']} {u['name']}{subject}: {u['transcripts']} transcript(s)")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     config, store = _store_of(args.config)
     if store is None:
@@ -291,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="normalize: from the raw payload (default); deliver: re-send the signed PDF as it is")
     p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("signing", help="per school and class: transcripts waiting for each signing stage "
+                                       "and who has not signed")
+    p.add_argument("--config", required=True)
+    p.add_argument("--school", help="only this school code")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_signing)
 
     p = sub.add_parser("audit", help="check the audit log's hash chain")
     p.add_argument("action", choices=["verify"])

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from hub.contracts import SIGNING_ROLES, PluginSettings
+from hub.contracts import SIGNING_STAGES, PluginSettings
 from hub.plugins import adapter_types, signer_types
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -108,9 +108,9 @@ class SigningConfig(_Strict):
     @classmethod
     def _in_order(cls, steps: list[SigningStep]) -> list[SigningStep]:
         roles = [s.role for s in steps]
-        expected = [r for r in SIGNING_ROLES if r in roles]
+        expected = [r for r in SIGNING_STAGES if r in roles]
         if roles != expected or len(set(roles)) != len(roles):
-            raise ValueError(f"steps must follow {' → '.join(SIGNING_ROLES)}, each once; got {roles}")
+            raise ValueError(f"steps must follow {' → '.join(SIGNING_STAGES)}, each once; got {roles}")
         return steps
 
     @model_validator(mode="after")

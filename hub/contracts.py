@@ -180,10 +180,13 @@ class Adapter(ABC):
         return getattr(cls, capability) is not getattr(Adapter, capability)
 
 
-SIGNING_ROLES = ("subject_teacher", "homeroom_teacher", "principal", "school_seal")
-"""The signing order schools follow: subject teachers (secondary: each signs their subject's
-results) → homeroom teacher → principal → the school's issuing signature (``school_seal``, the
-school's organisation certificate). A configuration takes these in this order, any subset."""
+SIGNING_ROLES = ("homeroom_teacher", "principal", "school_seal")
+"""The roles that sign both documents, in the Ministry's order: homeroom teacher → principal →
+school seal (the school's issuing signature, its organisation certificate)."""
+
+SIGNING_STAGES = ("subject_teacher", *SIGNING_ROLES)
+"""Every signing stage, in order: subject teachers (secondary: each signs their subject's results
+in the XML học bạ) come first. A configuration takes these in this order, any subset."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from hub.contracts import SIGNING_ROLES, DocumentFormat, SigningIdentity
+from hub.contracts import SIGNING_ROLES, SIGNING_STAGES, DocumentFormat, SigningIdentity
 
 __all__ = ["Reason", "Verdict", "ROLE_NAMES", "certificate_matches", "verify_pdf_bound", "verify_xml"]
 
@@ -134,7 +134,7 @@ def _check_stages(signed: list[tuple[str, str, dt.datetime | None]], required: l
         if where not in present:
             vi, en = ROLE_NAMES[role]
             reasons.append(Reason(where, f"thiếu chữ ký của {vi}", f"the {en}'s signature is missing"))
-    order = {r: i for i, r in enumerate(SIGNING_ROLES)}
+    order = {r: i for i, r in enumerate(SIGNING_STAGES)}
     for role, where, when in signed:
         if when is None:
             continue
@@ -149,7 +149,7 @@ def _check_stages(signed: list[tuple[str, str, dt.datetime | None]], required: l
                                       f"signed before the {ROLE_NAMES[role][1]} ({where}), out of order"))
 
 
-def verify_xml(document: bytes, fmt: DocumentFormat, report, *, required_roles: Sequence[str] = SIGNING_ROLES,
+def verify_xml(document: bytes, fmt: DocumentFormat, report, *, required_roles: Sequence[str] = SIGNING_STAGES,
                school_ids: Mapping[str, Sequence[str]] | None = None, trust_checked: bool = False,
                record: Mapping[str, object] | None = None) -> Verdict:
     """The verdict on an XML học bạ from its ``xmldsig.XmlVerifyReport``.
@@ -260,7 +260,7 @@ async def verify_file(data: bytes, *, trust_roots: Sequence[bytes] = (), kind: s
 
         fmt = document_formats()[xml_format].cls()
         report = await verify_document(data, fmt, trust_roots)
-        return verify_xml(data, fmt, report, required_roles=required_roles or SIGNING_ROLES,
+        return verify_xml(data, fmt, report, required_roles=required_roles or SIGNING_STAGES,
                           school_ids=school_ids, trust_checked=bool(trust_roots))
     import io
 

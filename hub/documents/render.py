@@ -39,7 +39,7 @@ from pyhanko.sign.fields import (
     enumerate_sig_fields,
 )
 
-from hub.contracts import SIGNING_ROLES
+from hub.contracts import SIGNING_STAGES
 from hub.records import (
     GENERAL_COMPETENCIES,
     QUALITIES,
@@ -507,9 +507,9 @@ def render_pdf(record: PrimaryTranscript | SecondaryTranscript,
     signing fills them in ``roles`` order. Thread-safe; CPU-bound (≈30 ms), so the hub runs it
     in its worker pool.
     """
-    unknown = [r for r in roles if r not in SIGNING_ROLES]
+    unknown = [r for r in roles if r not in SIGNING_STAGES]
     if unknown:
-        raise ValueError(f"unknown signing role(s) {', '.join(unknown)}; expected {SIGNING_ROLES}")
+        raise ValueError(f"unknown signing role(s) {', '.join(unknown)}; expected {SIGNING_STAGES}")
     body, boxes = _layout(record, [r for r in roles if r in PDF_ROLES], xml)
     # fpdf2 creates at most one /Sig field, and only as part of its own signing; pyHanko adds
     # all of them in one incremental update (≈2 ms).
