@@ -53,13 +53,15 @@ ENVELOPE = {"record_id": "push-test", "event": "NEW", "version": 1, "updated_at"
 def only_these_plugins():
     # Load only the plugins under test: other adapters may be half-written in a parallel branch.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,spreadsheet,moet,pkcs12")
+        mp.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,spreadsheet,moet,pkcs12,xml")
         mp.setenv("HOCBA_TEST_PUSH_SECRET", SECRET)
         plugins.manager.cache_clear()
         plugins.adapter_types.cache_clear()
+        plugins.document_formats.cache_clear()
         yield
     plugins.manager.cache_clear()
     plugins.adapter_types.cache_clear()
+    plugins.document_formats.cache_clear()
 
 
 @dataclass

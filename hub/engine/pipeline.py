@@ -139,6 +139,11 @@ class Hub:
         await asyncio.gather(*(loop.run_in_executor(self._pool, _warm) for _ in range(self._processes)))
         data = self.config.data_dir
         try:
+            from hub.plugins import document_formats
+
+            if self.config.xml_format and self.config.xml_format not in document_formats():
+                raise PluginError(f"documents: format {self.config.xml_format!r} is not installed or not loaded "
+                                  f"(HOCBA_HUB_LOAD_PLUGINS must name it too)")
             for section in self.config.signers:
                 cls = signer_types()[section.type].cls
                 ctx = PluginContext(section.name, data / "plugins" / section.name, self._pool)
