@@ -282,7 +282,9 @@ async def test_xml_and_pdf_of_a_class_share_one_approval_and_the_xml_verifies(ke
     from hub.plugins import document_formats
 
     fmt = document_formats()["xml"].cls()
-    signer = make_signer(service)
+    # A batch goes when it is full (twelve: six XML digests, six PDF hashes) or after the window,
+    # so the count below does not depend on how fast the PDFs are prepared.
+    signer = make_signer(service, batch_size=12, batch_window=3.0)
     await signer.open()
     try:
         docs = [fmt.build(r) for r in RECORDS]

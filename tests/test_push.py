@@ -58,10 +58,12 @@ def only_these_plugins():
         plugins.manager.cache_clear()
         plugins.adapter_types.cache_clear()
         plugins.document_formats.cache_clear()
+        plugins.signer_types.cache_clear()
         yield
     plugins.manager.cache_clear()
     plugins.adapter_types.cache_clear()
     plugins.document_formats.cache_clear()
+    plugins.signer_types.cache_clear()
 
 
 @dataclass
