@@ -227,3 +227,79 @@ def test_a_changed_score_is_rejected_in_both_formats(signed, pki):
     data[at] ^= 0x01
     verdict = _verdict(bytes(data), root)
     assert not verdict.ok and any("modified" in r.en or "record" in r.en for r in verdict.reasons), _reasons(verdict)
+
+
+# --- documents that arrive already signed ------------------------------------------------------
+
+async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_added(pki, tmp_path):
+    """A vendor's software delivered the XML signed by the subject teachers and the homeroom
+    teacher: the hub keeps those signatures, adds the principal's and the school's, and
+    quarantines a document whose signature is by someone else or sits in the wrong place."""
+    import json
+
+    from adapters.moet.simulator import MoetSimulator
+    from adapters.vnpt.simulator import VnptSimulator
+    from hub import lifecycle as lc
+    from hub import store as st
+    from hub.config import parse_config
+    from hub.contracts import RawRecord
+    from hub.engine.pipeline import Hub
+
+    directory, root = pki
+    keys = signer(directory)
+    await keys.open()
+    vendor, central = VnptSimulator(records=0), MoetSimulator()
+    await vendor.start()
+    await central.start()
+    config = parse_config({
+        "data_dir": str(tmp_path / "data"), "workers": {"processes": 1},
+        "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
+        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
+                      "settings": vendor.adapter_settings()}],
+        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(directory), "password": PASSWORD}}],
+        "signing": {"steps": [{"role": r, "signer": "keys"} for r in STAGES], "trust": [str(root)]},
+    })
+    store = st.Store(config.store_path)
+    kept = {}
+    for i, problem in enumerate(("none", "wrong_teacher", "moved")):
+        [pk] = store.receive("school-a", [RawRecord(f"src-{i}", json.dumps({"i": i}).encode())])
+        row = store.get(pk)
+        data = with_subject_teachers(transcript(3 + 4 * i))
+        data.update(record_id=row.record_id, version=row.version, event=row.event,
+                    updated_at=row.received_at[:19])
+        rec = parse_transcript(data)
+        # A teacher of another school signs in the homeroom teacher's slot.
+        swap = {"homeroom_teacher": identity_for(record(2), "homeroom_teacher")} if problem == "wrong_teacher" else None
+        doc = await sign_all(FMT.build(rec), keys, ("subject_teacher", "homeroom_teacher"), swap)
+        if problem == "moved":
+            tree = parse(doc).getroot()
+            tree.find("DU_LIEU_HOC_BA/THONG_TIN_HOC_BA").append(tree.find("DU_LIEU_HOC_BA/DANH_SACH_THONG_TIN_KY/GVCN")[0])
+            doc = etree.tostring(tree)
+        kept[f"src-{i}"] = doc
+        store.advance(pk, lc.RECEIVED, lc.NORMALIZED, school_code=rec.school_code, normalized=rec.model_dump(mode="json"))
+        store.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=render_pdf(rec, xml=FMT.build(rec)), xml=doc)
+    store.close()
+    hub = Hub(config)
+    await hub.start(pull=False)
+    try:
+        await asyncio.wait_for(hub.wait_idle(), 120)
+        rows = {r.source_id: r for r in hub.store.rows()}
+    finally:
+        await hub.stop()
+        await vendor.stop()
+        await central.stop()
+
+    good, wrong, moved = rows["src-0"], rows["src-1"], rows["src-2"]
+    assert good.state == lc.DELIVERED, good.errors
+    arrived = parse(kept["src-0"]).getroot()
+    final = parse(good.xml).getroot()
+    for path in ("DU_LIEU_HOC_BA/DANH_SACH_THONG_TIN_KY/GVCN", "DU_LIEU_HOC_BA/DANH_SACH_THONG_TIN_KY/DANH_SACH_GVBM"):
+        assert etree.tostring(final.find(path)) == etree.tostring(arrived.find(path))  # kept, not redone
+    verdict = await verify_file(good.xml, trust_roots=[c.dump() for c in load_certs(root)])
+    assert verdict.ok, verdict.lines()
+    assert central.accepted()[good.record_id] == good.version
+    assert wrong.state == lc.QUARANTINED
+    assert any(e.startswith("XML GVCN:") and "personal id" in e for e in wrong.errors), wrong.errors
+    assert moved.state == lc.QUARANTINED
+    assert any("in no signature slot" in e for e in moved.errors), moved.errors

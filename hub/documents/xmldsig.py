@@ -379,7 +379,7 @@ async def verify_document(document: bytes, fmt: DocumentFormat, trust_roots: Seq
         if slot is None:
             reports.append(XmlSignatureReport(
                 _where(signature), "", sid,
-                problems=(f"signature {sid} at {_where(parent)} is in no signature slot",)))
+                problems=(f"{_where(parent)}: signature {sid} is in no signature slot",)))
             continue
         problems = []
         if sum(1 for _ in parent.iterchildren(_ds("Signature"))) > 1:
