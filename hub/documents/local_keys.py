@@ -35,6 +35,7 @@ from hub.contracts import (
     SigningIdentity,
     SignRequest,
 )
+from hub.documents.digests import sign_digest
 from hub.documents.pades import (
     LEVELS,
     reserve_bytes,
@@ -42,7 +43,6 @@ from hub.documents.pades import (
     sign_pades_blocking,
     stamp_font_bytes,
 )
-from hub.documents.digests import sign_digest
 from hub.documents.signing import SigningError
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
 from pydantic import Field, SecretStr
 from pyhanko.sign.general import SigningError as PyHankoSigningError
 from pyhanko.sign.signers.csc_signer import (
@@ -72,8 +73,6 @@ from hub.contracts import (
     SigningIdentity,
     SignRequest,
 )
-from cryptography.hazmat.primitives import serialization
-
 from hub.documents.digests import verify_digest
 from hub.documents.pades import reserve_bytes, sign_elsewhere
 from hub.documents.render import ROLE_LABELS

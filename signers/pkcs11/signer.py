@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from asn1crypto import x509 as asn1_x509
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pydantic import Field, SecretStr
 from pyhanko.sign import signers
 from pyhanko.sign.pkcs11 import select_pkcs11_signing_params
@@ -45,8 +46,6 @@ from hub.contracts import (
     SigningIdentity,
     SignRequest,
 )
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
 from hub.documents.digests import digest_info
 from hub.documents.pades import reserve_bytes, sign_elsewhere
 from hub.documents.signing import SigningError
