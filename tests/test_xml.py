@@ -303,3 +303,35 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
     assert any(e.startswith("XML GVCN:") and "personal id" in e for e in wrong.errors), wrong.errors
     assert moved.state == lc.QUARANTINED
     assert any("in no signature slot" in e for e in moved.errors), moved.errors
+
+
+@needs_xmlsec
+async def test_xades_t_carries_a_timestamp_over_the_signature_value(pki, tmp_path):
+    # XAdES-T when the step asks for B-T: the loopback TSA stamps the canonical SignatureValue.
+    from hub.kit.tsa import TrustServices
+
+    directory, root = pki
+    services = TrustServices(directory)
+    await services.start()
+    keys = signer(directory)
+    await keys.open()
+    try:
+        doc = FMT.build(record(0))
+        slots = [s for s in FMT.slots(doc) if s.role == "homeroom_teacher"]
+        doc = await sign_slots(doc, slots, keys, level="B-T", timestamp_url=services.tsa_url)
+    finally:
+        await services.stop()
+    from hub.documents.xmldsig import verify_document
+
+    report = await verify_document(doc, FMT, [c.dump() for c in load_certs(root)])
+    [sig] = report.signatures
+    assert sig.valid and not sig.problems and sig.level == "XAdES-T" and sig.timestamp_time is not None
+    path = tmp_path / "t.xml"
+    path.write_bytes(doc)
+    assert xmlsec(path, root, "sig-gvcn").returncode == 0
+    # A token moved from another signature does not cover this one's value.
+    tree = parse(doc).getroot()
+    value = tree.find(".//{%s}SignatureValue" % DS)
+    value.text = value.text[:-4] + ("AAA=" if not value.text.endswith("AAA=") else "BBB=")
+    report = await verify_document(etree.tostring(tree), FMT, [c.dump() for c in load_certs(root)])
+    assert any("timestamp does not cover" in p for p in report.signatures[0].problems)
