@@ -335,3 +335,38 @@ async def test_xades_t_carries_a_timestamp_over_the_signature_value(pki, tmp_pat
     value.text = value.text[:-4] + ("AAA=" if not value.text.endswith("AAA=") else "BBB=")
     report = await verify_document(etree.tostring(tree), FMT, [c.dump() for c in load_certs(root)])
     assert any("timestamp does not cover" in p for p in report.signatures[0].problems)
+
+
+def test_signing_status_counts_waiting_transcripts_and_names_who_has_not_signed(signed, pki):
+    # Two transcripts of one class: one waits for its subject teachers (one has signed), one for
+    # the principal. The operator's view says so per class, naming the teachers left.
+    from types import SimpleNamespace
+
+    from hub import lifecycle as lc
+    from hub.engine.signing_status import waiting_signatures
+
+    directory, _ = pki
+    keys = signer(directory)
+    rec = record(3)
+    doc = FMT.build(rec)
+
+    async def make():
+        await keys.open()
+        first = [s for s in FMT.slots(doc) if s.role == "subject_teacher"][:1]
+        return await sign_slots(doc, first, keys), await sign_all(doc, keys, STAGES[:2])
+
+    partly, teachers_done = asyncio.run(make())
+    _, full, _ = signed[3]
+    rows = [SimpleNamespace(state=lc.RENDERED, normalized=rec.model_dump(mode="json"), school_code=rec.school_code,
+                            xml=partly),
+            SimpleNamespace(state=lc.signed("homeroom_teacher"), normalized=rec.model_dump(mode="json"),
+                            school_code=rec.school_code, xml=teachers_done),
+            SimpleNamespace(state=lc.DELIVERED, normalized=rec.model_dump(mode="json"), school_code=rec.school_code,
+                            xml=full)]
+    [entry] = waiting_signatures(rows, STAGES, FMT)
+    assert (entry["school_code"], entry["class_name"], entry["transcripts"]) == (rec.school_code, rec.class_name, 2)
+    assert entry["waiting"] == {"subject_teacher": 1, "principal": 1}
+    left = {(u["role"], u["subject"]) for u in entry["unsigned"]}
+    assert ("subject_teacher", rec.subjects[0].subject_code) not in left
+    assert {("subject_teacher", s.subject_code) for s in rec.subjects[1:]} <= left
+    assert ("principal", None) in left
