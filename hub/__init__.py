@@ -26,7 +26,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys((
         "Adapter", "Delivery", "DeliveryError", "Faults", "Health", "IdentityFinding", "IdentityProvider",
         "IdentityResult", "IdentitySimulator", "Page", "Person", "PluginContext", "PluginError", "PluginSettings",
-        "RawRecord", "Receipt", "SIGNING_ROLES", "SignRequest", "Signer", "SigningIdentity", "Simulator"),
+        "RawRecord", "Receipt", "SIGNING_ROLES", "SIGNING_STAGES", "DigestSignRequest", "DocumentFormat",
+        "SignatureSlot", "SignRequest", "Signer", "SigningIdentity", "Simulator"),
         "hub.contracts"),
     # the central format
     **dict.fromkeys((
@@ -41,11 +42,13 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("reserve_bytes", "sign_elsewhere"), "hub.documents.pades"),
     **dict.fromkeys(("LocalKey", "LocalKeySigner"), "hub.documents.local_keys"),
     "ROLE_LABELS": "hub.documents.render",
+    **dict.fromkeys(("digest_info", "verify_digest"), "hub.documents.digests"),
     # the kit for vendor authors
     **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "Transient", "parse_retry_after", "retrying"), "hub.kit.http"),
     **dict.fromkeys(("ContractError", "as_list", "as_object", "load_json", "map_keys", "vietnam_time", "where"), "hub.kit.mapping"),
     **dict.fromkeys(("FaultySimulator", "LoopbackServer", "drop_connection"), "hub.kit.simulation"),
-    **dict.fromkeys(("GIVEN", "INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript"),
+    **dict.fromkeys(("GIVEN", "INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript",
+                     "with_subject_teachers"),
                     "hub.kit.synthetic"),
     "ensure_pki": "hub.kit.pki",
     **dict.fromkeys(("CHECKS", "assert_conformant"), "hub.kit.conformance"),

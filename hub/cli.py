@@ -16,11 +16,14 @@ def _print_errors(lines: list[str]) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from hub.plugins import adapter_types, identity_provider_types, signer_types
+    from hub.plugins import adapter_types, document_formats, identity_provider_types, signer_types
 
     rows = []
-    for info in [*adapter_types().values(), *signer_types().values(), *identity_provider_types().values()]:
-        if info.kind == "adapter":
+    for info in [*adapter_types().values(), *signer_types().values(), *identity_provider_types().values(),
+                 *document_formats().values()]:
+        if info.kind == "document format":
+            can = "build, sign, verify"
+        elif info.kind == "adapter":
             labels = {"fetch": "fetch", "verify_push": "push", "normalize": "normalize", "deliver": "deliver"}
             can = ", ".join(label for method, label in labels.items() if info.cls.can(method))
         else:
@@ -92,19 +95,46 @@ def cmd_normalize(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hub.documents.verify import load_certs, verify_pdf
+    import logging
+    import warnings
 
-    roots = load_certs(args.trust) if args.trust else []
+    from hub.documents.binding import verify_file
+    from hub.documents.verify import load_certs
+    from hub.logs import configure, get_logger
+
+    # Library warnings become structured log events on stderr, never a traceback on the terminal.
+    configure("console", "warning")
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    try:
+        roots = [c.dump() for c in load_certs(args.trust)] if args.trust else []
+    except (OSError, ValueError) as exc:
+        _print_errors([f"--trust: cannot read {', '.join(args.trust)}: {exc}"])
+        return 2
+    school_ids: dict[str, list[str]] = {}
+    for item in args.school_id or []:
+        code, _, ident = item.partition("=")
+        school_ids.setdefault(code, []).append(ident)
     worst = 0
     for name in args.files:
-        report = asyncio.run(verify_pdf(Path(name).read_bytes(), roots))
-        print(f"{name}: {'OK' if report.ok else 'INVALID'}" + (f" ({report.error})" if report.error else ""))
-        for sig in report.signatures:
-            when = sig.signing_time.isoformat(timespec="seconds") if sig.signing_time else "no time"
-            print(f"  {sig.field}: {'ok' if sig.ok else 'NOT OK'} — {sig.signer}, {when}, "
-                  f"level {sig.pades_level or 'not PAdES'}, intact={sig.intact} valid={sig.valid} "
-                  f"trusted={sig.trusted} changes after={sig.modification_level}")
-        worst = worst or (0 if report.ok else 1)
+        try:
+            data = Path(name).read_bytes()
+            verdict = asyncio.run(verify_file(data, trust_roots=roots, school_ids=school_ids))
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc}")
+            worst = 1
+            continue
+        except Exception as exc:  # a verdict, never a traceback
+            get_logger().error("verify.failed", file=name, error=f"{type(exc).__name__}: {exc}")
+            print(f"{name}: KHÔNG KIỂM TRA ĐƯỢC / CANNOT VERIFY: {type(exc).__name__}: {exc}")
+            worst = 1
+            continue
+        lines = verdict.lines()
+        print(f"{name} ({verdict.kind.upper()}): {lines[0]}")
+        for line in lines[1:]:
+            print(line)
+        # Without a trust anchor a document is intact at best, not verified: not a success.
+        worst = worst or (0 if verdict.ok and verdict.trust_checked else 1)
     return worst
 
 
@@ -140,6 +170,33 @@ def _store_of(path: str):
         _print_errors(exc.errors)
         return None, None
     return config, open_store(config.store_path)
+
+
+def cmd_signing(args: argparse.Namespace) -> int:
+    from hub.engine.signing_status import waiting_signatures
+    from hub.plugins import document_formats
+
+    config, store = _store_of(args.config)
+    if store is None:
+        return 1
+    try:
+        roles = tuple(s.role for s in config.signing.steps)
+        fmt = document_formats()[config.xml_format].cls() if config.xml_format else None
+        classes = waiting_signatures(store.rows(), roles, fmt, args.school)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"classes": classes}, ensure_ascii=False, indent=2))
+        return 0
+    if not classes:
+        print("no transcript waits for a signature")
+    for c in classes:
+        waiting = ", ".join(f"{n} → {role}" for role, n in c["waiting"].items())
+        print(f"{c['school_code']} {c['class_name']}: {c['transcripts']} transcript(s) waiting ({waiting})")
+        for u in c["unsigned"]:
+            subject = f" ({u['subject']})" if u["subject"] else ""
+            print(f"  not signed: {u['role']} {u['name']}{subject}: {u['transcripts']} transcript(s)")
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -273,9 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_normalize)
 
-    p = sub.add_parser("verify", help="validate every signature of signed PDFs")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--trust", help="PEM file of trusted root certificates")
+    p = sub.add_parser("verify", help="validate signed XML học bạ and PDFs: every signature, its signer, "
+                                      "every stage, in order")
+    p.add_argument("files", nargs="+", help=".xml and .pdf files")
+    p.add_argument("--trust", action="append",
+                   help="PEM file of trust anchors (repeatable: the national root, the government CA…)")
+    p.add_argument("--school-id", action="append", metavar="CODE=ID",
+                   help="an identifier of a school's organisation certificate, e.g. 01004001=MST:0101234567")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("replay", help="send quarantined, failed, dead-lettered or identity-blocked records through again")
@@ -295,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--school", help="one school's code")
     p.add_argument("--xlsx", metavar="FILE", help="write the report as XLSX for the school (with names)")
     p.set_defaults(func=cmd_identity_report)
+
+    p = sub.add_parser("signing", help="per school and class: transcripts waiting for each signing stage "
+                                       "and who has not signed")
+    p.add_argument("--config", required=True)
+    p.add_argument("--school", help="only this school code")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_signing)
 
     p = sub.add_parser("audit", help="check the audit log's hash chain")
     p.add_argument("action", choices=["verify"])

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from hub.contracts import SIGNING_ROLES, PluginSettings
+from hub.contracts import SIGNING_STAGES, PluginSettings
 from hub.plugins import adapter_types, identity_provider_types, signer_types
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -59,7 +59,7 @@ _TSA_URL = r"^(|https?://\S+|demo)$"
 
 class SigningStep(_Strict):
     """Who signs one role, and how: the signer instance, the PAdES level, the timestamp authority."""
-    role: Literal["homeroom_teacher", "principal", "school_seal"]
+    role: Literal["subject_teacher", "homeroom_teacher", "principal", "school_seal"]
     signer: str = Field(description="Name of an entry under `signers`")
     level: Level | None = Field(default=None, description="PAdES level; default `signing.level`")
     timestamp_url: str | None = Field(
@@ -86,12 +86,19 @@ class SigningConfig(_Strict):
     level: Level = Field(default="B-B", description="PAdES level of every step that does not say")
     timestamp_url: str = Field(default="", pattern=r"^(|https?://\S+|demo)$",
                                description="Timestamping authority of every step that does not say")
-    schools: dict[str, dict[Literal["homeroom_teacher", "principal", "school_seal"], SchoolStep]] = Field(
+    schools: dict[str, dict[Literal["subject_teacher", "homeroom_teacher", "principal", "school_seal"],
+                            SchoolStep]] = Field(
         default_factory=dict, description="Per-school overrides: school code → role → signer/level/TSA")
     trust: list[Path] = Field(
         default_factory=list,
         description="PEM files of trusted roots: documents arriving signed must chain to one, and "
                     "so must every signature before delivery (empty: integrity checked, trust not)")
+    c14n: Literal["exclusive", "inclusive"] = Field(
+        default="exclusive", description="Canonicalisation of the XML học bạ's signatures")
+    school_ids: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="School code → identifiers its organisation certificate carries in serialNumber or "
+                    "UID (e.g. MST:0101234567); the school code itself is always accepted")
     concurrency: int = Field(
         default=64, ge=1,
         description="Signing steps in flight; remote signers wait on approvals and the network, "
@@ -101,9 +108,9 @@ class SigningConfig(_Strict):
     @classmethod
     def _in_order(cls, steps: list[SigningStep]) -> list[SigningStep]:
         roles = [s.role for s in steps]
-        expected = [r for r in SIGNING_ROLES if r in roles]
+        expected = [r for r in SIGNING_STAGES if r in roles]
         if roles != expected or len(set(roles)) != len(roles):
-            raise ValueError(f"steps must follow {' → '.join(SIGNING_ROLES)}, each once; got {roles}")
+            raise ValueError(f"steps must follow {' → '.join(SIGNING_STAGES)}, each once; got {roles}")
         return steps
 
     @model_validator(mode="after")
@@ -242,6 +249,34 @@ class HubConfig(_Strict):
     identity: IdentitySection | None = Field(
         default=None, description="Check the people a record names against an identity provider before "
                                   "rendering and signing (none: no check)")
+
+    documents: list[str] = Field(
+        default_factory=lambda: ["xml", "pdf"], min_length=1,
+        description="What the hub makes and signs per transcript: `pdf` and at most one XML document "
+                    "format (`xml`, the built-in học bạ layout, or a registered one)")
+
+    @field_validator("documents")
+    @classmethod
+    def _known_documents(cls, value: list[str]) -> list[str]:
+        from hub.plugins import document_formats
+
+        formats = document_formats()
+        unknown = [d for d in value if d != "pdf" and d not in formats]
+        if unknown:
+            raise ValueError(f"unknown document format(s) {', '.join(map(repr, unknown))}; installed: "
+                             f"pdf, {', '.join(sorted(formats)) or 'no XML format'}")
+        if len(set(value)) != len(value) or sum(1 for d in value if d != "pdf") > 1:
+            raise ValueError("each document once, and at most one XML format")
+        return value
+
+    @property
+    def xml_format(self) -> str | None:
+        """The XML document format configured, if any."""
+        return next((d for d in self.documents if d != "pdf"), None)
+
+    @property
+    def makes_pdf(self) -> bool:
+        return "pdf" in self.documents
 
     @model_validator(mode="after")
     def _references(self) -> "HubConfig":

@@ -67,7 +67,8 @@ class Delivery:
     version: int
     event: str
     record: dict[str, Any]           # central format, catalogue names (``model_dump(by_alias=True)``)
-    pdf: bytes                       # the signed PDF
+    pdf: bytes                       # the signed PDF (empty when the configuration makes none)
+    xml: bytes | None = None         # the signed XML học bạ, when the configuration makes one
 
 
 @dataclass(frozen=True)
@@ -181,13 +182,18 @@ class Adapter(ABC):
 
 
 SIGNING_ROLES = ("homeroom_teacher", "principal", "school_seal")
-"""The Ministry's signing order: homeroom teacher → principal → school seal."""
+"""The roles that sign both documents, in the Ministry's order: homeroom teacher → principal →
+school seal (the school's issuing signature, its organisation certificate)."""
+
+SIGNING_STAGES = ("subject_teacher", *SIGNING_ROLES)
+"""Every signing stage, in order: subject teachers (secondary: each signs their subject's results
+in the XML học bạ) come first. A configuration takes these in this order, any subset."""
 
 
 @dataclass(frozen=True)
 class SigningIdentity:
     """Who signs: a person (``personal_id``) or a school (the seal, ``school_code``)."""
-    role: str                        # homeroom_teacher | principal | school_seal
+    role: str                        # subject_teacher | homeroom_teacher | principal | school_seal
     name: str
     school_code: str
     personal_id: str | None = None
@@ -243,6 +249,27 @@ class Signer(ABC):
     @abstractmethod
     async def sign(self, requests: Sequence[SignRequest]) -> list[bytes]:
         """Return each request's PDF with its field signed (PAdES, ``ETSI.CAdES.detached``)."""
+
+    async def certificates(self, identity: SigningIdentity) -> tuple[bytes, ...]:
+        """DER of ``identity``'s signing certificate, then the chain the signer holds for it.
+
+        For formats that sign digests (the XML học bạ): the document layer needs the
+        certificate before it prepares what is signed (XAdES signs a digest of it). Raise
+        ``PluginError`` (``hub.documents.signing.SigningError``) when there is no key for the
+        identity or its certificate is not valid now.
+        """
+        raise PluginError(f"signer {self.name!r} cannot sign digests (XML documents); "
+                          f"use pkcs12, csc or pkcs11, or implement Signer.sign_digests")
+
+    async def sign_digests(self, requests: Sequence["DigestSignRequest"]) -> list[bytes]:
+        """Sign each request's ``digest`` with its identity's key; raw signatures, same order.
+
+        RSA: PKCS#1 v1.5 over the DigestInfo of ``digest``; ECDSA: the DER ``ECDSA-Sig-Value``.
+        Only the digest reaches the key holder. Requests for one identity given together should
+        share one approval (a remote service: one confirmation for the class batch).
+        """
+        raise PluginError(f"signer {self.name!r} cannot sign digests (XML documents); "
+                          f"use pkcs12, csc or pkcs11, or implement Signer.sign_digests")
 
     async def check(self) -> Health:
         return Health(True)
@@ -329,6 +356,63 @@ class IdentityProvider(ABC):
     async def check(self) -> Health:
         """Is the service reachable and are the credentials accepted?"""
         return Health(True)
+
+
+@dataclass(frozen=True)
+class DigestSignRequest:
+    """Sign ``digest`` (the hash of what a document format prepared, e.g. an XML SignedInfo)."""
+    identity: SigningIdentity
+    digest: bytes
+    digest_algorithm: str = "sha256"
+    description: str = ""            # what is signed, for an approval prompt
+
+
+@dataclass(frozen=True)
+class SignatureSlot:
+    """One signature a document takes: the role, who the document names for it, and where it goes.
+
+    ``path`` is an XPath from the document's root to the element the signature goes into;
+    ``reference`` the ``Id`` of the element it covers (never an ancestor of the slot);
+    ``name`` how messages name the slot (``DANH_SACH_GVBM/GVBM[@Id='gvbm-TOAN']``).
+    """
+    role: str
+    name: str
+    path: str
+    reference: str
+    signature_id: str
+    identity: SigningIdentity
+    subject: str = ""                # the subject's code, for a subject teacher's slot
+
+
+class DocumentFormat(ABC):
+    """A signed document the hub makes from a central record beside the PDF: the XML học bạ.
+
+    Registered through ``hocba_hub_document_formats``; ``documents: [<name>, pdf]`` in the
+    configuration chooses it. A format builds the unsigned document, says which signatures it
+    takes (``slots``, read from the document itself, so a verifier needs nothing else) and
+    checks a document against its schema. Signing and verification (XML Signature with XAdES)
+    are the hub's (``hub.documents.xmldsig``) and work for any format that names its slots.
+    """
+    name: ClassVar[str]
+    media_type: ClassVar[str] = "application/xml"
+    suffix: ClassVar[str] = ".xml"
+
+    @abstractmethod
+    def build(self, record: Any) -> bytes:
+        """The unsigned document for ``record`` (``hub.records`` model), every slot empty."""
+
+    @abstractmethod
+    def slots(self, document: bytes) -> list[SignatureSlot]:
+        """Every signature ``document`` takes, in signing order, with the identity it names."""
+
+    @abstractmethod
+    def schema_errors(self, document: bytes) -> list[str]:
+        """What makes ``document`` invalid against the format's schema ([] when valid)."""
+
+    def data_of(self, document: bytes) -> dict[str, Any]:
+        """The facts a verifier compares with a record: ``school_code``, ``transcript_id``,
+        ``updated_at`` (ISO) at least. Override to say more."""
+        return {}
 
 
 @dataclass

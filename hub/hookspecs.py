@@ -40,6 +40,13 @@ def hocba_hub_identity_provider_types(register: Callable[[type], None]) -> None:
 
 
 @hookspec
+def hocba_hub_document_formats(register: Callable[[type], None]) -> None:
+    """Register document formats (``hub.contracts.DocumentFormat`` subclasses): the signed XML
+    học bạ the hub builds beside the PDF. A province swaps the built-in layout for the
+    Ministry's, once published, by registering its own and naming it under ``documents``."""
+
+
+@hookspec
 def hocba_hub_transform_record(record: dict[str, Any], adapter: str) -> dict[str, Any] | None:
     """Adjust a normalised record (central-format dict) before it is validated.
 

@@ -14,15 +14,15 @@ from functools import cache
 import pluggy
 
 from hub import hookspecs
-from hub.contracts import Adapter, IdentityProvider, Signer
+from hub.contracts import Adapter, DocumentFormat, IdentityProvider, Signer
 
 GROUP = "hocba_hub"
 
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """One registered adapter, signer or identity provider class and where it comes from."""
-    kind: str         # "adapter" | "signer" | "identity"
+    """One registered plugin class (adapter, signer, identity provider, document format) and where it comes from."""
+    kind: str         # "adapter" | "signer" | "identity" | "document format"
     name: str
     cls: type
     package: str
@@ -102,5 +102,11 @@ def identity_provider_types() -> dict[str, PluginInfo]:
 
 def reload() -> None:
     """Read the entry points again (after ``HOCBA_HUB_LOAD_PLUGINS`` changed, e.g. in a test)."""
-    for cached in (manager, adapter_types, signer_types, identity_provider_types):
+    for cached in (manager, adapter_types, signer_types, identity_provider_types, document_formats):
         cached.cache_clear()
+
+
+@cache
+def document_formats() -> dict[str, PluginInfo]:
+    """Every registered document format class by name."""
+    return _collect(manager().hook.hocba_hub_document_formats, DocumentFormat, "document format")

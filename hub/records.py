@@ -294,10 +294,12 @@ class SecondarySubject(_Model):
     term2_comment: CommentField = Field(default=None, alias="ketquahk2")
     year_comment: CommentField = Field(default=None, alias="ketquacn")
     # The form's last columns (issue 12): the re-assessed average or result, when the student
-    # was re-assessed (đánh giá lại), and the subject teacher who confirms the row.
+    # was re-assessed (đánh giá lại), and the subject teacher who confirms the row and signs
+    # this subject's results (so a signer can be chosen; the aliases are ours).
     reassessment_average: Average = Field(default=None, alias="dtbdanhgialai")
     reassessment_comment: CommentField = Field(default=None, alias="ketquadanhgialai")
     teacher_name: OptText = Field(default=None, alias="hotengvbm", max_length=100)
+    teacher_personal_id: OptPersonalId = Field(default=None, alias="sodinhdanhgvbm")
 
     @property
     def is_comment_only(self) -> bool:

@@ -84,7 +84,7 @@ class HubProcess:
 
     def start(self) -> None:
         self.port = free_port()
-        env = {**os.environ, "HOCBA_HUB_LOAD_PLUGINS": "vnpt,moet,pkcs12", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "HOCBA_HUB_LOAD_PLUGINS": "vnpt,moet,pkcs12,xml", "PYTHONUNBUFFERED": "1"}
         with open(self.log, "ab") as out:
             out.write(f"\n--- start {self.name} at {time.strftime('%H:%M:%S')}\n".encode())
             self.proc = subprocess.Popen(

@@ -144,7 +144,7 @@ async def test_openapi_document_is_valid_and_covers_the_api(env):
     assert set(doc["paths"]) == {
         "/api/records", "/api/records/{id}", "/api/records/{id}/pdf", "/api/quarantine", "/api/dead-letters",
         "/api/replay", "/api/adapters", "/api/adapters/{name}/pause", "/api/adapters/{name}/resume",
-        "/api/identity/blocked", "/api/identity/blocked.xlsx"}
+        "/api/identity/blocked", "/api/identity/blocked.xlsx", "/api/signing"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "signed:school_seal" in doc["paths"]["/api/records"]["get"]["parameters"][0]["schema"]["enum"]
 
@@ -193,6 +193,7 @@ async def test_a_viewer_may_look_but_not_act(env):
         ("POST", "/api/adapters/school-a/pause", None),
         ("POST", "/api/adapters/school-a/resume", None),
         ("GET", f"/api/records/{dead[0]}/pdf", None),
+        ("GET", "/api/signing", None),   # it names teachers
     ]:
         async with env.http.request(method, path, headers=VIEW, json=body) as resp:
             assert resp.status == 403, path

@@ -69,17 +69,22 @@ def test_verify_accepts_demo_pdfs_and_rejects_a_changed_byte(demo):
     work, _ = demo
     out = work / "out"
     pdfs = sorted(str(p) for p in out.glob("*.pdf"))
-    ok = cli("verify", "--trust", str(out / "root-ca.pem"), *pdfs)
+    xmls = sorted(str(p) for p in out.glob("*.xml"))
+    assert len(xmls) == 20
+    ok = cli("verify", "--trust", str(out / "root-ca.pem"), *pdfs, *xmls)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.count(": OK") == 20
+    assert ok.stdout.count("(PDF): HỢP LỆ / VALID") == 20
+    assert ok.stdout.count("(XML): HỢP LỆ / VALID") == 20
     data = bytearray(Path(pdfs[0]).read_bytes())
     data[len(data) // 3] ^= 0x01
     tampered = work / "tampered.pdf"
     tampered.write_bytes(bytes(data))
     bad = cli("verify", "--trust", str(out / "root-ca.pem"), str(tampered))
     assert bad.returncode == 1 and "INVALID" in bad.stdout
-    # Without the demo's root the signatures are intact but not trusted: also a failure.
-    assert cli("verify", pdfs[0]).returncode == 1
+    # Without the demo's root the signatures are intact but not trusted: also a failure, said so.
+    untrusted = cli("verify", pdfs[0], xmls[0])
+    assert untrusted.returncode == 1 and untrusted.stdout.count("not checked against a trust anchor") == 2
+    assert "Traceback" not in untrusted.stdout + untrusted.stderr
 
 
 def test_normalize_prints_central_json_or_field_errors():

@@ -272,3 +272,40 @@ async def test_remote_signing_config_runs_the_demo(tmp_path, monkeypatch):
         for path in pdfs:
             out_text = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True).stdout
             assert out_text.count("Signature Validation: Signature is Valid.") == 3, out_text
+
+
+async def test_xml_and_pdf_of_a_class_share_one_approval_and_the_xml_verifies(keys, service):
+    # The pipeline's sign stage signs a role's XML slots and its PDF field together: the digests
+    # of both documents of the whole class go to the service in one batch, one confirmation.
+    from hub.documents.binding import verify_file
+    from hub.documents.xmldsig import sign_slots
+    from hub.plugins import document_formats
+
+    fmt = document_formats()["xml"].cls()
+    # A batch goes when it is full (twelve: six XML digests, six PDF hashes) or after the window,
+    # so the count below does not depend on how fast the PDFs are prepared.
+    signer = make_signer(service, batch_size=12, batch_window=3.0)
+    await signer.open()
+    try:
+        docs = [fmt.build(r) for r in RECORDS]
+        pdfs = [render_pdf(r) for r in RECORDS]
+
+        async def role_of(role, docs, pdfs):
+            async def one(rec, doc, pdf):
+                slots = [s for s in fmt.slots(doc) if s.role == role]
+                return await asyncio.gather(sign_slots(doc, slots, signer), signer.sign([request_for(rec, pdf, role)]))
+            done = await asyncio.gather(*(one(r, d, p) for r, d, p in zip(RECORDS, docs, pdfs)))
+            return [d for d, _ in done], [p[0] for _, p in done]
+
+        docs, pdfs = await role_of("homeroom_teacher", docs, pdfs)
+        before = service.counters.authorizations
+        docs, pdfs = await role_of("principal", docs, pdfs)
+        assert service.counters.authorizations - before == 1
+        assert service.counters.largest_batch == 12  # six XML digests and six PDF hashes
+        docs, pdfs = await role_of("school_seal", docs, pdfs)
+    finally:
+        await signer.close()
+    roots = [c.dump() for c in load_certs(keys[1])]
+    for doc in docs:
+        verdict = await verify_file(doc, trust_roots=roots)
+        assert verdict.ok, verdict.lines()

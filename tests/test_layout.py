@@ -19,7 +19,8 @@ PLUGINS = ("adapters", "signers", "examples/vendor-plugin")
 # Underscored names outside the project's own modules, each used on purpose:
 ALLOWED = {
     "os._exit",  # a worker whose hub died exits at once, without running the hub's cleanup
-    "etree._Element",  # lxml's element type, which it exports under this name only
+    "etree._Element",  # lxml's element and tree types, which it exports under these names only
+    "etree._ElementTree",
     "http._retry_connection",  # aiohttp resends a request on a dropped keep-alive connection with the
                                # same signed nonce; there is no public switch (adapters/misa)
 }

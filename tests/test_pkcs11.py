@@ -121,3 +121,32 @@ async def test_an_expired_certificate_on_the_token_is_refused_and_unknown_identi
     finally:
         await signer.close()
 
+
+
+@pytest.mark.skipif(shutil.which("xmlsec1") is None, reason="xmlsec1 is not installed")
+async def test_the_seal_signs_the_xml_on_the_token_and_xmlsec1_accepts_it(token, tmp_path):
+    # The XML's issuing signature: only the SignedInfo digest goes to the token (CKM_RSA_PKCS
+    # over its DigestInfo); an expired certificate on the token is refused before any digest.
+    from hub.documents.xmldsig import DS, sign_slots
+    from hub.plugins import document_formats
+
+    _, root = token
+    fmt = document_formats()["xml"].cls()
+    doc = fmt.build(REC)
+    signer = make_signer()
+    await signer.open()
+    try:
+        seal = [s for s in fmt.slots(doc) if s.role == "school_seal"]
+        doc = await sign_slots(doc, seal, signer)
+        principal = [s for s in fmt.slots(doc) if s.role == "principal"]
+        with pytest.raises(SigningError, match="expired"):
+            await sign_slots(doc, principal, signer)
+    finally:
+        await signer.close()
+    path = tmp_path / "seal.xml"
+    path.write_bytes(doc)
+    done = subprocess.run(["xmlsec1", "--verify", "--trusted-pem", str(root), "--id-attr:Id", "DU_LIEU_HOC_BA",
+                           "--id-attr:Id", "http://uri.etsi.org/01903/v1.3.2#:SignedProperties",
+                           "--id-attr:Id", f"{DS}:KeyInfo", "--id-attr:Id", f"{DS}:Signature",
+                           "--node-id", "sig-phathanh", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

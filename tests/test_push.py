@@ -35,7 +35,7 @@ from hub import store as st
 from hub.config import parse_config
 from hub.contracts import PluginContext, RawRecord
 from hub.engine.pipeline import Hub
-from hub.kit.synthetic import transcript
+from hub.kit.synthetic import transcript, with_subject_teachers
 from hub.records import parse_transcript
 from hub.web.app import create_app
 
@@ -53,13 +53,17 @@ ENVELOPE = {"record_id": "push-test", "event": "NEW", "version": 1, "updated_at"
 def only_these_plugins():
     # Load only the plugins under test: other adapters may be half-written in a parallel branch.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,spreadsheet,moet,pkcs12")
+        mp.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,spreadsheet,moet,pkcs12,xml")
         mp.setenv("HOCBA_TEST_PUSH_SECRET", SECRET)
         plugins.manager.cache_clear()
         plugins.adapter_types.cache_clear()
+        plugins.document_formats.cache_clear()
+        plugins.signer_types.cache_clear()
         yield
     plugins.manager.cache_clear()
     plugins.adapter_types.cache_clear()
+    plugins.document_formats.cache_clear()
+    plugins.signer_types.cache_clear()
 
 
 @dataclass
@@ -180,7 +184,7 @@ async def test_pushed_records_go_through_the_whole_pipeline(running, vendor):
         row = ours[sim.source_id(i)]
         assert row.state == lc.DELIVERED, (row.state, row.errors)
         # The vendor's quirks (NFD names, dd/MM/yyyy, comma decimals) came out clean.
-        assert row.normalized == parse_transcript({**transcript(i, 5), "record_id": row.record_id, "event": "NEW",
+        assert row.normalized == parse_transcript({**with_subject_teachers(transcript(i, 5)), "record_id": row.record_id, "event": "NEW",
                                                    "version": 1, "updated_at": row.normalized["updated_at"]}
                                                   ).model_dump(mode="json")
         assert running.central.accepted()[row.record_id] == 1

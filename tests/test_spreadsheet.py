@@ -45,12 +45,14 @@ REPORT_HEADER = ["row", "column", "outcome", "reason"]
 @pytest.fixture(autouse=True)
 def only_these_plugins(monkeypatch):
     # Load only the plugins under test: other adapters may be half-written in a parallel branch.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "spreadsheet,moet,pkcs12")
+    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "spreadsheet,moet,pkcs12,xml")
     plugins.manager.cache_clear()
     plugins.adapter_types.cache_clear()
+    plugins.document_formats.cache_clear()
     yield
     plugins.manager.cache_clear()
     plugins.adapter_types.cache_clear()
+    plugins.document_formats.cache_clear()
 
 
 @pytest.fixture

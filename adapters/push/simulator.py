@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from adapters.push.adapter import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from hub import INVALID_KINDS, Simulator, invalid_transcript, nfd, transcript
+from hub import INVALID_KINDS, Simulator, invalid_transcript, nfd, transcript, with_subject_teachers
 
 FIRST_UPDATE = dt.datetime(2025, 6, 1, 7, 0, 0)
 
@@ -76,7 +76,7 @@ class PushSimulator(Simulator):
     def _seed(self) -> list[dict[str, Any]]:
         out = []
         for i in range(self.records):
-            out.append(self.envelope(self.source_id(i), _quirky(transcript(i, self.seed), i),
+            out.append(self.envelope(self.source_id(i), _quirky(self.seeded(i), i),
                                      FIRST_UPDATE + dt.timedelta(minutes=i)))
         for j in range(self.invalid):
             record, kind, field = invalid_transcript(j, self.seed, INVALID_KINDS[j % len(INVALID_KINDS)])
@@ -84,6 +84,10 @@ class PushSimulator(Simulator):
             self.defects[source_id] = (kind, field)
             out.append(self.envelope(source_id, record, FIRST_UPDATE + dt.timedelta(hours=1, minutes=j)))
         return out
+
+    def seeded(self, index: int) -> dict[str, Any]:
+        """The central format names each subject's teacher, so pushed secondary records do."""
+        return with_subject_teachers(transcript(index, self.seed))
 
     def source_id(self, index: int) -> str:
         return f"push-{self.seed}-{index:05d}"

@@ -26,6 +26,7 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 from pyhanko_certvalidator.util import get_pyca_cryptography_hash, process_pss_params
 
 from hub.contracts import (
+    DigestSignRequest,
     Health,
     PluginContext,
     PluginError,
@@ -34,6 +35,7 @@ from hub.contracts import (
     SigningIdentity,
     SignRequest,
 )
+from hub.documents.digests import sign_digest
 from hub.documents.pades import (
     LEVELS,
     reserve_bytes,
@@ -331,6 +333,27 @@ class LocalKeySigner(Signer):
                                f"(key {identity.key})" + (f"; {hint}" if hint else ""))
         _refuse_if_invalid(ready, identity, now)
         return ready
+
+    async def certificates(self, identity: SigningIdentity) -> tuple[bytes, ...]:
+        """The identity's certificate and chain (DER); refused when missing, expired or not yet valid."""
+        ready = await self._check(identity, dt.datetime.now(dt.timezone.utc))
+        der = serialization.Encoding.DER
+        return tuple(c.public_bytes(der) for c in (ready.key.certificate, *ready.key.chain))
+
+    async def sign_digests(self, requests: Sequence[DigestSignRequest]) -> list[bytes]:
+        """Sign each digest with its identity's key, in a thread (≈1 ms per RSA-2048 signature)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        ready = {identity: await self._check(identity, now)
+                 for identity in dict.fromkeys(r.identity for r in requests)}
+
+        def work() -> list[bytes]:
+            return [sign_digest(ready[r.identity].key.private_key, r.digest, r.digest_algorithm)
+                    for r in requests]
+
+        try:
+            return await asyncio.to_thread(work)
+        except ValueError as exc:
+            raise SigningError(f"{self.name}: {exc}") from exc
 
     async def sign(self, requests: Sequence[SignRequest]) -> list[bytes]:
         """Sign every request concurrently, in the executor; all are checked before any is signed.

@@ -42,7 +42,7 @@ from pyhanko.sign.fields import (
 )
 
 from hub.catalogue import LEVEL_PROGRAMME_NAMES, is_final_grade
-from hub.contracts import SIGNING_ROLES
+from hub.contracts import SIGNING_STAGES
 from hub.records import (
     GENERAL_COMPETENCIES,
     QUALITIES,
@@ -54,12 +54,15 @@ from hub.records import (
 )
 
 __all__ = [
-    "ATTACHMENT_NAME", "FONT_FILE", "ROLE_LABELS", "ROLE_TITLES", "SignatureBox",
+    "ATTACHMENT_NAME", "FONT_FILE", "PDF_ROLES", "XML_ATTACHMENT_NAME", "ROLE_LABELS", "ROLE_TITLES", "SignatureBox",
     "font_bytes", "load_fonts", "render_pdf", "signature_boxes",
 ]
 
 FONT_FILE = fontpkg_noto_sans.ROOT / "files" / "NotoSans[wdth,wght].ttf"
 ATTACHMENT_NAME = "hocba.json"
+XML_ATTACHMENT_NAME = "hocba.xml"
+PDF_ROLES = ("homeroom_teacher", "principal", "school_seal")
+"""The roles that sign the PDF (subject teachers sign their subjects in the XML only)."""
 
 ROLE_TITLES = {
     "homeroom_teacher": "GIÁO VIÊN CHỦ NHIỆM",
@@ -69,6 +72,7 @@ ROLE_TITLES = {
 """Heading of each role's signature block."""
 
 ROLE_LABELS = {
+    "subject_teacher": "Giáo viên bộ môn",
     "homeroom_teacher": "Giáo viên chủ nhiệm",
     "principal": "Hiệu trưởng",
     "school_seal": "Nhà trường",
@@ -671,7 +675,7 @@ def _attached_data(page: _Page, record: PrimaryTranscript | SecondaryTranscript)
 
 
 def _layout(record: PrimaryTranscript | SecondaryTranscript,
-            roles: Sequence[str]) -> tuple[bytes, dict[str, SignatureBox]]:
+            roles: Sequence[str], xml: bytes | None = None) -> tuple[bytes, dict[str, SignatureBox]]:
     pdf = FPDF(format="A4", unit="mm", enforce_compliance=_COMPLIANCE)
     pdf.set_margins(_MARGIN, 12, _MARGIN)
     pdf.set_auto_page_break(True, margin=12)
@@ -708,25 +712,34 @@ def _layout(record: PrimaryTranscript | SecondaryTranscript,
         desc="Dữ liệu học bạ theo định dạng trung tâm",
         compress=True,
     )
+    if xml is not None:
+        # The XML học bạ as built from the record, before its signatures: the signatures of
+        # this PDF cover exactly that data (a PDF cannot take an attachment after it is signed,
+        # so the XML's own signatures travel in the XML document delivered beside it).
+        pdf.embed_file(
+            bytes=xml, basename=XML_ATTACHMENT_NAME, mime_type="application/xml",
+            associated_file_relationship="Source", modification_date=updated,
+            desc="Học bạ số định dạng XML (dữ liệu được ký)", compress=True,
+        )
     return bytes(pdf.output()), boxes
 
 
 def render_pdf(record: PrimaryTranscript | SecondaryTranscript,
-               roles: Sequence[str] = SIGNING_ROLES) -> bytes:
+               roles: Sequence[str] = PDF_ROLES, *, xml: bytes | None = None) -> bytes:
     """Render ``record`` as a PDF with ``hocba.json`` attached and an empty field per role.
 
     Field names are the role strings (``homeroom_teacher``, ``principal``, ``school_seal``);
     signing fills them in ``roles`` order. Thread-safe; CPU-bound (≈30 ms), so the hub runs it
     in its worker pool.
     """
-    unknown = [r for r in roles if r not in SIGNING_ROLES]
+    unknown = [r for r in roles if r not in SIGNING_STAGES]
     if unknown:
-        raise ValueError(f"unknown signing role(s) {', '.join(unknown)}; expected {SIGNING_ROLES}")
-    body, boxes = _layout(record, roles)
+        raise ValueError(f"unknown signing role(s) {', '.join(unknown)}; expected {SIGNING_STAGES}")
+    body, boxes = _layout(record, [r for r in roles if r in PDF_ROLES], xml)
     # fpdf2 creates at most one /Sig field, and only as part of its own signing; pyHanko adds
     # all of them in one incremental update (≈2 ms).
     writer = IncrementalPdfFileWriter(io.BytesIO(body))
-    for role in roles:
+    for role in [r for r in roles if r in PDF_ROLES]:
         spec = SigFieldSpec(sig_field_name=role, on_page=boxes[role].page, box=boxes[role].box)
         append_signature_field(writer, spec)
     out = io.BytesIO()

@@ -52,6 +52,7 @@ class SignatureReport:
     pades_level: str | None           # B-B, B-T, B-LT, or None for a non-PAdES signature
     summary: str = ""
     timestamp_ok: bool | None = None  # the signature timestamp is sound and trusted (None: none)
+    certificate: bytes = b""          # DER of the signing certificate (to bind it to the record)
 
     @property
     def modified(self) -> bool:
@@ -172,6 +173,7 @@ async def verify_pdf(pdf: bytes, trust_roots: list[asn1_x509.Certificate]) -> Ve
             pades_level=pades,
             summary=status.summary(),
             timestamp_ok=None if ts is None else bool(ts.intact and ts.valid and (ts.trusted or not trust_roots)),
+            certificate=status.signing_cert.dump(),
         ))
     return VerifyReport(reports)
 

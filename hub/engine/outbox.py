@@ -189,7 +189,7 @@ class Outbox:
                 return
             record = parse_transcript(row.normalized)
             delivery = Delivery(row.record_id, row.version, row.event,
-                                record.model_dump(mode="json", by_alias=True), row.pdf)
+                                record.model_dump(mode="json", by_alias=True), row.pdf or b"", xml=row.xml)
             await hub.db(hub.store.delivery_attempted, pk, row.record_id, row.version)
             try:
                 receipt = await hub.destination.deliver(delivery)

@@ -39,11 +39,24 @@ from hub.plugins import adapter_types, identity_provider_types, manager, signer_
 from hub.records import parse_transcript
 
 
-def render_job(normalized: dict[str, Any], roles: tuple[str, ...]) -> bytes:
-    """Render in a worker process (top-level so it pickles); the font loads once per process."""
+def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = True,
+               xml_format: str | None = None) -> tuple[bytes | None, bytes | None]:
+    """Build the documents in a worker process (top-level so it pickles): the PDF (its font
+    loads once per process) and the XML học bạ, each only if configured. The PDF carries the
+    XML's data as an attachment."""
     from hub.documents.render import render_pdf
 
-    return render_pdf(parse_transcript(normalized), roles)
+    record = parse_transcript(normalized)
+    xml = None
+    if xml_format is not None:
+        from hub.plugins import document_formats
+
+        fmt = document_formats()[xml_format].cls()
+        xml = fmt.build(record)
+        errors = fmt.schema_errors(xml)
+        if errors:  # a format bug, not the record's: never sign a document its schema refuses
+            raise ValueError(f"the {xml_format} document does not validate against its schema: {errors[0]}")
+    return (render_pdf(record, roles, xml=xml) if pdf else None), xml
 
 
 def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info") -> None:
@@ -148,6 +161,11 @@ class Hub:
         await asyncio.gather(*(loop.run_in_executor(self._pool, _warm) for _ in range(self._processes)))
         data = self.config.data_dir
         try:
+            from hub.plugins import document_formats
+
+            if self.config.xml_format and self.config.xml_format not in document_formats():
+                raise PluginError(f"documents: format {self.config.xml_format!r} is not installed or not loaded "
+                                  f"(HOCBA_HUB_LOAD_PLUGINS must name it too)")
             for section in self.config.signers:
                 cls = signer_types()[section.type].cls
                 ctx = PluginContext(section.name, data / "plugins" / section.name, self._pool)
@@ -539,16 +557,20 @@ class Hub:
         if (row := await self._current(pk, "render")) is None:
             return
         loop = asyncio.get_running_loop()
-        pdf = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles)
-        await self.move(row, lc.RENDERED, pdf=pdf)
+        pdf, xml = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles,
+                                              self.config.makes_pdf, self.config.xml_format)
+        await self.move(row, lc.RENDERED, pdf=pdf, xml=xml)
 
     async def _sign(self, pk: int) -> None:
-        """One signing step: the role's signer for the record's school, at the step's PAdES level.
+        """One signing step: the role's signer for the record's school, on every configured document.
 
-        A document that arrived already signed (a vendor's signatures) is validated against
-        ``signing.trust`` and only its missing steps are signed; one modified after signing is
-        quarantined with the reason. After the last step the whole document is validated, and
-        one that does not validate is never handed to delivery.
+        The XML học bạ gets the role's XAdES signatures in its slots (subject teachers: one per
+        subject, all in this step), the PDF the role's PAdES signature, concurrently, so a remote
+        signer's one approval covers both. A document that arrived already signed (a vendor's
+        signatures) is validated against ``signing.trust`` and the record, and only its missing
+        steps are signed; a broken, misplaced or mismatched signature quarantines the record
+        naming the slot. After the last step every document is validated and bound to the
+        record, and one that does not hold is never handed to delivery.
         """
         from hub.documents.signing import request_for
         from hub.documents.verify import trust_roots_der, verify_blocking
@@ -559,14 +581,20 @@ class Hub:
         role = self.roles[done]
         signing = self.config.signing
         loop = asyncio.get_running_loop()
-        pdf = row.pdf
+        pdf, xml = row.pdf, row.xml
+        notes: list[str] = []
         try:
             record = parse_transcript(row.normalized)
             step = signing.step_for(role, record.school_code)
             trust = trust_roots_der(tuple(signing.trust))
+            signer = self.signers.get(step.signer)
+            if signer is None:
+                raise PluginError(f"signer {step.signer!r} (for school {record.school_code}) is not "
+                                  f"defined under signers")
             # More signatures than steps this hub took: someone signed before the hub did.
             signed_before: set[str] = set()
-            if pdf.count(b"/ByteRange") > done:
+            pdf_done = sum(1 for r in self.roles[:done] if r in self._pdf_roles)
+            if pdf is not None and pdf.count(b"/ByteRange") > pdf_done:
                 report = await loop.run_in_executor(self._pool, verify_blocking, pdf, trust)
                 problems = report.problems(require_trust=bool(trust))
                 signed_before = set(report.fields)
@@ -577,25 +605,135 @@ class Hub:
                     await self.move(row, lc.QUARANTINED, detail="arrived signed, and the signatures do not hold",
                                      errors=problems)
                     return
-            if role not in signed_before:
-                signer = self.signers.get(step.signer)
-                if signer is None:
-                    raise PluginError(f"signer {step.signer!r} (for school {record.school_code}) is not "
-                                      f"defined under signers")
+            xml_slots: list[Any] = []
+            if xml is not None:
+                arrived = await self._xml_arrived_signed(row, record, xml, done, trust)
+                if arrived is None:
+                    return  # quarantined
+                xml_slots, note = self._xml_slots_for(role, xml, arrived)
+                if note:
+                    notes.append(note)
+            jobs = []
+            if xml_slots:
+                from hub.documents.render import ROLE_LABELS
+                from hub.documents.xmldsig import sign_slots
+
+                jobs.append(sign_slots(
+                    xml, xml_slots, signer, level=step.level or "B-B", timestamp_url=step.timestamp_url or "",
+                    c14n=signing.c14n,
+                    description=f"{ROLE_LABELS.get(role, role)} ký học bạ {record.transcript_id} (XML)"))
+            sign_pdf = pdf is not None and role in self._pdf_roles and role not in signed_before
+            if sign_pdf:
                 request = request_for(record, pdf, role, level=step.level or "B-B",
                                       timestamp_url=step.timestamp_url or "")
-                [pdf] = await signer.sign([request])
+                jobs.append(signer.sign([request]))
+            results = list(await asyncio.gather(*jobs))
+            if xml_slots:
+                xml = results.pop(0)
+            if sign_pdf:
+                [pdf] = results.pop(0)
         except (PluginError, ValueError) as exc:
             await self.move(row, lc.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
             return
         if done == len(self.roles) - 1:
-            report = await loop.run_in_executor(self._pool, verify_blocking, pdf, trust)
-            problems = report.problems(require_trust=bool(trust))
+            problems = await self._final_check(record, pdf, xml, trust)
             if problems:
                 await self.move(row, lc.FAILED, detail="the signed document does not validate; not delivered",
                                  errors=problems)
                 return
-        await self.move(row, lc.SIGNED_PREFIX + role, pdf=pdf)
+        await self.move(row, lc.SIGNED_PREFIX + role, pdf=pdf, xml=xml,
+                         detail="; ".join(notes) or None)
+
+    @property
+    def _pdf_roles(self) -> tuple[str, ...]:
+        from hub.documents.render import PDF_ROLES
+
+        return PDF_ROLES
+
+    def _xml_slots_for(self, role: str, xml: bytes, arrived: set[str]) -> tuple[list[Any], str]:
+        """The slots ``role`` signs now (those not signed on arrival), and a note for the history.
+
+        Subject teachers: a record that names none of them (a source whose contract has no field
+        for them, such as the school portal's templates) has nothing to sign at this stage, and
+        the history says so; one that names some but not all fails naming the subjects left.
+        """
+        from hub.documents.signing import SigningError
+
+        fmt = self._xml_format()
+        slots = [s for s in fmt.slots(xml) if s.role == role and s.name not in arrived]
+        if role != "subject_teacher":
+            return slots, ""
+        every = [s for s in fmt.slots(xml) if s.role == role]
+        named = [s for s in every if s.identity.personal_id]
+        if not named:
+            return [], ("no subject teacher named: nothing for subject_teacher to sign" if every else "")
+        missing = [s.subject for s in slots if not s.identity.personal_id]
+        if missing:
+            raise SigningError(f"subjects {', '.join(missing)}: no subject teacher's personal id, so no "
+                               f"key can be chosen (subjects[].teacher_personal_id)")
+        return slots, ""
+
+    def _xml_format(self) -> Any:
+        from hub.plugins import document_formats
+
+        return document_formats()[self.config.xml_format].cls()
+
+    async def _xml_arrived_signed(self, row: st.Row, record: Any, xml: bytes, done: int,
+                                  trust: tuple[bytes, ...]) -> set[str] | None:
+        """Slot names signed before this hub signed anything; validated and bound to the record.
+
+        Returns ``None`` after quarantining the record when a signature does not hold.
+        """
+        from hub.documents.xmldsig import signed_slots
+
+        fmt = self._xml_format()
+        if b"Signature" not in xml:
+            return set()
+        present = signed_slots(xml, fmt)
+        if done > 0:
+            # Validated at the first step; since then only this hub changed the document. The
+            # slots of roles it has not reached yet are the ones that arrived signed.
+            ours = set(self.roles[:done])
+            return {s.name for s in fmt.slots(xml) if s.name in present and s.role not in ours}
+        problems = await self._xml_problems(record, xml, trust, required=())
+        if problems:
+            await self.move(row, lc.QUARANTINED, detail="arrived signed, and the signatures do not hold",
+                             errors=problems)
+            return None
+        return present
+
+    async def _xml_problems(self, record: Any, xml: bytes, trust: tuple[bytes, ...],
+                            required: tuple[str, ...]) -> list[str]:
+        from hub.documents.binding import verify_xml
+        from hub.documents.xmldsig import verify_document
+
+        fmt = self._xml_format()
+        report = await verify_document(xml, fmt, trust)
+        verdict = verify_xml(xml, fmt, report, required_roles=required,
+                             school_ids=self.config.signing.school_ids, trust_checked=bool(trust),
+                             record=record.model_dump(mode="json"))
+        return [f"XML {r}" for r in verdict.reasons]
+
+    async def _final_check(self, record: Any, pdf: bytes | None, xml: bytes | None,
+                           trust: tuple[bytes, ...]) -> list[str]:
+        """Every document validated and bound to the record before it may be delivered."""
+        import json
+
+        from hub.documents.binding import verify_pdf_bound
+        from hub.documents.verify import verify_blocking
+
+        problems: list[str] = []
+        if pdf is not None:
+            report = await asyncio.get_running_loop().run_in_executor(self._pool, verify_blocking, pdf, trust)
+            problems += report.problems(require_trust=bool(trust))
+            if not problems:
+                roles = [r for r in self.roles if r in self._pdf_roles]
+                verdict = verify_pdf_bound(report, json.dumps(record.model_dump(mode="json")).encode(), roles,
+                                           school_ids=self.config.signing.school_ids, trust_checked=bool(trust))
+                problems += [f"PDF {r}" for r in verdict.reasons]
+        if xml is not None:
+            problems += await self._xml_problems(record, xml, trust, required=self.roles)
+        return problems
 
     # --- operator actions (the admin API, hub/admin.py) -------------------------------------
 

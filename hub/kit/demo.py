@@ -4,7 +4,7 @@ Every adapter in the config that ships a simulator gets one on loopback (ephemer
 seeded with its share of the valid transcripts plus a few deliberately invalid ones; the
 destination's simulator receives. The demo issues a throwaway test PKI into
 ``<data_dir>/pki`` on first run (point a local-key signer there, as config/example.yaml does),
-runs the hub until every record is delivered or quarantined, writes the signed PDFs and the
+runs the hub until every record is delivered or quarantined, writes the signed PDFs and XML học bạ and the
 PKI's ``root-ca.pem`` to the output folder and exits 0 only if every valid record reached the
 destination and every invalid one is quarantined with its reasons.
 
@@ -177,8 +177,11 @@ def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Pat
         counts[row.state] = counts.get(row.state, 0) + 1
     for row in rows:
         if row.state == lc.DELIVERED:
-            name = f"{row.school_code}-{row.record_id[:8]}-v{row.version}.pdf"
-            (out / name).write_bytes(row.pdf)
+            stem = f"{row.school_code}-{row.record_id[:8]}-v{row.version}"
+            if row.pdf:
+                (out / f"{stem}.pdf").write_bytes(row.pdf)
+            if row.xml:
+                (out / f"{stem}.xml").write_bytes(row.xml)
     shutil.copyfile(root_pem, out / "root-ca.pem")
 
     print("\nrecords by state:")
@@ -216,7 +219,7 @@ def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Pat
         problems.append(f"{len(quarantined)} quarantined (with reasons), expected {invalid}")
     if failed:
         problems.append(f"{len(failed)} failed")
-    print(f"\nPDFs and root-ca.pem written to {out}/")
+    print(f"\nsigned documents (PDF, XML) and root-ca.pem written to {out}/")
     if problems:
         print("DEMO FAILED: " + "; ".join(problems), file=sys.stderr)
         return 1

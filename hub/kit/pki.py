@@ -42,7 +42,7 @@ TSA_KEY = "tsa.key"
 # RFC 9336 id-kp-documentSigning; emailProtection too, because NSS (poppler's pdfsig) checks
 # document signatures with its e-mail signer usage.
 _DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
-_ROLE_TITLES = {"homeroom_teacher": "Giáo viên chủ nhiệm", "principal": "Hiệu trưởng",
+_ROLE_TITLES = {"subject_teacher": "Giáo viên bộ môn", "homeroom_teacher": "Giáo viên chủ nhiệm", "principal": "Hiệu trưởng",
                 "school_seal": "Con dấu nhà trường"}
 
 
@@ -155,6 +155,11 @@ def issue(directory: Path, identities: Iterable[SigningIdentity], password: str 
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, identity.role),
             x509.NameAttribute(NameOID.TITLE, _ROLE_TITLES.get(identity.role, identity.role)),
             x509.NameAttribute(NameOID.SERIAL_NUMBER, identity.key),
+            # Vietnamese CAs name the holder's identifier in UID: CCCD:<12 digits> for a person,
+            # MST:<tax code> for an organisation (the test PKI's schools have no tax code: their
+            # school code stands in).
+            x509.NameAttribute(NameOID.USER_ID, ("MST:" if identity.role == "school_seal" else "CCCD:")
+                               + identity.key),
             x509.NameAttribute(NameOID.COMMON_NAME, identity.name),
         ])
         builder = (

@@ -13,7 +13,7 @@ import random
 import unicodedata
 from typing import Any
 
-from hub.catalogue import subjects_for
+from hub.catalogue import SUBJECTS, subjects_for
 from hub.contracts import SigningIdentity
 from hub.records import GENERAL_COMPETENCIES, QUALITIES
 
@@ -99,9 +99,14 @@ def _principal(school_code: str) -> tuple[str, str]:
     return _staff(f"ht:{school_code}")
 
 
-def _subject_teacher(school_code: str, subject_code: str, class_name: str) -> str:
-    # Two teachers per subject and school; a class has one of them.
-    return _staff(f"gvbm:{school_code}:{subject_code}:{int(class_name[-1] in 'BD')}")[0]
+def _subject_teacher_key(school_code: str, subject_code: str, group: int) -> str:
+    return f"gvbm:{school_code}:{subject_code}:{group}"
+
+
+def subject_teacher(school_code: str, subject_code: str, class_name: str) -> tuple[str, str]:
+    """The synthetic teacher of ``subject_code`` for ``class_name`` at ``school_code``:
+    ``(name, personal id)``. Two teachers per subject and school; a class has one of them."""
+    return _staff(_subject_teacher_key(school_code, subject_code, int(class_name[-1] in "BD")))
 
 
 def _level_for(avgs: list[float], comments: list[str]) -> str:
@@ -177,7 +182,7 @@ def _secondary(rng: random.Random, level: str, grade: int, school_code: str, cla
     base = rng.uniform(5.5, 9.0)
     subjects, by_term = [], {"term1": [], "term2": [], "year": []}
     for s in subjects_for(level, grade, electives):
-        teacher = _subject_teacher(school_code, s.code, class_name)
+        teacher, _ = subject_teacher(school_code, s.code, class_name)
         if s.comment_only:
             subjects.append({"subject_code": s.code, "subject_name": s.name, "term1_comment": "Đ",
                              "term2_comment": "Đ", "year_comment": "Đ", "teacher_name": teacher})
@@ -275,6 +280,23 @@ def transcript(index: int, seed: int = 0, year: int = 2024) -> dict[str, Any]:
     return record
 
 
+def with_subject_teachers(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every secondary subject naming its teacher's personal id too (a primary
+    record unchanged), so the subject teacher's signature can be chosen.
+
+    ``transcript`` names the teacher only: most vendors' contracts have no field for the id, and
+    the round-trip tests compare against ``transcript``. Sources that carry it (push, viettel)
+    seed with this.
+    """
+    if record.get("level") == "02":
+        return record
+    out = {**record, "subjects": []}
+    for subject in record["subjects"]:
+        name, pid = subject_teacher(record["school_code"], subject["subject_code"], record["class_name"])
+        out["subjects"].append({**subject, "teacher_name": name, "teacher_personal_id": pid})
+    return out
+
+
 def invalid_transcript(index: int, seed: int = 0, kind: str | None = None) -> tuple[dict[str, Any], str, str]:
     """A transcript with one known defect: ``(record, kind, field path the error must name)``."""
     kind = kind or INVALID_KINDS[(index + seed) % len(INVALID_KINDS)]
@@ -311,8 +333,8 @@ def nfd(text: str) -> str:
 
 
 def signing_identities(year: int = 2024) -> list[SigningIdentity]:
-    """Every identity that can sign a synthetic transcript: a teacher per class, a principal
-    and a seal per school. The demo issues its throwaway PKI for exactly these."""
+    """Every identity that can sign a synthetic transcript: a homeroom teacher per class, a
+    teacher per subject of a secondary school, a principal and a seal per school. The demo issues its throwaway PKI for exactly these."""
     grades = {"02": range(1, 6), "03": range(6, 10), "04": range(10, 13)}
     out = []
     for _dept, code, name, level, _place in SCHOOLS:
@@ -320,6 +342,11 @@ def signing_identities(year: int = 2024) -> list[SigningIdentity]:
             for letter in "ABCD":
                 teacher, pid = _homeroom(code, f"{grade}{letter}")
                 out.append(SigningIdentity("homeroom_teacher", teacher, code, pid))
+        if level != "02":
+            for subject in SUBJECTS[level]:
+                for group in (0, 1):
+                    teacher, pid = _staff(_subject_teacher_key(code, subject.code, group))
+                    out.append(SigningIdentity("subject_teacher", teacher, code, pid))
         principal, pid = _principal(code)
         out.append(SigningIdentity("principal", principal, code, pid))
         out.append(SigningIdentity("school_seal", name, code))

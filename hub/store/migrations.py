@@ -167,6 +167,10 @@ STEPS: tuple[Step, ...] = (
          postgresql=("CREATE TABLE IF NOT EXISTS identity_cache (person_key TEXT PRIMARY KEY, outcome TEXT NOT NULL,"
                      " checked_at TEXT NOT NULL, expires_at TEXT NOT NULL)",
                      "CREATE INDEX IF NOT EXISTS identity_cache_expiry ON identity_cache (expires_at)")),
+    Step(5, "xml: the signed XML học bạ beside the PDF",
+         sqlite=("ALTER TABLE records ADD COLUMN xml BLOB",),
+         postgresql=("ALTER TABLE records ADD COLUMN IF NOT EXISTS xml BYTEA",
+                     "ALTER TABLE records ALTER COLUMN xml SET STORAGE EXTERNAL")),
 )
 
 LATEST = STEPS[-1].version

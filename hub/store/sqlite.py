@@ -106,6 +106,7 @@ class Row:
     attempts: int
     received_at: str
     updated_at: str
+    xml: bytes | None = None
 
     @classmethod
     def _from(cls, r: Any) -> "Row":  # a row of either backend, by column name
@@ -119,6 +120,7 @@ class Row:
             pdf=r["pdf"], errors=json.loads(r["errors"]) if r["errors"] else [],
             receipt=json.loads(r["receipt"]) if r["receipt"] else None,
             attempts=r["attempts"], received_at=r["received_at"], updated_at=r["updated_at"],
+            xml=r["xml"],
         )
 
     def raw(self) -> RawRecord:
@@ -341,7 +343,7 @@ class Store:
                 due: bool = False, **fields: Any) -> None:
         """Move a record from ``expected`` to ``state`` and store ``fields`` with it, atomically.
 
-        ``fields`` may be: normalized (dict), pdf (bytes), errors (list[str]), receipt (dict),
+        ``fields`` may be: normalized (dict), pdf (bytes), xml (bytes), errors (list[str]), receipt (dict),
         school_code, school_year, attempts, content_hash. ``due=True`` writes the delivery job
         in the same transaction. Reaching ``delivered`` records the version as sent and closes
         the job; ``dead_letter`` closes the job.
@@ -349,7 +351,7 @@ class Store:
         now = now_iso()
         columns, values = [], []
         for name, value in fields.items():
-            if name not in {"normalized", "pdf", "errors", "receipt", "school_code", "school_year",
+            if name not in {"normalized", "pdf", "xml", "errors", "receipt", "school_code", "school_year",
                             "attempts", "content_hash"}:
                 raise ValueError(f"unknown record field {name!r}")
             if name in {"normalized", "errors", "receipt"} and value is not None:
@@ -593,9 +595,9 @@ class Store:
                 if row is None or row["state"] not in REPLAYABLE or row["pruned_at"]:
                     continue
                 if stage == "normalize":
-                    target, reset = RECEIVED, "normalized = NULL, pdf = NULL, content_hash = NULL"
+                    target, reset = RECEIVED, "normalized = NULL, pdf = NULL, xml = NULL, content_hash = NULL"
                 elif stage == "render" and row["normalized"]:
-                    target, reset = NORMALIZED, "pdf = NULL"
+                    target, reset = NORMALIZED, "pdf = NULL, xml = NULL"
                 elif stage == "deliver" and row["pdf"] and deliver_from and db.execute(
                         "SELECT 1 FROM history WHERE record = ? AND state = ?", (pk, deliver_from)).fetchone():
                     target, reset = deliver_from, "pdf = pdf"  # the fully signed PDF goes as it is
@@ -653,7 +655,7 @@ class Store:
         their way, quarantined, failed or dead-lettered are never pruned. Reclaims the space."""
         def work(db: Any) -> int:
             n = db.execute(
-                "UPDATE records SET payload = ?, pdf = NULL, normalized = NULL, pruned_at = ?"
+                "UPDATE records SET payload = ?, pdf = NULL, xml = NULL, normalized = NULL, pruned_at = ?"
                 " WHERE state IN (?, ?, ?) AND updated_at < ? AND pruned_at IS NULL",
                 (b"", now_iso(), DELIVERED, SUPERSEDED, UNCHANGED, older_than)).rowcount
             if n:

@@ -207,6 +207,7 @@ class AdminApi:
             Route("/dead-letters", self._endpoint(self.dead_letters, VIEWER)),
             Route("/replay", self._endpoint(self.replay, OPERATOR), methods=["POST"]),
             Route("/adapters", self._endpoint(self.adapters, VIEWER)),
+            Route("/signing", self._endpoint(self.signing, OPERATOR)),
             Route("/adapters/{name}/pause", self._endpoint(self.pause, OPERATOR), methods=["POST"]),
             Route("/adapters/{name}/resume", self._endpoint(self.resume, OPERATOR), methods=["POST"]),
             Route("/identity/blocked", self._endpoint(self.identity_blocked, OPERATOR)),
@@ -216,6 +217,22 @@ class AdminApi:
             Route("/openapi.json", self.openapi),
             Mount("/api", routes=api, middleware=[Middleware(_Bearer, tokens=self.hub.config.admin.tokens)]),
         ]
+
+    async def signing(self, request: Request, caller: Caller) -> dict[str, Any]:
+        """Per school and class: transcripts waiting for each signing stage, and who has not signed.
+
+        Operators only: it names teachers.
+        """
+        from hub.engine.signing_status import waiting_signatures
+        from hub.plugins import document_formats
+
+        school = request.query_params.get("school")
+        if school is not None and not (1 <= len(school) <= 100):
+            raise ApiError(400, "school", "must be 1-100 characters")
+        fmt_name = self.hub.config.xml_format
+        fmt = document_formats()[fmt_name].cls() if fmt_name else None
+        rows = await self.hub.db(self.hub.store.rows)
+        return {"classes": waiting_signatures(rows, self.hub.roles, fmt, school)}
 
     def _endpoint(self, handler: Handler, role: str) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -549,6 +566,11 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": ref("ReplayRequest")}}},
                 "responses": responses(ref("ReplayResult"), 400, 403, 413, 415)}},
+            "/api/signing": {"get": {
+                "summary": "Per school and class: transcripts waiting for each signing stage and who has "
+                           "not signed; operators only",
+                "parameters": [filters[1]],
+                "responses": responses(ref("SigningStatus"), 400, 403)}},
             "/api/adapters": {"get": {"summary": "Adapters with health, last sync and pause state",
                                       "responses": responses(ref("AdapterList"))}},
             "/api/adapters/{name}/pause": {"post": {
@@ -572,6 +594,18 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                 "description": "No token, or not a configured one",
                 "content": {"application/json": {"schema": ref("Error")}}}},
             "schemas": {
+                "SigningStatus": {"type": "object", "required": ["classes"], "properties": {"classes": {
+                    "type": "array", "items": {
+                        "type": "object",
+                        "required": ["school_code", "class_name", "transcripts", "waiting", "unsigned"],
+                        "properties": {
+                            "school_code": {"type": "string"}, "class_name": {"type": "string"},
+                            "transcripts": {"type": "integer"},
+                            "waiting": {"type": "object", "additionalProperties": {"type": "integer"}},
+                            "unsigned": {"type": "array", "items": {
+                                "type": "object", "required": ["role", "name", "transcripts"],
+                                "properties": {"role": {"type": "string"}, "name": {"type": "string"},
+                                               "subject": nullable_str, "transcripts": {"type": "integer"}}}}}}}}},
                 "Error": {"type": "object", "required": ["error", "parameter"], "properties": {
                     "error": {"type": "string", "description": "`<parameter>: <reason>`"},
                     "parameter": {"type": "string"}}},

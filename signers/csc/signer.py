@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
 from pydantic import Field, SecretStr
 from pyhanko.sign.general import SigningError as PyHankoSigningError
 from pyhanko.sign.signers.csc_signer import (
@@ -64,6 +65,7 @@ from tenacity import (
 
 from hub import (
     ROLE_LABELS,
+    DigestSignRequest,
     Health,
     PluginContext,
     PluginError,
@@ -74,6 +76,7 @@ from hub import (
     SignRequest,
     reserve_bytes,
     sign_elsewhere,
+    verify_digest,
 )
 
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -161,6 +164,30 @@ class CscSigner(Signer):
             jobs.append(sign_elsewhere(r, credential.signer, executor=self.context.executor,
                                        bytes_reserved=reserved))
         return list(await asyncio.gather(*jobs))
+
+    async def _credentials_for(self, identities, now: dt.datetime) -> dict:
+        out = {}
+        for identity in dict.fromkeys(identities):
+            try:
+                out[identity] = await self._credential(identity, now)
+            except (_ServiceError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise SigningError(f"{self.name}: cannot look up {identity.role} {identity.name} at "
+                                   f"{self.settings.base_url}: {type(exc).__name__}: {exc}") from exc
+            out[identity].refuse_if_invalid(identity, now)
+        return out
+
+    async def certificates(self, identity: SigningIdentity) -> tuple[bytes, ...]:
+        """The signer's certificate and chain as the service lists them (refused when not valid now)."""
+        credential = (await self._credentials_for([identity], dt.datetime.now(dt.timezone.utc)))[identity]
+        signer = credential.signer
+        return (signer.signing_cert.dump(), *(c.dump() for c in signer.cert_registry))
+
+    async def sign_digests(self, requests: Sequence[DigestSignRequest]) -> list[bytes]:
+        """Only the digests go to the service, into the same batches (and approvals) as PDF hashes
+        for the same signer, so a class's XML and PDF signatures share one confirmation."""
+        credentials = await self._credentials_for([r.identity for r in requests], dt.datetime.now(dt.timezone.utc))
+        return list(await asyncio.gather(*(credentials[r.identity].signer.async_sign_digest(
+            r.digest, r.digest_algorithm) for r in requests)))
 
     async def _credential(self, identity: SigningIdentity, now: dt.datetime) -> "_Credential":
         cached = self._credentials.get(identity.key)
@@ -271,6 +298,21 @@ class _BatchingSigner(CSCSigner):
     async def async_sign_raw(self, data: bytes, digest_algorithm: str, dry_run: bool = False) -> bytes:
         if dry_run:
             return bytes(self.est_raw_signature_size)
+        signature = await self._queue(data, base64_digest(data, digest_algorithm), digest_algorithm)
+        self._check(signature, data, digest_algorithm)
+        return signature
+
+    async def async_sign_digest(self, digest: bytes, digest_algorithm: str) -> bytes:
+        """The raw signature of a digest the document layer computed (the XML học bạ's SignedInfo)."""
+        signature = await self._queue(b"", base64.b64encode(digest).decode(), digest_algorithm)
+        public = serialization.load_der_public_key(self.signing_cert.public_key.dump())
+        if not verify_digest(public, signature, digest, digest_algorithm):
+            approval: _Approval = self.auth_manager  # type: ignore[assignment]
+            raise SigningError(f"the signing service returned a signature for {approval.who} that does "
+                               f"not verify against the certificate; not used")
+        return signature
+
+    async def _queue(self, data: bytes, hash_b64: str, digest_algorithm: str) -> bytes:
         loop = asyncio.get_running_loop()
         batch = self._open.get(digest_algorithm)
         if batch is None:
@@ -278,13 +320,11 @@ class _BatchingSigner(CSCSigner):
             batch.timer = loop.call_later(self.window, self._send, batch)
         index = len(batch.data)
         batch.data.append(data)
-        batch.hashes.append(base64_digest(data, digest_algorithm))
+        batch.hashes.append(hash_b64)
         if len(batch.data) >= self.batch_size:
             self._send(batch)
         signatures = await asyncio.shield(batch.result)
-        signature = signatures[index]
-        self._check(signature, data, digest_algorithm)
-        return signature
+        return signatures[index]
 
     def abandon(self) -> None:
         """Stop waiting for approvals (the signer is closing); their records stay unsigned."""

@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from asn1crypto import x509 as asn1_x509
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pydantic import Field, SecretStr
 from pyhanko.sign import signers
 from pyhanko.sign.pkcs11 import select_pkcs11_signing_params
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 
 from hub import (
+    DigestSignRequest,
     Health,
     PluginContext,
     PluginError,
@@ -44,6 +46,7 @@ from hub import (
     SigningError,
     SigningIdentity,
     SignRequest,
+    digest_info,
     reserve_bytes,
     sign_elsewhere,
 )
@@ -169,6 +172,17 @@ class Pkcs11Signer(Signer):
                                f"{key.not_after:%Y-%m-%d %H:%M} UTC; renew it before signing")
         return key
 
+    async def certificates(self, identity: SigningIdentity) -> tuple[bytes, ...]:
+        """The certificate beside the identity's key on the token, then the token's CA certificates."""
+        key = self._key_for(identity, dt.datetime.now(dt.timezone.utc))
+        return (key.signing_cert.dump(), *(c.dump() for c in key.cert_registry))
+
+    async def sign_digests(self, requests: Sequence[DigestSignRequest]) -> list[bytes]:
+        """Check every identity first, then have the token sign each digest (one at a time)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        keys = [self._key_for(r.identity, now) for r in requests]
+        return [await key.sign_digest(r.digest, r.digest_algorithm) for r, key in zip(requests, keys)]
+
     async def sign(self, requests: Sequence[SignRequest]) -> list[bytes]:
         """Check every identity first, then sign each (the token signs one hash at a time)."""
         now = dt.datetime.now(dt.timezone.utc)
@@ -196,6 +210,25 @@ class _TokenKey(signers.Signer):
         self.not_after: dt.datetime = validity["not_after"].native
         self.reserved = reserve_bytes(self)
         self.reserved_timestamped = reserve_bytes(self, timestamp=True)
+
+    async def sign_digest(self, digest: bytes, digest_algorithm: str) -> bytes:
+        """A raw signature over ``digest`` (``hub.documents.digests`` convention), made on the token:
+        RSA with CKM_RSA_PKCS over the DigestInfo, ECDSA with CKM_ECDSA over the digest."""
+        from pkcs11 import Mechanism
+
+        is_ec = self.signing_cert.public_key.algorithm == "ec"
+
+        def on_token() -> bytes:
+            if not is_ec:
+                return self._handle.sign(digest_info(digest, digest_algorithm), mechanism=Mechanism.RSA_PKCS)
+            raw = self._handle.sign(digest, mechanism=Mechanism.ECDSA)
+            half = len(raw) // 2  # PKCS#11 gives r‖s; the convention is DER
+            return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, on_token)
+        except Exception as exc:  # the token's errors (removed, session closed) are the record's reason
+            raise SigningError(f"the token could not sign: {type(exc).__name__}: {exc}") from exc
 
     async def async_sign_raw(self, data: bytes, digest_algorithm: str, dry_run: bool = False) -> bytes:
         if dry_run:
