@@ -84,7 +84,8 @@ class HttpPullSettings(PluginSettings):
 
 def retrying(attempts: int, backoff_seconds: float, max_backoff_seconds: float,
              retry_on: type[BaseException] | tuple[type[BaseException], ...],
-             before_sleep: Callable[[Any], None] | None = None) -> AsyncRetrying:
+             before_sleep: Callable[[Any], None] | None = None,
+             wait: Callable[[Any], float] | None = None) -> AsyncRetrying:
     """The hub's one retry policy: ``attempts`` tries, exponential backoff with full jitter capped
     at ``max_backoff_seconds``, a server's ``Retry-After`` (on ``Transient``) beating the backoff.
 
@@ -97,14 +98,14 @@ def retrying(attempts: int, backoff_seconds: float, max_backoff_seconds: float,
     """
     backoff = wait_random_exponential(multiplier=backoff_seconds, max=max_backoff_seconds)
 
-    def wait(retry_state: Any) -> float:
+    def honour_retry_after(retry_state: Any) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, Transient) and exc.retry_after is not None:
             return exc.retry_after
         return backoff(retry_state)
 
-    return AsyncRetrying(stop=stop_after_attempt(attempts), wait=wait, retry=retry_if_exception_type(retry_on),
-                         reraise=True, before_sleep=before_sleep)
+    return AsyncRetrying(stop=stop_after_attempt(attempts), wait=wait or honour_retry_after,
+                         retry=retry_if_exception_type(retry_on), reraise=True, before_sleep=before_sleep)
 
 
 class Transient(Exception):
@@ -173,6 +174,10 @@ class HttpPullMixin:
             if opened_here:
                 await self.close()
 
+    # A policy of its own instead of the hub's (which honours Retry-After); ``None`` keeps the
+    # hub's. The conformance kit's tests use it to prove that ignoring Retry-After is caught.
+    wait_override: ClassVar[Callable[[Any], float] | None] = None
+
     def live_secrets(self) -> list[str]:
         """Hook: secrets obtained at run time (session tokens) that ``scrub`` removes too."""
         return []
@@ -222,6 +227,7 @@ class HttpPullMixin:
         try:
             async for attempt in retrying(
                 attempts, self.settings.backoff_seconds, self.settings.max_backoff_seconds, Transient,
+                wait=self.wait_override,
                 before_sleep=lambda rs: log.debug(f"{self.name}.retry", url=str(url), attempt=rs.attempt_number,
                                                   error=str(rs.outcome.exception())),
             ):

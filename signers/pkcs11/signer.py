@@ -54,7 +54,7 @@ from hub import (
 _libraries: dict[str, Any] = {}
 
 
-def library(path: str) -> Any:
+def load_library(path: str) -> Any:
     """The PKCS#11 module at ``path``, loaded once per process (a second C_Initialize fails)."""
     try:
         import pkcs11
@@ -105,7 +105,7 @@ class Pkcs11Signer(Signer):
         if not library.is_file():
             raise PluginError(f"{self.name}: PKCS#11 module {library} does not exist (settings.library)")
         try:
-            token = library(str(library)).get_token(token_label=self.settings.token)
+            token = load_library(str(library)).get_token(token_label=self.settings.token)
         except p11.NoSuchToken:
             raise PluginError(f"{self._where()} is not present; is it plugged in? (settings.token)") from None
         except (OSError, RuntimeError, p11.PKCS11Error) as exc:

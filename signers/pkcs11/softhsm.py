@@ -63,13 +63,13 @@ def import_p12(library: Path | str, token_label: str, pin: str, label: str, p12:
     from pkcs11 import Attribute, CertificateType, ObjectClass
     from pkcs11.util.rsa import decode_rsa_private_key
 
-    from signers.pkcs11.signer import library
+    from signers.pkcs11.signer import load_library
 
     key, cert, chain = pkcs12.load_key_and_certificates(Path(p12).read_bytes(), password.encode())
     if key is None or cert is None:
         raise ValueError(f"{p12} holds no key with its certificate")
     key_id = label.encode()
-    token = library(str(library)).get_token(token_label=token_label)
+    token = load_library(str(library)).get_token(token_label=token_label)
     with token.open(rw=True, user_pin=pin) as session:
         attrs = decode_rsa_private_key(key.private_bytes(serialization.Encoding.DER,
                                                          serialization.PrivateFormat.TraditionalOpenSSL,
