@@ -71,3 +71,30 @@ def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> Non
 
 def get_logger(**bound: Any) -> Any:
     return structlog.get_logger("hocba_hub").bind(**bound)
+
+
+class _LibraryEvents(logging.Handler):
+    """Standard-library log records (pyHanko, signxml, ``warnings``) as one structured event each,
+    never a traceback on the terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # Only the logger and the exception's type: libraries' messages quote certificate
+            # subjects (names, personal ids), which never go into the hub's logs.
+            error = None
+            if record.exc_info and record.exc_info[1] is not None:
+                error = type(record.exc_info[1]).__name__
+            log = get_logger(library=record.name)
+            method = {"CRITICAL": log.error, "ERROR": log.error, "WARNING": log.warning}.get(
+                record.levelname, log.info)
+            method("library.log", error=error)
+        except Exception:  # logging must never be what fails
+            self.handleError(record)
+
+
+def capture_library_logs(level: str = "warning") -> None:
+    """Route the standard library's logging (and ``warnings``) through structlog, tracebacks dropped."""
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _LibraryEvents)] + [_LibraryEvents()]
+    root.setLevel(getattr(logging, level.upper()))
