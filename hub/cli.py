@@ -95,16 +95,15 @@ def cmd_normalize(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    import logging
     import warnings
 
     from hub.documents.binding import verify_file
     from hub.documents.verify import load_certs
-    from hub.logs import configure, get_logger
+    from hub.logs import capture_library_logs, configure, get_logger
 
     # Library warnings become structured log events on stderr, never a traceback on the terminal.
     configure("console", "warning")
-    logging.captureWarnings(True)
+    capture_library_logs("warning")
     warnings.simplefilter("default")
     try:
         roots = [c.dump() for c in load_certs(args.trust)] if args.trust else []

@@ -95,6 +95,7 @@ class _LibraryRecords(logging.Handler):
 
 def capture_library_logs(level: str = "warning") -> None:
     """Route the standard library's logging (what libraries use) through structlog (idempotent)."""
+    logging.captureWarnings(True)   # ``warnings`` from libraries too
     root = logging.getLogger()
     root.handlers = [h for h in root.handlers if not isinstance(h, _LibraryRecords)] + [_LibraryRecords()]
     root.setLevel(max(logging.WARNING, getattr(logging, level.upper())))
