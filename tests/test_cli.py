@@ -178,7 +178,7 @@ async def test_first_run_simulate_then_run_delivers_without_tracebacks(tmp_path)
                                                    "--invalid", "0", stdout=out, stderr=out, cwd=tmp_path)
     hub = None
     try:
-        for _ in range(300):
+        for _ in range(1800):   # the first run issues the test PKI: a key per teacher
             if "simulators running" in sim_log.read_text(encoding="utf-8"):
                 break
             await asyncio.sleep(0.1)
