@@ -308,6 +308,12 @@ class Hub:
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
 
+    async def cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` (top-level, picklable) in the hub's worker processes, so CPU-bound work
+        of the web surface (verifying an uploaded document) never stalls the event loop; in a
+        thread when the hub has not started its pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     def _stage_for(self, state: str) -> str | None:
         return lc.stage_of(state, self.roles, identity=self.config.identity is not None)
 
