@@ -209,6 +209,22 @@ class RetentionConfig(_Strict):
     check_interval_hours: float = Field(default=24, gt=0)
 
 
+class VerifyConfig(_Strict):
+    """The public verification page (``/verify``): where it is reached from outside, and its limits."""
+    public_base_url: str = Field(
+        default="", pattern=r"^(|https?://\S+)$",
+        description="The page's public address, e.g. https://hocba.sogd.example.vn/verify: each PDF's QR "
+                    "code carries <this>/<code> (empty: the code is printed without a QR code)")
+    max_upload_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024,
+                                  description="Largest PDF or XML the page accepts for checking (never stored)")
+    rate_per_minute: float = Field(default=60, gt=0, description="Checks per minute per client IP, sustained")
+    burst: int = Field(default=20, ge=1, description="Checks a client IP may make at once before the rate applies")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For names the client (empty: the peer "
+                    "address is the client)")
+
+
 class HubConfig(_Strict):
     """The whole configuration file."""
     data_dir: Path = Field(default=Path("hocba-data"), description="Store, PDFs and keys live here")
@@ -242,6 +258,7 @@ class HubConfig(_Strict):
     delivery: DeliveryConfig = DeliveryConfig()
     admin: AdminConfig = AdminConfig()
     retention: RetentionConfig = RetentionConfig()
+    verify: VerifyConfig = VerifyConfig()
     adapters: list[AdapterSection] = Field(min_length=1)
     destination: PluginSection
     signers: list[PluginSection] = Field(min_length=1)

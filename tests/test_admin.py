@@ -68,7 +68,7 @@ class Running:
 @asynccontextmanager
 async def serve_hub(data_dir, pki, *, records: int = 4, invalid: int = 2, seed: int = 7,
                     tokens: list[dict[str, str]] = TOKENS, delivery: dict[str, Any] | None = None,
-                    central_down: bool = False) -> AsyncIterator[Running]:
+                    central_down: bool = False, extra: dict[str, Any] | None = None) -> AsyncIterator[Running]:
     """Simulators, a started hub on ``data_dir`` and its app under uvicorn on 127.0.0.1, port 0;
     waits until the first pull has been worked through."""
     vendor = VnptSimulator(records=records, invalid=invalid, seed=seed)
@@ -87,6 +87,7 @@ async def serve_hub(data_dir, pki, *, records: int = 4, invalid: int = 2, seed: 
         "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
+        **(extra or {}),
     })
     hub = Hub(config)
     app = create_app(hub)  # before start(): the metrics see the pipeline's very first events

@@ -545,3 +545,37 @@ def test_identity_cache_remembers_until_expiry_and_blocked_records_are_not_pendi
     s.advance(pk, lc.NORMALIZED, lc.BLOCKED_IDENTITY)
     [pk2] = s.receive("a", [raw("x", {"id": "x", "changed": True})])
     assert s.get(pk).state == lc.SUPERSEDED and s.get(pk2).version == 2
+
+
+# --- issuance registry (migration 6) ---------------------------------------------------------------
+
+def test_issuance_registry_records_each_copy_once_with_its_audit_entry(open_store):
+    import hashlib
+
+    from hub.store.audit import verify_chain
+    from hub.store.issuance import new_code
+
+    s = open_store()
+    [pk] = s.receive("vendor", [raw("a")])
+    code = new_code()
+    s.advance(pk, lc.RECEIVED, lc.NORMALIZED, normalized={"x": pk}, content_hash="h")
+    s.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=b"%PDF-", xml=b"<x/>", verify_code=code)
+    s.advance(pk, lc.RENDERED, "signed:school_seal", pdf=b"%PDF-signed", xml=b"<x s/>", due=True)
+    s.advance(pk, "signed:school_seal", lc.DELIVERED, receipt={"receipt_id": "r"}, issued_to="central")
+    entry = s.issue(pk, "pdf", actor="an.nguyen", recipient="Đại học", purpose="tuyển sinh")
+    entries = s.issued(code=code)
+    assert [(e.document, e.recipient, e.actor) for e in entries] == [
+        ("pdf", "central", "hub"), ("xml", "central", "hub"), ("pdf", "Đại học", "an.nguyen")]
+    assert entries[0].sha256 == entry.sha256 == hashlib.sha256(b"%PDF-signed").hexdigest()
+    assert s.issued(record_id=entry.record_id) == entries
+    held = s.by_code(code)
+    assert (held["version"], held["state"], held["latest_version"]) == (1, lc.DELIVERED, 1)
+    assert s.by_code(new_code()) is None
+    # A recall is the newest version, a CANCEL.
+    s.receive("vendor", [raw("a", deleted=True)])
+    assert s.version_of(entry.record_id, 1)["latest_event"] == "CANCEL"
+    kinds = [e["kind"] for e in s.audit_entries()]
+    assert kinds.count("issue") == 3 and verify_chain(s.audit_entries()).ok
+    with pytest.raises(ValueError, match="no XML"):
+        [other] = s.receive("vendor", [raw("b")])
+        s.issue(other, "xml", actor="x")

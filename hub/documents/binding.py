@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from hub.contracts import SIGNING_ROLES, SIGNING_STAGES, DocumentFormat, SigningIdentity
 
-__all__ = ["Reason", "Verdict", "ROLE_NAMES", "certificate_matches", "verify_pdf_bound", "verify_xml"]
+__all__ = ["Reason", "SignedBy", "Verdict", "ROLE_NAMES", "certificate_matches", "verify_pdf_bound", "verify_xml"]
 
 VIETNAM = dt.timezone(dt.timedelta(hours=7))
 ROLE_NAMES = {"subject_teacher": ("giáo viên bộ môn", "subject teacher"),
@@ -50,6 +50,21 @@ class Reason:
         return f"{self.where}: {self.en}"
 
 
+@dataclass(frozen=True)
+class SignedBy:
+    """One signature as a reader sees it: where, in which role, by whom, when, and whether it holds."""
+    where: str                     # the slot or field
+    role: str                      # a signing role, "" when the signature sits in no slot
+    signer: str                    # the certificate's common name
+    time: dt.datetime | None       # a timestamp's time if any, else the signer's stated time
+    ok: bool                       # intact, valid (and trusted when trust was checked)
+
+
+# What a verdict may say about the document besides its signatures: the record's envelope and the
+# school. Nothing about the student (this is what the public verification page shows).
+ABOUT_KEYS = ("record_id", "version", "event", "transcript_id", "school_code", "school_name", "school_year")
+
+
 @dataclass
 class Verdict:
     """The outcome for one document: ``ok`` only when nothing is wrong."""
@@ -57,6 +72,8 @@ class Verdict:
     reasons: list[Reason] = field(default_factory=list)
     signatures: list[str] = field(default_factory=list)   # one line per signature, for people
     trust_checked: bool = False
+    signed_by: list[SignedBy] = field(default_factory=list)
+    about: dict[str, str] = field(default_factory=dict)  # ABOUT_KEYS the document states
 
     @property
     def ok(self) -> bool:
@@ -170,6 +187,8 @@ def verify_xml(document: bytes, fmt: DocumentFormat, report, *, required_roles: 
         verdict.signatures.append(
             f"{sig.slot}: {'ok' if sig.valid and not sig.problems else 'NOT OK'} — {sig.signer or '?'}, "
             f"{sig.signing_time.isoformat() if sig.signing_time else 'no time'}, {sig.level}")
+        verdict.signed_by.append(SignedBy(sig.slot, sig.role, sig.signer, sig.timestamp_time or sig.signing_time,
+                                          sig.valid and not sig.problems))
         for problem in sig.problems:
             where, _, text = problem.partition(": ")
             verdict.reasons.append(Reason(where or sig.slot, "chữ ký không hợp lệ hoặc sai vị trí", text or problem))
@@ -184,6 +203,7 @@ def verify_xml(document: bytes, fmt: DocumentFormat, report, *, required_roles: 
     required = [(s.role, s.name) for s in report.slots if s.role in required_roles
                 and (s.role != "subject_teacher" or teachers_named)]
     data = fmt.data_of(document)
+    verdict.about = {k: str(data[k]) for k in ABOUT_KEYS if data.get(k) not in (None, "")}
     data_time = None
     if data.get("updated_at"):
         try:
@@ -215,8 +235,11 @@ def verify_pdf_bound(report, record_json: bytes | None, all_fields: Sequence[str
     verdict = Verdict("pdf", trust_checked=trust_checked)
     for sig in report.signatures:
         when = sig.signing_time.isoformat(timespec="seconds") if sig.signing_time else "no time"
-        verdict.signatures.append(f"{sig.field}: {'ok' if sig.ok or (not trust_checked and not sig.problems(require_trust=False)) else 'NOT OK'}"
+        holds = sig.ok or (not trust_checked and not sig.problems(require_trust=False))
+        verdict.signatures.append(f"{sig.field}: {'ok' if holds else 'NOT OK'}"
                                   f" — {sig.signer}, {when}, level {sig.pades_level or 'not PAdES'}")
+        verdict.signed_by.append(SignedBy(sig.field, sig.field if sig.field in SIGNING_ROLES else "", sig.signer,
+                                          sig.signing_time, holds))
     for problem in report.problems(require_trust=trust_checked):
         where, _, text = problem.partition(": ")
         if problem == "the document carries no signature":
@@ -231,6 +254,8 @@ def verify_pdf_bound(report, record_json: bytes | None, all_fields: Sequence[str
     except Exception as exc:  # a record that does not parse is a verdict
         verdict.reasons.append(Reason("hocba.json", "dữ liệu học bạ kèm theo không hợp lệ", str(exc)[:200]))
         return verdict
+    facts = record.model_dump(mode="json")
+    verdict.about = {k: str(facts[k]) for k in ABOUT_KEYS if facts.get(k) not in (None, "")}
     fields = [f for f in all_fields if f in SIGNING_ROLES]
     signed = []
     for sig in report.signatures:

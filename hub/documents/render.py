@@ -674,8 +674,36 @@ def _attached_data(page: _Page, record: PrimaryTranscript | SecondaryTranscript)
     page.table((80, 100), ("Dữ liệu", "Giá trị"), rows, align="LL", size=8)
 
 
+def _verification(page: _Page, code: str, url: str | None) -> None:
+    """The code anyone can check the transcript with, and its QR code (the public page's URL).
+
+    Drawn with the page content, before any signature field is filled: the signatures cover it."""
+    from hub.documents.qr import draw_qr
+    from hub.store.issuance import format_code
+
+    pdf = page.pdf
+    size = 28.0
+    if pdf.will_page_break(size + 10):
+        pdf.add_page()
+    pdf.ln(4)
+    top = pdf.get_y()
+    text_x = pdf.l_margin
+    if url:
+        draw_qr(pdf, url, pdf.l_margin, top, size)
+        text_x += size + 4
+    width = page.width - (text_x - pdf.l_margin)
+    pdf.set_y(top + 2)
+    page.text("XÁC THỰC HỌC BẠ", size=10, bold=True, x=text_x, w=width)
+    page.text(f"Mã xác thực: {format_code(code)}", size=10, bold=True, x=text_x, w=width)
+    page.text("Quét mã QR hoặc nhập mã xác thực tại trang xác thực học bạ số của Sở GD&ĐT để kiểm tra "
+              "chữ ký số, người ký, thời điểm ký và bản học bạ này còn hiệu lực hay không."
+              + (f" Địa chỉ: {url}" if url else ""), size=8.5, x=text_x, w=width)
+    pdf.set_y(max(pdf.get_y(), top + size))
+
+
 def _layout(record: PrimaryTranscript | SecondaryTranscript,
-            roles: Sequence[str], xml: bytes | None = None) -> tuple[bytes, dict[str, SignatureBox]]:
+            roles: Sequence[str], xml: bytes | None = None,
+            verification: tuple[str, str | None] | None = None) -> tuple[bytes, dict[str, SignatureBox]]:
     pdf = FPDF(format="A4", unit="mm", enforce_compliance=_COMPLIANCE)
     pdf.set_margins(_MARGIN, 12, _MARGIN)
     pdf.set_auto_page_break(True, margin=12)
@@ -703,6 +731,8 @@ def _layout(record: PrimaryTranscript | SecondaryTranscript,
     _homeroom_comment(page, record)
     boxes = _signatures(page, record, roles)
     _attached_data(page, record)
+    if verification is not None:
+        _verification(page, *verification)
     pdf.embed_file(
         bytes=record.model_dump_json(by_alias=True).encode(),
         basename=ATTACHMENT_NAME,
@@ -725,8 +755,12 @@ def _layout(record: PrimaryTranscript | SecondaryTranscript,
 
 
 def render_pdf(record: PrimaryTranscript | SecondaryTranscript,
-               roles: Sequence[str] = PDF_ROLES, *, xml: bytes | None = None) -> bytes:
+               roles: Sequence[str] = PDF_ROLES, *, xml: bytes | None = None,
+               verification: tuple[str, str | None] | None = None) -> bytes:
     """Render ``record`` as a PDF with ``hocba.json`` attached and an empty field per role.
+
+    ``verification``: the version's code and the public verification URL that carries it, printed
+    with a QR code of the URL (``hub.store.issuance``) under everything the signatures cover.
 
     Field names are the role strings (``homeroom_teacher``, ``principal``, ``school_seal``);
     signing fills them in ``roles`` order. Thread-safe; CPU-bound (≈30 ms), so the hub runs it
@@ -735,7 +769,7 @@ def render_pdf(record: PrimaryTranscript | SecondaryTranscript,
     unknown = [r for r in roles if r not in SIGNING_STAGES]
     if unknown:
         raise ValueError(f"unknown signing role(s) {', '.join(unknown)}; expected {SIGNING_STAGES}")
-    body, boxes = _layout(record, [r for r in roles if r in PDF_ROLES], xml)
+    body, boxes = _layout(record, [r for r in roles if r in PDF_ROLES], xml, verification)
     # fpdf2 creates at most one /Sig field, and only as part of its own signing; pyHanko adds
     # all of them in one incremental update (≈2 ms).
     writer = IncrementalPdfFileWriter(io.BytesIO(body))

@@ -197,7 +197,7 @@ class Outbox:
                 await self._failed(row, attempts, exc)
                 return
             self.breaker.success()
-            await hub.move(row, lc.DELIVERED, receipt={
+            await hub.move(row, lc.DELIVERED, issued_to=hub.config.destination.name, receipt={
                 "receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
                 "duplicate": receipt.duplicate, **receipt.detail,
             })

@@ -40,10 +40,11 @@ from hub.records import parse_transcript
 
 
 def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = True,
-               xml_format: str | None = None) -> tuple[bytes | None, bytes | None]:
+               xml_format: str | None = None, verification: tuple[str, str | None] | None = None,
+               ) -> tuple[bytes | None, bytes | None]:
     """Build the documents in a worker process (top-level so it pickles): the PDF (its font
     loads once per process) and the XML học bạ, each only if configured. The PDF carries the
-    XML's data as an attachment."""
+    XML's data as an attachment, and ``verification`` (code, public URL) as a QR code."""
     from hub.documents.render import render_pdf
 
     record = parse_transcript(normalized)
@@ -56,7 +57,7 @@ def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = T
         errors = fmt.schema_errors(xml)
         if errors:  # a format bug, not the record's: never sign a document its schema refuses
             raise ValueError(f"the {xml_format} document does not validate against its schema: {errors[0]}")
-    return (render_pdf(record, roles, xml=xml) if pdf else None), xml
+    return (render_pdf(record, roles, xml=xml, verification=verification) if pdf else None), xml
 
 
 def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info") -> None:
@@ -307,6 +308,12 @@ class Hub:
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
 
+    async def cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` (top-level, picklable) in the hub's worker processes, so CPU-bound work
+        of the web surface (verifying an uploaded document) never stalls the event loop; in a
+        thread when the hub has not started its pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     def _stage_for(self, state: str) -> str | None:
         return lc.stage_of(state, self.roles, identity=self.config.identity is not None)
 
@@ -556,10 +563,17 @@ class Hub:
     async def _render(self, pk: int) -> None:
         if (row := await self._current(pk, "render")) is None:
             return
+        from hub.store.issuance import new_code
+
         loop = asyncio.get_running_loop()
+        # One code per version, made here and printed in the PDF before any signature covers it
+        # (every copy issued later names it: hub.store.issuance). A re-render keeps the code.
+        code = row.verify_code or new_code()
+        base = self.config.verify.public_base_url
+        verification = (code, f"{base.rstrip('/')}/{code}" if base else None)
         pdf, xml = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles,
-                                              self.config.makes_pdf, self.config.xml_format)
-        await self.move(row, lc.RENDERED, pdf=pdf, xml=xml)
+                                              self.config.makes_pdf, self.config.xml_format, verification)
+        await self.move(row, lc.RENDERED, pdf=pdf, xml=xml, verify_code=code)
 
     async def _sign(self, pk: int) -> None:
         """One signing step: the role's signer for the record's school, on every configured document.

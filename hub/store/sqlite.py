@@ -42,6 +42,7 @@ from hub.lifecycle import (
     UNCHANGED,
 )
 from hub.store import migrations
+from hub.store.issuance import IssuanceRegistry
 
 # Record ids are derived from (adapter instance, vendor id) so a re-read maps to the same id.
 _RECORD_NS = uuid.UUID("6f1d3f5c-43d1-4a56-9a4e-9d1c0e0b7a11")
@@ -107,6 +108,7 @@ class Row:
     received_at: str
     updated_at: str
     xml: bytes | None = None
+    verify_code: str | None = None  # the version's verification code (hub.store.issuance)
 
     @classmethod
     def _from(cls, r: Any) -> "Row":  # a row of either backend, by column name
@@ -120,7 +122,7 @@ class Row:
             pdf=r["pdf"], errors=json.loads(r["errors"]) if r["errors"] else [],
             receipt=json.loads(r["receipt"]) if r["receipt"] else None,
             attempts=r["attempts"], received_at=r["received_at"], updated_at=r["updated_at"],
-            xml=r["xml"],
+            xml=r["xml"], verify_code=r["verify_code"],
         )
 
     def raw(self) -> RawRecord:
@@ -149,7 +151,7 @@ def open_store(location: str | Path) -> "Store":
     return Store(location)
 
 
-class Store:
+class Store(IssuanceRegistry):
     """SQLite-backed record store. Thread-safe; every public method is one transaction.
 
     ``shared`` is false: one hub process owns a SQLite file (several workers need PostgreSQL).
@@ -340,19 +342,20 @@ class Store:
         db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)", (pk, now, state, detail))
 
     def advance(self, pk: int, expected: str, state: str, *, detail: str | None = None,
-                due: bool = False, **fields: Any) -> None:
+                due: bool = False, issued_to: str | None = None, **fields: Any) -> None:
         """Move a record from ``expected`` to ``state`` and store ``fields`` with it, atomically.
 
         ``fields`` may be: normalized (dict), pdf (bytes), xml (bytes), errors (list[str]), receipt (dict),
         school_code, school_year, attempts, content_hash. ``due=True`` writes the delivery job
         in the same transaction. Reaching ``delivered`` records the version as sent and closes
-        the job; ``dead_letter`` closes the job.
+        the job, and with ``issued_to`` (the destination) enters each document in the issuance
+        registry; ``dead_letter`` closes the job. ``verify_code`` is set once per version.
         """
         now = now_iso()
         columns, values = [], []
         for name, value in fields.items():
             if name not in {"normalized", "pdf", "xml", "errors", "receipt", "school_code", "school_year",
-                            "attempts", "content_hash"}:
+                            "attempts", "content_hash", "verify_code"}:
                 raise ValueError(f"unknown record field {name!r}")
             if name in {"normalized", "errors", "receipt"} and value is not None:
                 value = json.dumps(value, ensure_ascii=False)
@@ -381,6 +384,13 @@ class Store:
                     (r["record_id"], r["version"], r["content_hash"], r["receipt"], now),
                 )
                 self._audit(db, "receipt", "hub", r["record_id"], {"version": r["version"], "receipt": fields.get("receipt")})
+                if issued_to is not None:
+                    have = db.execute("SELECT verify_code, pdf IS NOT NULL AS p, xml IS NOT NULL AS x FROM records"
+                                      " WHERE id = ?", (pk,)).fetchone()
+                    for document, present in (("pdf", have["p"]), ("xml", have["x"])):
+                        if present and have["verify_code"]:
+                            self._issue(db, pk, document, actor="hub", recipient=issued_to,
+                                        purpose="delivery", audit_kind="issue", now=now)
         self._write(work)
 
     def note_attempt(self, pk: int, error: str) -> int:

@@ -361,17 +361,37 @@ class AdminApi:
         return out
 
     async def pdf(self, request: Request, caller: Caller) -> Response:
-        self._query(request, ())
+        issued = self._issued_to(request)
         row = await self._row(request)
         if row.pdf is None:
             reason = "was pruned by retention" if not row.payload else "has not been rendered"
             raise ApiError(404, "id", f"record {row.id} has no PDF: it {reason}")
-        # The PDF carries personal data: who fetched which one belongs in the audit log.
-        await self.hub.db(self.hub.store.audit, "admin.pdf", caller.name, row.record_id, {"version": row.version})
+        # The PDF carries personal data: who fetched which one belongs in the audit log, and the
+        # copy itself in the issuance registry (one transaction: the entry and its audit line).
+        if row.verify_code:
+            await self.hub.db(self.hub.store.issue, row.id, "pdf", actor=caller.name, audit_kind="admin.pdf",
+                              **issued)
+        else:  # rendered before the registry existed: no code to issue it under
+            await self.hub.db(self.hub.store.audit, "admin.pdf", caller.name, row.record_id,
+                              {"version": row.version})
         return Response(row.pdf, media_type="application/pdf", headers={
             "Content-Disposition": f'attachment; filename="{row.record_id}-v{row.version}.pdf"',
             "Cache-Control": "no-store",
         })
+
+    def _issued_to(self, request: Request) -> dict[str, str | None]:
+        """``?to=`` (who receives the copy) and ``?purpose=`` of a document download."""
+        q = request.query_params
+        for key in q.keys():
+            if key not in ("to", "purpose"):
+                raise ApiError(400, key, "unknown parameter (allowed: to, purpose)")
+        out: dict[str, str | None] = {}
+        for key, name in (("to", "recipient"), ("purpose", "purpose")):
+            value = q.get(key)
+            if value is not None and not 0 < len(value) <= 200:
+                raise ApiError(400, key, "must be 1 to 200 characters")
+            out[name] = value
+        return out
 
     async def replay(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
@@ -555,8 +575,13 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                 "summary": "One record with its history of state changes and errors",
                 "parameters": [record_id], "responses": responses(ref("RecordDetail"), 400, 404)}},
             "/api/records/{id}/pdf": {"get": {
-                "summary": "The record's (signed) PDF; operators only",
-                "parameters": [record_id],
+                "summary": "The record's (signed) PDF; operators only. Each download is a copy issued: "
+                           "entered in the issuance registry under the version's verification code",
+                "parameters": [record_id,
+                               param("to", "query", {"type": "string", "minLength": 1, "maxLength": 200},
+                                     "Who receives the copy (issuance registry)"),
+                               param("purpose", "query", {"type": "string", "minLength": 1, "maxLength": 200},
+                                     "What the copy is for (issuance registry)")],
                 "responses": responses({"type": "string", "format": "binary"}, 400, 403, 404,
                                        media="application/pdf")}},
             "/api/quarantine": listing("Quarantined records with the reasons", filters),

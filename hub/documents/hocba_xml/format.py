@@ -225,7 +225,8 @@ class HocbaXml(DocumentFormat):
             return {}
         return {"school_code": info.findtext("MATRUONG"), "transcript_id": info.findtext("MADINHDANHHOCBA"),
                 "record_id": info.findtext("IDBANGHI"), "version": info.findtext("PHIENBAN"),
-                "updated_at": info.findtext("THOIGIANCAPNHAT")}
+                "updated_at": info.findtext("THOIGIANCAPNHAT"), "school_name": info.findtext("TENTRUONG"),
+                "school_year": info.findtext("NAMHOC")}
 
 
 @cache
