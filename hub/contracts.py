@@ -104,13 +104,12 @@ class PluginError(Exception):
     """
 
 
-class Adapter(ABC):
-    """A connection to one kind of system: a vendor's school software, or a destination.
+class Plugin(ABC):
+    """What every plugin instance has: its validated settings, its context, and a life.
 
-    Implement ``fetch`` + ``normalize`` for a pull source, ``normalize`` alone for a push
-    source, ``deliver`` for a destination. ``simulator`` names a ``Simulator`` class
-    (``"package.module:Class"``) that serves the contract this adapter implements; the demo and
-    the conformance kit start it.
+    ``name`` is the registered type name; ``Settings`` validates the YAML section; ``simulator``
+    names a class (``"package.module:Class"``) serving the contract the plugin talks to, which
+    the demo, ``hocba-hub simulate`` and the conformance kit start.
     """
     name: ClassVar[str]
     Settings: ClassVar[type[PluginSettings]] = PluginSettings
@@ -121,11 +120,20 @@ class Adapter(ABC):
         self.context = context
 
     async def open(self) -> None:
-        """Acquire resources (HTTP session, tokens). Raise ``PluginError`` with a clear reason."""
+        """Acquire resources (session, keys, tokens). Raise ``PluginError`` with a clear reason."""
 
     async def close(self) -> None:
         """Release what ``open`` acquired."""
 
+
+class Adapter(Plugin):
+    """A connection to one kind of system: a vendor's school software, or a destination.
+
+    Implement ``fetch`` + ``normalize`` for a pull source, ``normalize`` alone for a push
+    source, ``deliver`` for a destination. ``simulator`` names a ``Simulator`` class
+    (``"package.module:Class"``) that serves the contract this adapter implements; the demo and
+    the conformance kit start it.
+    """
     async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:
         """Yield pages of records changed since ``cursor`` (``None``: everything)."""
         raise NotImplementedError
@@ -224,7 +232,7 @@ class SignRequest:
     timestamp_url: str = ""          # the RFC 3161 timestamping authority, for B-T and B-LT
 
 
-class Signer(ABC):
+class Signer(Plugin):
     """A signing provider: local key files, a remote signing service, a hardware token.
 
     ``sign`` receives requests for one or many documents and returns the signed PDFs in the
@@ -232,19 +240,8 @@ class Signer(ABC):
     ``simulator`` names a class (``"package.module:Class"``) serving the provider's contract
     on loopback, which the demo starts with keys from its test PKI.
     """
-    name: ClassVar[str]
-    Settings: ClassVar[type[PluginSettings]] = PluginSettings
-    simulator: ClassVar[str | None] = None
-
-    def __init__(self, settings: PluginSettings, context: PluginContext):
-        self.settings = settings
-        self.context = context
-
     async def open(self) -> None:
         """Load keys or log in. Raise ``PluginError`` (wrong password, missing file) here, at start-up."""
-
-    async def close(self) -> None:
-        """Release what ``open`` acquired."""
 
     @abstractmethod
     async def sign(self, requests: Sequence[SignRequest]) -> list[bytes]:
@@ -325,7 +322,7 @@ class IdentityResult:
         return IdentityFinding.UNAVAILABLE not in self.findings
 
 
-class IdentityProvider(ABC):
+class IdentityProvider(Plugin):
     """A service that says whether a person is who the record says: the population database.
 
     The hub calls ``verify`` with a batch of people (students, and signers when configured) and
@@ -335,20 +332,6 @@ class IdentityProvider(ABC):
     sendable may leave the hub, and nothing personal may be logged. ``simulator`` names an
     ``IdentitySimulator`` class (``"package.module:Class"``) serving the provider's contract.
     """
-    name: ClassVar[str]
-    Settings: ClassVar[type[PluginSettings]] = PluginSettings
-    simulator: ClassVar[str | None] = None
-
-    def __init__(self, settings: PluginSettings, context: PluginContext):
-        self.settings = settings
-        self.context = context
-
-    async def open(self) -> None:
-        """Acquire resources (HTTP client, WSDL). Raise ``PluginError`` with a clear reason."""
-
-    async def close(self) -> None:
-        """Release what ``open`` acquired."""
-
     @abstractmethod
     async def verify(self, people: Sequence[Person]) -> list[IdentityResult]:
         """One result per person, in order; ``UNAVAILABLE`` for those the service could not check."""

@@ -187,20 +187,11 @@ class PostgresStore(Store):
                     self._tx_conn = None
         raise AssertionError("unreachable")
 
-    def _migrate(self) -> None:
-        def work(db: Any) -> None:
-            # Workers starting together: one migrates, the others wait and then find nothing to do.
-            db.execute("SELECT pg_advisory_xact_lock(?, 0)", (NS,))
-            db.execute(migrations.VERSION_TABLE)
-            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-            for step in migrations.pending(current):
-                for statement in step.statements(self.dialect):
-                    db.execute(statement)
-                db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                           (step.version, step.name, now_iso()))
-        self._write(work)
-
     # --- dialect hooks -------------------------------------------------------------------
+
+    def _serialise_migrations(self, db: Any) -> None:
+        # Workers starting together: one migrates, the others wait and then find nothing to do.
+        db.execute("SELECT pg_advisory_xact_lock(?, 0)", (NS,))
 
     def _lock_record_ids(self, db: Any, record_ids: list[str]) -> None:
         for rid in record_ids:

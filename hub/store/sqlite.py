@@ -198,6 +198,7 @@ class Store(IssuanceRegistry):
 
     def _migrate(self) -> None:
         def work(db: Any) -> None:
+            self._serialise_migrations(db)
             db.execute(migrations.VERSION_TABLE)
             current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
             for step in migrations.pending(current):
@@ -224,6 +225,9 @@ class Store(IssuanceRegistry):
             return result
 
     # Dialect hooks: what SQLite's single writer makes unnecessary, PostgreSQL overrides.
+
+    def _serialise_migrations(self, db: Any) -> None:
+        """Keep workers starting together from migrating at once (one file, one writer: nothing to do)."""
 
     def _lock_record_ids(self, db: Any, record_ids: list[str]) -> None:
         """Serialise version numbering per record_id against other workers (sorted: no deadlock)."""
