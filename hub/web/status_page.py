@@ -32,7 +32,7 @@ from hub import __version__
 from hub import lifecycle as lc
 from hub.logs import public_error, scrub, secret_values
 from hub.records import VIETNAM_TIME
-from hub.web.templating import stylesheet, templates
+from hub.web.templating import strings, stylesheet, templates
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
@@ -57,60 +57,7 @@ STATE_LABELS = {
            lc.IDENTITY_CLEARED: "identity verified", lc.BLOCKED_IDENTITY: "blocked on identity"},
 }
 
-TEXT = {
-    "vi": {
-        "title": "Học bạ số — trạng thái cổng tích hợp", "updated": "Cập nhật lúc",
-        "tz": "giờ Việt Nam", "auto": f"Trang tự làm mới sau mỗi {REFRESH_SECONDS} giây.",
-        "switch": "English", "switch_lang": "en",
-        "total": "Tổng hồ sơ", "delivered": "Đã gửi lên kho trung ương", "in_progress": "Đang xử lý",
-        "stuck_n": "Cần xử lý", "outbox": "Chờ gửi",
-        "health": "Kết nối và ký số", "kind_adapter": "Phần mềm của trường",
-        "kind_destination": "Kho dữ liệu trung ương", "kind_signer": "Dịch vụ ký số",
-        "kind_identity": "CSDL quốc gia về dân cư",
-        "ok": "Hoạt động", "down": "Lỗi", "paused": "Tạm dừng", "last_sync": "Đồng bộ lần cuối",
-        "never": "chưa đồng bộ", "checked": "Kiểm tra lúc", "not_checked": "chưa kiểm tra",
-        "name": "Tên", "kind": "Loại", "status": "Tình trạng", "detail": "Chi tiết",
-        "by_adapter": "Theo phần mềm nguồn (adapter)", "by_school": "Theo trường", "adapter": "Nguồn",
-        "school": "Mã trường", "school_unknown": "chưa xác định", "sum": "Tổng",
-        "no_records": "Chưa có hồ sơ nào.",
-        "stuck": "Hồ sơ bị kẹt và nguyên nhân", "stuck_none": "Không có hồ sơ nào bị kẹt.",
-        "reasons": "Nguyên nhân", "count": "Số hồ sơ", "what_to_do": "Cách xử lý",
-        "id": "Mã lưu trữ", "record_id": "Mã hồ sơ", "version": "Phiên bản", "state": "Trạng thái",
-        "changed": "Cập nhật", "errors": "Dòng lỗi", "why": "Giải thích",
-        "more": "Đang hiện {shown} trên {total} hồ sơ bị kẹt (mới nhất trước); danh sách đầy đủ có trong "
-                "API quản trị (/api/quarantine, /api/dead-letters, /api/records?state=failed).",
-        "replay": "Sau khi sửa nguyên nhân, chạy lại hồ sơ (replay) bằng API quản trị "
-                  "(POST /api/replay) hoặc lệnh hocba-hub replay.",
-        "privacy": "Trang này chỉ hiện mã hồ sơ, trạng thái và dòng lỗi đã che dữ liệu cá nhân, "
-                   "nên không cần đăng nhập.",
-    },
-    "en": {
-        "title": "Digital transcripts — integration hub status", "updated": "Updated at",
-        "tz": "Vietnam time", "auto": f"This page refreshes every {REFRESH_SECONDS} seconds.",
-        "switch": "Tiếng Việt", "switch_lang": "vi",
-        "total": "Records", "delivered": "Delivered to the central store", "in_progress": "In progress",
-        "stuck_n": "Need attention", "outbox": "Waiting to be sent",
-        "health": "Connections and signing", "kind_adapter": "School software",
-        "kind_destination": "Central store", "kind_signer": "Signing service",
-        "kind_identity": "Population database",
-        "ok": "Up", "down": "Down", "paused": "Paused", "last_sync": "Last sync",
-        "never": "never", "checked": "Checked at", "not_checked": "not checked yet",
-        "name": "Name", "kind": "Kind", "status": "Status", "detail": "Detail",
-        "by_adapter": "By school software (adapter)", "by_school": "By school", "adapter": "Adapter",
-        "school": "School code", "school_unknown": "unknown", "sum": "Total",
-        "no_records": "No records yet.",
-        "stuck": "Stuck records and why", "stuck_none": "Nothing is stuck.",
-        "reasons": "Reason", "count": "Records", "what_to_do": "What to do",
-        "id": "Store id", "record_id": "Record id", "version": "Version", "state": "State",
-        "changed": "Changed", "errors": "Error lines", "why": "Explanation",
-        "more": "Showing {shown} of {total} stuck records (newest first); the full lists are in the admin API "
-                "(/api/quarantine, /api/dead-letters, /api/records?state=failed).",
-        "replay": "Once the cause is fixed, replay the records with the admin API (POST /api/replay) "
-                  "or hocba-hub replay.",
-        "privacy": "This page shows only record ids, states and error lines with personal data masked, "
-                   "so it needs no sign-in.",
-    },
-}
+TEXT = strings("status", refresh=REFRESH_SECONDS)
 
 # Common reasons a record is stuck, most specific first: (key, test, Vietnamese, English).
 # The test sees the record's state and its error lines in lower case.

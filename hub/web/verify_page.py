@@ -33,11 +33,11 @@ from starlette.routing import BaseRoute, Route
 
 from hub import __version__
 from hub import lifecycle as lc
-from hub.documents.binding import ROLE_NAMES, Reason, Verdict
+from hub.documents.binding import Reason, Verdict
 from hub.records import VIETNAM_TIME
 from hub.store.issuance import format_code, normalize_code
 from hub.web.ratelimit import RateLimiter, client_ip
-from hub.web.templating import stylesheet, templates
+from hub.web.templating import strings, stylesheet, templates
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
@@ -47,69 +47,7 @@ __all__ = ["VerifyPage", "verify_job", "verify_routes"]
 # Bytes a multipart form adds around the file (boundaries, headers, the code field).
 _FORM_OVERHEAD = 16 * 1024
 
-TEXT = {
-    "vi": {
-        "title": "Xác thực học bạ số", "switch": "English", "switch_lang": "en",
-        "intro": "Nhập mã xác thực in dưới mã QR trên học bạ, hoặc tải lên tệp PDF hay XML của học bạ để kiểm tra "
-                 "chữ ký số, người ký, thời điểm ký và hiệu lực của bản học bạ.",
-        "code": "Mã xác thực", "code_hint": "16 ký tự, ví dụ ABCD-EFGH-IJKL-MNOP", "check": "Kiểm tra",
-        "file": "Tệp học bạ (PDF hoặc XML, tối đa {mb} MB)", "upload": "Tải lên và kiểm tra",
-        "or": "hoặc", "privacy": "Tệp tải lên chỉ dùng để kiểm tra và không được lưu lại. Trang này không hiển thị "
-                                 "thông tin cá nhân của học sinh.",
-        "result": "Kết quả xác thực", "valid": "HỢP LỆ", "invalid": "KHÔNG HỢP LỆ",
-        "unknown_code": "KHÔNG TÌM THẤY MÃ", "bad_code": "MÃ KHÔNG ĐÚNG ĐỊNH DẠNG",
-        "unknown_code_why": "Không có bản học bạ nào được cấp với mã xác thực này. Kiểm tra lại mã đã nhập.",
-        "bad_code_why": "Mã xác thực gồm 16 ký tự chữ A–Z và số 2–7 (có thể có dấu gạch ngang).",
-        "intact": "TOÀN VẸN, CHƯA XÁC NHẬN NGUỒN TIN CẬY",
-        "intact_why": "Chưa cấu hình chứng thư gốc tin cậy: đã kiểm tra tính toàn vẹn, chưa kiểm tra nguồn gốc.",
-        "reasons": "Lý do", "signatures": "Chữ ký số", "role": "Vai trò", "signer": "Người ký",
-        "time": "Thời điểm ký (giờ Việt Nam)", "sig_ok": "Hợp lệ", "sig_bad": "Không hợp lệ", "no_time": "không ghi",
-        "none_signed": "Tài liệu không có chữ ký số nào.",
-        "school": "Trường", "school_year": "Năm học", "record": "Mã hồ sơ; phiên bản", "document": "Tài liệu",
-        "code_shown": "Mã xác thực", "status": "Hiệu lực",
-        "status_current": "Đây là phiên bản mới nhất, đã được phát hành.",
-        "status_superseded": "Đã có phiên bản mới hơn (phiên bản {latest}); bản này không còn là bản hiện hành.",
-        "status_cancelled": "Học bạ này đã bị thu hồi/huỷ (phiên bản {latest}).",
-        "status_not_issued": "Phiên bản này chưa được phát hành (đang xử lý hoặc bị dừng).",
-        "status_unknown": "Cổng xác thực không có hồ sơ này: tài liệu không do hệ thống của Sở phát hành.",
-        "issued_match": "Tệp trùng khớp từng byte với bản đã được cấp.",
-        "too_large": "Tệp quá lớn: tối đa {mb} MB.", "no_input": "Hãy nhập mã xác thực hoặc chọn một tệp.",
-        "unreadable": "Không đọc được tệp: không phải PDF hay XML học bạ.",
-        "rate": "Quá nhiều yêu cầu; hãy thử lại sau {s} giây.",
-        "roles": {k: v[0] for k, v in ROLE_NAMES.items()},
-    },
-    "en": {
-        "title": "Digital transcript verification", "switch": "Tiếng Việt", "switch_lang": "vi",
-        "intro": "Enter the verification code printed under the transcript's QR code, or upload the transcript's "
-                 "PDF or XML file, to check its digital signatures, signers, signing times and whether it is "
-                 "still current.",
-        "code": "Verification code", "code_hint": "16 characters, e.g. ABCD-EFGH-IJKL-MNOP", "check": "Check",
-        "file": "Transcript file (PDF or XML, at most {mb} MB)", "upload": "Upload and check",
-        "or": "or", "privacy": "Uploaded files are used for the check only and never stored. This page shows no "
-                               "personal data of the student.",
-        "result": "Verification result", "valid": "VALID", "invalid": "INVALID",
-        "unknown_code": "CODE NOT FOUND", "bad_code": "NOT A VERIFICATION CODE",
-        "unknown_code_why": "No transcript was issued with this verification code. Check the code you entered.",
-        "bad_code_why": "A verification code has 16 characters, letters A–Z and digits 2–7 (dashes allowed).",
-        "intact": "INTACT, TRUST NOT CHECKED",
-        "intact_why": "No trust anchor is configured: integrity was checked, the origin was not.",
-        "reasons": "Reasons", "signatures": "Digital signatures", "role": "Role", "signer": "Signer",
-        "time": "Signed at (Vietnam time)", "sig_ok": "Valid", "sig_bad": "Not valid", "no_time": "not stated",
-        "none_signed": "The document carries no digital signature.",
-        "school": "School", "school_year": "School year", "record": "Record id; version", "document": "Document",
-        "code_shown": "Verification code", "status": "Currency",
-        "status_current": "This is the latest version, and it was issued.",
-        "status_superseded": "A newer version exists (version {latest}); this one is no longer current.",
-        "status_cancelled": "This transcript was recalled / cancelled (version {latest}).",
-        "status_not_issued": "This version was never issued (still in progress or stopped).",
-        "status_unknown": "This portal holds no such record: the document was not issued by the department's hub.",
-        "issued_match": "The file is byte for byte a copy that was issued.",
-        "too_large": "The file is too large: at most {mb} MB.", "no_input": "Enter a verification code or choose a file.",
-        "unreadable": "Cannot read the file: it is not a transcript PDF or XML.",
-        "rate": "Too many requests; try again in {s} seconds.",
-        "roles": {k: v[1] for k, v in ROLE_NAMES.items()},
-    },
-}
+TEXT = strings("verify")
 
 
 class TooLarge(Exception):
