@@ -504,8 +504,11 @@ class Hub:
         envelope = Envelope(row.record_id, row.version, row.event, (row.source_updated or row.received_at)[:19])
         outcome = normalize(adapter, row.raw(), envelope)
         if outcome.record is None:
+            # The school (and year) the payload names, when the adapter could map that much:
+            # whoever must fix the record is known even though the record is not valid.
+            where = {k: outcome.known[k] for k in ("school_code", "school_year") if k in outcome.known}
             await self.move(row, lc.QUARANTINED, detail="invalid record" if outcome.mapped else "cannot map record",
-                            errors=list(outcome.errors))
+                            errors=list(outcome.errors), **where)
             return
         record = outcome.record
         normalized = record.model_dump(mode="json")
