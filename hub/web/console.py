@@ -44,6 +44,7 @@ from starlette.routing import BaseRoute, Route
 from hub import __version__
 from hub import lifecycle as lc
 from hub.contracts import SIGNING_ROLES
+from hub.engine.normalize import known_codes
 from hub.logs import get_logger, scrub, secret_values
 from hub.web.admin import OPERATOR, XLSX, AdminApi, Caller, caller_for
 from hub.web.status_page import ROLE_LABELS, STUCK_STATES, explain, field_of, plugin_detail, state_label
@@ -384,7 +385,8 @@ class Console:
             out.append({"name": section.name, "type": section.type, "paused": section.name in paused,
                         "ok": None if status is None else status.health.ok,
                         "sync": _local(status.last_sync) if status and status.last_sync else t["never"],
-                        "detail": plugin_detail(status.health.detail, lang) if status else ""})
+                        "detail": plugin_detail(status.health.detail, lang) if status and not status.health.ok
+                        else ""})
         return out
 
     async def record(self, request: Request) -> Response:
@@ -411,9 +413,13 @@ class Console:
         history = [{"at": _local(h["at"]), "state": h["state"], "label": state_label(h["state"], lang),
                     "detail": h["detail"] or ""} for h in detail["history"]]
         record = row.normalized or {}
+        codes = {"class_name": record.get("class_name"), "student_code": (record.get("student") or {}).get("student_code")}
+        if not row.normalized and row.payload and row.adapter in self.hub.adapters:
+            # Never a central record: the codes the adapter can still map say whose it is.
+            codes |= await self.hub.db(known_codes, self.hub.adapters[row.adapter], row.raw())
         return self._page(request, "console_record.html", lang, session, r=detail, problems=problems,
-                          history=history, label=state_label(row.state, lang), class_name=record.get("class_name"),
-                          student_code=(record.get("student") or {}).get("student_code"),
+                          history=history, label=state_label(row.state, lang), class_name=codes.get("class_name"),
+                          student_code=codes.get("student_code"),
                           received=_local(row.received_at), changed=_local(row.updated_at),
                           stages=lc.REPLAY_STAGES, done=_done(request, lang))
 

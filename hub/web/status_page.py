@@ -330,7 +330,9 @@ class StatusPage:
                 sync = _local(status.last_sync) if status and status.last_sync else t["never"]
             rows.append({"name": name, "kind": kind, "ok": None if status is None else status.health.ok,
                          "paused": name in paused, "sync": sync,
-                         "detail": plugin_detail(status.health.detail, lang) if status else ""})
+                         # A healthy plugin's line ("last pull succeeded") says nothing the badge does not.
+                         "detail": plugin_detail(status.health.detail, lang) if status and not status.health.ok
+                         else ""})
         return rows
 
     def _table(self, lang: str, anchor: str, title: str, key_title: str,
