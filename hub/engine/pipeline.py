@@ -219,8 +219,13 @@ class Hub:
         for event in self._pulled.values():
             await event.wait()
         while True:
-            if not self._working and self.outbox.active == 0 and not await self.db(self.store.pending):
-                return
+            try:
+                if not self._working and self.outbox.active == 0 and not await self.db(self.store.pending):
+                    return
+            except self.store.unavailable:
+                # The database dropped this worker's connection (a failover, a restart, an
+                # administrator's terminate): the call that meets it raises, the next reconnects.
+                pass
             await asyncio.sleep(poll)
 
     @property
@@ -432,7 +437,18 @@ class Hub:
         log = self.log.bind(adapter=name)
         paused_logged = False
         while not self._stopping.is_set():
-            if name in await self.db(self.store.paused):
+            try:
+                paused = name in await self.db(self.store.paused)
+            except self.store.unavailable as exc:
+                # A dropped connection must not end the pull loop (it would never pull again):
+                # the next call reconnects.
+                log.warning("store.unavailable", task="pull", error=str(exc))
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), min(section.poll_interval, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            if paused:
                 if not paused_logged:
                     log.info("adapter.paused")
                     paused_logged = True
