@@ -62,6 +62,17 @@ def stage_of(state: str, roles: tuple[str, ...], *, identity: bool = False) -> s
     return None
 
 
+def next_signer(state: str, roles: tuple[str, ...]) -> str | None:
+    """The role whose signature a record in ``state`` waits for, or None if it waits for none."""
+    if state == RENDERED:
+        return roles[0]
+    if state.startswith(SIGNED_PREFIX):
+        role = state.removeprefix(SIGNED_PREFIX)
+        if role in roles[:-1]:
+            return roles[roles.index(role) + 1]
+    return None
+
+
 def states_of(stage: str, roles: tuple[str, ...], *, identity: bool = False) -> list[str]:
     """The states whose records ``stage`` claims. Without an identity provider, rendering also
     takes records cleared while one was configured."""

@@ -68,7 +68,8 @@ class Running:
 @asynccontextmanager
 async def serve_hub(data_dir, pki, *, records: int = 4, invalid: int = 2, seed: int = 7,
                     tokens: list[dict[str, str]] = TOKENS, delivery: dict[str, Any] | None = None,
-                    central_down: bool = False, extra: dict[str, Any] | None = None) -> AsyncIterator[Running]:
+                    central_down: bool = False, extra: dict[str, Any] | None = None,
+                    poll_interval: float = 3600) -> AsyncIterator[Running]:
     """Simulators, a started hub on ``data_dir`` and its app under uvicorn on 127.0.0.1, port 0;
     waits until the first pull has been worked through."""
     vendor = VnptSimulator(records=records, invalid=invalid, seed=seed)
@@ -82,7 +83,7 @@ async def serve_hub(data_dir, pki, *, records: int = 4, invalid: int = 2, seed: 
         "delivery": {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05,
                      "breaker_threshold": 100, **(delivery or {})},
         "admin": {"tokens": tokens},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
+        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": poll_interval,
                       "settings": vendor.adapter_settings()}],
         "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],

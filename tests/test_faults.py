@@ -168,3 +168,38 @@ async def test_dropped_database_connections_leave_records_waiting_not_failed(tmp
         finally:
             reader.close()
         assert central.counters.created == len(batch.valid)
+
+
+async def test_a_dropped_connection_neither_escapes_wait_idle_nor_ends_the_pull_loop(tmp_path, pki):
+    """What the PostgreSQL test above meets at random (``AdminShutdown`` from the very call
+    ``wait_idle`` or the pull loop makes when the connection is cut), made certain: the first
+    calls of both raise the store's "unavailable" error. The loop pulls anyway and ``wait_idle``
+    returns once the batch is through."""
+    vendor, central = VnptSimulator(records=3, invalid=0, seed=5), MoetSimulator()
+    for sim in (vendor, central):
+        await sim.start()
+    hub = Hub(load_config(write_config(tmp_path, store="", pki=pki, password=PASSWORD,
+                                       vendor=vendor, central=central)))
+    cut = {"paused": 2, "pending": 3}
+
+    def dropping(name):
+        real = getattr(hub.store, name)
+
+        def call(*args, **kwargs):
+            if cut[name]:
+                cut[name] -= 1
+                raise hub.store.unavailable[0]("terminating connection due to administrator command")
+            return real(*args, **kwargs)
+        return call
+
+    hub.store.paused = dropping("paused")
+    await hub.start()  # reads the store itself: a database away at start-up is a start-up error
+    hub.store.pending = dropping("pending")
+    try:
+        await asyncio.wait_for(hub.wait_idle(), 120)
+    finally:
+        await hub.stop()
+        for sim in (vendor, central):
+            await sim.stop()
+    assert cut == {"paused": 0, "pending": 0}
+    assert len(central.accepted()) == 3

@@ -72,8 +72,10 @@ async def test_counts_per_adapter_and_school_with_vietnamese_state_names(env):
     for code, rows in schools.items():
         row = re.search(rf'<tr data-key="{code}">(.*?)</tr>', by_school).group(1)
         assert f"<b>{len(rows)}</b>" in row, code
-    # Quarantined before normalisation, their school is not known: they are counted, not lost.
-    assert "chưa xác định" in by_school
+    # Quarantined at normalisation, they still name the school their payload gives: the page
+    # says which school must fix them (issue 16: they used to count as "school unknown").
+    assert "chưa xác định" not in by_school
+    assert all(r.school_code for r in env.hub.store.rows(state=lc.QUARANTINED))
 
 
 async def test_stuck_records_are_listed_with_masked_errors_and_plain_explanations(env):
@@ -99,6 +101,26 @@ async def test_health_of_adapter_destination_and_signer(env):
         assert kind in row and "Hoạt động" in row, row
     adapter = re.search(r'<tr data-plugin="school-a">(.*?)</tr>', health).group(1)
     assert re.search(r"\d\d/\d\d/\d{4} \d\d:\d\d:\d\d", adapter)  # last sync, Vietnam time
+
+
+async def test_plugin_details_are_plain_vietnamese_never_the_validators_text(env):
+    from hub.contracts import Health
+    from hub.web.status_page import plugin_detail
+
+    status = env.hub.status["school-a"]
+    saved = status.health
+    raw = ("pull failed: 1 validation error for Page\nitems.0.IdHocBa\n  Input should be a valid string "
+           "[type=string_type, input_value=12, input_type=int]")
+    status.health = Health(False, raw)
+    try:
+        for query, plain in (("", "trả về dữ liệu không đúng mẫu"), ("?lang=en", "data the adapter does not")):
+            html = await page(env, query)
+            row = re.search(r'<tr data-plugin="school-a">(.*?)</tr>', html, re.S).group(1)
+            assert plain in row and "Input should" not in row and "validation error" not in row, row
+        assert plugin_detail("moet: cannot reach http://127.0.0.1:9: Connection refused", "vi").startswith(
+            "Không kết nối được")
+    finally:
+        status.health = saved
 
 
 async def test_english_on_request(env):

@@ -176,6 +176,20 @@ def test_queries_search_select_breakdown(open_store):
     s.ping()
 
 
+def test_counts_by_school_and_class(open_store):
+    """The console's table: the class comes from the normalised record, on either backend."""
+    s = open_store()
+    ids = s.receive("a", [raw(str(i)) for i in range(4)])
+    for pk, school, klass in ((ids[0], "S1", "6A"), (ids[1], "S1", "6A"), (ids[2], "S2", "7B")):
+        s.advance(pk, lc.RECEIVED, lc.NORMALIZED, normalized={"class_name": klass}, school_code=school)
+    s.advance(ids[3], lc.RECEIVED, lc.QUARANTINED, errors=["f: bad"], school_code="S1")
+    counts = {(r["school_code"], r["class_name"], r["state"], r["n"]) for r in s.class_breakdown()}
+    assert counts == {("S1", "6A", lc.NORMALIZED, 2), ("S2", "7B", lc.NORMALIZED, 1),
+                      ("S1", None, lc.QUARANTINED, 1)}
+    assert {(r["class_name"], r["n"]) for r in s.class_breakdown("S2")} == {("7B", 1)}
+    assert s.schools() == ["S1", "S2"]
+
+
 # --- leases ------------------------------------------------------------------------------------
 
 def test_claims_are_exclusive_and_a_state_change_or_release_ends_them(open_store):

@@ -7,7 +7,8 @@ what the hub will do with it (quarantine it with these reasons, or take it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,10 +42,33 @@ class Outcome:
     record: PrimaryTranscript | SecondaryTranscript | None
     errors: tuple[str, ...] = ()
     mapped: bool = True   # false: the adapter could not map the payload at all
+    # For a record that failed validation: the codes the adapter did map (school, class,
+    # student), so a quarantined record still says whose it is (``identifying``).
+    known: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.record is not None
+
+
+_KNOWN = (("school_code", ("school_code",)), ("school_year", ("school_year",)),
+          ("class_name", ("class_name",)), ("student_code", ("student", "student_code")))
+
+
+def identifying(data: dict[str, Any]) -> dict[str, str]:
+    """The codes a partially mapped record names, whatever else is wrong with it: school,
+    school year, class and student code (never a name, birth date or personal id). A value
+    that is not a short piece of text is left out rather than guessed at."""
+    out = {}
+    for key, path in _KNOWN:
+        value: Any = data
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            text = " ".join(unicodedata.normalize("NFC", str(value)).split())
+            if 0 < len(text) <= 64:
+                out[key] = text
+    return out
 
 
 def transform(data: dict[str, Any], adapter: str) -> dict[str, Any]:
@@ -73,4 +97,15 @@ def normalize(adapter: Adapter, raw: RawRecord, envelope: Envelope) -> Outcome:
     except (ValueError, KeyError, TypeError) as exc:
         # What the hub quarantines with the message as the reason; it must say something.
         return Outcome(None, (str(exc) or type(exc).__name__,), mapped=False)
-    return central_record(data, adapter.name, envelope)
+    outcome = central_record(data, adapter.name, envelope)
+    return outcome if outcome.ok else replace(outcome, known=identifying(data))
+
+
+def known_codes(adapter: Adapter, raw: RawRecord) -> dict[str, str]:
+    """What ``identifying`` finds in a payload as ``adapter`` maps it, or nothing if the adapter
+    cannot map it at all (for reports on records that never became central records)."""
+    try:
+        data = adapter.normalize(raw)
+    except Exception:  # a report on a broken payload must not fail with it
+        return {}
+    return identifying(data) if isinstance(data, dict) else {}

@@ -250,8 +250,13 @@ class Hub:
         for event in self._pulled.values():
             await event.wait()
         while True:
-            if not self._working and self.outbox.active == 0 and not await self.db(self.store.pending):
-                return
+            try:
+                if not self._working and self.outbox.active == 0 and not await self.db(self.store.pending):
+                    return
+            except self.store.unavailable:
+                # The database dropped this worker's connection (a failover, a restart, an
+                # administrator's terminate): the call that meets it raises, the next reconnects.
+                pass
             await asyncio.sleep(poll)
 
     @property
@@ -471,7 +476,18 @@ class Hub:
         log = self.log.bind(adapter=name)
         paused_logged = False
         while not self._stopping.is_set():
-            if name in await self.db(self.store.paused):
+            try:
+                paused = name in await self.db(self.store.paused)
+            except self.store.unavailable as exc:
+                # A dropped connection must not end the pull loop (it would never pull again):
+                # the next call reconnects.
+                log.warning("store.unavailable", task="pull", error=str(exc))
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), min(section.poll_interval, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            if paused:
                 if not paused_logged:
                     log.info("adapter.paused")
                     paused_logged = True
@@ -543,8 +559,11 @@ class Hub:
         envelope = Envelope(row.record_id, row.version, row.event, (row.source_updated or row.received_at)[:19])
         outcome = normalize(adapter, row.raw(), envelope)
         if outcome.record is None:
+            # The school (and year) the payload names, when the adapter could map that much:
+            # whoever must fix the record is known even though the record is not valid.
+            where = {k: outcome.known[k] for k in ("school_code", "school_year") if k in outcome.known}
             await self.move(row, lc.QUARANTINED, detail="invalid record" if outcome.mapped else "cannot map record",
-                            errors=list(outcome.errors))
+                            errors=list(outcome.errors), **where)
             return
         record = outcome.record
         normalized = record.model_dump(mode="json")

@@ -127,6 +127,7 @@ class PostgresStore(Store):
     unavailable = (psycopg.OperationalError,)
     dialect = "postgresql"
     _for_update = " FOR UPDATE"
+    _CLASS_NAME_SQL = "(normalized::json ->> 'class_name')"
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0):
         self.url = url

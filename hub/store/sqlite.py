@@ -725,6 +725,26 @@ class Store(IssuanceRegistry):
             out.append(item)
         return out
 
+    # The class a normalised record names, in this backend's SQL (PostgreSQL overrides it).
+    _CLASS_NAME_SQL = "json_extract(normalized, '$.class_name')"
+
+    def class_breakdown(self, school: str | None = None) -> list[dict[str, Any]]:
+        """Record counts by school, class and state (of one school): the operators' console.
+        A record never normalised has no class (``class_name`` None)."""
+        where, args = ("WHERE school_code = ?", (school,)) if school is not None else ("", ())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT school_code, {self._CLASS_NAME_SQL} AS class_name, state, COUNT(*) AS n FROM records"
+                f" {where} GROUP BY school_code, class_name, state ORDER BY school_code, class_name, state", args)
+            return [dict(r) for r in rows]
+
+    def schools(self) -> list[str]:
+        """Every school code a record names."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT school_code FROM records WHERE school_code IS NOT NULL"
+                                    " ORDER BY school_code")
+            return [r[0] for r in rows]
+
     def breakdown(self) -> list[dict[str, Any]]:
         """Record counts by adapter, school and state (for the status page and metrics)."""
         with self._lock:

@@ -80,10 +80,18 @@ def _digest(value: str) -> bytes:
 
 
 def authenticate(header: str | None, tokens: list[Any]) -> Caller | None:
-    """The caller a ``Bearer`` header belongs to, or None. Every configured token is compared,
-    match or not, so the time taken does not depend on which one (if any) matched."""
+    """The caller a ``Bearer`` header belongs to, or None."""
     scheme, _, presented = (header or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    if scheme.lower() != "bearer":
+        return None
+    return caller_for(presented, tokens)
+
+
+def caller_for(presented: str, tokens: list[Any]) -> Caller | None:
+    """The caller a presented token belongs to (the API's header, the console's login form), or
+    None. Every configured token is compared, match or not, so the time taken does not depend
+    on which one (if any) matched."""
+    if not presented.strip():
         return None
     offered = _digest(presented.strip())
     caller = None
@@ -340,7 +348,11 @@ class AdminApi:
 
     async def record(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
-        row = await self._row(request)
+        return await self.detail(await self._row(request), caller)
+
+    async def detail(self, row: st.Row, caller: Caller) -> dict[str, Any]:
+        """One record as ``caller`` may see it, with its history and versions (the API's record
+        view and the console's record page)."""
         history = await self.hub.db(self.hub.store.history, row.id)
         versions = []
         for pk in await self.hub.db(self.hub.store.select, record_ids=[row.record_id]):

@@ -4,8 +4,9 @@
 every configured plugin (``check()``) and answers 503 when any of them is not healthy, so a
 load balancer or systemd watchdog stops sending work to a hub that cannot do it.
 
-Also: the status page ``/`` (``hub.web.status_page``), the public verification page ``/verify``
-(``hub.web.verify_page``), ``/metrics`` (``hub.web.metrics``), the admin
+Also: the status page ``/`` (``hub.web.status_page``), the operators' console ``/console``
+(``hub.web.console``), the public verification page ``/verify`` (``hub.web.verify_page``),
+``/metrics`` (``hub.web.metrics``), the admin
 API under ``/api`` with its ``/openapi.json`` (``hub.web.admin``), and the vendors' push ingest.
 """
 
@@ -19,6 +20,7 @@ from starlette.routing import Route
 from hub import __version__
 from hub.engine.pipeline import Hub
 from hub.web.admin import admin_routes
+from hub.web.console import console_routes
 from hub.web.ingest import ingest_routes
 from hub.web.metrics import Metrics, metrics_routes
 from hub.web.status_page import status_routes
@@ -39,5 +41,5 @@ def create_app(hub: Hub) -> Starlette:
         hub.metrics = Metrics(hub)
     return Starlette(routes=[
         Route("/healthz", healthz), Route("/readyz", readyz), *ingest_routes(hub),
-        *status_routes(hub), *metrics_routes(hub), *admin_routes(hub), *verify_routes(hub),
+        *status_routes(hub), *metrics_routes(hub), *admin_routes(hub), *verify_routes(hub), *console_routes(hub),
     ])

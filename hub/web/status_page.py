@@ -20,6 +20,7 @@ Plugin health comes from ``hub.web.metrics.health``: at most one round of ``chec
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
@@ -124,6 +125,74 @@ def explain(state: str, errors: list[str]) -> tuple[str, str, str]:
     raise AssertionError("the last reason matches everything")
 
 
+# What a plugin's health line says, in plain words: (test on the line in lower case, vi, en).
+PLUGIN_PROBLEMS: list[tuple[Any, str, str]] = [
+    (lambda d: "paused" in d, "Đang tạm dừng theo yêu cầu của điều hành viên.", "Paused by an operator."),
+    (lambda d: any(k in d for k in ("token", "401", "403", "unauthori", "forbidden", "not logged in", "login",
+                                    "credential", "signature mismatch", "hmac")),
+     "Bị từ chối xác thực: kiểm tra tài khoản, mã bí mật hoặc token trong cấu hình.",
+     "Authentication refused: check the account, secret or token in the configuration."),
+    (lambda d: "429" in d or "too many" in d or "rate" in d,
+     "Bị giới hạn tần suất truy cập; hệ thống sẽ tự thử lại sau.", "Rate limited; the hub retries later by itself."),
+    (lambda d: any(k in d for k in ("timeout", "timed out", "cannot reach", "connect", "refused", "unreachable",
+                                    "name or service", "dns", "reset by peer", "disconnected")),
+     "Không kết nối được tới hệ thống này (mạng, địa chỉ hoặc hệ thống đang tắt).",
+     "Cannot reach this system (network, address, or the system is down)."),
+    (lambda d: any(k in d for k in (" 500", " 502", " 503", " 504", "http 5", "answered 5", "outage")),
+     "Hệ thống đầu bên kia đang lỗi; hệ thống sẽ tự thử lại.", "The other system is failing; the hub retries."),
+    (lambda d: any(k in d for k in ("certificate", "expired", "key", "pin", "token slot", "pkcs")),
+     "Lỗi chứng thư số hoặc khoá ký: kiểm tra chứng thư (còn hạn), mật khẩu hoặc thiết bị ký.",
+     "Certificate or signing key problem: check the certificate (valid), the password or the token."),
+    (lambda d: any(k in d for k in ("validation error", "input should", "field required", "not json", "xml",
+                                    "unexpected", "cannot map", "malformed")),
+     "Hệ thống này trả về dữ liệu không đúng mẫu mà bộ chuyển đổi hiểu được.",
+     "This system answered with data the adapter does not understand."),
+]
+# Pydantic's own wording: explained in plain words above, never shown as it is.
+_RAW_VALIDATION = ("validation error", "input should", "field required", "for further information visit")
+
+
+def plugin_detail(detail: str, lang: str) -> str:
+    """A plugin's health line for people: the plain-words cause first (Vietnamese unless
+    ``lang`` is "en"), then the technical line with personal data masked — unless it is a
+    validator's raw message, which says nothing more to an operator."""
+    if not detail:
+        return ""
+    low = detail.lower()
+    plain = next(((vi, en) for test, vi, en in PLUGIN_PROBLEMS if test(low)),
+                 ("Có lỗi; xem dòng kỹ thuật.", "Something failed; see the technical line."))
+    text = plain[0] if lang == "vi" else plain[1]
+    if any(k in low for k in _RAW_VALIDATION):
+        return text
+    technical = public_error(detail.splitlines()[0])
+    return f"{text} ({technical[:200]})"
+
+
+def field_of(line: str) -> str:
+    """The field path an error line names, and the rule if it cites one — never the message,
+    which may be a validator's raw wording or quote what the vendor sent."""
+    path = line.split(": ", 1)[0] if ": " in line else ""
+    if not re.fullmatch(r"[\w.\[\]()]{1,120}", path):
+        path = ""
+    rule = re.search(r"\brule (TT\d+[\w.]*)", line)
+    return " — ".join(p for p in (path, rule.group(1) if rule else "") if p) or "(hồ sơ / record)"
+
+
+def error_line(state: str, line: str, lang: str) -> str:
+    """One stored error line as people read it: for a record whose data is wrong, the field (and
+    rule) it names — the explanation beside it says what is wrong in plain words; for a person
+    who does not match the population database, the field and the reason in ``lang``; otherwise
+    the hub's own line with personal data masked (``public_error``), unless it is a validator's."""
+    if state == lc.BLOCKED_IDENTITY:
+        from hub.engine.identity import parse_reason
+
+        field, vi, en = parse_reason(line)
+        return f"{field}: {vi if lang == 'vi' else en}"
+    if state == lc.QUARANTINED or any(k in line.lower() for k in _RAW_VALIDATION):
+        return field_of(line)
+    return public_error(line)
+
+
 def state_label(state: str, lang: str) -> str:
     if state.startswith(lc.SIGNED_PREFIX):
         role = state.removeprefix(lc.SIGNED_PREFIX)
@@ -132,7 +201,8 @@ def state_label(state: str, lang: str) -> str:
     return STATE_LABELS[lang].get(state, state)
 
 
-def _local(iso: str | None) -> str:
+def local_time(iso: str | None) -> str:
+    """A stored time (ISO, UTC) as operators read it: Vietnam time, ``dd/mm/yyyy hh:mm:ss``."""
     if not iso:
         return ""
     try:
@@ -142,6 +212,9 @@ def _local(iso: str | None) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value.astimezone(VIETNAM_TIME).strftime("%d/%m/%Y %H:%M:%S")
+
+
+_local = local_time
 
 
 class StatusPage:
@@ -185,7 +258,7 @@ class StatusPage:
         return {
             "lang": lang, "t": t, "title": t["title"], "css": stylesheet(), "version": __version__,
             "refresh": REFRESH_SECONDS, "now": _local(dt.datetime.now(dt.timezone.utc).isoformat()),
-            "tiles": tiles, "plugins": self._plugins(t, paused),
+            "tiles": tiles, "plugins": self._plugins(t, paused, lang),
             "checked": None if checked is None else _local(
                 (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=time.monotonic() - checked)).isoformat()),
             **self._stuck(t, lang, stuck, stuck_total),
@@ -193,7 +266,7 @@ class StatusPage:
                        self._table(lang, "by-school", t["by_school"], t["school"], breakdown, "school_code")],
         }
 
-    def _plugins(self, t: dict[str, str], paused: set[str]) -> list[dict[str, Any]]:
+    def _plugins(self, t: dict[str, str], paused: set[str], lang: str) -> list[dict[str, Any]]:
         hub = self.hub
         plugins = [(a.name, "adapter") for a in hub.config.adapters]
         plugins += [(hub.config.destination.name, "destination")]
@@ -208,7 +281,9 @@ class StatusPage:
                 sync = _local(status.last_sync) if status and status.last_sync else t["never"]
             rows.append({"name": name, "kind": kind, "ok": None if status is None else status.health.ok,
                          "paused": name in paused, "sync": sync,
-                         "detail": public_error(status.health.detail) if status else ""})
+                         # A healthy plugin's line ("last pull succeeded") says nothing the badge does not.
+                         "detail": plugin_detail(status.health.detail, lang) if status and not status.health.ok
+                         else ""})
         return rows
 
     def _table(self, lang: str, anchor: str, title: str, key_title: str,
@@ -237,7 +312,8 @@ class StatusPage:
             rows.append({"id": r["id"], "reason": key, "record_id": r["record_id"], "version": r["version"],
                          "adapter": r["adapter"], "school": r["school_code"] or "", "state": r["state"],
                          "state_label": state_label(r["state"], lang), "changed": _local(r["updated_at"]),
-                         "errors": "\n".join(public_error(e) for e in r["errors"][:5]), "why": texts[key]})
+                         "errors": "\n".join(error_line(r["state"], e, lang) for e in r["errors"][:5]),
+                         "why": texts[key]})
         more = t["more"].format(shown=len(shown), total=total) if total > len(shown) else ""
         return {"stuck_total": total, "stuck": rows, "more": more,
                 "reasons": [(n, texts[k]) for k, n in reasons.most_common()]}
