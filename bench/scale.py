@@ -48,7 +48,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12")
+os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12,xml")
 
 import yaml  # noqa: E402
 
