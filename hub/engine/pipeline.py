@@ -59,6 +59,37 @@ def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = T
     return (render_pdf(record, roles, xml=xml) if pdf else None), xml
 
 
+def final_check_job(normalized: dict[str, Any], pdf: bytes | None, xml: bytes | None,
+                    trust: tuple[bytes, ...], pdf_roles: list[str], roles: tuple[str, ...],
+                    xml_format: str | None, school_ids: dict[str, list[str]]) -> list[str]:
+    """The last signing step's check, in a worker process (top-level so it pickles): each
+    document's signatures validated against ``trust`` and bound to the record. Returns the
+    problems, none when the documents may be delivered."""
+    import json
+
+    from hub.documents.binding import verify_pdf_bound, verify_xml
+    from hub.documents.verify import verify_blocking
+
+    problems: list[str] = []
+    if pdf is not None:
+        report = verify_blocking(pdf, trust)
+        problems += report.problems(require_trust=bool(trust))
+        if not problems:
+            verdict = verify_pdf_bound(report, json.dumps(normalized).encode(), pdf_roles,
+                                       school_ids=school_ids, trust_checked=bool(trust))
+            problems += [f"PDF {r}" for r in verdict.reasons]
+    if xml is not None and xml_format is not None:
+        from hub.documents.xmldsig import verify_document_blocking
+        from hub.plugins import document_formats
+
+        fmt = document_formats()[xml_format].cls()
+        report = verify_document_blocking(xml, xml_format, trust)
+        verdict = verify_xml(xml, fmt, report, required_roles=roles, school_ids=school_ids,
+                             trust_checked=bool(trust), record=normalized)
+        problems += [f"XML {r}" for r in verdict.reasons]
+    return problems
+
+
 def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info") -> None:
     """In each pool worker: log like the hub, take the prepared fonts, and exit if the hub dies.
 
@@ -620,7 +651,7 @@ class Hub:
 
                 jobs.append(sign_slots(
                     xml, xml_slots, signer, level=step.level or "B-B", timestamp_url=step.timestamp_url or "",
-                    c14n=signing.c14n,
+                    c14n=signing.c14n, executor=self._pool,
                     description=f"{ROLE_LABELS.get(role, role)} ký học bạ {record.transcript_id} (XML)"))
             sign_pdf = pdf is not None and role in self._pdf_roles and role not in signed_before
             if sign_pdf:
@@ -716,24 +747,12 @@ class Hub:
 
     async def _final_check(self, record: Any, pdf: bytes | None, xml: bytes | None,
                            trust: tuple[bytes, ...]) -> list[str]:
-        """Every document validated and bound to the record before it may be delivered."""
-        import json
-
-        from hub.documents.binding import verify_pdf_bound
-        from hub.documents.verify import verify_blocking
-
-        problems: list[str] = []
-        if pdf is not None:
-            report = await asyncio.get_running_loop().run_in_executor(self._pool, verify_blocking, pdf, trust)
-            problems += report.problems(require_trust=bool(trust))
-            if not problems:
-                roles = [r for r in self.roles if r in self._pdf_roles]
-                verdict = verify_pdf_bound(report, json.dumps(record.model_dump(mode="json")).encode(), roles,
-                                           school_ids=self.config.signing.school_ids, trust_checked=bool(trust))
-                problems += [f"PDF {r}" for r in verdict.reasons]
-        if xml is not None:
-            problems += await self._xml_problems(record, xml, trust, required=self.roles)
-        return problems
+        """Every document validated and bound to the record before it may be delivered (in a
+        worker process: parsing and checking the signatures is most of a transcript's CPU)."""
+        roles = [r for r in self.roles if r in self._pdf_roles]
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, final_check_job, record.model_dump(mode="json"), pdf, xml, trust, roles,
+            self.roles, self.config.xml_format, self.config.signing.school_ids)
 
     # --- operator actions (the admin API, hub/admin.py) -------------------------------------
 
