@@ -182,6 +182,10 @@ async def run_hub(records: int, processes: int, pki_dir: Path, root: Path, work:
         # document before delivery, and without a root it logs each unanchored signature.
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in roles], "trust": [str(root)]},
     })
+    # A hub that has started once on this machine: its font cache is in the data directory.
+    from hub.documents.render import cached_fonts
+
+    await asyncio.to_thread(cached_fonts, work / "hub-data" / "cache")
     clock = DeliveryClock()
     manager().register(clock, name="bench-delivery-clock")
     try:

@@ -98,11 +98,14 @@ def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: s
     """
     import threading
 
+    from hub.documents.pades import stamp_font_bytes
     from hub.documents.render import load_fonts
     from hub.logs import configure
 
     configure(log_format, log_level)
     load_fonts(fonts)
+    # The signature stamp's font subset, made once per worker before its first job.
+    stamp_font_bytes()
     parent = os.getppid()
 
     def watch() -> None:
@@ -154,6 +157,7 @@ class Hub:
         processes = config.workers.processes or os.cpu_count() or 1
         self._processes = processes
         self._pool: ProcessPoolExecutor | None = None
+        self._warming: asyncio.Task[Any] | None = None
         self._concurrency = config.workers.concurrency or 2 * processes
         self.adapters: dict[str, Adapter] = {}
         self.signers: dict[str, Signer] = {}
@@ -180,17 +184,20 @@ class Hub:
 
     async def start(self, *, pull: bool = True) -> None:
         """Open every plugin (failing fast with its reason), requeue unfinished records, start."""
-        from hub.documents.render import load_fonts
+        from hub.documents.render import cached_fonts
 
-        # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s.
-        fonts = await asyncio.to_thread(load_fonts)
+        data = self.config.data_dir
+        # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s,
+        # and keeping them in the data directory saves the hub the same at its next start.
+        fonts = await asyncio.to_thread(cached_fonts, data / "cache")
         self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_worker_init, initargs=(fonts, *logs.current))
-        # Start every worker now, off the event loop, rather than on the first render (where
-        # spawning them would stall the loop for a second or two).
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._pool, _warm) for _ in range(self._processes)))
-        data = self.config.data_dir
+        # Start every worker now, from a thread (spawning stalls whoever submits), and without
+        # waiting for them: pulling and normalising need no worker, and the first render queues
+        # until one is up. Waiting here was most of the time to the first claim.
+        pool = self._pool
+        self._warming = asyncio.create_task(asyncio.to_thread(
+            lambda: [pool.submit(_warm) for _ in range(self._processes)]), name="hocba-warm-pool")
         try:
             from hub.plugins import document_formats
 
@@ -221,6 +228,7 @@ class Hub:
                     raise PluginError(f"{name}: {exc}") from None
         except BaseException:
             await self._close_plugins()
+            await asyncio.gather(self._warming, return_exceptions=True)
             self._pool.shutdown(cancel_futures=True)
             raise
 
@@ -267,6 +275,8 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._close_plugins()
+        if self._warming is not None:
+            await asyncio.gather(self._warming, return_exceptions=True)
         if self._pool:
             self._pool.shutdown(wait=True, cancel_futures=True)
         counts = self.store.counts()
