@@ -48,7 +48,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12")
+os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12,xml")
 
 import yaml  # noqa: E402
 
@@ -158,6 +158,37 @@ async def throughput(records: int, workers: int, store: str, processes: int, pki
             "created": central.counters.created, "resent": central.counters.duplicates}
 
 
+async def pool_scaling(records: int, sizes: list[int], pki_dir: Path, root: Path, work: Path) -> bool:
+    """One hub (SQLite, in this process; simulators in their own) with each worker-pool size in
+    ``sizes``: rate after start-up, CPU split, and the speedup over one worker process."""
+    from pipeline import report_hub, run_hub
+
+    from hub.logs import configure
+
+    configure("console", "error")  # a log line per state change is not what is measured here
+    rates: dict[int, float] = {}
+    ok = True
+    for size in sizes:
+        print(f"one hub, {size} worker process(es), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}:")
+        result = await run_hub(records, size, pki_dir, root, work / f"pool-{size}")
+        report_hub(result, indent="    ")
+        ok &= result.accepted == result.records
+        rates[size] = result.rate_after_startup
+    first = rates[sizes[0]] / sizes[0]
+    for size in sizes:
+        print(f"speedup_{size}_processes: {rates[size] / first:.2f} (target ≥ {0.8 * size:.1f})")
+    return ok
+
+
+def _pool_sizes() -> str:
+    cores = os.cpu_count() or 1
+    sizes, n = [], 1
+    while n < cores:
+        sizes.append(n)
+        n *= 2
+    return ",".join(map(str, [*sizes, cores]))
+
+
 def ingest_normalise(count: int, location: str) -> float:
     """Records/s: receive in pages of 100, then normalise each and commit it as normalized."""
     vendor = VnptSimulator(records=min(count, 200), seed=7)
@@ -218,10 +249,12 @@ async def main_async(args: argparse.Namespace) -> int:
 
 async def _measure(args: argparse.Namespace, work: Path) -> int:
     pki_dir = work / "pki"
-    await asyncio.to_thread(ensure_pki, pki_dir, signing_identities(), PASSWORD)
+    root = await asyncio.to_thread(ensure_pki, pki_dir, signing_identities(), PASSWORD)
     print(f"machine: {os.cpu_count()} cores; records per run: {args.records}; "
           f"processes per worker: {args.processes or 'one per core'}")
     ok = True
+    if args.pool:
+        ok &= await pool_scaling(args.records, args.pool, pki_dir, root, work)
     base = await throughput(args.records, 1, "", args.processes, pki_dir, work / "sqlite-1")
     ok &= base["ok"]
     print(f"throughput sqlite 1 worker: {base['records']} transcripts in {base['seconds']:.1f} s = "
@@ -249,6 +282,8 @@ async def _measure(args: argparse.Namespace, work: Path) -> int:
             print(f"rss while streaming into sqlite: {stored} stored records, {rss:.1f} MB resident "
                   f"({seconds:.0f} s, {stored / seconds:.0f} records/s)", flush=True)
         print(f"rss_growth {points[0][0]} → {points[-1][0]} records: {points[-1][1] - points[0][1]:+.1f} MB")
+    if not args.workers:
+        return 0 if ok else 1
     for n in args.workers:
         print(f"ratio_{n}_workers_with_startup: {startup_ratios[n]:.2f}")
     for n in args.workers:
@@ -262,13 +297,16 @@ async def _measure(args: argparse.Namespace, work: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=60, help="transcripts per throughput run")
-    parser.add_argument("--workers", default="1,2,4", help="PostgreSQL worker counts to run")
+    parser.add_argument("--pool", default=_pool_sizes(),
+                        help="worker-pool sizes of one hub (default 1, 2, 4, … up to the cores; '': skip)")
+    parser.add_argument("--workers", default="1,2,4", help="PostgreSQL hub-process counts to run ('': skip)")
     parser.add_argument("--processes", type=int, default=0, help="render/sign processes per worker (0: per core)")
     parser.add_argument("--ingest", type=int, default=2000, help="records for ingest+normalise (0: skip)")
     parser.add_argument("--memory", default="10000,100000", help="stored-record counts to read RSS at ('': skip)")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="a PostgreSQL server (a database is made per run)")
     args = parser.parse_args()
     args.workers = [int(n) for n in args.workers.split(",") if n]
+    args.pool = [int(n) for n in args.pool.split(",") if n]
     args.memory = [int(n) for n in args.memory.split(",") if n]
     return asyncio.run(main_async(args))
 

@@ -13,10 +13,15 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "pipeline.py"
 def test_pipeline_bench_runs_and_ends_with_the_ratio():
     # A separate process, as a user runs it: the bench starts its own simulators, worker pool
     # and event loop, and must exit 0 only when the central store accepted every transcript.
-    done = subprocess.run([sys.executable, str(BENCH), "--records", "4", "--plain-records", "2"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(BENCH), "--records", "4", "--plain-records", "2",
+                           "--bare-records", "2"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio: \d+\.\d", lines[-1]), lines[-1]
     assert "accepted by the central store: 4/4" in done.stdout
     assert "accepted by the central store: 2/2" in done.stdout
+    # The bare loop validated its documents, and the coordinator's CPU is reported apart.
+    assert "validated 2/2" in done.stdout
+    assert re.search(r"^ratio_to_bare: \d+\.\d\d", done.stdout, re.M), done.stdout
+    assert re.search(r"^coordinator_ms_per_transcript: \d+\.\d", done.stdout, re.M), done.stdout

@@ -307,9 +307,10 @@ class LocalKeySigner(Signer):
         keys = await asyncio.to_thread(_load_first, self._source)
         if not keys:
             raise PluginError(f"{self.name}: no keys found")
-        # Prepared here, pool workers forked later inherit the stamp font instead of each
-        # building it on its first signature.
-        await asyncio.to_thread(stamp_font_bytes)
+        if self.context.executor is None:
+            # Signing happens in this process: the stamp font now, not on the first signature.
+            # (The hub's pool workers make their own when they start: they are spawned.)
+            await asyncio.to_thread(stamp_font_bytes)
 
     async def check(self) -> Health:
         # open() proved the settings with one key; decrypting every file on each health check

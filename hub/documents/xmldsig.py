@@ -30,7 +30,9 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 
 from asn1crypto import cms, tsp
 from asn1crypto import x509 as asn1_x509
@@ -248,20 +250,27 @@ def add_timestamps(document: bytes, tokens: dict[str, bytes]) -> bytes:
 
 
 async def sign_slots(document: bytes, slots: Sequence[SignatureSlot], signer: Signer, *, level: str = "B-B",
-                     timestamp_url: str = "", c14n: str = "exclusive", description: str = "") -> bytes:
-    """Sign every slot in ``slots`` with ``signer`` (one call, so one approval per identity)."""
+                     timestamp_url: str = "", c14n: str = "exclusive", description: str = "",
+                     executor: Executor | None = None) -> bytes:
+    """Sign every slot in ``slots`` with ``signer`` (one call, so one approval per identity).
+
+    The XML work (building the signatures, writing their values) runs in ``executor`` (the
+    hub's worker pool), a thread without one: only the digests pass through this process.
+    """
     if not slots:
         return document
     certs = {}
     for identity in dict.fromkeys(s.identity for s in slots):
         certs[identity] = await signer.certificates(identity)
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    prepared = await asyncio.to_thread(prepare, document, [(s, certs[s.identity]) for s in slots],
-                                       signing_time=now, c14n=c14n)
+    loop = asyncio.get_running_loop()
+    prepared = await loop.run_in_executor(executor, partial(
+        prepare, document, [(s, certs[s.identity]) for s in slots], signing_time=now, c14n=c14n))
     requests = [DigestSignRequest(s.identity, prepared.digests[s.signature_id], "sha256",
                                   description or f"{s.name}") for s in slots]
     raw = await signer.sign_digests(requests)
-    document = complete(prepared, {s.signature_id: r for s, r in zip(slots, raw)})
+    document = await loop.run_in_executor(executor, complete, prepared,
+                                          {s.signature_id: r for s, r in zip(slots, raw)})
     if level != "B-B":
         from hub.documents.pades import timestamper_for
 

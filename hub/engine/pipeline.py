@@ -60,6 +60,37 @@ def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = T
     return (render_pdf(record, roles, xml=xml, verification=verification) if pdf else None), xml
 
 
+def final_check_job(normalized: dict[str, Any], pdf: bytes | None, xml: bytes | None,
+                    trust: tuple[bytes, ...], pdf_roles: list[str], roles: tuple[str, ...],
+                    xml_format: str | None, school_ids: dict[str, list[str]]) -> list[str]:
+    """The last signing step's check, in a worker process (top-level so it pickles): each
+    document's signatures validated against ``trust`` and bound to the record. Returns the
+    problems, none when the documents may be delivered."""
+    import json
+
+    from hub.documents.binding import verify_pdf_bound, verify_xml
+    from hub.documents.verify import verify_blocking
+
+    problems: list[str] = []
+    if pdf is not None:
+        report = verify_blocking(pdf, trust)
+        problems += report.problems(require_trust=bool(trust))
+        if not problems:
+            verdict = verify_pdf_bound(report, json.dumps(normalized).encode(), pdf_roles,
+                                       school_ids=school_ids, trust_checked=bool(trust))
+            problems += [f"PDF {r}" for r in verdict.reasons]
+    if xml is not None and xml_format is not None:
+        from hub.documents.xmldsig import verify_document_blocking
+        from hub.plugins import document_formats
+
+        fmt = document_formats()[xml_format].cls()
+        report = verify_document_blocking(xml, xml_format, trust)
+        verdict = verify_xml(xml, fmt, report, required_roles=roles, school_ids=school_ids,
+                             trust_checked=bool(trust), record=normalized)
+        problems += [f"XML {r}" for r in verdict.reasons]
+    return problems
+
+
 def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info") -> None:
     """In each pool worker: log like the hub, take the prepared fonts, and exit if the hub dies.
 
@@ -68,11 +99,14 @@ def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: s
     """
     import threading
 
+    from hub.documents.pades import stamp_font_bytes
     from hub.documents.render import load_fonts
     from hub.logs import configure
 
     configure(log_format, log_level)
     load_fonts(fonts)
+    # The signature stamp's font subset, made once per worker before its first job.
+    stamp_font_bytes()
     parent = os.getppid()
 
     def watch() -> None:
@@ -124,6 +158,7 @@ class Hub:
         processes = config.workers.processes or os.cpu_count() or 1
         self._processes = processes
         self._pool: ProcessPoolExecutor | None = None
+        self._warming: asyncio.Task[Any] | None = None
         self._concurrency = config.workers.concurrency or 2 * processes
         self.adapters: dict[str, Adapter] = {}
         self.signers: dict[str, Signer] = {}
@@ -150,17 +185,20 @@ class Hub:
 
     async def start(self, *, pull: bool = True) -> None:
         """Open every plugin (failing fast with its reason), requeue unfinished records, start."""
-        from hub.documents.render import load_fonts
+        from hub.documents.render import cached_fonts
 
-        # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s.
-        fonts = await asyncio.to_thread(load_fonts)
+        data = self.config.data_dir
+        # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s,
+        # and keeping them in the data directory saves the hub the same at its next start.
+        fonts = await asyncio.to_thread(cached_fonts, data / "cache")
         self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_worker_init, initargs=(fonts, *logs.current))
-        # Start every worker now, off the event loop, rather than on the first render (where
-        # spawning them would stall the loop for a second or two).
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._pool, _warm) for _ in range(self._processes)))
-        data = self.config.data_dir
+        # Start every worker now, from a thread (spawning stalls whoever submits), and without
+        # waiting for them: pulling and normalising need no worker, and the first render queues
+        # until one is up. Waiting here was most of the time to the first claim.
+        pool = self._pool
+        self._warming = asyncio.create_task(asyncio.to_thread(
+            lambda: [pool.submit(_warm) for _ in range(self._processes)]), name="hocba-warm-pool")
         try:
             from hub.plugins import document_formats
 
@@ -191,6 +229,7 @@ class Hub:
                     raise PluginError(f"{name}: {exc}") from None
         except BaseException:
             await self._close_plugins()
+            await asyncio.gather(self._warming, return_exceptions=True)
             self._pool.shutdown(cancel_futures=True)
             raise
 
@@ -237,6 +276,8 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._close_plugins()
+        if self._warming is not None:
+            await asyncio.gather(self._warming, return_exceptions=True)
         if self._pool:
             self._pool.shutdown(wait=True, cancel_futures=True)
         counts = self.store.counts()
@@ -653,7 +694,7 @@ class Hub:
 
                 jobs.append(sign_slots(
                     xml, xml_slots, signer, level=step.level or "B-B", timestamp_url=step.timestamp_url or "",
-                    c14n=signing.c14n,
+                    c14n=signing.c14n, executor=self._pool,
                     description=f"{ROLE_LABELS.get(role, role)} ký học bạ {record.transcript_id} (XML)"))
             sign_pdf = pdf is not None and role in self._pdf_roles and role not in signed_before
             if sign_pdf:
@@ -749,24 +790,12 @@ class Hub:
 
     async def _final_check(self, record: Any, pdf: bytes | None, xml: bytes | None,
                            trust: tuple[bytes, ...]) -> list[str]:
-        """Every document validated and bound to the record before it may be delivered."""
-        import json
-
-        from hub.documents.binding import verify_pdf_bound
-        from hub.documents.verify import verify_blocking
-
-        problems: list[str] = []
-        if pdf is not None:
-            report = await asyncio.get_running_loop().run_in_executor(self._pool, verify_blocking, pdf, trust)
-            problems += report.problems(require_trust=bool(trust))
-            if not problems:
-                roles = [r for r in self.roles if r in self._pdf_roles]
-                verdict = verify_pdf_bound(report, json.dumps(record.model_dump(mode="json")).encode(), roles,
-                                           school_ids=self.config.signing.school_ids, trust_checked=bool(trust))
-                problems += [f"PDF {r}" for r in verdict.reasons]
-        if xml is not None:
-            problems += await self._xml_problems(record, xml, trust, required=self.roles)
-        return problems
+        """Every document validated and bound to the record before it may be delivered (in a
+        worker process: parsing and checking the signatures is most of a transcript's CPU)."""
+        roles = [r for r in self.roles if r in self._pdf_roles]
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, final_check_job, record.model_dump(mode="json"), pdf, xml, trust, roles,
+            self.roles, self.config.xml_format, self.config.signing.school_ids)
 
     # --- operator actions (the admin API, hub/admin.py) -------------------------------------
 
