@@ -32,6 +32,7 @@ from hub.contracts import (
     PluginSettings,
     RawRecord,
 )
+from hub.kit import jsonpayload
 from hub.kit.http import HttpPullMixin, Transient
 
 log = structlog.get_logger(__name__)
@@ -305,11 +306,8 @@ class MisaAdapter(HttpPullMixin, Adapter):
     # --- normalise ---------------------------------------------------------------------------
 
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
-        try:
-            record = json.loads(raw.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"payload is not JSON, or is truncated: {exc}") from None
-        return to_central(record)
+        # Duplicate keys, deep nesting and non-JSON are refused with the reason (PayloadError).
+        return to_central(jsonpayload.loads(raw.payload))
 
 
 # --- the vendor record → central-format fields ---------------------------------------------------

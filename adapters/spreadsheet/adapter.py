@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Literal
 import structlog
 from pydantic import Field, ValidationError, field_validator
 
+from hub import catalogue
+from hub.kit import jsonpayload
 from hub.contracts import (
     Adapter,
     Health,
@@ -144,27 +146,13 @@ SECONDARY_COLUMNS: tuple[Column, ...] = (
     Column("Chứng chỉ", "certificates", "Tên | dd/MM/yyyy | Nơi cấp; nhiều chứng chỉ cách nhau bởi ;"),
 )
 
-# Subject catalogues (Chương trình GDPT 2018): column name → subject code, in template order.
-PRIMARY_SUBJECTS = {
-    "Tiếng Việt": "TV", "Toán": "TOAN", "Ngoại ngữ 1": "NN1", "Đạo đức": "DD",
-    "Tự nhiên và Xã hội": "TNXH", "Lịch sử và Địa lí": "LSDL", "Khoa học": "KH",
-    "Tin học và Công nghệ": "THCN", "Giáo dục thể chất": "GDTC", "Nghệ thuật": "NT",
-    "Âm nhạc": "AN", "Mĩ thuật": "MT", "Hoạt động trải nghiệm": "HDTN", "Tiếng dân tộc": "TDT",
-}
-SECONDARY_SCORED_SUBJECTS = {
-    "Toán": "TOAN", "Ngữ văn": "NV", "Ngoại ngữ 1": "NN1", "Lịch sử": "LS",
-    "Khoa học tự nhiên": "KHTN", "Lịch sử và Địa lí": "LSDL", "Công nghệ": "CN", "Tin học": "TH",
-    "Giáo dục công dân": "GDCD", "Vật lí": "VL", "Hoá học": "HH", "Sinh học": "SH", "Địa lí": "DL",
-    "Giáo dục kinh tế và pháp luật": "GDKTPL", "Giáo dục quốc phòng và an ninh": "GDQPAN",
-    "Nội dung giáo dục của địa phương": "GDDP", "Ngoại ngữ 2": "NN2", "Tiếng dân tộc": "TDT",
-}
-SECONDARY_COMMENT_SUBJECTS = {
-    "Giáo dục thể chất": "GDTC", "Nghệ thuật": "NT", "Âm nhạc": "AN", "Mĩ thuật": "MT",
-    "Hoạt động trải nghiệm, hướng nghiệp": "HDTN",
-}
+# Subject columns: the hub's subject catalogue (hub.catalogue), name → code, in its order.
+PRIMARY_SUBJECTS = {s.name: s.code for s in catalogue.level_subjects(catalogue.PRIMARY)}
+SECONDARY_SCORED_SUBJECTS = {s.name: s.code for s in catalogue.level_subjects("secondary") if s.assessment == "score"}
+SECONDARY_COMMENT_SUBJECTS = {s.name: s.code for s in catalogue.level_subjects("secondary") if s.assessment == "comment"}
 # Both spellings are in use (old and new tone placement, i/y): a school may type either.
 ALTERNATE_SPELLINGS = {"Hóa học": "Hoá học", "Mỹ thuật": "Mĩ thuật", "Vật lý": "Vật lí", "Địa lý": "Địa lí",
-                       "Lịch sử và Địa lý": "Lịch sử và Địa lí"}
+                       "Lịch sử và Địa lý": "Lịch sử và Địa lí", "Tiếng dân tộc": "Tiếng dân tộc thiểu số"}
 PRIMARY_MEASURES = {"Mức đạt HK1": "term1_level", "Mức đạt CN": "year_level",
                     "Điểm KTĐK HK1": "term1_score", "Điểm KTĐK CN": "year_score", "Nhận xét": "comment"}
 SCORED_MEASURES = {"ĐTB HK1": "term1_average", "ĐTB HK2": "term2_average", "ĐTB CN": "year_average"}
@@ -896,10 +884,7 @@ class SpreadsheetAdapter(Adapter):
     # --- normalise ---------------------------------------------------------------------------
 
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
-        try:
-            row = json.loads(raw.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"payload is not a JSON row: {exc}") from None
+        row = jsonpayload.loads(raw.payload, what="the row")
         data, _ = to_central(row, self._extra_subjects)
         return data
 

@@ -25,6 +25,7 @@ from hub.contracts import (
     PluginSettings,
     RawRecord,
 )
+from hub.kit import jsonpayload
 from hub.kit.http import HttpPullMixin, Transient
 
 TOKEN_PATH = "/oauth/token"
@@ -277,11 +278,8 @@ class VnptAdapter(HttpPullMixin, Adapter):
     # --- normalise ---------------------------------------------------------------------------
 
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
-        try:
-            record = json.loads(raw.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"payload is not JSON: {exc}") from None
-        return to_central(record)
+        # Duplicate keys, deep nesting and non-JSON are refused with the reason (PayloadError).
+        return to_central(jsonpayload.loads(raw.payload))
 
 
 # --- the vendor record → central-format fields ---------------------------------------------------

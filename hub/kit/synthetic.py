@@ -13,6 +13,7 @@ import random
 import unicodedata
 from typing import Any
 
+from hub import catalogue, identifiers
 from hub.contracts import SigningIdentity
 from hub.records import GENERAL_COMPETENCIES, QUALITIES
 
@@ -30,17 +31,16 @@ SCHOOLS = [
     ("01", "01004001", "Trường THPT Chu Văn An", "04", "Hà Nội"),
 ]
 
-PRIMARY_SUBJECTS = [
-    ("TV", "Tiếng Việt", True), ("TOAN", "Toán", True), ("DD", "Đạo đức", False),
-    ("TNXH", "Tự nhiên và Xã hội", False), ("GDTC", "Giáo dục thể chất", False),
-    ("NT", "Nghệ thuật", False), ("HDTN", "Hoạt động trải nghiệm", False),
-]
-SECONDARY_SCORED = [
-    ("TOAN", "Toán"), ("NV", "Ngữ văn"), ("NN1", "Ngoại ngữ 1"), ("LS", "Lịch sử"),
-    ("KHTN", "Khoa học tự nhiên"), ("LSDL", "Lịch sử và Địa lí"), ("CN", "Công nghệ"),
-    ("TH", "Tin học"), ("GDCD", "Giáo dục công dân"),
-]
-SECONDARY_COMMENT = [("GDTC", "Giáo dục thể chất"), ("NT", "Nghệ thuật"), ("HDTN", "Hoạt động trải nghiệm, hướng nghiệp")]
+# Upper secondary students choose four electives; synthetic ones all take the sciences and Tin học.
+UPPER_SECONDARY_ELECTIVES = ("VL", "HH", "SH", "TH")
+
+
+def subjects_of(level: str, grade: int) -> list[catalogue.Subject]:
+    """The subjects a synthetic student of ``grade`` takes: the catalogue's compulsory ones
+    (Nghệ thuật whole, not split into Âm nhạc and Mĩ thuật), plus the electives above."""
+    return [s for s in catalogue.subjects_for(level, grade)
+            if (s.kind == "compulsory" and s.part_of is None)
+            or (s.kind == "elective" and s.code in UPPER_SECONDARY_ELECTIVES)]
 
 INVALID_KINDS = ("personal_id", "birth_date", "score_range", "rule_tt22", "level_code")
 
@@ -49,8 +49,16 @@ def _name(rng: random.Random) -> str:
     return f"{rng.choice(SURNAMES)} {rng.choice(MIDDLE)} {rng.choice(GIVEN)}"
 
 
-def _pid(rng: random.Random) -> str:
-    return f"0{rng.randint(1, 96):02d}{rng.randint(0, 999999999):09d}"
+_PROVINCES = sorted(identifiers.PROVINCE_CODES)
+
+
+def _pid(rng: random.Random, gender: int | None = None, birth_date: dt.date | None = None) -> str:
+    """A personal id with the citizen-id structure; an adult's (a signer's) when no gender and
+    birth date are given."""
+    province, serial = _PROVINCES[rng.randint(1, 96) % len(_PROVINCES)], rng.randint(0, 999999999)
+    if birth_date is None:
+        gender, birth_date = 1 + serial % 2, dt.date(1965 + serial % 30, 1, 1)
+    return identifiers.make(province, gender, birth_date, serial)
 
 
 def _level_for(avgs: list[float], comments: list[str]) -> str:
@@ -86,7 +94,7 @@ def transcript(index: int, seed: int = 0, year: int = 2024) -> dict[str, Any]:
         "school_year": f"{year}-{year + 1}",
         "student": {
             "student_code": f"HS{school_code[-5:]}{index:05d}",
-            "personal_id": _pid(rng),
+            "personal_id": _pid(rng),  # replaced below, once gender and birth date are drawn
             "full_name": _name(rng),
             "birth_date": dt.date(birth_year, rng.randint(1, 12), rng.randint(1, 28)).isoformat(),
             "gender": rng.choice([1, 2]),
@@ -106,9 +114,13 @@ def transcript(index: int, seed: int = 0, year: int = 2024) -> dict[str, Any]:
             "issue_place": place,
         },
     }
+    student = record["student"]
+    pid_rng = random.Random(student["personal_id"])
+    student["personal_id"] = _pid(pid_rng, student["gender"], dt.date.fromisoformat(student["birth_date"]))
     if level == "02":
         subjects = []
-        for code, name, tested in PRIMARY_SUBJECTS:
+        for entry in subjects_of(level, grade):
+            code, name, tested = entry.code, entry.name, entry.periodic_test
             lv = rng.choice("TTHH")
             subject = {"subject_code": code, "subject_name": name, "term1_level": rng.choice("TH"),
                        "year_level": lv, "comment": "Hoàn thành tốt nội dung môn học" if lv == "T" else "Hoàn thành"}
@@ -128,14 +140,15 @@ def transcript(index: int, seed: int = 0, year: int = 2024) -> dict[str, Any]:
     else:
         base = rng.uniform(5.5, 9.0)
         subjects, by_term = [], {"term1": [], "term2": [], "year": []}
-        for code, name in SECONDARY_SCORED:
+        taken = subjects_of(level, grade)
+        for code, name in [(e.code, e.name) for e in taken if e.assessment == "score"]:
             t1 = round(min(10, max(3.5, rng.gauss(base, 1.0))), 1)
             t2 = round(min(10, max(3.5, rng.gauss(base, 1.0))), 1)
             yr = round((t1 + 2 * t2) / 3, 1)
             by_term["term1"].append(t1), by_term["term2"].append(t2), by_term["year"].append(yr)
             subjects.append({"subject_code": code, "subject_name": name,
                              "term1_average": t1, "term2_average": t2, "year_average": yr})
-        for code, name in SECONDARY_COMMENT:
+        for code, name in [(e.code, e.name) for e in taken if e.assessment == "comment"]:
             subjects.append({"subject_code": code, "subject_name": name, "term1_comment": "Đ",
                              "term2_comment": "Đ", "year_comment": "Đ"})
         learning = {p: _level_for(v, ["Đ"]) for p, v in zip(("term1", "term2", "year"), by_term.values())}
