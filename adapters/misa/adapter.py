@@ -189,6 +189,10 @@ class MisaAdapter(HttpPullMixin, Adapter):
                             f"not JSON: {self._scrub(snippet)!r}")
         try:
             return json.loads(body.decode("utf-8"))
+        except RecursionError:
+            # A page nested thousands of levels deep: refused as a whole (a row nested less deep
+            # than the parser's limit is quarantined by normalize with the reason).
+            raise MisaError(f"GET {url} answered 200 with JSON nested too deeply to read") from None
         except UnicodeDecodeError as exc:
             raise MisaError(f"GET {url} answered 200 with a body that is not UTF-8 (byte {exc.start})") from None
         except json.JSONDecodeError as exc:
@@ -417,7 +421,7 @@ def _shape(level: Any, evaluation: dict[str, Any]) -> str:
         return "primary"
     if keys & (SECONDARY_KEYS - PRIMARY_KEYS):
         return "secondary"
-    raise ValueError(f"school.schoolLevel {level!r} is not 02, 03 or 04")
+    raise ValueError("school.schoolLevel is not 02, 03 or 04")
 
 
 def _secondary_subject(subject: dict[str, Any], where: str) -> dict[str, Any]:
@@ -427,7 +431,7 @@ def _secondary_subject(subject: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(kind, str) or kind not in EVALUATION_FIELDS:
         if "evaluationType" not in subject:
             raise ValueError(f"{where}.evaluationType is missing")
-        raise ValueError(f"{where}.evaluationType {kind!r} is not 'score' or 'comment'")
+        raise ValueError(f"{where}.evaluationType is not 'score' or 'comment'")
     # The same three keys hold averages or Đ/CĐ results; evaluationType says which.
     for key, field in zip(("term1", "term2", "yearEnd"), EVALUATION_FIELDS[kind]):
         if key in subject:

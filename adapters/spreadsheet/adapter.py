@@ -287,7 +287,7 @@ def _certificates(text: str) -> list[dict[str, str]]:
     for item in filter(None, (part.strip() for part in text.split(";"))):
         parts = [p.strip() for p in item.split("|")]
         if len(parts) > 3:
-            raise ValueError(f"Chứng chỉ: {item!r} has more than three | parts (Tên | ngày cấp | nơi cấp)")
+            raise ValueError("Chứng chỉ: a certificate has more than three | parts (Tên | ngày cấp | nơi cấp)")
         name, issued, issuer = (parts + ["", ""])[:3]
         out.append({"name": name, "issued_on": issued, "issuer": issuer})
     return out

@@ -404,7 +404,7 @@ PRINCIPAL = {"name": ("principal_name", True), "personalId": ("principal_persona
 def _children(element: Element, path: str, allowed: Collection[str]) -> dict[str, Element]:
     """The child elements of a container by tag: unknown, repeated or text content is an error."""
     if (element.text or "").strip():
-        raise ValueError(f"{path} holds text {element.text.strip()[:40]!r} where elements are expected")
+        raise ValueError(f"{path} holds text where elements are expected")
     out: dict[str, Element] = {}
     for child in element:
         where = f"{path}/{child.tag}"
@@ -414,7 +414,7 @@ def _children(element: Element, path: str, allowed: Collection[str]) -> dict[str
         if child.tag in out:
             raise ValueError(f"{where} appears more than once")
         if (child.tail or "").strip():
-            raise ValueError(f"{path} holds text {child.tail.strip()[:40]!r} between elements")
+            raise ValueError(f"{path} holds text between elements")
         out[child.tag] = child
     return out
 
@@ -440,7 +440,7 @@ def _map(element: Element, path: str, table: dict[str, tuple[str, bool]],
 
 def _items(element: Element, path: str, tag: str) -> list[tuple[Element, str]]:
     if (element.text or "").strip():
-        raise ValueError(f"{path} holds text {element.text.strip()[:40]!r} where <{tag}> elements are expected")
+        raise ValueError(f"{path} holds text where <{tag}> elements are expected")
     items = []
     for i, child in enumerate(element, 1):
         if child.tag != tag:
