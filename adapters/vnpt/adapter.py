@@ -259,7 +259,10 @@ class VnptAdapter(HttpPullMixin, Adapter):
                     # The whole page shares one instant: only here do page numbers advance.
                     page_no += 1
                     seen_at_since |= {raw.source_id for raw, _ in read}
-            yield Page(records, since.strftime(_TIMESTAMP_FORMAT) if since is not None else None)
+            # The saved cursor never passes the hub's own clock: a record the vendor dates in the
+            # future must not make the next poll skip every real edit until that date.
+            saved = min(since, dt.datetime.now(VIETNAM_TIME).replace(tzinfo=None, microsecond=0)) if since else None
+            yield Page(records, saved.strftime(_TIMESTAMP_FORMAT) if saved is not None else None)
             if last_page:
                 return
 
