@@ -68,7 +68,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_normalize(args: argparse.Namespace) -> int:
     from hub.contracts import PluginContext, RawRecord
     from hub.plugins import adapter_types
-    from hub.records import field_errors, parse_transcript
+    from hub.records import VIETNAM_TIME, field_errors, parse_transcript
     from hub.store import record_id_for
 
     info = adapter_types().get(args.adapter)
@@ -82,19 +82,35 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     payload = path.read_bytes()
     # Normalising needs no connection, so the adapter gets its settings' defaults unvalidated.
     adapter = info.cls(info.cls.Settings.model_construct(), PluginContext(args.adapter, Path(".")))
-    raw = RawRecord(source_id=path.stem, payload=payload)
     try:
-        data = adapter.normalize(raw)
-        record = parse_transcript({**data, "record_id": record_id_for(args.adapter, path.stem),
-                                   "event": "NEW", "version": 1, "updated_at": "2025-01-01T00:00:00"})
-    except ValidationError as exc:
-        _print_errors(field_errors(exc))
-        return 1
+        # The records the file holds with their real envelope (a recalled record is a CANCEL; a
+        # spreadsheet is one record per row), as the hub would store them.
+        raws: list[RawRecord] = adapter.read_file(path.name, payload)
     except (ValueError, KeyError, TypeError) as exc:
         _print_errors([str(exc)])
         return 1
-    print(record.model_dump_json(by_alias=not args.snake_case, indent=2))
-    return 0
+    out, failed = [], False
+    for raw in raws:
+        prefix = f"{raw.source_id}: " if len(raws) > 1 else ""
+        updated = raw.updated_at.astimezone(VIETNAM_TIME) if raw.updated_at and raw.updated_at.tzinfo else raw.updated_at
+        try:
+            data = adapter.normalize(raw)
+            record = parse_transcript({**data, "record_id": record_id_for(args.adapter, raw.source_id),
+                                       "event": "CANCEL" if raw.deleted else "NEW", "version": 1,
+                                       "updated_at": (updated.replace(tzinfo=None).isoformat(timespec="seconds")
+                                                      if updated else "2025-01-01T00:00:00")})
+        except ValidationError as exc:
+            _print_errors([prefix + line for line in field_errors(exc)])
+            failed = True
+            continue
+        except (ValueError, KeyError, TypeError) as exc:
+            _print_errors([prefix + str(exc)])
+            failed = True
+            continue
+        out.append(record.model_dump(mode="json", by_alias=not args.snake_case))
+    if out:
+        print(json.dumps(out[0] if len(raws) == 1 else out, ensure_ascii=False, indent=2))
+    return 1 if failed else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -309,6 +309,16 @@ class MisaAdapter(HttpPullMixin, Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """One vendor record saved as JSON, with its envelope (``isDeleted`` → ``CANCEL``)."""
+        item = jsonpayload.loads(data)
+        if not isinstance(item, dict):
+            raise ValueError("the file is not one misa record (a JSON object)")
+        try:
+            return [self._raw(item, name)[0]]
+        except MisaError as exc:
+            raise ValueError(str(exc)) from None
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         # Duplicate keys, deep nesting and non-JSON are refused with the reason (PayloadError).
         return to_central(jsonpayload.loads(raw.payload))

@@ -189,6 +189,10 @@ class PushAdapter(Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """A saved push body: one envelope or an array of them, as ``parse_push`` reads it."""
+        return self.parse_push(data)
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         item = jsonpayload.loads(raw.payload)
         transcript = item.get("transcript") if isinstance(item, dict) else None

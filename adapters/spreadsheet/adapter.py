@@ -883,6 +883,26 @@ class SpreadsheetAdapter(Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """A CSV or XLSX file's rows as ``fetch`` stores them (a ``.json`` file: one stored row)."""
+        suffix = Path(name).suffix.lower()
+        if suffix == ".json":
+            return [RawRecord(Path(name).stem, data)]
+        encoding = getattr(self.settings, "encoding", None) or "utf-8-sig"
+        try:
+            table = _read_xlsx(data) if suffix == ".xlsx" else _read_csv(
+                data, encoding, getattr(self.settings, "delimiter", None))
+            rows, problems, _ = parse_table(table, self._extra_subjects)
+        except _FileError as exc:
+            raise ValueError(exc.args[0]) from None
+        except Exception as exc:  # a file that is no spreadsheet: say so, never a traceback
+            raise ValueError(f"cannot be read as {suffix or 'CSV'}: {type(exc).__name__}") from None
+        refused = [p for p in problems if p.outcome in ("refused", "file")]
+        if refused and not rows:
+            raise ValueError("; ".join(f"row {p.row}: {p.reason}" if p.row else p.reason for p in refused))
+        return [RawRecord(row.source_id, json.dumps(row.cells, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+                          deleted=row.deleted) for row in rows]
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         row = jsonpayload.loads(raw.payload, what="the row")
         data, _ = to_central(row, self._extra_subjects)

@@ -357,6 +357,13 @@ class ViettelAdapter(HttpPullMixin, Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """One ``<transcript>`` saved as XML, with its envelope (``deleted="true"`` → ``CANCEL``)."""
+        try:
+            return [self._raw(parse_xml(data, name), name)[0]]
+        except ViettelError as exc:
+            raise ValueError(str(exc)) from None
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         return to_central(parse_xml(raw.payload, "payload"))
 

@@ -284,6 +284,16 @@ class VnptAdapter(HttpPullMixin, Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """One vendor record (a ``DuLieu`` element) saved as JSON, with its envelope."""
+        row = jsonpayload.loads(data)
+        if not isinstance(row, dict):
+            raise ValueError("the file is not one vnpt record (a JSON object)")
+        try:
+            return [self._raw(row, name)[0]]
+        except VnptError as exc:
+            raise ValueError(str(exc)) from None
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         # Duplicate keys, deep nesting and non-JSON are refused with the reason (PayloadError).
         return to_central(jsonpayload.loads(raw.payload))
