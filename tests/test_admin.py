@@ -364,6 +364,11 @@ async def test_operator_downloads_the_signed_pdf_and_it_is_audited(env):
     ({"adapter": ""}, "adapter"),
     ({"adapters": "school-a"}, "adapters"),
     ([1, 2], "body"),
+    # Values of the wrong JSON type are a 400 naming the field, never a 500.
+    ({"state": {}}, "state"),
+    ({"state": []}, "state"),
+    ({"state": "dead_letter", "stage": {}}, "stage"),
+    ([], "body"),
 ])
 async def test_malformed_replays_are_400_and_change_nothing(env, body, parameter):
     before = snapshot(env.hub)

@@ -389,13 +389,14 @@ class AdminApi:
                     raise ApiError(400, key, "must be a string of 1 to 100 characters")
                 criteria[key] = body[key]
         if "state" in body:
-            if body["state"] not in lc.REPLAYABLE:
+            # Checked as text first: an object or a list is unhashable and no state at all.
+            if not isinstance(body["state"], str) or body["state"] not in lc.REPLAYABLE:
                 raise ApiError(400, "state", f"only {', '.join(sorted(lc.REPLAYABLE))} records can be replayed")
             criteria["state"] = body["state"]
         if not criteria:
             raise ApiError(400, "body", "give at least one of ids, record_ids, adapter, school, state")
         stage = body.get("stage", "normalize")
-        if stage not in STAGES:
+        if not isinstance(stage, str) or stage not in STAGES:
             raise ApiError(400, "stage", f"must be one of {', '.join(STAGES)}")
         pks = await self.hub._db(lambda: self.hub.store.select(**criteria))
         moved = await self.hub.replay(pks, stage=stage, actor=caller.name) if pks else []
