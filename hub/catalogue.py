@@ -14,8 +14,15 @@ Thông tư 13/2022/TT-BGDĐT); assessment: Thông tư 27/2020/TT-BGDĐT (primary
 - grades 10–12 study compulsory subjects plus four electives (*môn học lựa chọn*).
 
 Codes are the ones the spreadsheet template already uses. Optional subjects a school may add
-(Tiếng dân tộc, Ngoại ngữ 2, Ngoại ngữ 1 in grades 1–2) are listed but never in a grade's
-default list.
+(Tiếng dân tộc thiểu số, Ngoại ngữ 2, Ngoại ngữ 1 in grades 1–2) are listed but never in a grade's
+default list. Nghệ thuật (``NT``) is the whole of Âm nhạc and Mĩ thuật in grades 1–9: a school
+reports either the whole or its parts, so ``NT`` is known (and validated) but the forms print the
+parts. Upper secondary's Âm nhạc and Mĩ thuật are electives of their own.
+
+The central format (``hub.records``) checks every record's subjects against this table:
+``taught(level, grade, code)`` is the per-level-and-grade membership (codes compare
+case-insensitively; a province's local content ``GDDP-…`` is ``GDDP``), ``name_of(code)`` the
+official name of a code at any level, ``age_range(grade)`` the plausible ages for a grade.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 __all__ = [
     "Subject", "SUBJECTS", "subject", "subjects_for", "upper_secondary_electives",
     "ELECTIVE_COUNT", "FINAL_GRADES", "is_final_grade", "level_of_grade", "LEVEL_PROGRAMME_NAMES",
+    "taught", "name_of", "canonical_code", "age_range", "AGE_RULE",
 ]
 
 PRIMARY, LOWER, UPPER = "02", "03", "04"
@@ -51,6 +59,11 @@ class Subject:
         """Primary: has a periodic test score at the end of term I and of the year."""
         return self.scored
 
+    @property
+    def kind(self) -> str:
+        """``compulsory``, ``elective`` (upper secondary) or ``optional`` (a school adds it)."""
+        return "optional" if self.optional else "elective" if self.elective else "compulsory"
+
 
 def _g(first: int, last: int) -> frozenset[int]:
     return frozenset(range(first, last + 1))
@@ -70,7 +83,11 @@ _PRIMARY = (
     Subject("AN", "Âm nhạc", False, _g(1, 5)),
     Subject("MT", "Mĩ thuật", False, _g(1, 5)),
     Subject("HDTN", "Hoạt động trải nghiệm", False, _g(1, 5)),
-    Subject("TDT", "Tiếng dân tộc", False, _g(1, 5), optional=True),
+    # Thông tư 32/2018 (programme): Tiếng dân tộc thiểu số and, in grades 1–2, Ngoại ngữ 1 are
+    # optional (tự chọn); Nghệ thuật is the whole of Âm nhạc and Mĩ thuật. The circular's names.
+    Subject("TDT", "Tiếng dân tộc thiểu số", False, _g(1, 5), optional=True),
+    Subject("NN1", "Ngoại ngữ 1", False, _g(1, 2), optional=True),
+    Subject("NT", "Nghệ thuật", False, _g(1, 5), optional=True),
 )
 _LOWER = (
     Subject("NV", "Ngữ văn", True, _g(6, 9)),
@@ -87,7 +104,9 @@ _LOWER = (
     Subject("HDTN", "Hoạt động trải nghiệm, hướng nghiệp", False, _g(6, 9)),
     Subject("GDDP", "Nội dung giáo dục của địa phương", False, _g(6, 9)),
     Subject("NN2", "Ngoại ngữ 2", True, _g(6, 9), optional=True),
-    Subject("TDT", "Tiếng dân tộc", True, _g(6, 9), optional=True),
+    Subject("TDT", "Tiếng dân tộc thiểu số", True, _g(6, 9), optional=True),
+    # Thông tư 22 art. 5: Nghệ thuật (the whole of Âm nhạc and Mĩ thuật) is assessed by comment.
+    Subject("NT", "Nghệ thuật", False, _g(6, 9), optional=True),
 )
 _UPPER = (
     Subject("NV", "Ngữ văn", True, _g(10, 12)),
@@ -108,7 +127,7 @@ _UPPER = (
     Subject("AN", "Âm nhạc", False, _g(10, 12), elective=True),
     Subject("MT", "Mĩ thuật", False, _g(10, 12), elective=True),
     Subject("NN2", "Ngoại ngữ 2", True, _g(10, 12), optional=True),
-    Subject("TDT", "Tiếng dân tộc", True, _g(10, 12), optional=True),
+    Subject("TDT", "Tiếng dân tộc thiểu số", True, _g(10, 12), optional=True),
 )
 
 SUBJECTS: dict[str, tuple[Subject, ...]] = {PRIMARY: _PRIMARY, LOWER: _LOWER, UPPER: _UPPER}
@@ -141,8 +160,49 @@ def is_final_grade(level: str, grade: int) -> bool:
 
 
 def subject(level: str, code: str) -> Subject | None:
-    """The catalogue's subject ``code`` at ``level``, or None."""
+    """The catalogue's subject ``code`` at ``level`` (any grade; case-insensitive), or None."""
+    code = canonical_code(code)
     return next((s for s in SUBJECTS.get(str(level).zfill(2), ()) if s.code == code), None)
+
+
+# Local education content is written per province; its code may carry the province's suffix.
+_LOCAL_CONTENT = "GDDP"
+
+
+def canonical_code(code: str) -> str:
+    """The catalogue code a vendor's code stands for: case-insensitive, ``GDDP-…`` → ``GDDP``."""
+    code = code.strip().upper()
+    if code.startswith(_LOCAL_CONTENT + "-") and len(code) > len(_LOCAL_CONTENT) + 1:
+        return _LOCAL_CONTENT
+    return code
+
+
+def taught(level: str, grade: int, code: str) -> Subject | None:
+    """The entry for ``code`` as taught in ``grade`` at ``level`` (compulsory, elective or
+    optional), or None if that grade of that level has no such subject."""
+    code = canonical_code(code)
+    return next((s for s in SUBJECTS.get(str(level).zfill(2), ()) if s.code == code and grade in s.grades), None)
+
+
+_NAMES = {s.code: s.name for group in SUBJECTS.values() for s in group}
+
+
+def name_of(code: str) -> str | None:
+    """The official name of a subject code (any level), or None for an unknown code."""
+    return _NAMES.get(canonical_code(code))
+
+
+# A child starts grade 1 in the calendar year it turns 6 (Luật Giáo dục 2019, Điều 28), so a
+# student of grade g turns g + 5 in the calendar year the school year starts. Allowed: two
+# years younger (early entry, skipped grades) to five years older (late entry of up to three
+# years allowed for disadvantaged, disabled or returning students, plus repeated grades).
+AGE_RULE = "age_for_grade"
+_YOUNGER, _OLDER = 2, 5
+
+
+def age_range(grade: int) -> tuple[int, int]:
+    """The ages (in the calendar year the school year starts) a student of ``grade`` may have."""
+    return grade + 5 - _YOUNGER, grade + 5 + _OLDER
 
 
 def subjects_for(level: str, grade: int, electives: tuple[str, ...] = ()) -> list[Subject]:

@@ -70,6 +70,7 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     from hub.contracts import PluginContext, RawRecord
     from hub.engine.normalize import Envelope, normalize
     from hub.plugins import adapter_types
+    from hub.records import VIETNAM_TIME
     from hub.store import record_id_for
 
     info = adapter_types().get(args.adapter)
@@ -83,15 +84,29 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     payload = path.read_bytes()
     # Normalising needs no connection, so the adapter gets its settings' defaults unvalidated.
     adapter = info.cls(info.cls.Settings.model_construct(), PluginContext(args.adapter, Path(".")))
-    raw = RawRecord(source_id=path.stem, payload=payload)
-    envelope = Envelope(record_id_for(args.adapter, path.stem), 1, "NEW", "2025-01-01T00:00:00")
-    outcome = normalize(adapter, raw, envelope)
-    if outcome.record is None:
-        _print_errors(list(outcome.errors))
+    try:
+        # The records the file holds with their real envelope (a recalled record is a CANCEL; a
+        # spreadsheet is one record per row), as the hub would store them.
+        raws: list[RawRecord] = adapter.read_file(path.name, payload)
+    except (ValueError, KeyError, TypeError) as exc:
+        _print_errors([str(exc)])
         return 1
-    record = outcome.record
-    print(record.model_dump_json(by_alias=not args.snake_case, indent=2))
-    return 0
+    out, failed = [], False
+    for raw in raws:
+        prefix = f"{raw.source_id}: " if len(raws) > 1 else ""
+        updated = raw.updated_at.astimezone(VIETNAM_TIME) if raw.updated_at and raw.updated_at.tzinfo else raw.updated_at
+        envelope = Envelope(record_id_for(args.adapter, raw.source_id), 1, "CANCEL" if raw.deleted else "NEW",
+                            updated.replace(tzinfo=None).isoformat(timespec="seconds") if updated
+                            else "2025-01-01T00:00:00")
+        outcome = normalize(adapter, raw, envelope)
+        if outcome.record is None:
+            _print_errors([prefix + line for line in outcome.errors])
+            failed = True
+            continue
+        out.append(outcome.record.model_dump(mode="json", by_alias=not args.snake_case))
+    if out:
+        print(json.dumps(out[0] if len(raws) == 1 else out, ensure_ascii=False, indent=2))
+    return 1 if failed else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -256,6 +256,10 @@ class HubConfig(_Strict):
     logging: LoggingConfig = LoggingConfig()
     workers: WorkersConfig = WorkersConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    clock_skew_seconds: float = Field(
+        default=300.0, ge=0, le=86400,
+        description="How far ahead of the hub's clock a vendor's update time may be and still be trusted "
+                    "for ordering versions; a record dated further ahead is held (quarantined) with the reason")
     admin: AdminConfig = AdminConfig()
     retention: RetentionConfig = RetentionConfig()
     verify: VerifyConfig = VerifyConfig()

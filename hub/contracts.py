@@ -149,6 +149,15 @@ class Adapter(Plugin):
         """
         raise NotImplementedError
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """The raw records a saved payload holds, with their envelope (deleted, update time) as
+        ``fetch`` or a push would store them; ``ValueError`` naming what is wrong.
+
+        ``hocba-hub normalize FILE`` uses it to show the envelope the hub would really make (a
+        recalled record is a ``CANCEL``). The default: the whole file is one record's payload.
+        """
+        return [RawRecord(source_id=Path(name).stem, payload=data)]
+
     def verify_push(self, headers: Mapping[str, str], body: bytes) -> None:
         """For a push source: raise ``PermissionError`` (a reason safe to show the sender)
         unless the request to ``POST /ingest/{name}`` is authentic and fresh. Runs before

@@ -9,6 +9,7 @@ empty strings) lives here once, in ``BeforeValidator``s, so adapters only map ke
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import unicodedata
 from enum import IntEnum, StrEnum
@@ -16,21 +17,19 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
-
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     Tag,
     TypeAdapter,
     ValidationError,
     model_validator,
 )
 
-# The central format's clock: every school's dates and vendor timestamps are Vietnam time (UTC+7,
-# no daylight saving). Everything in the hub that reads or prints local time uses this one.
-VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
+from hub import catalogue, identifiers
 
 __all__ = [
     "VIETNAM_TIME", "Event", "SchoolLevel", "Gender", "PrimaryLevel", "QualityLevel", "SecondaryLevel",
@@ -43,6 +42,22 @@ __all__ = [
 
 
 # --- input cleaning -------------------------------------------------------------------------
+#
+# Messages say what is wrong and never quote the value: they land in logs, the quarantine and
+# the status page, and the value may be a name, a birth date or an identity number.
+
+# The central format's clock: every school's dates and vendor timestamps are Vietnam time (UTC+7,
+# no daylight saving). Everything in the hub that reads or prints local time uses this one.
+VIETNAM_TIME = dt.timezone(dt.timedelta(hours=7), "ICT")
+"""The Vietnam clock (UTC+7, no daylight saving): dates in the central format are Vietnam dates."""
+
+# Controls that mean "a break" become a space (then collapse); every other control, format
+# character (zero-width space/joiners, BOM, soft hyphen, bidi marks), private-use, surrogate or
+# unassigned code point is removed: none can be seen, all can make equal names differ.
+_SPACE_CONTROLS = frozenset("\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85")
+# Characters a spreadsheet program evaluates at the start of a cell; no name starts with one.
+FORMULA_START = ("=", "+", "-", "@")
+
 
 def _blank_to_none(value: Any) -> Any:
     # Vendors send "" for "unknown"; the central format says None, never a silent default.
@@ -51,68 +66,182 @@ def _blank_to_none(value: Any) -> Any:
     return value
 
 
-def _clean_text(value: Any) -> Any:
-    value = _blank_to_none(value)
-    if isinstance(value, str):
-        return re.sub(r"\s+", " ", unicodedata.normalize("NFC", value)).strip()
-    return value
+def _ascii_digits(text: str) -> str:
+    """Unicode decimal digits (full-width, Arabic-Indic, …) as the ASCII digits they stand for."""
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(ch)) if not ch.isascii() and unicodedata.decimal(ch, None) is not None
+                   else ch for ch in text)
+
+
+def _visible(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _SPACE_CONTROLS:
+            out.append(" ")
+        elif unicodedata.category(ch)[0] != "C":
+            out.append(ch)
+    return "".join(out)
+
+
+def clean_text(value: Any, max_length: int | None = None) -> Any:
+    """Text as the central format stores it: invisible characters removed, NFC, one space
+    between words, trimmed; ``None`` if nothing visible is left. ``ValueError`` for a text
+    longer than ``max_length`` or with a combining mark that has no base letter."""
+    if not isinstance(value, str):
+        return value
+    # Refuse a huge value before spending time on it (a 5 MB "name"); the exact check is below.
+    if max_length is not None and len(value) > 4 * max_length + 64:
+        raise ValueError(f"longer than {max_length} characters")
+    text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", _visible(value))).strip()
+    if not text:
+        return None
+    if max_length is not None and len(text) > max_length:
+        raise ValueError(f"longer than {max_length} characters")
+    if any(unicodedata.category(ch)[0] == "M" and (i == 0 or text[i - 1] == " ") for i, ch in enumerate(text)):
+        raise ValueError("has a combining mark with no letter before it")
+    return text
+
+
+def _text(max_length: int, *, required: bool = True, person: bool = False) -> Any:
+    def clean(value: Any) -> Any:
+        value = clean_text(value, max_length)
+        if value is None and required:
+            raise ValueError("is empty")
+        if person and isinstance(value, str) and value.startswith(FORMULA_START):
+            raise ValueError("a name cannot start with = + - or @")
+        return value
+    return BeforeValidator(clean)
 
 
 def _parse_date(value: Any) -> Any:
+    """``dd/MM/yyyy``, ``yyyy-MM-dd``, or an ISO date-time; a date-time with a zone is taken
+    on the Vietnam clock first (``2008-08-01T17:00:00Z`` is 2 August 2008)."""
     value = _blank_to_none(value)
-    if isinstance(value, str):
-        text = value.strip()
-        m = re.fullmatch(r"(\d{1,2})/(\d{1,2})/(\d{4})", text)
-        if m:
-            day, month, year = (int(g) for g in m.groups())
-            try:
-                return dt.date(year, month, day)
-            except ValueError as exc:
-                raise ValueError(f"impossible date {text!r}: {exc}") from None
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?", text):
-            try:
-                return dt.date.fromisoformat(text[:10])
-            except ValueError as exc:
-                raise ValueError(f"impossible date {text!r}: {exc}") from None
-        raise ValueError(f"date {text!r} is neither dd/MM/yyyy nor yyyy-MM-dd")
-    return value
+    if isinstance(value, dt.datetime):
+        return value.astimezone(VIETNAM_TIME).date() if value.tzinfo else value.date()
+    if not isinstance(value, str):
+        return value
+    text = _ascii_digits(clean_text(value) or "")
+    m = re.fullmatch(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})", text)
+    if m:
+        day, month, year = (int(g) for g in m.groups())
+        try:
+            return dt.date(year, month, day)
+        except ValueError as exc:
+            raise ValueError(f"impossible date ({exc})") from None
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        try:
+            return dt.date.fromisoformat(text)
+        except ValueError as exc:
+            raise ValueError(f"impossible date ({exc})") from None
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
+                    r"(Z|[+-][0-9]{2}:?[0-9]{2})?", text):
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError as exc:
+            # Python's reason ("hour must be in 0..23"), unless it quotes the value.
+            reason = "" if "'" in str(exc) else f" ({exc})"
+            raise ValueError(f"impossible date or time{reason}") from None
+        return moment.astimezone(VIETNAM_TIME).date() if moment.tzinfo else moment.date()
+    raise ValueError("not a date: expected dd/MM/yyyy, yyyy-MM-dd or an ISO date-time")
+
+
+def _number_text(value: str) -> str:
+    return _ascii_digits(clean_text(value) or "").replace(",", ".")
 
 
 def _parse_decimal(value: Any) -> Any:
+    """A score: a JSON number, or text of digits with ``.`` or ``,`` as decimal mark. Never a
+    yes/no value, NaN or infinity."""
     value = _blank_to_none(value)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("not a number (a yes/no value)")
     if isinstance(value, str):
-        text = value.strip().replace(",", ".")
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"score {value!r} is not a number") from None
-    return value
+        text = _number_text(value)
+        if not re.fullmatch(r"[+-]?[0-9]+(\.[0-9]+)?", text):
+            raise ValueError("not a number")
+        value = float(text)
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise ValueError("not a number")
+        if math.isinf(value):
+            raise ValueError("not a finite number")
+        return value
+    raise ValueError("not a number")
+
+
+def _parse_int(value: Any) -> Any:
+    """A whole number: a JSON integer (or a float with no fraction), or text of digits."""
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("not a whole number (a yes/no value)")
+    if isinstance(value, str):
+        text = _number_text(value)
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise ValueError("not a whole number")
+        return int(text)
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError("not a whole number")
+        return int(value)
+    if isinstance(value, int):
+        return value
+    raise ValueError("not a whole number")
 
 
 def _parse_gender(value: Any) -> Any:
     value = _blank_to_none(value)
     if value is None:
-        return Gender.UNKNOWN
+        # Missing is not "unknown": a sender that does not know says 0.
+        raise ValueError("missing (0 means unknown)")
+    if isinstance(value, bool):
+        raise ValueError("not a gender code (a yes/no value)")
     if isinstance(value, str):
-        key = unicodedata.normalize("NFC", value).strip().lower()
-        mapping = {"nam": 1, "male": 1, "m": 1, "nữ": 2, "nu": 2, "female": 2, "f": 2}
+        key = _ascii_digits(clean_text(value) or "").lower()
+        mapping = {"nam": 1, "male": 1, "m": 1, "nữ": 2, "nu": 2, "female": 2, "f": 2, "0": 0, "1": 1, "2": 2}
         if key in mapping:
-            return mapping[key]
-        if key.isdigit():
-            return int(key)
-        raise ValueError(f"gender {value!r} is not one of Nam, Nữ, 0, 1, 2")
-    return value
+            return Gender(mapping[key])
+        raise ValueError("not one of Nam, Nữ, 0, 1, 2")
+    if isinstance(value, int) and value in (0, 1, 2):
+        return Gender(value)
+    raise ValueError("not one of Nam, Nữ, 0, 1, 2")
 
 
 def _parse_bool(value: Any) -> Any:
     value = _blank_to_none(value)
     if isinstance(value, str):
-        key = unicodedata.normalize("NFC", value).strip().lower()
+        key = unicodedata.normalize("NFC", clean_text(value) or "").lower()
         if key in {"1", "true", "có", "co", "x", "yes"}:
             return True
         if key in {"0", "false", "không", "khong", "no"}:
             return False
-        raise ValueError(f"{value!r} is not a yes/no value")
+        raise ValueError("not a yes/no value")
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValueError("not a yes/no value")
+
+
+def _digits(value: Any) -> Any:
+    # Codes made of digits: Unicode digits become ASCII; the field's pattern then says [0-9].
+    if isinstance(value, str):
+        value = clean_text(value, 64)
+        return _ascii_digits(value) if value is not None else None
+    return value
+
+
+def _personal_id(value: Any) -> Any:
+    value = _digits(value)
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{12}", value):
+        raise ValueError("must be 12 digits")
     return value
 
 
@@ -120,28 +249,52 @@ def _level_code(value: Any) -> Any:
     # Level scales are case-insensitive in vendor data and sometimes decomposed (Đ vs D+stroke).
     value = _blank_to_none(value)
     if isinstance(value, str):
-        return unicodedata.normalize("NFC", value).strip().upper()
+        return (clean_text(value, 8) or "").upper() or None
     return value
+
+
+def _subject_code(value: Any) -> Any:
+    # Codes compare case-insensitively (the catalogue's are upper case): stored as the catalogue has them.
+    value = clean_text(value, 20)
+    return value.upper() if isinstance(value, str) else value
 
 
 def _one_decimal(value: float | None) -> float | None:
     if value is not None and round(value, 1) != value:
-        raise ValueError(f"average {value} has more than one decimal")
+        raise ValueError("has more than one decimal")
     return value
 
 
-Text = Annotated[str, BeforeValidator(_clean_text)]
-OptText = Annotated[str | None, BeforeValidator(_clean_text)]
-Date = Annotated[dt.date, BeforeValidator(_parse_date)]
-OptDate = Annotated[dt.date | None, BeforeValidator(_parse_date)]
-# Cleaning runs outside the union, so "" becomes None (unknown) rather than a bad string.
-OptPersonalId = Annotated[Annotated[str, Field(pattern=r"^\d{12}$")] | None, BeforeValidator(_clean_text)]
-OptBool = Annotated[bool | None, BeforeValidator(_parse_bool)]
-Bool = Annotated[bool, BeforeValidator(_parse_bool)]
+S = Strict()  # no lax coercion: the cleaning above is the only conversion a value gets
+
+
+def _text_field(max_length: int, *, person: bool = False) -> Any:
+    return Annotated[Annotated[str, S], _text(max_length, person=person)]
+
+
+def _opt_text_field(max_length: int, *, person: bool = False) -> Any:
+    return Annotated[Annotated[str, S] | None, _text(max_length, required=False, person=person)]
+
+
+# Limits per kind of text (the message names the limit); every text field has one.
+Text = _text_field(200)
+OptText = _opt_text_field(200)
+Name = _text_field(100, person=True)
+OptName = _opt_text_field(100, person=True)
+Code = _text_field(64)
+Comment = _opt_text_field(1000)
+Date = Annotated[Annotated[dt.date, S], BeforeValidator(_parse_date)]
+OptDate = Annotated[Annotated[dt.date, S] | None, BeforeValidator(_parse_date)]
+OptPersonalId = Annotated[Annotated[str, S] | None, BeforeValidator(_personal_id)]
+Digits = Annotated[Annotated[str, S], BeforeValidator(_digits)]
+OptBool = Annotated[Annotated[bool, S] | None, BeforeValidator(_parse_bool)]
+Bool = Annotated[Annotated[bool, S], BeforeValidator(_parse_bool)]
 Average = Annotated[
-    Annotated[float, Field(ge=0, le=10)] | None, BeforeValidator(_parse_decimal), AfterValidator(_one_decimal)
+    Annotated[float, S, Field(ge=0, le=10)] | None, BeforeValidator(_parse_decimal), AfterValidator(_one_decimal)
 ]
-TestScore = Annotated[Annotated[int, Field(ge=1, le=10)] | None, BeforeValidator(_parse_decimal)]
+TestScore = Annotated[Annotated[int, S, Field(ge=1, le=10)] | None, BeforeValidator(_parse_int)]
+WholeNumber = Annotated[Annotated[int, S], BeforeValidator(_parse_int)]
+SubjectCode = Annotated[Annotated[str, S], BeforeValidator(_subject_code)]
 
 
 # --- enumerations -----------------------------------------------------------------------------
@@ -211,8 +364,8 @@ def _overall_result(value: Any) -> Any:
     # Vendors send the code or the words the form prints; both mean one thing.
     value = _blank_to_none(value)
     if isinstance(value, str):
-        text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", value)).strip()
-        return _OVERALL_NAMES.get(text.lower(), text.upper())
+        text = clean_text(value, 40) or ""
+        return _OVERALL_NAMES.get(text.lower(), text.upper()) or None
     return value
 
 
@@ -236,57 +389,81 @@ class _Model(BaseModel):
 
 class Student(_Model):
     """The student, as the national catalogue names each field."""
-    student_code: Text = Field(alias="mahocsinh", min_length=1, max_length=50)
+    student_code: _text_field(50) = Field(alias="mahocsinh")
     personal_id: OptPersonalId = Field(default=None, alias="sodinhdanhcanhan")
-    full_name: Text = Field(alias="hovaten", min_length=1, max_length=100)
+    full_name: Name = Field(alias="hovaten")
     birth_date: Date = Field(alias="ngaysinh")
-    gender: Annotated[Gender, BeforeValidator(_parse_gender)] = Field(alias="gioitinh")
-    ethnicity: OptText = Field(default=None, alias="dantoc")
-    nationality: OptText = Field(default="Việt Nam", alias="quoctich")
-    father_name: OptText = Field(default=None, alias="hotencha")
-    mother_name: OptText = Field(default=None, alias="hotenme")
-    guardian_name: OptText = Field(default=None, alias="hotennguoigiamho")
+    gender: Annotated[Annotated[Gender, S], BeforeValidator(_parse_gender)] = Field(alias="gioitinh")
+    ethnicity: _opt_text_field(50) = Field(default=None, alias="dantoc")
+    # No default: a nationality the sender did not state stays unknown.
+    nationality: _opt_text_field(50) = Field(default=None, alias="quoctich")
+    father_name: OptName = Field(default=None, alias="hotencha")
+    mother_name: OptName = Field(default=None, alias="hotenme")
+    guardian_name: OptName = Field(default=None, alias="hotennguoigiamho")
     policy_group: OptText = Field(default=None, alias="doituongchinhsach")
+    # Documented default: a student is assessed unless the sender says otherwise.
     disability_not_assessed: Bool = Field(default=False, alias="cokhuyettatkhongdanhgia")
     # The forms' particulars page (issue 12): where the student was born and lives, and the
     # school's register number (số đăng bộ).
-    birth_place: OptText = Field(default=None, alias="noisinh", max_length=200)
-    residence: OptText = Field(default=None, alias="noiohientai", max_length=300)
-    registration_number: OptText = Field(default=None, alias="sodangbo", max_length=50)
+    birth_place: _opt_text_field(200) = Field(default=None, alias="noisinh")
+    residence: _opt_text_field(300) = Field(default=None, alias="noiohientai")
+    registration_number: _opt_text_field(50) = Field(default=None, alias="sodangbo")
 
     @model_validator(mode="after")
     def _born_in_the_past(self) -> "Student":
         if not dt.date(1990, 1, 1) <= self.birth_date <= dt.date.today():
-            raise FieldError("birth_date", f"{self.birth_date.isoformat()} is outside 1990-01-01..today")
+            raise FieldError("birth_date", "is outside 1990-01-01..today")
         return self
+
+    def check_personal_id(self) -> None:
+        """The id's gender/century and birth-year digits agree with gender and birth date (run
+        by the transcript after its age rule: a wrong birth date is named as such first)."""
+        if self.personal_id is not None:
+            wrong = identifiers.problems(self.personal_id, int(self.gender), self.birth_date)
+            if wrong:
+                raise FieldError("student.personal_id", "not a citizen id number: " + "; ".join(wrong))
+
+
+def _id_of_adult(field: str, number: str | None) -> None:
+    if number is not None:
+        wrong = identifiers.problems(number)
+        if wrong:
+            raise FieldError(field, "not a citizen id number: " + "; ".join(wrong))
 
 
 class Signatories(_Model):
     """Who signs the transcript, and where and when it is issued."""
-    homeroom_teacher_name: Text = Field(alias="hotengvcn", min_length=1)
+    homeroom_teacher_name: Name = Field(alias="hotengvcn")
     homeroom_teacher_personal_id: OptPersonalId = Field(default=None, alias="sodinhdanhgvcn")
-    principal_name: Text = Field(alias="hotenhieutruong", min_length=1)
+    principal_name: Name = Field(alias="hotenhieutruong")
     principal_personal_id: OptPersonalId = Field(default=None, alias="sodinhdanhhieutruong")
-    principal_title: Text = Field(default="Hiệu trưởng", alias="chucvugiamhieu")
+    # Documented default: the signer is the principal unless the sender names a deputy's title.
+    principal_title: _text_field(100) = Field(default="Hiệu trưởng", alias="chucvugiamhieu")
     issue_date: Date = Field(alias="ngayky")
-    issue_place: Text = Field(alias="diadanhphathanh", min_length=1)
+    issue_place: _text_field(100) = Field(alias="diadanhphathanh")
+
+    @model_validator(mode="after")
+    def _ids(self) -> "Signatories":
+        _id_of_adult("homeroom_teacher_personal_id", self.homeroom_teacher_personal_id)
+        _id_of_adult("principal_personal_id", self.principal_personal_id)
+        return self
 
 
 class PrimarySubject(_Model):
     """One subject or activity under Thông tư 27."""
-    subject_code: Text = Field(alias="mamonhoc", min_length=1)
-    subject_name: Text = Field(alias="tenmonhoc", min_length=1)
+    subject_code: SubjectCode = Field(alias="mamonhoc", min_length=1)
+    subject_name: _text_field(100) = Field(alias="tenmonhoc")
     term1_level: PrimaryLevelField = Field(default=None, alias="mucdathk1")
     year_level: Annotated[PrimaryLevel, BeforeValidator(_level_code)] = Field(alias="mucdatcn")
     term1_score: TestScore = Field(default=None, alias="diemktdkhk1")
     year_score: TestScore = Field(default=None, alias="diemktdkcn")
-    comment: OptText = Field(default=None, alias="nhanxet")
+    comment: Comment = Field(default=None, alias="nhanxet")
 
 
 class SecondarySubject(_Model):
     """One subject under Thông tư 22: scored (averages) or assessed by comment (Đ/CĐ)."""
-    subject_code: Text = Field(alias="mamonhoc", min_length=1)
-    subject_name: Text = Field(alias="tenmonhoc", min_length=1)
+    subject_code: SubjectCode = Field(alias="mamonhoc", min_length=1)
+    subject_name: _text_field(100) = Field(alias="tenmonhoc")
     term1_average: Average = Field(default=None, alias="dtbhk1")
     term2_average: Average = Field(default=None, alias="dtbhk2")
     year_average: Average = Field(default=None, alias="dtbcn")
@@ -298,7 +475,7 @@ class SecondarySubject(_Model):
     # this subject's results (so a signer can be chosen; the aliases are ours).
     reassessment_average: Average = Field(default=None, alias="dtbdanhgialai")
     reassessment_comment: CommentField = Field(default=None, alias="ketquadanhgialai")
-    teacher_name: OptText = Field(default=None, alias="hotengvbm", max_length=100)
+    teacher_name: OptName = Field(default=None, alias="hotengvbm")
     teacher_personal_id: OptPersonalId = Field(default=None, alias="sodinhdanhgvbm")
 
     @property
@@ -319,6 +496,7 @@ class SecondarySubject(_Model):
         if self.reassessment_comment is not None and not self.is_comment_only:
             raise FieldError("reassessment_comment", f"subject {self.subject_code} is scored: "
                              "give reassessment_average")
+        _id_of_adult("teacher_personal_id", self.teacher_personal_id)
         return self
 
 
@@ -331,41 +509,42 @@ class TermLevels(_Model):
 
 class Certificate(_Model):
     """A certificate listed on a secondary transcript (``_chungchi``)."""
-    name: Text = Field(alias="tenchungchi", min_length=1)
+    name: Text = Field(alias="tenchungchi")
     issued_on: OptDate = Field(default=None, alias="ngaycap")
     issuer: OptText = Field(default=None, alias="noicap")
 
 
 class SchoolYearEntry(_Model):
     """One row of the particulars page's school history (``quatrinhhoctap``): a year at a school."""
-    school_year: Annotated[str, Field(pattern=r"^\d{4}-\d{4}$")] = Field(alias="namhoc")
-    class_name: Text = Field(alias="tenlop", min_length=1)
-    school_name: Text = Field(alias="tentruong", min_length=1)
-    registration_number: OptText = Field(default=None, alias="sodangbo")
+    school_year: Digits = Field(alias="namhoc", pattern=r"^[0-9]{4}-[0-9]{4}$")
+    class_name: _text_field(20) = Field(alias="tenlop")
+    school_name: Text = Field(alias="tentruong")
+    registration_number: _opt_text_field(50) = Field(default=None, alias="sodangbo")
     enrolled_on: OptDate = Field(default=None, alias="ngaynhaphoc")
 
 
 class _Transcript(_Model):
     # Envelope, on every record the national data centre receives.
-    record_id: Text = Field(alias="idbanghi", min_length=1, max_length=64)
+    record_id: Code = Field(alias="idbanghi")
     event: Event = Field(alias="sukien")
-    version: int = Field(alias="phienban", ge=1)
+    version: WholeNumber = Field(alias="phienban", ge=1)
     updated_at: dt.datetime = Field(alias="thoigiancapnhat")
     # Transcript.
-    transcript_id: Text = Field(alias="madinhdanhhocba", min_length=1)
-    status: Text = Field(default="1", alias="trangthaithongtinhocba")
-    department_code: Annotated[str, Field(pattern=r"^\d{2,3}$")] = Field(alias="masogd")
-    school_code: Annotated[str, Field(pattern=r"^\d{8,12}$")] = Field(alias="matruong")
-    school_name: Text = Field(alias="tentruong", min_length=1)
-    grade: int = Field(alias="makhoi", ge=1, le=12)
-    class_name: Text = Field(alias="tenlop", min_length=1)
-    school_year: Annotated[str, Field(pattern=r"^\d{4}-\d{4}$")] = Field(alias="namhoc")
+    transcript_id: Code = Field(alias="madinhdanhhocba")
+    # Documented default: 1 (in use), the only status a school sends in practice.
+    status: _text_field(10) = Field(default="1", alias="trangthaithongtinhocba")
+    department_code: Digits = Field(alias="masogd", pattern=r"^[0-9]{2,3}$")
+    school_code: Digits = Field(alias="matruong", pattern=r"^[0-9]{8,12}$")
+    school_name: Text = Field(alias="tentruong")
+    grade: WholeNumber = Field(alias="makhoi", ge=1, le=12)
+    class_name: _text_field(20) = Field(alias="tenlop")
+    school_year: Digits = Field(alias="namhoc", pattern=r"^[0-9]{4}-[0-9]{4}$")
     student: Student = Field(alias="hocsinh")
     signatories: Signatories = Field(alias="kyduyet")
     # The forms' common parts (issue 12): the homeroom teacher's comments and the years before
     # this one (the particulars page lists this year's row from the record itself).
-    homeroom_comment: OptText = Field(default=None, alias="nhanxetgvcn", max_length=2000)
-    history: list[SchoolYearEntry] = Field(default_factory=list, alias="quatrinhhoctap")
+    homeroom_comment: _opt_text_field(2000) = Field(default=None, alias="nhanxetgvcn")
+    history: list[SchoolYearEntry] = Field(default_factory=list, alias="quatrinhhoctap", max_length=12)
 
     @model_validator(mode="after")
     def _envelope_and_year(self) -> "_Transcript":
@@ -374,24 +553,48 @@ class _Transcript(_Model):
             raise FieldError("school_year", f"{self.school_year} must span two consecutive years")
         if not self.school_code.startswith(self.department_code):
             raise FieldError("school_code", f"{self.school_code} must start with department_code {self.department_code}")
+        low, high = catalogue.age_range(self.grade)
+        age = start - self.student.birth_date.year
+        if not low <= age <= high:
+            raise RuleViolation(catalogue.AGE_RULE, f"a student of grade {self.grade} is {low} to {high} years old "
+                                f"in the year the school year starts; the birth date says otherwise",
+                                "student.birth_date")
+        self.student.check_personal_id()
         return self
+
+    def _check_subjects(self) -> None:
+        """Every subject once (codes compare case-insensitively), each in the catalogue of
+        this level and grade."""
+        seen: dict[str, int] = {}
+        for i, subj in enumerate(self.subjects):
+            code = catalogue.canonical_code(subj.subject_code)
+            key = subj.subject_code.casefold()
+            if key in seen:
+                raise FieldError(f"subjects[{i}].subject_code",
+                                 f"{subj.subject_code} is already subjects[{seen[key]}] (codes compare ignoring case)")
+            seen[key] = i
+            if catalogue.taught(self.level.value, self.grade, code) is None:
+                known = catalogue.name_of(code)
+                why = (f"{subj.subject_code} ({known}) is not taught in grade {self.grade}" if known
+                       else f"{subj.subject_code} is not in the subject catalogue")
+                raise FieldError(f"subjects[{i}].subject_code", why)
 
 
 class PrimaryTranscript(_Transcript):
     """A primary-school transcript (Thông tư 27/2020/TT-BGDĐT)."""
     level: Literal[SchoolLevel.PRIMARY] = Field(alias="macaphoc")
-    subjects: list[PrimarySubject] = Field(alias="dsbangdiem", min_length=1)
+    subjects: list[PrimarySubject] = Field(alias="dsbangdiem", min_length=1, max_length=40)
     qualities: dict[str, QualityLevelField] = Field(alias="phamchat")
     competencies: dict[str, QualityLevelField] = Field(alias="nangluc")
     completed_grade_program: Bool = Field(alias="dahthanhctrinhlophoc")
     completed_primary_program: OptBool = Field(default=None, alias="dahthanhctrinhtieuhoc")
     promoted: Bool = Field(alias="duoclenlop")
-    awards: list[Text] = Field(default_factory=list, alias="khenthuong")
+    awards: list[Text] = Field(default_factory=list, alias="khenthuong", max_length=50)
     # Thông tư 27's overall result and the comments the form prints (issue 12).
     overall_result: OverallResultField = Field(default=None, alias="ketquagiaoduc")
-    qualities_comment: OptText = Field(default=None, alias="nhanxetphamchat", max_length=2000)
-    general_competencies_comment: OptText = Field(default=None, alias="nhanxetnanglucchung", max_length=2000)
-    subject_competencies_comment: OptText = Field(default=None, alias="nhanxetnanglucdacthu", max_length=2000)
+    qualities_comment: _opt_text_field(2000) = Field(default=None, alias="nhanxetphamchat")
+    general_competencies_comment: _opt_text_field(2000) = Field(default=None, alias="nhanxetnanglucchung")
+    subject_competencies_comment: _opt_text_field(2000) = Field(default=None, alias="nhanxetnanglucdacthu")
 
     @model_validator(mode="after")
     def _primary_rules(self) -> "PrimaryTranscript":
@@ -411,22 +614,31 @@ class PrimaryTranscript(_Transcript):
         if self.overall_result is not None and (self.overall_result != OverallResult.CHT) != self.completed_grade_program:
             raise FieldError("overall_result", f"{self.overall_result.value} contradicts completed_grade_program="
                              f"{self.completed_grade_program} (only CHT means the grade is not completed)")
+        self._check_subjects()
+        for i, subj in enumerate(self.subjects):
+            entry = catalogue.taught(self.level.value, self.grade, subj.subject_code)
+            if entry is not None and not entry.periodic_test:
+                for fld in ("term1_score", "year_score"):
+                    if getattr(subj, fld) is not None:
+                        raise FieldError(f"subjects[{i}].{fld}", f"{subj.subject_code} has no periodic test in "
+                                         f"grade {self.grade} (Thông tư 27, Điều 7)")
         return self
 
 
 class SecondaryTranscript(_Transcript):
     """A secondary-school transcript (Thông tư 22/2021/TT-BGDĐT)."""
     level: Literal[SchoolLevel.LOWER_SECONDARY, SchoolLevel.UPPER_SECONDARY] = Field(alias="macaphoc")
-    subjects: list[SecondarySubject] = Field(alias="dsbangdiem", min_length=1)
+    subjects: list[SecondarySubject] = Field(alias="dsbangdiem", min_length=1, max_length=40)
     learning: TermLevels = Field(alias="ketquahoctap")
     conduct: TermLevels = Field(alias="ketquarenluyen")
-    days_absent: int = Field(default=0, alias="songaynghi", ge=0, le=366)
+    # Required: an absent count is never assumed to be 0.
+    days_absent: WholeNumber = Field(alias="songaynghi", ge=0, le=366)
     promoted: Bool = Field(alias="duoclenlop")
-    certificates: list[Certificate] = Field(default_factory=list, alias="chungchi")
+    certificates: list[Certificate] = Field(default_factory=list, alias="chungchi", max_length=50)
     # The form's end of year (issue 12): awards; the results after re-assessment and after
     # summer conduct training, where they apply; completion of the level in grade 9 or 12,
     # which those transcripts state instead of promotion.
-    awards: list[Text] = Field(default_factory=list, alias="khenthuong")
+    awards: list[Text] = Field(default_factory=list, alias="khenthuong", max_length=50)
     learning_reassessed: SecondaryLevelField = Field(default=None, alias="ketquahoctapsaudanhgialai")
     conduct_after_summer: SecondaryLevelField = Field(default=None, alias="ketquarenluyensauhe")
     completed_level_program: OptBool = Field(default=None, alias="dahthanhctrinhcaphoc")
@@ -436,6 +648,14 @@ class SecondaryTranscript(_Transcript):
         grades = range(6, 10) if self.level == SchoolLevel.LOWER_SECONDARY else range(10, 13)
         if self.grade not in grades:
             raise FieldError("grade", f"{self.grade} does not belong to school level {self.level.value}")
+        self._check_subjects()
+        for i, subj in enumerate(self.subjects):
+            entry = catalogue.taught(self.level.value, self.grade, subj.subject_code)
+            comment_only = entry is not None and entry.comment_only
+            if comment_only != subj.is_comment_only:
+                how = "by comment only (Đ/CĐ in year_comment)" if comment_only else "with a score (year_average)"
+                raise FieldError(f"subjects[{i}].{'year_average' if comment_only else 'year_comment'}",
+                                 f"{subj.subject_code} is assessed {how} (Thông tư 22, Điều 5)")
         for period in ("term1", "term2", "year"):
             stated = getattr(self.learning, period)
             if stated is not None:
@@ -555,17 +775,37 @@ def transcript_json_schema() -> dict[str, Any]:
     return _ADAPTER.json_schema(by_alias=True)
 
 
+def _aliases() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for model in (Student, Signatories, PrimarySubject, SecondarySubject, TermLevels, Certificate,
+                  SchoolYearEntry, PrimaryTranscript, SecondaryTranscript):
+        for name, info in model.model_fields.items():
+            if info.alias:
+                out[info.alias] = name
+    return out
+
+
+_FIELD_OF_ALIAS = _aliases()
+# pydantic's wording → what an operator reads (the value itself is never part of a message).
+_MESSAGES = {"missing": "missing", "string_type": "not text", "int_type": "not a whole number",
+             "float_type": "not a number", "bool_type": "not a yes/no value", "date_type": "not a date",
+             "dict_type": "not an object", "list_type": "not a list", "model_type": "not an object",
+             "extra_forbidden": "not a field of the central format"}
+
+
 def field_errors(error: ValidationError) -> list[str]:
     """One ``path: message`` line per error, the path using snake_case names.
 
     The discriminator tag (``primary``/``secondary``) pydantic puts first in each location is
-    dropped: it is not a field a person can fix.
+    dropped: it is not a field a person can fix. A catalogue alias in the path (data sent with
+    export names) is given as the field's snake_case name.
     """
     lines = []
-    for err in error.errors(include_url=False):
+    for err in error.errors(include_url=False, include_input=False):
         loc = [str(p) for p in err["loc"] if p not in ("primary", "secondary")]
         path = ""
         for part in loc:
+            part = _FIELD_OF_ALIAS.get(part, part)
             path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, FieldError):
@@ -573,6 +813,6 @@ def field_errors(error: ValidationError) -> list[str]:
             path = f"{path}.{cause.field}" if path else cause.field
         elif err["type"] == "school_level":
             path = "level"
-        message = err["msg"].removeprefix("Value error, ")
+        message = _MESSAGES.get(err["type"], err["msg"].removeprefix("Value error, "))
         lines.append(f"{path or '(record)'}: {message}")
     return lines

@@ -309,6 +309,11 @@ async def test_an_oversized_chunked_body_is_413(running, vendor):
     (b'[{"source_id": "x", "transcript": {}}, {"source_id": "x", "transcript": {}}]', "one record per id"),
     (b'{"source_id": "x", "transcript": {"n": NaN}}', "NaN"),
     ("{\"source_id\": \"x\"}".encode("utf-16"), "UTF-8"),
+    # Hostile bodies: a clean 400, never a RecursionError or a 500 (nor a 503 from the database).
+    (b'{"source_id": "x", "transcript": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "nested deeper than 64"),
+    (b'{"source_id": "x", "transcript": ' + b'{"a":' * 100 + b"1" + b"}" * 100 + b"}", "nested deeper than 64"),
+    (b'{"source_id": "x", "source_id": "y", "transcript": {}}', "duplicate key 'source_id'"),
+    (b'{"source_id": "x\\u0000y", "transcript": {}}', "source_id must not contain control"),
 ])
 @over_http
 async def test_a_malformed_body_is_400_and_stores_nothing(running, vendor, body, message):

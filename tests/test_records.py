@@ -33,7 +33,8 @@ def test_messy_input_comes_out_clean():
     data = {**transcript(0), **ENVELOPE}
     name = data["student"]["full_name"]
     data["student"].update(full_name="  " + unicodedata.normalize("NFD", name).replace(" ", "   ") + " ",
-                           birth_date="05/09/2016", gender="Nữ", ethnicity="")
+                           birth_date="05/09/2016", gender="Nữ", ethnicity="",
+                           personal_id=None)  # the id encodes gender and birth year
     data["subjects"][0]["year_level"] = "t"
     record = parse_transcript(data)
     assert record.student.full_name == name

@@ -545,16 +545,21 @@ def test_bad_values_are_quarantined_naming_the_central_field(tmp_path, change, f
     assert field in [line.split(":")[0] for line in field_errors(err.value)], field_errors(err.value)
 
 
-def test_an_unknown_subject_code_is_passed_through(tmp_path):
-    result = central(adapter_only(tmp_path), raw_of(edited(set_text("subjects/subject/code", "GDDP-HN"))))
-    assert result["subjects"][0]["subject_code"] == "GDDP-HN"
+def test_an_unknown_subject_code_is_refused_naming_it(tmp_path):
+    with pytest.raises(ValidationError) as err:
+        central(adapter_only(tmp_path), raw_of(edited(set_text("subjects/subject/code", "XYZ"))))
+    assert [line.split(":")[0] for line in field_errors(err.value)] == ["subjects[0].subject_code"]
 
 
 def test_empty_elements_mean_unknown(tmp_path):
     def blank(element):
         element.find("student/personalId").text = None
         element.find("student/ethnicity").text = None
-        element.find("student/gender").text = ""
+        element.find("student/gender").text = "0"
     result = central(adapter_only(tmp_path), raw_of(edited(blank)))
     assert result["student"]["personal_id"] is None and result["student"]["ethnicity"] is None
     assert result["student"]["gender"] == 0
+    # An empty gender is missing, not "unknown".
+    with pytest.raises(ValidationError) as err:
+        central(adapter_only(tmp_path), raw_of(edited(lambda e: setattr(e.find("student/gender"), "text", ""))))
+    assert [line.split(":")[0] for line in field_errors(err.value)] == ["student.gender"]

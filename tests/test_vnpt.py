@@ -349,7 +349,7 @@ def strip_level(record: dict, level: str) -> None:
     (0, lambda r: r.update(HocLuc={"CN": "T"}), "HocLuc belongs to secondary"),
     (3, lambda r: r["KetQua"][0].update(MucDatCN="T"), r"KetQua\[0\].MucDatCN is not part"),
     (0, lambda r: r.pop("CapHoc"), "CapHoc is missing"),
-    (0, lambda r: strip_level(r, "09"), "CapHoc '09' is not 02, 03 or 04"),
+    (0, lambda r: strip_level(r, "09"), "CapHoc is not 02, 03 or 04"),
 ])
 def test_normalize_names_the_vendor_key(tmp_path, index, edit, message):
     record = copy.deepcopy(VnptSimulator(records=4).vendor_record(index))
@@ -360,12 +360,18 @@ def test_normalize_names_the_vendor_key(tmp_path, index, edit, message):
 
 def test_blank_values_are_left_to_the_central_format(tmp_path):
     record = VnptSimulator(records=4).vendor_record(3)
-    record["HocSinh"]["GioiTinh"] = ""
     record["HocSinh"]["DanToc"] = ""
     record["KetQua"][0]["DiemTBCN"] = "8,5"
     result = central(adapter_only(tmp_path), raw_of(record))
-    assert result["student"]["gender"] == 0 and result["student"]["ethnicity"] is None
+    assert result["student"]["ethnicity"] is None
     assert result["subjects"][0]["year_average"] == 8.5
+    # A blank gender is missing, not "unknown" (0 says unknown).
+    record["HocSinh"]["GioiTinh"] = ""
+    with pytest.raises(ValidationError) as err:
+        central(adapter_only(tmp_path), raw_of(record))
+    assert [line.split(":")[0] for line in field_errors(err.value)] == ["student.gender"]
+    record["HocSinh"]["GioiTinh"] = 0
+    assert central(adapter_only(tmp_path), raw_of(record))["student"]["gender"] == 0
     record["HocSinh"]["HoTen"] = "  "
     with pytest.raises(ValidationError) as err:
         central(adapter_only(tmp_path), raw_of(record))

@@ -165,6 +165,10 @@ class MisaAdapter(HttpPullMixin, Adapter):
                             f"not JSON: {self.scrub(snippet)!r}")
         try:
             return json.loads(body.decode("utf-8"))
+        except RecursionError:
+            # A page nested thousands of levels deep: refused as a whole (a row nested less deep
+            # than the parser's limit is quarantined by normalize with the reason).
+            raise MisaError(f"GET {url} answered 200 with JSON nested too deeply to read") from None
         except UnicodeDecodeError as exc:
             raise MisaError(f"GET {url} answered 200 with a body that is not UTF-8 (byte {exc.start})") from None
         except json.JSONDecodeError as exc:
@@ -273,7 +277,18 @@ class MisaAdapter(HttpPullMixin, Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """One vendor record saved as JSON, with its envelope (``isDeleted`` → ``CANCEL``)."""
+        item = load_json(data, "the file")
+        if not isinstance(item, dict):
+            raise ValueError("the file is not one misa record (a JSON object)")
+        try:
+            return [self._raw(item, name)[0]]
+        except MisaError as exc:
+            raise ValueError(str(exc)) from None
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
+        # Duplicate keys, deep nesting and non-JSON are refused with the reason (ContractError).
         return to_central(load_json(raw.payload))
 
 
@@ -363,7 +378,7 @@ def _shape(level: Any, evaluation: dict[str, Any]) -> str:
         return "primary"
     if keys & (SECONDARY_KEYS - PRIMARY_KEYS):
         return "secondary"
-    raise ValueError(f"school.schoolLevel {level!r} is not 02, 03 or 04")
+    raise ValueError("school.schoolLevel is not 02, 03 or 04")
 
 
 def _secondary_subject(subject: dict[str, Any], where: str) -> dict[str, Any]:
@@ -373,7 +388,7 @@ def _secondary_subject(subject: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(kind, str) or kind not in EVALUATION_FIELDS:
         if "evaluationType" not in subject:
             raise ValueError(f"{where}.evaluationType is missing")
-        raise ValueError(f"{where}.evaluationType {kind!r} is not 'score' or 'comment'")
+        raise ValueError(f"{where}.evaluationType is not 'score' or 'comment'")
     # The same three keys hold averages or Đ/CĐ results; evaluationType says which.
     for key, field in zip(("term1", "term2", "yearEnd"), EVALUATION_FIELDS[kind]):
         if key in subject:

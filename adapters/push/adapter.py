@@ -14,12 +14,13 @@ import hmac
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from hub import VIETNAM_TIME, Adapter, PluginContext, PluginSettings, RawRecord
+from hub import VIETNAM_TIME, Adapter, PluginContext, PluginSettings, RawRecord, load_json
 
 TIMESTAMP_HEADER = "X-Hocba-Timestamp"
 SIGNATURE_HEADER = "X-Hocba-Signature"
@@ -63,11 +64,6 @@ def sign(secret: str | bytes, timestamp: str | int, body: bytes) -> str:
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     digest = hmac.new(key, f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
     return f"{SIGNATURE_SCHEME}={digest}"
-
-
-def _refuse_constant(name: str) -> Any:
-    # NaN/Infinity are not JSON; accepting them would store a payload other tools cannot read.
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _timestamp(value: Any, where: str) -> dt.datetime | None:
@@ -149,12 +145,8 @@ class PushAdapter(Adapter):
         Each envelope is stored re-encoded as canonical JSON (sorted keys, UTF-8), so a re-push
         that only reorders keys is not a new version.
         """
-        try:
-            data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"the body is not UTF-8 (byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"the body is not JSON: {exc.msg} at char {exc.pos}") from None
+        # Duplicate keys, NaN, deep nesting: a 400 naming the reason, never a 500.
+        data = load_json(body, "the body", allow_nan=False)
         if isinstance(data, dict):
             items, paths = [data], ["(record)"]
         elif isinstance(data, list):
@@ -177,6 +169,9 @@ class PushAdapter(Adapter):
             source_id = item.get("source_id")
             if not isinstance(source_id, str) or not source_id.strip() or len(source_id) > MAX_SOURCE_ID:
                 raise ValueError(f"{where}.source_id must be a non-empty string of at most {MAX_SOURCE_ID} characters")
+            if any(unicodedata.category(ch)[0] == "C" for ch in source_id):
+                # NUL and other controls: no database stores them all alike (PostgreSQL refuses NUL).
+                raise ValueError(f"{where}.source_id must not contain control or invisible characters")
             if source_id in seen:
                 raise ValueError(f"{where}.source_id {source_id!r} is also {seen[source_id]}: one record per id per push")
             seen[source_id] = where
@@ -192,11 +187,12 @@ class PushAdapter(Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """A saved push body: one envelope or an array of them, as ``parse_push`` reads it."""
+        return self.parse_push(data)
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
-        try:
-            item = json.loads(raw.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"payload is not JSON: {exc}") from None
+        item = load_json(raw.payload)
         transcript = item.get("transcript") if isinstance(item, dict) else None
         if not isinstance(transcript, dict):
             raise ValueError("transcript is missing or not an object")

@@ -38,6 +38,7 @@ from hub import (
     PluginSettings,
     RawRecord,
     field_errors,
+    load_json,
     parse_transcript,
 )
 from hub import SUBJECTS as FORM_SUBJECTS
@@ -180,7 +181,9 @@ SECONDARY_COMMENT_SUBJECTS = {
 }
 # Both spellings are in use (old and new tone placement, i/y): a school may type either.
 ALTERNATE_SPELLINGS = {"Hóa học": "Hoá học", "Mỹ thuật": "Mĩ thuật", "Vật lý": "Vật lí", "Địa lý": "Địa lí",
-                       "Lịch sử và Địa lý": "Lịch sử và Địa lí"}
+                       "Lịch sử và Địa lý": "Lịch sử và Địa lí",
+                       # The programme's full name (hub.catalogue); the template's column is shorter.
+                       "Tiếng dân tộc thiểu số": "Tiếng dân tộc"}
 PRIMARY_MEASURES = {"Mức đạt HK1": "term1_level", "Mức đạt CN": "year_level",
                     "Điểm KTĐK HK1": "term1_score", "Điểm KTĐK CN": "year_score", "Nhận xét": "comment"}
 SCORED_MEASURES = {"ĐTB HK1": "term1_average", "ĐTB HK2": "term2_average", "ĐTB CN": "year_average",
@@ -317,7 +320,7 @@ def _certificates(text: str) -> list[dict[str, str]]:
     for item in filter(None, (part.strip() for part in text.split(";"))):
         parts = [p.strip() for p in item.split("|")]
         if len(parts) > 3:
-            raise ValueError(f"Chứng chỉ: {item!r} has more than three | parts (Tên | ngày cấp | nơi cấp)")
+            raise ValueError("Chứng chỉ: a certificate has more than three | parts (Tên | ngày cấp | nơi cấp)")
         name, issued, issuer = (parts + ["", ""])[:3]
         out.append({"name": name, "issued_on": issued, "issuer": issuer})
     return out
@@ -921,11 +924,28 @@ class SpreadsheetAdapter(Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
-    def normalize(self, raw: RawRecord) -> dict[str, Any]:
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """A CSV or XLSX file's rows as ``fetch`` stores them (a ``.json`` file: one stored row)."""
+        suffix = Path(name).suffix.lower()
+        if suffix == ".json":
+            return [RawRecord(Path(name).stem, data)]
+        encoding = getattr(self.settings, "encoding", None) or "utf-8-sig"
         try:
-            row = json.loads(raw.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"payload is not a JSON row: {exc}") from None
+            table = _read_xlsx(data) if suffix == ".xlsx" else _read_csv(
+                data, encoding, getattr(self.settings, "delimiter", None))
+            rows, problems, _ = parse_table(table, self._extra_subjects)
+        except _FileError as exc:
+            raise ValueError(exc.args[0]) from None
+        except Exception as exc:  # a file that is no spreadsheet: say so, never a traceback
+            raise ValueError(f"cannot be read as {suffix or 'CSV'}: {type(exc).__name__}") from None
+        refused = [p for p in problems if p.outcome in ("refused", "file")]
+        if refused and not rows:
+            raise ValueError("; ".join(f"row {p.row}: {p.reason}" if p.row else p.reason for p in refused))
+        return [RawRecord(row.source_id, json.dumps(row.cells, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+                          deleted=row.deleted) for row in rows]
+
+    def normalize(self, raw: RawRecord) -> dict[str, Any]:
+        row = load_json(raw.payload, "the row")
         data, _ = to_central(row, self._extra_subjects)
         return data
 

@@ -321,6 +321,13 @@ class ViettelAdapter(HttpPullMixin, Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """One ``<transcript>`` saved as XML, with its envelope (``deleted="true"`` → ``CANCEL``)."""
+        try:
+            return [self._raw(parse_xml(data, name), name)[0]]
+        except ViettelError as exc:
+            raise ValueError(str(exc)) from None
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         return to_central(parse_xml(raw.payload, "payload"))
 
@@ -372,7 +379,7 @@ PRINCIPAL = {"name": ("principal_name", True), "personalId": ("principal_persona
 def _children(element: Element, path: str, allowed: Collection[str]) -> dict[str, Element]:
     """The child elements of a container by tag: unknown, repeated or text content is an error."""
     if (element.text or "").strip():
-        raise ValueError(f"{path} holds text {element.text.strip()[:40]!r} where elements are expected")
+        raise ValueError(f"{path} holds text where elements are expected")
     out: dict[str, Element] = {}
     for child in element:
         where = f"{path}/{child.tag}"
@@ -382,7 +389,7 @@ def _children(element: Element, path: str, allowed: Collection[str]) -> dict[str
         if child.tag in out:
             raise ValueError(f"{where} appears more than once")
         if (child.tail or "").strip():
-            raise ValueError(f"{path} holds text {child.tail.strip()[:40]!r} between elements")
+            raise ValueError(f"{path} holds text between elements")
         out[child.tag] = child
     return out
 
@@ -408,7 +415,7 @@ def _map(element: Element, path: str, table: dict[str, tuple[str, bool]],
 
 def _items(element: Element, path: str, tag: str) -> list[tuple[Element, str]]:
     if (element.text or "").strip():
-        raise ValueError(f"{path} holds text {element.text.strip()[:40]!r} where <{tag}> elements are expected")
+        raise ValueError(f"{path} holds text where <{tag}> elements are expected")
     items = []
     for i, child in enumerate(element, 1):
         if child.tag != tag:

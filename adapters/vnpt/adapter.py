@@ -114,6 +114,10 @@ class VnptAdapter(HttpPullMixin, Adapter):
                             f"not JSON: {self.scrub(snippet)!r}")
         try:
             return json.loads(body.decode("utf-8"))
+        except RecursionError:
+            # A page nested thousands of levels deep: refused as a whole (a row nested less deep
+            # than the parser's limit is quarantined by normalize with the reason).
+            raise VnptError(f"{method} {url} answered 200 with JSON nested too deeply to read") from None
         except UnicodeDecodeError as exc:
             raise VnptError(f"{method} {url} answered 200 with a body that is not UTF-8 "
                             f"(byte {exc.start})") from None
@@ -235,7 +239,10 @@ class VnptAdapter(HttpPullMixin, Adapter):
                     # The whole page shares one instant: only here do page numbers advance.
                     page_no += 1
                     seen_at_since |= {raw.source_id for raw, _ in read}
-            yield Page(records, since.strftime(_TIMESTAMP_FORMAT) if since is not None else None)
+            # The saved cursor never passes the hub's own clock: a record the vendor dates in the
+            # future must not make the next poll skip every real edit until that date.
+            saved = min(since, dt.datetime.now(VIETNAM_TIME).replace(tzinfo=None, microsecond=0)) if since else None
+            yield Page(records, saved.strftime(_TIMESTAMP_FORMAT) if saved is not None else None)
             if last_page:
                 return
 
@@ -251,7 +258,18 @@ class VnptAdapter(HttpPullMixin, Adapter):
 
     # --- normalise ---------------------------------------------------------------------------
 
+    def read_file(self, name: str, data: bytes) -> list[RawRecord]:
+        """One vendor record (a ``DuLieu`` element) saved as JSON, with its envelope."""
+        row = load_json(data, "the file")
+        if not isinstance(row, dict):
+            raise ValueError("the file is not one vnpt record (a JSON object)")
+        try:
+            return [self._raw(row, name)[0]]
+        except VnptError as exc:
+            raise ValueError(str(exc)) from None
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
+        # Duplicate keys, deep nesting and non-JSON are refused with the reason (ContractError).
         return to_central(load_json(raw.payload))
 
 
@@ -356,7 +374,7 @@ def _shape(record: dict[str, Any]) -> tuple[str, Any]:
         return "primary", level
     if SECONDARY_KEYS & set(record):
         return "secondary", level
-    raise ValueError(f"CapHoc {record['CapHoc']!r} is not 02, 03 or 04")
+    raise ValueError("CapHoc is not 02, 03 or 04")
 
 
 def to_central(record: Any) -> dict[str, Any]:

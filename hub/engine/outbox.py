@@ -197,10 +197,19 @@ class Outbox:
                 await self._failed(row, attempts, exc)
                 return
             self.breaker.success()
-            await hub.move(row, lc.DELIVERED, issued_to=hub.config.destination.name, receipt={
-                "receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
-                "duplicate": receipt.duplicate, **receipt.detail,
-            })
+            accepted = {"receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
+                        "duplicate": receipt.duplicate, **receipt.detail}
+            try:
+                await hub.move(row, lc.DELIVERED, issued_to=hub.config.destination.name, receipt=accepted)
+            except st.StateConflict:
+                # A newer version arrived while this one was on its way and superseded it; the
+                # destination has accepted this one all the same, so the store says so (and keeps
+                # the receipt): its view and the destination's must agree.
+                current = await hub.db(hub.store.get, pk)
+                if current.state != lc.SUPERSEDED:
+                    raise
+                await hub.move(current, lc.DELIVERED, issued_to=hub.config.destination.name, receipt=accepted,
+                                detail="accepted by the destination while a newer version was received")
             hub.observe_stage("deliver", time.perf_counter() - started)
         except hub.store.unavailable as exc:
             # The database, not the delivery, failed: the job's lease runs out and it is sent

@@ -37,6 +37,7 @@ from hub.engine.outbox import Outbox
 from hub.logs import get_logger
 from hub.plugins import adapter_types, identity_provider_types, manager, signer_types
 from hub.records import parse_transcript
+from hub.store.sqlite import is_future
 
 
 def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = True,
@@ -150,6 +151,7 @@ class Hub:
         self.config = config
         # SQLite file by default; ``store: postgresql://…`` for several workers on one database.
         self.store = store or st.open_store(config.store_path)
+        self.store.clock_skew_seconds = config.clock_skew_seconds
         self.log = get_logger()
         self.steps = [(s.role, s.signer) for s in config.signing.steps]
         self.roles = tuple(role for role, _ in self.steps)
@@ -595,6 +597,13 @@ class Hub:
         adapter = self.adapters.get(row.adapter)
         if adapter is None:
             raise PluginError(f"adapter {row.adapter!r} is not configured (any more)")
+        if is_future(row.source_updated, self.config.clock_skew_seconds):
+            # Held, not trusted: a vendor clock running ahead must not order versions (a replay
+            # once the time has come sends it on).
+            await self.move(row, lc.QUARANTINED, detail="dated in the future", errors=[
+                f"updated_at: the vendor dates this version more than {self.config.clock_skew_seconds:g} s "
+                "ahead of the hub's clock; held until an operator replays it"])
+            return
         # thoigiancapnhat: when the school changed the transcript, as the vendor states it
         # (its own wall-clock time); the hub's receipt time for sources that do not say.
         envelope = Envelope(row.record_id, row.version, row.event, (row.source_updated or row.received_at)[:19])

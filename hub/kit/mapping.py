@@ -12,10 +12,10 @@ may not be empty.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable
 from typing import Any
 
+from hub.kit import jsonpayload
 from hub.records import VIETNAM_TIME
 
 
@@ -64,12 +64,15 @@ def map_keys(obj: dict[str, Any], path: str, table: dict[str, tuple[str, bool]],
     return out
 
 
-def load_json(payload: bytes, what: str = "payload") -> Any:
-    """Parse a vendor's JSON; a payload that is not JSON (or was cut off) is a ``ContractError``."""
+def load_json(payload: bytes, what: str = "payload", *, max_bytes: int | None = None,
+              allow_nan: bool = True) -> Any:
+    """Parse a vendor's JSON strictly (``hub.kit.jsonpayload``); a payload that is not JSON (or
+    was cut off), has a duplicate key, nests too deep or is too large is a ``ContractError``
+    saying why."""
     try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError(f"{what} is not JSON, or is truncated: {exc}") from None
+        return jsonpayload.loads(payload, what=what, max_bytes=max_bytes, allow_nan=allow_nan)
+    except jsonpayload.PayloadError as exc:
+        raise ContractError(str(exc)) from None
 
 
 def vietnam_time(value: Any) -> dt.datetime:

@@ -13,6 +13,7 @@ import random
 import unicodedata
 from typing import Any
 
+from hub import identifiers
 from hub.catalogue import SUBJECTS, subjects_for
 from hub.contracts import SigningIdentity
 from hub.records import GENERAL_COMPETENCIES, QUALITIES
@@ -78,8 +79,7 @@ def _citizen_id(rng: random.Random, birth_year: int, gender: int, province: str 
     """A 12-digit số định danh with the citizen-id structure: province of birth (3 digits), a
     digit for century and gender (0/1: 1900s male/female, 2/3: 2000s), the year's last two
     digits, then six digits."""
-    century = (0 if birth_year < 2000 else 2) + (1 if gender == 2 else 0)
-    return f"{province}{century}{birth_year % 100:02d}{rng.randint(0, 999999):06d}"
+    return identifiers.make(province, gender, dt.date(birth_year, 1, 1), rng.randint(0, 999999))
 
 
 def _staff(key: str) -> tuple[str, str]:

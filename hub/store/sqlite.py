@@ -70,14 +70,30 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _older(updated: dt.datetime | None, latest: str | None) -> bool:
-    """Whether the vendor dates ``updated`` before the latest stored version's time."""
+def _older(updated: dt.datetime | None, latest: str | None, horizon: dt.datetime | None = None) -> bool:
+    """Whether the vendor dates ``updated`` before the latest stored version's time.
+
+    A stored time past ``horizon`` (the hub's clock plus the allowed skew) is not trusted: a
+    version dated in the future must never make a later real edit count as older.
+    """
     if updated is None or latest is None:
         return False
     held = dt.datetime.fromisoformat(latest)
     if (updated.tzinfo is None) != (held.tzinfo is None):
         return False  # one side has no zone: the times cannot be compared, so do not guess
+    if horizon is not None and held.tzinfo is not None and held > horizon:
+        return False
     return updated < held
+
+
+def is_future(updated: str | dt.datetime | None, skew_seconds: float) -> bool:
+    """Whether a vendor's update time is ahead of the hub's clock by more than ``skew_seconds``."""
+    if updated is None:
+        return False
+    moment = dt.datetime.fromisoformat(updated) if isinstance(updated, str) else updated
+    if moment.tzinfo is None:
+        return False  # no zone: cannot be placed on the hub's clock
+    return moment > dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=skew_seconds)
 
 
 def record_id_for(adapter: str, source_id: str) -> str:
@@ -163,6 +179,8 @@ class Store(IssuanceRegistry):
     # full, connection dropped): the record is fine and stays at its state for a later try.
     unavailable: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
     dialect = "sqlite"
+    # How far ahead of this clock a vendor's update time is still trusted (``clock_skew_seconds``).
+    clock_skew_seconds = 300.0
     # SQLite's single writer already serialises a whole transaction; PostgreSQL needs the rows
     # a transition checks locked until it commits.
     _for_update = ""
@@ -254,6 +272,7 @@ class Store(IssuanceRegistry):
         """
         page = list(records)  # one page; a failing iterator commits nothing
         now = now_iso()
+        horizon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.clock_skew_seconds)
         placeholders = ",".join("?" * len(FINAL_STATES))
 
         def work(db: Any) -> list[int]:
@@ -269,7 +288,7 @@ class Store(IssuanceRegistry):
                     "ORDER BY version DESC LIMIT 1", (rid,),
                 ).fetchone()
                 if latest is not None and (latest["payload_hash"] == digest
-                                           or _older(raw.updated_at, latest["source_updated"])):
+                                           or _older(raw.updated_at, latest["source_updated"], horizon)):
                     continue
                 if raw.deleted:
                     event = "CANCEL"

@@ -1,0 +1,60 @@
+"""Operator surfaces with hostile or unusual input: ``hocba-hub normalize`` shows the envelope the
+hub would really make (a recalled record is a CANCEL) and reads the spreadsheet adapter's files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def normalize(adapter: str, path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hub.cli", "normalize", "--adapter", adapter, str(path)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("adapter, example, flag", [
+    ("vnpt", "record.json", ("DaXoa",)), ("misa", "record.json", ("isDeleted",)),
+    ("push", "record.json", ("deleted",)),
+])
+def test_a_recalled_payload_is_shown_as_a_cancel(tmp_path, adapter, example, flag):
+    record = json.loads((ROOT / "adapters" / adapter / "examples" / example).read_text("utf-8"))
+    assert normalize(adapter, ROOT / "adapters" / adapter / "examples" / example).stdout.count('"sukien": "NEW"') == 1
+    record[flag[0]] = True
+    recalled = tmp_path / example
+    recalled.write_text(json.dumps(record, ensure_ascii=False), "utf-8")
+    result = normalize(adapter, recalled)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sukien"] == "CANCEL"
+
+
+def test_a_recalled_viettel_transcript_is_shown_as_a_cancel(tmp_path):
+    xml = (ROOT / "adapters/viettel/examples/record.xml").read_text("utf-8").replace('deleted="false"', 'deleted="true"')
+    (tmp_path / "r.xml").write_text(xml, "utf-8")
+    result = normalize("viettel", tmp_path / "r.xml")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sukien"] == "CANCEL"
+
+
+@pytest.mark.parametrize("name", ["lop_tieu_hoc.csv", "lop_trung_hoc.xlsx"])
+def test_normalize_reads_the_spreadsheet_files(name):
+    result = normalize("spreadsheet", ROOT / "adapters/spreadsheet/examples" / name)
+    records = json.loads(result.stdout)
+    assert isinstance(records, list) and len(records) >= 3
+    assert all(r["sukien"] == "NEW" and r["hocsinh"]["hovaten"] for r in records)
+    # The primary example carries one deliberately invalid row: named with its row id, exit 1.
+    if name.endswith(".csv"):
+        assert result.returncode == 1 and "student.personal_id" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+
+
+def test_normalize_names_a_file_that_is_no_spreadsheet(tmp_path):
+    (tmp_path / "x.xlsx").write_bytes(b"PK\x03\x04 not a workbook")
+    result = normalize("spreadsheet", tmp_path / "x.xlsx")
+    assert result.returncode == 1 and "Traceback" not in result.stderr and result.stderr.strip()
