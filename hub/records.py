@@ -793,19 +793,20 @@ _MESSAGES = {"missing": "missing", "string_type": "not text", "int_type": "not a
              "extra_forbidden": "not a field of the central format"}
 
 
-def field_errors(error: ValidationError) -> list[str]:
+def field_errors(error: ValidationError, *, export_names: bool = False) -> list[str]:
     """One ``path: message`` line per error, the path using snake_case names.
 
     The discriminator tag (``primary``/``secondary``) pydantic puts first in each location is
     dropped: it is not a field a person can fix. A catalogue alias in the path (data sent with
-    export names) is given as the field's snake_case name.
+    export names) is given as the field's snake_case name, unless ``export_names`` (a receiver
+    that speaks the catalogue's names, such as the central store, keeps them).
     """
     lines = []
     for err in error.errors(include_url=False, include_input=False):
         loc = [str(p) for p in err["loc"] if p not in ("primary", "secondary")]
         path = ""
         for part in loc:
-            part = _FIELD_OF_ALIAS.get(part, part)
+            part = part if export_names else _FIELD_OF_ALIAS.get(part, part)
             path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, FieldError):

@@ -306,7 +306,7 @@ class MoetSimulator(LoopbackServer, Simulator):
         try:
             model = parse_transcript(record)
         except ValidationError as exc:
-            raise _Reject(422, "record invalid", field_errors(exc)) from None
+            raise _Reject(422, "record invalid", field_errors(exc, export_names=True)) from None
         except (TypeError, ValueError) as exc:
             # A validator that breaks instead of reporting is still a record the store cannot
             # take; 422 tells the sender not to retry, where a 500 would be retried forever.
