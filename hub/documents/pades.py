@@ -41,7 +41,6 @@ from hub.contracts import (
 )
 from hub.documents.render import ROLE_LABELS, font_bytes
 from hub.documents.signing import SigningError
-from hub.records import VIETNAM_TIME
 
 _STAMP_COVERAGE = [(0x20, 0x7E), (0xA0, 0xFF), (0x102, 0x103), (0x110, 0x111), (0x128, 0x129),
                    (0x168, 0x169), (0x1A0, 0x1A1), (0x1AF, 0x1B0), (0x1EA0, 0x1EF9),
@@ -139,12 +138,8 @@ def _pdf_signer(request: SignRequest, signer: signers.Signer,
     if signer.signing_cert is not None:
         # The stamp shows who the certificate says signed, not who the request claims.
         shown = signer.signing_cert.subject.native.get("common_name", shown)
-    # pyHanko would print the machine's zone (UTC on a server) as +0000; a school reads Vietnam
-    # time, written the ISO way (+07:00: Python 3.11's strftime has no %:z).
-    now = dt.datetime.now(VIETNAM_TIME)
     text = {"signer": unicodedata.normalize("NFC", shown),
-            "role": ROLE_LABELS.get(request.identity.role, request.identity.role),
-            "ts": now.strftime("%d/%m/%Y %H:%M:%S") + " +07:00"}
+            "role": ROLE_LABELS.get(request.identity.role, request.identity.role)}
     return signers.PdfSigner(meta, signer, timestamper=timestamper, stamp_style=stamp_style()), text
 
 
