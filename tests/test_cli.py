@@ -208,3 +208,10 @@ async def test_first_run_simulate_then_run_delivers_without_tracebacks(tmp_path)
                 await asyncio.wait_for(proc.wait(), 60)
     for log in (sim_log, run_log):
         assert "Traceback" not in log.read_text(encoding="utf-8"), log.read_text(encoding="utf-8")[-3000:]
+
+
+def test_demo_finds_the_example_config_from_any_folder(tmp_path, monkeypatch):
+    from hub.kit.demo import default_config
+
+    monkeypatch.chdir(tmp_path)   # no config/ here: the one beside the source tree is used
+    assert default_config() == ROOT / "config" / "example.yaml" and default_config().exists()

@@ -42,7 +42,7 @@ def default_config() -> Path:
     here = Path("config/example.yaml")
     if here.exists():
         return here
-    return Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+    return Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 
 
 def simulator_class(adapter_type: str, registry=adapter_types) -> type[Simulator] | None:
