@@ -8,6 +8,7 @@ arrives as a new version. Tests that change state say so.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import shutil
@@ -18,6 +19,7 @@ import pytest
 import pytest_asyncio
 from test_admin import OPERATOR_TOKEN, VIEWER_TOKEN, serve_hub, wait_for
 
+from hub import identifiers
 from hub import lifecycle as lc
 from hub.kit.synthetic import transcript
 
@@ -207,7 +209,12 @@ async def test_replay_a_quarantined_record_after_the_school_fixed_it(browser, en
     and audits (its stored payload is still the broken one, so it is quarantined again)."""
     target = quarantined_by_kind(env)["personal_id"]
     context, page = await signed_in(browser, env, OPERATOR_TOKEN)
-    source_id = env.vendor.update(PERSONAL_ID_INDEX, lambda c: c["student"].update(personal_id="001215012345"))
+    def fix(central):   # a number with the citizen-id structure that fits this student
+        student = central["student"]
+        student["personal_id"] = identifiers.make("001", int(student["gender"]),
+                                                  dt.date.fromisoformat(student["birth_date"]), 12345)
+
+    source_id = env.vendor.update(PERSONAL_ID_INDEX, fix)
     assert source_id == target.source_id
     await wait_for(lambda: any(r.record_id == target.record_id and r.state == lc.DELIVERED
                                for r in env.hub.store.rows()))
