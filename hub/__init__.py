@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("reserve_bytes", "sign_elsewhere"), "hub.documents.pades"),
     **dict.fromkeys(("LocalKey", "LocalKeySigner"), "hub.documents.local_keys"),
     "ROLE_LABELS": "hub.documents.render",
+    "XmlElement": "hub.documents.xmlsafe",
     **dict.fromkeys(("digest_info", "verify_digest"), "hub.documents.digests"),
     # the kit for vendor authors
     **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "Transient", "parse_retry_after", "retrying"), "hub.kit.http"),

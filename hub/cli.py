@@ -16,7 +16,12 @@ def _print_errors(lines: list[str]) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from hub.plugins import adapter_types, document_formats, identity_provider_types, signer_types
+    from hub.plugins import (
+        adapter_types,
+        document_formats,
+        identity_provider_types,
+        signer_types,
+    )
 
     rows = []
     for info in [*adapter_types().values(), *signer_types().values(), *identity_provider_types().values(),

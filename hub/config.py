@@ -327,6 +327,12 @@ class HubConfig(_Strict):
     _destination_settings: PluginSettings | None = None
     _identity_settings: PluginSettings | None = None
 
+    def bind_settings(self, *, adapters: dict[str, PluginSettings], signers: dict[str, PluginSettings],
+                      destination: PluginSettings | None, identity: PluginSettings | None) -> None:
+        """Keep each plugin section's settings as its plugin's ``Settings`` validated them."""
+        self._adapter_settings, self._signer_settings = adapters, signers
+        self._destination_settings, self._identity_settings = destination, identity
+
     def adapter_settings(self, name: str) -> PluginSettings:
         return self._adapter_settings[name]
 
@@ -424,20 +430,16 @@ def parse_config(data: Any) -> HubConfig:
             errors.extend(_errors(exc, f"{where}.settings"))
             return None
 
-    config._adapter_settings = {}
-    for i, section in enumerate(config.adapters):
-        s = settings_of(section, adapters, f"adapters[{i}]", "normalize")
-        if s is not None:
-            config._adapter_settings[section.name] = s
-    config._destination_settings = settings_of(config.destination, adapters, "destination", "deliver")
-    config._signer_settings = {}
-    for i, section in enumerate(config.signers):
-        s = settings_of(section, signers, f"signers[{i}]")
-        if s is not None:
-            config._signer_settings[section.name] = s
-    config._identity_settings = None
-    if config.identity is not None:
-        config._identity_settings = settings_of(config.identity, identity_provider_types(), "identity")
+    # In the file's order, so the errors come out in it too.
+    adapter_settings = {s.name: v for i, s in enumerate(config.adapters)
+                        if (v := settings_of(s, adapters, f"adapters[{i}]", "normalize")) is not None}
+    destination = settings_of(config.destination, adapters, "destination", "deliver")
+    signer_settings = {s.name: v for i, s in enumerate(config.signers)
+                       if (v := settings_of(s, signers, f"signers[{i}]")) is not None}
+    identity = (None if config.identity is None
+                else settings_of(config.identity, identity_provider_types(), "identity"))
+    config.bind_settings(adapters=adapter_settings, signers=signer_settings, destination=destination,
+                         identity=identity)
     if errors:
         raise ConfigError(errors)
     return config

@@ -17,14 +17,13 @@ import pytest
 from PIL import Image, ImageChops
 
 from hub.catalogue import subjects_for
-from hub.contracts import SIGNING_ROLES
+from hub.contracts import SIGNING_ROLES, PluginContext
 from hub.documents.render import render_pdf
 from hub.documents.signing import identity_for, request_for
 from hub.kit import pki
 from hub.kit.synthetic import transcript
 from hub.records import PrimaryTranscript, SecondaryTranscript, parse_transcript
 from signers.pkcs12.signer import Pkcs12Signer
-from hub.contracts import PluginContext
 
 GOLDEN = Path(__file__).parent / "golden"
 PASSWORD = "mật-khẩu-thử"

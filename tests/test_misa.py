@@ -18,12 +18,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 import structlog
+from pull_vendors import PullVendor
 from pydantic import ValidationError
 
 from adapters.misa.adapter import MisaAdapter, MisaError, canonical_query, signature
 from adapters.misa.simulator import RECORDS_PATH, MisaSimulator
 from hub import plugins
-from pull_vendors import PullVendor
 from hub.contracts import PluginContext, RawRecord
 from hub.kit.synthetic import nfd, transcript
 from hub.records import field_errors

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 import adapters.moet
 from adapters.moet.adapter import MoetAdapter, MoetSettings
-from hub import parse_retry_after as _retry_after
 from adapters.moet.simulator import MoetSimulator
+from hub import parse_retry_after as _retry_after
 from hub.contracts import Delivery, DeliveryError, PluginContext, PluginError, Receipt
 from hub.kit.synthetic import invalid_transcript, transcript
 from hub.records import parse_transcript

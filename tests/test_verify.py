@@ -18,10 +18,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from conftest import ROLES
 from test_admin import OP, serve_hub, wait_for
 from test_status_page import personal_values
 
-from conftest import ROLES
 from hub import lifecycle as lc
 from hub.contracts import RawRecord
 from hub.store.audit import verify_chain

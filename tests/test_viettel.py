@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from pull_vendors import PullVendor
 from pydantic import ValidationError
 
 from adapters.viettel.adapter import ViettelAdapter, ViettelError, parse_xml
@@ -26,7 +27,6 @@ from adapters.viettel.simulator import (
     synthetic_index,
 )
 from hub import plugins
-from pull_vendors import PullVendor
 from hub.contracts import PluginContext, RawRecord
 from hub.kit.synthetic import transcript
 from hub.records import field_errors

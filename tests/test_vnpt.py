@@ -11,12 +11,12 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from pull_vendors import PullVendor
 from pydantic import ValidationError
 
 from adapters.vnpt.adapter import VnptAdapter, VnptError
 from adapters.vnpt.simulator import RECORDS_PATH, TOKEN_PATH, VnptSimulator
 from hub import plugins
-from pull_vendors import PullVendor
 from hub.contracts import RawRecord
 from hub.kit.synthetic import nfd, transcript
 from hub.records import field_errors

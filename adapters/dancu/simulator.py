@@ -26,7 +26,14 @@ from aiohttp import BasicAuth, web
 from lxml import etree
 
 from adapters.dancu.adapter import name_key
-from hub import GIVEN, Faults, FaultySimulator, IdentityFinding, IdentitySimulator
+from hub import (
+    GIVEN,
+    Faults,
+    FaultySimulator,
+    IdentityFinding,
+    IdentitySimulator,
+    XmlElement,
+)
 
 NS = "urn:hocba-hub:csdl-dan-cu:v1"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -252,7 +259,7 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
             if not (values[key].text or "").strip():
                 raise KeyError(key)
 
-    def _xac_thuc(self, values: Mapping[str, Any]) -> etree._Element:
+    def _xac_thuc(self, values: Mapping[str, Any]) -> XmlElement:
         self._header(values)
         person = self._person(values)
         citizen = self.population.get(person["SoDinhDanh"])
@@ -260,7 +267,7 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
         return _el("XacThucThongTinCongDanResponse", _el("MaYeuCau", values["MaYeuCau"].text),
                    _el("TonTai", "true" if exists else "false"))
 
-    def _citizen(self, personal_id: str) -> list[etree._Element]:
+    def _citizen(self, personal_id: str) -> list[XmlElement]:
         citizen = self.population.get(personal_id)
         if citizen is None:
             return [_el("TonTai", "false")]
@@ -271,7 +278,7 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
             _el("NgayThangNamSinh", citizen.birth_date.strftime("%d/%m/%Y")),
             *([_el("GioiTinh", str(citizen.gender))] if citizen.gender else []))]
 
-    def _xac_minh(self, values: Mapping[str, Any]) -> etree._Element:
+    def _xac_minh(self, values: Mapping[str, Any]) -> XmlElement:
         self._header(values)
         person = self._person(values)
         if "NgayThangNamSinh" not in person:
@@ -279,7 +286,7 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
         return _el("XacMinhThongTinNhanThanResponse", _el("MaYeuCau", values["MaYeuCau"].text),
                    *self._citizen(person["SoDinhDanh"]))
 
-    def _submit(self, values: Mapping[str, Any]) -> etree._Element:
+    def _submit(self, values: Mapping[str, Any]) -> XmlElement:
         self._header(values)
         items = []
         for item in values["DanhSach"]:
@@ -290,7 +297,7 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
         self._batches[request_id] = _Batch(items, self.faults.batch_polls, self.faults.batch_fails)
         return _el("SubmitRequestResponse", _el("MaYeuCau", request_id), _el("TrangThai", "DangXuLy"))
 
-    def _status(self, values: Mapping[str, Any]) -> etree._Element:
+    def _status(self, values: Mapping[str, Any]) -> XmlElement:
         request_id = values["MaYeuCau"].text
         batch = self._batches.get(request_id)
         if batch is None:
@@ -302,7 +309,7 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
             state = "Loi" if batch.fails else "HoanThanh"
         return _el("GetRequestStatusResponse", _el("MaYeuCau", request_id), _el("TrangThai", state))
 
-    def _result(self, values: Mapping[str, Any]) -> etree._Element:
+    def _result(self, values: Mapping[str, Any]) -> XmlElement:
         request_id = values["MaYeuCau"].text
         batch = self._batches.get(request_id)
         answers = []
@@ -312,23 +319,23 @@ class DancuSimulator(FaultySimulator, IdentitySimulator):
         return _el("GetRequestResultResponse", _el("MaYeuCau", request_id), _el("DanhSach", *answers))
 
 
-def _el(name: str, *children: Any) -> etree._Element:
+def _el(name: str, *children: Any) -> XmlElement:
     element = etree.Element(f"{{{NS}}}{name}", nsmap={"cd": NS})
     for child in children:
-        if isinstance(child, etree._Element):
+        if isinstance(child, XmlElement):
             element.append(child)
         elif child is not None:
             element.text = str(child)
     return element
 
 
-def _envelope(payload: etree._Element) -> bytes:
+def _envelope(payload: XmlElement) -> bytes:
     envelope = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soap": SOAP_ENV})
     etree.SubElement(envelope, f"{{{SOAP_ENV}}}Body").append(payload)
     return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
 
 
-def _answer(payload: etree._Element) -> web.Response:
+def _answer(payload: XmlElement) -> web.Response:
     return web.Response(body=_envelope(payload), content_type="text/xml", charset="utf-8")
 
 

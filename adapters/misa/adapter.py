@@ -25,19 +25,19 @@ from yarl import URL
 
 from hub import (
     Adapter,
-    as_list,
-    as_object,
     Health,
     HttpPullMixin,
     HttpPullSettings,
-    load_json,
-    map_keys,
     Page,
     PluginContext,
     PluginError,
     PluginSettings,
     RawRecord,
     Transient,
+    as_list,
+    as_object,
+    load_json,
+    map_keys,
     vietnam_time,
     where,
 )

@@ -21,11 +21,11 @@ from hub import (
     Delivery,
     DeliveryError,
     Health,
-    parse_retry_after,
     PluginContext,
     PluginError,
     PluginSettings,
     Receipt,
+    parse_retry_after,
 )
 
 SUBMIT_PATH = "/api/v1/hocba"

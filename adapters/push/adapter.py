@@ -20,7 +20,14 @@ from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from hub import VIETNAM_TIME, Adapter, PluginContext, PluginSettings, RawRecord, load_json
+from hub import (
+    VIETNAM_TIME,
+    Adapter,
+    PluginContext,
+    PluginSettings,
+    RawRecord,
+    load_json,
+)
 
 TIMESTAMP_HEADER = "X-Hocba-Timestamp"
 SIGNATURE_HEADER = "X-Hocba-Signature"

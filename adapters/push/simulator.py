@@ -27,7 +27,14 @@ from typing import Any
 import aiohttp
 
 from adapters.push.adapter import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from hub import INVALID_KINDS, Simulator, invalid_transcript, nfd, transcript, with_subject_teachers
+from hub import (
+    INVALID_KINDS,
+    Simulator,
+    invalid_transcript,
+    nfd,
+    transcript,
+    with_subject_teachers,
+)
 
 FIRST_UPDATE = dt.datetime(2025, 6, 1, 7, 0, 0)
 

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 import structlog
 from pydantic import Field, ValidationError, field_validator
 
+from hub import SUBJECTS as FORM_SUBJECTS
 from hub import (
     Adapter,
     Health,
@@ -41,7 +42,6 @@ from hub import (
     load_json,
     parse_transcript,
 )
-from hub import SUBJECTS as FORM_SUBJECTS
 
 log = structlog.get_logger(__name__)
 

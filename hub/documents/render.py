@@ -366,11 +366,11 @@ class _Page:
         # overflows costs a tenth of that.
         pdf = self.pdf
         pdf.set_line_width(0.2)
-        self._row(widths, head, ["C"] * len(head), size, bold=True)
+        self.row(widths, head, ["C"] * len(head), size, bold=True)
         for values in rows:
-            self._row(widths, values, align or ["C"] * len(values), size, repeat=(widths, head))
+            self.row(widths, values, align or ["C"] * len(values), size, repeat=(widths, head))
 
-    def _row(self, widths: Sequence[float], values: Sequence[str], align: Sequence[str],
+    def row(self, widths: Sequence[float], values: Sequence[str], align: Sequence[str],
              size: float, *, bold: bool = False,
              repeat: tuple[Sequence[float], Sequence[str]] | None = None) -> None:
         pdf = self.pdf
@@ -387,7 +387,7 @@ class _Page:
         if pdf.will_page_break(height):
             pdf.add_page()
             if repeat:
-                self._row(repeat[0], repeat[1], ["C"] * len(repeat[1]), size, bold=True)
+                self.row(repeat[0], repeat[1], ["C"] * len(repeat[1]), size, bold=True)
                 pdf.set_font(_FAMILY, "B" if bold else "", size)
         x, y = pdf.l_margin, pdf.get_y()
         if bold:
@@ -423,7 +423,7 @@ def _merged(page: _Page, widths: Sequence[float], head: Sequence[str],
     row_h = height / max(len(rows), 1)
     if pdf.will_page_break(height + row_h + 2):
         pdf.add_page()
-    page._row(widths, head, ["C"] * len(head), size, bold=True)
+    page.row(widths, head, ["C"] * len(head), size, bold=True)
     pdf.set_font(_FAMILY, "", size)
     top = pdf.get_y()
     for r, values in enumerate(rows):

@@ -55,7 +55,7 @@ from signxml.xades import XAdESSignatureConfiguration, XAdESSigner, XAdESVerifie
 
 from hub.contracts import DigestSignRequest, DocumentFormat, SignatureSlot, Signer
 from hub.documents.signing import SigningError
-from hub.documents.xmlsafe import parse
+from hub.documents.xmlsafe import XmlElement, parse
 from hub.logs import get_logger
 
 __all__ = ["C14N", "DS", "XADES", "Prepared", "XmlSignatureReport", "XmlVerifyReport", "add_timestamps",
@@ -155,7 +155,7 @@ class Prepared:
     key_sizes: dict[str, tuple[str, int]]  # signature Id → ("rsa" | "ec", key size in bits)
 
 
-def _slot_element(root: etree._Element, slot: SignatureSlot) -> etree._Element:
+def _slot_element(root: XmlElement, slot: SignatureSlot) -> XmlElement:
     el = root.find(slot.path)
     if el is None:
         raise SigningError(f"{slot.name}: the document has no such slot")
@@ -201,7 +201,7 @@ def prepare(document: bytes, slots: Sequence[tuple[SignatureSlot, Sequence[bytes
     return Prepared(etree.tostring(root, xml_declaration=True, encoding="UTF-8"), digests, sizes)
 
 
-def _signature_by_id(root: etree._Element, signature_id: str) -> etree._Element:
+def _signature_by_id(root: XmlElement, signature_id: str) -> XmlElement:
     found = root.xpath("//ds:Signature[@Id=$id]", namespaces=_NS, id=signature_id)
     if len(found) != 1:
         raise SigningError(f"signature {signature_id!r} is {'missing' if not found else 'not unique'}")
@@ -325,7 +325,7 @@ class XmlVerifyReport:
         return [p for s in self.signatures for p in s.problems]
 
 
-def _where(el: etree._Element) -> str:
+def _where(el: XmlElement) -> str:
     parts = []
     for node in [el, *el.iterancestors()]:
         if not isinstance(node.tag, str):
@@ -335,7 +335,7 @@ def _where(el: etree._Element) -> str:
     return "/".join(reversed(parts))
 
 
-def _chain_of(signature: etree._Element) -> list[x509.Certificate]:
+def _chain_of(signature: XmlElement) -> list[x509.Certificate]:
     out = []
     for el in signature.iterfind("ds:KeyInfo/ds:X509Data/ds:X509Certificate", namespaces=_NS):
         out.append(x509.load_der_x509_certificate(base64.b64decode("".join((el.text or "").split()))))

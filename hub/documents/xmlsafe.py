@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from lxml import etree
 
-__all__ = ["UnsafeXml", "parse"]
+__all__ = ["ElementTree", "UnsafeXml", "XmlElement", "parse"]
+
+# lxml exports its element and tree types only under these underscored names; one alias here
+# keeps every annotation elsewhere on a public name.
+XmlElement = etree._Element
+ElementTree = etree._ElementTree
 
 
 class UnsafeXml(ValueError):
@@ -19,7 +24,7 @@ def _parser() -> etree.XMLParser:
                            huge_tree=False, remove_comments=False, remove_pis=False)
 
 
-def parse(data: bytes) -> etree._ElementTree:
+def parse(data: bytes) -> ElementTree:
     """The document tree of ``data``; ``UnsafeXml`` naming the problem otherwise."""
     try:
         tree = etree.fromstring(data, _parser()).getroottree()

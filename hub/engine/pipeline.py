@@ -30,7 +30,15 @@ from hub import lifecycle as lc
 from hub import logs
 from hub import store as st
 from hub.config import HubConfig
-from hub.contracts import Adapter, Health, IdentityProvider, PluginContext, PluginError, RawRecord, Signer
+from hub.contracts import (
+    Adapter,
+    Health,
+    IdentityProvider,
+    PluginContext,
+    PluginError,
+    RawRecord,
+    Signer,
+)
 from hub.engine.identity import IdentityStage
 from hub.engine.normalize import Envelope, normalize
 from hub.engine.outbox import Outbox
@@ -137,11 +145,11 @@ class Held:
 
     def __init__(self, hub: "Hub", pks: list[int]):
         self.hub, self.pks = hub, list(pks)
-        hub._working.update(self.pks)
+        hub.working.update(self.pks)
 
     def add(self, pks: list[int]) -> None:
         self.pks += pks
-        self.hub._working.update(pks)
+        self.hub.working.update(pks)
 
 
 class Hub:
@@ -175,7 +183,7 @@ class Hub:
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pullers: list[asyncio.Task[None]] = []
-        self._working: set[int] = set()  # ids a stage of this process is working on
+        self.working: set[int] = set()  # ids a stage of this process is working on
         self._moved: set[int] = set()    # ids whose state a handler changed (lease ended)
         self._pulled: dict[str, asyncio.Event] = {}
         self.metrics: Any = None  # hub.metrics.Metrics, when the HTTP surface is on
@@ -272,7 +280,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._pullers, return_exceptions=True)
         deadline = time.monotonic() + drain_timeout
-        while (self._working or (self.outbox and self.outbox.active)) and time.monotonic() < deadline:
+        while (self.working or (self.outbox and self.outbox.active)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
@@ -294,7 +302,7 @@ class Hub:
             await event.wait()
         while True:
             try:
-                if not self._working and self.outbox.active == 0 and not await self.db(self.store.pending):
+                if not self.working and self.outbox.active == 0 and not await self.db(self.store.pending):
                     return
             except self.store.unavailable:
                 # The database dropped this worker's connection (a failover, a restart, an
@@ -402,7 +410,7 @@ class Hub:
                         pass
                     continue
                 for pk in pks:
-                    self._working.add(pk)
+                    self.working.add(pk)
                     task = asyncio.create_task(self._run(stage, handler, pk))
                     running.add(task)
                     task.add_done_callback(running.discard)
@@ -426,7 +434,7 @@ class Hub:
             pks = held.pks
             stay = [pk for pk in pks if pk not in self._moved]
             for pk in pks:
-                self._working.discard(pk)
+                self.working.discard(pk)
                 self._moved.discard(pk)
             if stay:
                 try:
@@ -449,7 +457,7 @@ class Hub:
             self.log.exception("stage.crashed", pk=pk, error=str(exc))
             await self._fail(pk, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            self._working.discard(pk)
+            self.working.discard(pk)
             if pk in self._moved:
                 self._moved.discard(pk)
             else:  # the handler left the record as it was: give the lease back
@@ -471,7 +479,7 @@ class Hub:
         # Signing the last step makes the delivery due: the job is written in the same transaction.
         due = state == self.last_signed_state
         await self.db(self.store.advance, row.id, row.state, state, detail=detail, due=due, **fields)
-        if row.id in self._working:
+        if row.id in self.working:
             self._moved.add(row.id)
         school = fields.get("school_code") or row.school_code
         event = {"record_id": row.record_id, "version": row.version, "adapter": row.adapter,

@@ -27,9 +27,8 @@ from tqdm import tqdm
 from hub import lifecycle as lc
 from hub import store as st
 from hub.config import ConfigError, HubConfig, load_config
-from hub.contracts import PluginError, Simulator
+from hub.contracts import IdentitySimulator, PluginError, Simulator
 from hub.engine.pipeline import Hub
-from hub.contracts import IdentitySimulator
 from hub.logs import configure, mask
 from hub.plugins import adapter_types, identity_provider_types
 

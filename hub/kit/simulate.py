@@ -26,7 +26,12 @@ import aiohttp
 
 from hub.config import ConfigError, HubConfig, load_config
 from hub.contracts import Simulator
-from hub.kit.demo import DEMO_KEY_PASSWORD, DEMO_KEY_PASSWORD_ENV, simulator_class, split
+from hub.kit.demo import (
+    DEMO_KEY_PASSWORD,
+    DEMO_KEY_PASSWORD_ENV,
+    simulator_class,
+    split,
+)
 
 FEED_WAIT_SECONDS = 600   # how long a pushing vendor waits for the hub to come up
 

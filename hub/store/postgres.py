@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hub.store import migrations
-from hub.store.sqlite import Store, T, now_iso, audit_hash
+from hub.store.sqlite import Store, T, audit_hash, now_iso
 
 try:
     import psycopg
@@ -113,7 +113,7 @@ class _Connection:
     def execute(self, sql: str, params: Any = ()) -> Any:
         # Inside a transaction, only its own connection: a reconnect there would run the rest
         # of the transaction's statements outside it.
-        conn = self._store._tx_conn or self._store._connection()
+        conn = self._store.tx_conn or self._store.connection()
         return conn.execute(sql.replace("?", "%s"), params or None)
 
 
@@ -135,7 +135,7 @@ class PostgresStore(Store):
         self._connect_timeout = connect_timeout
         self._lock = threading.RLock()
         self._conn: Any = None
-        self._tx_conn: Any = None
+        self.tx_conn: Any = None
         self.session = 0
         self._db = _Connection(self)
         with self._lock:
@@ -150,7 +150,7 @@ class PostgresStore(Store):
 
     # --- connection and session -----------------------------------------------------------
 
-    def _connection(self) -> Any:
+    def connection(self) -> Any:
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
             if conn is not None:
@@ -173,10 +173,10 @@ class PostgresStore(Store):
     def _write(self, work: Callable[[Any], T]) -> T:
         with self._lock:
             for attempt in range(_DEADLOCK_RETRIES):
-                conn = self._connection()
+                conn = self.connection()
                 try:
                     with conn.transaction():
-                        self._tx_conn = conn
+                        self.tx_conn = conn
                         return work(self._db)
                 except _ROLLED_BACK:
                     # Deadlock or serialisation failure: PostgreSQL rolled this transaction back
@@ -185,7 +185,7 @@ class PostgresStore(Store):
                         raise
                     time.sleep(0.005 * (attempt + 1))
                 finally:
-                    self._tx_conn = None
+                    self.tx_conn = None
         raise AssertionError("unreachable")
 
     # --- dialect hooks -------------------------------------------------------------------

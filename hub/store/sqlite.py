@@ -127,7 +127,7 @@ class Row:
     verify_code: str | None = None  # the version's verification code (hub.store.issuance)
 
     @classmethod
-    def _from(cls, r: Any) -> "Row":  # a row of either backend, by column name
+    def from_db(cls, r: Any) -> "Row":  # a row of either backend, by column name
         return cls(
             id=r["id"], record_id=r["record_id"], version=r["version"], event=r["event"],
             adapter=r["adapter"], source_id=r["source_id"], source_updated=r["source_updated"],
@@ -776,7 +776,7 @@ class Store(IssuanceRegistry):
             r = self._db.execute("SELECT * FROM records WHERE id = ?", (pk,)).fetchone()
         if r is None:
             raise KeyError(pk)
-        return Row._from(r)
+        return Row.from_db(r)
 
     def pending(self) -> list[tuple[int, str]]:
         """Every record a stage still has to work on (neither final nor blocked waiting for a
@@ -797,7 +797,7 @@ class Store(IssuanceRegistry):
             clauses.append("adapter = ?"), args.append(adapter)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
-            return [Row._from(r) for r in self._db.execute(f"SELECT * FROM records {where} ORDER BY id", args)]
+            return [Row.from_db(r) for r in self._db.execute(f"SELECT * FROM records {where} ORDER BY id", args)]
 
     def counts(self) -> dict[str, int]:
         """Records by state."""

@@ -47,7 +47,14 @@ from hub.contracts import SIGNING_ROLES
 from hub.engine.normalize import known_codes
 from hub.logs import get_logger, scrub, secret_values
 from hub.web.admin import OPERATOR, XLSX, AdminApi, Caller, caller_for
-from hub.web.status_page import ROLE_LABELS, STUCK_STATES, explain, field_of, plugin_detail, state_label
+from hub.web.status_page import (
+    ROLE_LABELS,
+    STUCK_STATES,
+    explain,
+    field_of,
+    plugin_detail,
+    state_label,
+)
 from hub.web.status_page import local_time as _local
 from hub.web.templating import stylesheet, templates
 

@@ -117,17 +117,17 @@ class CscSigner(Signer):
     def __init__(self, settings: Settings, context: PluginContext):
         super().__init__(settings, context)
         self.settings: CscSigner.Settings = settings
-        self._client = _Client(settings)
+        self.client = _Client(settings)
         self._credentials: dict[str, _Credential] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def open(self) -> None:
         """Log in now, so a wrong client id or secret stops start-up with its reason."""
-        await self._client.open()
+        await self.client.open()
         try:
-            await self._client.token()
+            await self.client.token()
         except PluginError:
-            await self._client.close()
+            await self.client.close()
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError):
             # Down right now is not a configuration error: records wait and retry, and
@@ -137,11 +137,11 @@ class CscSigner(Signer):
     async def close(self) -> None:
         for credential in self._credentials.values():
             credential.signer.abandon()  # approvals still awaited: nobody is left to use them
-        await self._client.close()
+        await self.client.close()
 
     async def check(self) -> Health:
         try:
-            info = await self._client.call("info", {}, auth=False)
+            info = await self.client.call("info", {}, auth=False)
         except Exception as exc:  # whatever went wrong is the health answer
             return Health(False, f"{self.settings.base_url}: {exc}")
         return Health(True, f"{info.get('name', 'CSC service')}, {len(self._credentials)} signers known")
@@ -204,7 +204,7 @@ class CscSigner(Signer):
 
     async def _look_up(self, identity: SigningIdentity, now: dt.datetime) -> "_Credential":
         who = f"{identity.role} {identity.name} (personal id {identity.key})"
-        listed = await self._client.call("credentials/list", {"userID": identity.key, "maxResults": 10})
+        listed = await self.client.call("credentials/list", {"userID": identity.key, "maxResults": 10})
         ids = listed.get("credentialIDs") or []
         if not ids:
             raise SigningError(f"{self.name}: the service has no signing credential for {who}")
@@ -213,7 +213,7 @@ class CscSigner(Signer):
             session_info = CSCServiceSessionInfo(self.settings.base_url.rstrip("/"), credential_id,
                                                  api_ver=self.settings.api_version)
             try:
-                info = await fetch_certs_in_csc_credential(self._client.session, session_info,
+                info = await fetch_certs_in_csc_credential(self.client.session, session_info,
                                                            timeout=int(self.settings.request_timeout))
             except PyHankoSigningError as exc:
                 cause = exc.__cause__ or exc
@@ -239,9 +239,9 @@ class _Credential:
     @classmethod
     def of(cls, info: CSCCredentialInfo, session_info: CSCServiceSessionInfo, owner: CscSigner,
            identity: SigningIdentity) -> "_Credential":
-        approval = _Approval(session_info, info, owner._client, owner.settings, identity)
+        approval = _Approval(session_info, info, owner.client, owner.settings, identity)
         batch = min(owner.settings.batch_size, max(info.max_batch_size, 1))
-        signer = _BatchingSigner(owner._client.session, approval, batch_size=batch,
+        signer = _BatchingSigner(owner.client.session, approval, batch_size=batch,
                                  window=owner.settings.batch_window,
                                  sign_timeout=int(owner.settings.request_timeout))
         validity = info.signing_cert["tbs_certificate"]["validity"]

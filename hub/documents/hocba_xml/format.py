@@ -28,7 +28,7 @@ from typing import Any
 from lxml import etree
 
 from hub.contracts import DocumentFormat, SignatureSlot, SigningIdentity
-from hub.documents.xmlsafe import parse
+from hub.documents.xmlsafe import XmlElement, parse
 from hub.records import PrimaryTranscript, SecondaryTranscript
 
 __all__ = ["HocbaXml", "SCHEMA_FILE", "subject_id", "slot_id"]
@@ -53,7 +53,7 @@ def slot_id(code: str) -> str:
     return f"gvbm-{_token(code)}"
 
 
-def _text(parent: etree._Element, tag: str, value: Any) -> None:
+def _text(parent: XmlElement, tag: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool):
@@ -65,8 +65,8 @@ def _text(parent: etree._Element, tag: str, value: Any) -> None:
     etree.SubElement(parent, tag).text = str(value)
 
 
-def _person(parent: etree._Element, tag: str, name: str | None, personal_id: str | None,
-            **extra: Any) -> etree._Element:
+def _person(parent: XmlElement, tag: str, name: str | None, personal_id: str | None,
+            **extra: Any) -> XmlElement:
     el = etree.SubElement(parent, tag)
     _text(el, "HOTEN", name)
     _text(el, "SODINHDANH", personal_id)
