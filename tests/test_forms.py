@@ -9,12 +9,17 @@ Regenerate the references after an intended layout change (then look at them):
 from __future__ import annotations
 
 import asyncio
+import codecs
+import datetime as dt
+import io
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops
+from pyhanko.pdf_utils.reader import PdfFileReader
 
 from hub.catalogue import subjects_for
 from hub.contracts import SIGNING_ROLES, PluginContext
@@ -164,6 +169,26 @@ def test_signatures_on_the_form_verify_with_pdfsig(tmp_path):
         path.write_bytes(pdf)
         out = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True).stdout
         assert out.count("Signature Validation: Signature is Valid.") == 3, out
+        _stamps_show_vietnam_time(pdf)
+
+
+def _stamps_show_vietnam_time(pdf: bytes) -> None:
+    """Each visible stamp's time line is the signature's own signing time, in +07:00.
+
+    The stamp is drawn in a subset font; its words are in the appearance stream's
+    ``/ActualText`` (UTF-16), which is what a reader copies and a screen reader speaks.
+    """
+    reader = PdfFileReader(io.BytesIO(pdf))
+    assert len(reader.embedded_signatures) == 3
+    for sig in reader.embedded_signatures:
+        stream = sig.sig_field["/AP"]["/N"].data
+        lines = [bytes(codecs.escape_decode(m)[0]).decode("utf-16")
+                 for m in re.findall(rb"/ActualText \(((?:\\.|[^\\)])*)\)", stream)]
+        [shown] = [line for line in lines if line.startswith("Thời gian: ")]
+        assert shown.endswith(" +07:00"), shown
+        when = dt.datetime.strptime(shown.removeprefix("Thời gian: ")[:-len(" +07:00")], "%d/%m/%Y %H:%M:%S")
+        signed = sig.self_reported_timestamp.astimezone(dt.timezone(dt.timedelta(hours=7)))
+        assert when == signed.replace(tzinfo=None, microsecond=0), (shown, signed)
 
 
 # --- golden pages --------------------------------------------------------------------------------

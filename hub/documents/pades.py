@@ -85,6 +85,9 @@ class _StampFont(FontEngineFactory):
 
 
 _stamp_style: TextStampStyle | None = None
+_STAMP_CLOCK = dt.timezone(dt.timedelta(hours=7), "+07:00")
+"""Vietnam's clock, named as the stamp prints it. pyHanko stamps the signing session's
+``system_time``, which it takes from the machine's zone (UTC on a server) unless set."""
 
 
 def stamp_style() -> TextStampStyle:
@@ -97,7 +100,9 @@ def stamp_style() -> TextStampStyle:
         _stamp_style = TextStampStyle(
             stamp_text="Ký bởi: %(signer)s\nVai trò: %(role)s\nThời gian: %(ts)s",
             text_box_style=TextBoxStyle(font=_StampFont(8), font_size=8, leading=11),
-            timestamp_format="%d/%m/%Y %H:%M:%S %z",
+            # ``%Z`` prints the zone's name, and _STAMP_CLOCK is named "+07:00": a school reads
+            # Vietnam time written the ISO way (``%z`` would print "+0700"; 3.11 has no ``%:z``).
+            timestamp_format="%d/%m/%Y %H:%M:%S %Z",
             border_width=1,
         )
     return _stamp_style
@@ -154,13 +159,33 @@ async def sign_pades(pdf: bytes, request: SignRequest, signer: signers.Signer, *
     pdf_signer, text = _pdf_signer(request, signer, timestamper)
     writer = IncrementalPdfFileWriter(io.BytesIO(pdf), strict=False)
     try:
-        out = await pdf_signer.async_sign_pdf(writer, existing_fields_only=True,
-                                              bytes_reserved=bytes_reserved,
-                                              appearance_text_params=text)
+        # ``PdfSigner.async_sign_pdf`` step by step, only to set the session's clock (see
+        # _STAMP_CLOCK): the stamp and the CMS signing time are the same instant.
+        session = _session(pdf_signer, writer)
+        info = await session.perform_presign_validation(writer)
+        if bytes_reserved is None:
+            bytes_reserved = await session.estimate_signature_container_size(
+                info, tight=pdf_signer.signature_meta.tight_size_estimates)
+        tbs = session.prepare_tbs_document(validation_info=info, bytes_reserved=bytes_reserved,
+                                           appearance_text_params=text)
+        digest, output = tbs.digest_tbs_document()
+        post = await tbs.perform_signature(
+            document_digest=digest.document_digest,
+            pdf_cms_signed_attrs=PdfCMSSignedAttributes(
+                signing_time=session.system_time,
+                adobe_revinfo_attr=None if info is None else info.adobe_revinfo_attr,
+                cades_signed_attrs=pdf_signer.signature_meta.cades_signed_attr_spec))
+        await post.post_signature_processing(output)
     except PyHankoSigningError as exc:
         raise SigningError(f"cannot sign field {request.field_name!r} as {request.identity.role} "
                            f"{request.identity.name}: {exc}") from exc
-    return out.getvalue()
+    return output.getvalue()
+
+
+def _session(pdf_signer: signers.PdfSigner, writer: IncrementalPdfFileWriter) -> Any:
+    session = pdf_signer.init_signing_session(writer, existing_fields_only=True)
+    session.system_time = dt.datetime.now(_STAMP_CLOCK)
+    return session
 
 
 def sign_pades_blocking(pdf: bytes, request: SignRequest, signer: signers.Signer, *,
@@ -227,7 +252,7 @@ def prepare_blocking(request: SignRequest, certs: tuple[bytes, ...], bytes_reser
 
     async def prepare() -> Prepared:
         writer = IncrementalPdfFileWriter(io.BytesIO(request.pdf), strict=False)
-        session = pdf_signer.init_signing_session(writer, existing_fields_only=True)
+        session = _session(pdf_signer, writer)
         info = await session.perform_presign_validation(writer)
         tbs = session.prepare_tbs_document(validation_info=info, bytes_reserved=bytes_reserved,
                                            appearance_text_params=text)
