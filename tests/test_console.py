@@ -8,6 +8,7 @@ arrives as a new version. Tests that change state say so.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 import os
@@ -263,3 +264,75 @@ async def test_screenshots_at_phone_and_desktop_widths(browser, env, tmp_path):
         if os.environ.get("HOCBA_HUB_SAVE_SCREENSHOTS"):
             shutil.copy(tmp_path / f"school-{name}", tmp_path.parent / f"school-{name}")
         await context.close()
+
+
+async def test_an_operator_sees_per_class_who_has_not_signed_and_a_viewer_does_not(browser, pki, tmp_path):
+    """The console of a hub that has not started working (nothing signs meanwhile) over a store
+    holding two transcripts in the signing stage: one where only the first subject teacher has
+    signed, one the teachers have finished and the principal has not."""
+    import uvicorn
+    from test_xml import FMT, STAGES, record, sign_all, signer
+
+    from hub.catalogue import name_of
+    from hub.config import parse_config
+    from hub.contracts import RawRecord
+    from hub.documents.render import render_pdf
+    from hub.documents.xmldsig import sign_slots
+    from hub.engine.pipeline import Hub
+    from hub.web.app import create_app
+    from test_admin import PASSWORD, TOKENS
+
+    config = parse_config({
+        "data_dir": str(tmp_path / "data"), "workers": {"processes": 1}, "admin": {"tokens": TOKENS},
+        "documents": ["xml", "pdf"],
+        "adapters": [{"name": "school-a", "type": "push", "settings": {"secret": "s" * 32}}],
+        "destination": {"name": "central", "type": "moet",
+                        "settings": {"base_url": "http://127.0.0.1:9", "token": "unused"}},
+        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
+        "signing": {"steps": [{"role": r, "signer": "keys"} for r in STAGES]},
+    })
+    keys = signer(pki[0])
+    await keys.open()
+    first, second = record(3), record(7)
+    first_doc = FMT.build(first)
+    one_teacher = [s for s in FMT.slots(first_doc) if s.role == "subject_teacher"][:1]
+    first_doc = await sign_slots(first_doc, one_teacher, keys)
+    second_doc = await sign_all(FMT.build(second), keys, STAGES[:2])
+    hub = Hub(config)
+    for rec, doc, state in ((first, first_doc, lc.RENDERED), (second, second_doc, lc.signed("homeroom_teacher"))):
+        [pk] = hub.store.receive("school-a", [RawRecord(rec.record_id, b"{}")])
+        hub.store.advance(pk, lc.RECEIVED, lc.NORMALIZED, school_code=rec.school_code,
+                          normalized=rec.model_dump(mode="json"))
+        hub.store.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=render_pdf(rec), xml=doc)
+        if state != lc.RENDERED:
+            hub.store.advance(pk, lc.RENDERED, lc.signed("subject_teacher"), xml=doc)
+            hub.store.advance(pk, lc.signed("subject_teacher"), state, xml=doc)
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
+                                           lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        served = type("Served", (), {"url": f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"})
+        context, page = await signed_in(browser, served, OPERATOR_TOKEN)
+        for rec in (first, second):
+            await page.goto(f"/console?school={rec.school_code}")
+            table = page.locator(f'#unsigned table[data-class="{rec.class_name}"]')
+            text = await table.inner_text()
+            if rec is first:
+                left = [s for s in rec.subjects if s.teacher_name][1:]
+                assert left and all(s.teacher_name in text and name_of(s.subject_code) in text for s in left)
+                assert "GVBM" in text
+            else:
+                assert rec.signatories.principal_name in text and "Hiệu trưởng" in text
+                assert all(s.teacher_name not in text for s in rec.subjects if s.teacher_name)
+        await context.close()
+        context, page = await signed_in(browser, served, VIEWER_TOKEN)
+        await page.goto(f"/console?school={first.school_code}")
+        assert await page.locator("#unsigned").count() == 0  # it names teachers: operators only
+        assert first.subjects[1].teacher_name not in await page.content()
+        await context.close()
+    finally:
+        server.should_exit = True
+        await task
+        await hub.stop(drain_timeout=1)

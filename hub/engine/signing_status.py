@@ -6,12 +6,27 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub import lifecycle as lc
 from hub.contracts import DocumentFormat
 
-__all__ = ["waiting_signatures"]
+if TYPE_CHECKING:
+    from hub.engine.pipeline import Hub
+
+__all__ = ["waiting_for", "waiting_signatures"]
+
+
+async def waiting_for(hub: "Hub", school: str | None = None) -> list[dict[str, Any]]:
+    """``waiting_signatures`` over ``hub``'s store: only records in the signing stage are read."""
+    from hub.plugins import document_formats
+
+    fmt_name = hub.config.xml_format
+    fmt = document_formats()[fmt_name].cls() if fmt_name else None
+    rows = []
+    for state in lc.states_of("sign", hub.roles):
+        rows += await hub.db(hub.store.rows, state=state)
+    return waiting_signatures(rows, hub.roles, fmt, school)
 
 
 def waiting_signatures(rows: Iterable[Any], roles: tuple[str, ...], fmt: DocumentFormat | None,

@@ -231,16 +231,12 @@ class AdminApi:
 
         Operators only: it names teachers.
         """
-        from hub.engine.signing_status import waiting_signatures
-        from hub.plugins import document_formats
+        from hub.engine.signing_status import waiting_for
 
         school = request.query_params.get("school")
         if school is not None and not (1 <= len(school) <= 100):
             raise ApiError(400, "school", "must be 1-100 characters")
-        fmt_name = self.hub.config.xml_format
-        fmt = document_formats()[fmt_name].cls() if fmt_name else None
-        rows = await self.hub.db(self.hub.store.rows)
-        return {"classes": waiting_signatures(rows, self.hub.roles, fmt, school)}
+        return {"classes": await waiting_for(self.hub, school)}
 
     def _endpoint(self, handler: Handler, role: str) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:

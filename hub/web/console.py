@@ -43,7 +43,9 @@ from starlette.routing import BaseRoute, Route
 
 from hub import __version__
 from hub import lifecycle as lc
+from hub.catalogue import name_of
 from hub.contracts import SIGNING_ROLES
+from hub.engine.signing_status import waiting_for
 from hub.engine.normalize import known_codes
 from hub.logs import get_logger, scrub, secret_values
 from hub.web.admin import OPERATOR, XLSX, AdminApi, Caller, caller_for
@@ -99,6 +101,8 @@ TEXT = {
         "done_resume": "Đã tiếp tục {name}.", "not_found": "Không tìm thấy hồ sơ.",
         "wait:normalize": "chờ chuẩn hoá", "wait:identity": "chờ xác minh danh tính",
         "wait:render": "chờ tạo PDF", "wait:deliver": "chờ gửi", "sign": "chờ ký: {who}",
+        "unsigned": "Chưa ký", "unsigned_none": "Không có học bạ nào đang chờ ký.",
+        "waiting_for": "Đang chờ", "signer": "Người ký", "subject": "Môn học", "transcripts": "Số học bạ",
         "viewer_note": "Bạn đang xem với quyền chỉ xem: không hiện tên học sinh và không có thao tác.",
     },
     "en": {
@@ -131,6 +135,8 @@ TEXT = {
         "done_resume": "Resumed {name}.", "not_found": "No such record.",
         "wait:normalize": "waiting: normalise", "wait:identity": "waiting: identity check",
         "wait:render": "waiting: PDF", "wait:deliver": "waiting: delivery", "sign": "waiting: {who}",
+        "unsigned": "Not signed yet", "unsigned_none": "No transcript is waiting for a signature.",
+        "waiting_for": "Waiting for", "signer": "Signer", "subject": "Subject", "transcripts": "Transcripts",
         "viewer_note": "You are signed in as a viewer: no student names and no actions.",
     },
 }
@@ -350,9 +356,23 @@ class Console:
             stuck += await hub.db(lambda s=state: hub.store.search(state=s, school=school, limit=PROBLEMS_SHOWN))
         stuck.sort(key=lambda r: (r["updated_at"], r["id"]), reverse=True)
         done = _done(request, lang)
+        # Who has not signed names teachers: operators only, as ``GET /api/signing``; per school,
+        # so the page reads only that school's transcripts in the signing stage.
+        operator = bool(session.caller and session.caller.role == OPERATOR)
+        unsigned = self._unsigned(lang, await waiting_for(hub, school)) if school and operator else None
         return self._page(request, "console.html", lang, session, school=school, schools=schools,
                           table=self._table(lang, counts, school), problems=self._problems(lang, stuck),
-                          adapters=self._adapters(lang, paused), done=done)
+                          adapters=self._adapters(lang, paused), unsigned=unsigned, done=done)
+
+    @staticmethod
+    def _unsigned(lang: str, classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        roles = ROLE_LABELS[lang]
+        return [{"class_name": c["class_name"], "transcripts": c["transcripts"],
+                 "waiting": [(roles.get(r, r), n) for r, n in c["waiting"].items()],
+                 "people": [{"role": roles.get(u["role"], u["role"]), "name": u["name"],
+                             "subject": (name_of(u["subject"]) or u["subject"]) if u["subject"] else "",
+                             "transcripts": u["transcripts"]} for u in c["unsigned"]]}
+                for c in classes]
 
     def _table(self, lang: str, counts: list[dict[str, Any]], school: str | None) -> dict[str, Any]:
         t = TEXT[lang]

@@ -44,8 +44,8 @@ STUCK_STATES = (lc.QUARANTINED, lc.FAILED, lc.DEAD_LETTER, lc.BLOCKED_IDENTITY)
 # The operators work in Vietnam: times on the wall screen are local (UTC+7, no daylight saving).
 
 ROLE_LABELS = {
-    "vi": {"homeroom_teacher": "GVCN", "principal": "Hiệu trưởng", "school_seal": "Nhà trường"},
-    "en": {"homeroom_teacher": "homeroom teacher", "principal": "principal", "school_seal": "school seal"},
+    "vi": {"subject_teacher": "GVBM", "homeroom_teacher": "GVCN", "principal": "Hiệu trưởng", "school_seal": "Nhà trường"},
+    "en": {"subject_teacher": "subject teacher", "homeroom_teacher": "homeroom teacher", "principal": "principal", "school_seal": "school seal"},
 }
 STATE_LABELS = {
     "vi": {lc.RECEIVED: "đã nhận", lc.NORMALIZED: "đã chuẩn hoá", lc.RENDERED: "đã tạo PDF",
