@@ -31,6 +31,10 @@ BLOCKED_IDENTITY = "blocked_identity"
 FINAL_STATES = frozenset({DELIVERED, QUARANTINED, FAILED, DEAD_LETTER, SUPERSEDED, UNCHANGED})
 # Waiting on people outside the hub: not final, yet no stage will move them on by itself.
 BLOCKED_STATES = frozenset({BLOCKED_IDENTITY})
+# What a newer version of the same record leaves as it is; an older version in any other state
+# (still in the pipeline, or a problem: quarantined, failed, dead letter, blocked) is superseded,
+# so a school's fix takes the old problem off every operator's list, its reason kept in history.
+SETTLED = frozenset({DELIVERED, SUPERSEDED, UNCHANGED})
 # What an operator may replay; a delivered version is never sent twice.
 REPLAYABLE = frozenset({QUARANTINED, FAILED, DEAD_LETTER, BLOCKED_IDENTITY})
 

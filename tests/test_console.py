@@ -204,12 +204,17 @@ async def test_pause_and_resume_an_adapter(browser, env):
     await context.close()
 
 
-async def test_replay_a_quarantined_record_after_the_school_fixed_it(browser, env):
+async def test_a_schools_fix_takes_the_old_version_off_the_list_and_a_replay_is_audited(browser, env):
     """Changes state: the school corrects the personal id at the vendor; the corrected version
-    arrives and is delivered; the operator replays the broken version, which the console shows
-    and audits (its stored payload is still the broken one, so it is quarantined again)."""
+    arrives and is delivered, and the broken version is superseded: it leaves the problems list
+    and can no longer be replayed (its reason stays in its history). The operator then replays
+    the other quarantined record, which the console shows and audits (its stored payload is
+    still the broken one, so it is quarantined again)."""
     target = quarantined_by_kind(env)["personal_id"]
+    other = quarantined_by_kind(env)["birth_date"]
     context, page = await signed_in(browser, env, OPERATOR_TOKEN)
+    assert await page.locator(f'#problems tr[data-id="{target.id}"]').count() == 1
+
     def fix(central):   # a number with the citizen-id structure that fits this student
         student = central["student"]
         student["personal_id"] = identifiers.make("001", int(student["gender"]),
@@ -219,20 +224,30 @@ async def test_replay_a_quarantined_record_after_the_school_fixed_it(browser, en
     assert source_id == target.source_id
     await wait_for(lambda: any(r.record_id == target.record_id and r.state == lc.DELIVERED
                                for r in env.hub.store.rows()))
+    assert env.hub.store.get(target.id).state == lc.SUPERSEDED
+    await page.goto("/console?lang=en")
+    assert await page.locator(f'#problems tr[data-id="{target.id}"]').count() == 0
+    assert await page.locator(f'#problems tr[data-id="{other.id}"]').count() == 1
     await page.goto(f"/console/records/{target.id}?lang=en")
     versions = await page.locator("#versions li").all_inner_texts()
-    assert len(versions) == 2 and "delivered" in versions[1]
+    assert len(versions) == 2 and "superseded" in versions[0] and "delivered" in versions[1]
+    history = await page.locator("#history tr[data-state]").evaluate_all("rows => rows.map(r => r.dataset.state)")
+    assert history == ["received", "quarantined", "superseded"]
+    assert "version 2 received" in await page.locator("#history").inner_text()
+    assert await page.locator("#replay").count() == 0
+
+    await page.goto(f"/console/records/{other.id}?lang=en")
     await page.select_option("#stage", "normalize")
     await page.click("#replay")
-    await page.wait_for_url(f"**/console/records/{target.id}?lang=en&done=replay&n=1")
+    await page.wait_for_url(f"**/console/records/{other.id}?lang=en&done=replay&n=1")
     assert await page.locator("#done").inner_text() == "Replayed 1 record(s)."
-    await wait_for(lambda: len(env.hub.store.history(target.id)) == 4
-                   and env.hub.store.get(target.id).state == lc.QUARANTINED)
+    await wait_for(lambda: len(env.hub.store.history(other.id)) == 4
+                   and env.hub.store.get(other.id).state == lc.QUARANTINED)
     await page.reload()
     assert await page.locator("#history tr[data-state]").count() == 4
     assert "replay (normalize) by an.nguyen" in await page.locator("#history").inner_text()
     entries = list(env.hub.store.audit_entries())
-    assert any(e["kind"] == "replay" and e["actor"] == "an.nguyen" and e["subject"] == target.record_id
+    assert any(e["kind"] == "replay" and e["actor"] == "an.nguyen" and e["subject"] == other.record_id
                for e in entries)
     assert entries[-1]["kind"] == "console.replay" and entries[-1]["actor"] == "an.nguyen"
     await context.close()

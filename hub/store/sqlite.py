@@ -38,6 +38,7 @@ from hub.lifecycle import (
     NORMALIZED,
     RECEIVED,
     REPLAYABLE,
+    SETTLED,
     SUPERSEDED,
     UNCHANGED,
 )
@@ -273,7 +274,7 @@ class Store(IssuanceRegistry):
         page = list(records)  # one page; a failing iterator commits nothing
         now = now_iso()
         horizon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.clock_skew_seconds)
-        placeholders = ",".join("?" * len(FINAL_STATES))
+        placeholders = ",".join("?" * len(SETTLED))
 
         def work(db: Any) -> list[int]:
             if lease_owner is not None:
@@ -299,7 +300,7 @@ class Store(IssuanceRegistry):
                     for old in db.execute(
                         f"SELECT id FROM records WHERE record_id = ? AND state NOT IN ({placeholders})"
                         f" ORDER BY id{self._for_update}",
-                        (rid, *sorted(FINAL_STATES)),
+                        (rid, *sorted(SETTLED)),
                     ).fetchall():
                         self._set_state(db, old["id"], SUPERSEDED, f"version {version} received", now)
                 pk = db.execute(
