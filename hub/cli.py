@@ -238,6 +238,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from hub.store import StateConflict
+
+    reason = " ".join(args.reason.split())
+    if len(reason) < 5:
+        _print_errors(["--reason: say why the transcript is cancelled, in at least 5 characters"])
+        return 2
+    config, store = _store_of(args.config)
+    if store is None:
+        return 1
+    try:
+        pk = store.cancel(args.record_id, reason, f"cli:{args.actor}")
+    except KeyError:
+        _print_errors([f"--record-id: no record {args.record_id!r} in {config.store_path}"])
+        return 1
+    except StateConflict as exc:
+        _print_errors([f"--record-id: {exc}"])
+        return 1
+    row = store.get(pk)
+    print(f"record {row.record_id}: version {row.version} CANCEL queued (store id {pk}); it is signed and sent "
+          "to every destination with the reason")
+    print("a running hub picks it up within seconds; a stopped one when it starts")
+    return 0
+
+
 def cmd_identity_report(args: argparse.Namespace) -> int:
     from hub.documents.identity_report import blocked_students, to_xlsx
 
@@ -369,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="normalize: from the raw payload (default); deliver: re-send the signed PDF as it is")
     p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("cancel", help="cancel a transcript with a reason: a new CANCEL version is signed and sent "
+                                      "to every destination (audited)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--record-id", required=True, help="envelope record_id")
+    p.add_argument("--reason", required=True, help="why (it goes to the destinations, the history and the audit log)")
+    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("identity-report", help="students blocked on identity, per school, with what differs")
     p.add_argument("--config", required=True)

@@ -69,6 +69,7 @@ class Delivery:
     record: dict[str, Any]           # central format, catalogue names (``model_dump(by_alias=True)``)
     pdf: bytes                       # the signed PDF (empty when the configuration makes none)
     xml: bytes | None = None         # the signed XML học bạ, when the configuration makes one
+    reason: str | None = None        # why this version exists, when someone asked (an operator's cancel)
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ async def test_openapi_document_is_valid_and_covers_the_api(env):
     assert status == 200
     validate(doc)  # raises on any violation of the OpenAPI 3.0 schema
     assert set(doc["paths"]) == {
-        "/api/records", "/api/records/{id}", "/api/records/{id}/pdf", "/api/quarantine", "/api/dead-letters",
+        "/api/records", "/api/records/{id}", "/api/records/{id}/pdf", "/api/records/{id}/cancel",
+        "/api/quarantine", "/api/dead-letters",
         "/api/replay", "/api/adapters", "/api/adapters/{name}/pause", "/api/adapters/{name}/resume",
         "/api/identity/blocked", "/api/identity/blocked.xlsx", "/api/signing"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
@@ -196,6 +197,7 @@ async def test_a_viewer_may_look_but_not_act(env):
         ("POST", "/api/adapters/school-a/resume", None),
         ("GET", f"/api/records/{dead[0]}/pdf", None),
         ("GET", "/api/signing", None),   # it names teachers
+        ("POST", f"/api/records/{dead[0]}/cancel", {"reason": "a viewer may not cancel"}),
     ]:
         async with env.http.request(method, path, headers=VIEW, json=body) as resp:
             assert resp.status == 403, path
@@ -512,3 +514,76 @@ async def test_schemathesis_finds_no_server_error(env):
     sent = await asyncio.to_thread(_fuzz, env.url, doc)
     assert sent >= 9 * 5  # every operation was exercised, not skipped
     assert time.monotonic() - started < 40
+
+
+async def test_cancel_with_a_reason_reaches_the_destination_and_a_correction_is_the_next_version(pki, tmp_path):
+    async with serve_hub(tmp_path / "data", pki, records=2, invalid=0, poll_interval=1) as env:
+        target = next(r for r in env.hub.store.rows() if r.state == lc.DELIVERED)
+        path = f"/api/records/{target.id}/cancel"
+        reason = "Nhập nhầm học sinh của lớp khác"
+        assert (await env.post(path, headers=VIEW, json={"reason": reason}))[0] == 403
+        for body, field in (({}, "reason"), ({"reason": "x"}, "reason"), ({"reason": "     "}, "reason"),
+                            ({"reason": "a\nb c d e"}, "reason"), ({"reason": reason, "why": 1}, "why"),
+                            ({"reason": True}, "reason")):
+            status, answer = await env.post(path, headers=OP, json=body)
+            assert status == 400 and answer["parameter"] == field, (body, answer)
+        status, answer = await env.post(path, headers=OP, json={"reason": reason})
+        assert status == 200 and (answer["version"], answer["event"]) == (2, "CANCEL"), answer
+        await wait_for(lambda: (env.central.state(target.record_id) or {}).get("cancelled") is True)
+        assert env.central.state(target.record_id)["highest_version"] == 2
+        await wait_for(lambda: env.hub.store.get(answer["id"]).state == lc.DELIVERED)
+        cancelled = env.hub.store.get(answer["id"])
+        assert cancelled.reason == reason
+        assert f"CANCEL by an.nguyen: {reason}" in env.hub.store.history(cancelled.id)[0]["detail"]
+        audit = [e for e in env.hub.store.audit_entries() if e["kind"] == "cancel"]
+        assert audit[-1]["actor"] == "an.nguyen" and audit[-1]["subject"] == target.record_id
+        assert (await env.post(path, headers=OP, json={"reason": reason}))[0] == 409  # already cancelled
+        # The school sends the transcript again (the same content, a new timestamp): it is in
+        # force again as the next version, never taken for unchanged.
+        assert target.source_id in [env.vendor.update(i, change=lambda record: None) for i in range(2)]
+        await wait_for(lambda: env.central.state(target.record_id)["highest_version"] == 3)
+        assert env.central.state(target.record_id)["cancelled"] is False
+        def versions():
+            return [(r.version, r.event, r.state) for r in env.hub.store.rows() if r.record_id == target.record_id]
+        await wait_for(lambda: versions()[-1][2] == lc.DELIVERED)
+        assert versions() == [(1, "NEW", lc.DELIVERED), (2, "CANCEL", lc.DELIVERED), (3, "UPDATE", lc.DELIVERED)]
+
+
+async def test_cli_cancel_needs_a_reason_and_a_known_record(pki, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "hub.yaml"
+    config.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"),
+        "adapters": [{"name": "school-a", "type": "push", "settings": {"secret": "s" * 32}}],
+        "destination": {"name": "central", "type": "moet", "settings": {"base_url": "http://127.0.0.1:9", "token": "t"}},
+        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
+        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
+    }))
+    from hub.contracts import RawRecord
+    from hub.store import open_store
+
+    store = open_store(tmp_path / "data" / "hub.sqlite3")
+    [pk] = store.receive("school-a", [RawRecord("s-1", b"{}")])
+    record_id = store.get(pk).record_id
+    store.close()
+
+    def cancel(*args):
+        return subprocess.run([sys.executable, "-m", "hub.cli", "cancel", "--config", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    short = cancel("--record-id", record_id, "--reason", " x ")
+    assert short.returncode == 2 and "--reason" in short.stderr and "Traceback" not in short.stderr
+    unknown = cancel("--record-id", "nope", "--reason", "Sai lớp của học sinh")
+    assert unknown.returncode == 1 and "no record 'nope'" in unknown.stderr
+    done = cancel("--record-id", record_id, "--reason", "Sai lớp của học sinh", "--actor", "binh.tran")
+    assert done.returncode == 0 and "version 2 CANCEL" in done.stdout, done.stderr
+    again = cancel("--record-id", record_id, "--reason", "Sai lớp của học sinh")
+    assert again.returncode == 1 and "already cancelled" in again.stderr
+    store = open_store(tmp_path / "data" / "hub.sqlite3")
+    [entry] = [e for e in store.audit_entries() if e["kind"] == "cancel"]
+    assert entry["actor"] == "cli:binh.tran" and entry["subject"] == record_id
+    store.close()

@@ -189,7 +189,8 @@ class Outbox:
                 return
             record = parse_transcript(row.normalized)
             delivery = Delivery(row.record_id, row.version, row.event,
-                                record.model_dump(mode="json", by_alias=True), row.pdf or b"", xml=row.xml)
+                                record.model_dump(mode="json", by_alias=True), row.pdf or b"", xml=row.xml,
+                                reason=row.reason)
             await hub.db(hub.store.delivery_attempted, pk, row.record_id, row.version)
             try:
                 receipt = await hub.destination.deliver(delivery)

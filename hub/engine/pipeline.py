@@ -826,6 +826,12 @@ class Hub:
             self.enqueue(pk, state)
         return moved
 
+    async def cancel(self, record_id: str, reason: str, actor: str) -> int:
+        """``Store.cancel`` through the running hub: the cancel version is worked on at once."""
+        pk = await self.db(self.store.cancel, record_id, reason, actor)
+        self.enqueue(pk, lc.RECEIVED)
+        return pk
+
     # --- pushed records (the ingest route, hub/ingest.py) -----------------------------------
 
     async def ingest(self, adapter: str, records: list[RawRecord]) -> list[int]:

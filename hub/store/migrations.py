@@ -200,6 +200,11 @@ STEPS: tuple[Step, ...] = (
     # cover it), and an append-only entry for every copy the hub hands out (hub.store.issuance).
     Step(6, "issuance registry: a verification code per version, every issued copy recorded",
          sqlite=_issuance("sqlite"), postgresql=_issuance("postgresql")),
+    # An operator's cancel is a new version (a signed record is never changed in place); its
+    # reason travels with that version to every destination.
+    Step(9, "reason: who asked for a version and why (an operator's cancel)",
+         sqlite=("ALTER TABLE records ADD COLUMN reason TEXT",),
+         postgresql=("ALTER TABLE records ADD COLUMN IF NOT EXISTS reason TEXT",)),
 )
 
 LATEST = STEPS[-1].version

@@ -62,9 +62,21 @@ def audit_hash(prev: str, entry: dict[str, Any]) -> str:
 
 
 def content_hash(normalized: dict[str, Any]) -> str:
-    """Hash of a transcript's content, without the envelope (which changes on every version)."""
+    """Hash of a transcript's content, without the envelope (which changes on every version).
+
+    A cancel is other content than the same transcript in force: a version restoring it after
+    a cancel is sent, never taken for "unchanged"."""
     body = {k: v for k, v in normalized.items() if k not in {"record_id", "event", "version", "updated_at"}}
+    if normalized.get("event") == "CANCEL":
+        body["cancelled"] = True
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _cancelled_as_is(latest: Any, raw: RawRecord, digest: str) -> bool:
+    """An operator cancelled the record (``Store.cancel``) and the vendor still serves the very
+    payload that was cancelled: re-reading it is not a new version; a changed one is."""
+    return (latest["event"] == "CANCEL" and latest["reason"] is not None and not raw.deleted
+            and hashlib.sha256(latest["payload"]).hexdigest() == digest)
 
 
 def now_iso() -> str:
@@ -126,6 +138,7 @@ class Row:
     updated_at: str
     xml: bytes | None = None
     verify_code: str | None = None  # the version's verification code (hub.store.issuance)
+    reason: str | None = None       # why this version exists, when someone asked for it (a cancel)
 
     @classmethod
     def from_db(cls, r: Any) -> "Row":  # a row of either backend, by column name
@@ -139,7 +152,7 @@ class Row:
             pdf=r["pdf"], errors=json.loads(r["errors"]) if r["errors"] else [],
             receipt=json.loads(r["receipt"]) if r["receipt"] else None,
             attempts=r["attempts"], received_at=r["received_at"], updated_at=r["updated_at"],
-            xml=r["xml"], verify_code=r["verify_code"],
+            xml=r["xml"], verify_code=r["verify_code"], reason=r["reason"],
         )
 
     def raw(self) -> RawRecord:
@@ -285,11 +298,12 @@ class Store(IssuanceRegistry):
             for raw, rid in zip(page, rids):
                 digest = hashlib.sha256(raw.payload + (b"\x00deleted" if raw.deleted else b"")).hexdigest()
                 latest = db.execute(
-                    "SELECT id, version, payload_hash, event, source_updated FROM records WHERE record_id = ? "
-                    "ORDER BY version DESC LIMIT 1", (rid,),
+                    "SELECT id, version, payload, payload_hash, event, reason, source_updated FROM records"
+                    " WHERE record_id = ? ORDER BY version DESC LIMIT 1", (rid,),
                 ).fetchone()
                 if latest is not None and (latest["payload_hash"] == digest
-                                           or _older(raw.updated_at, latest["source_updated"], horizon)):
+                                           or _older(raw.updated_at, latest["source_updated"], horizon)
+                                           or _cancelled_as_is(latest, raw, digest)):
                     continue
                 if raw.deleted:
                     event = "CANCEL"
@@ -527,6 +541,43 @@ class Store(IssuanceRegistry):
             row = self._db.execute("SELECT version, content_hash FROM sent WHERE record_id = ?",
                                    (record_id,)).fetchone()
         return (row["version"], row["content_hash"]) if row else None
+
+    def cancel(self, record_id: str, reason: str, actor: str) -> int:
+        """An operator cancels a transcript: a new version with event ``CANCEL`` and the latest
+        payload, which goes through the signing chain and reaches every destination with its
+        ``reason``; older versions still on their way are superseded. A later change from the
+        school is the next version. Returns the new row's id; ``KeyError`` if no such record,
+        ``StateConflict`` if its latest version is already a cancel."""
+        now = now_iso()
+
+        def work(db: Any) -> int:
+            self._lock_record_ids(db, [record_id])
+            latest = db.execute("SELECT * FROM records WHERE record_id = ? ORDER BY version DESC LIMIT 1",
+                                (record_id,)).fetchone()
+            if latest is None:
+                raise KeyError(record_id)
+            if latest["event"] == "CANCEL":
+                raise StateConflict(f"record {record_id} is already cancelled (version {latest['version']})")
+            version = latest["version"] + 1
+            placeholders = ",".join("?" * len(SETTLED))
+            for old in db.execute(f"SELECT id FROM records WHERE record_id = ? AND state NOT IN ({placeholders})"
+                                  f" ORDER BY id{self._for_update}", (record_id, *sorted(SETTLED))).fetchall():
+                self._set_state(db, old["id"], SUPERSEDED, f"version {version} cancelled by {actor}", now)
+            # The digest a vendor's own deletion of this payload would have: the same cancel
+            # arriving from the vendor afterwards is not a new version.
+            digest = hashlib.sha256(latest["payload"] + b"\x00deleted").hexdigest()
+            pk = db.execute(
+                "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
+                " content_type, payload, payload_hash, state, received_at, updated_at, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (record_id, version, "CANCEL", latest["adapter"], latest["source_id"], latest["source_updated"],
+                 latest["content_type"], latest["payload"], digest, RECEIVED, now, now, reason)).fetchone()[0]
+            db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)",
+                       (pk, now, RECEIVED, f"version {version} CANCEL by {actor}: {reason}"))
+            self._audit(db, "cancel", actor, record_id,
+                        {"cancelled_version": latest["version"], "new_version": version, "reason": reason})
+            return pk
+        return self._write(work)
 
     def reissue(self, pk: int, expected: str, held_version: int, reason: str) -> int:
         """The destination holds ``held_version`` ≥ ours: send the same payload again as the

@@ -139,27 +139,13 @@ def _error(status: int, parameter: str, reason: str, headers: dict[str, str] | N
 Handler = Callable[[Request, Caller], Awaitable[Any]]
 
 
-class ReplayRequest(BaseModel):
-    """``POST /api/replay``: records matching every given criterion (ids and record_ids: any of them).
-
-    Strict: a JSON ``true`` is not an id, ``"1"`` is not a list; unknown fields are refused. The
-    OpenAPI document's ``ReplayRequest`` schema is generated from this model.
-    """
+class StrictBody(BaseModel):
+    """A JSON request body read strictly: a JSON ``true`` is not an id, ``"1"`` is not a list,
+    unknown fields are refused; the first error is a 400 naming its field."""
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
-        default=None, min_length=1, max_length=_MAX_SELECT, description="Store ids")
-    record_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=_MAX_SELECT,
-                                               description="Record ids (every version of each)")
-    adapter: str | None = Field(default=None, min_length=1, max_length=100, description="Adapter instance name")
-    school: str | None = Field(default=None, min_length=1, max_length=100, description="School code (matruong)")
-    state: Literal[tuple(sorted(lc.REPLAYABLE))] | None = None  # type: ignore[valid-type]
-    stage: Literal[lc.REPLAY_STAGES] = Field(  # type: ignore[valid-type]
-        default="normalize", description="normalize: from the raw payload; render: from the normalised record; "
-                                         "deliver: the signed documents as they are")
-
     @classmethod
-    def parse(cls, body: Any) -> "ReplayRequest":
+    def parse(cls, body: Any) -> Any:
         if not isinstance(body, dict):
             raise ApiError(400, "body", "must be a JSON object")
         try:
@@ -169,16 +155,11 @@ class ReplayRequest(BaseModel):
             error = exc.errors(include_url=False)[0]
             field = str(error["loc"][0]) if error["loc"] else "body"
             raise ApiError(400, field[:50], error["msg"]) from None
-        if not request.criteria():
-            raise ApiError(400, "body", "give at least one of ids, record_ids, adapter, school, state")
+        request.check()
         return request
 
-    def criteria(self) -> dict[str, Any]:
-        """What ``Store.select`` takes."""
-        out = self.model_dump(exclude={"stage"}, exclude_none=True)
-        if "record_ids" in out:
-            out["record_ids"] = [str(r) for r in out["record_ids"]]
-        return out
+    def check(self) -> None:
+        """Rules across fields; raise ``ApiError``."""
 
     @classmethod
     def openapi_schema(cls) -> dict[str, Any]:
@@ -197,6 +178,47 @@ class ReplayRequest(BaseModel):
         return schema
 
 
+class CancelRequest(StrictBody):
+    """``POST /api/records/{id}/cancel``: the reason is mandatory; it goes to the destinations,
+    the record's history and the audit log."""
+
+    reason: str = Field(min_length=5, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$",
+                        description="Why the transcript is cancelled (one line, 5-500 characters)")
+
+    def check(self) -> None:
+        if len(self.reason.strip()) < 5:
+            raise ApiError(400, "reason", "must say why, in at least 5 characters")
+
+
+class ReplayRequest(StrictBody):
+    """``POST /api/replay``: records matching every given criterion (ids and record_ids: any of them).
+
+    Strict: a JSON ``true`` is not an id, ``"1"`` is not a list; unknown fields are refused. The
+    OpenAPI document's ``ReplayRequest`` schema is generated from this model.
+    """
+    ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
+        default=None, min_length=1, max_length=_MAX_SELECT, description="Store ids")
+    record_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=_MAX_SELECT,
+                                               description="Record ids (every version of each)")
+    adapter: str | None = Field(default=None, min_length=1, max_length=100, description="Adapter instance name")
+    school: str | None = Field(default=None, min_length=1, max_length=100, description="School code (matruong)")
+    state: Literal[tuple(sorted(lc.REPLAYABLE))] | None = None  # type: ignore[valid-type]
+    stage: Literal[lc.REPLAY_STAGES] = Field(  # type: ignore[valid-type]
+        default="normalize", description="normalize: from the raw payload; render: from the normalised record; "
+                                         "deliver: the signed documents as they are")
+
+    def check(self) -> None:
+        if not self.criteria():
+            raise ApiError(400, "body", "give at least one of ids, record_ids, adapter, school, state")
+
+    def criteria(self) -> dict[str, Any]:
+        """What ``Store.select`` takes."""
+        out = self.model_dump(exclude={"stage"}, exclude_none=True)
+        if "record_ids" in out:
+            out["record_ids"] = [str(r) for r in out["record_ids"]]
+        return out
+
+
 class AdminApi:
     """The ``/api`` routes of one hub."""
 
@@ -211,6 +233,7 @@ class AdminApi:
             Route("/records", self._endpoint(self.records, VIEWER)),
             Route("/records/{id}", self._endpoint(self.record, VIEWER)),
             Route("/records/{id}/pdf", self._endpoint(self.pdf, OPERATOR)),
+            Route("/records/{id}/cancel", self._endpoint(self.cancel, OPERATOR), methods=["POST"]),
             Route("/quarantine", self._endpoint(self.quarantine, VIEWER)),
             Route("/dead-letters", self._endpoint(self.dead_letters, VIEWER)),
             Route("/replay", self._endpoint(self.replay, OPERATOR), methods=["POST"]),
@@ -345,6 +368,20 @@ class AdminApi:
     async def record(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
         return await self.detail(await self._row(request), caller)
+
+    async def cancel(self, request: Request, caller: Caller) -> dict[str, Any]:
+        """Cancel the transcript this stored version belongs to: a new ``CANCEL`` version goes
+        through the signing chain to every destination, with the reason."""
+        self._query(request, ())
+        row = await self._row(request)
+        body = CancelRequest.parse(await _json_body(request))
+        try:
+            pk = await self.hub.cancel(row.record_id, body.reason.strip(), caller.name)
+        except st.StateConflict as exc:
+            raise ApiError(409, "id", str(exc)) from None
+        new = await self.hub.db(self.hub.store.get, pk)
+        return {"record_id": new.record_id, "id": new.id, "version": new.version, "event": new.event,
+                "state": new.state}
 
     async def detail(self, row: st.Row, caller: Caller) -> dict[str, Any]:
         """One record as ``caller`` may see it, with its history and versions (the API's record
@@ -546,7 +583,8 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {"200": {"description": "OK", "content": {media: {"schema": ok}}},
                                "401": {"$ref": "#/components/responses/Unauthorized"}}
         texts = {400: "Malformed request: `error` names the parameter", 403: "Needs an operator token",
-                 404: "Not found", 413: "Body too large", 415: "Body is not JSON"}
+                 404: "Not found", 409: "Conflicts with the record's state (e.g. already cancelled)",
+                 413: "Body too large", 415: "Body is not JSON"}
         for code in codes:
             out[str(code)] = {"description": texts[code], "content": {"application/json": {"schema": ref("Error")}}}
         return out
@@ -594,6 +632,13 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                                        media="application/pdf")}},
             "/api/quarantine": listing("Quarantined records with the reasons", filters),
             "/api/dead-letters": listing("Dead-lettered deliveries with the last error", filters),
+            "/api/records/{id}/cancel": {"post": {
+                "summary": "Cancel a transcript with a mandatory reason: a new CANCEL version is signed and "
+                           "sent to every destination; operators only (audited)",
+                "parameters": [record_id],
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": ref("CancelRequest")}}},
+                "responses": responses(ref("CancelResult"), 400, 403, 404, 409, 413, 415)}},
             "/api/replay": {"post": {
                 "summary": "Run quarantined, failed or dead-lettered records again; operators only",
                 "requestBody": {"required": True,
@@ -660,6 +705,11 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                             "full_name": nullable_str, "student_code": nullable_str, "personal_id": nullable_str}},
                         "class_name": {**nullable_str, "description": "Operators only"}}}]},
                 "ReplayRequest": ReplayRequest.openapi_schema(),
+                "CancelRequest": CancelRequest.openapi_schema(),
+                "CancelResult": {"type": "object", "required": ["record_id", "id", "version", "event", "state"],
+                                 "properties": {"record_id": {"type": "string"}, "id": {"type": "integer"},
+                                                "version": {"type": "integer"}, "event": {"type": "string"},
+                                                "state": {"type": "string"}}},
                 "ReplayResult": {"type": "object", "required": ["stage", "matched", "moved", "skipped"], "properties": {
                     "stage": {"type": "string"}, "matched": {"type": "integer"}, "skipped": {"type": "integer"},
                     "moved": {"type": "array", "items": {"type": "object", "required": ["id", "state"], "properties": {
