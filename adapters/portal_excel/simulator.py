@@ -28,6 +28,7 @@ class PortalExcelSimulator(Simulator):
         super().__init__(records=records, invalid=invalid, seed=seed)
         self.directory = directory
         self._own_directory = directory is None
+        self._held: dict[str, int] | None = None  # what the ledger said when the folder was removed
 
     def adopt(self, settings: dict[str, Any]) -> None:
         # The configured folder is the operator's: write into it, never remove it.
@@ -42,12 +43,16 @@ class PortalExcelSimulator(Simulator):
 
     async def stop(self) -> None:
         if self._own_directory and self.directory is not None:
+            # The demo asks what was accepted after stopping everything: answer from a snapshot.
+            self._held = self.accepted()
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"directory": str(self.directory)}
 
     def accepted(self) -> dict[str, int]:
+        if self._held is not None:
+            return dict(self._held)
         ledger = Path(self.directory or ".") / LEDGER
         if not ledger.exists():
             return {}
