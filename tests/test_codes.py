@@ -117,3 +117,17 @@ async def test_the_pipeline_stores_the_new_code_and_the_history_and_cli_show_the
         envelope = ("record_id", "version", "updated_at", "event")
         assert {k: v for k, v in printed.items() if k not in envelope} == \
                {k: v for k, v in row.normalized.items() if k not in envelope}
+
+
+def test_codes_are_matched_as_the_vendor_wrote_them_trimmed_and_with_full_width_digits():
+    from hub.config import CodesConfig
+    from hub.engine.normalize import remap_codes
+
+    codes = CodesConfig(departments={"26": "22"}, schools={"26001001": "22101001"})
+    data, notes = remap_codes({"department_code": 26, "school_code": " ２６００１００１ "}, codes)
+    assert (data["department_code"], data["school_code"]) == ("22", "22101001")
+    assert notes == ("department_code 26 → 22", "school_code 26001001 → 22101001")
+    # Anything else is left alone for validation to judge; the input is not changed in place.
+    original = {"department_code": True, "school_code": ["26001001"]}
+    assert remap_codes(original, codes) == (original, ())
+    assert remap_codes({"school_code": "26001001"}, None) == ({"school_code": "26001001"}, ())
