@@ -112,6 +112,9 @@ async def test_primary_class_three_header_rows_and_one_row_per_student(adapter):
     dd = column(ws, "Đạo đức", 3)  # no periodic test: the level only
     assert ws.cell(3, dd).value == "Mức đạt được" and ws.cell(3, dd + 1).value != "Điểm KTĐK"
     assert column(ws, "Năng lực chung", 3) and column(ws, "Tự chủ và tự học", 3)
+    subjects = [v for v in (ws.cell(2, c).value for c in range(6, column(ws, "Năng lực chung", 3))) if v]
+    assert len(subjects) == len(set(subjects)), subjects  # each subject once
+    assert subjects == [s["subject_name"] for s in pupils[0]["subjects"]]  # the form's order
     rows = data_rows(ws, 3)
     assert len(rows) == len(pupils)
     assert [r[0] for r in rows] == list(range(1, len(pupils) + 1))

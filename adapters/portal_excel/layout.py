@@ -92,7 +92,8 @@ def _subject_order(level: str, records: Sequence[dict[str, Any]]) -> list[tuple[
     for record in records:
         for subject in record["subjects"]:
             seen.setdefault(subject["subject_code"], subject["subject_name"])
-    ordered = [(s.code, s.name) for s in SUBJECTS[level] if s.code in seen]
+    # The catalogue may list a code twice (Ngoại ngữ 1: compulsory from grade 3, optional before).
+    ordered = list(dict.fromkeys((s.code, s.name) for s in SUBJECTS[level] if s.code in seen))
     known = {code for code, _ in ordered}
     return ordered + [(code, name) for code, name in seen.items() if code not in known]
 
