@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     # the plugin contract
     "hookimpl": "hub.hookspecs",
     **dict.fromkeys((
-        "Adapter", "Delivery", "DeliveryError", "Faults", "Health", "IdentityFinding", "IdentityProvider",
+        "Adapter", "Delivery", "DeliveryError", "ExportFile", "Faults", "Health", "IdentityFinding", "IdentityProvider",
         "IdentityResult", "IdentitySimulator", "Page", "Person", "PluginContext", "PluginError", "PluginSettings",
         "RawRecord", "Receipt", "SIGNING_ROLES", "SIGNING_STAGES", "DigestSignRequest", "DocumentFormat",
         "SignatureSlot", "SignRequest", "Signer", "SigningIdentity", "Simulator"),

@@ -85,6 +85,15 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     if not info.cls.can("normalize"):
         _print_errors([f"adapter {args.adapter!r} does not normalize records (it is a destination)"])
         return 2
+    codes = None
+    if args.config:
+        from hub.config import ConfigError, load_config
+
+        try:
+            codes = load_config(args.config).codes
+        except ConfigError as exc:
+            _print_errors(exc.errors)
+            return 2
     path = Path(args.file)
     payload = path.read_bytes()
     # Normalising needs no connection, so the adapter gets its settings' defaults unvalidated.
@@ -103,7 +112,9 @@ def cmd_normalize(args: argparse.Namespace) -> int:
         envelope = Envelope(record_id_for(args.adapter, raw.source_id), 1, "CANCEL" if raw.deleted else "NEW",
                             updated.replace(tzinfo=None).isoformat(timespec="seconds") if updated
                             else "2025-01-01T00:00:00")
-        outcome = normalize(adapter, raw, envelope)
+        outcome = normalize(adapter, raw, envelope, codes)
+        for line in outcome.remapped:  # on stderr: stdout stays the record's JSON
+            print(f"{prefix}codes remapped: {line}", file=sys.stderr)
         if outcome.record is None:
             _print_errors([prefix + line for line in outcome.errors])
             failed = True
@@ -371,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("normalize", help="print the central-format JSON of one raw vendor payload")
     p.add_argument("--adapter", required=True)
     p.add_argument("--snake-case", action="store_true", help="field names instead of catalogue names")
+    p.add_argument("--config", help="apply this config's codes table (old → new department and school "
+                                    "codes), as the running hub does")
     p.add_argument("file")
     p.set_defaults(func=cmd_normalize)
 

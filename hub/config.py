@@ -203,6 +203,60 @@ class IdentitySection(PluginSection):
     breaker_probe_seconds: float = Field(default=30.0, gt=0, description="While open: one probe this often")
 
 
+_CODE_PATTERNS = {"departments": (r"^[0-9]{2,3}$", "2-3 digits"), "schools": (r"^[0-9]{8,12}$", "8-12 digits")}
+
+
+class CodesConfig(_Strict):
+    """Old codes → new codes, applied to every record as it is normalised (the provinces merged
+    on 1 July 2025: a department's and its schools' codes may change, vendors may still send the
+    old ones). The record keeps the new code; its history names the original."""
+    departments: dict[str, str] = Field(
+        default_factory=dict, description="Department (Sở GD&ĐT) code → its new code, e.g. '26': '22' "
+                                          "(quote codes: YAML reads 01 as the number 1)")
+    schools: dict[str, str] = Field(
+        default_factory=dict, description="School code → its new code; a school under a remapped "
+                                          "department needs its own entry (its code starts with the department's)")
+
+
+def codes_errors(node: Any) -> list[str]:
+    """What is wrong with a ``codes:`` section, one ``codes.<table>.<old>: reason`` line each: a
+    code that is not a quoted string of digits, a code mapped to itself, a cycle, or a chain (a
+    new code that is itself mapped again: which one applies would depend on the order)."""
+    if node is None:
+        return []
+    if not isinstance(node, dict):
+        return ["codes: must be a mapping with departments: and schools:"]
+    errors = []
+    for table, mapping in node.items():
+        if table not in _CODE_PATTERNS:
+            continue  # the model names unknown keys
+        if not isinstance(mapping, dict):
+            errors.append(f"codes.{table}: must be a mapping of old code → new code")
+            continue
+        pattern, shape = _CODE_PATTERNS[table]
+        for old, new in mapping.items():
+            where = f"codes.{table}.{old}"
+            bad = [c for c in (old, new) if not isinstance(c, str) or not re.match(pattern, c)]
+            if bad:
+                hint = (" (write codes in quotes: YAML reads unquoted digits as a number and drops leading zeros)"
+                        if any(isinstance(c, int) for c in bad) else "")
+                errors.append(f"{where}: {bad[0]!r} is not a {table[:-1]} code of {shape}{hint}")
+                continue
+            if old == new:
+                errors.append(f"{where}: mapped to itself")
+                continue
+            seen, code = [old], new
+            while code in mapping and code not in seen:
+                seen.append(code)
+                code = mapping[code]
+            if code == old:
+                errors.append(f"{where}: cycle {' → '.join([*seen, old])}")
+            elif len(seen) > 1 and code not in seen:
+                errors.append(f"{where}: {old} → {new}, but {new} is itself mapped (to {mapping[new]}); "
+                              f"map {old} straight to its final code")
+    return errors
+
+
 class RetentionConfig(_Strict):
     delivered_payload_days: float = Field(
         default=180, gt=0, description="Drop payloads/PDFs of delivered records after this many days")
@@ -267,6 +321,9 @@ class HubConfig(_Strict):
     destination: PluginSection
     signers: list[PluginSection] = Field(min_length=1)
     signing: SigningConfig
+    codes: CodesConfig = Field(
+        default_factory=CodesConfig, description="Old department and school codes → new ones (province "
+                                                 "mergers), applied as every record is normalised")
     identity: IdentitySection | None = Field(
         default=None, description="Check the people a record names against an identity provider before "
                                   "rendering and signing (none: no check)")
@@ -408,8 +465,11 @@ def parse_config(data: Any) -> HubConfig:
         raise ConfigError(["(root): the config must be a mapping"])
     errors: list[str] = []
     data = expand_env(data, errors=errors)
+    codes = codes_errors(data.get("codes"))
+    errors += codes
     try:
-        config = HubConfig.model_validate(data)
+        # A broken codes table is reported once, by path, above: the model need not see it.
+        config = HubConfig.model_validate({**data, "codes": {}} if codes else data)
     except ValidationError as exc:
         raise ConfigError(errors + _errors(exc)) from None
 
@@ -445,6 +505,28 @@ def parse_config(data: Any) -> HubConfig:
     return config
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping: plain YAML keeps the last silently,
+    so a codes table naming one school twice would lose a line without a word."""
+
+
+def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: the constructor below says what is wrong
+            continue
+        if first != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (first on line {first + 1})", key_node.start_mark)
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def load_config(path: str | Path) -> HubConfig:
     """Read and validate a YAML config file (relative paths in it are relative to the working
     directory, as for every other path an operator types)."""
@@ -454,7 +536,7 @@ def load_config(path: str | Path) -> HubConfig:
     except OSError as exc:
         raise ConfigError([f"{path}: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
     return parse_config(data)

@@ -81,6 +81,14 @@ class Receipt:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ExportFile:
+    """A file a destination wrote, handed out by the admin API's download (``Adapter.export``)."""
+    filename: str
+    media_type: str
+    content: bytes
+
+
 class DeliveryError(Exception):
     """A delivery that failed; ``permanent`` means retrying the same request cannot succeed.
 
@@ -182,6 +190,12 @@ class Adapter(Plugin):
         unknown). Used to reconcile a version conflict whose answer did not say."""
         return None
 
+    async def export(self, school_code: str, class_name: str, school_year: str | None = None) -> ExportFile | None:
+        """For a destination that writes a file per class (an import sheet): the class's current
+        file, for ``school_year`` or the latest one it has (``None``: no such file). The admin
+        API serves it to operators at ``GET /api/exports/{school}/{class}``."""
+        raise NotImplementedError
+
     async def acknowledge(self, page: Page) -> None:
         """Called once ``page``'s records and cursor are committed to the store.
 
@@ -195,7 +209,7 @@ class Adapter(Plugin):
 
     @classmethod
     def can(cls, capability: str) -> bool:
-        """Whether the class implements ``fetch``, ``normalize``, ``verify_push`` or ``deliver``."""
+        """Whether the class implements ``fetch``, ``normalize``, ``verify_push``, ``deliver`` or ``export``."""
         return getattr(cls, capability) is not getattr(Adapter, capability)
 
 

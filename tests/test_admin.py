@@ -147,7 +147,8 @@ async def test_openapi_document_is_valid_and_covers_the_api(env):
         "/api/records", "/api/records/{id}", "/api/records/{id}/pdf", "/api/records/{id}/cancel",
         "/api/quarantine", "/api/dead-letters",
         "/api/replay", "/api/adapters", "/api/adapters/{name}/pause", "/api/adapters/{name}/resume",
-        "/api/identity/blocked", "/api/identity/blocked.xlsx", "/api/signing"}
+        "/api/identity/blocked", "/api/identity/blocked.xlsx", "/api/signing",
+        "/api/exports/{school}/{class_name}"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "signed:school_seal" in doc["paths"]["/api/records"]["get"]["parameters"][0]["schema"]["enum"]
 
@@ -155,7 +156,8 @@ async def test_openapi_document_is_valid_and_covers_the_api(env):
 # --- authentication and roles -----------------------------------------------------------------
 
 def _concrete(path: str) -> str:
-    return path.replace("{id}", "1").replace("{name}", "school-a")
+    return (path.replace("{id}", "1").replace("{name}", "school-a").replace("{school}", "01001001")
+            .replace("{class_name}", "5A"))
 
 
 async def test_every_api_route_refuses_a_missing_or_wrong_token_and_changes_nothing(env):

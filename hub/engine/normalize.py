@@ -1,4 +1,5 @@
-"""The one way a raw payload becomes a central record: adapter → transform hook → validation.
+"""The one way a raw payload becomes a central record: adapter → codes table → transform hook →
+validation.
 
 The pipeline's normalise stage, ``hocba-hub normalize``, the conformance kit and the
 spreadsheet adapter's pre-check all call this, so what a tool says about a payload is exactly
@@ -8,8 +9,9 @@ what the hub will do with it (quarantine it with these reasons, or take it).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -45,6 +47,9 @@ class Outcome:
     # For a record that failed validation: the codes the adapter did map (school, class,
     # student), so a quarantined record still says whose it is (``identifying``).
     known: dict[str, str] = field(default_factory=dict)
+    # Codes the configured table replaced, each ``field old → new``: the record keeps the new
+    # code, the record's history these lines (the pipeline writes them when it stores it).
+    remapped: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -71,6 +76,34 @@ def identifying(data: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+class CodeTable(Protocol):
+    """Old code → new code per kind (``hub.config.CodesConfig``, the config's ``codes:``)."""
+    departments: Mapping[str, str]
+    schools: Mapping[str, str]
+
+
+_CODE_FIELDS = (("department_code", "departments"), ("school_code", "schools"))
+
+
+def remap_codes(data: dict[str, Any], codes: CodeTable | None) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``data`` with its department and school codes replaced as ``codes`` says, and what was
+    replaced (``school_code 26001001 → 22101001``). Codes are compared as the vendor's text
+    trimmed, with full-width digits read as digits; anything else is left to validation."""
+    if codes is None:
+        return data, ()
+    out, notes = data, []
+    for name, table in _CODE_FIELDS:
+        value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            continue
+        old = unicodedata.normalize("NFKC", str(value)).strip()
+        new = getattr(codes, table).get(old)
+        if new is not None:
+            out = {**out, name: new}
+            notes.append(f"{name} {old} → {new}")
+    return out, tuple(notes)
+
+
 def transform(data: dict[str, Any], adapter: str) -> dict[str, Any]:
     """Apply every ``hocba_hub_transform_record`` implementation, in registration order."""
     for result in manager().hook.hocba_hub_transform_record(record=data, adapter=adapter):
@@ -78,18 +111,24 @@ def transform(data: dict[str, Any], adapter: str) -> dict[str, Any]:
     return data
 
 
-def central_record(data: dict[str, Any], adapter: str, envelope: Envelope) -> Outcome:
-    """Central-format fields an adapter mapped (no envelope) → a validated record."""
+def central_record(data: dict[str, Any], adapter: str, envelope: Envelope,
+                   codes: CodeTable | None = None) -> Outcome:
+    """Central-format fields an adapter mapped (no envelope) → a validated record.
+
+    The codes table comes first, so the province's transform hooks and the validation see the
+    codes in force today, whatever the vendor's software still sends."""
+    data, remapped = remap_codes(data, codes)
     try:
-        return Outcome(parse_transcript({**transform(data, adapter), **envelope.fields()}))
+        return Outcome(parse_transcript({**transform(data, adapter), **envelope.fields()}), remapped=remapped)
     except ValidationError as exc:
-        return Outcome(None, tuple(field_errors(exc)))
+        return Outcome(None, tuple(field_errors(exc)), remapped=remapped)
     except (ValueError, KeyError, TypeError) as exc:
-        return Outcome(None, (str(exc),), mapped=False)
+        return Outcome(None, (str(exc),), mapped=False, remapped=remapped)
 
 
-def normalize(adapter: Adapter, raw: RawRecord, envelope: Envelope) -> Outcome:
-    """A raw payload as ``adapter`` maps it → a validated central record, or the reasons."""
+def normalize(adapter: Adapter, raw: RawRecord, envelope: Envelope, codes: CodeTable | None = None) -> Outcome:
+    """A raw payload as ``adapter`` maps it → a validated central record, or the reasons;
+    ``codes`` is the configuration's table of old → new codes (``HubConfig.codes``)."""
     try:
         data = adapter.normalize(raw)
         if not isinstance(data, dict):
@@ -97,8 +136,9 @@ def normalize(adapter: Adapter, raw: RawRecord, envelope: Envelope) -> Outcome:
     except (ValueError, KeyError, TypeError) as exc:
         # What the hub quarantines with the message as the reason; it must say something.
         return Outcome(None, (str(exc) or type(exc).__name__,), mapped=False)
-    outcome = central_record(data, adapter.name, envelope)
-    return outcome if outcome.ok else replace(outcome, known=identifying(data))
+    outcome = central_record(data, adapter.name, envelope, codes)
+    # A quarantined record is filed under the school's code in force, like a valid one.
+    return outcome if outcome.ok else replace(outcome, known=identifying(remap_codes(data, codes)[0]))
 
 
 def known_codes(adapter: Adapter, raw: RawRecord) -> dict[str, str]:

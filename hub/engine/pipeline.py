@@ -615,12 +615,15 @@ class Hub:
         # thoigiancapnhat: when the school changed the transcript, as the vendor states it
         # (its own wall-clock time); the hub's receipt time for sources that do not say.
         envelope = Envelope(row.record_id, row.version, row.event, (row.source_updated or row.received_at)[:19])
-        outcome = normalize(adapter, row.raw(), envelope)
+        outcome = normalize(adapter, row.raw(), envelope, self.config.codes)
+        # The codes the vendor sent, when the codes table replaced them: kept in the history.
+        remapped = f"codes remapped: {'; '.join(outcome.remapped)}" if outcome.remapped else None
         if outcome.record is None:
             # The school (and year) the payload names, when the adapter could map that much:
             # whoever must fix the record is known even though the record is not valid.
             where = {k: outcome.known[k] for k in ("school_code", "school_year") if k in outcome.known}
-            await self.move(row, lc.QUARANTINED, detail="invalid record" if outcome.mapped else "cannot map record",
+            reason = "invalid record" if outcome.mapped else "cannot map record"
+            await self.move(row, lc.QUARANTINED, detail=f"{reason}; {remapped}" if remapped else reason,
                             errors=list(outcome.errors), **where)
             return
         record = outcome.record
@@ -630,11 +633,12 @@ class Hub:
         if row.event != "CANCEL" and sent is not None and sent[1] == digest:
             # The vendor re-sent the same transcript (a new timestamp, a reformatted payload):
             # the destination already holds this content, so nothing is rendered, signed or sent.
-            await self.move(row, lc.UNCHANGED, detail=f"same content as version {sent[0]}",
+            await self.move(row, lc.UNCHANGED, detail="; ".join(filter(None, (
+                                 f"same content as version {sent[0]}", remapped))),
                              normalized=normalized, content_hash=digest,
                              school_code=record.school_code, school_year=record.school_year)
             return
-        await self.move(row, lc.NORMALIZED, normalized=normalized, content_hash=digest,
+        await self.move(row, lc.NORMALIZED, detail=remapped, normalized=normalized, content_hash=digest,
                          school_code=record.school_code, school_year=record.school_year)
 
     async def _render(self, pk: int) -> None:

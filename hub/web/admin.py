@@ -243,6 +243,7 @@ class AdminApi:
             Route("/adapters/{name}/resume", self._endpoint(self.resume, OPERATOR), methods=["POST"]),
             Route("/identity/blocked", self._endpoint(self.identity_blocked, OPERATOR)),
             Route("/identity/blocked.xlsx", self._endpoint(self.identity_blocked_xlsx, OPERATOR)),
+            Route("/exports/{school}/{class_name:path}", self._endpoint(self.export, OPERATOR)),
         ]
         return [
             Route("/openapi.json", self.openapi),
@@ -505,6 +506,30 @@ class AdminApi:
         return Response(body, media_type=XLSX, headers={
             "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
+    async def export(self, request: Request, caller: Caller) -> Response:
+        """The file a destination wrote for one class (the school portal's import sheet), as the
+        destination keeps it: the core only asks ``Adapter.export``."""
+        year = self._query(request, ("year",)).get("year")
+        school, class_name = request.path_params["school"], request.path_params["class_name"]
+        if not 0 < len(school) <= 100:
+            raise ApiError(400, "school", "must be 1 to 100 characters")
+        if not 0 < len(class_name) <= 100:
+            raise ApiError(400, "class_name", "must be 1 to 100 characters")
+        destination = self.hub.destination
+        if destination is None or not destination.can("export"):
+            raise ApiError(404, "school", "the configured destination writes no files to download")
+        found = await destination.export(school, class_name, year)
+        if found is None:
+            raise ApiError(404, "class_name", f"no file for class {class_name!r} of school {school!r}"
+                                              + (f" in {year}" if year else ""))
+        # The sheet names every student of the class: who took it belongs in the audit log.
+        await self.hub.db(self.hub.store.audit, "admin.export", caller.name, school,
+                           {"class_name": class_name, "school_year": year, "file": found.filename})
+        # A header is Latin-1: the file's name as the destination chose it may not be.
+        ascii_name = re.sub(r"[^A-Za-z0-9_.-]", "_", found.filename)
+        return Response(found.content, media_type=found.media_type, headers={
+            "Content-Disposition": f'attachment; filename="{ascii_name}"', "Cache-Control": "no-store"})
+
     async def openapi(self, request: Request) -> JSONResponse:
         return JSONResponse(openapi_document(self.states, self.adapter_names))
 
@@ -665,6 +690,17 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                 "summary": "The same report as an XLSX for the school; operators only",
                 "parameters": [filters[1]],
                 "responses": responses({"type": "string", "format": "binary"}, 400, 403, media=XLSX)}},
+            "/api/exports/{school}/{class_name}": {"get": {
+                "summary": "The file the destination wrote for one class (the school portal's import "
+                           "sheet); operators only (names)",
+                "parameters": [
+                    param("school", "path", {"type": "string", "minLength": 1, "maxLength": 100},
+                          "School code (matruong)"),
+                    param("class_name", "path", {"type": "string", "minLength": 1, "maxLength": 100},
+                          "Class name (tenlop)"),
+                    param("year", "query", {"type": "string", "pattern": r"^\d{4}-\d{4}$"},
+                          "School year (default: the latest the class has a file for)")],
+                "responses": responses({"type": "string", "format": "binary"}, 400, 403, 404, media=XLSX)}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
