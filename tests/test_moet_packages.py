@@ -6,6 +6,7 @@ cancel with a reason, and faults seen as transient or permanent."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import shutil
@@ -20,7 +21,7 @@ from lxml import etree
 from adapters.moet.adapter import MoetAdapter, MoetSettings
 from adapters.moet.simulator import MoetSimulator
 from hub.config import ConfigError, parse_config
-from hub.contracts import DeliveryError, PluginContext
+from hub.contracts import DeliveryError, PluginContext, SigningIdentity
 from hub.documents.package import (
     ClassPackage,
     PackageError,
@@ -33,7 +34,7 @@ from hub.documents.package import (
 from hub.documents.render import render_pdf
 from hub.documents.signing import request_for
 from hub.documents.verify import trust_roots_der
-from hub.documents.xmldsig import DS, XADES
+from hub.documents.xmldsig import DS, XADES, sign_enveloped
 from hub.documents.xmlsafe import parse
 from hub.kit.pki import create_root, issue
 from hub.kit.synthetic import department_identity, signing_identities
@@ -204,10 +205,43 @@ async def test_verify_package_names_each_problem(transcripts, keys, roots, tmp_p
                for p in problems), problems
     assert any("hocba/extra.pdf" in p for p in problems)
     assert (await verify_package(b"not a zip", roots)).problems[0].startswith("not a ZIP container")
+    # A school's seal chains to the same root, but only the Department vouches for a package.
+    unsigned = build_manifest(transcripts, FMT, department_code="01", department_name=DEPT.name)
+    seal = SigningIdentity("school_seal", "Trường Tiểu học Nguyễn Du", "01001001")
+    by_school = dataclasses.replace(unsigned, manifest=await sign_enveloped(
+        unsigned.manifest, seal, keys, signature_id="sig-sogd"))
+    report = await verify_package(by_school, roots)
+    assert report.problems == ("the Department's signature: the certificate of Trường Tiểu học Nguyễn Du is not "
+                               "the organisation certificate of Department 01 (its identifiers: 01001001, "
+                               "MST:01001001)",), report.problems
+    assert (await verify_package(by_school, roots, organisation_ids={"01": ["01001001"]})).ok
     stranger = trust_roots_der((str(create_root(tmp_path / "other", "Another root")),))
     untrusted = await verify_package(package.to_zip(), stranger)
     assert any("the Department's signature: the certificate of" in p and "trust anchor" in p
                for p in untrusted.problems), untrusted.problems
+
+
+async def test_the_department_can_sign_through_a_remote_signing_service(transcripts, keys_dir, roots):
+    # The same signer step as a principal's: only the manifest's digest goes to the service,
+    # and the Department approves it like any signer would.
+    from signers.csc.signer import CscSigner
+    from signers.csc.simulator import CscSimulator
+
+    service = CscSimulator(pki_dir=keys_dir[0], password=PASSWORD, poll_interval=0.05)
+    await service.start()
+    remote = CscSigner(CscSigner.Settings(**{**service.adapter_settings(), "batch_window": 0.05,
+                                             "poll_interval": 0.05, "backoff": 0.01}),
+                       PluginContext("smartca", Path(".")))
+    await remote.open()
+    try:
+        package = await package_of(transcripts, remote)
+    finally:
+        await remote.close()
+        await service.stop()
+    assert service.counters.signatures == 1 and service.counters.largest_request < 4096
+    report = await verify_package(package.to_zip(), roots)
+    assert report.ok, report.all_problems()
+    assert report.department.signer == DEPT.name
 
 
 # --- the store: submit, idempotency, refusals -------------------------------------------------

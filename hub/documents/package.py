@@ -51,16 +51,20 @@ import hashlib
 import io
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
 from lxml import etree
 
 from hub.contracts import DocumentFormat, Receipt, Signer, SigningIdentity
+from hub.documents.binding import certificate_matches, verify_xml
+from hub.documents.verify import verify_pdf
 from hub.documents.xmldsig import XmlSignatureReport, sign_enveloped, verify_document, verify_enveloped
 from hub.documents.xmlsafe import parse
 from hub.records import VIETNAM_TIME
@@ -372,13 +376,15 @@ def read_manifest(manifest: bytes) -> tuple[dict[str, str], tuple[ManifestEntry,
 
 
 async def verify_package(package: bytes | ClassPackage, trust_roots: Sequence[bytes] = (), *,
-                         document_format: DocumentFormat | None = None,
-                         check_transcripts: bool = True) -> PackageReport:
+                         document_format: DocumentFormat | None = None, check_transcripts: bool = True,
+                         organisation_ids: Mapping[str, Sequence[str]] | None = None) -> PackageReport:
     """Check a package as a store would: the container, the manifest against its schema, the
-    Department's signature (chaining to ``trust_roots``, DER, when given), every file's size and
-    SHA-256 against the manifest, no file it does not list, and — ``check_transcripts`` — every
-    transcript's own signatures (XML: ``verify_document``; PDF: ``verify_pdf``), the school's
-    issuing signature present, each XML naming the record, version and class its entry does."""
+    Department's signature (chaining to ``trust_roots``, DER, when given; its certificate the
+    Department's own, by its code or an identifier ``organisation_ids`` gives for it), every
+    file's size and SHA-256 against the manifest, no file it does not list, and —
+    ``check_transcripts`` — every transcript's own signatures, bound to the people and school the
+    XML names (``hub.documents.binding.verify_xml``; the PDF: ``verify_pdf``), the school's issuing
+    signature present, each XML naming the record, version and class its entry does."""
     try:
         pkg = package if isinstance(package, ClassPackage) else ClassPackage.from_zip(package)
     except PackageError as exc:
@@ -386,6 +392,11 @@ async def verify_package(package: bytes | ClassPackage, trust_roots: Sequence[by
     department = await verify_enveloped(pkg.manifest, trust_roots, name="the Department's signature",
                                         role="department")
     problems = list(department.problems)
+    if department.certificate:
+        # Any certificate under the anchor verifies; only the Department's may vouch for a package.
+        named = SigningIdentity("department", "", pkg.department_code)
+        problems += [f"the Department's signature: {en}" for _, en in certificate_matches(
+            x509.load_der_x509_certificate(department.certificate), named, organisation_ids)]
     listed = {n for e in pkg.entries for n in (e.xml_name, e.pdf_name) if n}
     strays = sorted(set(pkg.files) - listed)
     if strays:
@@ -393,12 +404,14 @@ async def verify_package(package: bytes | ClassPackage, trust_roots: Sequence[by
     fmt = document_format or _default_format()
     per: dict[str, tuple[str, ...]] = {}
     for entry in pkg.entries:
-        per[entry.label] = tuple(await _check_entry(pkg, entry, fmt, trust_roots, check_transcripts))
+        per[entry.label] = tuple(await _check_entry(pkg, entry, fmt, trust_roots, check_transcripts,
+                                                    organisation_ids))
     return PackageReport(pkg.package_id, department, tuple(problems), per)
 
 
 async def _check_entry(pkg: ClassPackage, entry: ManifestEntry, fmt: DocumentFormat,
-                       trust_roots: Sequence[bytes], check_transcripts: bool) -> list[str]:
+                       trust_roots: Sequence[bytes], check_transcripts: bool,
+                       organisation_ids: Mapping[str, Sequence[str]] | None) -> list[str]:
     where = entry.label
     out = []
     for name, digest, size in ((entry.xml_name, entry.xml_sha256, entry.xml_size),
@@ -420,16 +433,12 @@ async def _check_entry(pkg: ClassPackage, entry: ManifestEntry, fmt: DocumentFor
     for key, value in expected.items():
         if str(data.get(key)) != value:
             out.append(f"{where}: the XML's {key} is {data.get(key)!r}, the manifest says {value!r}")
-    report = await verify_document(xml, fmt, trust_roots)
-    out += [f"{where}: XML: {p}" for p in report.problems()]
-    issuing = [s.name for s in report.slots if s.role == "school_seal"]
-    if not report.error and not any(name in report.signed for name in issuing):
-        out.append(f"{where}: XML: the school's issuing signature is missing")
+    # Which stages a school signs is its province's choice; an issued transcript has at least
+    # the school's issuing signature, and every signature present must be the person's it names.
+    verdict = verify_xml(xml, fmt, await verify_document(xml, fmt, trust_roots), required_roles=("school_seal",),
+                         school_ids=organisation_ids, trust_checked=bool(trust_roots))
+    out += [f"{where}: XML: {reason}" for reason in verdict.reasons]
     if entry.pdf_name:
-        from asn1crypto import x509 as asn1_x509
-
-        from hub.documents.verify import verify_pdf
-
         pdf_report = await verify_pdf(pkg.files[entry.pdf_name], [asn1_x509.Certificate.load(r) for r in trust_roots])
         out += [f"{where}: PDF: {p}" for p in pdf_report.problems(require_trust=bool(trust_roots))]
     return out
