@@ -31,16 +31,25 @@ date so the same package is the same bytes:
 A reader refuses members the manifest does not name, names outside ``hocba/``, repeated names,
 and more than ``MAX_PACKAGE_BYTES`` unpacked.
 
-**What the engine passes** (``package_class``): the Department (``department:`` in the
-configuration: code, name, and the signer that holds its key), the signer instance, and one
-``PackageItem`` per transcript of the class — its ``record_id`` and ``version`` (the version
-being delivered), the signed XML, the signed PDF (empty when the configuration makes none) and
-its verification code. All items must be of one school, class and school year, of the
-Department's code, each XML naming the record id and version it is passed with; anything else
-is a ``PackageError`` naming the record. The package id is derived from the class and the
-``(record id, version)`` pairs unless given, so building the same class again after a crash
-gives the same id and the store answers a duplicate. The result goes to the destination's
-``deliver_package``; its ``PackageReceipt`` holds one ``Receipt`` per transcript.
+**What the engine passes** (``package_class``), once every transcript of a class is signed:
+
+- one ``PackageItem`` per transcript: ``record_id`` and ``version`` (the version being
+  delivered), the signed XML (the configured XML format's document), the signed PDF (empty when
+  the configuration makes none) and the verification code (the record's ``verify_code``);
+- the signer instance named by ``department.signer``, with ``department_code`` and
+  ``department_name`` from ``department:`` (the key is looked up by the code, role
+  ``department``);
+- ``document_format`` (the configured XML format, default the built-in ``xml``), ``c14n``
+  (``signing.c14n``) and ``executor`` (the hub's worker pool: the XML work runs there).
+
+All items must be of one school, class and school year, of the Department's code, each XML
+schema-valid and naming the record id and version it is passed with; anything else is a
+``PackageError`` naming the record (the class waits, the reason shown). The package id is
+derived from the class and the ``(record id, version)`` pairs unless given, so packaging the
+same class again after a crash gives the same id and the store answers a duplicate; a corrected
+transcript (its next version) makes a new package. The result goes to the destination's
+``deliver_package``, whose ``PackageReceipt`` holds one ``Receipt`` per ``(record id, version)``
+— each record's receipt to store; a ``DeliveryError`` classifies as for ``deliver``.
 """
 
 from __future__ import annotations
@@ -397,6 +406,9 @@ async def verify_package(package: bytes | ClassPackage, trust_roots: Sequence[by
         named = SigningIdentity("department", "", pkg.department_code)
         problems += [f"the Department's signature: {en}" for _, en in certificate_matches(
             x509.load_der_x509_certificate(department.certificate), named, organisation_ids)]
+    count = parse(pkg.manifest).getroot().findtext("THONG_TIN_GOI/SOLUONG")
+    if count != str(len(pkg.entries)):
+        problems.append(f"{MANIFEST_NAME}: SOLUONG says {count} transcripts, DANH_SACH_HOC_BA lists {len(pkg.entries)}")
     listed = {n for e in pkg.entries for n in (e.xml_name, e.pdf_name) if n}
     strays = sorted(set(pkg.files) - listed)
     if strays:
@@ -429,7 +441,8 @@ async def _check_entry(pkg: ClassPackage, entry: ManifestEntry, fmt: DocumentFor
     xml = pkg.files[entry.xml_name]
     data = fmt.data_of(xml)
     expected = {"record_id": entry.record_id, "version": str(entry.version), "school_code": pkg.school_code,
-                "class_name": pkg.class_name, "school_year": pkg.school_year}
+                "class_name": pkg.class_name, "school_year": pkg.school_year,
+                "department_code": pkg.department_code}
     for key, value in expected.items():
         if str(data.get(key)) != value:
             out.append(f"{where}: the XML's {key} is {data.get(key)!r}, the manifest says {value!r}")
