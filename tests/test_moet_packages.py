@@ -436,3 +436,51 @@ def test_the_test_pki_holds_the_departments_key(keys_dir):
     assert DEPT in signing_identities()
     assert (keys_dir[0] / "01.p12").exists()
     issue(keys_dir[0], [DEPT], PASSWORD)  # already there: left as it is
+
+
+# --- hostile containers -----------------------------------------------------------------------
+
+def zip_of(members: list[tuple[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, body in members:
+            z.writestr(name, body)
+    return out.getvalue()
+
+
+async def test_hostile_containers_are_refused_with_the_reason(transcripts, keys, roots):
+    package = await package_of(transcripts[:1], keys)
+    good = dict((n, package.files[n]) for n in package.files)
+    with pytest.warns(UserWarning, match="Duplicate name"):   # zipfile writes it, with a warning
+        twin_manifests = zip_of([("manifest.xml", package.manifest), ("manifest.xml", package.manifest)])
+    cases = [
+        (zip_of([("hocba/001-X0000-v1.xml", b"<x/>")]), "no manifest.xml in the container"),
+        (zip_of([("manifest.xml", package.manifest), ("../../etc/passwd", b"x")]), "outside hocba/"),
+        (twin_manifests, "occurs twice"),
+        (zip_of([("manifest.xml", b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "a">]><GOI_TIN_HOC_BA/>')]),
+         "DOCTYPE"),
+        (zip_of([("manifest.xml", b"<GOI_TIN_HOC_BA PHIENBAN_DINHDANG='1.0'/>")]), "manifest.xml does not validate"),
+    ]
+    for data, reason in cases:
+        report = await verify_package(data, roots)
+        assert not report.ok and reason in report.problems[0], (reason, report.problems)
+    # A member declaring more than the limit is not unpacked at all.
+    big = zip_of([("manifest.xml", package.manifest), *good.items()])
+    with pytest.raises(PackageError, match="more than 1000"):
+        ClassPackage.from_zip(big, max_bytes=1000)
+    # A second signature, or the Department's moved inside what it signs, is not the Department's.
+    root = parse(package.manifest).getroot()
+    signature = root.find(f"{{{DS}}}Signature")
+    moved = etree.fromstring(package.manifest)
+    moved.find("THONG_TIN_GOI").append(moved.find(f"{{{DS}}}Signature"))
+    twice = etree.fromstring(package.manifest)
+    twice.append(etree.fromstring(etree.tostring(signature)))
+    for manifest, reason in ((etree.tostring(moved), "does not validate"),
+                             (etree.tostring(twice), "does not validate")):
+        report = await verify_package(zip_of([("manifest.xml", manifest), *good.items()]), roots)
+        assert not report.ok and reason in " ".join(report.problems), report.problems
+    unvalidated = dataclasses.replace(package, manifest=etree.tostring(twice))
+    report = await verify_package(unvalidated, roots)
+    assert "the document carries 2 signatures; exactly one is expected" in " ".join(report.problems)
+    report = await verify_package(dataclasses.replace(package, manifest=etree.tostring(moved)), roots)
+    assert "the signature must be the root's last child" in " ".join(report.problems), report.problems
