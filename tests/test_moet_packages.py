@@ -37,7 +37,8 @@ from hub.documents.verify import trust_roots_der
 from hub.documents.xmldsig import DS, XADES, sign_enveloped
 from hub.documents.xmlsafe import parse
 from hub.kit.pki import create_root, issue
-from hub.kit.synthetic import department_identity, signing_identities
+from hub.kit.synthetic import department_identity, signing_identities, transcript, with_subject_teachers
+from hub.records import parse_transcript
 from tests.conftest import PASSWORD
 from tests.test_config import example
 from tests.test_xml import FMT, record, sign_all, signer
@@ -359,11 +360,21 @@ async def test_recall_and_cancel_need_a_reason_and_are_recorded(transcripts, key
     with pytest.raises(DeliveryError, match="recalled with its package") as info:
         await moet.cancel("X0036", 1, "too late")
     assert info.value.permanent
+    with pytest.raises(DeliveryError, match="was recalled \\(Lớp 5B nộp nhầm danh sách\\)") as info:
+        await moet.deliver_package(package)
+    assert info.value.conflict
     # The same versions cannot come back in another package: a correction is the next version.
     alone = await package_of(transcripts[1:], keys)
     with pytest.raises(DeliveryError, match="X0036 v1: this version was recalled") as info:
         await moet.deliver_package(alone)
     assert info.value.conflict
+    # The correction: signed again as version 2, in a new package.
+    data = with_subject_teachers(transcript(36))
+    data.update(record_id="X0036", event="UPDATE", version=2, updated_at="2025-06-02T08:00:00")
+    corrected = await sign_all(FMT.build(parse_transcript(data)), keys)
+    receipt = await moet.deliver_package(await package_of([PackageItem("X0036", 2, corrected)], keys))
+    assert receipt.transcripts[("X0036", 2)].detail["status"] == "accepted"
+    assert store.accepted()["X0036"] == 2
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -484,3 +495,13 @@ async def test_hostile_containers_are_refused_with_the_reason(transcripts, keys,
     assert "the document carries 2 signatures; exactly one is expected" in " ".join(report.problems)
     report = await verify_package(dataclasses.replace(package, manifest=etree.tostring(moved)), roots)
     assert "the signature must be the root's last child" in " ".join(report.problems), report.problems
+    # The Department signed a member that is not XML at all: a verdict naming it, not a crash.
+    junk = b"not xml at all"
+    unsigned = build_manifest(transcripts[:1], FMT, department_code="01", department_name=DEPT.name)
+    entry = unsigned.entries[0]
+    manifest = unsigned.manifest.replace(entry.xml_sha256.encode(), hashlib.sha256(junk).hexdigest().encode())
+    manifest = manifest.replace(f'KICHTHUOC="{entry.xml_size}"'.encode(), f'KICHTHUOC="{len(junk)}"'.encode())
+    manifest = await sign_enveloped(manifest, DEPT, keys, signature_id="sig-sogd")
+    members = [("manifest.xml", manifest), (entry.xml_name, junk), (entry.pdf_name, unsigned.files[entry.pdf_name])]
+    report = await verify_package(zip_of(members), roots)
+    assert report.problems == () and report.transcripts["X0000 v1"][0].startswith("X0000 v1: XML: cannot be read")

@@ -421,6 +421,9 @@ class MoetSimulator(LoopbackServer, Simulator):
         if held["content"] != content:
             return self._package_refused(409, package_id, f"package {package_id} is already held with other "
                                                           f"content; a changed class is a new package")
+        if held["status"] == "recalled":
+            return self._package_refused(409, package_id, f"package {package_id} was recalled ({held['reason']}); "
+                                                          f"a correction is sent as a new package")
         self.counters.packages_duplicate += 1
         self.attempts.append(Attempt(200, reason="duplicate", package_id=package_id))
         return web.json_response({**self.package_state(package_id), "duplicate": True}, status=200)

@@ -439,7 +439,10 @@ async def _check_entry(pkg: ClassPackage, entry: ManifestEntry, fmt: DocumentFor
     if out or not check_transcripts:
         return out
     xml = pkg.files[entry.xml_name]
-    data = fmt.data_of(xml)
+    try:
+        data = fmt.data_of(xml)
+    except ValueError as exc:  # the Department signed something that is not XML: a verdict, not a crash
+        return [f"{where}: XML: cannot be read ({exc})"]
     expected = {"record_id": entry.record_id, "version": str(entry.version), "school_code": pkg.school_code,
                 "class_name": pkg.class_name, "school_year": pkg.school_year,
                 "department_code": pkg.department_code}
