@@ -415,7 +415,7 @@ def _check_timestamp(token_b64: str, value_digest: bytes) -> tuple[dt.datetime |
 
 async def _checked(root: XmlElement, signature: XmlElement, sid: str, name: str, role: str, location: str,
                    chain: list[x509.Certificate], trust_roots: Sequence[bytes], problems: list[str],
-                   *, expect_references: int = 3) -> XmlSignatureReport:
+                   ) -> XmlSignatureReport:
     # What every XAdES signature must pass wherever it sits: value and digests (signxml, at the
     # ``location`` given, so a signature moved elsewhere does not verify), SigningTime, its
     # timestamp, the chain to the trust anchors. ``problems`` holds what the caller found.
@@ -428,7 +428,7 @@ async def _checked(root: XmlElement, signature: XmlElement, sid: str, name: str,
             warnings.simplefilter("always")
             XAdESVerifier().verify(
                 root, x509_cert=cert, id_attribute="Id",
-                expect_config=XAdESSignatureConfiguration(location=location, expect_references=expect_references))
+                expect_config=XAdESSignatureConfiguration(location=location, expect_references=3))
         for w in caught:
             _log.warning("xml.verify_warning", slot=name, warning=str(w.message))
     except (SignXMLException, InvalidInput, ValueError) as exc:
