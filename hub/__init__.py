@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys((
         "Adapter", "Delivery", "DeliveryError", "ExportFile", "Faults", "Health", "IdentityFinding", "IdentityProvider",
         "IdentityResult", "IdentitySimulator", "Page", "Person", "PluginContext", "PluginError", "PluginSettings",
-        "RawRecord", "Receipt", "SIGNING_ROLES", "SIGNING_STAGES", "DigestSignRequest", "DocumentFormat",
+        "ORGANISATION_ROLES", "RawRecord", "Receipt", "SIGNING_ROLES", "SIGNING_STAGES", "DigestSignRequest", "DocumentFormat",
         "SignatureSlot", "SignRequest", "Signer", "SigningIdentity", "Simulator"),
         "hub.contracts"),
     # the central format
@@ -43,6 +43,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("LocalKey", "LocalKeySigner"), "hub.documents.local_keys"),
     "ROLE_LABELS": "hub.documents.render",
     "XmlElement": "hub.documents.xmlsafe",
+    # class packages the Department signs for a transcript store
+    **dict.fromkeys(("ClassPackage", "MAX_PACKAGE_BYTES", "PACKAGE_MEDIA_TYPE", "PackageError", "PackageItem",
+                     "PackageReceipt", "PackageReport", "package_class", "verify_package"), "hub.documents.package"),
     **dict.fromkeys(("digest_info", "verify_digest"), "hub.documents.digests"),
     # the kit for vendor authors
     **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "Transient", "parse_retry_after", "retrying"), "hub.kit.http"),

@@ -279,6 +279,16 @@ class VerifyConfig(_Strict):
                     "address is the client)")
 
 
+class DepartmentConfig(_Strict):
+    """The Department of Education (Sở GD&ĐT) the hub runs for: it signs each class package
+    (``hub.documents.package``) with its own certificate before a destination takes it."""
+    code: str = Field(pattern=r"^[0-9]{2,3}$", description="The Department's code (MASOGD), e.g. 01; every "
+                                                            "packaged transcript's school must belong to it")
+    name: str = Field(min_length=1, max_length=200, description="The Department's name, as its certificate names it")
+    signer: str = Field(description="Name of an entry under `signers` holding the Department's key, found by "
+                                    "its code (a key file, a token or a remote signing service)")
+
+
 class HubConfig(_Strict):
     """The whole configuration file."""
     data_dir: Path = Field(default=Path("hocba-data"), description="Store, PDFs and keys live here")
@@ -328,6 +338,9 @@ class HubConfig(_Strict):
         default=None, description="Check the people a record names against an identity provider before "
                                   "rendering and signing (none: no check)")
 
+    department: DepartmentConfig | None = Field(
+        default=None, description="The Department that signs class packages (needed by a destination that "
+                                  "takes packages)")
     documents: list[str] = Field(
         default_factory=lambda: ["xml", "pdf"], min_length=1,
         description="What the hub makes and signs per transcript: `pdf` and at most one XML document "
@@ -366,6 +379,8 @@ class HubConfig(_Strict):
         unknown = sorted(self.signing.signer_names() - signers)
         if unknown:
             raise ValueError(f"signing: signer(s) {', '.join(map(repr, unknown))} not defined under signers")
+        if self.department is not None and self.department.signer not in signers:
+            raise ValueError(f"department.signer: {self.department.signer!r} is not defined under signers")
         if self.identity is not None:
             # Health, logs and metrics key plugin instances by name: the provider needs its own.
             taken = {*names, self.destination.name, *signers}

@@ -222,22 +222,28 @@ SIGNING_STAGES = ("subject_teacher", *SIGNING_ROLES)
 in the XML học bạ) come first. A configuration takes these in this order, any subset."""
 
 
+ORGANISATION_ROLES = ("school_seal", "department")
+"""Roles that sign with an organisation's certificate, found by its code rather than a personal id."""
+
+
 @dataclass(frozen=True)
 class SigningIdentity:
-    """Who signs: a person (``personal_id``) or a school (the seal, ``school_code``)."""
-    role: str                        # subject_teacher | homeroom_teacher | principal | school_seal
+    """Who signs: a person (``personal_id``), a school (the seal, ``school_code``) or the
+    Department of Education (``department``, its code in ``school_code``: it signs class packages)."""
+    role: str                        # subject_teacher | homeroom_teacher | principal | school_seal | department
     name: str
     school_code: str
     personal_id: str | None = None
 
     @property
     def key(self) -> str:
-        """The id a signer looks its key up by: the personal id, or the school code for a seal.
+        """The id a signer looks its key up by: the personal id, or the school's (the
+        Department's) code for an organisation's certificate.
 
         A person without a personal id has no key: falling back to the school code would hand
         them the school seal's key.
         """
-        if self.role == "school_seal":
+        if self.role in ORGANISATION_ROLES:
             return self.school_code
         if not self.personal_id:
             raise ValueError(f"{self.role} {self.name!r} has no personal id to find a signing key by")

@@ -150,3 +150,31 @@ async def test_the_seal_signs_the_xml_on_the_token_and_xmlsec1_accepts_it(token,
                            "--id-attr:Id", f"{DS}:KeyInfo", "--id-attr:Id", f"{DS}:Signature",
                            "--node-id", "sig-phathanh", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+async def test_the_department_signs_a_class_package_on_its_token(token):
+    # The Department's signature is a signer step like any other: its key on a token, found by
+    # the Department's code; only the manifest's digest goes to the token.
+    from hub.documents.package import PackageItem, package_class, verify_package
+    from hub.documents.verify import trust_roots_der
+    from hub.documents.xmldsig import sign_slots
+    from hub.kit.synthetic import department_identity
+    from hub.plugins import document_formats
+
+    keys, root = token
+    department = department_identity(REC.department_code)
+    pki.issue(keys, [department], PASSWORD)
+    import_p12(find_library(), TOKEN, PIN, f"sogd-{department.key}", keys / f"{department.key}.p12", PASSWORD)
+    fmt = document_formats()["xml"].cls()
+    signer = make_signer(keys={SEAL.key: f"seal-{SEAL.key}", department.key: f"sogd-{department.key}"})
+    await signer.open()
+    try:
+        doc = fmt.build(REC)
+        doc = await sign_slots(doc, [s for s in fmt.slots(doc) if s.role == "school_seal"], signer)
+        package = await package_class([PackageItem(REC.record_id, REC.version, doc)], signer,
+                                      department_code=department.school_code, department_name=department.name)
+    finally:
+        await signer.close()
+    report = await verify_package(package.to_zip(), trust_roots_der((str(root),)))
+    assert report.ok, report.all_problems()
+    assert report.department.signer == department.name and report.department.trusted

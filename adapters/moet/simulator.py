@@ -1,9 +1,15 @@
-"""The central transcript store's contract (CONTRACT.md) served over real HTTP, with faults.
+"""The Ministry's transcript store's contract (CONTRACT.md) served over real HTTP, with faults.
 
 The simulator is the reference the ``moet`` adapter is tested against, and the destination the
 demo and the conformance kit deliver to. It enforces every rule of the contract — token,
 central-format validation, a signed PDF, idempotency on ``(idbanghi, phienban)``, versions
 that only go up — and keeps everything it received so a test can look at it afterwards.
+
+Class packages (``PUT /api/v2/packages/{id}``): the Department's signature on the manifest must
+verify and chain to ``trust_roots`` (and, when ``registered`` is set, be the certificate the
+Department registered), every file must match its SHA-256 and every transcript's own signatures
+must verify (``hub.verify_package``); a package id is idempotent, a package can be recalled and
+one transcript cancelled, each with a mandatory reason.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -21,10 +29,25 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from hub import Event, Faults, LoopbackServer, Simulator, field_errors, parse_transcript
+from hub import (
+    MAX_PACKAGE_BYTES,
+    PACKAGE_MEDIA_TYPE,
+    ClassPackage,
+    Event,
+    Faults,
+    LoopbackServer,
+    PackageError,
+    Simulator,
+    field_errors,
+    parse_transcript,
+    verify_package,
+)
 
 DEFAULT_TOKEN = "demo-moet-token"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+PACKAGES_PATH = "/api/v2/packages"
+TRANSCRIPTS_PATH = "/api/v2/transcripts"
+_PACKAGE_PUT = re.compile(r"^/api/v2/packages/[^/]+$")
 
 
 @dataclass
@@ -35,8 +58,10 @@ class MoetFaults(Faults):
     ``check()`` sees them too. The ``*_next_n`` counters are consumed by submissions
     (``POST /api/v1/hocba``) only, so a test can say "the next two deliveries fail" without
     health checks eating the faults. ``slow_seconds`` delays an answer after the request was
-    processed.
+    processed. ``reject_next_n`` answers the next n package submissions ``422`` (a refusal the
+    sender must not retry), so a test sees a permanent failure as well as transient ones.
     """
+    reject_next_n: int = 0
 
 
 @dataclass
@@ -50,6 +75,12 @@ class MoetCounters:
     rejected: int = 0        # 400, 413, 422
     unauthorized: int = 0    # 401, any route
     faulted: int = 0         # injected 503 / 429 / dropped connection
+    packages: int = 0        # PUT /api/v2/packages/{id}, including faulted ones
+    packages_created: int = 0
+    packages_duplicate: int = 0
+    packages_refused: int = 0  # 400, 409, 413, 422
+    recalls: int = 0         # packages recalled (a repeated recall is not counted again)
+    cancels: int = 0         # transcripts cancelled
 
 
 @dataclass(frozen=True)
@@ -61,6 +92,7 @@ class Attempt:
     event: str | None = None
     reason: str = ""
     at: float = field(default_factory=time.time)
+    package_id: str | None = None
 
 
 class _Reject(Exception):
@@ -88,10 +120,21 @@ class MoetSimulator(LoopbackServer, Simulator):
         records: int = 0,
         invalid: int = 0,
         seed: int = 0,
+        trust_roots: Sequence[bytes] = (),
+        registered: Mapping[str, Sequence[bytes]] | None = None,
+        max_package_bytes: int = MAX_PACKAGE_BYTES,
     ):
         super().__init__(records=records, invalid=invalid, seed=seed)
         self.token = token
         self.max_bytes = max_bytes
+        self.max_package_bytes = max_package_bytes
+        # The anchors every signature must chain to (DER); none: signatures are checked, chains not.
+        self.trust_roots: tuple[bytes, ...] = tuple(trust_roots)
+        # Department code → the certificates (DER) it registered to send packages; empty: any trusted one.
+        self.registered: dict[str, tuple[bytes, ...]] = {k: tuple(v) for k, v in (registered or {}).items()}
+        self.packages: dict[str, dict[str, Any]] = {}       # package id → what was accepted, its receipt, state
+        self.package_files: dict[str, bytes] = {}           # package id → the container as received
+        self.transcripts: dict[tuple[str, int], dict[str, Any]] = {}  # (record id, version) → state
         self.faults = MoetFaults()
         self.counters = MoetCounters()
         self.attempts: list[Attempt] = []
@@ -112,6 +155,11 @@ class MoetSimulator(LoopbackServer, Simulator):
         app.router.add_get("/api/v1/ping", self._ping)
         app.router.add_post("/api/v1/hocba", self._submit)
         app.router.add_get("/api/v1/hocba/{record_id}", self._status)
+        app.router.add_put(PACKAGES_PATH + "/{package_id}", self._submit_package)
+        app.router.add_get(PACKAGES_PATH + "/{package_id}", self._package_state)
+        app.router.add_post(PACKAGES_PATH + "/{package_id}/recall", self._recall)
+        app.router.add_get(TRANSCRIPTS_PATH + "/{record_id}", self._transcript_state)
+        app.router.add_post(TRANSCRIPTS_PATH + "/{record_id}/versions/{version}/cancel", self._cancel)
         # A handler still sleeping in ``slow_seconds`` must not hold up stop() for a minute.
         return await self._serve(app, host, port, shutdown_timeout=0.5)
 
@@ -134,7 +182,8 @@ class MoetSimulator(LoopbackServer, Simulator):
         return {
             "idbanghi": record_id,
             "highest_version": highest,
-            "receipt_id": self.receipts[(record_id, highest)]["receipt_id"],
+            # The highest version came alone (v1 API) or in a class package.
+            "receipt_id": (self.receipts.get((record_id, highest)) or self.transcripts[(record_id, highest)])["receipt_id"],
             "cancelled": record_id in self._cancelled,
         }
 
@@ -144,12 +193,15 @@ class MoetSimulator(LoopbackServer, Simulator):
     async def _faults_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.counters.requests += 1
         faults = self.faults
-        submission = request.method == "POST" and request.path == "/api/v1/hocba"
-        if submission:
+        package = request.method == "PUT" and _PACKAGE_PUT.match(request.path) is not None
+        submission = package or (request.method == "POST" and request.path == "/api/v1/hocba")
+        if package:
+            self.counters.packages += 1
+        elif submission:
             self.counters.submissions += 1
-            if faults.drop_next_n_connections > 0:
-                faults.drop_next_n_connections -= 1
-                return self._drop(request)
+        if submission and faults.drop_next_n_connections > 0:
+            faults.drop_next_n_connections -= 1
+            return self._drop(request)
         if faults.outage:
             return self._fault(submission, 503, "outage", retry_after=True)
         if submission and faults.fail_next_n > 0:
@@ -158,6 +210,9 @@ class MoetSimulator(LoopbackServer, Simulator):
         if submission and faults.rate_limit_next_n > 0:
             faults.rate_limit_next_n -= 1
             return self._fault(submission, 429, "rate limited", retry_after=True)
+        if package and faults.reject_next_n > 0:
+            faults.reject_next_n -= 1
+            return self._fault(submission, 422, "injected refusal")
         if request.path != "/healthz" and not self._authorized(request):
             self.counters.unauthorized += 1
             if submission:
@@ -316,6 +371,206 @@ class MoetSimulator(LoopbackServer, Simulator):
         if b"/ByteRange" not in document or b"/Sig" not in document:
             raise _Reject(422, "document invalid", ["document: carries no signature (/ByteRange, /Sig)"])
         return model, record
+
+    # --- class packages -------------------------------------------------------------------
+
+    def package_state(self, package_id: str) -> dict[str, Any] | None:
+        """What ``GET /api/v2/packages/{id}`` answers: the receipt, the package's status and
+        reason, and each transcript's current status; ``None`` if the id is unknown."""
+        held = self.packages.get(package_id)
+        if held is None:
+            return None
+        return {**held["receipt"], "status": held["status"], "reason": held["reason"], "duplicate": False,
+                "transcripts": [self._transcript_receipt(key) for key in held["keys"]]}
+
+    def _transcript_receipt(self, key: tuple[str, int], status: str | None = None) -> dict[str, Any]:
+        held = self.transcripts[key]
+        return {"record_id": key[0], "version": key[1], "receipt_id": held["receipt_id"],
+                "status": status or held["status"], "reason": held["reason"]}
+
+    def _package_refused(self, status: int, package_id: str, error: str, errors: Sequence[str] = (),
+                         **extra: Any) -> web.Response:
+        self.counters.packages_refused += 1
+        self.attempts.append(Attempt(status, reason=error, package_id=package_id))
+        return web.json_response({"error": error, "errors": list(errors), **extra}, status=status)
+
+    async def _read_body(self, request: web.Request, limit: int) -> bytes:
+        if request.content_length is not None and request.content_length > limit:
+            raise _Reject(413, f"payload of {request.content_length} bytes exceeds {limit}")
+        chunks, size = [], 0
+        # Counted as it arrives: a chunked upload has no Content-Length to check up front.
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise _Reject(413, f"payload exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _content(pkg: ClassPackage) -> str:
+        # A package's content is what its manifest lists, not the manifest's bytes: the same class
+        # packaged and signed again (a new signing time) is the same package.
+        listed = sorted((e.record_id, e.version, e.xml_sha256, e.pdf_sha256) for e in pkg.entries)
+        return hashlib.sha256(json.dumps([pkg.department_code, pkg.school_code, pkg.class_name,
+                                          pkg.school_year, listed]).encode()).hexdigest()
+
+    def _duplicate(self, package_id: str, content: str) -> web.Response | None:
+        held = self.packages.get(package_id)
+        if held is None:
+            return None
+        if held["content"] != content:
+            return self._package_refused(409, package_id, f"package {package_id} is already held with other "
+                                                          f"content; a changed class is a new package")
+        if held["status"] == "recalled":
+            return self._package_refused(409, package_id, f"package {package_id} was recalled ({held['reason']}); "
+                                                          f"a correction is sent as a new package")
+        self.counters.packages_duplicate += 1
+        self.attempts.append(Attempt(200, reason="duplicate", package_id=package_id))
+        return web.json_response({**self.package_state(package_id), "duplicate": True}, status=200)
+
+    async def _submit_package(self, request: web.Request) -> web.Response:
+        package_id = request.match_info["package_id"]
+        try:
+            if request.content_type != PACKAGE_MEDIA_TYPE:
+                raise _Reject(400, f"expected {PACKAGE_MEDIA_TYPE}, got {request.content_type or 'no content type'}")
+            body = await self._read_body(request, self.max_package_bytes)
+            try:
+                pkg = ClassPackage.from_zip(body, max_bytes=self.max_package_bytes)
+            except PackageError as exc:
+                raise _Reject(400, f"not a class package: {exc}") from None
+        except _Reject as reject:
+            return self._package_refused(reject.status, package_id, reject.body["error"])
+        if pkg.package_id != package_id:
+            return self._package_refused(400, package_id, f"the URL names package {package_id} but its manifest "
+                                                          f"says {pkg.package_id}")
+        content = self._content(pkg)
+        duplicate = self._duplicate(package_id, content)
+        if duplicate is not None:
+            return duplicate
+        report = await verify_package(pkg, self.trust_roots)
+        problems = report.all_problems()
+        registered = self.registered.get(pkg.department_code)
+        if report.department is not None and report.department.valid and self.registered and (
+                report.department.certificate not in (registered or ())):
+            problems.insert(0, f"the Department's signature: the certificate of {report.department.signer} is not "
+                               f"the one Department {pkg.department_code} registered to send transcripts")
+        if problems:
+            return self._package_refused(422, package_id, "package refused", problems)
+        # From here to the answer there is no await: a concurrent twin of this package, or another
+        # package carrying the same transcript, cannot slip in between the checks and the store.
+        duplicate = self._duplicate(package_id, content)
+        if duplicate is not None:
+            return duplicate
+        statuses, conflicts = {}, []
+        for e in pkg.entries:
+            key = (e.record_id, e.version)
+            held = self.transcripts.get(key)
+            highest = self._highest.get(e.record_id, 0)
+            if held is not None and (held["xml_sha256"], held["pdf_sha256"]) != (e.xml_sha256, e.pdf_sha256):
+                conflicts.append(f"{e.label}: this version is already held with other content")
+            elif held is not None and held["status"] != "accepted":
+                conflicts.append(f"{e.label}: this version was {held['status']} ({held['reason']}); a correction "
+                                 f"is sent as a new version")
+            elif held is None and e.version <= highest:
+                conflicts.append(f"{e.label}: version {e.version} is not above the highest held ({highest})")
+            statuses[key] = "duplicate" if held is not None else "accepted"
+        if conflicts:
+            return self._package_refused(409, package_id, "package refused: version conflict", conflicts)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        receipt = {"package_id": package_id, "receipt_id": f"MOET-PKG-{uuid.uuid4().hex}", "received_at": now,
+                   "department": pkg.department_code, "school": pkg.school_code, "class": pkg.class_name,
+                   "school_year": pkg.school_year}
+        for e in pkg.entries:
+            key = (e.record_id, e.version)
+            if key not in self.transcripts:
+                self.transcripts[key] = {"receipt_id": f"MOET-{uuid.uuid4().hex}", "package_id": package_id,
+                                         "received_at": now, "xml_sha256": e.xml_sha256,
+                                         "pdf_sha256": e.pdf_sha256, "status": "accepted", "reason": ""}
+                self._highest[e.record_id] = max(self._highest.get(e.record_id, 0), e.version)
+                self._cancelled.discard(e.record_id)
+        self.packages[package_id] = {"receipt": receipt, "content": content, "status": "accepted", "reason": "",
+                                     "keys": [(e.record_id, e.version) for e in pkg.entries]}
+        self.package_files[package_id] = body
+        self.counters.packages_created += 1
+        self.attempts.append(Attempt(201, reason="created", package_id=package_id))
+        answer = self.package_state(package_id)
+        answer["transcripts"] = [self._transcript_receipt(key, statuses[key]) for key in self.packages[package_id]["keys"]]
+        return web.json_response(answer, status=201)
+
+    async def _package_state(self, request: web.Request) -> web.Response:
+        state = self.package_state(request.match_info["package_id"])
+        if state is None:
+            return web.json_response({"error": "unknown package", "errors": []}, status=404)
+        return web.json_response(state)
+
+    async def _transcript_state(self, request: web.Request) -> web.Response:
+        record_id = request.match_info["record_id"]
+        versions = {v: self._transcript_receipt((r, v)) for r, v in self.transcripts if r == record_id}
+        if not versions:
+            return web.json_response({"error": "unknown record", "errors": []}, status=404)
+        return web.json_response({"record_id": record_id, "highest_version": max(versions),
+                                  "versions": [versions[v] for v in sorted(versions)]})
+
+    async def _reason(self, request: web.Request) -> str:
+        try:
+            body = json.loads(await self._read_body(request, 64 * 1024) or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Reject(400, f"the body is not JSON: {exc}") from None
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if not isinstance(reason, str) or not reason.strip():
+            raise _Reject(422, "a reason is required", ["reason: required, a non-empty text"])
+        if len(reason) > 1000:
+            raise _Reject(422, "reason too long", ["reason: at most 1000 characters"])
+        return reason.strip()
+
+    async def _recall(self, request: web.Request) -> web.Response:
+        package_id = request.match_info["package_id"]
+        held = self.packages.get(package_id)
+        if held is None:
+            return web.json_response({"error": "unknown package", "errors": []}, status=404)
+        try:
+            reason = await self._reason(request)
+        except _Reject as reject:
+            return web.json_response(reject.body, status=reject.status)
+        if held["status"] == "recalled":
+            return web.json_response({**held["recall"], "duplicate": True})
+        held["status"], held["reason"] = "recalled", reason
+        for key in held["keys"]:
+            transcript = self.transcripts[key]
+            # A transcript carried by a later package too stays with that package; one already
+            # cancelled keeps its own reason.
+            if transcript["package_id"] == package_id and transcript["status"] == "accepted":
+                transcript["status"], transcript["reason"] = "recalled", reason
+        held["recall"] = {"receipt_id": f"MOET-RCL-{uuid.uuid4().hex}",
+                          "received_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          "package_id": package_id, "status": "recalled", "reason": reason}
+        self.counters.recalls += 1
+        return web.json_response({**held["recall"], "duplicate": False})
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        record_id, version = request.match_info["record_id"], request.match_info["version"]
+        key = (record_id, int(version)) if version.isdigit() else None
+        held = self.transcripts.get(key) if key else None
+        if held is None:
+            return web.json_response({"error": f"{record_id} v{version} is not held", "errors": []}, status=404)
+        try:
+            reason = await self._reason(request)
+        except _Reject as reject:
+            return web.json_response(reject.body, status=reject.status)
+        if held["status"] == "cancelled":
+            return web.json_response({**held["cancel"], "duplicate": True})
+        if held["status"] == "recalled":
+            return web.json_response({"error": f"{record_id} v{version} was recalled with its package "
+                                               f"({held['reason']}); there is nothing to cancel", "errors": []},
+                                     status=409)
+        held["status"], held["reason"] = "cancelled", reason
+        held["cancel"] = {"receipt_id": f"MOET-HUY-{uuid.uuid4().hex}",
+                          "received_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          "record_id": record_id, "version": key[1], "status": "cancelled", "reason": reason}
+        if self._highest.get(record_id) == key[1]:
+            self._cancelled.add(record_id)
+        self.counters.cancels += 1
+        return web.json_response({**held["cancel"], "duplicate": False})
 
 
 def _content_hash(model: Any, document: bytes) -> str:

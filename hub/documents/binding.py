@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from hub.contracts import SIGNING_ROLES, SIGNING_STAGES, DocumentFormat, SigningIdentity
+from hub.contracts import ORGANISATION_ROLES, SIGNING_ROLES, SIGNING_STAGES, DocumentFormat, SigningIdentity
 
 __all__ = ["Reason", "SignedBy", "Verdict", "ROLE_NAMES", "certificate_matches", "verify_pdf_bound", "verify_xml"]
 
@@ -117,12 +117,15 @@ def certificate_matches(cert: x509.Certificate, identity: SigningIdentity,
     """Why ``cert`` is not ``identity``'s, as ``(vi, en)`` pairs ([] when it is)."""
     ids = _subject_ids(cert)
     shown = _common_name(cert)
-    if identity.role == "school_seal":
+    if identity.role in ORGANISATION_ROLES:
+        # A school's or the Department's certificate: its code, or an identifier configured for
+        # it (a tax code), in serialNumber or UID.
         wanted = {identity.school_code, *((school_ids or {}).get(identity.school_code, ()))}
         stripped = {v[len(p):] for v in ids for p in _SCHOOL_PREFIXES if v.upper().startswith(p)}
         if not (wanted & (set(ids) | stripped)):
-            return [(f"chứng thư của {shown} không phải của trường {identity.school_code}",
-                     f"the certificate of {shown} is not the organisation certificate of school "
+            vi, en = ("trường", "school") if identity.role == "school_seal" else ("Sở GD&ĐT", "Department")
+            return [(f"chứng thư của {shown} không phải của {vi} {identity.school_code}",
+                     f"the certificate of {shown} is not the organisation certificate of {en} "
                      f"{identity.school_code} (its identifiers: {', '.join(ids) or 'none'})")]
         return []
     problems = []

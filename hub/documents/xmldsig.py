@@ -53,13 +53,14 @@ from signxml import (
 from signxml.exceptions import InvalidInput, SignXMLException
 from signxml.xades import XAdESSignatureConfiguration, XAdESSigner, XAdESVerifier
 
-from hub.contracts import DigestSignRequest, DocumentFormat, SignatureSlot, Signer
+from hub.contracts import DigestSignRequest, DocumentFormat, SignatureSlot, Signer, SigningIdentity
 from hub.documents.signing import SigningError
 from hub.documents.xmlsafe import XmlElement, parse
 from hub.logs import get_logger
 
 __all__ = ["C14N", "DS", "XADES", "Prepared", "XmlSignatureReport", "XmlVerifyReport", "add_timestamps",
-           "complete", "prepare", "sign_slots", "signed_slots", "verify_document", "verify_document_blocking"]
+           "complete", "prepare", "prepare_enveloped", "sign_enveloped", "sign_slots", "signed_slots",
+           "verify_document", "verify_document_blocking", "verify_enveloped"]
 
 DS = "http://www.w3.org/2000/09/xmldsig#"
 XADES = "http://uri.etsi.org/01903/v1.3.2#"
@@ -182,23 +183,47 @@ def prepare(document: bytes, slots: Sequence[tuple[SignatureSlot, Sequence[bytes
                                f"{'missing' if not referenced else 'not unique'}")
         if referenced[0] is target or referenced[0] in target.iterancestors():
             raise SigningError(f"{slot.name}: the slot lies inside #{slot.reference}, the element it signs")
-        chain = [x509.load_der_x509_certificate(c) for c in certs]
-        key = _DeferredKey(chain[0])
-        is_ec = isinstance(key.public_key(), ec.EllipticCurvePublicKey)
-        signer = _SlotSigner(
-            signature_id=slot.signature_id, signing_time=signing_time,
-            method=SignatureConstructionMethod.detached,
-            signature_algorithm=SignatureMethod.ECDSA_SHA256 if is_ec else SignatureMethod.RSA_SHA256,
-            digest_algorithm=DigestAlgorithm.SHA256, c14n_algorithm=C14N[c14n])
-        try:
-            signature = signer.sign(root, key=key, cert=chain, reference_uri=f"#{slot.reference}",
-                                    always_add_key_value=False)
-        except SignXMLException as exc:
-            raise SigningError(f"{slot.name}: cannot build the signature: {exc}") from exc
+        signature, digests[slot.signature_id], sizes[slot.signature_id] = _build(
+            root, certs, slot.name, slot.signature_id, signing_time, c14n,
+            SignatureConstructionMethod.detached, f"#{slot.reference}")
         target.append(signature)
-        digests[slot.signature_id] = hashlib.sha256(key.signed_info or b"").digest()
-        sizes[slot.signature_id] = ("ec" if is_ec else "rsa", key.key_size)
     return Prepared(etree.tostring(root, xml_declaration=True, encoding="UTF-8"), digests, sizes)
+
+
+def _build(root: XmlElement, certs: Sequence[bytes], name: str, signature_id: str, signing_time: dt.datetime,
+           c14n: str, method: SignatureConstructionMethod, reference_uri: str | None,
+           ) -> tuple[XmlElement, bytes, tuple[str, int]]:
+    # One signature with an empty value: what signxml returns (the ds:Signature, or for an
+    # enveloped one the document holding it), the digest to sign, and the key's kind and size.
+    chain = [x509.load_der_x509_certificate(c) for c in certs]
+    key = _DeferredKey(chain[0])
+    is_ec = isinstance(key.public_key(), ec.EllipticCurvePublicKey)
+    signer = _SlotSigner(
+        signature_id=signature_id, signing_time=signing_time, method=method,
+        signature_algorithm=SignatureMethod.ECDSA_SHA256 if is_ec else SignatureMethod.RSA_SHA256,
+        digest_algorithm=DigestAlgorithm.SHA256, c14n_algorithm=C14N[c14n])
+    try:
+        built = signer.sign(root, key=key, cert=chain, reference_uri=reference_uri, always_add_key_value=False)
+    except SignXMLException as exc:
+        raise SigningError(f"{name}: cannot build the signature: {exc}") from exc
+    return built, hashlib.sha256(key.signed_info or b"").digest(), ("ec" if is_ec else "rsa", key.key_size)
+
+
+def prepare_enveloped(document: bytes, certs: Sequence[bytes], *, name: str, signature_id: str,
+                      signing_time: dt.datetime, c14n: str = "exclusive") -> Prepared:
+    """An unsigned enveloped XAdES signature over the whole ``document`` (``Reference URI=""``),
+    appended as the root's last child: for a document that is signed once, as a whole, by one
+    party (a class package's manifest). The root must carry no ``Id`` (signxml would reference
+    it instead of the document) and no signature yet."""
+    root = parse(document).getroot()
+    if root.get("Id") is not None:
+        raise SigningError(f"{name}: the root carries an Id; an enveloped signature covers the whole document")
+    if root.find(".//ds:Signature", namespaces=_NS) is not None:
+        raise SigningError(f"{name}: already signed; a signature is never replaced")
+    signed, digest, size = _build(root, certs, name, signature_id, signing_time, c14n,
+                                  SignatureConstructionMethod.enveloped, None)
+    return Prepared(etree.tostring(signed, xml_declaration=True, encoding="UTF-8"),
+                    {signature_id: digest}, {signature_id: size})
 
 
 def _signature_by_id(root: XmlElement, signature_id: str) -> XmlElement:
@@ -284,6 +309,21 @@ async def sign_slots(document: bytes, slots: Sequence[SignatureSlot], signer: Si
                                f"{type(exc).__name__}: {exc}") from exc
         document = add_timestamps(document, {s.signature_id: t.dump() for s, t in zip(slots, tokens)})
     return document
+
+
+async def sign_enveloped(document: bytes, identity: SigningIdentity, signer: Signer, *, signature_id: str,
+                         c14n: str = "exclusive", description: str = "",
+                         executor: Executor | None = None) -> bytes:
+    """Sign the whole ``document`` as ``identity`` with ``signer``: one enveloped XAdES-BES
+    signature (``prepare_enveloped``), the digest signed by the signer plugin like any slot's."""
+    certs = await signer.certificates(identity)
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    loop = asyncio.get_running_loop()
+    name = description or identity.role
+    prepared = await loop.run_in_executor(executor, partial(
+        prepare_enveloped, document, certs, name=name, signature_id=signature_id, signing_time=now, c14n=c14n))
+    [raw] = await signer.sign_digests([DigestSignRequest(identity, prepared.digests[signature_id], "sha256", name)])
+    return await loop.run_in_executor(executor, complete, prepared, {signature_id: raw})
 
 
 # --- verification ----------------------------------------------------------------------------
@@ -373,6 +413,61 @@ def _check_timestamp(token_b64: str, value_digest: bytes) -> tuple[dt.datetime |
     return tst["gen_time"].native, ""
 
 
+async def _checked(root: XmlElement, signature: XmlElement, sid: str, name: str, role: str, location: str,
+                   chain: list[x509.Certificate], trust_roots: Sequence[bytes], problems: list[str],
+                   ) -> XmlSignatureReport:
+    # What every XAdES signature must pass wherever it sits: value and digests (signxml, at the
+    # ``location`` given, so a signature moved elsewhere does not verify), SigningTime, its
+    # timestamp, the chain to the trust anchors. ``problems`` holds what the caller found.
+    cert = chain[0]
+    cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    signer_name = str(cn[0].value) if cn else cert.subject.rfc4514_string()
+    valid = True
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            XAdESVerifier().verify(
+                root, x509_cert=cert, id_attribute="Id",
+                expect_config=XAdESSignatureConfiguration(location=location, expect_references=3))
+        for w in caught:
+            _log.warning("xml.verify_warning", slot=name, warning=str(w.message))
+    except (SignXMLException, InvalidInput, ValueError) as exc:
+        valid = False
+        problems.append(f"{name}: the signature does not verify ({exc})")
+    except Exception as exc:  # a malformed signature is a verdict, never a traceback
+        valid = False
+        problems.append(f"{name}: the signature cannot be checked ({type(exc).__name__}: {exc})")
+    when_text = signature.findtext("ds:Object/xades:QualifyingProperties/xades:SignedProperties/"
+                                   "xades:SignedSignatureProperties/xades:SigningTime", namespaces=_NS)
+    signing_time = None
+    if when_text:
+        try:
+            signing_time = dt.datetime.fromisoformat(when_text.replace("Z", "+00:00"))
+        except ValueError:
+            problems.append(f"{name}: SigningTime {when_text!r} is not a date and time")
+    else:
+        problems.append(f"{name}: no XAdES SigningTime")
+    ts_time = None
+    token = signature.findtext("ds:Object/xades:QualifyingProperties/xades:UnsignedProperties/"
+                               "xades:UnsignedSignatureProperties/xades:SignatureTimeStamp/"
+                               "xades:EncapsulatedTimeStamp", namespaces=_NS)
+    if token:
+        value = signature.find("ds:SignatureValue", namespaces=_NS)
+        digest = hashlib.sha256(etree.tostring(value, method="c14n", exclusive=True)).digest()
+        ts_time, ts_problem = _check_timestamp(token, digest)
+        if ts_problem:
+            problems.append(f"{name}: {ts_problem}")
+    trusted = None
+    if trust_roots:
+        trusted, why = await _trusted(cert, chain[1:], list(trust_roots), None)
+        if not trusted:
+            problems.append(f"{name}: the certificate of {signer_name} does not chain to a "
+                            f"trust anchor ({why})")
+    return XmlSignatureReport(
+        name, role, sid, signer_name, cert.public_bytes(Encoding.DER), signing_time, ts_time,
+        valid, trusted, tuple(problems))
+
+
 async def verify_document(document: bytes, fmt: DocumentFormat, trust_roots: Sequence[bytes] = (),
                           ) -> XmlVerifyReport:
     """Check every ``ds:Signature`` of ``document``; trust only if ``trust_roots`` (DER) are given."""
@@ -415,55 +510,46 @@ async def verify_document(document: bytes, fmt: DocumentFormat, trust_roots: Seq
             reports.append(XmlSignatureReport(slot.name, slot.role, sid,
                                               problems=(*problems, f"{slot.name}: carries no certificate"),))
             continue
-        cert = chain[0]
-        cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
-        signer_name = str(cn[0].value) if cn else cert.subject.rfc4514_string()
-        location = slot.path + "/"
-        valid = True
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                XAdESVerifier().verify(
-                    root, x509_cert=cert, id_attribute="Id",
-                    expect_config=XAdESSignatureConfiguration(location=location, expect_references=3))
-            for w in caught:
-                _log.warning("xml.verify_warning", slot=slot.name, warning=str(w.message))
-        except (SignXMLException, InvalidInput, ValueError) as exc:
-            valid = False
-            problems.append(f"{slot.name}: the signature does not verify ({exc})")
-        except Exception as exc:  # a malformed signature is a verdict, never a traceback
-            valid = False
-            problems.append(f"{slot.name}: the signature cannot be checked ({type(exc).__name__}: {exc})")
-        when_text = signature.findtext("ds:Object/xades:QualifyingProperties/xades:SignedProperties/"
-                                       "xades:SignedSignatureProperties/xades:SigningTime", namespaces=_NS)
-        signing_time = None
-        if when_text:
-            try:
-                signing_time = dt.datetime.fromisoformat(when_text.replace("Z", "+00:00"))
-            except ValueError:
-                problems.append(f"{slot.name}: SigningTime {when_text!r} is not a date and time")
-        else:
-            problems.append(f"{slot.name}: no XAdES SigningTime")
-        ts_time = None
-        token = signature.findtext("ds:Object/xades:QualifyingProperties/xades:UnsignedProperties/"
-                                   "xades:UnsignedSignatureProperties/xades:SignatureTimeStamp/"
-                                   "xades:EncapsulatedTimeStamp", namespaces=_NS)
-        if token:
-            value = signature.find("ds:SignatureValue", namespaces=_NS)
-            digest = hashlib.sha256(etree.tostring(value, method="c14n", exclusive=True)).digest()
-            ts_time, ts_problem = _check_timestamp(token, digest)
-            if ts_problem:
-                problems.append(f"{slot.name}: {ts_problem}")
-        trusted = None
-        if trust_roots:
-            trusted, why = await _trusted(cert, chain[1:], list(trust_roots), None)
-            if not trusted:
-                problems.append(f"{slot.name}: the certificate of {signer_name} does not chain to a "
-                                f"trust anchor ({why})")
-        reports.append(XmlSignatureReport(
-            slot.name, slot.role, sid, signer_name, cert.public_bytes(Encoding.DER), signing_time, ts_time,
-            valid, trusted, tuple(problems)))
+        reports.append(await _checked(root, signature, sid, slot.name, slot.role, slot.path + "/", chain,
+                                      trust_roots, problems))
     return XmlVerifyReport(reports, slots)
+
+
+async def verify_enveloped(document: bytes, trust_roots: Sequence[bytes] = (), *, name: str = "signature",
+                           role: str = "") -> XmlSignatureReport:
+    """Check a document signed as a whole (``sign_enveloped``): exactly one ``ds:Signature``,
+    the root's last child, whose data reference is the whole document (``URI=""`` with the
+    enveloped-signature transform), valid, and — with ``trust_roots`` — chaining to one.
+    Anything else in the document is unsigned, so a second signature or one elsewhere is refused
+    rather than ignored."""
+    try:
+        root = parse(document).getroot()
+    except ValueError as exc:
+        return XmlSignatureReport(name, role, "", problems=(f"{name}: cannot read the XML: {exc}",))
+    found = list(root.iter(_ds("Signature")))
+    if len(found) != 1:
+        return XmlSignatureReport(name, role, "", problems=(
+            f"{name}: the document carries {len(found) or 'no'} signature{'s' if len(found) != 1 else ''}; "
+            f"exactly one is expected",))
+    signature = found[0]
+    sid = signature.get("Id") or "(no Id)"
+    problems = []
+    if signature.getparent() is not root or signature.getnext() is not None:
+        problems.append(f"{name}: the signature must be the root's last child, found at {_where(signature)}")
+    data_refs = signature.xpath("ds:SignedInfo/ds:Reference[not(@Type) and not(starts-with(@URI, '#'))]",
+                                namespaces=_NS)
+    enveloped = SignatureConstructionMethod.enveloped.value
+    if len(data_refs) != 1 or data_refs[0].get("URI") != "" or enveloped not in data_refs[0].xpath(
+            "ds:Transforms/ds:Transform/@Algorithm", namespaces=_NS):
+        problems.append(f"{name}: does not sign the whole document (a Reference URI=\"\" with the "
+                        f"enveloped-signature transform)")
+    try:
+        chain = _chain_of(signature)
+    except ValueError:
+        chain = []
+    if not chain:
+        return XmlSignatureReport(name, role, sid, problems=(*problems, f"{name}: carries no certificate"))
+    return await _checked(root, signature, sid, name, role, "./", chain, trust_roots, problems)
 
 
 def verify_document_blocking(document: bytes, format_name: str, trust_roots: tuple[bytes, ...] = ()) -> XmlVerifyReport:

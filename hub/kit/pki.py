@@ -30,7 +30,7 @@ from cryptography.x509.oid import (
     ObjectIdentifier,
 )
 
-from hub.contracts import SigningIdentity
+from hub.contracts import ORGANISATION_ROLES, SigningIdentity
 
 __all__ = ["ROOT_CERT", "TSA_CERT", "TSA_KEY", "create_root", "ensure_pki", "issue", "issue_tsa",
            "load_root"]
@@ -43,7 +43,7 @@ TSA_KEY = "tsa.key"
 # document signatures with its e-mail signer usage.
 _DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 _ROLE_TITLES = {"subject_teacher": "Giáo viên bộ môn", "homeroom_teacher": "Giáo viên chủ nhiệm", "principal": "Hiệu trưởng",
-                "school_seal": "Con dấu nhà trường"}
+                "school_seal": "Con dấu nhà trường", "department": "Sở Giáo dục và Đào tạo"}
 
 
 def _key() -> rsa.RSAPrivateKey:
@@ -158,7 +158,7 @@ def issue(directory: Path, identities: Iterable[SigningIdentity], password: str 
             # Vietnamese CAs name the holder's identifier in UID: CCCD:<12 digits> for a person,
             # MST:<tax code> for an organisation (the test PKI's schools have no tax code: their
             # school code stands in).
-            x509.NameAttribute(NameOID.USER_ID, ("MST:" if identity.role == "school_seal" else "CCCD:")
+            x509.NameAttribute(NameOID.USER_ID, ("MST:" if identity.role in ORGANISATION_ROLES else "CCCD:")
                                + identity.key),
             x509.NameAttribute(NameOID.COMMON_NAME, identity.name),
         ])

@@ -334,7 +334,8 @@ def nfd(text: str) -> str:
 
 def signing_identities(year: int = 2024) -> list[SigningIdentity]:
     """Every identity that can sign a synthetic transcript: a homeroom teacher per class, a
-    teacher per subject of a secondary school, a principal and a seal per school. The demo issues its throwaway PKI for exactly these."""
+    teacher per subject of a secondary school, a principal and a seal per school; and the
+    Department that signs their class packages. The demo issues its throwaway PKI for exactly these."""
     grades = {"02": range(1, 6), "03": range(6, 10), "04": range(10, 13)}
     out = []
     for _dept, code, name, level, _place in SCHOOLS:
@@ -350,4 +351,16 @@ def signing_identities(year: int = 2024) -> list[SigningIdentity]:
         principal, pid = _principal(code)
         out.append(SigningIdentity("principal", principal, code, pid))
         out.append(SigningIdentity("school_seal", name, code))
+    # The Department that signs the class packages of these schools.
+    for dept in sorted({school[0] for school in SCHOOLS}):
+        out.append(department_identity(dept))
     return out
+
+
+DEPARTMENT_NAMES = {"01": "Sở Giáo dục và Đào tạo Hà Nội"}
+"""The synthetic schools' Department(s): code → name."""
+
+
+def department_identity(code: str = "01") -> SigningIdentity:
+    """The identity that signs the class packages of Department ``code`` (its key: the code)."""
+    return SigningIdentity("department", DEPARTMENT_NAMES.get(code, f"Sở Giáo dục và Đào tạo {code}"), code)

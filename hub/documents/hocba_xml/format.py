@@ -226,7 +226,8 @@ class HocbaXml(DocumentFormat):
         return {"school_code": info.findtext("MATRUONG"), "transcript_id": info.findtext("MADINHDANHHOCBA"),
                 "record_id": info.findtext("IDBANGHI"), "version": info.findtext("PHIENBAN"),
                 "updated_at": info.findtext("THOIGIANCAPNHAT"), "school_name": info.findtext("TENTRUONG"),
-                "school_year": info.findtext("NAMHOC")}
+                "school_year": info.findtext("NAMHOC"), "class_name": info.findtext("TENLOP"),
+                "department_code": info.findtext("MASOGD")}
 
 
 @cache
