@@ -48,12 +48,25 @@ from hub.records import parse_transcript
 from hub.store.sqlite import is_future
 
 
+class ArrivedMismatch(ValueError):
+    """A document delivered already signed is not the record: its reasons quarantine it."""
+
+    def __init__(self, reasons: list[str]):
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
 def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = True,
                xml_format: str | None = None, verification: tuple[str, str | None] | None = None,
-               ) -> tuple[bytes | None, bytes | None]:
+               arrived: bytes | None = None) -> tuple[bytes | None, bytes | None]:
     """Build the documents in a worker process (top-level so it pickles): the PDF (its font
     loads once per process) and the XML học bạ, each only if configured. The PDF carries the
-    XML's data as an attachment, and ``verification`` (code, public URL) as a QR code."""
+    XML's data as an attachment, and ``verification`` (code, public URL) as a QR code.
+
+    ``arrived``: the XML the school's software delivered already signed. It is kept instead of
+    the hub's own only if, signatures aside, it is exactly the document built from the record
+    (``ArrivedMismatch`` naming each difference otherwise); its signatures are checked at the
+    first signing step."""
     from hub.documents.render import render_pdf
 
     record = parse_transcript(normalized)
@@ -66,6 +79,19 @@ def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = T
         errors = fmt.schema_errors(xml)
         if errors:  # a format bug, not the record's: never sign a document its schema refuses
             raise ValueError(f"the {xml_format} document does not validate against its schema: {errors[0]}")
+        if arrived is not None:
+            from hub.documents.xmldsig import unsigned_differences
+
+            try:
+                problems = [f"signed XML (schema): {e}" for e in fmt.schema_errors(arrived)[:3]]
+                problems += [f"signed XML {d}" for d in unsigned_differences(xml, arrived)] if not problems else []
+            except ValueError as exc:
+                problems = [f"signed XML: {exc}"]
+            if problems:
+                raise ArrivedMismatch(problems)
+            pdf_xml, xml = xml, arrived
+            # The PDF embeds the unsigned twin: the signed XML changes at every step after it.
+            return (render_pdf(record, roles, xml=pdf_xml, verification=verification) if pdf else None), xml
     return (render_pdf(record, roles, xml=xml, verification=verification) if pdf else None), xml
 
 
@@ -648,8 +674,23 @@ class Hub:
         code = row.verify_code or new_code()
         base = self.config.verify.public_base_url
         verification = (code, f"{base.rstrip('/')}/{code}" if base else None)
-        pdf, xml = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles,
-                                              self.config.makes_pdf, self.config.xml_format, verification)
+        arrived = None
+        adapter = self.adapters.get(row.adapter)
+        if adapter is not None and self.config.xml_format:
+            try:
+                arrived = adapter.signed_document(row.raw())
+            except ValueError as exc:
+                await self.move(row, lc.QUARANTINED, detail="the signed XML delivered with it cannot be read",
+                                errors=[str(exc)])
+                return
+        try:
+            pdf, xml = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles,
+                                                  self.config.makes_pdf, self.config.xml_format, verification,
+                                                  arrived)
+        except ArrivedMismatch as exc:
+            await self.move(row, lc.QUARANTINED, detail="arrived signed, and what was signed is not the record",
+                            errors=exc.reasons)
+            return
         await self.move(row, lc.RENDERED, pdf=pdf, xml=xml, verify_code=code)
 
     async def _sign(self, pk: int) -> None:
@@ -658,7 +699,7 @@ class Hub:
         The XML học bạ gets the role's XAdES signatures in its slots (subject teachers: one per
         subject, all in this step), the PDF the role's PAdES signature, concurrently, so a remote
         signer's one approval covers both. A document that arrived already signed (a vendor's
-        signatures) is validated against ``signing.trust`` and the record, and only its missing
+        signatures) is validated against the trust anchors (``signing.trust``, ``signing.trust_anchors``) and the record, and only its missing
         steps are signed; a broken, misplaced or mismatched signature quarantines the record
         naming the slot. After the last step every document is validated and bound to the
         record, and one that does not hold is never handed to delivery.
@@ -677,7 +718,7 @@ class Hub:
         try:
             record = parse_transcript(row.normalized)
             step = signing.step_for(role, record.school_code)
-            trust = trust_roots_der(tuple(signing.trust))
+            trust = trust_roots_der(tuple(self.config.trust_paths()))
             signer = self.signers.get(step.signer)
             if signer is None:
                 raise PluginError(f"signer {step.signer!r} (for school {record.school_code}) is not "
