@@ -48,6 +48,10 @@ from hub.records import parse_transcript
 from hub.store.sqlite import is_future
 
 
+REVOCATION_TTL = 300.0
+"""Seconds a certificate's good revocation status is trusted before it is asked again."""
+
+
 class ArrivedMismatch(ValueError):
     """A document delivered already signed is not the record: its reasons quarantine it."""
 
@@ -216,6 +220,8 @@ class Hub:
         self.outbox: Outbox | None = None
         self._stopping = asyncio.Event()
         self._hook = manager().hook
+        # Signing certificate (SHA-256 of its DER) → (until when, why it may not sign: "" if it may).
+        self._revocation: dict[bytes, tuple[float, str]] = {}
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -745,6 +751,16 @@ class Hub:
                 xml_slots, note = self._xml_slots_for(role, xml, arrived)
                 if note:
                     notes.append(note)
+            sign_pdf = pdf is not None and role in self._pdf_roles and role not in signed_before
+            if signing.revocation_check:
+                identities = [s.identity for s in xml_slots]
+                if sign_pdf:
+                    identities.append(request_for(record, pdf, role).identity)
+                problems = await self._revoked(signer, identities, trust)
+                if problems:
+                    await self.move(row, lc.FAILED, detail=f"{role}: the signer's certificate may not sign",
+                                    errors=[f"{role}: {p}" for p in problems])
+                    return
             jobs = []
             if xml_slots:
                 from hub.documents.render import ROLE_LABELS
@@ -754,7 +770,6 @@ class Hub:
                     xml, xml_slots, signer, level=step.level or "B-B", timestamp_url=step.timestamp_url or "",
                     c14n=signing.c14n, executor=self._pool,
                     description=f"{ROLE_LABELS.get(role, role)} ký học bạ {record.transcript_id} (XML)"))
-            sign_pdf = pdf is not None and role in self._pdf_roles and role not in signed_before
             if sign_pdf:
                 request = request_for(record, pdf, role, level=step.level or "B-B",
                                       timestamp_url=step.timestamp_url or "")
@@ -775,6 +790,31 @@ class Hub:
                 return
         await self.move(row, lc.SIGNED_PREFIX + role, pdf=pdf, xml=xml,
                          detail="; ".join(notes) or None)
+
+    async def _revoked(self, signer: Signer, identities: list[Any], trust: tuple[bytes, ...]) -> list[str]:
+        """Why any of ``identities``' certificates must not sign now (revoked, expired, or its CA
+        cannot say), checked before the step signs, as the signature rules require. A good
+        answer is kept for ``REVOCATION_TTL`` seconds, so a class batch asks each CA once."""
+        import hashlib
+
+        from hub.documents.signing import certificate_problem
+
+        problems = []
+        if type(signer).certificates is Signer.certificates:
+            return []  # a signer that cannot show its certificate before signing (PDF only)
+        for identity in {i.key: i for i in identities}.values():
+            chain = tuple(await signer.certificates(identity))
+            key = hashlib.sha256(chain[0]).digest()
+            cached = self._revocation.get(key)
+            if cached is not None and cached[0] > time.monotonic():
+                problem = cached[1]
+            else:
+                problem, keep = await certificate_problem(chain, trust)
+                if keep:
+                    self._revocation[key] = (time.monotonic() + REVOCATION_TTL, problem)
+            if problem:
+                problems.append(problem)
+        return problems
 
     @property
     def _pdf_roles(self) -> tuple[str, ...]:
