@@ -39,6 +39,9 @@ from fpdf.fonts import SubsetMap, TTFFont
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.fields import (
+    FieldMDPAction,
+    FieldMDPSpec,
+    MDPPerm,
     SigFieldSpec,
     append_signature_field,
     enumerate_sig_fields,
@@ -813,8 +816,15 @@ def render_pdf(record: PrimaryTranscript | SecondaryTranscript,
     # fpdf2 creates at most one /Sig field, and only as part of its own signing; pyHanko adds
     # all of them in one incremental update (≈2 ms).
     writer = IncrementalPdfFileWriter(io.BytesIO(body))
-    for role in [r for r in roles if r in PDF_ROLES]:
-        spec = SigFieldSpec(sig_field_name=role, on_page=boxes[role].page, box=boxes[role].box)
+    fields = [r for r in roles if r in PDF_ROLES]
+    for role in fields:
+        lock = {}
+        if role == fields[-1]:
+            # The last signature (the school's issuing one) locks the document: its field carries
+            # a lock dictionary (every field, DocMDP P=1 "no changes"), so a change after it other
+            # than validation data and document timestamps invalidates it.
+            lock = {"field_mdp_spec": FieldMDPSpec(FieldMDPAction.ALL), "doc_mdp_update_value": MDPPerm.NO_CHANGES}
+        spec = SigFieldSpec(sig_field_name=role, on_page=boxes[role].page, box=boxes[role].box, **lock)
         append_signature_field(writer, spec)
     out = io.BytesIO()
     writer.write(out)
