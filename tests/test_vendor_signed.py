@@ -23,7 +23,8 @@ from hub import lifecycle as lc
 from hub import plugins
 from hub.config import parse_config
 from hub.documents.binding import verify_file
-from hub.documents.verify import load_certs
+from hub.documents.render import XML_ATTACHMENT_NAME
+from hub.documents.verify import extract_attachment, load_certs
 from hub.documents.xmldsig import DS, unsigned_differences
 from hub.documents.xmlsafe import parse
 from hub.engine.pipeline import Hub
@@ -149,6 +150,10 @@ async def test_vendor_signed_xml_is_kept_and_only_the_missing_stages_are_added(p
         assert final.find(f"PHAT_HANH_HOC_BA/CBQL/{{{DS}}}Signature") is not None
         assert final.find(f"PHAT_HANH_HOC_BA/KY_PHAT_HANH/{{{DS}}}Signature") is not None
         verdict = await verify_file(row.xml, trust_roots=roots)
+        assert verdict.ok, verdict.lines()
+        # The PDF twin carries the XML as it arrived, teachers' signatures included, and holds.
+        assert extract_attachment(row.pdf, XML_ATTACHMENT_NAME) == arrived
+        verdict = await verify_file(row.pdf, trust_roots=roots)
         assert verdict.ok, verdict.lines()
         # Without the vendor's root the same document does not verify: trust is really checked.
         verdict = await verify_file(row.xml, trust_roots=[c.dump() for c in load_certs(hub_root)])

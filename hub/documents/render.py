@@ -786,9 +786,10 @@ def _layout(record: PrimaryTranscript | SecondaryTranscript,
         compress=True,
     )
     if xml is not None:
-        # The XML học bạ as built from the record, before its signatures: the signatures of
-        # this PDF cover exactly that data (a PDF cannot take an attachment after it is signed,
-        # so the XML's own signatures travel in the XML document delivered beside it).
+        # The XML học bạ as it stands before this PDF's first signature: as built from the
+        # record, or as it arrived signed by teachers in the school's software. The signatures
+        # of this PDF cover exactly that; a signed PDF cannot take a new attachment, so the
+        # XML's later signatures travel in the XML document delivered beside it.
         pdf.embed_file(
             bytes=xml, basename=XML_ATTACHMENT_NAME, mime_type="application/xml",
             associated_file_relationship="Source", modification_date=updated,

@@ -93,9 +93,9 @@ def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = T
                 problems = [f"signed XML: {exc}"]
             if problems:
                 raise ArrivedMismatch(problems)
-            pdf_xml, xml = xml, arrived
-            # The PDF embeds the unsigned twin: the signed XML changes at every step after it.
-            return (render_pdf(record, roles, xml=pdf_xml, verification=verification) if pdf else None), xml
+            # The PDF embeds the XML as it arrived: the teachers' signatures made in the school's
+            # software travel in the PDF too (the hub's later ones cannot: its signatures come after).
+            xml = arrived
     return (render_pdf(record, roles, xml=xml, verification=verification) if pdf else None), xml
 
 
