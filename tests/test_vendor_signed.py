@@ -78,7 +78,7 @@ async def test_vendor_signed_xml_is_kept_and_only_the_missing_stages_are_added(p
     directory, hub_root = pki
     misa = MisaSimulator(records=4)
     misa_root = misa.sign_xml("school-misa", tmp_path / "misa-pki", VENDOR_PASSWORD)
-    sender = PushSimulator(records=5)
+    sender = PushSimulator(records=6)
     push_root = sender.sign_xml("school-push", tmp_path / "push-pki", VENDOR_PASSWORD)
     envelopes = sender.envelopes()
     # 1: signed in the school's software with a key from a CA the Department does not trust.
@@ -97,6 +97,11 @@ async def test_vendor_signed_xml_is_kept_and_only_the_missing_stages_are_added(p
     value.text = ("B" if value.text[0] == "A" else "A") + value.text[1:]
     envelopes[4]["signed_xml"] = _encoded(etree.tostring(tree))
 
+    # 5: the principal signed in the school's software while the homeroom teacher has not.
+    e = envelopes[5]
+    central = {**sender.seeded(5), "record_id": record_id_for("school-push", e["source_id"]), "version": 1,
+               "event": "NEW", "updated_at": e["updated_at"]}
+    e["signed_xml"] = _encoded(sign_xml(central, ("principal",), tmp_path / "push-pki", VENDOR_PASSWORD))
     central_store = MoetSimulator()
     await misa.start()
     await central_store.start()
@@ -169,6 +174,10 @@ async def test_vendor_signed_xml_is_kept_and_only_the_missing_stages_are_added(p
     broken = rows[("school-push", envelopes[4]["source_id"])]
     assert broken.state == lc.QUARANTINED
     assert any(e.startswith("XML GVCN:") and "does not verify" in e for e in broken.errors), broken.errors
+
+    early = rows[("school-push", envelopes[5]["source_id"])]
+    assert early.state == lc.QUARANTINED
+    assert any(e.startswith("XML CBQL:") and "GVCN" in e and "order" in e for e in early.errors), early.errors
 
     if shutil.which("xmlsec1") is None:
         pytest.skip("xmlsec1 is not installed")

@@ -868,6 +868,17 @@ class Hub:
             ours = set(self.roles[:done])
             return {s.name for s in fmt.slots(xml) if s.name in present and s.role not in ours}
         problems = await self._xml_problems(record, xml, trust, required=())
+        # A later stage signed while an earlier one is still empty: the hub's signature in the
+        # empty slot would change what the later one sealed (#data holds the teachers' slots).
+        stage = {r: i for i, r in enumerate(self.roles)}
+        slots = fmt.slots(xml)
+        for late in (s for s in slots if s.name in present and s.role in stage):
+            early = next((s for s in slots if s.name not in present and s.role in stage
+                          and stage[s.role] < stage[late.role]
+                          and (s.role != "subject_teacher" or s.identity.personal_id)), None)
+            if early is not None:
+                problems.append(f"XML {late.name}: signed while {early.name} ({early.role}) is not, out of the "
+                                f"signing order")
         if problems:
             await self.move(row, lc.QUARANTINED, detail="arrived signed, and the signatures do not hold",
                              errors=problems)
