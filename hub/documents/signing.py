@@ -116,3 +116,11 @@ async def certificate_problem(chain: list[bytes] | tuple[bytes, ...], trust: tup
         if closing is not None:
             await closing()
     return "", True
+
+
+def certificate_problem_blocking(chain: tuple[bytes, ...], trust: tuple[bytes, ...] = ()) -> tuple[str, bool]:
+    """``certificate_problem`` for a worker process (no running loop): path building and the
+    CA's answers are CPU the coordinating process should not spend."""
+    import asyncio
+
+    return asyncio.run(certificate_problem(chain, trust))

@@ -222,6 +222,7 @@ class Hub:
         self._hook = manager().hook
         # Signing certificate (SHA-256 of its DER) → (until when, why it may not sign: "" if it may).
         self._revocation: dict[bytes, tuple[float, str]] = {}
+        self._revocation_asking: dict[bytes, asyncio.Future[tuple[str, bool]]] = {}
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -797,7 +798,7 @@ class Hub:
         answer is kept for ``REVOCATION_TTL`` seconds, so a class batch asks each CA once."""
         import hashlib
 
-        from hub.documents.signing import certificate_problem
+        from hub.documents.signing import certificate_problem_blocking
 
         problems = []
         if type(signer).certificates is Signer.certificates:
@@ -809,7 +810,14 @@ class Hub:
             if cached is not None and cached[0] > time.monotonic():
                 problem = cached[1]
             else:
-                problem, keep = await certificate_problem(chain, trust)
+                # Records of one class reach a step together: one question to the CA for all.
+                asking = self._revocation_asking.get(key)
+                if asking is None:
+                    asking = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(
+                        self._pool, certificate_problem_blocking, chain, trust))
+                    self._revocation_asking[key] = asking
+                    asking.add_done_callback(lambda _f, k=key: self._revocation_asking.pop(k, None))
+                problem, keep = await asyncio.shield(asking)
                 if keep:
                     self._revocation[key] = (time.monotonic() + REVOCATION_TTL, problem)
             if problem:
