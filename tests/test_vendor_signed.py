@@ -10,7 +10,6 @@ import asyncio
 import base64
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import uvicorn

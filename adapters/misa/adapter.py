@@ -359,7 +359,8 @@ CERTIFICATE = {"name": ("name", True), "issuedDate": ("issued_on", False), "issu
 
 PRIMARY_KEYS = frozenset(PRIMARY) | {"subjects", "qualities", "competencies", "awards"}
 SECONDARY_KEYS = frozenset(SECONDARY) | {"subjects", "learningResult", "conduct", "certificates", "awards"}
-TOP_KEYS = frozenset({"school", "transcript", "student", "evaluation", "approval", SIGNED_XML}) | ENVELOPE_KEYS | IGNORED_KEYS
+TOP_KEYS = (frozenset({"school", "transcript", "student", "evaluation", "approval", SIGNED_XML})
+            | ENVELOPE_KEYS | IGNORED_KEYS)
 
 
 def _object(parent: dict[str, Any], key: str, path: str) -> dict[str, Any]:

@@ -339,8 +339,9 @@ class MisaSimulator(FaultySimulator):
 
     def _sign(self, row: _Row) -> None:
         instance, directory, password, roles = self._signing
+        event = "CANCEL" if row.deleted else ("NEW" if row.version == 1 else "UPDATE")
         central = {**copy.deepcopy(row.central), "record_id": record_id_for(instance, row.source_id),
-                   "version": row.version, "event": "CANCEL" if row.deleted else ("NEW" if row.version == 1 else "UPDATE"),
+                   "version": row.version, "event": event,
                    "updated_at": row.updated.astimezone(VIETNAM_TIME).strftime("%Y-%m-%dT%H:%M:%S")}
         document = sign_xml(central, roles, directory, password, root_name="MISA EMIS Test CA")
         row.signed = (row.version, base64.b64encode(document).decode("ascii"))

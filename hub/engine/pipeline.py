@@ -706,9 +706,10 @@ class Hub:
         The XML học bạ gets the role's XAdES signatures in its slots (subject teachers: one per
         subject, all in this step), the PDF the role's PAdES signature, concurrently, so a remote
         signer's one approval covers both. A document that arrived already signed (a vendor's
-        signatures) is validated against the trust anchors (``signing.trust``, ``signing.trust_anchors``) and the record, and only its missing
-        steps are signed; a broken, misplaced or mismatched signature quarantines the record
-        naming the slot. After the last step every document is validated and bound to the
+        signatures) is validated against the trust anchors (``signing.trust``,
+        ``signing.trust_anchors``) and the record, and only its missing steps are signed; a
+        broken, misplaced or mismatched signature quarantines the record naming the slot. Before
+        signing, the signers' certificates are checked for revocation (``_revoked``). After the last step every document is validated and bound to the
         record, and one that does not hold is never handed to delivery.
         """
         from hub.documents.signing import request_for
