@@ -54,7 +54,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("GIVEN", "INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript",
                      "with_subject_teachers"),
                     "hub.kit.synthetic"),
-    "ensure_pki": "hub.kit.pki",
+    **dict.fromkeys(("ROOT_CERT", "ensure_pki", "sign_xml"), "hub.kit.pki"),
     **dict.fromkeys(("CHECKS", "assert_conformant"), "hub.kit.conformance"),
     "AdapterConformance": "hub.kit.pytest_plugin",
     "scrub": "hub.logs",

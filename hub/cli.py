@@ -128,6 +128,7 @@ def cmd_normalize(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import warnings
 
+    from hub.config import ConfigError, load_config
     from hub.documents.binding import verify_file
     from hub.documents.verify import load_certs
     from hub.logs import capture_library_logs, configure, get_logger
@@ -136,10 +137,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     configure("console", "warning")
     capture_library_logs("warning")
     warnings.simplefilter("default")
+    trust = list(args.trust or [])
+    if args.anchors:
+        # Named sets from the configuration (trust_anchors: neac, vgca, …), beside any --trust.
+        if not args.config:
+            _print_errors(["--anchors needs --config: the sets are defined under trust_anchors there"])
+            return 2
+        try:
+            config = load_config(args.config)
+            names = [n.strip() for n in args.anchors.split(",") if n.strip()]
+            trust += [str(p) for p in config.trust_paths(names)]
+        except ConfigError as exc:
+            _print_errors(exc.errors)
+            return 2
+        except ValueError as exc:
+            _print_errors([f"--anchors: {exc}"])
+            return 2
     try:
-        roots = [c.dump() for c in load_certs(args.trust)] if args.trust else []
+        roots = [c.dump() for c in load_certs(trust)] if trust else []
     except (OSError, ValueError) as exc:
-        _print_errors([f"--trust: cannot read {', '.join(args.trust)}: {exc}"])
+        _print_errors([f"--trust: cannot read {', '.join(trust)}: {exc}"])
         return 2
     school_ids: dict[str, list[str]] = {}
     for item in args.school_id or []:
@@ -392,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", help=".xml and .pdf files")
     p.add_argument("--trust", action="append",
                    help="PEM file of trust anchors (repeatable: the national root, the government CA…)")
+    p.add_argument("--anchors", metavar="NAMES",
+                   help="comma-separated trust anchor sets from --config's trust_anchors, e.g. neac,vgca")
+    p.add_argument("--config", help="the hub's YAML file, for --anchors")
     p.add_argument("--school-id", action="append", metavar="CODE=ID",
                    help="an identifier of a school's organisation certificate, e.g. 01004001=MST:0101234567")
     p.set_defaults(func=cmd_verify)

@@ -93,6 +93,15 @@ class SigningConfig(_Strict):
         default_factory=list,
         description="PEM files of trusted roots: documents arriving signed must chain to one, and "
                     "so must every signature before delivery (empty: integrity checked, trust not)")
+    trust_anchors: list[str] = Field(
+        default_factory=list,
+        description="Names of sets under the top-level `trust_anchors` (e.g. neac, vgca) whose roots are "
+                    "trusted as `trust` is: for documents arriving signed and every signature before delivery")
+    revocation_check: bool = Field(
+        default=True,
+        description="Before each step signs, check the signer's certificate against its CA's OCSP responder "
+                    "or CRL (the addresses the certificate names); a revoked certificate fails the step "
+                    "with the reason, one that cannot be checked waits for a replay")
     c14n: Literal["exclusive", "inclusive"] = Field(
         default="exclusive", description="Canonicalisation of the XML học bạ's signatures")
     school_ids: dict[str, list[str]] = Field(
@@ -341,6 +350,11 @@ class HubConfig(_Strict):
     department: DepartmentConfig | None = Field(
         default=None, description="The Department that signs class packages (needed by a destination that "
                                   "takes packages)")
+    trust_anchors: dict[str, list[Path]] = Field(
+        default_factory=dict,
+        description="Named sets of trusted root certificates (PEM files), e.g. `neac` (the national root, "
+                    "public CAs) and `vgca` (the government CA, public-duty certificates); "
+                    "`signing.trust_anchors` and `hocba-hub verify --anchors` use them by name")
     documents: list[str] = Field(
         default_factory=lambda: ["xml", "pdf"], min_length=1,
         description="What the hub makes and signs per transcript: `pdf` and at most one XML document "
@@ -375,6 +389,15 @@ class HubConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"adapters: names must be unique, repeated: {', '.join(dupes)}")
+        missing = [n for n in self.signing.trust_anchors if n not in self.trust_anchors]
+        if missing:
+            raise ValueError(f"signing.trust_anchors: {', '.join(map(repr, missing))} not defined under "
+                             f"trust_anchors")
+        for name, files in self.trust_anchors.items():
+            absent = [str(f) for f in files if not f.exists()] if files else ["(no file listed)"]
+            if absent:
+                raise ValueError(f"trust_anchors.{name}: {', '.join(absent)} not found (a Department puts the "
+                                 f"root certificate it downloaded there; see the README)")
         signers = {s.name for s in self.signers}
         unknown = sorted(self.signing.signer_names() - signers)
         if unknown:
@@ -388,6 +411,17 @@ class HubConfig(_Strict):
                 raise ValueError(f"identity.name: {self.identity.name!r} is already the name of another "
                                  f"plugin instance")
         return self
+
+    def trust_paths(self, names: list[str] | None = None) -> list[Path]:
+        """The root certificate files signatures must chain to: ``signing.trust`` and the named
+        ``trust_anchors`` sets (``names``; default ``signing.trust_anchors``)."""
+        paths = list(self.signing.trust) if names is None else []
+        for name in self.signing.trust_anchors if names is None else names:
+            if name not in self.trust_anchors:
+                raise ValueError(f"trust anchor set {name!r} is not defined under trust_anchors "
+                                 f"(defined: {', '.join(sorted(self.trust_anchors)) or 'none'})")
+            paths += self.trust_anchors[name]
+        return paths
 
     @property
     def store_path(self) -> str:

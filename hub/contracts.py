@@ -167,6 +167,17 @@ class Adapter(Plugin):
         """
         return [RawRecord(source_id=Path(name).stem, payload=data)]
 
+    def signed_document(self, raw: RawRecord) -> bytes | None:
+        """The XML học bạ the school's software delivered with ``raw``, already signed for the
+        stages done there (subject teachers, the homeroom teacher…), or ``None`` (the default).
+
+        The hub keeps that document instead of building its own, once its content (signatures
+        aside) is exactly the document the hub builds from the normalised record; it validates
+        every signature against the trust anchors and the record, and signs only the stages left.
+        Raise ``ValueError`` naming the field when the payload carries something unreadable.
+        """
+        return None
+
     def verify_push(self, headers: Mapping[str, str], body: bytes) -> None:
         """For a push source: raise ``PermissionError`` (a reason safe to show the sender)
         unless the request to ``POST /ingest/{name}`` is authentic and fresh. Runs before

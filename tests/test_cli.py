@@ -48,6 +48,7 @@ def test_demo_delivers_every_valid_record_and_quarantines_the_rest(demo):
     assert (work / "out" / "root-ca.pem").exists()
     assert "demo OK" in result.stdout
     assert "quarantined  5" in result.stdout
+    assert "arrived signed by their teachers in the school's software (misa-hanoi, push-hanoi)" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     # The throwaway PKI lives in the data directory and is reused by the next run.
     assert (work / "hocba-data" / "pki" / "root-ca.pem").exists()
@@ -71,10 +72,29 @@ def test_verify_accepts_demo_pdfs_and_rejects_a_changed_byte(demo):
     pdfs = sorted(str(p) for p in out.glob("*.pdf"))
     xmls = sorted(str(p) for p in out.glob("*.xml"))
     assert len(xmls) == 20
-    ok = cli("verify", "--trust", str(out / "root-ca.pem"), *pdfs, *xmls)
+    # The push and misa vendors deliver XML signed by the teachers with their own test PKI.
+    vendor_roots = sorted(out.glob("vendor-*-root-ca.pem"))
+    assert {p.name for p in vendor_roots} == {"vendor-misa-hanoi-root-ca.pem", "vendor-push-hanoi-root-ca.pem"}
+    trust = [arg for root in (out / "root-ca.pem", *vendor_roots) for arg in ("--trust", str(root))]
+    ok = cli("verify", *trust, *pdfs, *xmls)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.count("(PDF): HỢP LỆ / VALID") == 20
     assert ok.stdout.count("(XML): HỢP LỆ / VALID") == 20
+    # Without the vendors' roots their teachers' signatures are not trusted, and it is said where.
+    hub_only = cli("verify", "--trust", str(out / "root-ca.pem"), *xmls)
+    assert hub_only.returncode == 1 and "GVCN: " in hub_only.stdout and "trust anchor" in hub_only.stdout
+    # The same roots as named sets of a configuration.
+    config = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+    config["trust_anchors"] = {"demo": [str(out / "root-ca.pem")], "vendors": [str(p) for p in vendor_roots]}
+    (work / "anchors.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    named = cli("verify", "--config", "anchors.yaml", "--anchors", "demo,vendors", *xmls, cwd=work)
+    assert named.returncode == 0 and named.stdout.count("(XML): HỢP LỆ / VALID") == 20, named.stdout + named.stderr
+    unknown = cli("verify", "--config", "anchors.yaml", "--anchors", "neac", xmls[0], cwd=work)
+    assert unknown.returncode == 2 and "'neac' is not defined under trust_anchors" in unknown.stdout + unknown.stderr
+    config["trust_anchors"]["vgca"] = [str(work / "missing-vgca.pem")]
+    (work / "anchors.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    missing = cli("verify", "--config", "anchors.yaml", "--anchors", "demo", xmls[0], cwd=work)
+    assert missing.returncode == 2 and "trust_anchors.vgca" in missing.stdout + missing.stderr
     data = bytearray(Path(pdfs[0]).read_bytes())
     data[len(data) // 3] ^= 0x01
     tampered = work / "tampered.pdf"

@@ -8,6 +8,8 @@ value cleaning (comma decimals, NFD names, ``…T00:00:00`` dates) to ``hub.reco
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import hmac
@@ -287,6 +289,10 @@ class MisaAdapter(HttpPullMixin, Adapter):
         except MisaError as exc:
             raise ValueError(str(exc)) from None
 
+    def signed_document(self, raw: RawRecord) -> bytes | None:
+        """``signedXml``: the XML học bạ as signed in the school's software (CONTRACT.md)."""
+        return signed_xml(load_json(raw.payload))
+
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         # Duplicate keys, deep nesting and non-JSON are refused with the reason (ContractError).
         return to_central(load_json(raw.payload))
@@ -301,6 +307,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
 
 ENVELOPE_KEYS = frozenset({"id", "modifiedAt", "isDeleted"})    # read by fetch, not content
 IGNORED_KEYS = frozenset({"modifiedBy"})                       # audit trail, not on a transcript
+SIGNED_XML = "signedXml"   # the XML học bạ signed in the school's software, base64 (optional)
 
 SCHOOL = {"departmentCode": ("department_code", True), "schoolCode": ("school_code", True),
           "schoolName": ("school_name", True), "schoolLevel": ("level", True)}
@@ -344,7 +351,7 @@ SUBJECT_COMPETENCIES = {"language": ("ngon_ngu", False), "mathematics": ("tinh_t
 SECONDARY = {"daysAbsent": ("days_absent", True), "promoted": ("promoted", True),
              "completedLevelProgram": ("completed_level_program", False)}
 SECONDARY_SUBJECT_KEYS = frozenset({"subjectCode", "subjectName", "evaluationType", "term1", "term2", "yearEnd",
-                                    "teacherName"})
+                                    "teacherName", "teacherPersonalIdentifier"})
 EVALUATION_FIELDS = {"score": ("term1_average", "term2_average", "year_average"),
                      "comment": ("term1_comment", "term2_comment", "year_comment")}
 TERMS = {"term1": ("term1", False), "term2": ("term2", False), "yearEnd": ("year", True)}
@@ -352,7 +359,8 @@ CERTIFICATE = {"name": ("name", True), "issuedDate": ("issued_on", False), "issu
 
 PRIMARY_KEYS = frozenset(PRIMARY) | {"subjects", "qualities", "competencies", "awards"}
 SECONDARY_KEYS = frozenset(SECONDARY) | {"subjects", "learningResult", "conduct", "certificates", "awards"}
-TOP_KEYS = frozenset({"school", "transcript", "student", "evaluation", "approval"}) | ENVELOPE_KEYS | IGNORED_KEYS
+TOP_KEYS = (frozenset({"school", "transcript", "student", "evaluation", "approval", SIGNED_XML})
+            | ENVELOPE_KEYS | IGNORED_KEYS)
 
 
 def _object(parent: dict[str, Any], key: str, path: str) -> dict[str, Any]:
@@ -397,7 +405,22 @@ def _secondary_subject(subject: dict[str, Any], where: str) -> dict[str, Any]:
             raise ValueError(f"{where}.yearEnd is missing")
     if "teacherName" in subject:
         out["teacher_name"] = subject["teacherName"]
+    if subject.get("teacherPersonalIdentifier") is not None:
+        out["teacher_personal_id"] = subject["teacherPersonalIdentifier"]
     return out
+
+
+def signed_xml(record: Any) -> bytes | None:
+    """The ``signedXml`` of a vendor record, decoded; ``ValueError`` naming it when unreadable."""
+    value = record.get(SIGNED_XML) if isinstance(record, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{SIGNED_XML}: expected the signed XML học bạ in base64, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{SIGNED_XML}: not valid base64") from None
 
 
 def to_central(record: Any) -> dict[str, Any]:

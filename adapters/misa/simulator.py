@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -28,13 +29,17 @@ from aiohttp import web
 
 from hub import (
     INVALID_KINDS,
+    ROOT_CERT,
     VIETNAM_TIME,
     Faults,
     FaultySimulator,
     drop_connection,
     invalid_transcript,
     nfd,
+    record_id_for,
+    sign_xml,
     transcript,
+    with_subject_teachers,
 )
 
 RECORDS_PATH = "/api/v1/transcripts"
@@ -153,6 +158,9 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
                                  "evaluationType": "score", "term1": _comma(s.get("term1_average")),
                                  "term2": _comma(s.get("term2_average")), "yearEnd": _comma(s["year_average"]),
                                  "teacherName": s.get("teacher_name")})
+        for item, s in zip(subjects, central["subjects"]):
+            if s.get("teacher_personal_id"):  # only schools that record it (CONTRACT.md)
+                item["teacherPersonalIdentifier"] = s["teacher_personal_id"]
         evaluation = {
             "subjects": subjects,
             "learningResult": {TERM_KEYS[k]: v for k, v in central["learning"].items()},
@@ -185,10 +193,15 @@ class _Row:
     updated: dt.datetime
     deleted: bool
     quirks: int
+    version: int = 1         # the hub's version of this record once it has read every change
+    signed: tuple[int, str] | None = None  # (version, signedXml) once signed
 
     def vendor(self) -> dict[str, Any]:
-        return to_vendor(self.central, source_id=self.source_id, updated=self.updated,
-                         deleted=self.deleted, quirks=self.quirks)
+        record = to_vendor(self.central, source_id=self.source_id, updated=self.updated,
+                           deleted=self.deleted, quirks=self.quirks)
+        if self.signed is not None:
+            record["signedXml"] = self.signed[1]
+        return record
 
 
 def _string_to_sign(method: str, path: str, params: list[tuple[str, str]], timestamp: str, nonce: str) -> bytes:
@@ -233,6 +246,7 @@ class MisaSimulator(FaultySimulator):
         self._token_serial = 0
         self._last_answer: bytes | None = None
         self._rows: list[_Row] = []
+        self._signing: tuple[str, Path, str, tuple[str, ...]] | None = None
         per_timestamp = max(1, per_timestamp)
         for i in range(records):
             self._rows.append(_Row(transcript(i, seed), self._source_id("hs", i), i + 1,
@@ -302,6 +316,35 @@ class MisaSimulator(FaultySimulator):
     def _bump(self, row: _Row) -> None:
         row.seq = max(r.seq for r in self._rows) + 1
         row.updated = max(r.updated for r in self._rows) + dt.timedelta(minutes=1)
+        row.version += 1
+        if self._signing is not None and row.signed is not None:
+            self._sign(row)
+
+    def sign_xml(self, instance: str, directory: Path, password: str,
+                 roles: tuple[str, ...] = ("subject_teacher", "homeroom_teacher"),
+                 teachers: bool = True) -> Path:
+        """From now on every valid record carries ``signedXml``: its XML học bạ signed in
+        ``roles`` with this vendor's own test PKI in ``directory`` (root "MISA EMIS Test CA",
+        created there), as teachers who sign in the school's software deliver it. ``instance``
+        is the hub's adapter name (the XML states the hub's record id, CONTRACT.md);
+        ``teachers`` also names each subject's teacher's personal id. Returns the root to trust."""
+        self._signing = (instance, Path(directory), password, roles)
+        for row in self._rows:
+            if row.source_id in self.defects:
+                continue
+            if teachers:
+                row.central = with_subject_teachers(row.central)
+            self._sign(row)
+        return Path(directory) / ROOT_CERT
+
+    def _sign(self, row: _Row) -> None:
+        instance, directory, password, roles = self._signing
+        event = "CANCEL" if row.deleted else ("NEW" if row.version == 1 else "UPDATE")
+        central = {**copy.deepcopy(row.central), "record_id": record_id_for(instance, row.source_id),
+                   "version": row.version, "event": event,
+                   "updated_at": row.updated.astimezone(VIETNAM_TIME).strftime("%Y-%m-%dT%H:%M:%S")}
+        document = sign_xml(central, roles, directory, password, root_name="MISA EMIS Test CA")
+        row.signed = (row.version, base64.b64encode(document).decode("ascii"))
 
     # --- Simulator protocol ------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ snake_case — to the hub, refusing envelope fields the hub owns.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import hmac
@@ -32,7 +34,7 @@ from hub import (
 TIMESTAMP_HEADER = "X-Hocba-Timestamp"
 SIGNATURE_HEADER = "X-Hocba-Signature"
 SIGNATURE_SCHEME = "sha256"
-ENVELOPE_KEYS = frozenset({"source_id", "updated_at", "deleted", "transcript"})
+ENVELOPE_KEYS = frozenset({"source_id", "updated_at", "deleted", "transcript", "signed_xml"})
 # The hub assigns these on every version it sends; a sender setting them would be ignored
 # silently, so it is told instead.
 HUB_OWNED = frozenset({"record_id", "event", "version", "updated_at",
@@ -84,6 +86,18 @@ def _timestamp(value: Any, where: str) -> dt.datetime | None:
         raise ValueError(f"{where}.updated_at {value!r} is not an ISO 8601 timestamp") from None
     # The contract's clock is Vietnam time when the sender gives no offset.
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=VIETNAM_TIME)
+
+
+def _signed_xml(item: dict[str, Any], where: str) -> bytes | None:
+    value = item.get("signed_xml")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}.signed_xml must be the signed XML học bạ in base64")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where}.signed_xml is not valid base64") from None
 
 
 class PushAdapter(Adapter):
@@ -187,6 +201,7 @@ class PushAdapter(Adapter):
                 raise ValueError(f"{where}.deleted must be true or false")
             if not isinstance(item.get("transcript"), dict):
                 raise ValueError(f"{where}.transcript must be an object (a deleted record carries its last content)")
+            _signed_xml(item, where)  # malformed base64 refuses the request, like any malformed envelope
             updated = _timestamp(item.get("updated_at"), where)
             payload = json.dumps(item, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
             records.append(RawRecord(source_id, payload, updated_at=updated, deleted=deleted))
@@ -197,6 +212,11 @@ class PushAdapter(Adapter):
     def read_file(self, name: str, data: bytes) -> list[RawRecord]:
         """A saved push body: one envelope or an array of them, as ``parse_push`` reads it."""
         return self.parse_push(data)
+
+    def signed_document(self, raw: RawRecord) -> bytes | None:
+        """``signed_xml``: the XML học bạ as signed in the sender's software (CONTRACT.md)."""
+        item = load_json(raw.payload)
+        return _signed_xml(item, "(record)") if isinstance(item, dict) else None
 
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         item = load_json(raw.payload)

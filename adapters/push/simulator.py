@@ -16,12 +16,14 @@ protocol so the demo and the kit can treat every source alike:
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
 import json
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,9 +31,12 @@ import aiohttp
 from adapters.push.adapter import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from hub import (
     INVALID_KINDS,
+    ROOT_CERT,
     Simulator,
     invalid_transcript,
     nfd,
+    record_id_for,
+    sign_xml,
     transcript,
     with_subject_teachers,
 )
@@ -98,6 +103,21 @@ class PushSimulator(Simulator):
 
     def source_id(self, index: int) -> str:
         return f"push-{self.seed}-{index:05d}"
+
+    def sign_xml(self, instance: str, directory: Path, password: str,
+                 roles: tuple[str, ...] = ("subject_teacher", "homeroom_teacher")) -> Path:
+        """Attach ``signed_xml`` to every valid seeded record: its XML học bạ signed in ``roles``
+        with this sender's own test PKI in ``directory`` (root "School Software Test CA", created
+        there), as teachers who sign in the school's software deliver it. ``instance`` is the
+        hub's push adapter name (the XML states the hub's record id, CONTRACT.md). Returns the
+        root certificate the hub must trust."""
+        for i in range(self.records):
+            envelope = self._envelopes[i]
+            central = {**self.seeded(i), "record_id": record_id_for(instance, envelope["source_id"]),
+                       "version": 1, "event": "NEW", "updated_at": envelope["updated_at"]}
+            document = sign_xml(central, roles, directory, password, root_name="School Software Test CA")
+            envelope["signed_xml"] = base64.b64encode(document).decode("ascii")
+        return Path(directory) / ROOT_CERT
 
     @staticmethod
     def envelope(source_id: str, record: dict[str, Any], updated: dt.datetime, *, deleted: bool = False) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pyhanko.pdf_utils.font.opentype import GlyphAccumulator
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.sign import fields, signers
+from pyhanko.sign.fields import MDPPerm
 from pyhanko.sign.general import SigningError as PyHankoSigningError
 from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
 from pyhanko.sign.signers.pdf_cms import ExternalSigner, PdfCMSSignedAttributes
@@ -129,6 +130,19 @@ def reserve_bytes(signer: signers.Signer, *, timestamp: bool = False) -> int:
     return 2 * size
 
 
+def refuse_locked(pdf: bytes, field_name: str) -> None:
+    """``SigningError`` when a signature in ``pdf`` locked the document (DocMDP "no changes",
+    as the school's issuing signature does): anything signed after it would invalidate it."""
+    if b"/FieldMDP" not in pdf and b"/DocMDP" not in pdf:
+        return  # no signature with a lock: skip parsing the document
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    for sig in PdfFileReader(io.BytesIO(pdf), strict=False).embedded_regular_signatures:
+        if sig.docmdp_level == MDPPerm.NO_CHANGES:
+            raise SigningError(f"cannot sign field {field_name!r}: the signature in {sig.field_name!r} locked "
+                               f"the document (no changes allowed after it)")
+
+
 def _pdf_signer(request: SignRequest, signer: signers.Signer,
                 timestamper: TimeStamper | None = None) -> tuple[signers.PdfSigner, dict[str, str]]:
     meta = signers.PdfSignatureMetadata(
@@ -138,6 +152,9 @@ def _pdf_signer(request: SignRequest, signer: signers.Signer,
         reason=request.reason or None,
         location=request.location or None,
         name=request.identity.name,
+        # Applies only to a field that carries a lock (the last one, DocMDP P=1): asking for what
+        # the lock already says keeps pyHanko from warning that it overrides the default.
+        docmdp_permissions=MDPPerm.NO_CHANGES,
     )
     shown = request.identity.name
     if signer.signing_cert is not None:
@@ -156,6 +173,7 @@ async def sign_pades(pdf: bytes, request: SignRequest, signer: signers.Signer, *
     dry-run signature (``reserve_bytes(signer, timestamp=timestamper is not None)`` computes
     it); ``None`` lets pyHanko measure with a dry run.
     """
+    refuse_locked(pdf, request.field_name)
     pdf_signer, text = _pdf_signer(request, signer, timestamper)
     writer = IncrementalPdfFileWriter(io.BytesIO(pdf), strict=False)
     try:
@@ -248,6 +266,7 @@ def chain_bytes(signer: signers.Signer) -> tuple[bytes, ...]:
 
 def prepare_blocking(request: SignRequest, certs: tuple[bytes, ...], bytes_reserved: int) -> Prepared:
     """Stamp, placeholder and digest for ``request`` (CPU work: run it in a worker process)."""
+    refuse_locked(request.pdf, request.field_name)
     pdf_signer, text = _pdf_signer(request, _placeholder_signer(certs))
 
     async def prepare() -> Prepared:

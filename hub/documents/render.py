@@ -39,6 +39,9 @@ from fpdf.fonts import SubsetMap, TTFFont
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.fields import (
+    FieldMDPAction,
+    FieldMDPSpec,
+    MDPPerm,
     SigFieldSpec,
     append_signature_field,
     enumerate_sig_fields,
@@ -783,9 +786,10 @@ def _layout(record: PrimaryTranscript | SecondaryTranscript,
         compress=True,
     )
     if xml is not None:
-        # The XML học bạ as built from the record, before its signatures: the signatures of
-        # this PDF cover exactly that data (a PDF cannot take an attachment after it is signed,
-        # so the XML's own signatures travel in the XML document delivered beside it).
+        # The XML học bạ as it stands before this PDF's first signature: as built from the
+        # record, or as it arrived signed by teachers in the school's software. The signatures
+        # of this PDF cover exactly that; a signed PDF cannot take a new attachment, so the
+        # XML's later signatures travel in the XML document delivered beside it.
         pdf.embed_file(
             bytes=xml, basename=XML_ATTACHMENT_NAME, mime_type="application/xml",
             associated_file_relationship="Source", modification_date=updated,
@@ -813,8 +817,15 @@ def render_pdf(record: PrimaryTranscript | SecondaryTranscript,
     # fpdf2 creates at most one /Sig field, and only as part of its own signing; pyHanko adds
     # all of them in one incremental update (≈2 ms).
     writer = IncrementalPdfFileWriter(io.BytesIO(body))
-    for role in [r for r in roles if r in PDF_ROLES]:
-        spec = SigFieldSpec(sig_field_name=role, on_page=boxes[role].page, box=boxes[role].box)
+    fields = [r for r in roles if r in PDF_ROLES]
+    for role in fields:
+        lock = {}
+        if role == fields[-1]:
+            # The last signature (the school's issuing one) locks the document: its field carries
+            # a lock dictionary (every field, DocMDP P=1 "no changes"), so a change after it other
+            # than validation data and document timestamps invalidates it.
+            lock = {"field_mdp_spec": FieldMDPSpec(FieldMDPAction.ALL), "doc_mdp_update_value": MDPPerm.NO_CHANGES}
+        spec = SigFieldSpec(sig_field_name=role, on_page=boxes[role].page, box=boxes[role].box, **lock)
         append_signature_field(writer, spec)
     out = io.BytesIO()
     writer.write(out)

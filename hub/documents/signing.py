@@ -67,3 +67,60 @@ def request_for(record: PrimaryTranscript | SecondaryTranscript, pdf: bytes, rol
 # A stamp shows a name, a role and a time: ASCII, Latin-1 and the Vietnamese letters. pyHanko
 # parses and subsets the stamp font for every signature, so the smaller it is the better
 # (≈300 glyphs instead of the page font's 1300: a fifth of the signing time saved).
+
+
+# --- before signing: is the signer's certificate still good? ---------------------------------------
+
+async def certificate_problem(chain: list[bytes] | tuple[bytes, ...], trust: tuple[bytes, ...] = ()) -> tuple[str, bool]:
+    """Why the certificate ``chain[0]`` (DER, then its issuers) must not sign now: expired,
+    not yet valid, or revoked according to its CA (the OCSP responder or CRL the certificate
+    names, fetched now: pyhanko-certvalidator, revocation ``hard-fail``). ``("", True)`` when
+    it may sign; the flag says whether the answer may be cached (an unreachable CA's is not).
+
+    A chain that cannot be completed to a root here is not this check's business (the hub's
+    final check binds every signature to the trust anchors): only revocation and validity are.
+    """
+    from asn1crypto import x509 as asn1_x509
+    from pyhanko_certvalidator import CertificateValidator, ValidationContext
+    from pyhanko_certvalidator.errors import (
+        ExpiredError,
+        InsufficientRevinfoError,
+        NotYetValidError,
+        PathBuildingError,
+        RevokedError,
+    )
+
+    certs = [asn1_x509.Certificate.load(c) for c in chain]
+    roots = [asn1_x509.Certificate.load(r) for r in trust] + [c for c in certs if c.self_signed != "no"]
+    context = ValidationContext(trust_roots=roots, other_certs=certs[1:], allow_fetching=True,
+                                revocation_mode="hard-fail")
+    who = certs[0].subject.native.get("common_name", certs[0].subject.human_friendly)
+    serial = format(certs[0].serial_number, "x")
+    try:
+        await CertificateValidator(certs[0], validation_context=context).async_validate_usage(set())
+    except RevokedError as exc:
+        return f"the certificate of {who} (serial {serial}) is revoked: {exc}", True
+    except (ExpiredError, NotYetValidError) as exc:
+        return f"the certificate of {who} (serial {serial}) is not valid now: {exc}", True
+    except InsufficientRevinfoError as exc:
+        return (f"the revocation status of the certificate of {who} (serial {serial}) cannot be "
+                f"checked (its CA's OCSP responder or CRL did not answer): {exc}"), False
+    except PathBuildingError:
+        return "", False
+    except Exception as exc:  # any other refusal of the path: not revocation, the final check decides
+        if "revoked" in str(exc).lower():
+            return f"the certificate of {who} (serial {serial}) is revoked: {exc}", True
+        return "", False
+    finally:
+        closing = getattr(context, "aclose", None)
+        if closing is not None:
+            await closing()
+    return "", True
+
+
+def certificate_problem_blocking(chain: tuple[bytes, ...], trust: tuple[bytes, ...] = ()) -> tuple[str, bool]:
+    """``certificate_problem`` for a worker process (no running loop): path building and the
+    CA's answers are CPU the coordinating process should not spend."""
+    import asyncio
+
+    return asyncio.run(certificate_problem(chain, trust))

@@ -60,7 +60,7 @@ from hub.logs import get_logger
 
 __all__ = ["C14N", "DS", "XADES", "Prepared", "XmlSignatureReport", "XmlVerifyReport", "add_timestamps",
            "complete", "prepare", "prepare_enveloped", "sign_enveloped", "sign_slots", "signed_slots",
-           "verify_document", "verify_document_blocking", "verify_enveloped"]
+           "unsigned_differences", "verify_document", "verify_document_blocking", "verify_enveloped"]
 
 DS = "http://www.w3.org/2000/09/xmldsig#"
 XADES = "http://uri.etsi.org/01903/v1.3.2#"
@@ -569,6 +569,49 @@ def signed_slots(document: bytes, fmt: DocumentFormat) -> set[str]:
         if el is not None and el.find("ds:Signature", namespaces=_NS) is not None:
             out.add(slot.name)
     return out
+
+
+def _label(el: XmlElement) -> str:
+    name = etree.QName(el).localname
+    return f"{name}[@Id='{el.get('Id')}']" if el.get("Id") else name
+
+
+def _text_of(value: str | None) -> str:
+    # Indentation between elements is not content (a vendor's tool may pretty-print).
+    return (value or "").strip()
+
+
+def unsigned_differences(expected: bytes, arrived: bytes, *, limit: int = 5) -> list[str]:
+    """Where ``arrived`` (a document delivered already signed) differs from ``expected`` (the
+    document built from the record), its ``ds:Signature`` elements aside: element, attribute
+    and text, each named by its path. ``[]`` when what was signed is exactly the record."""
+    want = parse(expected).getroot()
+    got = parse(arrived).getroot()
+    for signature in list(got.iter(_ds("Signature"))):
+        signature.getparent().remove(signature)
+    out: list[str] = []
+
+    def walk(a: XmlElement, b: XmlElement, path: str) -> None:
+        if len(out) >= limit:
+            return
+        if a.tag != b.tag:
+            out.append(f"{path}: the signed XML has {_label(b)} where the record gives {_label(a)}")
+            return
+        if dict(a.attrib) != dict(b.attrib):
+            out.append(f"{path}: attributes {dict(b.attrib)} in the signed XML, {dict(a.attrib)} from the record")
+        if _text_of(a.text) != _text_of(b.text):
+            out.append(f"{path}: the signed XML says {_text_of(b.text)!r}, the record {_text_of(a.text)!r}")
+        kids_a = [k for k in a if isinstance(k.tag, str)]
+        kids_b = [k for k in b if isinstance(k.tag, str)]
+        for x, y in zip(kids_a, kids_b):
+            walk(x, y, f"{path}/{_label(x)}")
+        for x in kids_a[len(kids_b):]:
+            out.append(f"{path}/{_label(x)}: missing from the signed XML")
+        for y in kids_b[len(kids_a):]:
+            out.append(f"{path}/{_label(y)}: in the signed XML, not in the record")
+
+    walk(want, got, _label(want))
+    return out[:limit]
 
 
 # signxml logs at INFO on every verification; the hub's log says what matters.

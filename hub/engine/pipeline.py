@@ -48,12 +48,29 @@ from hub.records import parse_transcript
 from hub.store.sqlite import is_future
 
 
+REVOCATION_TTL = 300.0
+"""Seconds a certificate's good revocation status is trusted before it is asked again."""
+
+
+class ArrivedMismatch(ValueError):
+    """A document delivered already signed is not the record: its reasons quarantine it."""
+
+    def __init__(self, reasons: list[str]):
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
 def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = True,
                xml_format: str | None = None, verification: tuple[str, str | None] | None = None,
-               ) -> tuple[bytes | None, bytes | None]:
+               arrived: bytes | None = None) -> tuple[bytes | None, bytes | None]:
     """Build the documents in a worker process (top-level so it pickles): the PDF (its font
     loads once per process) and the XML học bạ, each only if configured. The PDF carries the
-    XML's data as an attachment, and ``verification`` (code, public URL) as a QR code."""
+    XML's data as an attachment, and ``verification`` (code, public URL) as a QR code.
+
+    ``arrived``: the XML the school's software delivered already signed. It is kept instead of
+    the hub's own only if, signatures aside, it is exactly the document built from the record
+    (``ArrivedMismatch`` naming each difference otherwise); its signatures are checked at the
+    first signing step."""
     from hub.documents.render import render_pdf
 
     record = parse_transcript(normalized)
@@ -66,6 +83,19 @@ def render_job(normalized: dict[str, Any], roles: tuple[str, ...], pdf: bool = T
         errors = fmt.schema_errors(xml)
         if errors:  # a format bug, not the record's: never sign a document its schema refuses
             raise ValueError(f"the {xml_format} document does not validate against its schema: {errors[0]}")
+        if arrived is not None:
+            from hub.documents.xmldsig import unsigned_differences
+
+            try:
+                problems = [f"signed XML (schema): {e}" for e in fmt.schema_errors(arrived)[:3]]
+                problems += [f"signed XML {d}" for d in unsigned_differences(xml, arrived)] if not problems else []
+            except ValueError as exc:
+                problems = [f"signed XML: {exc}"]
+            if problems:
+                raise ArrivedMismatch(problems)
+            # The PDF embeds the XML as it arrived: the teachers' signatures made in the school's
+            # software travel in the PDF too (the hub's later ones cannot: its signatures come after).
+            xml = arrived
     return (render_pdf(record, roles, xml=xml, verification=verification) if pdf else None), xml
 
 
@@ -190,6 +220,9 @@ class Hub:
         self.outbox: Outbox | None = None
         self._stopping = asyncio.Event()
         self._hook = manager().hook
+        # Signing certificate (SHA-256 of its DER) → (until when, why it may not sign: "" if it may).
+        self._revocation: dict[bytes, tuple[float, str]] = {}
+        self._revocation_asking: dict[bytes, asyncio.Future[tuple[str, bool]]] = {}
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -652,8 +685,23 @@ class Hub:
         code = row.verify_code or new_code()
         base = self.config.verify.public_base_url
         verification = (code, f"{base.rstrip('/')}/{code}" if base else None)
-        pdf, xml = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles,
-                                              self.config.makes_pdf, self.config.xml_format, verification)
+        arrived = None
+        adapter = self.adapters.get(row.adapter)
+        if adapter is not None and self.config.xml_format:
+            try:
+                arrived = adapter.signed_document(row.raw())
+            except ValueError as exc:
+                await self.move(row, lc.QUARANTINED, detail="the signed XML delivered with it cannot be read",
+                                errors=[str(exc)])
+                return
+        try:
+            pdf, xml = await loop.run_in_executor(self._pool, render_job, row.normalized, self.roles,
+                                                  self.config.makes_pdf, self.config.xml_format, verification,
+                                                  arrived)
+        except ArrivedMismatch as exc:
+            await self.move(row, lc.QUARANTINED, detail="arrived signed, and what was signed is not the record",
+                            errors=exc.reasons)
+            return
         await self.move(row, lc.RENDERED, pdf=pdf, xml=xml, verify_code=code)
 
     async def _sign(self, pk: int) -> None:
@@ -662,9 +710,10 @@ class Hub:
         The XML học bạ gets the role's XAdES signatures in its slots (subject teachers: one per
         subject, all in this step), the PDF the role's PAdES signature, concurrently, so a remote
         signer's one approval covers both. A document that arrived already signed (a vendor's
-        signatures) is validated against ``signing.trust`` and the record, and only its missing
-        steps are signed; a broken, misplaced or mismatched signature quarantines the record
-        naming the slot. After the last step every document is validated and bound to the
+        signatures) is validated against the trust anchors (``signing.trust``,
+        ``signing.trust_anchors``) and the record, and only its missing steps are signed; a
+        broken, misplaced or mismatched signature quarantines the record naming the slot. Before
+        signing, the signers' certificates are checked for revocation (``_revoked``). After the last step every document is validated and bound to the
         record, and one that does not hold is never handed to delivery.
         """
         from hub.documents.signing import request_for
@@ -681,7 +730,7 @@ class Hub:
         try:
             record = parse_transcript(row.normalized)
             step = signing.step_for(role, record.school_code)
-            trust = trust_roots_der(tuple(signing.trust))
+            trust = trust_roots_der(tuple(self.config.trust_paths()))
             signer = self.signers.get(step.signer)
             if signer is None:
                 raise PluginError(f"signer {step.signer!r} (for school {record.school_code}) is not "
@@ -708,6 +757,16 @@ class Hub:
                 xml_slots, note = self._xml_slots_for(role, xml, arrived)
                 if note:
                     notes.append(note)
+            sign_pdf = pdf is not None and role in self._pdf_roles and role not in signed_before
+            if signing.revocation_check:
+                identities = [s.identity for s in xml_slots]
+                if sign_pdf:
+                    identities.append(request_for(record, pdf, role).identity)
+                problems = await self._revoked(signer, identities, trust)
+                if problems:
+                    await self.move(row, lc.FAILED, detail=f"{role}: the signer's certificate may not sign",
+                                    errors=[f"{role}: {p}" for p in problems])
+                    return
             jobs = []
             if xml_slots:
                 from hub.documents.render import ROLE_LABELS
@@ -717,7 +776,6 @@ class Hub:
                     xml, xml_slots, signer, level=step.level or "B-B", timestamp_url=step.timestamp_url or "",
                     c14n=signing.c14n, executor=self._pool,
                     description=f"{ROLE_LABELS.get(role, role)} ký học bạ {record.transcript_id} (XML)"))
-            sign_pdf = pdf is not None and role in self._pdf_roles and role not in signed_before
             if sign_pdf:
                 request = request_for(record, pdf, role, level=step.level or "B-B",
                                       timestamp_url=step.timestamp_url or "")
@@ -738,6 +796,38 @@ class Hub:
                 return
         await self.move(row, lc.SIGNED_PREFIX + role, pdf=pdf, xml=xml,
                          detail="; ".join(notes) or None)
+
+    async def _revoked(self, signer: Signer, identities: list[Any], trust: tuple[bytes, ...]) -> list[str]:
+        """Why any of ``identities``' certificates must not sign now (revoked, expired, or its CA
+        cannot say), checked before the step signs, as the signature rules require. A good
+        answer is kept for ``REVOCATION_TTL`` seconds, so a class batch asks each CA once."""
+        import hashlib
+
+        from hub.documents.signing import certificate_problem_blocking
+
+        problems = []
+        if type(signer).certificates is Signer.certificates:
+            return []  # a signer that cannot show its certificate before signing (PDF only)
+        for identity in {i.key: i for i in identities}.values():
+            chain = tuple(await signer.certificates(identity))
+            key = hashlib.sha256(chain[0]).digest()
+            cached = self._revocation.get(key)
+            if cached is not None and cached[0] > time.monotonic():
+                problem = cached[1]
+            else:
+                # Records of one class reach a step together: one question to the CA for all.
+                asking = self._revocation_asking.get(key)
+                if asking is None:
+                    asking = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(
+                        self._pool, certificate_problem_blocking, chain, trust))
+                    self._revocation_asking[key] = asking
+                    asking.add_done_callback(lambda _f, k=key: self._revocation_asking.pop(k, None))
+                problem, keep = await asyncio.shield(asking)
+                if keep:
+                    self._revocation[key] = (time.monotonic() + REVOCATION_TTL, problem)
+            if problem:
+                problems.append(problem)
+        return problems
 
     @property
     def _pdf_roles(self) -> tuple[str, ...]:
@@ -791,6 +881,17 @@ class Hub:
             ours = set(self.roles[:done])
             return {s.name for s in fmt.slots(xml) if s.name in present and s.role not in ours}
         problems = await self._xml_problems(record, xml, trust, required=())
+        # A later stage signed while an earlier one is still empty: the hub's signature in the
+        # empty slot would change what the later one sealed (#data holds the teachers' slots).
+        stage = {r: i for i, r in enumerate(self.roles)}
+        slots = fmt.slots(xml)
+        for late in (s for s in slots if s.name in present and s.role in stage):
+            early = next((s for s in slots if s.name not in present and s.role in stage
+                          and stage[s.role] < stage[late.role]
+                          and (s.role != "subject_teacher" or s.identity.personal_id)), None)
+            if early is not None:
+                problems.append(f"XML {late.name}: signed while {early.name} ({early.role}) is not, out of the "
+                                f"signing order")
         if problems:
             await self.move(row, lc.QUARANTINED, detail="arrived signed, and the signatures do not hold",
                              errors=problems)

@@ -56,9 +56,13 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-async def start_simulators(config: HubConfig, records: int, invalid: int
-                           ) -> tuple[list[tuple[str, Simulator]], Simulator]:
-    """Start a simulator per adapter that has one (and the destination's); point the config at them."""
+async def start_simulators(config: HubConfig, records: int, invalid: int, *, vendor_pki: Path | None = None,
+                           password: str = DEMO_KEY_PASSWORD) -> tuple[list[tuple[str, Simulator]], Simulator]:
+    """Start a simulator per adapter that has one (and the destination's); point the config at them.
+
+    ``vendor_pki``: a source whose simulator can deliver the XML học bạ already signed in the
+    school's software (``sign_xml``: push, misa) does so, with a test PKI of its own under
+    ``vendor_pki/<name>``; the hub trusts that vendor's root as a Department would configure it."""
     sources = [a for a in config.adapters if a.enabled and simulator_class(a.type)]
     if not sources:
         raise ConfigError(["adapters: the demo needs at least one adapter that ships a simulator"])
@@ -69,6 +73,9 @@ async def start_simulators(config: HubConfig, records: int, invalid: int
     shares = zip(sources, split(records, len(sources)), split(invalid, len(sources)))
     for seed, (section, n, bad) in enumerate(shares):
         sim = simulator_class(section.type)(records=n, invalid=bad, seed=seed)
+        if vendor_pki is not None and config.xml_format == "xml" and hasattr(sim, "sign_xml"):
+            root = await asyncio.to_thread(sim.sign_xml, section.name, vendor_pki / section.name, password)
+            config.signing.trust.append(root)
         await sim.start()
         started.append((section.name, sim))
         config.override_settings(section.name, sim.adapter_settings())
@@ -120,7 +127,10 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
 
     # A timestamping authority and remote-signing simulators, when the config's signing asks.
     services = await start_signing_services(config, config.data_dir / "pki", os.environ[DEMO_KEY_PASSWORD_ENV])
-    sources, destination = await start_simulators(config, records, invalid)
+    vendor_pki = config.data_dir / "vendor-pki"
+    shutil.rmtree(vendor_pki, ignore_errors=True)  # the vendors' keys are as throwaway as the run
+    sources, destination = await start_simulators(config, records, invalid, vendor_pki=vendor_pki,
+                                                  password=os.environ[DEMO_KEY_PASSWORD_ENV])
     identity = await start_identity_simulator(config, sources)
     hub = Hub(config, store=st.Store(store_path))
     try:
@@ -152,6 +162,9 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
         for sim in (*(s for _, s in sources), destination, *services, *([identity] if identity else [])):
             await sim.stop()
 
+    for name, _sim in sources:
+        if (vendor_pki / name / "root-ca.pem").exists():
+            shutil.copyfile(vendor_pki / name / "root-ca.pem", out / f"vendor-{name}-root-ca.pem")
     return _report(rows, destination, out, root_pem, records, invalid, identity)
 
 
@@ -218,6 +231,12 @@ def _report(rows: list[st.Row], destination: Simulator, out: Path, root_pem: Pat
         problems.append(f"{len(quarantined)} quarantined (with reasons), expected {invalid}")
     if failed:
         problems.append(f"{len(failed)} failed")
+    arrived = [r for r in rows if r.state == lc.DELIVERED and r.xml and b"sig-gvcn" in r.xml
+               and (out / f"vendor-{r.adapter}-root-ca.pem").exists()]
+    if arrived:
+        print(f"\n{len(arrived)} XML học bạ arrived signed by their teachers in the school's software "
+              f"({', '.join(sorted({r.adapter for r in arrived}))}); the hub checked those signatures and "
+              f"added the principal's and the school's (trust the vendor-*-root-ca.pem files to verify them)")
     print(f"\nsigned documents (PDF, XML) and root-ca.pem written to {out}/")
     if problems:
         print("DEMO FAILED: " + "; ".join(problems), file=sys.stderr)

@@ -3,8 +3,8 @@
 A university or an employer holding a học bạ enters the verification code printed under its QR
 code (or scans it: the QR carries ``<verify.public_base_url>/<code>``), or uploads the PDF or the
 XML it received, and reads: valid or not and why (the same verification as ``hocba-hub verify``,
-binding every signature to the record, with the trust anchors of ``signing.trust``), each
-signature's role, signer and time (Vietnam time), the school and school year, and whether this is
+binding every signature to the record, with the trust anchors of ``signing.trust`` and
+``signing.trust_anchors``), each signature's role, signer and time (Vietnam time), the school and school year, and whether this is
 the current version, superseded by a newer one, recalled (``CANCEL``) or never issued.
 
 **What it does not show.** Nothing about the student: no name, birth date or personal id, not even
@@ -102,7 +102,7 @@ class VerifyPage:
     async def _verify(self, data: bytes) -> Verdict:
         from hub.documents.verify import trust_roots_der
 
-        trust = trust_roots_der(tuple(self.hub.config.signing.trust))
+        trust = trust_roots_der(tuple(self.hub.config.trust_paths()))
         school_ids = dict(self.hub.config.signing.school_ids)
         async with self._slots:
             return await self.hub.cpu(verify_job, data, trust, school_ids, self.hub.config.xml_format or "xml")

@@ -1,0 +1,133 @@
+"""Before a step signs, the signer's certificate is checked with its CA (OCSP or CRL, the
+addresses the certificate names, served on loopback by the test PKI's services): a revoked
+certificate stops the record at that step with the reason; others sign and are delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from adapters.moet.simulator import MoetSimulator
+from adapters.vnpt.simulator import VnptSimulator
+from hub import lifecycle as lc
+from hub import store as st
+from hub.config import parse_config
+from hub.contracts import RawRecord
+from hub.documents.signing import certificate_problem, identity_for
+from hub.engine.pipeline import Hub
+from hub.kit import pki
+from hub.kit.synthetic import transcript
+from hub.kit.tsa import TrustServices
+from hub.records import parse_transcript
+
+PASSWORD = "revocation-test-password"
+ROLES = ("homeroom_teacher", "principal", "school_seal")
+
+
+def _chain(directory, identity) -> tuple[bytes, ...]:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    _, cert, extra = pkcs12.load_key_and_certificates((directory / f"{identity.key}.p12").read_bytes(),
+                                                      PASSWORD.encode())
+    return (cert.public_bytes(Encoding.DER), *(c.public_bytes(Encoding.DER) for c in extra))
+
+
+async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
+    directory = tmp_path / "pki"
+    services = TrustServices(directory)
+    await services.start()
+    vendor, central = VnptSimulator(records=0), MoetSimulator()
+    await vendor.start()
+    await central.start()
+    try:
+        records = {}
+        for index in (0, 1):  # two schools: one principal's certificate is revoked, the other's is good
+            data = transcript(index)
+            records[index] = data
+            rec = parse_transcript({**data, "record_id": "x", "event": "NEW", "version": 1,
+                                    "updated_at": "2025-06-01T08:00:00"})
+            pki.issue(directory, [identity_for(rec, r) for r in ROLES], PASSWORD, services_url=services.url)
+        revoked = identity_for(parse_transcript({**records[0], "record_id": "x", "event": "NEW", "version": 1,
+                                                 "updated_at": "2025-06-01T08:00:00"}), "principal")
+        cert = x509.load_der_x509_certificate(_chain(directory, revoked)[0])
+        services.revoke(cert.serial_number)
+        root = directory / pki.ROOT_CERT
+
+        # The check itself: revoked, good, and a CA that does not answer (never cached).
+        problem, keep = await certificate_problem(_chain(directory, revoked))
+        assert "revoked" in problem and keep, problem
+        good = identity_for(parse_transcript({**records[1], "record_id": "x", "event": "NEW", "version": 1,
+                                              "updated_at": "2025-06-01T08:00:00"}), "principal")
+        assert await certificate_problem(_chain(directory, good)) == ("", True)
+        assert services.counters.ocsp + services.counters.crl >= 2
+
+        config = parse_config({
+            "data_dir": str(tmp_path / "data"), "workers": {"processes": 1},
+            "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
+            "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
+                          "settings": vendor.adapter_settings()}],
+            "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+            "signers": [{"name": "keys", "type": "pkcs12",
+                         "settings": {"directory": str(directory), "password": PASSWORD}}],
+            "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES], "trust": [str(root)]},
+        })
+        store = st.Store(config.store_path)
+        for index, data in records.items():
+            [pk] = store.receive("school-a", [RawRecord(f"src-{index}", json.dumps({"i": index}).encode())])
+            row = store.get(pk)
+            rec = parse_transcript({**data, "record_id": row.record_id, "version": row.version,
+                                    "event": row.event, "updated_at": row.received_at[:19]})
+            store.advance(pk, lc.RECEIVED, lc.NORMALIZED, school_code=rec.school_code,
+                          normalized=rec.model_dump(mode="json"))
+        store.close()
+        hub = Hub(config)
+        await hub.start(pull=False)
+        try:
+            await asyncio.wait_for(hub.wait_idle(), 120)
+            rows = {r.source_id: r for r in hub.store.rows()}
+            history = hub.store.history(rows["src-0"].id) if hasattr(hub.store, "history") else None
+        finally:
+            await hub.stop()
+    finally:
+        await vendor.stop()
+        await central.stop()
+        await services.stop()
+
+    stopped, fine = rows["src-0"], rows["src-1"]
+    assert fine.state == lc.DELIVERED, fine.errors
+    assert stopped.state == lc.FAILED
+    assert any(e.startswith("principal:") and "revoked" in e and revoked.name in e for e in stopped.errors), \
+        stopped.errors
+    # It stopped at the principal's step: the homeroom teacher had signed, the principal had not.
+    assert b"sig-gvcn" in stopped.xml and b'Id="sig-cbql"' not in stopped.xml
+    if history is not None:
+        assert any(lc.SIGNED_PREFIX + "homeroom_teacher" in str(h) for h in history)
+
+
+async def test_a_ca_that_does_not_answer_is_not_a_good_answer(tmp_path):
+    directory = tmp_path / "pki"
+    services = TrustServices(directory)
+    await services.start()
+    rec = parse_transcript({**transcript(0), "record_id": "x", "event": "NEW", "version": 1,
+                            "updated_at": "2025-06-01T08:00:00"})
+    identity = identity_for(rec, "principal")
+    pki.issue(directory, [identity], PASSWORD, services_url=services.url)
+    await services.stop()  # the CA's OCSP responder and CRL are gone
+    problem, keep = await certificate_problem(_chain(directory, identity))
+    assert "cannot be checked" in problem and not keep, problem
+
+
+@pytest.fixture(autouse=True)
+def only_these_plugins(monkeypatch):
+    from hub import plugins
+
+    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12,xml")
+    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
+        cache.cache_clear()
+    yield
+    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
+        cache.cache_clear()
