@@ -255,14 +255,21 @@ async def sign_slots(document: bytes, slots: Sequence[SignatureSlot], signer: Si
     """Sign every slot in ``slots`` with ``signer`` (one call, so one approval per identity).
 
     The XML work (building the signatures, writing their values) runs in ``executor`` (the
-    hub's worker pool), a thread without one: only the digests pass through this process.
+    hub's worker pool), a thread without one: only the digests pass through this process. A
+    signer with keys on this machine (``LocalKeySigner``) makes B-B signatures whole in its own
+    executor instead: one job per step, the key never loaded in this process.
     """
     if not slots:
         return document
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    from hub.documents.local_keys import LocalKeySigner
+
+    if level == "B-B" and isinstance(signer, LocalKeySigner):
+        # The key is on this machine: the whole signature is made where the key is kept.
+        return await signer.sign_xml(document, slots, signing_time=now, c14n=c14n)
     certs = {}
     for identity in dict.fromkeys(s.identity for s in slots):
         certs[identity] = await signer.certificates(identity)
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     loop = asyncio.get_running_loop()
     prepared = await loop.run_in_executor(executor, partial(
         prepare, document, [(s, certs[s.identity]) for s in slots], signing_time=now, c14n=c14n))
