@@ -481,11 +481,13 @@ def verify_document_blocking(document: bytes, format_name: str, trust_roots: tup
     return asyncio.run(verify_document(document, fmt, trust_roots))
 
 
-def signed_slots(document: bytes, fmt: DocumentFormat) -> set[str]:
-    """Names of the slots that hold a signature (no validation)."""
+def signed_slots(document: bytes, fmt: DocumentFormat,
+                 slots: Sequence[SignatureSlot] | None = None) -> set[str]:
+    """Names of the slots that hold a signature (no validation); ``slots``: ``fmt.slots(document)``
+    when the caller has them already."""
     root = parse(document).getroot()
     out = set()
-    for slot in fmt.slots(document):
+    for slot in fmt.slots(document) if slots is None else slots:
         el = root.find(slot.path)
         if el is not None and el.find("ds:Signature", namespaces=_NS) is not None:
             out.add(slot.name)
