@@ -229,6 +229,42 @@ async def test_unknown_identity_names_the_role_and_key_until_its_key_is_issued(r
     assert report.ok and report.signatures[0].signer == "Người Lạ"
 
 
+async def test_each_key_is_read_once_where_it_signs_and_again_when_its_file_is_replaced(records, tmp_path):
+    rec = records[0]
+    teacher, principal = identity_for(rec, "homeroom_teacher"), identity_for(rec, "principal")
+    pki.ensure_pki(tmp_path, [teacher], PASSWORD)
+    pki.issue(tmp_path, [principal], PASSWORD)
+    submitted = []
+
+    class Watching(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(getattr(fn, "__name__", ""))
+            return super().submit(fn, *args, **kwargs)
+
+    pdf = render_pdf(rec)
+    with Watching(max_workers=2) as executor:
+        local = signer(tmp_path, executor)
+        await local.open()  # reads one key file itself, to prove the password
+        opened = [p.stem for p in tmp_path.glob("*.p12")]
+        other = principal if sorted(opened)[0] == teacher.key else teacher
+        submitted.clear()
+        # Two signatures for a key not read yet, at once: the file is opened once, in the executor.
+        await asyncio.gather(local.sign([request_for(rec, pdf, other.role)]),
+                             local.certificates(other), local.sign([request_for(rec, pdf, other.role)]))
+        assert submitted.count("_load_job") == 1 and submitted.count("_sign_job") == 2
+        before = await local.certificates(other)
+        submitted.clear()
+        await local.sign([request_for(rec, pdf, other.role)])
+        assert "_load_job" not in submitted  # kept
+        # A renewed certificate written over the file is picked up without a restart.
+        pki.issue(tmp_path, [other], PASSWORD, overwrite=True)
+        [signed] = await local.sign([request_for(rec, pdf, other.role)])
+        after = await local.certificates(other)
+        assert submitted.count("_load_job") == 1 and after[0] != before[0]
+    report = await verify_pdf(signed, load_certs(tmp_path / pki.ROOT_CERT))
+    assert report.ok and report.signatures[0].certificate == after[0]
+
+
 def test_a_person_without_a_personal_id_is_never_given_the_seal_key():
     data = transcript(0)
     data.update(record_id="R9", event="NEW", version=1, updated_at="2025-06-01T08:00:00")

@@ -139,6 +139,24 @@ def test_transition_checks_the_state_it_leaves(open_store):
         s.get(pk + 1000)
 
 
+def test_changes_committed_together_each_check_the_state_they_leave(open_store):
+    s = open_store()
+    a, b, c = s.receive("a", [raw("1"), raw("2"), raw("3")])
+    s.advance(b, lc.RECEIVED, lc.NORMALIZED)  # moved on elsewhere: the batch's change conflicts
+    outcome = s.advance_many([
+        ((a, lc.RECEIVED, lc.NORMALIZED), {"normalized": {"x": 1}, "school_code": "S1"}),
+        ((b, lc.RECEIVED, lc.NORMALIZED), {"normalized": {"x": 2}}),
+        ((c, lc.RECEIVED, lc.NORMALIZED), {"colour": "red"}),
+        ((c, lc.RECEIVED, lc.QUARANTINED), {"errors": ["f: bad"]}),
+    ])
+    assert outcome[0] is None and outcome[3] is None
+    assert isinstance(outcome[1], st.StateConflict) and isinstance(outcome[2], ValueError)
+    assert s.get(a).state == lc.NORMALIZED and s.get(a).normalized == {"x": 1}
+    assert s.get(b).state == lc.NORMALIZED and s.get(b).normalized is None  # left as it was
+    assert s.get(c).state == lc.QUARANTINED and s.get(c).errors == ["f: bad"]
+    assert [h["state"] for h in s.history(b)] == [lc.RECEIVED, lc.NORMALIZED]
+
+
 def test_restart_finds_every_unfinished_record_at_its_state(open_store):
     s = open_store()
     a, b, c, d = s.receive("a", [raw(str(i)) for i in range(4)])

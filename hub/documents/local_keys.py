@@ -1,7 +1,9 @@
 """Keys held on this machine: ``LocalKeySigner``, the base for signers whose keys are files.
 
-A B-B signature is made whole in a worker process; keys are loaded once per process and
-shipped to the workers, never re-parsed per signature.
+A B-B signature (PDF or XML) is made whole in a worker process. Each key is read and validated
+once per hub (by a worker, the first time it signs) and then travels with each job as
+material, so the hub process never opens key files after start-up and no process parses a key
+twice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 from asn1crypto import x509 as asn1_x509
@@ -31,6 +34,7 @@ from hub.contracts import (
     PluginContext,
     PluginError,
     PluginSettings,
+    SignatureSlot,
     Signer,
     SigningIdentity,
     SignRequest,
@@ -106,21 +110,25 @@ class _Ready:
 
 @dataclass(frozen=True)
 class _KeyMaterial:
-    """A key the hub process has loaded and validated, as DER, for a pool worker to sign with.
+    """A key loaded and validated once for the whole hub, as DER, for any of its processes.
 
-    It goes with the job over the process pool's local pipe to the hub's own child process
-    only: never written to disk, never sent off this machine. The worker then parses it
-    without decrypting a .p12 and without cryptography's RSA key validation (≈33 ms per key
-    and process): the hub process validated this very key when it loaded it.
+    It travels only over the process pool's local pipes between the hub process and its own
+    children: never written to disk, never sent off this machine. Whoever receives it parses
+    it without decrypting a file and without cryptography's RSA key validation (the costly
+    part of opening a .p12: ≈35 ms per key and process, PBKDF2 is a few ms): the process that
+    read the key file validated this very key.
     """
     fingerprint: str                 # the signer's class and settings (see ``_KeySource``)
     key_id: str
     serial: int                      # the certificate's: a renewed certificate is a new entry
     private_key: bytes               # unencrypted PKCS#8 DER
     certificates: tuple[bytes, ...]  # DER: the signing certificate, then its chain
+    not_before: dt.datetime          # the signing certificate's validity (UTC)
+    not_after: dt.datetime
+    version: Any = None              # ``LocalKeySigner.key_version`` when it was read
 
     @classmethod
-    def of(cls, fingerprint: str, key_id: str, ready: _Ready) -> "_KeyMaterial":
+    def of(cls, fingerprint: str, key_id: str, ready: _Ready, version: Any = None) -> "_KeyMaterial":
         key = ready.key
         der = serialization.Encoding.DER
         return cls(
@@ -128,7 +136,11 @@ class _KeyMaterial:
             key.private_key.private_bytes(der, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()),
             tuple(c.public_bytes(der) for c in (key.certificate, *key.chain)),
+            key.certificate.not_valid_before_utc, key.certificate.not_valid_after_utc, version,
         )
+
+    def valid(self, now: dt.datetime) -> bool:
+        return self.not_before <= now <= self.not_after
 
     def ready(self) -> _Ready:
         key = serialization.load_der_private_key(self.private_key, None,
@@ -139,16 +151,26 @@ class _KeyMaterial:
 
 @dataclass(frozen=True)
 class _KeySource:
-    """What a worker process needs to load a signer's keys itself: picklable, no key material."""
+    """What any process of the hub needs to read a signer's keys itself: picklable.
+
+    It holds the signer's settings (a key file password among them): it goes to the hub's own
+    worker processes over their local pipes, like the keys themselves.
+    """
     signer_class: str                # "package.module:Class"
     settings: dict[str, Any]
     fingerprint: str                 # cache key: same class + same settings → same keys
 
+    def _resolved(self) -> tuple[type["LocalKeySigner"], PluginSettings]:
+        cached = _resolved.get(self.fingerprint)
+        if cached is None:
+            module, _, name = self.signer_class.partition(":")
+            cls: type[LocalKeySigner] = getattr(importlib.import_module(module), name)
+            cached = _resolved[self.fingerprint] = (cls, cls.Settings.model_validate(self.settings))
+        return cached
+
     def load(self, key_id: str | None = None) -> dict[str, _Ready]:
         """Every key (``key_id=None``) or just ``key_id`` (empty if there is none)."""
-        module, _, name = self.signer_class.partition(":")
-        cls: type[LocalKeySigner] = getattr(importlib.import_module(module), name)
-        settings = cls.Settings.model_validate(self.settings)
+        cls, settings = self._resolved()
         try:
             if key_id is None:
                 loaded = cls.load_keys(settings)
@@ -161,12 +183,18 @@ class _KeySource:
             raise PluginError(f"{cls.name}: cannot load keys: {exc}") from exc
         return {k: _Ready.of(v) for k, v in loaded.items()}
 
+    def version(self, key_id: str) -> Any:
+        """The signer's ``key_version`` for ``key_id`` (``None``: it cannot tell)."""
+        cls, settings = self._resolved()
+        try:
+            return cls.key_version(settings, key_id)
+        except Exception:  # a subclass bug must not stop signing: fall back to validity dates
+            return None
+
     def load_first(self) -> dict[str, _Ready]:
         """One key, enough to prove the configuration (directory, password) is right; every key
         when the signer class cannot list its keys (``LocalKeySigner.key_ids`` returns None)."""
-        module, _, name = self.signer_class.partition(":")
-        cls: type[LocalKeySigner] = getattr(importlib.import_module(module), name)
-        settings = cls.Settings.model_validate(self.settings)
+        cls, settings = self._resolved()
         try:
             ids = cls.key_ids(settings)
         except PluginError:
@@ -182,85 +210,83 @@ class _KeySource:
         return {}
 
 
-# The hub process keeps the keys it has loaded here, per signer class and settings: one at
-# open(), the others on first use. Pool workers never read key files: they get the key with
-# each job (``_KeyMaterial``) and keep what they built in ``_worker_keys``.
-_keys: dict[str, dict[str, _Ready]] = {}
-_keys_lock = threading.Lock()
-_worker_keys: dict[tuple[str, str], tuple[int, _Ready]] = {}
+_resolved: dict[str, tuple[type, PluginSettings]] = {}
+
+# Keys read so far, per (signer fingerprint, key id), as material: the hub process keeps them
+# (``_materials``) and every process keeps the signing objects it built from them
+# (``_built``), so a key file is opened once per hub, not once per process, and never by the
+# hub process after start-up (a worker opens it the first time a signature needs it).
+_materials: dict[tuple[str, str], _KeyMaterial] = {}
+_built: dict[tuple[str, str], tuple[int, _Ready]] = {}
+_built_lock = threading.Lock()
 
 
-def _load_first(source: _KeySource) -> dict[str, _Ready]:
-    with _keys_lock:
-        keys = _keys.setdefault(source.fingerprint, {})
-        if not keys:
-            keys.update(source.load_first())
-        return keys
-
-
-def _valid_now(ready: _Ready, now: dt.datetime) -> bool:
-    cert = ready.key.certificate
-    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
-
-
-def _ready_for(source: _KeySource, key_id: str, now: dt.datetime) -> _Ready | None:
-    """The cached key, re-read from its source when missing (issued since) or not valid now
-    (renewed since): a signer never needs a restart to pick up a new certificate."""
-    with _keys_lock:
-        keys = _keys.setdefault(source.fingerprint, {})
-        ready = keys.get(key_id)
-        if ready is None or not _valid_now(ready, now):
-            fresh = source.load(key_id).get(key_id)
-            if fresh is not None:
-                keys[key_id] = ready = fresh
-        return ready
-
-
-def _refuse_if_invalid(ready: _Ready, identity: SigningIdentity, now: dt.datetime) -> None:
-    cert = ready.key.certificate
+def _refuse_if_invalid(material: _KeyMaterial, identity: SigningIdentity, now: dt.datetime) -> None:
     who = f"{identity.role} {identity.name} (key {identity.key})"
-    if now < cert.not_valid_before_utc:
+    if now < material.not_before:
         raise SigningError(f"certificate of {who} is not valid until "
-                           f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; not signing")
-    if now > cert.not_valid_after_utc:
-        raise SigningError(f"certificate of {who} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} "
+                           f"{material.not_before:%Y-%m-%d %H:%M} UTC; not signing")
+    if now > material.not_after:
+        raise SigningError(f"certificate of {who} expired on {material.not_after:%Y-%m-%d %H:%M} "
                            f"UTC; renew it before signing")
 
 
-def _worker_ready(material: _KeyMaterial) -> _Ready:
+def _ready(material: _KeyMaterial) -> _Ready:
     # Cached per (fingerprint, key id) for the certificate serial it was built for: a renewed
     # certificate (new serial) replaces the entry instead of piling up next to it.
     slot = (material.fingerprint, material.key_id)
-    with _keys_lock:
-        cached = _worker_keys.get(slot)
+    with _built_lock:
+        cached = _built.get(slot)
         if cached is not None and cached[0] == material.serial:
             return cached[1]
     ready = material.ready()
-    with _keys_lock:
-        _worker_keys[slot] = (material.serial, ready)
+    with _built_lock:
+        _built[slot] = (material.serial, ready)
     return ready
 
 
+def _load_job(source: _KeySource, key_id: str) -> _KeyMaterial | None:
+    """Read and validate one key (in a pool worker, or a thread without one); the caller keeps
+    the material so no other process opens the file again."""
+    version = source.version(key_id)  # before reading: a file replaced meanwhile is read again
+    ready = source.load(key_id).get(key_id)
+    if ready is None:
+        return None
+    material = _KeyMaterial.of(source.fingerprint, key_id, ready, version)
+    with _built_lock:
+        _built[(source.fingerprint, key_id)] = (material.serial, ready)
+    return material
+
+
 def _sign_job(material: _KeyMaterial, request: SignRequest) -> bytes:
-    # Runs in a pool worker: no event loop here, the key came with the job (the hub process
-    # refused expired and not-yet-valid certificates before sending it).
-    ready = _worker_ready(material)
+    # Runs in a pool worker (or a thread): no event loop here, the key came with the job (the
+    # hub process refused expired and not-yet-valid certificates before sending it).
+    ready = _ready(material)
     return sign_pades_blocking(request.pdf, request, ready.signer, bytes_reserved=ready.bytes_reserved)
 
 
-def _sign_in_thread(ready: _Ready, request: SignRequest) -> bytes:
-    # No executor: a thread of the hub process, which holds the loaded key already.
-    return sign_pades_blocking(request.pdf, request, ready.signer, bytes_reserved=ready.bytes_reserved)
+def _sign_xml_job(document: bytes, slots: list[tuple[SignatureSlot, _KeyMaterial]],
+                  signing_time: dt.datetime, c14n: str) -> bytes:
+    """Every slot's XML signature built, signed and written in one go, where the key is."""
+    from hub.documents.xmldsig import complete, prepare
+
+    prepared = prepare(document, [(slot, m.certificates) for slot, m in slots],
+                       signing_time=signing_time, c14n=c14n)
+    return complete(prepared, {slot.signature_id: sign_digest(_ready(m).key.private_key,
+                                                              prepared.digests[slot.signature_id])
+                               for slot, m in slots})
 
 
 class LocalKeySigner(Signer):
     """Base for signers whose private keys are on this machine (key files, a local keystore).
 
     A subclass implements ``load_keys`` (and, to load one key cheaply, ``load_key``; to let
-    ``open()`` check one key instead of all, ``key_ids``). This class loads keys in the hub
-    process (one at ``open()``, the others on first use) and keeps them, refuses expired or
-    not-yet-valid certificates before signing, and runs the CPU work in ``context.executor``
-    (a thread when there is none), sending the key with each job.
+    ``open()`` check one key instead of all, ``key_ids``; to have a changed key file read
+    again, ``key_version``). The hub process opens one key at ``open()``; every other key is
+    opened the first time it signs, in ``context.executor`` (a thread when there is none), and
+    kept: the hub process holds it as material and sends it with each job, refusing expired
+    and not-yet-valid certificates before any job is sent. PDFs (B-B) and XML signatures are
+    made whole in the executor; only B-T and B-LT sign here while waiting on the TSA.
     """
 
     def __init__(self, settings: PluginSettings, context: PluginContext):
@@ -273,6 +299,7 @@ class LocalKeySigner(Signer):
             fingerprint=hashlib.sha256(
                 pickle.dumps((cls.__module__, cls.__qualname__, _reveal(dumped)))).hexdigest(),
         )
+        self._loading: dict[str, asyncio.Future[_KeyMaterial | None]] = {}
 
     @classmethod
     @abstractmethod
@@ -297,6 +324,13 @@ class LocalKeySigner(Signer):
         """
         return None
 
+    @classmethod
+    def key_version(cls, settings: PluginSettings, key: str) -> Any:
+        """Something that changes when ``key`` is replaced (a file's modification time), checked
+        before each signature without opening the key; ``None`` (the default) if unknown, and
+        then a kept key is read again only once its certificate is not valid any more."""
+        return None
+
     def missing_key_hint(self, identity: SigningIdentity) -> str:
         """Where the key for ``identity`` was expected, for the error message."""
         return ""
@@ -304,9 +338,13 @@ class LocalKeySigner(Signer):
     async def open(self) -> None:
         """Load one key now (every key if ``key_ids`` cannot list them), so a wrong password or
         a missing directory stops start-up; the others are loaded on first use."""
-        keys = await asyncio.to_thread(_load_first, self._source)
+        source = self._source
+        keys = await asyncio.to_thread(source.load_first)
         if not keys:
             raise PluginError(f"{self.name}: no keys found")
+        for key_id, ready in keys.items():
+            material = _KeyMaterial.of(source.fingerprint, key_id, ready, source.version(key_id))
+            _materials.setdefault((source.fingerprint, key_id), material)
         if self.context.executor is None:
             # Signing happens in this process: the stamp font now, not on the first signature.
             # (The hub's pool workers make their own when they start: they are spawned.)
@@ -315,40 +353,60 @@ class LocalKeySigner(Signer):
     async def check(self) -> Health:
         # open() proved the settings with one key; decrypting every file on each health check
         # would keep a core busy. Report the keys loaded so far and whether they are usable now.
-        keys = _keys.get(self._source.fingerprint, {})
+        keys = [m for (fp, _), m in _materials.items() if fp == self._source.fingerprint]
         if not keys:
             return Health(False, "no keys loaded")
         now = dt.datetime.now(dt.timezone.utc)
-        expired = sum(1 for ready in keys.values() if not _valid_now(ready, now))
+        expired = sum(1 for m in keys if not m.valid(now))
         detail = f"{len(keys)} keys loaded" + (f", {expired} certificate(s) expired or not yet valid" if expired else "")
         return Health(expired < len(keys), detail)
 
-    async def _check(self, identity: SigningIdentity, now: dt.datetime) -> _Ready:
-        ready = _keys.get(self._source.fingerprint, {}).get(identity.key)
-        if ready is None or not _valid_now(ready, now):
-            # Not loaded yet, issued or renewed since: reading a key file is blocking work.
-            ready = await asyncio.to_thread(_ready_for, self._source, identity.key, now)
-        if ready is None:
+    async def _material(self, key_id: str, now: dt.datetime) -> _KeyMaterial | None:
+        """The kept key, read again (in the executor) when missing (issued since), replaced
+        (``key_version`` changed) or, when its version is unknown, no longer valid (renewed
+        since): a signer never needs a restart to pick up a new certificate."""
+        fingerprint = self._source.fingerprint
+        material = _materials.get((fingerprint, key_id))
+        if material is not None:
+            version = self._source.version(key_id)
+            if (material.version == version) if version is not None else material.valid(now):
+                return material
+        # One read per key however many signatures wait for it (an XML and a PDF signature of
+        # one step ask at the same time).
+        loading = self._loading.get(key_id)
+        if loading is None:
+            loop = asyncio.get_running_loop()
+            executor = self.context.executor
+            loading = (loop.run_in_executor(executor, _load_job, self._source, key_id) if executor is not None
+                       else asyncio.ensure_future(asyncio.to_thread(_load_job, self._source, key_id)))
+            self._loading[key_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key_id, None))
+        fresh = await asyncio.shield(loading)
+        if fresh is not None:
+            _materials[(fingerprint, key_id)] = material = fresh
+        return material
+
+    async def _check(self, identity: SigningIdentity, now: dt.datetime) -> _KeyMaterial:
+        material = await self._material(identity.key, now)
+        if material is None:
             hint = self.missing_key_hint(identity)
             raise SigningError(f"{self.name}: no key for {identity.role} {identity.name} "
                                f"(key {identity.key})" + (f"; {hint}" if hint else ""))
-        _refuse_if_invalid(ready, identity, now)
-        return ready
+        _refuse_if_invalid(material, identity, now)
+        return material
 
     async def certificates(self, identity: SigningIdentity) -> tuple[bytes, ...]:
         """The identity's certificate and chain (DER); refused when missing, expired or not yet valid."""
-        ready = await self._check(identity, dt.datetime.now(dt.timezone.utc))
-        der = serialization.Encoding.DER
-        return tuple(c.public_bytes(der) for c in (ready.key.certificate, *ready.key.chain))
+        return (await self._check(identity, dt.datetime.now(dt.timezone.utc))).certificates
 
     async def sign_digests(self, requests: Sequence[DigestSignRequest]) -> list[bytes]:
         """Sign each digest with its identity's key, in a thread (≈1 ms per RSA-2048 signature)."""
         now = dt.datetime.now(dt.timezone.utc)
-        ready = {identity: await self._check(identity, now)
-                 for identity in dict.fromkeys(r.identity for r in requests)}
+        material = {identity: await self._check(identity, now)
+                    for identity in dict.fromkeys(r.identity for r in requests)}
 
         def work() -> list[bytes]:
-            return [sign_digest(ready[r.identity].key.private_key, r.digest, r.digest_algorithm)
+            return [sign_digest(_ready(material[r.identity]).key.private_key, r.digest, r.digest_algorithm)
                     for r in requests]
 
         try:
@@ -356,49 +414,45 @@ class LocalKeySigner(Signer):
         except ValueError as exc:
             raise SigningError(f"{self.name}: {exc}") from exc
 
+    async def sign_xml(self, document: bytes, slots: Sequence[SignatureSlot], *,
+                       signing_time: dt.datetime, c14n: str = "exclusive") -> bytes:
+        """Every slot's XML signature (XAdES B-B) in one executor job: the document goes to the
+        key once, instead of out to be prepared, back for its digests and out again."""
+        now = dt.datetime.now(dt.timezone.utc)
+        material = {identity: await self._check(identity, now)
+                    for identity in dict.fromkeys(s.identity for s in slots)}
+        job = partial(_sign_xml_job, document, [(s, material[s.identity]) for s in slots], signing_time, c14n)
+        if self.context.executor is None:
+            return await asyncio.to_thread(job)
+        return await asyncio.get_running_loop().run_in_executor(self.context.executor, job)
+
     async def sign(self, requests: Sequence[SignRequest]) -> list[bytes]:
         """Sign every request concurrently, in the executor; all are checked before any is signed.
 
         B-B signs whole in a worker. B-T and B-LT wait on a timestamping authority: the worker
-        prepares the document, and this process signs the hash (the key is loaded here too) and
-        awaits the TSA, so no worker process idles on the network.
+        prepares the document, and this process signs the hash (with the key it holds as
+        material) and awaits the TSA, so no worker process idles on the network.
         """
         now = dt.datetime.now(dt.timezone.utc)
-        ready = {identity: await self._check(identity, now)
-                 for identity in dict.fromkeys(r.identity for r in requests)}
+        material = {identity: await self._check(identity, now)
+                    for identity in dict.fromkeys(r.identity for r in requests)}
         for r in requests:
             if r.level not in LEVELS:
                 raise SigningError(f"unknown PAdES level {r.level!r}; expected one of {', '.join(LEVELS)}")
         loop = asyncio.get_running_loop()
-        material: dict[SigningIdentity, _KeyMaterial] = {}
-        if self.context.executor is not None:
-            material = {identity: _material_for(self._source.fingerprint, identity.key, ready[identity])
-                        for identity in {r.identity for r in requests if r.level == "B-B"}}
 
         def job(r: SignRequest) -> Any:
             if r.level != "B-B":
-                key = ready[r.identity]
+                key = _ready(material[r.identity])
                 return sign_elsewhere(r, key.signer, executor=self.context.executor,
                                       bytes_reserved=key.bytes_reserved_timestamped)
             if self.context.executor is None:
-                return asyncio.to_thread(_sign_in_thread, ready[r.identity], r)
-            # The key, loaded and validated here, goes with the job over the pool's local pipe
-            # to the hub's own worker process: never to disk, never off this machine.
+                return asyncio.to_thread(_sign_job, material[r.identity], r)
+            # The key goes with the job over the pool's local pipe to the hub's own worker
+            # process: never to disk, never off this machine.
             return loop.run_in_executor(self.context.executor, _sign_job, material[r.identity], r)
 
         return list(await asyncio.gather(*(job(r) for r in requests)))
-
-
-_materials: dict[tuple[str, str], tuple[_Ready, _KeyMaterial]] = {}
-
-
-def _material_for(fingerprint: str, key_id: str, ready: _Ready) -> _KeyMaterial:
-    # Serialised once per loaded key in the hub process; a reloaded (renewed) key is a new
-    # ``_Ready`` and gets new material.
-    cached = _materials.get((fingerprint, key_id))
-    if cached is None or cached[0] is not ready:
-        cached = _materials[(fingerprint, key_id)] = (ready, _KeyMaterial.of(fingerprint, key_id, ready))
-    return cached[1]
 
 
 def _reveal(value: Any) -> Any:

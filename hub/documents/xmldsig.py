@@ -280,14 +280,21 @@ async def sign_slots(document: bytes, slots: Sequence[SignatureSlot], signer: Si
     """Sign every slot in ``slots`` with ``signer`` (one call, so one approval per identity).
 
     The XML work (building the signatures, writing their values) runs in ``executor`` (the
-    hub's worker pool), a thread without one: only the digests pass through this process.
+    hub's worker pool), a thread without one: only the digests pass through this process. A
+    signer with keys on this machine (``LocalKeySigner``) makes B-B signatures whole in its own
+    executor instead: one job per step, the key never loaded in this process.
     """
     if not slots:
         return document
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    from hub.documents.local_keys import LocalKeySigner
+
+    if level == "B-B" and isinstance(signer, LocalKeySigner):
+        # The key is on this machine: the whole signature is made where the key is kept.
+        return await signer.sign_xml(document, slots, signing_time=now, c14n=c14n)
     certs = {}
     for identity in dict.fromkeys(s.identity for s in slots):
         certs[identity] = await signer.certificates(identity)
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     loop = asyncio.get_running_loop()
     prepared = await loop.run_in_executor(executor, partial(
         prepare, document, [(s, certs[s.identity]) for s in slots], signing_time=now, c14n=c14n))
@@ -560,11 +567,13 @@ def verify_document_blocking(document: bytes, format_name: str, trust_roots: tup
     return asyncio.run(verify_document(document, fmt, trust_roots))
 
 
-def signed_slots(document: bytes, fmt: DocumentFormat) -> set[str]:
-    """Names of the slots that hold a signature (no validation)."""
+def signed_slots(document: bytes, fmt: DocumentFormat,
+                 slots: Sequence[SignatureSlot] | None = None) -> set[str]:
+    """Names of the slots that hold a signature (no validation); ``slots``: ``fmt.slots(document)``
+    when the caller has them already."""
     root = parse(document).getroot()
     out = set()
-    for slot in fmt.slots(document):
+    for slot in fmt.slots(document) if slots is None else slots:
         el = root.find(slot.path)
         if el is not None and el.find("ds:Signature", namespaces=_NS) is not None:
             out.add(slot.name)

@@ -25,7 +25,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -389,6 +389,39 @@ class Store(IssuanceRegistry):
         the job, and with ``issued_to`` (the destination) enters each document in the issuance
         registry; ``dead_letter`` closes the job. ``verify_code`` is set once per version.
         """
+        self._write(self._advancing(pk, expected, state, detail=detail, due=due, issued_to=issued_to, **fields))
+
+    def advance_many(self, changes: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[Exception | None]:
+        """Several ``advance`` calls, each ``(args, kwargs)``, committed in one transaction.
+
+        Each change checks the state it leaves inside its own savepoint: one that conflicts
+        (``StateConflict``) or names an unknown field (``ValueError``) is left out and the others
+        commit. Returns, per change, that exception or ``None``; any other error commits none.
+        """
+        def work(db: Any) -> list[Exception | None]:
+            outcome: list[Exception | None] = []
+            for args, kwargs in changes:
+                try:
+                    step = self._advancing(*args, **kwargs)
+                except ValueError as exc:
+                    outcome.append(exc)
+                    continue
+                db.execute("SAVEPOINT advance_one")
+                try:
+                    step(db)
+                except StateConflict as exc:
+                    db.execute("ROLLBACK TO SAVEPOINT advance_one")
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+                db.execute("RELEASE SAVEPOINT advance_one")
+            return outcome
+
+        return self._write(work)
+
+    def _advancing(self, pk: int, expected: str, state: str, *, detail: str | None = None,
+                   due: bool = False, issued_to: str | None = None, **fields: Any) -> Callable[[Any], None]:
+        """``advance``'s work, to run in a write transaction (``ValueError`` for an unknown field)."""
         now = now_iso()
         columns, values = [], []
         for name, value in fields.items():
@@ -429,7 +462,7 @@ class Store(IssuanceRegistry):
                         if present and have["verify_code"]:
                             self._issue(db, pk, document, actor="hub", recipient=issued_to,
                                         purpose="delivery", audit_kind="issue", now=now)
-        self._write(work)
+        return work
 
     def note_attempt(self, pk: int, error: str) -> int:
         """Count a failed attempt without changing state; returns the attempt count."""

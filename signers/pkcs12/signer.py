@@ -52,13 +52,23 @@ class Pkcs12Signer(LocalKeySigner):
         path = settings.directory / f"{key}.p12"
         return _read(path, settings) if path.is_file() else None
 
+    @classmethod
+    def key_version(cls, settings: Settings, key: str) -> tuple[int, int] | None:
+        """The file's modification time and size: a replaced ``<key>.p12`` is read again (a
+        ``stat``, not a decryption, before each signature)."""
+        try:
+            stat = (settings.directory / f"{key}.p12").stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
     def missing_key_hint(self, identity: SigningIdentity) -> str:
         return f"expected {self.settings.directory / (identity.key + '.p12')}"
 
 
 def _read(path: Path, settings: Pkcs12Signer.Settings) -> LocalKey:
-    # Opening a .p12 costs ≈40 ms (PBKDF2, then cryptography validates the RSA key): done once
-    # per key and process.
+    # Opening a .p12 costs ≈40 ms, most of it cryptography validating the RSA key (PBKDF2 is a
+    # few ms): LocalKeySigner does it once per key and hub, and again only when the file changes.
     try:
         key, cert, chain = pkcs12.load_key_and_certificates(
             path.read_bytes(), settings.password.get_secret_value().encode())
