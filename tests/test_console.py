@@ -253,6 +253,31 @@ async def test_a_schools_fix_takes_the_old_version_off_the_list_and_a_replay_is_
     await context.close()
 
 
+async def test_an_operator_cancels_a_transcript_with_a_reason(browser, env):
+    """Changes state: an operator cancels a delivered transcript from its page; the cancel is a
+    new version, signed and delivered to the central store with the reason, and audited."""
+    target = next(r for r in env.hub.store.rows() if r.state == lc.DELIVERED and r.event != "CANCEL"
+                  and not any(o.record_id == r.record_id and o.version > r.version for o in env.hub.store.rows()))
+    context, page = await signed_in(browser, env, OPERATOR_TOKEN)
+    await page.goto(f"/console/records/{target.id}")
+    reason = "Học sinh chuyển trường, hồ sơ gửi nhầm"
+    await page.fill("#reason", reason)
+    await page.click("#cancel")
+    await page.wait_for_url("**/console/records/*done=cancel*")
+    assert "Đã huỷ" in await page.locator("#done").inner_text()
+    new_id = int(page.url.split("/console/records/")[1].split("?")[0])
+    new = env.hub.store.get(new_id)
+    assert (new.record_id, new.event, new.version, new.reason) == (target.record_id, "CANCEL", target.version + 1, reason)
+    await wait_for(lambda: env.hub.store.get(new_id).state == lc.DELIVERED)
+    assert env.central.state(target.record_id)["cancelled"] is True
+    await page.reload()
+    assert reason in await page.locator("#history").inner_text()
+    assert await page.locator("#cancel").count() == 0  # a cancel is not cancelled again
+    entry = [e for e in env.hub.store.audit_entries() if e["kind"] == "cancel"][-1]
+    assert (entry["actor"], entry["subject"]) == ("an.nguyen", target.record_id)
+    await context.close()
+
+
 async def test_screenshots_at_phone_and_desktop_widths(browser, env, tmp_path):
     """Kept in docs/ for people to look at; checked here only for being real renders."""
     school = sorted(r.school_code for r in env.hub.store.rows() if r.school_code)[0]

@@ -46,6 +46,7 @@ from hub import lifecycle as lc
 from hub.catalogue import name_of
 from hub.contracts import SIGNING_ROLES
 from hub.engine.signing_status import waiting_for
+from hub.store import StateConflict
 from hub.engine.normalize import known_codes
 from hub.logs import get_logger, scrub, secret_values
 from hub.web.admin import OPERATOR, XLSX, AdminApi, Caller, caller_for
@@ -103,6 +104,10 @@ TEXT = {
         "wait:render": "chờ tạo PDF", "wait:deliver": "chờ gửi", "sign": "chờ ký: {who}",
         "unsigned": "Chưa ký", "unsigned_none": "Không có học bạ nào đang chờ ký.",
         "waiting_for": "Đang chờ", "signer": "Người ký", "subject": "Môn học", "transcripts": "Số học bạ",
+        "cancel": "Huỷ học bạ", "cancel_reason_label": "Lý do huỷ (bắt buộc, gửi kèm tới nơi nhận)",
+        "cancel_hint": "Huỷ tạo một phiên bản mới (CANCEL) được ký và gửi tới mọi nơi nhận; bản sửa sau đó là phiên bản kế tiếp.",
+        "cancel_reason": "Cần ghi lý do huỷ (5–500 ký tự).", "already_cancelled": "Học bạ này đã được huỷ.",
+        "done_cancel": "Đã huỷ: phiên bản huỷ đang được ký và gửi.",
         "viewer_note": "Bạn đang xem với quyền chỉ xem: không hiện tên học sinh và không có thao tác.",
     },
     "en": {
@@ -137,6 +142,11 @@ TEXT = {
         "wait:render": "waiting: PDF", "wait:deliver": "waiting: delivery", "sign": "waiting: {who}",
         "unsigned": "Not signed yet", "unsigned_none": "No transcript is waiting for a signature.",
         "waiting_for": "Waiting for", "signer": "Signer", "subject": "Subject", "transcripts": "Transcripts",
+        "cancel": "Cancel transcript", "cancel_reason_label": "Reason (required; sent to the destinations)",
+        "cancel_hint": "A cancel is a new version (CANCEL), signed and sent to every destination; a later correction is the next version.",
+        "cancel_reason": "Say why the transcript is cancelled (5–500 characters).",
+        "already_cancelled": "This transcript is already cancelled.",
+        "done_cancel": "Cancelled: the cancel version is being signed and sent.",
         "viewer_note": "You are signed in as a viewer: no student names and no actions.",
     },
 }
@@ -227,6 +237,7 @@ class Console:
             Route("/console/records/{id}", self.record),
             Route("/console/schools/{school}/report.xlsx", self.report),
             Route("/console/replay", self.replay, methods=["POST"]),
+            Route("/console/cancel", self.cancel, methods=["POST"]),
             Route("/console/adapters/{name}/{action}", self.pause, methods=["POST"]),
         ]
 
@@ -448,7 +459,8 @@ class Console:
                           history=history, label=state_label(row.state, lang), class_name=codes.get("class_name"),
                           student_code=codes.get("student_code"),
                           received=_local(row.received_at), changed=_local(row.updated_at),
-                          stages=lc.REPLAY_STAGES, done=_done(request, lang))
+                          stages=lc.REPLAY_STAGES, done=_done(request, lang),
+                          cancellable=row.event != "CANCEL" and row.state not in (lc.SUPERSEDED,))
 
     async def report(self, request: Request) -> Response:
         session = self._signed_in(request)
@@ -484,6 +496,29 @@ class Console:
         await self.hub.db(self.hub.store.audit, "console.replay", session.caller.name, None,
                           {"ids": [int(pk)], "stage": stage, "moved": len(moved)})
         return RedirectResponse(f"/console/records/{pk}" + _query(lang, done="replay", n=len(moved)), status_code=303)
+
+    async def cancel(self, request: Request) -> Response:
+        """Cancel the transcript with the reason the operator typed (``Hub.cancel``): a new
+        version, signed and sent to every destination; the record page then shows it."""
+        lang = self._lang(request)
+        try:
+            session, form = await self._post(request)
+        except Refused as exc:
+            return self._refused(request, lang, self._session(request), exc)
+        pk, reason = form.get("id", ""), " ".join(form.get("reason", "").split())
+        if not _PK.match(pk):
+            return self._refused(request, lang, session, Refused(404, "not_found"))
+        if not 5 <= len(reason) <= 500:
+            return self._refused(request, lang, session, Refused(400, "cancel_reason"))
+        assert session.caller is not None
+        try:
+            row = await self.hub.db(self.hub.store.get, int(pk))
+            new = await self.hub.cancel(row.record_id, reason, session.caller.name)
+        except KeyError:
+            return self._refused(request, lang, session, Refused(404, "not_found"))
+        except StateConflict:
+            return self._refused(request, lang, session, Refused(409, "already_cancelled"))
+        return RedirectResponse(f"/console/records/{new}" + _query(lang, done="cancel"), status_code=303)
 
     async def pause(self, request: Request) -> Response:
         lang = self._lang(request)
