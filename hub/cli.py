@@ -67,7 +67,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _print_errors(exc.errors)
         return 1
     print(f"{args.file}: valid ({len(config.adapters)} adapter(s), {len(config.signers)} signer(s), "
-          f"destination {config.destination.name})")
+          f"route(s) {', '.join(config.route_names)})")
     return 0
 
 

@@ -122,7 +122,7 @@ class _HubCollector:
             queues.add_metric([stage], n)
         outbox.add_metric([], hub.store.outbox_size())
         kinds = {a.name: "adapter" for a in hub.config.adapters}
-        kinds[hub.config.destination.name] = "destination"
+        kinds.update({name: "destination" for name in hub.config.route_names})
         kinds.update({s.name: "signer" for s in hub.config.signers})
         if hub.config.identity is not None:
             kinds[hub.config.identity.name] = "identity"
@@ -159,8 +159,9 @@ class Metrics:
         # Series exist from the start, at 0, so a rate() or an alert sees the first event too.
         for stage in lc.STAGES:
             self._stage.labels(stage)
-        self._retries.labels(hub.config.destination.name)
-        self._dead.labels(hub.config.destination.name)
+        for name in hub.config.route_names:
+            self._retries.labels(name)
+            self._dead.labels(name)
         self.registry.register(_HubCollector(hub))
 
     def observe_stage(self, stage: str, seconds: float) -> None:

@@ -269,7 +269,7 @@ class StatusPage:
     def _plugins(self, t: dict[str, str], paused: set[str], lang: str) -> list[dict[str, Any]]:
         hub = self.hub
         plugins = [(a.name, "adapter") for a in hub.config.adapters]
-        plugins += [(hub.config.destination.name, "destination")]
+        plugins += [(name, "destination") for name in hub.config.route_names]
         plugins += [(s.name, "signer") for s in hub.config.signers]
         if hub.config.identity is not None:
             plugins += [(hub.config.identity.name, "identity")]
