@@ -580,7 +580,7 @@ class Store(IssuanceRegistry):
                         now_iso(), pk))
             db.execute("INSERT INTO history (record, at, state, detail) VALUES "
                        "(?, ?, (SELECT state FROM records WHERE id = ?), ?)",
-                       (pk, now_iso(), pk, f"retry ({destination}): {error}" if destination else f"retry: {error}"))
+                       (pk, now_iso(), pk, f"retry: {destination}: {error}" if destination else f"retry: {error}"))
             row = db.execute("SELECT attempts FROM outbox WHERE record = ? AND destination = ?",
                              (pk, destination)).fetchone()
             return row[0] if row else 0
