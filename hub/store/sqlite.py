@@ -641,9 +641,8 @@ class Store(IssuanceRegistry):
                        " ON CONFLICT (record, destination) DO UPDATE SET state = excluded.state,"
                        " last_error = excluded.last_error, updated_at = excluded.updated_at",
                        (pk, destination, outcome, error, now))
-            db.execute("INSERT INTO history (record, at, state, detail) VALUES "
-                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)",
-                       (pk, now, pk, f"{destination}: {'superseded' if superseded else 'dead letter'}: {error}"))
+            # No history line yet: the record's own state has not changed (``deliveries`` shows
+            # this destination's outcome; the record's history says it once all are settled).
             return self._settle(db, pk, expected, now)
         return self._write(work)
 
