@@ -157,6 +157,9 @@ class ReplayRequest(BaseModel):
     stage: Literal[lc.REPLAY_STAGES] = Field(  # type: ignore[valid-type]
         default="normalize", description="normalize: from the raw payload; render: from the normalised record; "
                                          "deliver: the signed documents as they are")
+    destination: str | None = Field(
+        default=None, min_length=1, max_length=100,
+        description="With stage deliver: send again only this route's dead letters (default: every route's)")
 
     @classmethod
     def parse(cls, body: Any) -> "ReplayRequest":
@@ -175,15 +178,18 @@ class ReplayRequest(BaseModel):
 
     def criteria(self) -> dict[str, Any]:
         """What ``Store.select`` takes."""
-        out = self.model_dump(exclude={"stage"}, exclude_none=True)
+        out = self.model_dump(exclude={"stage", "destination"}, exclude_none=True)
         if "record_ids" in out:
             out["record_ids"] = [str(r) for r in out["record_ids"]]
         return out
 
     @classmethod
-    def openapi_schema(cls) -> dict[str, Any]:
-        """This model's JSON Schema in OpenAPI 3.0 terms (optional fields without ``null``)."""
+    def openapi_schema(cls, routes: Any = ()) -> dict[str, Any]:
+        """This model's JSON Schema in OpenAPI 3.0 terms (optional fields without ``null``);
+        ``routes``: the configured route names, the values ``destination`` takes."""
         schema = cls.model_json_schema()
+        if routes:
+            schema["properties"]["destination"]["enum"] = list(routes)
         for prop in schema["properties"].values():
             options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
             if options:
@@ -194,6 +200,8 @@ class ReplayRequest(BaseModel):
         schema.pop("title", None)
         schema["additionalProperties"] = False
         schema["minProperties"] = 1
+        # At least one criterion: ``stage`` and ``destination`` only say how to replay.
+        schema["anyOf"] = [{"required": [name]} for name in ("ids", "record_ids", "adapter", "school", "state")]
         return schema
 
 
@@ -215,6 +223,7 @@ class AdminApi:
             Route("/dead-letters", self._endpoint(self.dead_letters, VIEWER)),
             Route("/replay", self._endpoint(self.replay, OPERATOR), methods=["POST"]),
             Route("/adapters", self._endpoint(self.adapters, VIEWER)),
+            Route("/destinations", self._endpoint(self.destinations, VIEWER)),
             Route("/signing", self._endpoint(self.signing, OPERATOR)),
             Route("/adapters/{name}/pause", self._endpoint(self.pause, OPERATOR), methods=["POST"]),
             Route("/adapters/{name}/resume", self._endpoint(self.resume, OPERATOR), methods=["POST"]),
@@ -364,6 +373,11 @@ class AdminApi:
         out["history"] = [{"at": h["at"], "state": h["state"], "detail": clean(h["detail"]) if h["detail"] else None}
                           for h in history]
         out["versions"] = versions
+        out["destinations"] = [
+            {"destination": d["destination"], "state": d["state"], "attempts": d["attempts"],
+             "last_error": clean(d["last_error"]) if d["last_error"] else None,
+             "receipt_id": (d["receipt"] or {}).get("receipt_id"), "updated_at": d["updated_at"]}
+            for d in await self.hub.db(self.hub.store.deliveries_of, row.id)]
         out["has_pdf"] = row.pdf is not None
         out["replayable"] = row.state in lc.REPLAYABLE and bool(row.payload)
         if caller.role == OPERATOR and row.normalized:
@@ -411,11 +425,35 @@ class AdminApi:
         criteria = body.criteria()
         stage = body.stage
         pks = await self.hub.db(lambda: self.hub.store.select(**criteria))
-        moved = await self.hub.replay(pks, stage=stage, actor=caller.name) if pks else []
+        if body.destination is not None and body.destination not in self.hub.config.route_names:
+            raise ApiError(400, "destination", f"no route named {body.destination!r}")
+        moved = await self.hub.replay(pks, stage=stage, actor=caller.name,
+                                      destination=body.destination) if pks else []
         await self.hub.db(self.hub.store.audit, "admin.replay", caller.name, None,
-                           {"criteria": criteria, "stage": stage, "matched": len(pks), "moved": len(moved)})
+                           {"criteria": criteria, "stage": stage, "matched": len(pks), "moved": len(moved),
+                            "destination": body.destination})
         return {"stage": stage, "matched": len(pks), "moved": [{"id": pk, "state": state} for pk, state in moved],
                 "skipped": len(pks) - len(moved)}
+
+    async def destinations(self, request: Request, caller: Caller) -> dict[str, Any]:
+        """Each route: its filters, health, whether its circuit is open, and where its records
+        stand (versions queued, delivered, dead-lettered, superseded; jobs due in its outbox)."""
+        self._query(request, ())
+        counts = await self.hub.db(self.hub.store.destination_counts)
+        outbox = self.hub.outbox
+        out = []
+        for route in self.hub.config.routes:
+            status = self.hub.status.get(route.name)
+            worker = outbox.routes.get(route.name) if outbox is not None else None
+            mine = counts.get(route.name, {})
+            out.append({
+                "name": route.name, "type": route.type,
+                "filters": route.filters.model_dump(exclude_none=True),
+                "health": {"ok": status.health.ok, "detail": public_error(status.health.detail)} if status else None,
+                "circuit_open": bool(worker and worker.breaker.is_open),
+                "counts": {k: mine.get(k, 0) for k in ("due", "queued", "delivered", "dead_letter", "superseded")},
+            })
+        return {"items": out}
 
     async def adapters(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
@@ -473,7 +511,7 @@ class AdminApi:
             "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
     async def openapi(self, request: Request) -> JSONResponse:
-        return JSONResponse(openapi_document(self.states, self.adapter_names))
+        return JSONResponse(openapi_document(self.states, self.adapter_names, self.hub.config.route_names))
 
 
 def _integer(name: str, raw: str, low: int, high: int) -> int:
@@ -519,7 +557,7 @@ def admin_routes(hub: "Hub") -> list[BaseRoute]:
 
 # --- OpenAPI --------------------------------------------------------------------------------
 
-def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
+def openapi_document(states: list[str], adapters: list[str], routes: list[str] = ()) -> dict[str, Any]:
     """The OpenAPI 3.0 description of the admin API (built by hand: it is the contract)."""
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
     nullable_str = {"type": "string", "nullable": True}
@@ -610,6 +648,9 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                 "responses": responses(ref("SigningStatus"), 400, 403)}},
             "/api/adapters": {"get": {"summary": "Adapters with health, last sync and pause state",
                                       "responses": responses(ref("AdapterList"))}},
+            "/api/destinations": {"get": {"summary": "Routes (destinations) with filters, health, circuit state "
+                                                     "and where their records stand",
+                                          "responses": responses(ref("DestinationList"))}},
             "/api/adapters/{name}/pause": {"post": {
                 "summary": "Stop pulling from an adapter; operators only", "parameters": [adapter_name],
                 "responses": responses(ref("PauseResult"), 403, 404)}},
@@ -659,11 +700,17 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                             "type": "object", "required": ["id", "version", "event", "state"], "properties": {
                                 "id": {"type": "integer"}, "version": {"type": "integer"},
                                 "event": {"type": "string"}, "state": {"type": "string"}}}},
+                        "destinations": {"type": "array", "description": "Each route's outcome for this version",
+                                         "items": {"type": "object", "required": ["destination", "state"],
+                                                   "properties": {
+                            "destination": {"type": "string"}, "state": {"type": "string"},
+                            "attempts": {"type": "integer"}, "last_error": nullable_str,
+                            "receipt_id": nullable_str, "updated_at": {"type": "string"}}}},
                         "has_pdf": {"type": "boolean"}, "replayable": {"type": "boolean"},
                         "student": {"type": "object", "description": "Operators only", "properties": {
                             "full_name": nullable_str, "student_code": nullable_str, "personal_id": nullable_str}},
                         "class_name": {**nullable_str, "description": "Operators only"}}}]},
-                "ReplayRequest": ReplayRequest.openapi_schema(),
+                "ReplayRequest": ReplayRequest.openapi_schema(routes),
                 "ReplayResult": {"type": "object", "required": ["stage", "matched", "moved", "skipped"], "properties": {
                     "stage": {"type": "string"}, "matched": {"type": "integer"}, "skipped": {"type": "integer"},
                     "moved": {"type": "array", "items": {"type": "object", "required": ["id", "state"], "properties": {
@@ -678,6 +725,18 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                             "health": {"type": "object", "nullable": True, "properties": {
                                 "ok": {"type": "boolean"}, "detail": {"type": "string"}}},
                             "last_sync": nullable_str}}}}},
+                "DestinationList": {"type": "object", "required": ["items"], "properties": {"items": {
+                    "type": "array", "items": {
+                        "type": "object", "required": ["name", "type", "filters", "health", "circuit_open", "counts"],
+                        "properties": {
+                            "name": {"type": "string"}, "type": {"type": "string"},
+                            "filters": {"type": "object", "properties": {
+                                k: {"type": "array", "items": {"type": "string"}}
+                                for k in ("levels", "schools", "events")}},
+                            "health": {"type": "object", "nullable": True, "properties": {
+                                "ok": {"type": "boolean"}, "detail": {"type": "string"}}},
+                            "circuit_open": {"type": "boolean"},
+                            "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}},
                 "PauseResult": {"type": "object", "required": ["adapter", "paused"], "properties": {
                     "adapter": {"type": "string"}, "paused": {"type": "boolean"}}},
                 "BlockedList": {"type": "object", "required": ["school", "count", "items"], "properties": {
