@@ -1,8 +1,9 @@
 """The store's schema, for both backends, as one list of numbered steps.
 
 A step has the statements for SQLite and for PostgreSQL side by side; most are the same SQL
-with the dialect's types. A store applies, in one transaction each, every step above the
-version its ``schema_version`` table records, so an old SQLite file and a fresh PostgreSQL
+with the dialect's types. A store applies, in order and in one transaction, every step its
+``schema_version`` table does not record (not only those above the highest: steps written on
+parallel branches may arrive in either order), so an old SQLite file and a fresh PostgreSQL
 database end up with the same tables. Several hub workers starting at once against one
 PostgreSQL database serialise on an advisory lock, so each step runs exactly once.
 
