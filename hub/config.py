@@ -333,14 +333,9 @@ class HubConfig(_Strict):
     def _one_route_from_destination(cls, data: Any) -> Any:
         # ``destination:`` is the spelling of configs written before routes: it stays valid and
         # means one route, of the same name, that takes every record.
-        if isinstance(data, dict) and data.get("destination") is not None:
-            if data.get("routes"):
-                raise ValueError("destination: give either `routes` or the older `destination`, not both")
-            dest = data["destination"]
-            if isinstance(dest, dict):
-                data = {**data, "routes": [dict(dest)]}
-        elif isinstance(data, dict) and not data.get("routes"):
-            raise ValueError("routes: at least one route (a destination adapter) is needed")
+        # Problems are left to the field and model checks, so every error comes out in one round.
+        if isinstance(data, dict) and isinstance(data.get("destination"), dict) and not data.get("routes"):
+            data = {**data, "routes": [dict(data["destination"])]}
         return data
 
     @model_validator(mode="after")
@@ -349,6 +344,11 @@ class HubConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"adapters: names must be unique, repeated: {', '.join(dupes)}")
+        if self.destination is not None and [(r.name, r.type) for r in self.routes] != [
+                (self.destination.name, self.destination.type)]:
+            raise ValueError("destination: give either `routes` or the older `destination`, not both")
+        if not self.routes:
+            raise ValueError("routes: at least one route (a destination adapter) is needed")
         routes = [r.name for r in self.routes]
         dupes = sorted({n for n in routes if routes.count(n) > 1})
         if dupes:
