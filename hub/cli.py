@@ -67,7 +67,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _print_errors(exc.errors)
         return 1
     print(f"{args.file}: valid ({len(config.adapters)} adapter(s), {len(config.signers)} signer(s), "
-          f"destination {config.destination.name})")
+          f"route(s) {', '.join(config.route_names)})")
     return 0
 
 
@@ -256,8 +256,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError:
         _print_errors(["say which records: --id, --record-id, --adapter, --school or --state"])
         return 2
+    if args.destination is not None and args.destination not in config.route_names:
+        _print_errors([f"--destination: no route named {args.destination!r} "
+                       f"(routes: {', '.join(config.route_names)})"])
+        return 2
     last = "signed:" + config.signing.steps[-1].role
-    moved = store.replay(pks, stage=args.stage, actor=f"cli:{args.actor}", deliver_from=last)
+    moved = store.replay(pks, stage=args.stage, actor=f"cli:{args.actor}", deliver_from=last,
+                         destination=args.destination, routes=config.route_names)
     print(f"{len(moved)} of {len(pks)} selected record(s) queued again from stage {args.stage}"
           + ("" if len(moved) == len(pks) else " (the others are not quarantined, failed or dead-lettered)"))
     for pk, state in moved:
@@ -425,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=["quarantined", "failed", "dead_letter", "blocked_identity"])
     p.add_argument("--stage", choices=["normalize", "render", "deliver"], default="normalize",
                    help="normalize: from the raw payload (default); deliver: re-send the signed PDF as it is")
+    p.add_argument("--destination", help="with --stage deliver: only this route's dead letters")
     p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
     p.set_defaults(func=cmd_replay)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -179,6 +179,31 @@ class DeliveryConfig(_Strict):
     breaker_probe_seconds: float = Field(default=30.0, gt=0, description="While open: one probe this often")
 
 
+class RouteFilters(_Strict):
+    """Which records a route takes; an omitted list takes every value, each given list must match."""
+    levels: list[Literal["02", "03", "04"]] | None = Field(
+        default=None, min_length=1, description="School levels (macaphoc): 02 primary, 03 lower, 04 upper secondary")
+    schools: list[Annotated[str, Field(pattern=r"^[0-9A-Za-z]{1,20}$")]] | None = Field(
+        default=None, min_length=1, description="School codes (matruong)")
+    events: list[Literal["NEW", "UPDATE", "CANCEL"]] | None = Field(
+        default=None, min_length=1, description="Envelope events (sukien)")
+
+    def matches(self, level: str | None, school: str | None, event: str | None) -> bool:
+        return ((self.levels is None or level in self.levels)
+                and (self.schools is None or school in self.schools)
+                and (self.events is None or event in self.events))
+
+
+class RouteSection(PluginSection):
+    """One destination a signed record may go to, with its own outbox, retries and dead letters."""
+    type: str = Field(description="Registered destination adapter name, see `hocba-hub plugins`")
+    filters: RouteFilters = Field(default_factory=RouteFilters,
+                                  description="Which records this route takes (none: every record)")
+
+    def matches(self, level: str | None, school: str | None, event: str | None) -> bool:
+        return self.filters.matches(level, school, event)
+
+
 class AdminToken(_Strict):
     name: str = Field(description="Who holds the token; recorded in the audit log")
     token: SecretStr = Field(min_length=16, description="Bearer token, from the environment: ${ADMIN_TOKEN}")
@@ -337,7 +362,11 @@ class HubConfig(_Strict):
     retention: RetentionConfig = RetentionConfig()
     verify: VerifyConfig = VerifyConfig()
     adapters: list[AdapterSection] = Field(min_length=1)
-    destination: PluginSection
+    routes: list[RouteSection] = Field(
+        default_factory=list, description="Where signed records go: each route a destination adapter with its "
+                                          "own outbox, filtered by level, school and event")
+    destination: PluginSection | None = Field(
+        default=None, description="The old spelling of one route that takes every record (use `routes`)")
     signers: list[PluginSection] = Field(min_length=1)
     signing: SigningConfig
     codes: CodesConfig = Field(
@@ -383,12 +412,31 @@ class HubConfig(_Strict):
     def makes_pdf(self) -> bool:
         return "pdf" in self.documents
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_route_from_destination(cls, data: Any) -> Any:
+        # ``destination:`` is the spelling of configs written before routes: it stays valid and
+        # means one route, of the same name, that takes every record.
+        # Problems are left to the field and model checks, so every error comes out in one round.
+        if isinstance(data, dict) and isinstance(data.get("destination"), dict) and not data.get("routes"):
+            data = {**data, "routes": [dict(data["destination"])]}
+        return data
+
     @model_validator(mode="after")
     def _references(self) -> "HubConfig":
         names = [a.name for a in self.adapters]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"adapters: names must be unique, repeated: {', '.join(dupes)}")
+        if self.destination is not None and [(r.name, r.type) for r in self.routes] != [
+                (self.destination.name, self.destination.type)]:
+            raise ValueError("destination: give either `routes` or the older `destination`, not both")
+        if not self.routes:
+            raise ValueError("routes: at least one route (a destination adapter) is needed")
+        routes = [r.name for r in self.routes]
+        dupes = sorted({n for n in routes if routes.count(n) > 1})
+        if dupes:
+            raise ValueError(f"routes: names must be unique, repeated: {', '.join(dupes)}")
         missing = [n for n in self.signing.trust_anchors if n not in self.trust_anchors]
         if missing:
             raise ValueError(f"signing.trust_anchors: {', '.join(map(repr, missing))} not defined under "
@@ -406,7 +454,7 @@ class HubConfig(_Strict):
             raise ValueError(f"department.signer: {self.department.signer!r} is not defined under signers")
         if self.identity is not None:
             # Health, logs and metrics key plugin instances by name: the provider needs its own.
-            taken = {*names, self.destination.name, *signers}
+            taken = {*names, *routes, *signers}
             if self.identity.name in taken:
                 raise ValueError(f"identity.name: {self.identity.name!r} is already the name of another "
                                  f"plugin instance")
@@ -424,20 +472,27 @@ class HubConfig(_Strict):
         return paths
 
     @property
+    def route_names(self) -> list[str]:
+        return [r.name for r in self.routes]
+
+    def route(self, name: str) -> RouteSection:
+        return next(r for r in self.routes if r.name == name)
+
+    @property
     def store_path(self) -> str:
         return self.store or str(self.data_dir / "hub.sqlite3")
 
     # Each plugin's validated Settings, filled by ``load_config``.
     _adapter_settings: dict[str, PluginSettings] = {}
     _signer_settings: dict[str, PluginSettings] = {}
-    _destination_settings: PluginSettings | None = None
+    _route_settings: dict[str, PluginSettings] = {}
     _identity_settings: PluginSettings | None = None
 
     def bind_settings(self, *, adapters: dict[str, PluginSettings], signers: dict[str, PluginSettings],
-                      destination: PluginSettings | None, identity: PluginSettings | None) -> None:
+                      routes: dict[str, PluginSettings], identity: PluginSettings | None) -> None:
         """Keep each plugin section's settings as its plugin's ``Settings`` validated them."""
         self._adapter_settings, self._signer_settings = adapters, signers
-        self._destination_settings, self._identity_settings = destination, identity
+        self._route_settings, self._identity_settings = routes, identity
 
     def adapter_settings(self, name: str) -> PluginSettings:
         return self._adapter_settings[name]
@@ -445,9 +500,12 @@ class HubConfig(_Strict):
     def signer_settings(self, name: str) -> PluginSettings:
         return self._signer_settings[name]
 
+    def route_settings(self, name: str) -> PluginSettings:
+        return self._route_settings[name]
+
     def destination_settings(self) -> PluginSettings:
-        assert self._destination_settings is not None
-        return self._destination_settings
+        """The first route's settings (the only one of a config written with ``destination:``)."""
+        return self._route_settings[self.routes[0].name]
 
     def identity_settings(self) -> PluginSettings:
         assert self._identity_settings is not None
@@ -460,10 +518,11 @@ class HubConfig(_Strict):
             cls = identity_provider_types()[self.identity.type].cls
             self._identity_settings = cls.Settings.model_validate({**self.identity.settings, **patch})
             return
-        if name == self.destination.name:
-            cls = adapter_types()[self.destination.type].cls
-            self._destination_settings = cls.Settings.model_validate({**self.destination.settings, **patch})
-            return
+        for route in self.routes:
+            if route.name == name:
+                cls = adapter_types()[route.type].cls
+                self._route_settings[name] = cls.Settings.model_validate({**route.settings, **patch})
+                return
         for section in self.adapters:
             if section.name == name:
                 self._adapter_settings[name] = adapter_types()[section.type].cls.Settings.model_validate(
@@ -542,12 +601,16 @@ def parse_config(data: Any) -> HubConfig:
     # In the file's order, so the errors come out in it too.
     adapter_settings = {s.name: v for i, s in enumerate(config.adapters)
                         if (v := settings_of(s, adapters, f"adapters[{i}]", "normalize")) is not None}
-    destination = settings_of(config.destination, adapters, "destination", "deliver")
+    # Errors name the spelling the file used: ``destination`` (the old one) or ``routes[i]``.
+    old = config.destination is not None
+    route_settings = {s.name: v for i, s in enumerate(config.routes)
+                      if (v := settings_of(s, adapters, "destination" if old else f"routes[{i}]", "deliver"))
+                      is not None}
     signer_settings = {s.name: v for i, s in enumerate(config.signers)
                        if (v := settings_of(s, signers, f"signers[{i}]")) is not None}
     identity = (None if config.identity is None
                 else settings_of(config.identity, identity_provider_types(), "identity"))
-    config.bind_settings(adapters=adapter_settings, signers=signer_settings, destination=destination,
+    config.bind_settings(adapters=adapter_settings, signers=signer_settings, routes=route_settings,
                          identity=identity)
     if errors:
         raise ConfigError(errors)
@@ -612,5 +675,6 @@ def config_json_schema() -> dict[str, Any]:
 
     defs["AdapterSection"]["allOf"] = typed(adapter_types())
     defs["PluginSection"]["allOf"] = typed(adapter_types()) + typed(signer_types())
+    defs["RouteSection"]["allOf"] = typed(adapter_types())
     defs["IdentitySection"]["allOf"] = typed(identity_provider_types())
     return schema

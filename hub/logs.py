@@ -158,7 +158,7 @@ def secret_values(config: Any) -> list[str]:
         found.update(secrets_in(node))
 
     identity = [config.identity] if getattr(config, "identity", None) is not None else []
-    for section in [*config.adapters, config.destination, *config.signers, *identity]:
+    for section in [*config.adapters, *config.routes, *config.signers, *identity]:
         walk(section.settings)
     if identity:
         try:
@@ -166,16 +166,13 @@ def secret_values(config: Any) -> list[str]:
         except AssertionError:  # the identity section failed validation: nothing loaded
             pass
     for getter, names in ((config.adapter_settings, [a.name for a in config.adapters]),
-                          (config.signer_settings, [s.name for s in config.signers])):
+                          (config.signer_settings, [s.name for s in config.signers]),
+                          (config.route_settings, [r.name for r in config.routes])):
         for name in names:
             try:
                 walk(getter(name))
             except KeyError:  # a section that failed validation has no settings object
                 pass
-    try:
-        walk(config.destination_settings())
-    except AssertionError:  # the destination's section failed validation: nothing loaded
-        pass
     # Very short values ("1", "on") would blank ordinary text and protect nothing.
     return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
 

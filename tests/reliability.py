@@ -36,6 +36,10 @@ ROLES = ["homeroom_teacher", "principal", "school_seal"]
 TRANSITIONS = ["received", "normalized", "rendered", *[f"signed:{r}" for r in ROLES], "delivered"]
 
 
+def route_name(i: int) -> str:
+    return "central" if i == 0 else f"central-{i + 1}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,11 +47,13 @@ def free_port() -> int:
 
 
 def write_config(directory: Path, *, store: str, pki: tuple[Path, Path], password: str, vendor: Any,
-                 central: Any, poll_interval: float = 0.5, vendor_settings: dict[str, Any] | None = None,
+                 central: Any | list[Any], poll_interval: float = 0.5, vendor_settings: dict[str, Any] | None = None,
                  delivery: dict[str, Any] | None = None, processes: int = 1,
                  remote_principal: dict[str, Any] | None = None) -> Path:
-    """A hub config file pointing at the in-process simulators; ``remote_principal``: the
-    principal signs through the ``csc`` signer with these settings, the others with key files."""
+    """A hub config file pointing at the in-process simulators; ``central``: one destination's
+    simulator, or several (one route each, every route taking every record); ``remote_principal``:
+    the principal signs through the ``csc`` signer with these settings, the others with key files."""
+    centrals = central if isinstance(central, list) else [central]
     config = {
         "data_dir": str(directory / "data"),
         "store": store,
@@ -58,7 +64,8 @@ def write_config(directory: Path, *, store: str, pki: tuple[Path, Path], passwor
         "adapters": [{"name": ADAPTER, "type": "vnpt", "poll_interval": poll_interval,
                       "settings": {**vendor.adapter_settings(), "backoff_seconds": 0.05,
                                    "max_backoff_seconds": 0.5, "timeout": 5, **(vendor_settings or {})}}],
-        "destination": {"name": "central", "type": "moet", "settings": {**central.adapter_settings(), "timeout": 5}},
+        "routes": [{"name": route_name(i), "type": "ttdlqg", "settings": {**sim.adapter_settings(), "timeout": 5}}
+                   for i, sim in enumerate(centrals)],
         "signers": [{"name": "keys", "type": "pkcs12",
                      "settings": {"directory": str(pki[0]), "password": password}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
@@ -84,7 +91,7 @@ class HubProcess:
 
     def start(self) -> None:
         self.port = free_port()
-        env = {**os.environ, "HOCBA_HUB_LOAD_PLUGINS": "vnpt,moet,pkcs12,xml", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "HOCBA_HUB_LOAD_PLUGINS": "vnpt,ttdlqg,pkcs12,xml", "PYTHONUNBUFFERED": "1"}
         with open(self.log, "ab") as out:
             out.write(f"\n--- start {self.name} at {time.strftime('%H:%M:%S')}\n".encode())
             self.proc = subprocess.Popen(
@@ -200,9 +207,12 @@ class Batch:
         return content_of({**central, "record_id": rid, "event": "NEW", "version": 1,
                            "updated_at": "2025-01-01T00:00:00"})
 
-    def arrived(self, central: Any, probe: StoreProbe) -> bool:
-        """Every valid record at the central store at the vendor's current content, and the
-        store finished with every record (latest versions delivered or quarantined)."""
+    def arrived(self, central: Any | list[Any], probe: StoreProbe) -> bool:
+        """Every valid record at the central store (each of them) at the vendor's current
+        content, and the store finished with every record (latest versions delivered or
+        quarantined)."""
+        if isinstance(central, list):
+            return all(self.arrived(one, probe) for one in central)
         accepted = central.accepted()
         if set(accepted) != set(self.valid):
             return False
@@ -237,9 +247,10 @@ class Outcome:
         return " ".join(f"{k}={v}" for k, v in figures.items())
 
 
-async def check_outcome(batch: Batch, central: Any, location: str, root: Path,
-                        replayed: frozenset[str] = frozenset()) -> Outcome:
-    """Everything the suites promise, checked after the hub stopped:
+async def check_outcome(batch: Batch, central: Any | list[Any], location: str, root: Path,
+                        replayed: frozenset[str] = frozenset(), destination: str | None = None) -> Outcome:
+    """Everything the suites promise, checked after the hub stopped (with several destinations,
+    for each of them: the figures add up, the problems name the destination):
 
     - every valid record is at the central store exactly once per version it was sent in,
       at its latest version, with the vendor's current content (lost = 0);
@@ -249,6 +260,16 @@ async def check_outcome(batch: Batch, central: Any, location: str, root: Path,
     - each delivered version went through every state exactly once (rendered once, each
       signature once, delivered once), and the audit chain is intact.
     """
+    if isinstance(central, list):
+        total = Outcome(records=len(batch.valid) + len(batch.invalid))
+        for i, one in enumerate(central):
+            part = await check_outcome(batch, one, location, root, replayed, route_name(i))
+            total.versions_delivered += part.versions_delivered
+            total.duplicates += part.duplicates
+            total.lost += part.lost
+            total.resends += part.resends
+            total.problems += [f"{route_name(i)}: {p}" for p in part.problems]
+        return total
     out = Outcome(records=len(batch.valid) + len(batch.invalid))
     store = st.open_store(location)
     try:
@@ -287,6 +308,11 @@ async def check_outcome(batch: Batch, central: Any, location: str, root: Path,
             out.problems.append(f"failed or dead-lettered: {[(r.id, r.state, r.errors) for r in bad_states]}")
         for row in rows:
             if row.state == lc.DELIVERED:
+                # A version one destination accepted while a newer one superseded it never went
+                # to the others: each destination answers for what the store says it holds.
+                held = {d["destination"] for d in store.deliveries_of(row.id) if d["state"] == lc.DELIVERED}
+                if destination is not None and destination not in held:
+                    continue
                 if (row.record_id, row.version) not in central.records:
                     out.lost += 1
                     out.problems.append(f"{row.record_id} v{row.version}: delivered in the store, not at the central store")

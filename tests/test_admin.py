@@ -24,7 +24,7 @@ import pytest_asyncio
 import uvicorn
 from conftest import PASSWORD, ROLES
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub.config import parse_config
@@ -47,7 +47,7 @@ class Running:
     """A hub serving HTTP on loopback, with the simulators it talks to."""
     hub: Hub
     vendor: VnptSimulator
-    central: MoetSimulator
+    central: TtdlqgSimulator
     url: str
     http: aiohttp.ClientSession
 
@@ -73,7 +73,7 @@ async def serve_hub(data_dir, pki, *, records: int = 4, invalid: int = 2, seed: 
     """Simulators, a started hub on ``data_dir`` and its app under uvicorn on 127.0.0.1, port 0;
     waits until the first pull has been worked through."""
     vendor = VnptSimulator(records=records, invalid=invalid, seed=seed)
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await vendor.start()
     await central.start()
     central.faults.outage = central_down
@@ -85,7 +85,7 @@ async def serve_hub(data_dir, pki, *, records: int = 4, invalid: int = 2, seed: 
         "admin": {"tokens": tokens},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": poll_interval,
                       "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "routes": [{"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()}],
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
         **(extra or {}),
@@ -147,7 +147,7 @@ async def test_openapi_document_is_valid_and_covers_the_api(env):
         "/api/records", "/api/records/{id}", "/api/records/{id}/pdf", "/api/records/{id}/cancel",
         "/api/quarantine", "/api/dead-letters",
         "/api/replay", "/api/adapters", "/api/adapters/{name}/pause", "/api/adapters/{name}/resume",
-        "/api/identity/blocked", "/api/identity/blocked.xlsx", "/api/signing",
+        "/api/identity/blocked", "/api/identity/blocked.xlsx", "/api/signing", "/api/destinations",
         "/api/exports/{school}/{class_name}"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "signed:school_seal" in doc["paths"]["/api/records"]["get"]["parameters"][0]["schema"]["enum"]
@@ -293,6 +293,10 @@ async def test_one_record_with_its_history_by_store_id_or_record_id(env):
         "received", "normalized", "rendered", *[f"signed:{r}" for r in ROLES], "dead_letter"]
     assert body["errors"] and body["replayable"]
     assert body["versions"] == [{"id": row.id, "version": 1, "event": "NEW", "state": lc.DEAD_LETTER}]
+    # Where it stands at each destination (one route here).
+    [there] = body["destinations"]
+    assert (there["destination"], there["state"], there["receipt_id"]) == ("central", lc.DEAD_LETTER, None)
+    assert there["last_error"]
     # The envelope's record_id finds the same record.
     assert (await env.get(f"/api/records/{row.record_id}", headers=VIEW))[1]["id"] == row.id
     assert (await env.get("/api/records/987654", headers=VIEW))[0] == 404
@@ -412,6 +416,21 @@ async def test_replay_quarantined_renormalises_and_is_audited_by_token_name(env)
     assert entries[-1]["kind"] == "admin.replay" and entries[-1]["actor"] == "an.nguyen"
 
 
+async def test_destinations_show_where_each_routes_records_stand(env):
+    dead = env.hub.store.rows(state=lc.DEAD_LETTER)
+    status, body = await env.get("/api/destinations", headers=VIEW)
+    assert status == 200
+    [central] = body["items"]
+    assert (central["name"], central["type"], central["filters"]) == ("central", "ttdlqg", {})
+    assert central["counts"]["dead_letter"] == len(dead) and central["counts"]["due"] == 0
+    assert central["health"] is not None and central["circuit_open"] is False
+    # A replay naming a destination that is not a route is refused, naming the field.
+    status, body = await env.post("/api/replay", headers=OP,
+                                  json={"state": "dead_letter", "stage": "deliver", "destination": "nowhere"})
+    assert status == 400 and body["parameter"] == "destination"
+    assert env.hub.store.rows(state=lc.DEAD_LETTER) == dead
+
+
 async def test_dead_letters_replayed_for_delivery_arrive_once_without_resigning(env):
     dead = env.hub.store.rows(state=lc.DEAD_LETTER)
     status, body = await env.get("/api/dead-letters", headers=VIEW)
@@ -419,7 +438,8 @@ async def test_dead_letters_replayed_for_delivery_arrive_once_without_resigning(
     assert all(i["errors"] for i in body["items"])  # the last error is kept
     pdfs = {r.id: r.pdf for r in dead}
 
-    status, body = await env.post("/api/replay", headers=OP, json={"state": "dead_letter", "stage": "deliver"})
+    status, body = await env.post("/api/replay", headers=OP,
+                                  json={"state": "dead_letter", "stage": "deliver", "destination": "central"})
     assert status == 200 and body["matched"] == len(dead) and body["skipped"] == 0
     assert sorted(m["id"] for m in body["moved"]) == sorted(pdfs)
     assert all(m["state"] == "signed:school_seal" for m in body["moved"])

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub.documents.verify import extract_record
 from hub.kit.pki import ensure_pki
@@ -131,7 +131,7 @@ def _free_port() -> int:
 
 
 async def test_run_serves_works_and_drains_on_sigterm(tmp_path):
-    vendor, central = VnptSimulator(records=4, invalid=1), MoetSimulator()
+    vendor, central = VnptSimulator(records=4, invalid=1), TtdlqgSimulator()
     await vendor.start()
     await central.start()
     pki = tmp_path / "pki"
@@ -141,7 +141,7 @@ async def test_run_serves_works_and_drains_on_sigterm(tmp_path):
     config["data_dir"] = str(tmp_path / "data")
     config["adapters"] = config["adapters"][:1]  # the vnpt source, served by the simulator above
     config["adapters"][0]["settings"].update(vendor.adapter_settings())
-    config["destination"]["settings"].update(central.adapter_settings())
+    config["routes"][0]["settings"].update(central.adapter_settings())
     config["signers"][0]["settings"] = {"directory": str(pki), "password": "${RUN_TEST_KEY_PASSWORD}"}
     config["signing"]["trust"] = [str(pki / "root-ca.pem")]
     path = tmp_path / "hub.yaml"

@@ -25,11 +25,11 @@ def test_example_config_is_valid(capsys):
 
 
 def test_env_references_and_defaults(monkeypatch):
-    monkeypatch.setenv("MOET_TOKEN", "from-the-environment")
+    monkeypatch.setenv("TTDLQG_TOKEN", "from-the-environment")
     config = parse_config(example())
     assert config.destination_settings().token.get_secret_value() == "from-the-environment"
-    monkeypatch.delenv("MOET_TOKEN")
-    assert parse_config(example()).destination_settings().token.get_secret_value() == "demo-moet-token"
+    monkeypatch.delenv("TTDLQG_TOKEN")
+    assert parse_config(example()).destination_settings().token.get_secret_value() == "demo-ttdlqg-token"
 
 
 def test_missing_env_var_names_the_path(monkeypatch):
@@ -67,13 +67,18 @@ def test_every_error_on_its_own_line_with_its_path(tmp_path, capsys):
 
 def test_destination_must_deliver_and_unknown_keys_are_errors():
     data = example()
-    data["destination"]["type"] = "vnpt"
+    data["routes"][0]["type"] = "vnpt"
     data["adapters"][0]["settings"]["colour"] = "blue"
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     text = "\n".join(info.value.errors)
-    assert "destination.type: 'vnpt' cannot deliver" in text
+    assert "routes[0].type: 'vnpt' cannot deliver" in text
     assert "adapters[0].settings.colour" in text
+    # The old spelling names its own key.
+    data["destination"] = data.pop("routes")[0]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert "destination.type: 'vnpt' cannot deliver" in info.value.errors
 
 
 def test_unreadable_and_non_yaml_files(tmp_path):

@@ -1,8 +1,10 @@
 """Crash suite: ``kill -9`` the hub at random points, restart it, repeat; nothing is lost or
 sent twice, every signature is valid, the quarantine holds exactly the invalid records.
 
-The hub runs as a real process (``python -m hub.cli run``); the vnpt and moet simulators run
-in this test's process, so what the central store received survives every kill. Each cycle
+The hub runs as a real process (``python -m hub.cli run``) with two routes, to two National
+Data Centre (ttdlqg) simulators; they and the vnpt simulator run in this test's process, so what
+each destination received survives every kill, and each must end up with every record exactly
+once per version. Each cycle
 picks where to kill — while a page is being fetched, right after a page was committed, while
 records are rendered, at each signing step, while a delivery is in flight, or at a random
 moment — and waits (briefly) for the hub to get there. Between cycles the vendor changes some
@@ -36,7 +38,7 @@ from reliability import (
     write_config,
 )
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import RECORDS_PATH, VnptSimulator
 
 PHASES = ["fetch", "commit", "render", "sign:homeroom_teacher", "sign:principal", "sign:school_seal",
@@ -48,7 +50,7 @@ _AFTER = {"render": "normalized", "sign:homeroom_teacher": "rendered",
 
 
 async def kill_at(phase: str, rng: random.Random, hubs: list[HubProcess], victim: HubProcess,
-                  vendor: VnptSimulator, central: MoetSimulator, probe: StoreProbe,
+                  vendor: VnptSimulator, central: TtdlqgSimulator, probe: StoreProbe,
                   timeout: float = 20.0) -> str:
     """Wait until the hub is at ``phase`` (or ``timeout``), then SIGKILL ``victim``.
     Returns what happened: the phase, or ``<phase>/late`` when it never got there."""
@@ -86,11 +88,13 @@ async def run_crash_cycles(tmp_path: Path, pki, *, store: str, workers: int, cyc
     rng = random.Random(seed)
     vendor = VnptSimulator(records=records, invalid=invalid, seed=seed)
     vendor.page_size = 4  # several pages per pull, so a kill can land between two of them
-    central = MoetSimulator()
+    central, second = TtdlqgSimulator(), TtdlqgSimulator(token="second-token")
     await vendor.start()
     await central.start()
+    await second.start()
+    centrals = [central, second]
     probe = StoreProbe(store if store else str(tmp_path / "data" / "hub.sqlite3"))
-    config = write_config(tmp_path, store=store, pki=pki, password=PASSWORD, vendor=vendor, central=central)
+    config = write_config(tmp_path, store=store, pki=pki, password=PASSWORD, vendor=vendor, central=centrals)
     hubs = [HubProcess(config, tmp_path / f"worker-{i}.log", name=f"worker-{i}") for i in range(workers)]
     batch = Batch(vendor)
     kills: list[str] = []
@@ -110,7 +114,7 @@ async def run_crash_cycles(tmp_path: Path, pki, *, store: str, workers: int, cyc
             vendor.faults.slow_seconds = 0.0
             victim.start()
         deadline = time.monotonic() + 60 + 2 * records
-        while not batch.arrived(central, probe) and time.monotonic() < deadline:
+        while not batch.arrived(centrals, probe) and time.monotonic() < deadline:
             for hub in hubs:
                 assert hub.running, f"{hub.name} died by itself:\n{hub.tail()}"
             await asyncio.sleep(0.2)
@@ -123,7 +127,7 @@ async def run_crash_cycles(tmp_path: Path, pki, *, store: str, workers: int, cyc
                 assert f"{workers} worker(s) connected" in body["checks"]["store"]["detail"], body
         for hub in hubs:
             assert await hub.stop() == 0, hub.tail()
-        outcome = await check_outcome(batch, central, probe.location, pki[1])
+        outcome = await check_outcome(batch, centrals, probe.location, pki[1])
         line = outcome.line(store="postgresql" if store else "sqlite", workers=workers, cycles=cycles,
                             seconds=round(time.monotonic() - started))
         print(f"\ncrash suite: {line}\nkills: {', '.join(kills)}")
@@ -131,7 +135,7 @@ async def run_crash_cycles(tmp_path: Path, pki, *, store: str, workers: int, cyc
             summary(figures, **dict(item.split("=", 1) for item in line.split()), kills=kills)
         assert outcome.problems == [], "\n".join(outcome.problems)
         assert outcome.duplicates == 0 and outcome.lost == 0
-        assert central.counters.created == outcome.versions_delivered
+        assert central.counters.created + second.counters.created == outcome.versions_delivered
     finally:
         for hub in hubs:
             if hub.running:
@@ -139,6 +143,7 @@ async def run_crash_cycles(tmp_path: Path, pki, *, store: str, workers: int, cyc
         probe.close()
         await vendor.stop()
         await central.stop()
+        await second.stop()
 
 
 async def test_kill_9_at_random_points_then_restart_sqlite(tmp_path, pki):

@@ -5,8 +5,9 @@ At the same time: the school software answers 5xx, 429 with Retry-After, drops c
 stalls past the client's timeout, serves an HTML maintenance page and cuts JSON in half, all
 slowly; the remote signing service (the principal's step) answers 5xx and 429, drops
 connections, is slow, asks the phone for approval that comes late, and one principal declines
-on their phone; the central store is down outright, then fails, rate-limits, drops and is slow
-once it comes back. Nothing is dead-lettered by the outage; the declined records fail with the
+on their phone; the central store (the first of two destinations) is down outright, then fails,
+rate-limits, drops and is slow once it comes back, while the second destination fails and drops a
+few requests and otherwise takes every record at once. Nothing is dead-lettered by the outage; the declined records fail with the
 reason and arrive after the principal approves and an operator replays them.
 
 Runs on SQLite with one hub and on PostgreSQL with two hubs sharing the store.
@@ -21,7 +22,7 @@ from conftest import PASSWORD
 from pgtest import scratch_database
 from reliability import Batch, StoreProbe, check_outcome, write_config
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
@@ -41,9 +42,10 @@ async def wait_for(condition, timeout: float, what: str) -> None:
 async def run_fault_batch(tmp_path, pki, *, store: str, hubs: int) -> None:
     vendor = VnptSimulator(records=8, invalid=2, seed=71)
     vendor.page_size = 3
-    central = MoetSimulator()
+    central, second = TtdlqgSimulator(), TtdlqgSimulator(token="second-token")
+    centrals = [central, second]
     signing = CscSimulator(pki_dir=pki[0], password=PASSWORD, poll_interval=0.05)
-    for sim in (vendor, central, signing):
+    for sim in (vendor, central, second, signing):
         await sim.start()
     location = store or str(tmp_path / "data" / "hub.sqlite3")
     probe = StoreProbe(location)
@@ -52,7 +54,7 @@ async def run_fault_batch(tmp_path, pki, *, store: str, hubs: int) -> None:
     declined = {rid for rid, i in batch.valid.items()
                 if vendor.central(i)["signatories"]["principal_personal_id"] == declining}
     config_path = write_config(
-        tmp_path, store=store, pki=pki, password=PASSWORD, vendor=vendor, central=central,
+        tmp_path, store=store, pki=pki, password=PASSWORD, vendor=vendor, central=centrals,
         vendor_settings={"timeout": 1.5, "max_attempts": 3},
         remote_principal={**signing.adapter_settings(), "batch_window": 0.1, "poll_interval": 0.05,
                           "backoff": 0.05, "attempts": 8, "request_timeout": 3})
@@ -70,6 +72,7 @@ async def run_fault_batch(tmp_path, pki, *, store: str, hubs: int) -> None:
         c = central.faults
         c.outage, c.fail_next_n, c.rate_limit_next_n, c.drop_next_n_connections = True, 2, 2, 2
         c.slow_seconds = 0.1
+        second.faults.fail_next_n, second.faults.drop_next_n_connections = 2, 1
 
         for _ in range(hubs):
             hub = Hub(load_config(config_path))
@@ -89,7 +92,10 @@ async def run_fault_batch(tmp_path, pki, *, store: str, hubs: int) -> None:
                     and states.count(lc.QUARANTINED) == len(batch.invalid))
 
         await wait_for(all_waiting, 180, "the batch to wait for the central store")
+        # The second destination does not wait for the first: it holds every record that is ready.
+        await wait_for(lambda: len(second.accepted()) == waiting, 60, "the second destination to take the batch")
         assert central.counters.created == 0 and central.counters.faulted > 0
+        assert second.counters.faulted == 3
         assert (v.fail_next_n, v.rate_limit_next_n, v.drop_next_n_connections, v.stall_next_n,
                 v.html_next_n, v.truncate_next_n) == (0, 0, 0, 0, 0, 0)
         assert (s.fail_next_n, s.rate_limit_next_n, s.drop_next_n_connections) == (0, 0, 0)
@@ -111,20 +117,20 @@ async def run_fault_batch(tmp_path, pki, *, store: str, hubs: int) -> None:
         assert len(moved) == len(declined)
         for hub in running:
             await asyncio.wait_for(hub.wait_idle(), 180)
-        await wait_for(lambda: batch.arrived(central, probe), 60, "every record at the central store")
+        await wait_for(lambda: batch.arrived(centrals, probe), 60, "every record at both destinations")
         for hub in running:
             await hub.stop()
         running.clear()
-        outcome = await check_outcome(batch, central, location, pki[1], replayed=frozenset(declined))
+        outcome = await check_outcome(batch, centrals, location, pki[1], replayed=frozenset(declined))
         print(f"\nfault suite: {outcome.line(store=store.split(':')[0] or 'sqlite', hubs=hubs)}")
         assert outcome.problems == [], "\n".join(outcome.problems)
         assert outcome.duplicates == 0 and outcome.lost == 0
-        assert central.counters.created == len(batch.valid)
+        assert central.counters.created == second.counters.created == len(batch.valid)
     finally:
         for hub in running:
             await hub.stop(drain_timeout=0)
         probe.close()
-        for sim in (vendor, central, signing):
+        for sim in (vendor, central, second, signing):
             await sim.stop()
 
 
@@ -143,7 +149,7 @@ async def test_dropped_database_connections_leave_records_waiting_not_failed(tmp
     import psycopg
 
     with scratch_database("hocba_dbdrop") as url:
-        vendor, central = VnptSimulator(records=10, invalid=1, seed=73), MoetSimulator()
+        vendor, central = VnptSimulator(records=10, invalid=1, seed=73), TtdlqgSimulator()
         for sim in (vendor, central):
             await sim.start()
         batch = Batch(vendor)
@@ -175,7 +181,7 @@ async def test_a_dropped_connection_neither_escapes_wait_idle_nor_ends_the_pull_
     ``wait_idle`` or the pull loop makes when the connection is cut), made certain: the first
     calls of both raise the store's "unavailable" error. The loop pulls anyway and ``wait_idle``
     returns once the batch is through."""
-    vendor, central = VnptSimulator(records=3, invalid=0, seed=5), MoetSimulator()
+    vendor, central = VnptSimulator(records=3, invalid=0, seed=5), TtdlqgSimulator()
     for sim in (vendor, central):
         await sim.start()
     hub = Hub(load_config(write_config(tmp_path, store="", pki=pki, password=PASSWORD,

@@ -264,14 +264,14 @@ def test_deliveries_are_leased_once_and_retried_when_due(open_store):
     for pk in (a, b):
         advance_to_signed(one, pk)
     assert one.outbox_size() == 2 and one.next_due() is not None
-    assert one.claim_deliveries("w1", 60, 1) == [(a, 0)]
-    assert two.claim_deliveries("w2", 60, 10) == [(b, 0)]
+    assert one.claim_deliveries("w1", 60, 1) == [(a, "", 0)]
+    assert two.claim_deliveries("w2", 60, 10) == [(b, "", 0)]
     assert one.claim_deliveries("w1", 60, 10) == []
     assert one.retry_later(a, "503", "9999-01-01T00:00:00.000+00:00") == 1
     two.release_delivery(b, "w2")
-    assert one.claim_deliveries("w1", 60, 10) == [(b, 0)]  # a waits for its due time
+    assert one.claim_deliveries("w1", 60, 10) == [(b, "", 0)]  # a waits for its due time
     assert one.make_due(now_iso()) == 1  # the destination is back: what waits goes now
-    assert two.claim_deliveries("w2", 60, 10) == [(a, 1)]
+    assert two.claim_deliveries("w2", 60, 10) == [(a, "", 1)]
     assert one.get(a).errors == ["503"]
     one.advance(a, "signed:school_seal", lc.DELIVERED, receipt={"receipt_id": "R1"})
     assert one.outbox_size() == 1 and one.sent_version(st.record_id_for("a", "1")) == (1, f"h{a}")
@@ -485,13 +485,13 @@ def test_postgres_worker_that_dies_frees_its_leases_at_once():
             [a, b, c] = ids
             advance_to_signed(dying, c)
             assert dying.claim([lc.RECEIVED], "dying", 3600, 10) == [a, b]
-            assert dying.claim_deliveries("dying", 3600, 10) == [(c, 0)]
+            assert dying.claim_deliveries("dying", 3600, 10) == [(c, "", 0)]
             assert dying.claim_pull("vendor", "dying", 3600)
             assert survivor.claim([lc.RECEIVED], "survivor", 60, 10) == []
             assert "2 worker(s) connected" in survivor.describe()
             dying._conn.close()  # what PostgreSQL sees when a worker is killed: its session ends
             assert survivor.claim([lc.RECEIVED], "survivor", 60, 10) == [a, b]
-            assert survivor.claim_deliveries("survivor", 60, 10) == [(c, 0)]
+            assert survivor.claim_deliveries("survivor", 60, 10) == [(c, "", 0)]
             assert survivor.claim_pull("vendor", "survivor", 60)
             assert "1 worker(s) connected" in survivor.describe()
             # The dead worker's store reconnects on its next call, as a new session.
@@ -611,3 +611,134 @@ def test_issuance_registry_records_each_copy_once_with_its_audit_entry(open_stor
     with pytest.raises(ValueError, match="no XML"):
         [other] = s.receive("vendor", [raw("b")])
         s.issue(other, "xml", actor="x")
+
+
+# --- routes: one job, one outcome and one held version per destination --------------------------
+
+def signed_for(s, pk, destinations, last="signed:school_seal"):
+    s.advance(pk, lc.RECEIVED, lc.NORMALIZED, normalized={"x": pk}, content_hash=f"h{pk}")
+    s.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=b"%PDF-")
+    s.advance(pk, lc.RENDERED, last, pdf=b"%PDF-signed", due=destinations)
+
+
+def test_a_record_is_delivered_once_every_destination_it_goes_to_holds_it(open_store):
+    s = open_store()
+    a, b, c = s.receive("a", [raw("1"), raw("2"), raw("3")])
+    signed_for(s, a, ["ndc", "store"])
+    signed_for(s, b, ["ndc"])
+    signed_for(s, c, [])  # no route takes it: nothing to send
+    assert s.get(c).state == lc.DELIVERED and "no route" in s.history(c)[-1]["detail"]
+    assert s.outbox_size("ndc") == 2 and s.outbox_size("store") == 1
+    assert s.claim_deliveries("w", 60, 10, "store") == [(a, "store", 0)]
+    assert [j[:2] for j in s.claim_deliveries("w", 60, 10, "ndc")] == [(a, "ndc"), (b, "ndc")]
+    assert s.delivery_done(a, "ndc", "signed:school_seal", {"receipt_id": "N1"}) is None  # store still to go
+    assert s.get(a).state == "signed:school_seal"
+    assert s.delivery_done(a, "store", "signed:school_seal", {"receipt_id": "S1"}) == lc.DELIVERED
+    rid = st.record_id_for("a", "1")
+    assert s.sent_versions(rid) == {"ndc": (1, f"h{a}"), "store": (1, f"h{a}")}
+    assert {d["destination"]: (d["state"], d["receipt"]["receipt_id"]) for d in s.deliveries_of(a)} == {
+        "ndc": ("delivered", "N1"), "store": ("delivered", "S1")}
+    assert s.destination_counts() == {"ndc": {"delivered": 1, "queued": 1, "due": 1}, "store": {"delivered": 1}}
+
+
+def test_one_destinations_dead_letter_is_replayed_to_it_alone(open_store):
+    s = open_store()
+    [a] = s.receive("a", [raw("1")])
+    signed_for(s, a, ["ndc", "store"])
+    assert s.retry_later(a, "503", now_iso(), destination="store") == 1
+    assert s.delivery_given_up(a, "store", "signed:school_seal", "422 refused") is None
+    # While ndc's job is still open, the store's dead letter can already be sent again.
+    assert s.replay([a], stage="deliver", actor="ops", deliver_from="signed:school_seal",
+                    destination="store") == [(a, "signed:school_seal")]
+    assert s.delivery_given_up(a, "store", "signed:school_seal", "422 refused") is None
+    assert s.delivery_done(a, "ndc", "signed:school_seal", {"receipt_id": "N1"}) == lc.DEAD_LETTER
+    assert s.get(a).errors == ["store: 422 refused"]
+    assert s.replay([a], stage="deliver", actor="ops", deliver_from="signed:school_seal",
+                    destination="ndc") == []  # ndc holds it: nothing of it is dead
+    assert s.replay([a], stage="deliver", actor="ops", deliver_from="signed:school_seal") == [
+        (a, "signed:school_seal")]
+    assert [j[:2] for j in s.claim_deliveries("w", 60, 10)] == [(a, "store")]  # never ndc twice
+    assert s.delivery_done(a, "store", "signed:school_seal", {"receipt_id": "S1"}) == lc.DELIVERED
+    assert [e["kind"] for e in s.audit_entries()].count("receipt") == 2
+
+
+def test_a_version_accepted_while_superseded_keeps_its_receipt_per_destination(open_store):
+    s = open_store()
+    [a] = s.receive("a", [raw("1")])
+    signed_for(s, a, ["ndc", "store"])
+    s.claim_deliveries("w", 60, 10)
+    s.receive("a", [raw("1", {"id": "1", "changed": True})])  # version 2 supersedes version 1
+    assert s.get(a).state == lc.SUPERSEDED and s.outbox_size() == 0
+    assert s.delivery_done(a, "ndc", "signed:school_seal", {"receipt_id": "N1"}) == lc.DELIVERED
+    assert s.delivery_done(a, "store", "signed:school_seal", {"receipt_id": "S1"}) is None
+    assert {d["destination"]: d["state"] for d in s.deliveries_of(a)} == {"ndc": "delivered", "store": "delivered"}
+    assert s.sent_version(st.record_id_for("a", "1"), "store") == (1, f"h{a}")
+
+
+def test_a_destination_holding_a_newer_version_settles_its_job_and_reissue_is_per_destination(open_store):
+    s = open_store()
+    [a] = s.receive("a", [raw("1")])
+    signed_for(s, a, ["ndc", "store"])
+    assert s.delivery_given_up(a, "ndc", "signed:school_seal", "holds version 3", superseded=True) is None
+    new = s.reissue(a, "signed:school_seal", 3, "store holds version 3", destination="store")
+    assert s.get(new).version == 4
+    assert s.sent_versions(st.record_id_for("a", "1")) == {"store": (3, None)}
+    assert {d["destination"]: d["state"] for d in s.deliveries_of(a)} == {"ndc": "superseded", "store": "superseded"}
+
+
+def _store_at_step_6(location: str) -> None:
+    """A store as the hub before routes left it: the schema of steps 1–6 (steps never change once
+    shipped), a delivered record, a dead letter and two queued delivery jobs, one leased."""
+    old = [step for step in migrations.STEPS if step.version <= 6]
+    rows = [("r1", "delivered"), ("r2", "signed:school_seal"), ("r3", "signed:school_seal"), ("r4", "dead_letter")]
+    if st.is_postgres_url(location):
+        import psycopg
+
+        conn = psycopg.connect(location, autocommit=True)
+        run, dialect = (lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args or None)), "postgresql"
+    else:
+        conn = sqlite3.connect(location, isolation_level=None)
+        run, dialect = conn.execute, "sqlite"
+    run(migrations.VERSION_TABLE)
+    for step in old:
+        for statement in step.statements(dialect):
+            run(statement)
+        run("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)", (step.version, step.name, "x"))
+    for pk, (rid, state) in enumerate(rows, start=1):
+        run("INSERT INTO records (id, record_id, version, event, adapter, source_id, content_type, payload,"
+            " payload_hash, state, received_at, updated_at, pdf, receipt, errors) VALUES (?, ?, 1, 'NEW', 'a', ?,"
+            " 'application/json', ?, 'h', ?, '2025-01-01', '2025-01-01', ?, ?, ?)",
+            (pk, rid, rid, b"{}", state, b"%PDF-signed",
+             '{"receipt_id": "R1"}' if state == "delivered" else None,
+             '["refused"]' if state == "dead_letter" else None))
+        run("INSERT INTO history (record, at, state, detail) VALUES (?, '2025-01-01', 'signed:school_seal', NULL)",
+            (pk,))
+    run("INSERT INTO outbox (record, due_at, attempts, last_error) VALUES (2, '2025-01-01', 3, '503')")
+    run("INSERT INTO outbox (record, due_at, attempts, lease_owner, lease_until) VALUES"
+        " (3, '2025-01-01', 0, 'dead-worker', ?)", ("2025-01-01T00:00:00+00:00",))
+    run("INSERT INTO sent (record_id, version, content_hash, receipt, sent_at) VALUES ('r1', 1, 'c1', NULL, 'x')")
+    conn.close()
+
+
+def test_a_store_from_before_routes_keeps_every_queued_job(location, open_store):
+    _store_at_step_6(location)
+    s = open_store()
+    assert s.schema_version() == migrations.LATEST
+    assert s.outbox_size() == 2  # nothing queued was lost
+    assert s.adopt_routeless("ndc") == 2  # the hub's first route takes the old destination's jobs
+    assert sorted(j[:3] for j in s.claim_deliveries("w", 60, 10, "ndc")) == [(2, "ndc", 3), (3, "ndc", 0)]
+    assert s.sent_version("r1", "ndc") == (1, "c1")
+    assert {r: [d["state"] for d in s.deliveries_of(r)] for r in (1, 2, 4)} == {
+        1: ["delivered"], 2: ["queued"], 4: ["dead_letter"]}
+    assert s.delivery_done(2, "ndc", "signed:school_seal", {"receipt_id": "R2"}) == lc.DELIVERED
+    assert s.replay([4], stage="deliver", actor="ops", deliver_from="signed:school_seal") == [
+        (4, "signed:school_seal")]
+    assert s.outbox_size("ndc") == 2
+
+
+def test_steps_are_applied_when_missing_whatever_their_order():
+    assert [s.version for s in migrations.pending({1, 2, 3, 4, 5, 6})] == [7]
+    assert [s.version for s in migrations.pending({1, 2, 3, 4, 5, 7})] == [6]
+    assert [s.version for s in migrations.pending(5)] == [6, 7]
+    with pytest.raises(migrations.SchemaTooNew):
+        migrations.pending({1, 2, 99})

@@ -1,9 +1,15 @@
-"""Delivery from the outbox: retries by error class, a circuit breaker, dead letters, versions.
+"""Delivery from the outbox: per route, retries by error class, a circuit breaker, dead letters, versions.
 
-A delivery job exists in the store (``outbox`` table) from the transaction that signed the
-last step until the one that records the outcome, so a crash never loses or duplicates one:
-the destination is idempotent on ``record_id`` + ``version``, and a job re-sent after a crash
-gets the original receipt back.
+A record may go to several destinations (``routes:`` in the config, each filtered by level,
+school and event). The transaction that signs the last step writes one delivery job per route
+that takes the record (``outbox`` table, keyed by record version and destination); each job
+lives until the transaction that records that destination's outcome (``deliveries``), so a
+crash never loses or duplicates one: a destination is idempotent on ``record_id`` +
+``version``, and a job re-sent after a crash gets the original receipt back. The record is
+``delivered`` once every route that took it holds it (``dead_letter`` if one gave up).
+
+Each route has its own worker (``RouteOutbox``) with everything below of its own, so one
+destination's outage or refusals never hold up another's deliveries:
 
 - transient failures (5xx, timeouts, dropped connections, 429) are retried with exponential
   backoff and jitter (tenacity's wait strategy), a ``Retry-After`` is honoured;
@@ -26,7 +32,7 @@ from tenacity import RetryCallState, wait_exponential_jitter
 from hub import lifecycle as lc
 from hub import store as st
 from hub.config import DeliveryConfig
-from hub.contracts import Delivery, DeliveryError
+from hub.contracts import Adapter, Delivery, DeliveryError
 from hub.records import parse_transcript
 
 if TYPE_CHECKING:
@@ -109,14 +115,55 @@ class CircuitBreaker:
 
 
 class Outbox:
-    """The delivery worker of one hub: takes due jobs from the store and sends them."""
+    """The delivery workers of one hub: one ``RouteOutbox`` per configured route.
+
+    Extension point, for destinations that take class packages instead of single records (the
+    Ministry's transcript store): such an adapter would declare ``delivers = "package"``, and
+    its ``RouteOutbox`` would claim jobs grouped by (school, class, school year) — every signed
+    transcript of the class, each still its own job and outcome — and hand them to the adapter
+    together (``deliver_package``), recording one receipt per package and per transcript with
+    ``Store.delivery_done``. Per-record routes stay as they are.
+    """
 
     def __init__(self, hub: "Hub", concurrency: int = 8):
         self.hub = hub
+        self.routes = {name: RouteOutbox(hub, name, adapter, concurrency) for name, adapter in hub.routes.items()}
+        self.wake = _WakeAll(self)
+
+    @property
+    def active(self) -> int:
+        return sum(route.active for route in self.routes.values())
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The first route's breaker (the only one of a hub with one destination)."""
+        return next(iter(self.routes.values())).breaker
+
+    async def run(self) -> None:
+        await asyncio.gather(*(route.run() for route in self.routes.values()))
+
+
+class _WakeAll:
+    """``Outbox.wake.set()``: a job was added; every route looks (each claims only its own)."""
+
+    def __init__(self, outbox: Outbox):
+        self._outbox = outbox
+
+    def set(self) -> None:
+        for route in self._outbox.routes.values():
+            route.wake.set()
+
+
+class RouteOutbox:
+    """The delivery worker of one route: takes its destination's due jobs and sends them."""
+
+    def __init__(self, hub: "Hub", name: str, adapter: Adapter, concurrency: int = 8):
+        self.hub = hub
+        self.name = name
+        self.adapter = adapter
         self.policy = hub.config.delivery
         self.backoff = Backoff(self.policy)
-        self.breaker = CircuitBreaker(hub.config.destination.name, self.policy.breaker_threshold,
-                                      self.policy.breaker_probe_seconds, hub.log)
+        self.breaker = CircuitBreaker(name, self.policy.breaker_threshold, self.policy.breaker_probe_seconds, hub.log)
         self.wake = asyncio.Event()
         self.active = 0
         self._concurrency = concurrency
@@ -129,7 +176,7 @@ class Outbox:
                 try:
                     await self._run()
                 except self.hub.store.unavailable as exc:  # the database is away: try again shortly
-                    self.hub.log.warning("store.unavailable", task="outbox", error=str(exc))
+                    self.hub.log.warning("store.unavailable", task="outbox", destination=self.name, error=str(exc))
                     await asyncio.sleep(1.0)
         finally:
             for task in list(self._tasks):
@@ -143,24 +190,24 @@ class Outbox:
             if self.breaker.is_open and not self.breaker.allow():
                 await self._sleep(self.breaker.wait_seconds())
                 continue
-            if self.breaker.ended:  # the destination is back: everything waiting goes now
+            if self.breaker.ended:  # the destination is back: everything waiting for it goes now
                 self.breaker.ended = False
-                await hub.db(hub.store.make_due, _utc())
+                await hub.db(hub.store.make_due, _utc(), self.name)
             probing = self.breaker.is_open
             free = 1 if probing else self._concurrency - len(self._tasks)
             if free <= 0:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            due = await hub.db(hub.store.claim_deliveries, hub.owner, hub.lease_seconds, free)
+            due = await hub.db(hub.store.claim_deliveries, hub.owner, hub.lease_seconds, free, self.name)
             if not due:
                 if probing:
                     self.breaker.probing = False  # nothing was due: the probe slot is free again
-                next_due = await hub.db(hub.store.next_due)
+                next_due = await hub.db(hub.store.next_due, self.name)
                 wait = 5.0 if next_due is None else (
                     dt.datetime.fromisoformat(next_due) - dt.datetime.now(dt.timezone.utc)).total_seconds()
                 await self._sleep(min(max(wait, 0.01), 5.0))
                 continue
-            for pk, attempts in due:
+            for pk, _, attempts in due:
                 task = asyncio.create_task(self._deliver(pk, attempts))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -173,57 +220,61 @@ class Outbox:
         except asyncio.TimeoutError:
             pass
 
-
     async def _deliver(self, pk: int, attempts: int) -> None:
-        hub = self.hub
+        hub, name = self.hub, self.name
         self.active += 1
         started = time.perf_counter()
         try:
             row = await hub.db(hub.store.get, pk)
             if row.state != hub.last_signed_state:
-                await hub.db(hub.store.drop_delivery, pk)  # the record moved on meanwhile
+                await hub.db(hub.store.drop_delivery, pk, name)  # the record moved on meanwhile
                 return
-            sent = await hub.db(hub.store.sent_version, row.record_id)
-            if sent is not None and sent[0] > row.version:
-                await hub.move(row, lc.SUPERSEDED, detail=f"destination already holds version {sent[0]}")
+            held = await hub.db(hub.store.sent_version, row.record_id, name)
+            if held is not None and held[0] > row.version:
+                settled = await hub.db(hub.store.delivery_given_up, pk, name, row.state,
+                                       f"{name} already holds version {held[0]}", superseded=True)
+                hub.settled(row, settled)
                 return
             record = parse_transcript(row.normalized)
             delivery = Delivery(row.record_id, row.version, row.event,
                                 record.model_dump(mode="json", by_alias=True), row.pdf or b"", xml=row.xml,
                                 reason=row.reason)
-            await hub.db(hub.store.delivery_attempted, pk, row.record_id, row.version)
+            await hub.db(hub.store.delivery_attempted, pk, row.record_id, row.version, name)
             try:
-                receipt = await hub.destination.deliver(delivery)
+                receipt = await self.adapter.deliver(delivery)
             except DeliveryError as exc:
                 await self._failed(row, attempts, exc)
                 return
             self.breaker.success()
             accepted = {"receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
                         "duplicate": receipt.duplicate, **receipt.detail}
-            try:
-                await hub.move(row, lc.DELIVERED, issued_to=hub.config.destination.name, receipt=accepted)
-            except st.StateConflict:
-                # A newer version arrived while this one was on its way and superseded it; the
-                # destination has accepted this one all the same, so the store says so (and keeps
-                # the receipt): its view and the destination's must agree.
-                current = await hub.db(hub.store.get, pk)
-                if current.state != lc.SUPERSEDED:
-                    raise
-                await hub.move(current, lc.DELIVERED, issued_to=hub.config.destination.name, receipt=accepted,
-                                detail="accepted by the destination while a newer version was received")
+            # Also when a newer version superseded this one meanwhile: the destination accepted
+            # it, so the store says so and keeps the receipt (Store.delivery_done).
+            settled = await hub.db(hub.store.delivery_done, pk, name, row.state, accepted)
+            hub.settled(row, settled)
             hub.observe_stage("deliver", time.perf_counter() - started)
+        except st.StateConflict:
+            pass  # the record moved on (a newer version) while this job was decided: its job is gone
         except hub.store.unavailable as exc:
             # The database, not the delivery, failed: the job's lease runs out and it is sent
             # again (the destination's idempotency makes a repeat harmless).
-            hub.log.warning("store.unavailable", task="deliver", pk=pk, error=str(exc))
+            hub.log.warning("store.unavailable", task="deliver", destination=name, pk=pk, error=str(exc))
         except asyncio.CancelledError:
             # Stopped mid-send: the job goes back (the destination's idempotency makes a
             # re-send of a delivery that did arrive harmless).
-            await asyncio.shield(hub.db(hub.store.release_delivery, pk, hub.owner))
+            await asyncio.shield(hub.db(hub.store.release_delivery, pk, hub.owner, name))
             raise
         finally:
             self.active -= 1
             self.wake.set()
+
+    async def _give_up(self, row: st.Row, reason: str) -> None:
+        hub = self.hub
+        settled = await hub.db(hub.store.delivery_given_up, row.id, self.name, row.state, reason)
+        hub.count_dead_letter(self.name)
+        hub.log.warning("delivery.dead_letter", record_id=row.record_id, version=row.version,
+                        destination=self.name, adapter=row.adapter, school_code=row.school_code, error=reason)
+        hub.settled(row, settled)
 
     async def _failed(self, row: st.Row, attempts: int, exc: DeliveryError) -> None:
         hub = self.hub
@@ -232,39 +283,37 @@ class Outbox:
             held = exc.held_version
             if held is None:
                 try:
-                    held = await hub.destination.held_version(row.record_id)
+                    held = await self.adapter.held_version(row.record_id)
                 except DeliveryError:
                     held = None
             if held is None:
                 # Without knowing what the destination holds, the safe move is an operator's.
-                await hub.move(row, lc.DEAD_LETTER, detail="version conflict", errors=[reason])
-                hub.count_dead_letter()
+                await self._give_up(row, f"version conflict: {reason}")
                 return
             new_pk = await hub.db(hub.store.reissue, row.id, row.state, held,
-                                   f"destination holds version {held}; sending as the next version")
-            hub.log.warning("delivery.reconciled", record_id=row.record_id, held_version=held,
+                                  f"{self.name} holds version {held}; sending as the next version", self.name)
+            hub.log.warning("delivery.reconciled", record_id=row.record_id, held_version=held, destination=self.name,
                             old_version=row.version, adapter=row.adapter, school_code=row.school_code)
             hub.enqueue(new_pk, lc.RECEIVED)
             return
         if exc.permanent:
-            await hub.move(row, lc.DEAD_LETTER, detail="refused by the destination", errors=[reason])
-            hub.count_dead_letter()
+            await self._give_up(row, f"refused by {self.name}: {reason}")
             return
         was_open = self.breaker.is_open
         self.breaker.failure(row.record_id, reason)
         if was_open:
             # A failed probe during an outage says nothing about this record: no attempt counted,
             # so an hour-long outage dead-letters nothing.
-            await hub.db(hub.store.retry_later, row.id, reason, _utc(self.policy.breaker_probe_seconds), False)
+            await hub.db(hub.store.retry_later, row.id, reason, _utc(self.policy.breaker_probe_seconds), False,
+                         self.name)
             return
         attempts += 1
         if attempts >= self.policy.max_attempts:
-            await hub.move(row, lc.DEAD_LETTER, detail=f"gave up after {attempts} attempts", errors=[reason])
-            hub.count_dead_letter()
+            await self._give_up(row, f"gave up after {attempts} attempts: {reason}")
             return
         delay = self.backoff.seconds(attempts, exc.retry_after)
-        await hub.db(hub.store.retry_later, row.id, reason, _utc(delay))
-        hub.count_retry()
+        await hub.db(hub.store.retry_later, row.id, reason, _utc(delay), True, self.name)
+        hub.count_retry(self.name)
         if not self.breaker.is_open:  # during an outage the breaker logs once, not every retry
-            hub.log.info("delivery.retry", record_id=row.record_id, adapter=row.adapter,
+            hub.log.info("delivery.retry", record_id=row.record_id, adapter=row.adapter, destination=self.name,
                          school_code=row.school_code, attempt=attempts, in_seconds=round(delay, 2), error=reason)

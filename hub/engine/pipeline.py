@@ -5,7 +5,9 @@ works on a few at once, and commits the next state, which ends the lease and wak
 stage. A hub that stops or is killed leaves every record at its last committed state; the
 next start (or another worker on a shared PostgreSQL store, once the lease runs out) carries
 on from there. With an identity provider configured, the people a record names are checked
-between normalisation and rendering (``hub.engine.identity``). Delivery runs from the outbox (``hub.engine.outbox``). Rendering and signing run in a
+between normalisation and rendering (``hub.engine.identity``). Delivery runs from the outbox
+(``hub.engine.outbox``), one worker per route: the last signing step queues a job for every route
+whose filters take the record (``Hub.routes_for``). Rendering and signing run in a
 process pool (one process per core by default), so the event loop stays free and both cores
 work.
 """
@@ -203,7 +205,7 @@ class Hub:
         self._concurrency = config.workers.concurrency or 2 * processes
         self.adapters: dict[str, Adapter] = {}
         self.signers: dict[str, Signer] = {}
-        self.destination: Adapter | None = None
+        self.routes: dict[str, Adapter] = {}  # destination adapter per route, in the config's order
         self.identity: IdentityProvider | None = None
         self.identity_stage: IdentityStage | None = None
         # Work is claimed from the store with leases, so several hub processes can share one
@@ -264,10 +266,10 @@ class Hub:
                     cls = adapter_types()[section.type].cls
                     ctx = PluginContext(section.name, data / "plugins" / section.name, self._pool)
                     self.adapters[section.name] = cls(self.config.adapter_settings(section.name), ctx)
-            dest = self.config.destination
-            self.destination = adapter_types()[dest.type].cls(
-                self.config.destination_settings(), PluginContext(dest.name, data / "plugins" / dest.name, self._pool)
-            )
+            for route in self.config.routes:
+                self.routes[route.name] = adapter_types()[route.type].cls(
+                    self.config.route_settings(route.name),
+                    PluginContext(route.name, data / "plugins" / route.name, self._pool))
             if (section := self.config.identity) is not None:
                 self.identity = identity_provider_types()[section.type].cls(
                     self.config.identity_settings(), PluginContext(section.name, data / "plugins" / section.name))
@@ -291,6 +293,11 @@ class Hub:
         if not self.store.shared:
             # Only this process uses the file: leases left by a killed run are void right away.
             await self.db(self.store.release_all)
+        # A store from before routes holds its one destination's jobs under no name: the first
+        # route (a ``destination:`` config's only one) carries them on.
+        adopted = await self.db(self.store.adopt_routeless, self.config.routes[0].name)
+        if adopted:
+            self.log.info("outbox.adopted", destination=self.config.routes[0].name, jobs=adopted)
         for stage, (handler, slots) in stages.items():
             self._wake[stage] = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._stage(stage, handler, slots), name=f"hocba-{stage}"))
@@ -360,13 +367,23 @@ class Hub:
         if self.metrics is not None:
             self.metrics.observe_stage(stage, seconds)
 
-    def count_retry(self) -> None:
-        if self.metrics is not None:
-            self.metrics.retry(self.config.destination.name)
+    @property
+    def destination(self) -> Adapter | None:
+        """The first route's adapter (the only one of a hub configured with ``destination:``)."""
+        return next(iter(self.routes.values()), None)
 
-    def count_dead_letter(self) -> None:
+    def routes_for(self, row: st.Row) -> list[str]:
+        """The routes whose filters take this record version (by level, school and event)."""
+        level = (row.normalized or {}).get("level")
+        return [r.name for r in self.config.routes if r.matches(level, row.school_code, row.event)]
+
+    def count_retry(self, destination: str) -> None:
         if self.metrics is not None:
-            self.metrics.dead_letter(self.config.destination.name)
+            self.metrics.retry(destination)
+
+    def count_dead_letter(self, destination: str) -> None:
+        if self.metrics is not None:
+            self.metrics.dead_letter(destination)
 
     async def readiness(self) -> dict[str, Any]:
         """Store and every plugin's ``check()``; ``ready`` only if all are healthy."""
@@ -389,8 +406,7 @@ class Hub:
 
     def _plugins(self) -> dict[str, Adapter | Signer | IdentityProvider]:
         out: dict[str, Adapter | Signer | IdentityProvider] = dict(self.adapters)
-        if self.destination is not None:
-            out[self.config.destination.name] = self.destination
+        out.update(self.routes)
         out.update(self.signers)
         if self.identity is not None and self.config.identity is not None:
             out[self.config.identity.name] = self.identity
@@ -518,19 +534,29 @@ class Hub:
                 self.log.warning("store.unavailable", task="heartbeat", error=str(exc))
 
     async def move(self, row: st.Row, state: str, *, detail: str | None = None, **fields: Any) -> None:
-        # Signing the last step makes the delivery due: the job is written in the same transaction.
-        due = state == self.last_signed_state
+        # Signing the last step makes the delivery due: a job per route that takes the record is
+        # written in the same transaction (none: the store settles it at once, sent nowhere).
+        due: bool | list[str] = self.routes_for(row) if state == self.last_signed_state else False
         await self._advance(row.id, row.state, state, detail=detail, due=due, **fields)
         if row.id in self.working:
             self._moved.add(row.id)
-        school = fields.get("school_code") or row.school_code
+        self._announce(row, state, fields.get("school_code"), fields.get("errors"))
+        if due == []:
+            self._announce(row, lc.DELIVERED, fields.get("school_code"), None)
+
+    def settled(self, row: st.Row, state: str | None) -> None:
+        """A destination's outcome moved the record on (to ``state``; ``None``: it did not)."""
+        if state is not None:
+            self._announce(row, state, None, None)
+
+    def _announce(self, row: st.Row, state: str, school: str | None, errors: list[str] | None) -> None:
         event = {"record_id": row.record_id, "version": row.version, "adapter": row.adapter,
-                 "school_code": school, "state": state}
+                 "school_code": school or row.school_code, "state": state}
         if state in (lc.QUARANTINED, lc.FAILED, lc.BLOCKED_IDENTITY):
-            self.log.warning("record.state", **event, errors=fields.get("errors"))
+            self.log.warning("record.state", **event, errors=errors)
         else:
             self.log.info("record.state", **event)
-        self._hook.hocba_hub_record_event(event={**event, "errors": fields.get("errors")})
+        self._hook.hocba_hub_record_event(event={**event, "errors": errors})
         self.enqueue(row.id, state)
 
     async def _advance(self, *args: Any, **kwargs: Any) -> None:
@@ -703,12 +729,15 @@ class Hub:
         record = outcome.record
         normalized = record.model_dump(mode="json")
         digest = st.content_hash(normalized)
-        sent = await self.db(self.store.sent_version, row.record_id)
-        if row.event != "CANCEL" and sent is not None and sent[1] == digest:
+        held = await self.db(self.store.sent_versions, row.record_id)
+        routes = [r.name for r in self.config.routes
+                  if r.matches(normalized.get("level"), record.school_code, row.event)]
+        if row.event != "CANCEL" and routes and all(held.get(r, (0, None))[1] == digest for r in routes):
             # The vendor re-sent the same transcript (a new timestamp, a reformatted payload):
-            # the destination already holds this content, so nothing is rendered, signed or sent.
+            # every destination it goes to already holds this content, so nothing is rendered,
+            # signed or sent.
             await self.move(row, lc.UNCHANGED, detail="; ".join(filter(None, (
-                                 f"same content as version {sent[0]}", remapped))),
+                                 f"same content as version {held[routes[0]][0]}", remapped))),
                              normalized=normalized, content_hash=digest,
                              school_code=record.school_code, school_year=record.school_year)
             return
@@ -980,12 +1009,17 @@ class Hub:
 
     # --- operator actions (the admin API, hub/admin.py) -------------------------------------
 
-    async def replay(self, pks: list[int], *, stage: str = "normalize", actor: str) -> list[tuple[int, str]]:
+    async def replay(self, pks: list[int], *, stage: str = "normalize", actor: str,
+                     destination: str | None = None) -> list[tuple[int, str]]:
         """``Store.replay`` through the running hub: the stages that take the moved records are
-        woken at once rather than at their next poll. Returns ``(id, new state)`` of the records
-        that moved."""
+        woken at once rather than at their next poll. ``destination``: replay only that route's
+        dead letters. Returns ``(id, new state)`` of the records that moved."""
+        if destination is not None and destination not in self.config.route_names:
+            raise ValueError(f"destination: no route named {destination!r} "
+                             f"(routes: {', '.join(self.config.route_names)})")
         moved = await self.db(self.store.replay, list(pks), stage=stage, actor=actor,
-                               deliver_from=self.last_signed_state)
+                               deliver_from=self.last_signed_state, destination=destination,
+                               routes=self.config.route_names)
         for pk, state in moved:
             self.enqueue(pk, state)
         return moved

@@ -57,8 +57,10 @@ def split(total: int, parts: int) -> list[int]:
 
 
 async def start_simulators(config: HubConfig, records: int, invalid: int, *, vendor_pki: Path | None = None,
-                           password: str = DEMO_KEY_PASSWORD) -> tuple[list[tuple[str, Simulator]], Simulator]:
-    """Start a simulator per adapter that has one (and the destination's); point the config at them.
+                           password: str = DEMO_KEY_PASSWORD
+                           ) -> tuple[list[tuple[str, Simulator]], Simulator, list[Simulator]]:
+    """Start a simulator per adapter that has one and one per route; point the config at them.
+    Returns the sources' simulators, the first route's, and the other routes'.
 
     ``vendor_pki``: a source whose simulator can deliver the XML học bạ already signed in the
     school's software (``sign_xml``: push, misa) does so, with a test PKI of its own under
@@ -66,9 +68,9 @@ async def start_simulators(config: HubConfig, records: int, invalid: int, *, ven
     sources = [a for a in config.adapters if a.enabled and simulator_class(a.type)]
     if not sources:
         raise ConfigError(["adapters: the demo needs at least one adapter that ships a simulator"])
-    dest_cls = simulator_class(config.destination.type)
-    if dest_cls is None:
-        raise ConfigError([f"destination.type: {config.destination.type!r} ships no simulator for the demo"])
+    for i, route in enumerate(config.routes):
+        if simulator_class(route.type) is None:
+            raise ConfigError([f"routes[{i}].type: {route.type!r} ships no simulator for the demo"])
     started: list[tuple[str, Simulator]] = []
     shares = zip(sources, split(records, len(sources)), split(invalid, len(sources)))
     for seed, (section, n, bad) in enumerate(shares):
@@ -79,10 +81,13 @@ async def start_simulators(config: HubConfig, records: int, invalid: int, *, ven
         await sim.start()
         started.append((section.name, sim))
         config.override_settings(section.name, sim.adapter_settings())
-    destination = dest_cls()
-    await destination.start()
-    config.override_settings(config.destination.name, destination.adapter_settings())
-    return started, destination
+    routes: list[Simulator] = []
+    for route in config.routes:
+        sim = simulator_class(route.type)()
+        await sim.start()
+        config.override_settings(route.name, sim.adapter_settings())
+        routes.append(sim)
+    return started, routes[0], routes[1:]
 
 
 async def start_identity_simulator(config: HubConfig, sources: list[tuple[str, Simulator]]
@@ -129,8 +134,8 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
     services = await start_signing_services(config, config.data_dir / "pki", os.environ[DEMO_KEY_PASSWORD_ENV])
     vendor_pki = config.data_dir / "vendor-pki"
     shutil.rmtree(vendor_pki, ignore_errors=True)  # the vendors' keys are as throwaway as the run
-    sources, destination = await start_simulators(config, records, invalid, vendor_pki=vendor_pki,
-                                                  password=os.environ[DEMO_KEY_PASSWORD_ENV])
+    sources, destination, other_routes = await start_simulators(config, records, invalid, vendor_pki=vendor_pki,
+                                                                password=os.environ[DEMO_KEY_PASSWORD_ENV])
     identity = await start_identity_simulator(config, sources)
     hub = Hub(config, store=st.Store(store_path))
     try:
@@ -159,7 +164,7 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
             server.should_exit = True
             await server.serve_task
         await hub.stop()
-        for sim in (*(s for _, s in sources), destination, *services, *([identity] if identity else [])):
+        for sim in (*(s for _, s in sources), destination, *other_routes, *services, *([identity] if identity else [])):
             await sim.stop()
 
     for name, _sim in sources:

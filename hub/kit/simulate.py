@@ -37,7 +37,7 @@ FEED_WAIT_SECONDS = 600   # how long a pushing vendor waits for the hub to come 
 
 
 def _settings(config: HubConfig, name: str) -> dict[str, Any]:
-    settings = config.destination_settings() if name == config.destination.name else config.adapter_settings(name)
+    settings = config.route_settings(name) if name in config.route_names else config.adapter_settings(name)
     return dict(settings)
 
 
@@ -98,12 +98,13 @@ async def run_simulators(config_path: str, *, records: int, invalid: int) -> int
                 feeds.append(asyncio.create_task(_feed_when_up(sim, hub_url, section.name)))
                 where = f"pushes to {hub_url}/ingest/{section.name} once the hub is up"
             print(f"{section.name:<16} {section.type:<12} {n} valid + {bad} invalid  {where}")
-        destination = simulator_class(config.destination.type)
-        if destination is not None:
-            sim = destination()
-            where = await _start(sim, _settings(config, config.destination.name))
-            started.append(sim)
-            print(f"{config.destination.name:<16} {config.destination.type:<12} destination  {where}")
+        for route in config.routes:
+            destination = simulator_class(route.type)
+            if destination is not None:
+                sim = destination()
+                where = await _start(sim, _settings(config, route.name))
+                started.append(sim)
+                print(f"{route.name:<16} {route.type:<12} destination  {where}")
     except OSError as exc:
         print(f"cannot start a simulator: {exc} (is another program using that port?)", file=sys.stderr)
         for sim in started:

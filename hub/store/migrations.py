@@ -1,8 +1,9 @@
 """The store's schema, for both backends, as one list of numbered steps.
 
 A step has the statements for SQLite and for PostgreSQL side by side; most are the same SQL
-with the dialect's types. A store applies, in one transaction each, every step above the
-version its ``schema_version`` table records, so an old SQLite file and a fresh PostgreSQL
+with the dialect's types. A store applies, in order and in one transaction, every step its
+``schema_version`` table does not record (not only those above the highest: steps written on
+parallel branches may arrive in either order), so an old SQLite file and a fresh PostgreSQL
 database end up with the same tables. Several hub workers starting at once against one
 PostgreSQL database serialise on an advisory lock, so each step runs exactly once.
 
@@ -170,6 +171,70 @@ def _issuance(dialect: str) -> tuple[str, ...]:
     )
 
 
+# The name under which step 7 files the jobs, outcomes and versions of the store's one destination
+# from before routes; the hub hands them to its first route at start (``Store.adopt_routeless``).
+ROUTELESS = ""
+
+
+def _routes(dialect: str) -> tuple[str, ...]:
+    sqlite = dialect == "sqlite"
+    ref = "INTEGER" if sqlite else "BIGINT"
+    lease = "lease_until TEXT" if sqlite else "lease_until TIMESTAMPTZ, lease_session BIGINT"
+    lease_columns = "lease_owner, lease_until" if sqlite else "lease_owner, lease_until, lease_session"
+    return (
+        # The outbox becomes one job per (record version, destination): rebuilt, since neither
+        # backend can change a primary key in place; queued jobs are copied, never dropped.
+        f"""CREATE TABLE outbox_routes (
+    record      {ref} NOT NULL REFERENCES records (id),
+    destination TEXT NOT NULL,
+    due_at      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    lease_owner TEXT,
+    {lease},
+    PRIMARY KEY (record, destination)
+)""",
+        f"INSERT INTO outbox_routes (record, destination, due_at, attempts, last_error, {lease_columns})"
+        f" SELECT record, '{ROUTELESS}', due_at, attempts, last_error, {lease_columns} FROM outbox",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_routes RENAME TO outbox",
+        "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, due_at)",
+        # Each destination's outcome for each version: what an operator sees per destination,
+        # and what decides when the record as a whole is delivered.
+        f"""CREATE TABLE IF NOT EXISTS deliveries (
+    record      {ref} NOT NULL REFERENCES records (id),
+    destination TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    receipt     TEXT,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (record, destination)
+)""",
+        "CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (destination, state)",
+        f"INSERT INTO deliveries (record, destination, state, attempts, last_error, updated_at)"
+        f" SELECT o.record, '{ROUTELESS}', 'queued', o.attempts, o.last_error, r.updated_at"
+        f" FROM outbox o JOIN records r ON r.id = o.record",
+        f"INSERT INTO deliveries (record, destination, state, attempts, last_error, receipt, updated_at)"
+        f" SELECT id, '{ROUTELESS}', state, attempts, errors, receipt, updated_at FROM records"
+        f" WHERE state IN ('delivered', 'dead_letter') AND id NOT IN (SELECT record FROM outbox)"
+        f" AND (state = 'delivered' OR EXISTS (SELECT 1 FROM history h WHERE h.record = records.id"
+        f" AND h.state LIKE 'signed:%'))",
+        # Per record_id and destination, the highest version it holds (``sent`` was for the one).
+        """CREATE TABLE IF NOT EXISTS sent_to (
+    record_id    TEXT NOT NULL,
+    destination  TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    content_hash TEXT,
+    receipt      TEXT,
+    sent_at      TEXT NOT NULL,
+    PRIMARY KEY (record_id, destination)
+)""",
+        f"INSERT INTO sent_to (record_id, destination, version, content_hash, receipt, sent_at)"
+        f" SELECT record_id, '{ROUTELESS}', version, content_hash, receipt, sent_at FROM sent",
+    )
+
+
 STEPS: tuple[Step, ...] = (
     # Stores created before versioned migrations already have these tables: every statement
     # is ``IF NOT EXISTS``, so on them step 1 only records the version.
@@ -200,6 +265,8 @@ STEPS: tuple[Step, ...] = (
     # cover it), and an append-only entry for every copy the hub hands out (hub.store.issuance).
     Step(6, "issuance registry: a verification code per version, every issued copy recorded",
          sqlite=_issuance("sqlite"), postgresql=_issuance("postgresql")),
+    Step(7, "routes: an outbox job, an outcome and a held version per destination",
+         sqlite=_routes("sqlite"), postgresql=_routes("postgresql")),
     # An operator's cancel is a new version (a signed record is never changed in place); its
     # reason travels with that version to every destination.
     Step(9, "reason: who asked for a version and why (an operator's cancel)",
@@ -214,9 +281,13 @@ class SchemaTooNew(RuntimeError):
     """The store was migrated by a newer hub than this one: upgrade the hub first."""
 
 
-def pending(current: int) -> list[Step]:
-    """The steps a store at version ``current`` still needs, in order."""
-    if current > LATEST:
-        raise SchemaTooNew(f"the store's schema is at version {current}, newer than this hub's {LATEST}: "
-                           "upgrade hocba-hub before starting it on this store")
-    return [step for step in STEPS if step.version > current]
+def pending(applied: int | set[int]) -> list[Step]:
+    """The steps a store still needs, in order: every step not in ``applied`` (the versions its
+    ``schema_version`` table records; an int ``n`` means 1…n). Steps written on parallel
+    branches may land in either order, so a store is never assumed to have a gap-free prefix."""
+    done = set(range(1, applied + 1)) if isinstance(applied, int) else set(applied)
+    unknown = done - {step.version for step in STEPS}
+    if unknown:
+        raise SchemaTooNew(f"the store's schema has step(s) {', '.join(map(str, sorted(unknown)))}, unknown to "
+                           f"this hub (its newest is {LATEST}): upgrade hocba-hub before starting it on this store")
+    return [step for step in STEPS if step.version not in done]

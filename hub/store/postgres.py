@@ -231,19 +231,23 @@ class PostgresStore(Store):
             (owner, float(lease_seconds), self.session, *states, limit)).fetchall())
         return sorted(r[0] for r in rows)
 
-    def claim_deliveries(self, owner: str, lease_seconds: float, limit: int) -> list[tuple[int, int]]:
+    def claim_deliveries(self, owner: str, lease_seconds: float, limit: int,
+                         destination: str | None = None) -> list[tuple[int, str, int]]:
         stamp = now_iso()  # due times are written by the workers' clocks (retry backoff), so compare with one
+        where, args = ("AND destination = ?", (destination,)) if destination is not None else ("", ())
         rows = self._write(lambda db: db.execute(
             "UPDATE outbox SET lease_owner = ?, lease_until = now() + make_interval(secs => ?),"
-            " lease_session = ? WHERE record IN ("
-            f" SELECT record FROM outbox WHERE due_at <= ? AND {_void('outbox')}"
-            " ORDER BY due_at, record LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING record, attempts, due_at",
-            (owner, float(lease_seconds), self.session, stamp, limit)).fetchall())
-        return [(r[0], r[1]) for r in sorted(rows, key=lambda r: (r[2], r[0]))]
+            " lease_session = ? WHERE (record, destination) IN ("
+            f" SELECT record, destination FROM outbox WHERE due_at <= ? AND {_void('outbox')} {where}"
+            " ORDER BY due_at, record LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING record, destination, attempts, due_at",
+            (owner, float(lease_seconds), self.session, stamp, *args, limit)).fetchall())
+        return [(r[0], r[1], r[2]) for r in sorted(rows, key=lambda r: (r[3], r[0], r[1]))]
 
-    def next_due(self) -> str | None:
+    def next_due(self, destination: str | None = None) -> str | None:
+        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
         with self._lock:
-            return self._db.execute(f"SELECT MIN(due_at) FROM outbox WHERE {_void('outbox')}").fetchone()[0]
+            return self._db.execute(f"SELECT MIN(due_at) FROM outbox WHERE {_void('outbox')}{where}",
+                                    args).fetchone()[0]
 
     def renew(self, owner: str, lease_seconds: float) -> None:
         def work(db: Any) -> None:

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from hub.contracts import RawRecord
 from hub.lifecycle import (
     BLOCKED_STATES,
+    DEAD_LETTER,
     DELIVERED,
     FINAL_STATES,
     NORMALIZED,
@@ -44,6 +45,9 @@ from hub.lifecycle import (
 )
 from hub.store import migrations
 from hub.store.issuance import IssuanceRegistry
+
+# A destination's job waiting in the outbox (``deliveries.state``; the others are record states).
+QUEUED = "queued"
 
 # Record ids are derived from (adapter instance, vendor id) so a re-read maps to the same id.
 _RECORD_NS = uuid.UUID("6f1d3f5c-43d1-4a56-9a4e-9d1c0e0b7a11")
@@ -232,8 +236,8 @@ class Store(IssuanceRegistry):
         def work(db: Any) -> None:
             self._serialise_migrations(db)
             db.execute(migrations.VERSION_TABLE)
-            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-            for step in migrations.pending(current):
+            applied = {r[0] for r in db.execute("SELECT version FROM schema_version").fetchall()}
+            for step in migrations.pending(applied):
                 for statement in step.statements(self.dialect):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
@@ -377,17 +381,22 @@ class Store(IssuanceRegistry):
                    " WHERE id = ?", (state, now, pk))
         if state in FINAL_STATES:  # a record that is done (or superseded) has no delivery due
             db.execute("DELETE FROM outbox WHERE record = ?", (pk,))
+            outcome = state if state in (DELIVERED, DEAD_LETTER, SUPERSEDED) else "dropped"
+            db.execute("UPDATE deliveries SET state = ?, updated_at = ? WHERE record = ? AND state = ?",
+                       (outcome, now, pk, QUEUED))
         db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)", (pk, now, state, detail))
 
     def advance(self, pk: int, expected: str, state: str, *, detail: str | None = None,
-                due: bool = False, issued_to: str | None = None, **fields: Any) -> None:
+                due: bool | Sequence[str] = False, issued_to: str | None = None, **fields: Any) -> None:
         """Move a record from ``expected`` to ``state`` and store ``fields`` with it, atomically.
 
         ``fields`` may be: normalized (dict), pdf (bytes), xml (bytes), errors (list[str]), receipt (dict),
-        school_code, school_year, attempts, content_hash. ``due=True`` writes the delivery job
-        in the same transaction. Reaching ``delivered`` records the version as sent and closes
-        the job, and with ``issued_to`` (the destination) enters each document in the issuance
-        registry; ``dead_letter`` closes the job. ``verify_code`` is set once per version.
+        school_code, school_year, attempts, content_hash. ``due`` writes the delivery jobs in the
+        same transaction: one per destination named (``True``: the one destination of a hub
+        without routes); an empty list (no route takes the record) delivers it to nobody at once.
+        Reaching ``delivered`` directly (not through ``delivery_done``) records the version as held
+        by ``issued_to`` and enters each document in the issuance registry for it;
+        ``dead_letter`` closes the jobs. ``verify_code`` is set once per version.
         """
         self._write(self._advancing(pk, expected, state, detail=detail, due=due, issued_to=issued_to, **fields))
 
@@ -432,6 +441,7 @@ class Store(IssuanceRegistry):
                 value = json.dumps(value, ensure_ascii=False)
             columns.append(f"{name} = ?")
             values.append(value)
+        destinations = None if due is False else [migrations.ROUTELESS] if due is True else list(due)
 
         def work(db: Any) -> None:
             row = db.execute(f"SELECT state FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
@@ -440,29 +450,36 @@ class Store(IssuanceRegistry):
             if columns:
                 db.execute(f"UPDATE records SET {', '.join(columns)} WHERE id = ?", (*values, pk))
             self._set_state(db, pk, state, detail, now)
-            if due:
-                db.execute("INSERT INTO outbox (record, due_at, attempts) VALUES (?, ?, 0) ON CONFLICT (record)"
-                           " DO UPDATE SET due_at = excluded.due_at, attempts = 0, lease_owner = NULL,"
-                           " lease_until = NULL", (pk, now))
+            if destinations is not None:
+                self._queue(db, pk, destinations, now)
+                self._settle(db, pk, state, now)  # nothing to send (no route, or all hold it): settled now
             if state == DELIVERED:
                 r = db.execute("SELECT record_id, version, content_hash, receipt FROM records WHERE id = ?",
                                (pk,)).fetchone()
-                db.execute(
-                    "INSERT INTO sent (record_id, version, content_hash, receipt, sent_at) VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT (record_id) DO UPDATE SET version = excluded.version,"
-                    " content_hash = excluded.content_hash, receipt = excluded.receipt, sent_at = excluded.sent_at"
-                    " WHERE excluded.version > sent.version",
-                    (r["record_id"], r["version"], r["content_hash"], r["receipt"], now),
-                )
+                self._held(db, r["record_id"], issued_to or migrations.ROUTELESS, r["version"], r["content_hash"],
+                           r["receipt"], now)
                 self._audit(db, "receipt", "hub", r["record_id"], {"version": r["version"], "receipt": fields.get("receipt")})
                 if issued_to is not None:
-                    have = db.execute("SELECT verify_code, pdf IS NOT NULL AS p, xml IS NOT NULL AS x FROM records"
-                                      " WHERE id = ?", (pk,)).fetchone()
-                    for document, present in (("pdf", have["p"]), ("xml", have["x"])):
-                        if present and have["verify_code"]:
-                            self._issue(db, pk, document, actor="hub", recipient=issued_to,
-                                        purpose="delivery", audit_kind="issue", now=now)
+                    self._issue_to(db, pk, issued_to, now)
         return work
+
+    def _issue_to(self, db: Any, pk: int, destination: str, now: str) -> None:
+        have = db.execute("SELECT verify_code, pdf IS NOT NULL AS p, xml IS NOT NULL AS x FROM records"
+                          " WHERE id = ?", (pk,)).fetchone()
+        for document, present in (("pdf", have["p"]), ("xml", have["x"])):
+            if present and have["verify_code"]:
+                self._issue(db, pk, document, actor="hub", recipient=destination, purpose="delivery",
+                            audit_kind="issue", now=now)
+
+    def _held(self, db: Any, record_id: str, destination: str, version: int, digest: str | None,
+              receipt: str | None, now: str) -> None:
+        """``destination`` holds ``version`` of ``record_id`` (the highest version wins)."""
+        db.execute(
+            "INSERT INTO sent_to (record_id, destination, version, content_hash, receipt, sent_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (record_id, destination) DO UPDATE SET version = excluded.version,"
+            " content_hash = excluded.content_hash, receipt = excluded.receipt, sent_at = excluded.sent_at"
+            " WHERE excluded.version > sent_to.version",
+            (record_id, destination, version, digest, receipt, now))
 
     def note_attempt(self, pk: int, error: str) -> int:
         """Count a failed attempt without changing state; returns the attempt count."""
@@ -515,64 +532,175 @@ class Store(IssuanceRegistry):
             db.execute("DELETE FROM pull_leases")
         self._write(work)
 
-    # --- delivery (outbox) ------------------------------------------------------------------
+    # --- delivery (outbox): one job per (record version, destination) ---------------------
 
-    def claim_deliveries(self, owner: str, lease_seconds: float, limit: int) -> list[tuple[int, int]]:
-        """Lease delivery jobs that are due, oldest first: ``(record pk, attempts so far)``."""
+    def _queue(self, db: Any, pk: int, destinations: Iterable[str], now: str) -> None:
+        for dest in destinations:
+            had = db.execute("SELECT state FROM deliveries WHERE record = ? AND destination = ?", (pk, dest)).fetchone()
+            if had is not None and had["state"] == DELIVERED:
+                continue  # a destination holding this version never gets it twice (a replay from render)
+            db.execute("INSERT INTO outbox (record, destination, due_at, attempts) VALUES (?, ?, ?, 0)"
+                       " ON CONFLICT (record, destination) DO UPDATE SET due_at = excluded.due_at, attempts = 0,"
+                       " lease_owner = NULL, lease_until = NULL", (pk, dest, now))
+            db.execute("INSERT INTO deliveries (record, destination, state, attempts, updated_at) VALUES (?, ?, ?, 0, ?)"
+                       " ON CONFLICT (record, destination) DO UPDATE SET state = excluded.state, attempts = 0,"
+                       " last_error = NULL, updated_at = excluded.updated_at", (pk, dest, QUEUED, now))
+
+    def _settle(self, db: Any, pk: int, expected: str, now: str) -> str | None:
+        """Once no destination's job is left, move the record from ``expected`` to its outcome:
+        ``dead_letter`` if any destination gave up, else ``delivered`` if any holds it (or none was
+        to: no route takes it), else ``superseded`` (each holds a newer version). Returns it."""
+        row = db.execute("SELECT state FROM records WHERE id = ?", (pk,)).fetchone()
+        if row["state"] != expected or db.execute("SELECT 1 FROM outbox WHERE record = ?", (pk,)).fetchone():
+            return None
+        outcomes = db.execute("SELECT destination, state, last_error FROM deliveries WHERE record = ?"
+                              " ORDER BY destination", (pk,)).fetchall()
+        dead = [o for o in outcomes if o["state"] == DEAD_LETTER]
+        held = [o["destination"] for o in outcomes if o["state"] == DELIVERED]
+        if dead:
+            errors = [f"{o['destination'] or 'destination'}: {o['last_error']}" for o in dead]
+            db.execute("UPDATE records SET errors = ? WHERE id = ?", (json.dumps(errors, ensure_ascii=False), pk))
+            state, detail = DEAD_LETTER, "dead letter at " + ", ".join(o["destination"] or "the destination" for o in dead)
+        elif held or not outcomes:
+            state = DELIVERED
+            detail = ("delivered to " + ", ".join(d or "the destination" for d in held)) if outcomes else \
+                "no route takes this record: nothing to send"
+        else:
+            state, detail = SUPERSEDED, "every destination holds a newer version"
+        self._set_state(db, pk, state, detail, now)
+        return state
+
+    def claim_deliveries(self, owner: str, lease_seconds: float, limit: int,
+                         destination: str | None = None) -> list[tuple[int, str, int]]:
+        """Lease delivery jobs that are due (of one ``destination``, or of all), oldest first:
+        ``(record pk, destination, attempts so far)``."""
         now, until = self._lease_times(lease_seconds)
+        where, args = ("AND destination = ?", (destination,)) if destination is not None else ("", ())
         rows = self._write(lambda db: db.execute(
-            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE record IN ("
-            " SELECT record FROM outbox WHERE due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-            " ORDER BY due_at, record LIMIT ?) RETURNING record, attempts, due_at",
-            (owner, until, now, now, limit)).fetchall())
-        return [(r[0], r[1]) for r in sorted(rows, key=lambda r: (r[2], r[0]))]
+            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE (record, destination) IN ("
+            " SELECT record, destination FROM outbox WHERE due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+            f" {where} ORDER BY due_at, record LIMIT ?) RETURNING record, destination, attempts, due_at",
+            (owner, until, now, now, *args, limit)).fetchall())
+        return [(r[0], r[1], r[2]) for r in sorted(rows, key=lambda r: (r[3], r[0], r[1]))]
 
-    def next_due(self) -> str | None:
+    def next_due(self, destination: str | None = None) -> str | None:
+        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
         with self._lock:
-            row = self._db.execute("SELECT MIN(due_at) FROM outbox WHERE lease_until IS NULL").fetchone()
+            row = self._db.execute(f"SELECT MIN(due_at) FROM outbox WHERE lease_until IS NULL{where}", args).fetchone()
         return row[0]
 
-    def release_delivery(self, pk: int, owner: str) -> None:
+    def release_delivery(self, pk: int, owner: str, destination: str | None = None) -> None:
         """Give a delivery job back untouched (the worker stopped before an outcome)."""
+        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
         self._write(lambda db: db.execute(
-            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE record = ? AND lease_owner = ?",
-            (pk, owner)))
+            f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE record = ? AND lease_owner = ?{where}",
+            (pk, owner, *args)))
 
-    def drop_delivery(self, pk: int) -> None:
+    def drop_delivery(self, pk: int, destination: str | None = None) -> None:
         """Remove a job whose record is no longer waiting for delivery."""
-        self._write(lambda db: db.execute("DELETE FROM outbox WHERE record = ?", (pk,)))
+        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
+        self._write(lambda db: db.execute(f"DELETE FROM outbox WHERE record = ?{where}", (pk, *args)))
 
-    def outbox_size(self) -> int:
+    def outbox_size(self, destination: str | None = None) -> int:
+        where, args = (" WHERE destination = ?", (destination,)) if destination is not None else ("", ())
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return self._db.execute(f"SELECT COUNT(*) FROM outbox{where}", args).fetchone()[0]
 
-    def delivery_attempted(self, pk: int, record_id: str, version: int) -> None:
+    def delivery_attempted(self, pk: int, record_id: str, version: int, destination: str | None = None) -> None:
         """Audit a submission before it is sent (so a crash mid-send still shows it)."""
-        self._write(lambda db: self._audit(db, "submission", "hub", record_id, {"version": version}))
+        detail: dict[str, Any] = {"version": version}
+        if destination:
+            detail["destination"] = destination
+        self._write(lambda db: self._audit(db, "submission", "hub", record_id, detail))
 
-    def retry_later(self, pk: int, error: str, due_at: str, count: bool = True) -> int:
-        """Keep the job for another attempt at ``due_at`` (``count``: the attempt counts toward
-        the limit); returns the attempts counted so far."""
+    def retry_later(self, pk: int, error: str, due_at: str, count: bool = True,
+                    destination: str = migrations.ROUTELESS) -> int:
+        """Keep ``destination``'s job for another attempt at ``due_at`` (``count``: the attempt
+        counts toward the limit); returns the attempts counted so far."""
         def work(db: Any) -> int:
             db.execute("UPDATE outbox SET attempts = attempts + ?, due_at = ?, last_error = ?,"
-                       " lease_owner = NULL, lease_until = NULL WHERE record = ?", (int(count), due_at, error, pk))
+                       " lease_owner = NULL, lease_until = NULL WHERE record = ? AND destination = ?",
+                       (int(count), due_at, error, pk, destination))
+            db.execute("UPDATE deliveries SET attempts = attempts + ?, last_error = ?, updated_at = ?"
+                       " WHERE record = ? AND destination = ?", (int(count), error, now_iso(), pk, destination))
             db.execute("UPDATE records SET attempts = attempts + 1, errors = ?, updated_at = ? WHERE id = ?",
-                       (json.dumps([error], ensure_ascii=False), now_iso(), pk))
+                       (json.dumps([f"{destination}: {error}" if destination else error], ensure_ascii=False),
+                        now_iso(), pk))
             db.execute("INSERT INTO history (record, at, state, detail) VALUES "
-                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, now_iso(), pk, f"retry: {error}"))
-            return db.execute("SELECT attempts FROM outbox WHERE record = ?", (pk,)).fetchone()[0]
+                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)",
+                       (pk, now_iso(), pk, f"retry: {destination}: {error}" if destination else f"retry: {error}"))
+            row = db.execute("SELECT attempts FROM outbox WHERE record = ? AND destination = ?",
+                             (pk, destination)).fetchone()
+            return row[0] if row else 0
         return self._write(work)
 
-    def make_due(self, now: str) -> int:
-        """Make every waiting delivery due now (the destination came back after an outage)."""
-        return self._write(lambda db: db.execute("UPDATE outbox SET due_at = ? WHERE due_at > ?",
-                                                 (now, now)).rowcount)
+    def make_due(self, now: str, destination: str | None = None) -> int:
+        """Make every waiting delivery (to ``destination``) due now (it came back after an outage)."""
+        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
+        return self._write(lambda db: db.execute(f"UPDATE outbox SET due_at = ? WHERE due_at > ?{where}",
+                                                 (now, now, *args)).rowcount)
 
-    def sent_version(self, record_id: str) -> tuple[int, str | None] | None:
-        """The highest version the destination holds for ``record_id`` and its content hash."""
+    def delivery_done(self, pk: int, destination: str, expected: str, receipt: dict[str, Any]) -> str | None:
+        """``destination`` accepted record ``pk``'s version: its outcome, the version it holds, the
+        issuance of each document to it and the audit entry, in one transaction; the record
+        moves on from ``expected`` once no destination's job is left. A version accepted while a
+        newer one superseded it keeps its receipt (and is ``delivered``): the store's view and the
+        destination's must agree. Returns the record's new state, if it moved."""
+        now = now_iso()
+        text = json.dumps(receipt, ensure_ascii=False)
+
+        def work(db: Any) -> str | None:
+            row = db.execute(f"SELECT record_id, version, state, content_hash FROM records WHERE id = ?"
+                             f"{self._for_update}", (pk,)).fetchone()
+            if row is None:
+                raise KeyError(pk)
+            db.execute("DELETE FROM outbox WHERE record = ? AND destination = ?", (pk, destination))
+            db.execute("INSERT INTO deliveries (record, destination, state, receipt, updated_at) VALUES (?, ?, ?, ?, ?)"
+                       " ON CONFLICT (record, destination) DO UPDATE SET state = excluded.state,"
+                       " receipt = excluded.receipt, last_error = NULL, updated_at = excluded.updated_at",
+                       (pk, destination, DELIVERED, text, now))
+            db.execute("UPDATE records SET receipt = ? WHERE id = ?",
+                       (json.dumps({**receipt, "destination": destination}, ensure_ascii=False), pk))
+            self._held(db, row["record_id"], destination, row["version"], row["content_hash"], text, now)
+            self._audit(db, "receipt", "hub", row["record_id"],
+                        {"version": row["version"], "destination": destination, "receipt": receipt})
+            self._issue_to(db, pk, destination, now)
+            if row["state"] == SUPERSEDED:
+                self._set_state(db, pk, DELIVERED, f"accepted by {destination} while a newer version was received",
+                                now)
+                return DELIVERED
+            return self._settle(db, pk, expected, now)
+        return self._write(work)
+
+    def delivery_given_up(self, pk: int, destination: str, expected: str, error: str, *,
+                          superseded: bool = False) -> str | None:
+        """``destination``'s job ends without a receipt: a dead letter (``error`` says why), or,
+        with ``superseded``, because it already holds a newer version. The record moves on from
+        ``expected`` once no destination's job is left; returns its new state, if it moved."""
+        now = now_iso()
+        outcome = SUPERSEDED if superseded else DEAD_LETTER
+
+        def work(db: Any) -> str | None:
+            row = db.execute(f"SELECT record_id, version FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
+            if row is None:
+                raise KeyError(pk)
+            db.execute("DELETE FROM outbox WHERE record = ? AND destination = ?", (pk, destination))
+            db.execute("INSERT INTO deliveries (record, destination, state, last_error, updated_at) VALUES (?, ?, ?, ?, ?)"
+                       " ON CONFLICT (record, destination) DO UPDATE SET state = excluded.state,"
+                       " last_error = excluded.last_error, updated_at = excluded.updated_at",
+                       (pk, destination, outcome, error, now))
+            # No history line yet: the record's own state has not changed (``deliveries`` shows
+            # this destination's outcome; the record's history says it once all are settled).
+            return self._settle(db, pk, expected, now)
+        return self._write(work)
+
+    def sent_version(self, record_id: str, destination: str | None = None) -> tuple[int, str | None] | None:
+        """The highest version ``destination`` (any destination, if None) holds for ``record_id``
+        and its content hash."""
+        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
         with self._lock:
-            row = self._db.execute("SELECT version, content_hash FROM sent WHERE record_id = ?",
-                                   (record_id,)).fetchone()
+            row = self._db.execute(f"SELECT version, content_hash FROM sent_to WHERE record_id = ?{where}"
+                                   " ORDER BY version DESC LIMIT 1", (record_id, *args)).fetchone()
         return (row["version"], row["content_hash"]) if row else None
 
     def cancel(self, record_id: str, reason: str, actor: str) -> int:
@@ -612,9 +740,60 @@ class Store(IssuanceRegistry):
             return pk
         return self._write(work)
 
-    def reissue(self, pk: int, expected: str, held_version: int, reason: str) -> int:
-        """The destination holds ``held_version`` ≥ ours: send the same payload again as the
-        next version above it. The old row is superseded; returns the new row's id."""
+    def sent_versions(self, record_id: str) -> dict[str, tuple[int, str | None]]:
+        """Per destination, the highest version it holds for ``record_id`` and its content hash."""
+        with self._lock:
+            rows = self._db.execute("SELECT destination, version, content_hash FROM sent_to WHERE record_id = ?",
+                                    (record_id,)).fetchall()
+        return {r["destination"]: (r["version"], r["content_hash"]) for r in rows}
+
+    def deliveries_of(self, pk: int) -> list[dict[str, Any]]:
+        """Each destination's outcome for record ``pk``: state, attempts, last error, receipt."""
+        with self._lock:
+            rows = self._db.execute("SELECT destination, state, attempts, last_error, receipt, updated_at"
+                                    " FROM deliveries WHERE record = ? ORDER BY destination", (pk,)).fetchall()
+        out = []
+        for r in rows:
+            item = dict(zip(r.keys(), r))
+            item["receipt"] = json.loads(item["receipt"]) if item["receipt"] else None
+            out.append(item)
+        return out
+
+    def destination_counts(self) -> dict[str, dict[str, int]]:
+        """Per destination, record versions by delivery state (``queued``, ``delivered``,
+        ``dead_letter``, ``superseded``, ``dropped``) and ``due`` (jobs in its outbox)."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for r in self._db.execute("SELECT destination, state, COUNT(*) AS n FROM deliveries"
+                                      " GROUP BY destination, state").fetchall():
+                out.setdefault(r[0], {})[r[1]] = r[2]
+            for r in self._db.execute("SELECT destination, COUNT(*) FROM outbox GROUP BY destination").fetchall():
+                out.setdefault(r[0], {})["due"] = r[1]
+        return out
+
+    def adopt_routeless(self, destination: str) -> int:
+        """Hand the jobs, outcomes and held versions of the store's one destination from before
+        routes (filed under ``migrations.ROUTELESS``) to ``destination``; returns the jobs moved."""
+        blank = migrations.ROUTELESS
+
+        def work(db: Any) -> int:
+            n = db.execute("UPDATE outbox SET destination = ? WHERE destination = ?", (destination, blank)).rowcount
+            db.execute("UPDATE deliveries SET destination = ? WHERE destination = ? AND NOT EXISTS (SELECT 1 FROM"
+                       " deliveries d WHERE d.record = deliveries.record AND d.destination = ?)",
+                       (destination, blank, destination))
+            db.execute("UPDATE sent_to SET destination = ? WHERE destination = ? AND NOT EXISTS (SELECT 1 FROM"
+                       " sent_to s WHERE s.record_id = sent_to.record_id AND s.destination = ?)",
+                       (destination, blank, destination))
+            db.execute("DELETE FROM deliveries WHERE destination = ?", (blank,))
+            db.execute("DELETE FROM sent_to WHERE destination = ?", (blank,))
+            return n
+        return self._write(work)
+
+    def reissue(self, pk: int, expected: str, held_version: int, reason: str,
+                destination: str = migrations.ROUTELESS) -> int:
+        """``destination`` holds ``held_version`` ≥ ours: send the same payload again as the
+        next version above it (to every route that takes it). The old row is superseded;
+        returns the new row's id."""
         now = now_iso()
 
         def work(db: Any) -> int:
@@ -625,10 +804,7 @@ class Store(IssuanceRegistry):
             latest = db.execute("SELECT MAX(version) FROM records WHERE record_id = ?", (row["record_id"],)).fetchone()[0]
             version = max(held_version, latest) + 1
             self._set_state(db, pk, SUPERSEDED, reason, now)
-            db.execute(
-                "INSERT INTO sent (record_id, version, content_hash, sent_at) VALUES (?, ?, NULL, ?)"
-                " ON CONFLICT (record_id) DO UPDATE SET version = excluded.version WHERE excluded.version > sent.version",
-                (row["record_id"], held_version, now))
+            self._held(db, row["record_id"], destination, held_version, None, None, now)
             new_pk = db.execute(
                 "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
                 " content_type, payload, payload_hash, state, received_at, updated_at)"
@@ -693,14 +869,17 @@ class Store(IssuanceRegistry):
                 f"SELECT id FROM records WHERE {' AND '.join(clauses)} ORDER BY id", args)]
 
     def replay(self, pks: Iterable[int], *, stage: str = "normalize", actor: str,
-               deliver_from: str | None = None) -> list[tuple[int, str]]:
+               deliver_from: str | None = None, destination: str | None = None,
+               routes: Sequence[str] = ()) -> list[tuple[int, str]]:
         """Send quarantined, failed or dead-lettered records through the pipeline again.
 
         ``stage``: ``normalize`` (from the stored raw payload, so a fixed adapter re-maps it),
         ``render`` (from the normalised record) or ``deliver`` (the signed PDF as it is; needs
-        ``deliver_from``, the state after the last signing step). Records in any other state are
-        skipped — a delivered version is never sent twice. Returns ``(id, new state)`` of the
-        records that moved.
+        ``deliver_from``, the state after the last signing step). ``deliver`` sends again only
+        to the destinations that dead-lettered it (only ``destination``'s, if given), even while
+        other destinations' jobs of the record are still under way; ``routes``: where a dead
+        letter that names no destination goes. Records in any other state are skipped — a
+        delivered version is never sent twice. Returns ``(id, new state)`` of the records that moved.
         """
         pks = sorted(set(pks))  # row locks in one order: two replays never deadlock
         now = now_iso()
@@ -710,25 +889,42 @@ class Store(IssuanceRegistry):
             for pk in pks:
                 row = db.execute("SELECT state, record_id, version, normalized, pdf, pruned_at, errors"
                                  f" FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
-                if row is None or row["state"] not in REPLAYABLE or row["pruned_at"]:
+                if row is None or row["pruned_at"]:
+                    continue
+                dead: list[str] = []
+                if stage == "deliver":
+                    dead = [r[0] for r in db.execute(
+                        "SELECT destination FROM deliveries WHERE record = ? AND state = ? ORDER BY destination",
+                        (pk, DEAD_LETTER)).fetchall() if destination is None or r[0] == destination]
+                    if row["state"] == deliver_from and dead:
+                        # Still on its way to other destinations: only the dead letters go again.
+                        self._queue(db, pk, dead, now)
+                        self._audit(db, "replay", actor, row["record_id"], {
+                            "version": row["version"], "from": DEAD_LETTER, "stage": stage, "destinations": dead})
+                        moved.append((pk, deliver_from))
+                        continue
+                    if not dead:
+                        known = db.execute("SELECT 1 FROM deliveries WHERE record = ?", (pk,)).fetchone()
+                        dead = [] if known else [d for d in (routes or [migrations.ROUTELESS])
+                                                 if destination is None or d == destination]
+                if row["state"] not in REPLAYABLE:
                     continue
                 if stage == "normalize":
                     target, reset = RECEIVED, "normalized = NULL, pdf = NULL, xml = NULL, content_hash = NULL"
                 elif stage == "render" and row["normalized"]:
                     target, reset = NORMALIZED, "pdf = NULL, xml = NULL"
-                elif stage == "deliver" and row["pdf"] and deliver_from and db.execute(
+                elif stage == "deliver" and dead and row["pdf"] and deliver_from and db.execute(
                         "SELECT 1 FROM history WHERE record = ? AND state = ?", (pk, deliver_from)).fetchone():
                     target, reset = deliver_from, "pdf = pdf"  # the fully signed PDF goes as it is
                 else:
                     continue
                 db.execute(f"UPDATE records SET {reset}, errors = NULL, attempts = 0 WHERE id = ?", (pk,))
                 self._set_state(db, pk, target, f"replay ({stage}) by {actor}", now)
+                detail: dict[str, Any] = {"version": row["version"], "from": row["state"], "stage": stage}
                 if stage == "deliver":
-                    db.execute("INSERT INTO outbox (record, due_at, attempts) VALUES (?, ?, 0) ON CONFLICT (record)"
-                               " DO UPDATE SET due_at = excluded.due_at, attempts = 0, lease_owner = NULL,"
-                               " lease_until = NULL", (pk, now))
-                self._audit(db, "replay", actor, row["record_id"],
-                            {"version": row["version"], "from": row["state"], "stage": stage})
+                    self._queue(db, pk, dead, now)
+                    detail["destinations"] = dead
+                self._audit(db, "replay", actor, row["record_id"], detail)
                 moved.append((pk, target))
             return moved
         return self._write(work)

@@ -206,6 +206,9 @@ class ReplayRequest(StrictBody):
     stage: Literal[lc.REPLAY_STAGES] = Field(  # type: ignore[valid-type]
         default="normalize", description="normalize: from the raw payload; render: from the normalised record; "
                                          "deliver: the signed documents as they are")
+    destination: str | None = Field(
+        default=None, min_length=1, max_length=100,
+        description="With stage deliver: send again only this route's dead letters (default: every route's)")
 
     def check(self) -> None:
         if not self.criteria():
@@ -213,10 +216,20 @@ class ReplayRequest(StrictBody):
 
     def criteria(self) -> dict[str, Any]:
         """What ``Store.select`` takes."""
-        out = self.model_dump(exclude={"stage"}, exclude_none=True)
+        out = self.model_dump(exclude={"stage", "destination"}, exclude_none=True)
         if "record_ids" in out:
             out["record_ids"] = [str(r) for r in out["record_ids"]]
         return out
+
+    @classmethod
+    def openapi_schema(cls, routes: Any = ()) -> dict[str, Any]:
+        """``routes``: the configured route names, the values ``destination`` takes."""
+        schema = super().openapi_schema()
+        if routes:
+            schema["properties"]["destination"]["enum"] = list(routes)
+        # At least one criterion: ``stage`` and ``destination`` only say how to replay.
+        schema["anyOf"] = [{"required": [name]} for name in ("ids", "record_ids", "adapter", "school", "state")]
+        return schema
 
 
 class AdminApi:
@@ -238,6 +251,7 @@ class AdminApi:
             Route("/dead-letters", self._endpoint(self.dead_letters, VIEWER)),
             Route("/replay", self._endpoint(self.replay, OPERATOR), methods=["POST"]),
             Route("/adapters", self._endpoint(self.adapters, VIEWER)),
+            Route("/destinations", self._endpoint(self.destinations, VIEWER)),
             Route("/signing", self._endpoint(self.signing, OPERATOR)),
             Route("/adapters/{name}/pause", self._endpoint(self.pause, OPERATOR), methods=["POST"]),
             Route("/adapters/{name}/resume", self._endpoint(self.resume, OPERATOR), methods=["POST"]),
@@ -398,6 +412,11 @@ class AdminApi:
         out["history"] = [{"at": h["at"], "state": h["state"], "detail": clean(h["detail"]) if h["detail"] else None}
                           for h in history]
         out["versions"] = versions
+        out["destinations"] = [
+            {"destination": d["destination"], "state": d["state"], "attempts": d["attempts"],
+             "last_error": clean(d["last_error"]) if d["last_error"] else None,
+             "receipt_id": (d["receipt"] or {}).get("receipt_id"), "updated_at": d["updated_at"]}
+            for d in await self.hub.db(self.hub.store.deliveries_of, row.id)]
         out["has_pdf"] = row.pdf is not None
         out["replayable"] = row.state in lc.REPLAYABLE and bool(row.payload)
         if caller.role == OPERATOR and row.normalized:
@@ -445,11 +464,35 @@ class AdminApi:
         criteria = body.criteria()
         stage = body.stage
         pks = await self.hub.db(lambda: self.hub.store.select(**criteria))
-        moved = await self.hub.replay(pks, stage=stage, actor=caller.name) if pks else []
+        if body.destination is not None and body.destination not in self.hub.config.route_names:
+            raise ApiError(400, "destination", f"no route named {body.destination!r}")
+        moved = await self.hub.replay(pks, stage=stage, actor=caller.name,
+                                      destination=body.destination) if pks else []
         await self.hub.db(self.hub.store.audit, "admin.replay", caller.name, None,
-                           {"criteria": criteria, "stage": stage, "matched": len(pks), "moved": len(moved)})
+                           {"criteria": criteria, "stage": stage, "matched": len(pks), "moved": len(moved),
+                            "destination": body.destination})
         return {"stage": stage, "matched": len(pks), "moved": [{"id": pk, "state": state} for pk, state in moved],
                 "skipped": len(pks) - len(moved)}
+
+    async def destinations(self, request: Request, caller: Caller) -> dict[str, Any]:
+        """Each route: its filters, health, whether its circuit is open, and where its records
+        stand (versions queued, delivered, dead-lettered, superseded; jobs due in its outbox)."""
+        self._query(request, ())
+        counts = await self.hub.db(self.hub.store.destination_counts)
+        outbox = self.hub.outbox
+        out = []
+        for route in self.hub.config.routes:
+            status = self.hub.status.get(route.name)
+            worker = outbox.routes.get(route.name) if outbox is not None else None
+            mine = counts.get(route.name, {})
+            out.append({
+                "name": route.name, "type": route.type,
+                "filters": route.filters.model_dump(exclude_none=True),
+                "health": {"ok": status.health.ok, "detail": public_error(status.health.detail)} if status else None,
+                "circuit_open": bool(worker and worker.breaker.is_open),
+                "counts": {k: mine.get(k, 0) for k in ("due", "queued", "delivered", "dead_letter", "superseded")},
+            })
+        return {"items": out}
 
     async def adapters(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
@@ -515,10 +558,13 @@ class AdminApi:
             raise ApiError(400, "school", "must be 1 to 100 characters")
         if not 0 < len(class_name) <= 100:
             raise ApiError(400, "class_name", "must be 1 to 100 characters")
-        destination = self.hub.destination
-        if destination is None or not destination.can("export"):
-            raise ApiError(404, "school", "the configured destination writes no files to download")
-        found = await destination.export(school, class_name, year)
+        exporters = [d for d in self.hub.routes.values() if d.can("export")]
+        if not exporters:
+            raise ApiError(404, "school", "no configured destination writes files to download")
+        found = None
+        for destination in exporters:  # the first route that wrote a file for the class
+            if (found := await destination.export(school, class_name, year)) is not None:
+                break
         if found is None:
             raise ApiError(404, "class_name", f"no file for class {class_name!r} of school {school!r}"
                                               + (f" in {year}" if year else ""))
@@ -531,7 +577,7 @@ class AdminApi:
             "Content-Disposition": f'attachment; filename="{ascii_name}"', "Cache-Control": "no-store"})
 
     async def openapi(self, request: Request) -> JSONResponse:
-        return JSONResponse(openapi_document(self.states, self.adapter_names))
+        return JSONResponse(openapi_document(self.states, self.adapter_names, self.hub.config.route_names))
 
 
 def _integer(name: str, raw: str, low: int, high: int) -> int:
@@ -577,7 +623,7 @@ def admin_routes(hub: "Hub") -> list[BaseRoute]:
 
 # --- OpenAPI --------------------------------------------------------------------------------
 
-def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
+def openapi_document(states: list[str], adapters: list[str], routes: list[str] = ()) -> dict[str, Any]:
     """The OpenAPI 3.0 description of the admin API (built by hand: it is the contract)."""
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
     nullable_str = {"type": "string", "nullable": True}
@@ -676,6 +722,9 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                 "responses": responses(ref("SigningStatus"), 400, 403)}},
             "/api/adapters": {"get": {"summary": "Adapters with health, last sync and pause state",
                                       "responses": responses(ref("AdapterList"))}},
+            "/api/destinations": {"get": {"summary": "Routes (destinations) with filters, health, circuit state "
+                                                     "and where their records stand",
+                                          "responses": responses(ref("DestinationList"))}},
             "/api/adapters/{name}/pause": {"post": {
                 "summary": "Stop pulling from an adapter; operators only", "parameters": [adapter_name],
                 "responses": responses(ref("PauseResult"), 403, 404)}},
@@ -736,11 +785,17 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                             "type": "object", "required": ["id", "version", "event", "state"], "properties": {
                                 "id": {"type": "integer"}, "version": {"type": "integer"},
                                 "event": {"type": "string"}, "state": {"type": "string"}}}},
+                        "destinations": {"type": "array", "description": "Each route's outcome for this version",
+                                         "items": {"type": "object", "required": ["destination", "state"],
+                                                   "properties": {
+                            "destination": {"type": "string"}, "state": {"type": "string"},
+                            "attempts": {"type": "integer"}, "last_error": nullable_str,
+                            "receipt_id": nullable_str, "updated_at": {"type": "string"}}}},
                         "has_pdf": {"type": "boolean"}, "replayable": {"type": "boolean"},
                         "student": {"type": "object", "description": "Operators only", "properties": {
                             "full_name": nullable_str, "student_code": nullable_str, "personal_id": nullable_str}},
                         "class_name": {**nullable_str, "description": "Operators only"}}}]},
-                "ReplayRequest": ReplayRequest.openapi_schema(),
+                "ReplayRequest": ReplayRequest.openapi_schema(routes),
                 "CancelRequest": CancelRequest.openapi_schema(),
                 "CancelResult": {"type": "object", "required": ["record_id", "id", "version", "event", "state"],
                                  "properties": {"record_id": {"type": "string"}, "id": {"type": "integer"},
@@ -760,6 +815,18 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                             "health": {"type": "object", "nullable": True, "properties": {
                                 "ok": {"type": "boolean"}, "detail": {"type": "string"}}},
                             "last_sync": nullable_str}}}}},
+                "DestinationList": {"type": "object", "required": ["items"], "properties": {"items": {
+                    "type": "array", "items": {
+                        "type": "object", "required": ["name", "type", "filters", "health", "circuit_open", "counts"],
+                        "properties": {
+                            "name": {"type": "string"}, "type": {"type": "string"},
+                            "filters": {"type": "object", "properties": {
+                                k: {"type": "array", "items": {"type": "string"}}
+                                for k in ("levels", "schools", "events")}},
+                            "health": {"type": "object", "nullable": True, "properties": {
+                                "ok": {"type": "boolean"}, "detail": {"type": "string"}}},
+                            "circuit_open": {"type": "boolean"},
+                            "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}},
                 "PauseResult": {"type": "object", "required": ["adapter", "paused"], "properties": {
                     "adapter": {"type": "string"}, "paused": {"type": "boolean"}}},
                 "BlockedList": {"type": "object", "required": ["school", "count", "items"], "properties": {

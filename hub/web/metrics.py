@@ -102,11 +102,14 @@ class _HubCollector:
                               labels=["adapter"]),
             GaugeMetricFamily("hocba_adapter_paused", "1 while an operator has paused the adapter",
                               labels=["adapter"]),
+            GaugeMetricFamily("hocba_deliveries", "Record versions per destination by delivery state (queued, "
+                              "delivered, dead_letter, superseded; due: jobs in its outbox)",
+                              labels=["destination", "state"]),
         ]
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
-        records, queues, outbox, up, last_sync, paused = self._families()
+        records, queues, outbox, up, last_sync, paused, deliveries = self._families()
         totals: dict[tuple[str, str], int] = {}
         for row in hub.store.breakdown():
             key = (row["adapter"], row["state"])
@@ -121,8 +124,12 @@ class _HubCollector:
         for stage, n in waiting.items():
             queues.add_metric([stage], n)
         outbox.add_metric([], hub.store.outbox_size())
+        per_route = hub.store.destination_counts()
+        for name in hub.config.route_names:
+            for state in ("due", "queued", "delivered", "dead_letter", "superseded"):
+                deliveries.add_metric([name, state], per_route.get(name, {}).get(state, 0))
         kinds = {a.name: "adapter" for a in hub.config.adapters}
-        kinds[hub.config.destination.name] = "destination"
+        kinds.update({name: "destination" for name in hub.config.route_names})
         kinds.update({s.name: "signer" for s in hub.config.signers})
         if hub.config.identity is not None:
             kinds[hub.config.identity.name] = "identity"
@@ -133,7 +140,7 @@ class _HubCollector:
         stopped = hub.store.paused()
         for section in hub.config.adapters:
             paused.add_metric([section.name], 1.0 if section.name in stopped else 0.0)
-        yield from (records, queues, outbox, up, last_sync, paused)
+        yield from (records, queues, outbox, up, last_sync, paused, deliveries)
 
 
 def _epoch(iso: str) -> float:
@@ -159,8 +166,9 @@ class Metrics:
         # Series exist from the start, at 0, so a rate() or an alert sees the first event too.
         for stage in lc.STAGES:
             self._stage.labels(stage)
-        self._retries.labels(hub.config.destination.name)
-        self._dead.labels(hub.config.destination.name)
+        for name in hub.config.route_names:
+            self._retries.labels(name)
+            self._dead.labels(name)
         self.registry.register(_HubCollector(hub))
 
     def observe_stage(self, stage: str, seconds: float) -> None:

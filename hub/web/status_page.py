@@ -51,11 +51,13 @@ STATE_LABELS = {
     "vi": {lc.RECEIVED: "đã nhận", lc.NORMALIZED: "đã chuẩn hoá", lc.RENDERED: "đã tạo PDF",
            lc.DELIVERED: "đã gửi", lc.QUARANTINED: "cách ly", lc.FAILED: "lỗi xử lý",
            lc.DEAD_LETTER: "gửi thất bại", lc.SUPERSEDED: "đã thay thế", lc.UNCHANGED: "không thay đổi",
-           lc.IDENTITY_CLEARED: "đã xác minh danh tính", lc.BLOCKED_IDENTITY: "chờ sửa danh tính"},
+           lc.IDENTITY_CLEARED: "đã xác minh danh tính", lc.BLOCKED_IDENTITY: "chờ sửa danh tính",
+           "queued": "đang chờ gửi"},
     "en": {lc.RECEIVED: "received", lc.NORMALIZED: "normalized", lc.RENDERED: "PDF rendered",
            lc.DELIVERED: "delivered", lc.QUARANTINED: "quarantined", lc.FAILED: "failed",
            lc.DEAD_LETTER: "dead letter", lc.SUPERSEDED: "superseded", lc.UNCHANGED: "unchanged",
-           lc.IDENTITY_CLEARED: "identity verified", lc.BLOCKED_IDENTITY: "blocked on identity"},
+           lc.IDENTITY_CLEARED: "identity verified", lc.BLOCKED_IDENTITY: "blocked on identity",
+           "queued": "waiting to be sent"},
 }
 
 TEXT = strings("status", refresh=REFRESH_SECONDS)
@@ -232,18 +234,22 @@ class StatusPage:
         breakdown = await hub.db(hub.store.breakdown)
         paused = await hub.db(hub.store.paused)
         outbox = await hub.db(hub.store.outbox_size)
+        # Per destination, the versions by delivery state, as rows of the tables' shape.
+        per_route = await hub.db(hub.store.destination_counts)
+        routes = [{"destination": name, "state": state, "n": n} for name in hub.config.route_names
+                  for state, n in per_route.get(name, {}).items() if state != "due"]
         stuck: list[dict[str, Any]] = []
         for state in STUCK_STATES:
             stuck += await hub.db(lambda s=state: hub.store.search(state=s, limit=STUCK_SHOWN))
         stuck.sort(key=lambda r: (r["updated_at"], r["id"]), reverse=True)
-        context = scrub(self.context(lang, breakdown, paused, outbox, stuck), self.secrets)
+        context = scrub(self.context(lang, breakdown, paused, outbox, stuck, routes), self.secrets)
         return templates().TemplateResponse(request, "status.html", context,
                                             headers={"Cache-Control": "no-store", "Content-Language": lang})
 
     # --- what the page shows ------------------------------------------------------------------
 
     def context(self, lang: str, breakdown: list[dict[str, Any]], paused: set[str], outbox: int,
-                stuck: list[dict[str, Any]]) -> dict[str, Any]:
+                stuck: list[dict[str, Any]], routes: list[dict[str, Any]] = ()) -> dict[str, Any]:
         t = TEXT[lang]
         counts: Counter = Counter()
         for row in breakdown:
@@ -263,13 +269,15 @@ class StatusPage:
                 (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=time.monotonic() - checked)).isoformat()),
             **self._stuck(t, lang, stuck, stuck_total),
             "tables": [self._table(lang, "by-adapter", t["by_adapter"], t["adapter"], breakdown, "adapter"),
-                       self._table(lang, "by-school", t["by_school"], t["school"], breakdown, "school_code")],
+                       self._table(lang, "by-school", t["by_school"], t["school"], breakdown, "school_code"),
+                       self._table(lang, "by-destination", t["by_destination"], t["destination"], list(routes),
+                                   "destination")],
         }
 
     def _plugins(self, t: dict[str, str], paused: set[str], lang: str) -> list[dict[str, Any]]:
         hub = self.hub
         plugins = [(a.name, "adapter") for a in hub.config.adapters]
-        plugins += [(hub.config.destination.name, "destination")]
+        plugins += [(name, "destination") for name in hub.config.route_names]
         plugins += [(s.name, "signer") for s in hub.config.signers]
         if hub.config.identity is not None:
             plugins += [(hub.config.identity.name, "identity")]
@@ -292,6 +300,9 @@ class StatusPage:
         if key == "adapter":
             for section in self.hub.config.adapters:  # a configured adapter shows even before its first record
                 grid[section.name]
+        if key == "destination":
+            for name in self.hub.config.route_names:
+                grid[name]
         for row in breakdown:
             grid[row[key] or ""][row["state"]] += row["n"]
         states = sorted({s for c in grid.values() for s in c}, key=lambda s: self.order.get(s, 99))

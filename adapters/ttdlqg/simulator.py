@@ -1,0 +1,329 @@
+"""The National Data Centre sync contract (CONTRACT.md) served over real HTTP, with faults.
+
+The simulator is the reference the ``ttdlqg`` adapter is tested against, and the destination the
+demo and the conformance kit deliver to. It enforces every rule of the contract — token,
+central-format validation, a signed PDF, idempotency on ``(idbanghi, phienban)``, versions
+that only go up — and keeps everything it received so a test can look at it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from hub import Event, Faults, LoopbackServer, Simulator, field_errors, parse_transcript
+
+DEFAULT_TOKEN = "demo-ttdlqg-token"
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+
+
+@dataclass
+class TtdlqgFaults(Faults):
+    """The standard fault switches (``hub.contracts.Faults``), as the National Data Centre applies them.
+
+    ``outage`` affects every route and ``slow_seconds`` every answer a route produced, so
+    ``check()`` sees them too. The ``*_next_n`` counters are consumed by submissions
+    (``POST /api/v1/hocba``) only, so a test can say "the next two deliveries fail" without
+    health checks eating the faults. ``slow_seconds`` delays an answer after the request was
+    processed.
+    """
+
+
+@dataclass
+class TtdlqgCounters:
+    """How many requests the simulator saw, and what became of the submissions."""
+    requests: int = 0        # every request, any route
+    submissions: int = 0     # POST /api/v1/hocba, including faulted ones
+    created: int = 0         # 201
+    duplicates: int = 0      # 200 duplicate
+    conflicts: int = 0       # 409
+    rejected: int = 0        # 400, 413, 422
+    unauthorized: int = 0    # 401, any route
+    faulted: int = 0         # injected 503 / 429 / dropped connection
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One submission as the simulator saw it; ``status`` is ``None`` for a dropped connection."""
+    status: int | None
+    record_id: str | None = None
+    version: int | None = None
+    event: str | None = None
+    reason: str = ""
+    at: float = field(default_factory=time.time)
+
+
+class _Reject(Exception):
+    # Unwinds a submission to one JSON error answer; never leaves the handler.
+    def __init__(self, status: int, error: str, errors: list[str] | None = None, **extra: Any):
+        super().__init__(error)
+        self.status = status
+        self.body = {"error": error, "errors": errors or [], **extra}
+
+
+class TtdlqgSimulator(LoopbackServer, Simulator):
+    """The National Data Centre's sync service over HTTP on loopback (see ``adapters/ttdlqg/CONTRACT.md``).
+
+    What it received stays inspectable: ``records`` and ``documents`` keyed by
+    ``(record_id, version)``, ``receipts`` likewise, ``attempts`` (every submission with its
+    status code), ``counters``. ``faults`` injects outages, 503s, slowness, dropped connections
+    and 429s.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str = DEFAULT_TOKEN,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        records: int = 0,
+        invalid: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__(records=records, invalid=invalid, seed=seed)
+        self.token = token
+        self.max_bytes = max_bytes
+        self.faults = TtdlqgFaults()
+        self.counters = TtdlqgCounters()
+        self.attempts: list[Attempt] = []
+        self.records: dict[tuple[str, int], dict[str, Any]] = {}
+        self.documents: dict[tuple[str, int], bytes] = {}
+        self.receipts: dict[tuple[str, int], dict[str, Any]] = {}
+        self.base_url: str | None = None
+        self._hashes: dict[tuple[str, int], str] = {}
+        self._highest: dict[str, int] = {}
+        self._cancelled: set[str] = set()
+        self._runner: web.AppRunner | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._faults_and_auth])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/api/v1/ping", self._ping)
+        app.router.add_post("/api/v1/hocba", self._submit)
+        app.router.add_get("/api/v1/hocba/{record_id}", self._status)
+        # A handler still sleeping in ``slow_seconds`` must not hold up stop() for a minute.
+        return await self._serve(app, host, port, shutdown_timeout=0.5)
+
+    async def stop(self) -> None:
+        await self._shutdown()
+
+    def adapter_settings(self) -> dict[str, Any]:
+        if self.base_url is None:
+            raise RuntimeError("TtdlqgSimulator.start() must run before adapter_settings()")
+        return {"base_url": self.base_url, "token": self.token}
+
+    def accepted(self) -> dict[str, int]:
+        return dict(self._highest)
+
+    def state(self, record_id: str) -> dict[str, Any] | None:
+        """What ``GET /api/v1/hocba/{idbanghi}`` answers for ``record_id``, or ``None``."""
+        highest = self._highest.get(record_id)
+        if highest is None:
+            return None
+        return {
+            "idbanghi": record_id,
+            "highest_version": highest,
+            "receipt_id": self.receipts[(record_id, highest)]["receipt_id"],
+            "cancelled": record_id in self._cancelled,
+        }
+
+    # --- faults and auth ------------------------------------------------------------------
+
+    @web.middleware
+    async def _faults_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.counters.requests += 1
+        faults = self.faults
+        submission = request.method == "POST" and request.path == "/api/v1/hocba"
+        if submission:
+            self.counters.submissions += 1
+            if faults.drop_next_n_connections > 0:
+                faults.drop_next_n_connections -= 1
+                return self._drop(request)
+        if faults.outage:
+            return self._fault(submission, 503, "outage", retry_after=True)
+        if submission and faults.fail_next_n > 0:
+            faults.fail_next_n -= 1
+            return self._fault(submission, 503, "injected failure")
+        if submission and faults.rate_limit_next_n > 0:
+            faults.rate_limit_next_n -= 1
+            return self._fault(submission, 429, "rate limited", retry_after=True)
+        if request.path != "/healthz" and not self._authorized(request):
+            self.counters.unauthorized += 1
+            if submission:
+                self.attempts.append(Attempt(401, reason="token rejected"))
+            return web.json_response(
+                {"error": "missing or invalid bearer token", "errors": []},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="ttdlqg"'},
+            )
+        response = await handler(request)
+        if faults.slow_seconds > 0:
+            # Delaying after the work is done models the nastiest timeout: the store committed
+            # the record but the answer never reached the sender, whose retry must then get a
+            # duplicate receipt rather than a conflict.
+            await asyncio.sleep(faults.slow_seconds)
+        return response
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            return False
+        return hmac.compare_digest(presented.strip().encode(), self.token.encode())
+
+    def _fault(self, submission: bool, status: int, reason: str, retry_after: bool = False) -> web.Response:
+        if submission:
+            self.counters.faulted += 1
+            self.attempts.append(Attempt(status, reason=reason))
+        headers = {"Retry-After": str(self.faults.retry_after_seconds)} if retry_after else {}
+        return web.json_response({"error": reason, "errors": []}, status=status, headers=headers)
+
+    def _drop(self, request: web.Request) -> web.StreamResponse:
+        self.counters.faulted += 1
+        self.attempts.append(Attempt(None, reason="connection dropped"))
+        # Closing the transport before any byte of a response is written is what a crashed
+        # proxy looks like to the client: the request may or may not have been seen.
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=503)  # never reaches the client
+
+    # --- routes ---------------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        state = self.state(request.match_info["record_id"])
+        if state is None:
+            return web.json_response({"error": "unknown idbanghi", "errors": []}, status=404)
+        return web.json_response(state)
+
+    async def _submit(self, request: web.Request) -> web.Response:
+        try:
+            raw_record, document = await self._read_parts(request)
+            model, record = self._validate(raw_record, document)
+        except _Reject as reject:
+            self.counters.rejected += 1
+            self.attempts.append(Attempt(reject.status, reason=reject.body["error"]))
+            return web.json_response(reject.body, status=reject.status)
+        # From here to the answer there is no await: concurrent submissions of the same
+        # record cannot interleave between the version check and the store.
+        key = (model.record_id, model.version)
+        content_hash = _content_hash(model, document)
+        highest = self._highest.get(model.record_id, 0)
+        attempt = {"record_id": model.record_id, "version": model.version, "event": model.event.value}
+        if key in self._hashes:
+            if self._hashes[key] == content_hash:
+                self.counters.duplicates += 1
+                self.attempts.append(Attempt(200, reason="duplicate", **attempt))
+                return web.json_response({**self.receipts[key], "duplicate": True}, status=200)
+            self.counters.conflicts += 1
+            self.attempts.append(Attempt(409, reason="same version, different content", **attempt))
+            return web.json_response({
+                "error": f"version {model.version} of {model.record_id} is already held with different content",
+                "errors": [], "highest_version": highest,
+            }, status=409)
+        if model.version <= highest:
+            self.counters.conflicts += 1
+            self.attempts.append(Attempt(409, reason="stale version", **attempt))
+            return web.json_response({
+                "error": f"version {model.version} is not above the highest held ({highest})",
+                "errors": [], "highest_version": highest,
+            }, status=409)
+        receipt = {
+            "receipt_id": f"TTDLQG-{uuid.uuid4().hex}",
+            "received_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "idbanghi": model.record_id,
+            "phienban": model.version,
+        }
+        self.records[key] = record
+        self.documents[key] = document
+        self.receipts[key] = receipt
+        self._hashes[key] = content_hash
+        self._highest[model.record_id] = model.version
+        # The highest version decides: a CANCEL recalls the transcript, a later UPDATE restores it.
+        if model.event == Event.CANCEL:
+            self._cancelled.add(model.record_id)
+        else:
+            self._cancelled.discard(model.record_id)
+        self.counters.created += 1
+        self.attempts.append(Attempt(201, reason="created", **attempt))
+        return web.json_response({**receipt, "duplicate": False}, status=201)
+
+    async def _read_parts(self, request: web.Request) -> tuple[bytes, bytes]:
+        if request.content_length is not None and request.content_length > self.max_bytes:
+            raise _Reject(413, f"payload of {request.content_length} bytes exceeds {self.max_bytes}")
+        if request.content_type != "multipart/form-data":
+            raise _Reject(400, f"expected multipart/form-data, got {request.content_type or 'no content type'}")
+        parts: dict[str, bytes] = {}
+        types: dict[str, str] = {}
+        size = 0
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                chunks = []
+                # Counted chunk by chunk: a chunked upload has no Content-Length to check up front.
+                while chunk := await part.read_chunk():
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise _Reject(413, f"payload exceeds {self.max_bytes} bytes")
+                    chunks.append(chunk)
+                if part.name in ("record", "document"):
+                    parts[part.name] = b"".join(chunks)
+                    types[part.name] = part.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        except _Reject:
+            raise
+        except (ValueError, AssertionError, RuntimeError) as exc:
+            raise _Reject(400, f"malformed multipart body: {exc}") from None
+        missing = [name for name in ("record", "document") if name not in parts]
+        if missing:
+            raise _Reject(400, f"missing part(s): {', '.join(missing)}")
+        for name, expected in (("record", "application/json"), ("document", "application/pdf")):
+            if types[name] != expected:
+                raise _Reject(400, f"part {name!r} must be {expected}, got {types[name] or 'no content type'}")
+        return parts["record"], parts["document"]
+
+    def _validate(self, raw_record: bytes, document: bytes) -> tuple[Any, dict[str, Any]]:
+        try:
+            record = json.loads(raw_record)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Reject(400, f"part 'record' is not JSON: {exc}") from None
+        if not isinstance(record, dict):
+            raise _Reject(422, "record invalid", ["(record): must be a JSON object"])
+        try:
+            model = parse_transcript(record)
+        except ValidationError as exc:
+            raise _Reject(422, "record invalid", field_errors(exc, export_names=True)) from None
+        except (TypeError, ValueError) as exc:
+            # A validator that breaks instead of reporting is still a record the store cannot
+            # take; 422 tells the sender not to retry, where a 500 would be retried forever.
+            raise _Reject(422, "record invalid", [f"(record): {exc}"]) from None
+        if not document.startswith(b"%PDF-"):
+            raise _Reject(422, "document invalid", ["document: not a PDF (no %PDF- header)"])
+        if b"/ByteRange" not in document or b"/Sig" not in document:
+            raise _Reject(422, "document invalid", ["document: carries no signature (/ByteRange, /Sig)"])
+        return model, record
+
+
+def _content_hash(model: Any, document: bytes) -> str:
+    # Hash the validated record, not the bytes sent: the same transcript spelled with snake_case
+    # names or catalogue aliases, or with keys in another order, is the same content.
+    canonical = json.dumps(
+        model.model_dump(mode="json", by_alias=True), sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
+    digest = hashlib.sha256(canonical.encode())
+    digest.update(hashlib.sha256(document).digest())
+    return digest.hexdigest()
