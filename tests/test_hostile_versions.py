@@ -151,3 +151,81 @@ async def test_an_accepted_version_is_never_recorded_as_superseded(tmp_path, pki
         assert hub.store.sent_version(first.record_id)[0] == held
     finally:
         await hub.stop()
+
+
+# --- a recall needs only its envelope ----------------------------------------------------------
+
+def broken(body: dict, how: str) -> dict:
+    """``body`` with its content made invalid in one of several ways (the envelope untouched)."""
+    body = json.loads(json.dumps(body))
+    if how == "birth_date":
+        body["HocSinh"]["NgaySinh"] = "31/02/2014"
+    elif how == "no_subjects":
+        body["KetQua"] = []
+    elif how == "tombstone":  # only the vendor's id and the deletion flag
+        body = {"IdHocBa": body["IdHocBa"], "DaXoa": True}
+    return body
+
+
+@pytest.mark.parametrize("how", ["birth_date", "no_subjects", "tombstone"])
+async def test_a_recall_with_invalid_content_is_still_delivered(tmp_path, pki, systems, how):
+    vendor, central = systems
+    hub = Hub(config_for(tmp_path, pki, vendor, central))
+    await hub.start(pull=False)
+    try:
+        sid = vendor.source_id(0)
+        await hub.ingest("school-a", [raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1))])
+        await asyncio.wait_for(hub.wait_idle(), 120)
+        [first] = hub.store.rows(adapter="school-a")
+        assert first.state == lc.DELIVERED
+        recall = RawRecord(sid, json.dumps(broken(vendor.vendor_record(0), how), ensure_ascii=False).encode(),
+                           updated_at=now_vn(), deleted=True)
+        await hub.ingest("school-a", [recall])
+        await asyncio.wait_for(hub.wait_idle(), 120)
+        latest = max(hub.store.rows(adapter="school-a"), key=lambda r: r.version)
+        assert (latest.version, latest.event, latest.state) == (2, "CANCEL", lc.DELIVERED), \
+            hub.store.history(latest.id)
+        assert central.state(first.record_id) == {**central.state(first.record_id), "highest_version": 2,
+                                                  "cancelled": True}
+        # The recall carries the content the destination held, never the invalid one.
+        assert {k: v for k, v in latest.normalized.items() if k not in ("event", "version", "updated_at")} == \
+            {k: v for k, v in first.normalized.items() if k not in ("event", "version", "updated_at")}
+    finally:
+        await hub.stop()
+
+
+async def test_a_recall_of_what_was_never_delivered_sends_nothing(tmp_path, pki, systems):
+    vendor, central = systems
+    hub = Hub(config_for(tmp_path, pki, vendor, central))
+    await hub.start(pull=False)
+    try:
+        sid = vendor.source_id(1)
+        recall = RawRecord(sid, json.dumps(broken(vendor.vendor_record(1), "birth_date")).encode(),
+                           updated_at=now_vn(), deleted=True)
+        await hub.ingest("school-a", [recall])
+        await asyncio.wait_for(hub.wait_idle(), 60)
+        [row] = hub.store.rows(adapter="school-a")
+        assert row.state == lc.UNCHANGED and row.event == "CANCEL"
+        assert "never received" in hub.store.history(row.id)[-1]["detail"]
+        assert "student.birth_date" in hub.store.history(row.id)[-1]["detail"]
+        assert central.accepted() == {}
+    finally:
+        await hub.stop()
+
+
+async def test_an_invalid_new_version_is_still_quarantined(tmp_path, pki, systems):
+    """Only a recall falls back on the delivered content: an invalid edit is held as before."""
+    vendor, central = systems
+    hub = Hub(config_for(tmp_path, pki, vendor, central))
+    await hub.start(pull=False)
+    try:
+        sid = vendor.source_id(0)
+        await hub.ingest("school-a", [raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1))])
+        await asyncio.wait_for(hub.wait_idle(), 120)
+        await hub.ingest("school-a", [raw(sid, broken(vendor.vendor_record(0), "birth_date"), now_vn())])
+        await asyncio.wait_for(hub.wait_idle(), 60)
+        latest = max(hub.store.rows(adapter="school-a"), key=lambda r: r.version)
+        assert latest.state == lc.QUARANTINED and central.accepted()[latest.record_id] == 1
+    finally:
+        await hub.stop()
+

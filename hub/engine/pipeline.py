@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from pydantic import ValidationError
+
 from hub import lifecycle as lc
 from hub import logs
 from hub import store as st
@@ -40,7 +42,7 @@ from hub.contracts import (
     Signer,
 )
 from hub.engine.identity import IdentityStage
-from hub.engine.normalize import Envelope, normalize
+from hub.engine.normalize import Envelope, Outcome, normalize
 from hub.engine.outbox import Outbox
 from hub.logs import get_logger
 from hub.plugins import adapter_types, identity_provider_types, manager, signer_types
@@ -616,6 +618,11 @@ class Hub:
         # (its own wall-clock time); the hub's receipt time for sources that do not say.
         envelope = Envelope(row.record_id, row.version, row.event, (row.source_updated or row.received_at)[:19])
         outcome = normalize(adapter, row.raw(), envelope)
+        if outcome.record is None and row.event == "CANCEL":
+            # A recall needs only its envelope: content the vendor left invalid (or a bare
+            # tombstone) must not keep a delivered transcript from being recalled.
+            if await self._recall_without_content(row, envelope, outcome):
+                return
         if outcome.record is None:
             # The school (and year) the payload names, when the adapter could map that much:
             # whoever must fix the record is known even though the record is not valid.
@@ -636,6 +643,31 @@ class Hub:
             return
         await self.move(row, lc.NORMALIZED, normalized=normalized, content_hash=digest,
                          school_code=record.school_code, school_year=record.school_year)
+
+    async def _recall_without_content(self, row: st.Row, envelope: Envelope, outcome: Outcome) -> bool:
+        """A CANCEL whose own content does not validate: send the recall with the content the
+        destination holds (its last delivered version), or, when the destination holds
+        nothing of this record, end it ``unchanged`` (there is nothing to recall). False when
+        the delivered content is no longer kept (pruned): the CANCEL is quarantined as usual."""
+        # The fields only: an adapter's reason may quote a value.
+        reasons = ", ".join(dict.fromkeys(e.split(":")[0].split(" ")[0] for e in outcome.errors))[:300]
+        held = await self.db(self.store.delivered_content, row.record_id)
+        if held is None:
+            if await self.db(self.store.sent_version, row.record_id) is None:
+                await self.move(row, lc.UNCHANGED, detail="recall of a transcript the destination never received; "
+                                f"nothing to send (its content was invalid: {reasons})")
+                return True
+            return False
+        try:
+            record = parse_transcript({**held[1], **envelope.fields()})
+        except ValidationError:  # delivered under older rules: the operator decides
+            return False
+        normalized = record.model_dump(mode="json")
+        await self.move(row, lc.NORMALIZED, detail=f"recall carrying delivered version {held[0]}'s content "
+                        f"(its own content was invalid: {reasons})", normalized=normalized,
+                        content_hash=st.content_hash(normalized), school_code=record.school_code,
+                        school_year=record.school_year)
+        return True
 
     async def _render(self, pk: int) -> None:
         if (row := await self._current(pk, "render")) is None:

@@ -527,6 +527,16 @@ class Store(IssuanceRegistry):
                                    (record_id,)).fetchone()
         return (row["version"], row["content_hash"]) if row else None
 
+    def delivered_content(self, record_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The highest delivered version of ``record_id`` whose central record is still kept
+        (not pruned), and that record; ``None`` if there is none. A recall whose own content
+        is invalid carries this content (the envelope is what recalls)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version, normalized FROM records WHERE record_id = ? AND state = ? AND normalized IS NOT NULL"
+                " ORDER BY version DESC LIMIT 1", (record_id, DELIVERED)).fetchone()
+        return (row["version"], json.loads(row["normalized"])) if row else None
+
     def reissue(self, pk: int, expected: str, held_version: int, reason: str) -> int:
         """The destination holds ``held_version`` ≥ ours: send the same payload again as the
         next version above it. The old row is superseded; returns the new row's id."""
