@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys((
         "Adapter", "Delivery", "DeliveryError", "Faults", "Health", "IdentityFinding", "IdentityProvider",
         "IdentityResult", "IdentitySimulator", "Page", "Person", "PluginContext", "PluginError", "PluginSettings",
+        "PushNonce",
         "RawRecord", "Receipt", "SIGNING_ROLES", "SIGNING_STAGES", "DigestSignRequest", "DocumentFormat",
         "SignatureSlot", "SignRequest", "Signer", "SigningIdentity", "Simulator"),
         "hub.contracts"),

@@ -5,6 +5,7 @@ delivered. Real store, real simulators over loopback HTTP, the real pipeline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 
@@ -228,4 +229,89 @@ async def test_an_invalid_new_version_is_still_quarantined(tmp_path, pki, system
         assert latest.state == lc.QUARANTINED and central.accepted()[latest.record_id] == 1
     finally:
         await hub.stop()
+
+
+# --- webhook replays: the nonce is the store's, not one process's -----------------------------------
+
+PUSH_SECRET = "replay-test-secret-0123456789"
+
+
+@contextlib.asynccontextmanager
+async def serving(hub):
+    """``hub``'s web app on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    from hub.web.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
+                                           lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def push_config(tmp_path, pki, central, store: str, name: str):
+    return parse_config({
+        "data_dir": str(tmp_path / "data"), "store": store, "workers": {"processes": 1},
+        "adapters": [{"name": "school-push", "type": "push", "settings": {"secret": PUSH_SECRET}}],
+        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
+        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
+    })
+
+
+@pytest.mark.parametrize("backend", ["sqlite-restart", "postgresql-two-workers"])
+async def test_a_captured_push_replayed_to_another_worker_is_refused(tmp_path, pki, systems, backend):
+    """The issue's case: a push without ``updated_at`` (old content), then a newer one; the
+    captured old request is replayed to a restarted hub (SQLite) or to a second worker on the
+    same PostgreSQL database. It must be refused, and the record must not roll back."""
+    from adapters.push.simulator import PushSimulator, ingest_url
+    from hub.kit.synthetic import transcript
+
+    _, central = systems
+    with contextlib.ExitStack() as stack:
+        if backend.startswith("postgresql"):
+            from pgtest import scratch_database
+
+            store = stack.enter_context(scratch_database("hocba_replay"))
+        else:
+            store = ""
+        sender = PushSimulator(secret=PUSH_SECRET)
+        await sender.start()
+        old, new = transcript(0, 4), transcript(0, 4)
+        new["signatories"]["issue_place"] = "Hà Nội (bản sửa)"
+        first = Hub(push_config(tmp_path, pki, central, store, "a"))
+        await first.start(pull=False)
+        try:
+            async with serving(first) as base:
+                url = ingest_url(base, "school-push")
+                assert (await sender.send(url, {"source_id": "s1", "transcript": old})).status == 202
+                captured = sender.sent[-1]
+                assert (await sender.send(url, {"source_id": "s1", "transcript": new})).status == 202
+                if backend == "sqlite-restart":
+                    await first.stop()
+                    first = Hub(push_config(tmp_path, pki, central, store, "a"))
+                    await first.start(pull=False)
+                    other = first
+                else:
+                    other = Hub(push_config(tmp_path / "second", pki, central, store, "b"))
+                    await other.start(pull=False)
+                try:
+                    async with serving(other) as second:
+                        again = await sender.send_raw(ingest_url(second, "school-push"), captured.request,
+                                                      captured.headers)
+                    assert again.status == 401 and "replay" in again.body["detail"], again.body
+                    rows = [r for r in other.store.rows(adapter="school-push") if r.source_id == "s1"]
+                    assert sorted(r.version for r in rows) == [1, 2]
+                finally:
+                    if other is not first:
+                        await other.stop()
+        finally:
+            await first.stop()
+            await sender.stop()
 

@@ -408,6 +408,62 @@ def test_migrations_run_once_and_a_newer_schema_is_refused(open_store, backend):
         open_store()
 
 
+def test_a_step_numbered_below_an_applied_one_still_runs(open_store, monkeypatch):
+    """Steps written on parallel branches reach a store in either order: a store already at a
+    higher step gets a lower one it never recorded, once."""
+    def step(version, table):
+        return migrations.Step(version, f"creates {table}", sqlite=(f"CREATE TABLE {table} (x INTEGER)",),
+                               postgresql=(f"CREATE TABLE {table} (x INTEGER)",))
+
+    real = migrations.STEPS
+    high, low = step(migrations.LATEST + 2, "high_step"), step(migrations.LATEST + 1, "low_step")
+    monkeypatch.setattr(migrations, "STEPS", (*real, high))
+    monkeypatch.setattr(migrations, "LATEST", high.version)
+    open_store().close()  # this store has the higher step, not the lower one
+    monkeypatch.setattr(migrations, "STEPS", (*real, low, high))
+    again = open_store()
+    with again._lock:
+        applied = [r[0] for r in again._db.execute("SELECT version FROM schema_version ORDER BY version")]
+        again._db.execute("SELECT COUNT(*) FROM low_step").fetchone()
+    assert applied == [step.version for step in migrations.STEPS]
+    open_store()  # and only once (a second CREATE TABLE would fail)
+
+
+def test_a_push_nonce_is_spent_once_across_connections(open_store):
+    import time
+
+    a, b = open_store(), open_store()  # two workers, or one before and after a restart
+    until = time.time() + 300
+    assert a.spend_nonce("push-a", "sig-1", until)
+    assert not b.spend_nonce("push-a", "sig-1", until)
+    assert not a.spend_nonce("push-a", "sig-1", until)
+    assert b.spend_nonce("push-b", "sig-1", until)  # per adapter
+    a.close()
+    assert not open_store().spend_nonce("push-a", "sig-1", until)
+    # Past its time a nonce is dropped (the adapter's own freshness check refuses it by then).
+    b._write(lambda db: db.execute("UPDATE push_nonces SET until = ? WHERE nonce = ?", (int(time.time()) - 5, "sig-1")))
+    assert b.spend_nonce("push-a", "sig-1", until)
+
+
+def test_concurrent_workers_spend_a_nonce_exactly_once(open_store):
+    import time
+
+    stores = [open_store() for _ in range(4)]
+    results: list[bool] = []
+    barrier = threading.Barrier(len(stores))
+
+    def spend(store):
+        barrier.wait()
+        results.append(store.spend_nonce("push", "same", time.time() + 60))
+
+    threads = [threading.Thread(target=spend, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, False, False, True]
+
+
 OLD_SQLITE_SCHEMA = """
 CREATE TABLE records (id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, version INTEGER NOT NULL,
   event TEXT NOT NULL, adapter TEXT NOT NULL, source_id TEXT NOT NULL, source_updated TEXT,

@@ -7,11 +7,14 @@ database end up with the same tables. Several hub workers starting at once again
 PostgreSQL database serialise on an advisory lock, so each step runs exactly once.
 
 To change the schema, append a step (never edit one that has shipped): its number is the next
-integer, its statements run on stores already at the previous number.
+integer. A store applies every step its ``schema_version`` table does not list, lowest first, so
+a step numbered below one already applied (written on a parallel branch) still runs; a step's
+statements must therefore not depend on a higher step's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # pg_advisory_lock(int4, int4) namespace of the hub's locks (``hb`` in ASCII): key 0 serialises
@@ -200,18 +203,34 @@ STEPS: tuple[Step, ...] = (
     # cover it), and an append-only entry for every copy the hub hands out (hub.store.issuance).
     Step(6, "issuance registry: a verification code per version, every issued copy recorded",
          sqlite=_issuance("sqlite"), postgresql=_issuance("postgresql")),
+    # A push request is accepted once across every worker and restart: its key (the adapter's,
+    # e.g. the request's signature) is kept until the adapter's own freshness check would refuse
+    # it anyway (``until``, Unix seconds).
+    Step(8, "webhook nonces: a signed push is accepted once, whichever worker receives it",
+         sqlite=("CREATE TABLE IF NOT EXISTS push_nonces (adapter TEXT NOT NULL, nonce TEXT NOT NULL,"
+                 " until INTEGER NOT NULL, PRIMARY KEY (adapter, nonce))",
+                 "CREATE INDEX IF NOT EXISTS push_nonces_until ON push_nonces (until)"),
+         postgresql=("CREATE TABLE IF NOT EXISTS push_nonces (adapter TEXT NOT NULL, nonce TEXT NOT NULL,"
+                     " until BIGINT NOT NULL, PRIMARY KEY (adapter, nonce))",
+                     "CREATE INDEX IF NOT EXISTS push_nonces_until ON push_nonces (until)")),
 )
 
-LATEST = STEPS[-1].version
+LATEST = max(step.version for step in STEPS)
 
 
 class SchemaTooNew(RuntimeError):
     """The store was migrated by a newer hub than this one: upgrade the hub first."""
 
 
-def pending(current: int) -> list[Step]:
-    """The steps a store at version ``current`` still needs, in order."""
+def pending(applied: int | Iterable[int]) -> list[Step]:
+    """The steps a store still needs, in order: every step not in ``applied`` (the versions its
+    ``schema_version`` table records; an int means every version up to it).
+
+    A step is applied even when a higher one already is: steps written on parallel branches
+    (7 and 8, say) may reach a store in either order, and each runs once."""
+    done = set(range(1, applied + 1)) if isinstance(applied, int) else set(applied)
+    current = max(done, default=0)
     if current > LATEST:
         raise SchemaTooNew(f"the store's schema is at version {current}, newer than this hub's {LATEST}: "
                            "upgrade hocba-hub before starting it on this store")
-    return [step for step in STEPS if step.version > current]
+    return [step for step in STEPS if step.version not in done]

@@ -24,6 +24,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -218,8 +219,8 @@ class Store(IssuanceRegistry):
         def work(db: Any) -> None:
             self._serialise_migrations(db)
             db.execute(migrations.VERSION_TABLE)
-            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-            for step in migrations.pending(current):
+            applied = [r[0] for r in db.execute("SELECT version FROM schema_version")]
+            for step in migrations.pending(applied):
                 for statement in step.statements(self.dialect):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
@@ -656,6 +657,20 @@ class Store(IssuanceRegistry):
                             {"version": row["version"], "from": row["state"], "stage": stage})
                 moved.append((pk, target))
             return moved
+        return self._write(work)
+
+    def spend_nonce(self, adapter: str, nonce: str, until: float) -> bool:
+        """Record that a push to ``adapter`` carrying ``nonce`` was accepted: True the first time,
+        False if it was already spent (a replay), by this process or any other on this store.
+        Kept until ``until`` (Unix seconds), when the adapter's own freshness check refuses it;
+        spent nonces past that are dropped here."""
+        now = int(time.time())
+
+        def work(db: Any) -> bool:
+            db.execute("DELETE FROM push_nonces WHERE until < ?", (now,))
+            return db.execute("INSERT INTO push_nonces (adapter, nonce, until) VALUES (?, ?, ?)"
+                              " ON CONFLICT (adapter, nonce) DO NOTHING",
+                              (adapter, nonce, max(int(until) + 1, now))).rowcount == 1
         return self._write(work)
 
     def set_paused(self, adapter: str, paused: bool, actor: str) -> None:
