@@ -315,3 +315,72 @@ async def test_a_captured_push_replayed_to_another_worker_is_refused(tmp_path, p
             await first.stop()
             await sender.stop()
 
+
+# --- viettel's and misa's cursors: a vendor clock in the future never skips a real edit ------------
+
+def pull_vendor(name: str):
+    from pull_vendors import PullVendor
+
+    if name == "viettel":
+        from adapters.viettel.adapter import ViettelAdapter
+        from adapters.viettel.simulator import ViettelSimulator
+        return PullVendor("viettel", ViettelSimulator, ViettelAdapter, simulator_args=("records", "page_size"),
+                          defaults={"page_size": 3})
+    from adapters.misa.adapter import MisaAdapter
+    from adapters.misa.simulator import MisaSimulator
+    return PullVendor("misa", MisaSimulator, MisaAdapter, simulator_args=("records", "page_size"),
+                      defaults={"page_size": 3})
+
+
+@pytest.fixture
+async def pulling(tmp_path):
+    started = []
+
+    async def start(name: str, records: int = 5):
+        kind = pull_vendor(name)
+        sim = kind.simulator(records=records, page_size=3)
+        await sim.start()
+        adapter = kind.make_adapter(sim.adapter_settings(), tmp_path)
+        await adapter.open()
+        started.append((sim, adapter))
+        return kind, sim, adapter
+
+    yield start
+    for sim, adapter in started:
+        await adapter.close()
+        await sim.stop()
+
+
+@pytest.mark.parametrize("name", ["viettel", "misa"])
+@pytest.mark.parametrize("ahead_days", [1, 3650])
+async def test_a_future_dated_vendor_record_never_makes_a_later_poll_skip_a_real_edit(pulling, name, ahead_days):
+    kind, sim, adapter = await pulling(name)
+    store = st.Store(":memory:")
+    try:
+        assert await kind.poll(adapter, store) is None
+        sim.update(0)
+        sim._rows[0].updated = now_vn() + dt.timedelta(days=ahead_days)   # the vendor's clock ran ahead
+        assert await kind.poll(adapter, store) is None
+        cursor = store.cursor(name)
+        if name == "viettel":  # the saved position never passes the hub's clock
+            after = json.loads(cursor)["after"]
+            assert after is None or dt.datetime.fromisoformat(after) <= now_vn()
+        # A real edit now, dated by a vendor clock that is right again.
+        sim.update(2)
+        sim._rows[2].updated = now_vn()
+        assert await kind.poll(adapter, store) is None
+        versions = {(r.source_id, r.version) for r in store.rows(adapter=name)}
+        assert (sim.source_id(2), 2) in versions and (sim.source_id(0), 2) in versions
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("cursor", ['{"after": "2099-01-01T00:00:00+07:00", "cursor": null}', "2099-01-01T00:00:00"])
+async def test_a_saved_viettel_position_in_the_future_reads_the_whole_feed_again(pulling, cursor):
+    import structlog
+
+    kind, sim, adapter = await pulling("viettel")
+    with structlog.testing.capture_logs() as logs:
+        _, raws = await kind.read(adapter, cursor)
+    assert sorted(r.source_id for r in raws) == sorted(sim.source_id(i) for i in range(5))
+    assert "viettel.cursor_in_the_future" in [e["event"] for e in logs]
