@@ -4,6 +4,7 @@ hub would really make (a recalled record is a CANCEL) and reads the spreadsheet 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,47 @@ def test_normalize_names_a_file_that_is_no_spreadsheet(tmp_path):
     (tmp_path / "x.xlsx").write_bytes(b"PK\x03\x04 not a workbook")
     result = normalize("spreadsheet", tmp_path / "x.xlsx")
     assert result.returncode == 1 and "Traceback" not in result.stderr and result.stderr.strip()
+
+
+# --- worker processes never outlive a hub killed while they start ---------------------------------
+
+EARLY_KILL = r"""
+import multiprocessing, os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from hub.engine.pipeline import _warm, _worker_init
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=({}, "json", "warning", os.getpid()))
+    pool.submit(_warm)
+    pool.submit(_warm)
+    print(" ".join(str(pid) for pid in pool._processes), flush=True)
+    time.sleep(float(sys.argv[1]))
+    os.kill(os.getpid(), signal.SIGKILL)   # as the hub is killed while its workers start
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("after", [0.05, 0.4, 1.5])
+def test_workers_exit_when_the_hub_is_killed_while_they_start(tmp_path, after):
+    import time
+
+    script = tmp_path / "early_kill.py"
+    script.write_text(EARLY_KILL, "utf-8")
+    result = subprocess.run([sys.executable, str(script), str(after)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=60)
+    pids = [int(p) for p in result.stdout.split()]
+    assert len(pids) == 2, result.stderr
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if alive(p)]
+    for pid in left:  # do not leave them behind even when the test fails
+        os.kill(pid, 9)
+    assert left == [], f"workers outlived the hub killed {after} s into their start"

@@ -102,13 +102,25 @@ def final_check_job(normalized: dict[str, Any], pdf: bytes | None, xml: bytes | 
     return problems
 
 
-def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info") -> None:
-    """In each pool worker: log like the hub, take the prepared fonts, and exit if the hub dies.
+def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info",
+                 hub_pid: int | None = None) -> None:
+    """In each pool worker: exit if the hub dies, log like the hub, take the prepared fonts.
 
     A hub killed with SIGKILL cannot shut its pool down; without this watch its workers would
-    linger as orphans holding memory.
+    linger as orphans holding memory. The watch starts first and compares with the hub's pid as
+    the hub gave it: a hub killed while this worker was still starting has already gone, and a
+    parent read now would be whoever adopted the orphan.
     """
     import threading
+
+    parent = hub_pid if hub_pid is not None else os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="hocba-orphan-watch", daemon=True).start()
 
     from hub.documents.pades import stamp_font_bytes
     from hub.documents.render import load_fonts
@@ -118,14 +130,6 @@ def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: s
     load_fonts(fonts)
     # The signature stamp's font subset, made once per worker before its first job.
     stamp_font_bytes()
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="hocba-orphan-watch", daemon=True).start()
 
 
 def _warm() -> int:
@@ -204,7 +208,7 @@ class Hub:
         # and keeping them in the data directory saves the hub the same at its next start.
         fonts = await asyncio.to_thread(cached_fonts, data / "cache")
         self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_worker_init, initargs=(fonts, *logs.current))
+                                         initializer=_worker_init, initargs=(fonts, *logs.current, os.getpid()))
         # Start every worker now, from a thread (spawning stalls whoever submits), and without
         # waiting for them: pulling and normalising need no worker, and the first render queues
         # until one is up. Waiting here was most of the time to the first claim.
