@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("CHECKS", "assert_conformant"), "hub.kit.conformance"),
     "AdapterConformance": "hub.kit.pytest_plugin",
     "scrub": "hub.logs",
+    "csv_text": "hub.documents.sheets",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,3 +105,68 @@ def test_workers_exit_when_the_hub_is_killed_while_they_start(tmp_path, after):
     for pid in left:  # do not leave them behind even when the test fails
         os.kill(pid, 9)
     assert left == [], f"workers outlived the hub killed {after} s into their start"
+
+
+# --- reports never hold a cell a spreadsheet program evaluates -------------------------------------
+
+def formula_cells(xlsx: bytes) -> list[str]:
+    """Every cell of every sheet that a spreadsheet program would evaluate or re-evaluate."""
+    import io
+    import zipfile
+
+    from openpyxl import load_workbook
+
+    book = load_workbook(io.BytesIO(xlsx))
+    out = [c.coordinate for sheet in book.worksheets for row in sheet.iter_rows() for c in row
+           if c.data_type == "f" or (isinstance(c.value, str) and c.value.startswith(("=", "+", "-", "@"))
+                                     and not c.quotePrefix)]
+    with zipfile.ZipFile(io.BytesIO(xlsx)) as z:
+        out += [n for n in z.namelist() if n.startswith("xl/worksheets/") and b"<f>" in z.read(n)]
+    return out
+
+
+@settings(max_examples=12, deadline=None, database=None, derandomize=True)
+@given(start=hs.sampled_from(["=", "+", "-", "@", "\t", "\r"]),
+       rest=hs.text(hs.characters(blacklist_categories=("Cc", "Cs")), max_size=30),
+       column=hs.sampled_from(["class_name", "student_code", "field", "fix_vi", "fix_en", "full_name",
+                               "school_name"]))
+def test_xlsx_reports_write_formula_like_text_as_text(start, rest, column):
+    from hub.documents import identity_report, school_report
+
+    value = start + "HYPERLINK(\"http://x\";\"y\")" + rest
+    school = school_report.to_xlsx("01001001", [{"class_name": "5A", "student_code": "HS1", "state": "quarantined",
+                                                 "field": "x", "fix_vi": "y", "fix_en": "z", "record_id": "r",
+                                                 "version": 1, column: value}])
+    blocked = identity_report.to_xlsx([{"school_code": "01001001", "full_name": "A", "differs": [], column: value}])
+    assert formula_cells(school) == [] and formula_cells(blocked) == []
+    from io import BytesIO
+
+    from openpyxl import load_workbook
+    texts = [c.value for book in (school, blocked) for row in load_workbook(BytesIO(book)).active.iter_rows()
+             for c in row]
+    assert value in texts  # written as it is, as text
+
+
+def test_the_spreadsheet_report_quotes_a_formula_like_column_name(tmp_path):
+    import asyncio
+    import csv as csvmod
+
+    from hub.contracts import PluginContext
+    from hub.plugins import adapter_types
+
+    info = adapter_types()["spreadsheet"]
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "lop.csv").write_text('Mã trường,Mã học sinh,Năm học,=HYPERLINK("http://x")\n01001001,HS1,2024-2025,1\n', "utf-8")
+    adapter = info.cls(info.cls.Settings(directory=drop, settle_seconds=0), PluginContext("s", tmp_path))
+
+    async def run():
+        await adapter.open()
+        pages = [p async for p in adapter.fetch(None)]
+        for p in pages:
+            await adapter.acknowledge(p)
+    asyncio.run(run())
+    [report] = list((drop / "rejected").glob("*.report.csv")) + list((drop / "done").glob("*.report.csv"))
+    cells = [c for row in csvmod.reader(report.read_text("utf-8-sig").splitlines()) for c in row]
+    assert any("HYPERLINK" in c for c in cells)
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells), cells

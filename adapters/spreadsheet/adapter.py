@@ -38,6 +38,7 @@ from hub import (
     PluginError,
     PluginSettings,
     RawRecord,
+    csv_text,
     field_errors,
     load_json,
     parse_transcript,
@@ -916,8 +917,9 @@ class SpreadsheetAdapter(Adapter):
             writer = csv.writer(out)
             writer.writerow(REPORT_FIELDS)
             writer.writerow(["", "", "summary", summary])
+            # Column names and reasons quote the school's file: never a formula for Excel.
             for p in page.problems:
-                writer.writerow([p.row if p.row is not None else "", p.column, p.outcome, p.reason])
+                writer.writerow([p.row if p.row is not None else "", csv_text(p.column), p.outcome, csv_text(p.reason)])
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, report)
