@@ -170,3 +170,45 @@ def test_the_spreadsheet_report_quotes_a_formula_like_column_name(tmp_path):
     cells = [c for row in csvmod.reader(report.read_text("utf-8-sig").splitlines()) for c in row]
     assert any("HYPERLINK" in c for c in cells)
     assert not any(c.startswith(("=", "+", "-", "@")) for c in cells), cells
+
+
+# --- the spreadsheet drop folder: long names, files still being written, workbook bombs ------------
+
+def drop_adapter(tmp_path, **settings):
+    from hub.contracts import PluginContext
+    from hub.plugins import adapter_types
+
+    info = adapter_types()["spreadsheet"]
+    drop = tmp_path / "drop"
+    drop.mkdir(exist_ok=True)
+    return drop, info.cls(info.cls.Settings(directory=drop, settle_seconds=0, **settings), PluginContext("s", tmp_path))
+
+
+def pull_and_file(adapter) -> list:
+    import asyncio
+
+    async def run():
+        await adapter.open()
+        pages = [p async for p in adapter.fetch(None)]
+        for p in pages:
+            await adapter.acknowledge(p)
+        return pages
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("chars", [188, 120])
+def test_a_file_name_as_long_as_the_file_system_allows_does_not_stop_the_folder(tmp_path, chars):
+    drop, adapter = drop_adapter(tmp_path)
+    limit = os.pathconf(drop, "PC_NAME_MAX")
+    stem = ("Lớp 5A trường Tiểu học Nguyễn Du học kỳ " * 10)[:chars]
+    while len(os.fsencode(stem + ".csv")) > limit:
+        stem = stem[:-1]
+    header = "Mã trường,Mã học sinh,Năm học,Cột lạ\n01001001,HS1,2024-2025,1\n"
+    for name in (stem + ".csv", stem[:-1] + "x.csv", "later.csv"):
+        (drop / name).write_text(header, "utf-8")
+    pages = pull_and_file(adapter)
+    assert len(pages) == 3
+    assert [p.name for p in drop.iterdir() if p.is_file()] == []  # every file filed
+    reports = list((drop / "rejected").glob("*.report.csv")) + list((drop / "done").glob("*.report.csv"))
+    assert len(reports) == 3 and all(len(os.fsencode(r.name)) <= limit for r in reports)
+    assert len({r.name for r in reports}) == 3

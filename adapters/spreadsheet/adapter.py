@@ -15,6 +15,7 @@ import asyncio
 import codecs
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -695,6 +696,24 @@ class SpreadsheetSettings(PluginSettings):
         return value
 
 
+def _fit_name(stem: str, suffix: str, folder: Path, reserve: int = 0) -> str:
+    """``stem + suffix``, with ``stem`` shortened (ending in ``~`` and a short hash of the whole
+    stem, so two long names stay apart) when the file system's name limit in ``folder`` is too
+    small; ``reserve`` bytes are left free for a temporary file's prefix and suffix."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    room = limit - reserve - len(os.fsencode(suffix))
+    if len(os.fsencode(stem)) <= room:
+        return stem + suffix
+    tag = "~" + hashlib.sha256(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    cut = stem
+    while cut and len(os.fsencode(cut + tag)) > room:
+        cut = cut[:-1]
+    return cut + tag + suffix
+
+
 class SpreadsheetAdapter(Adapter):
     """Reads transcript sheets dropped in a folder; one page per file, filed away once committed.
 
@@ -883,12 +902,14 @@ class SpreadsheetAdapter(Adapter):
         if target.exists():
             # A school re-sends a corrected file under the same name: keep both.
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-            target = folder / f"{page.path.stem}.{stamp}{page.path.suffix}"
+            target = folder / _fit_name(page.path.stem, f".{stamp}{page.path.suffix}", folder)
             n = 1
             while target.exists():
-                target = folder / f"{page.path.stem}.{stamp}-{n}{page.path.suffix}"
+                target = folder / _fit_name(page.path.stem, f".{stamp}-{n}{page.path.suffix}", folder)
                 n += 1
-        report = target.with_name(target.name + ".report.csv")
+        # A name as long as the file system allows has no room for ".report.csv": the report's
+        # name is shortened instead (an error here would stop the folder at this file for good).
+        report = folder / _fit_name(target.name, ".report.csv", folder, reserve=len(".tmp") + 1)
         # The report first: a crash between the two leaves the file to be read again, and its
         # report is rewritten; the other order could leave a filed file without a report.
         self._write_report(report, page)
