@@ -212,3 +212,62 @@ def test_a_file_name_as_long_as_the_file_system_allows_does_not_stop_the_folder(
     reports = list((drop / "rejected").glob("*.report.csv")) + list((drop / "done").glob("*.report.csv"))
     assert len(reports) == 3 and all(len(os.fsencode(r.name)) <= limit for r in reports)
     assert len({r.name for r in reports}) == 3
+
+
+def _workbook_with(sheet_rows: str, extra: tuple[str, int] | None = None) -> bytes:
+    """A real openpyxl workbook whose first sheet's rows are replaced by ``sheet_rows`` (XML), and
+    optionally an extra part of ``extra[1]`` zero bytes (it compresses a thousandfold)."""
+    import io
+    import re as _re
+    import zipfile
+
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.active.append(["Mã trường", "Mã học sinh", "Năm học"])
+    plain = io.BytesIO()
+    book.save(plain)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(plain.getvalue())) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            body = src.read(info.filename)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                body = _re.sub(rb"<sheetData>.*</sheetData>", b"<sheetData>" + sheet_rows.encode() + b"</sheetData>",
+                               body, flags=_re.S)
+                body = _re.sub(rb"<dimension[^>]*/>", b"", body)
+            dst.writestr(info, body)
+        if extra:
+            with dst.open(extra[0], "w") as part:
+                chunk = b"\0" * (1 << 20)
+                for _ in range(extra[1] >> 20):
+                    part.write(chunk)
+    return out.getvalue()
+
+
+HEADER_ROW = ('<row r="1"><c r="A1" t="inlineStr"><is><t>Mã trường</t></is></c><c r="B1" t="inlineStr"><is>'
+              '<t>Mã học sinh</t></is></c><c r="C1" t="inlineStr"><is><t>Năm học</t></is></c></row>')
+
+
+@pytest.mark.parametrize("kind", ["empty_rows", "wide_row", "expands"])
+def test_an_xlsx_that_expands_without_bound_is_rejected_quickly_naming_the_bound(tmp_path, kind):
+    import time
+
+    if kind == "empty_rows":  # the issue's case: 1.5 M empty rows in a file of a few hundred KB
+        data = _workbook_with(HEADER_ROW + "<row/>" * 1_500_000)
+        reason = "more than 20000 rows"
+    elif kind == "wide_row":
+        data = _workbook_with(HEADER_ROW + '<row r="2"><c r="ZZZ2"><v>1</v></c></row>')
+        reason = "more than 1000 cells"
+    else:
+        data = _workbook_with(HEADER_ROW, ("xl/media/padding.bin", 120 << 20))
+        reason = "expands to"
+    assert len(data) < 2_000_000
+    drop, adapter = drop_adapter(tmp_path)
+    (drop / "bomb.xlsx").write_bytes(data)
+    (drop / "later.csv").write_text("Mã trường,Mã học sinh,Năm học,Cột lạ\n01001001,HS1,2024-2025,1\n", "utf-8")
+    started = time.monotonic()
+    pages = pull_and_file(adapter)
+    assert time.monotonic() - started < 30
+    assert len(pages) == 2 and not (drop / "bomb.xlsx").exists() and not (drop / "later.csv").exists()
+    report = (drop / "rejected" / "bomb.xlsx.report.csv").read_text("utf-8-sig")
+    assert reason in report, report

@@ -516,9 +516,31 @@ def _cell_text(value: Any) -> tuple[str, str | None]:
     return "", f"unreadable cell of type {type(value).__name__}"
 
 
+# A workbook is a zip of XML: a small file can expand to gigabytes, or describe a million empty
+# rows that take minutes and memory to walk. A school's class or grade file is far inside these.
+XLSX_MAX_UNCOMPRESSED = 100 * 1024 * 1024   # bytes, all parts together
+XLSX_MAX_ROWS = 20_000                       # rows of the first sheet, empty ones included
+XLSX_MAX_COLUMNS = 1_000                     # cells in one row
+
+
+def _check_xlsx_size(data: bytes) -> None:
+    """Refuse a workbook whose parts expand past ``XLSX_MAX_UNCOMPRESSED`` before parsing any."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise _FileError(f"cannot be opened as an XLSX workbook: {exc}") from None
+    if total > XLSX_MAX_UNCOMPRESSED:
+        raise _FileError(f"the workbook expands to {total} bytes, more than {XLSX_MAX_UNCOMPRESSED}: "
+                         "save the class's sheet alone, as .xlsx or CSV UTF-8")
+
+
 def _read_xlsx(data: bytes) -> _Table:
     import openpyxl
 
+    _check_xlsx_size(data)
     table = _Table()
     # data_only: formulas give the value the spreadsheet program last computed, not "=A1+B1".
     book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
@@ -528,6 +550,12 @@ def _read_xlsx(data: bytes) -> _Table:
         # a wrong one, and rows past it would vanish silently. Read every row that is there.
         sheet.reset_dimensions()
         for number, cells in enumerate(sheet.iter_rows(), start=1):
+            if number > XLSX_MAX_ROWS:
+                raise _FileError(f"the sheet has more than {XLSX_MAX_ROWS} rows (empty rows count): delete the "
+                                 "rows below the data, or save it as CSV UTF-8")
+            if len(cells) > XLSX_MAX_COLUMNS:
+                raise _FileError(f"row {number} has more than {XLSX_MAX_COLUMNS} cells: delete the columns "
+                                 "right of the data, or save it as CSV UTF-8")
             row = []
             for cell in cells:
                 if getattr(cell, "data_type", None) == "e":
@@ -846,6 +874,8 @@ class SpreadsheetAdapter(Adapter):
             if suffix == ".xlsx":
                 try:
                     table = _read_xlsx(data)
+                except _FileError:
+                    raise
                 except Exception as exc:  # any parser failure on a dropped file means "unreadable"
                     raise _FileError(f"cannot be opened as an XLSX workbook: {type(exc).__name__}: {exc}") from None
             else:
