@@ -271,3 +271,71 @@ def test_an_xlsx_that_expands_without_bound_is_rejected_quickly_naming_the_bound
     assert len(pages) == 2 and not (drop / "bomb.xlsx").exists() and not (drop / "later.csv").exists()
     report = (drop / "rejected" / "bomb.xlsx.report.csv").read_text("utf-8-sig")
     assert reason in report, report
+
+
+# --- pages that need no token show no internal URL, file path or database user ----------------------
+
+@pytest.mark.parametrize("line, hidden", [
+    ("sqlite /var/lib/hocba/data/hub.sqlite3, schema 8", ["/var/lib"]),
+    ("postgresql postgresql://hub:***@db.internal:5432/hocba, schema 8, 2 worker(s) connected",
+     ["hub:", "db.internal", "5432"]),
+    ("GET http://10.0.0.5:9101/api/v1/records?trang=1 answered HTTP 503", ["10.0.0.5", "/api/v1"]),
+    ("3 file(s) waiting in /srv/drop/school-a", ["/srv/drop"]),
+    ("cannot reach hub@db.internal:5432", ["hub@", "db.internal"]),
+])
+def test_no_internals_blanks_urls_paths_and_users(line, hidden):
+    from hub.logs import no_internals
+
+    shown = no_internals(line)
+    assert not any(h in shown for h in hidden), shown
+    assert shown.split()[0] == line.split()[0]  # what the line is about stays
+
+
+async def test_readyz_and_the_status_page_show_no_internal_urls_paths_or_users(tmp_path, pki):
+    import asyncio
+
+    import aiohttp
+    import uvicorn
+    from conftest import PASSWORD, ROLES
+
+    from adapters.moet.simulator import MoetSimulator
+    from hub.config import parse_config
+    from hub.engine.pipeline import Hub
+    from hub.web.app import create_app
+
+    central = MoetSimulator()
+    await central.start()
+    drop = tmp_path / "drop-folder-secret-name"
+    drop.mkdir()
+    hub = Hub(parse_config({
+        "data_dir": str(tmp_path / "data"), "workers": {"processes": 1},
+        "adapters": [{"name": "files", "type": "spreadsheet", "poll_interval": 3600,
+                      "settings": {"directory": str(drop)}}],
+        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
+        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
+    }))
+    await hub.start(pull=False)
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
+                                           lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        central.faults.outage = True  # a failing check's detail names the URL it could not reach
+        await central.stop()
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            for page in ("/readyz", "/?lang=en"):
+                async with http.get(page) as resp:
+                    text = await resp.text()
+                for internal in (str(tmp_path), "drop-folder-secret-name", "hub.sqlite3", central.adapter_settings()["base_url"]):
+                    assert internal not in text, (page, internal)
+            async with http.get("/readyz") as resp:
+                body = await resp.json()
+        assert body["checks"]["store"]["detail"].startswith("sqlite <path>")
+        assert not body["checks"]["central"]["ok"]
+    finally:
+        server.should_exit = True
+        await task
+        await hub.stop()
