@@ -266,6 +266,8 @@ class AdminApi:
                 raise ApiError(400, key, f"unknown parameter (allowed: {', '.join(allowed)})")
             if len(q.getlist(key)) > 1:
                 raise ApiError(400, key, "given more than once")
+            if "\x00" in q[key]:
+                raise ApiError(400, key, "contains a NUL character")
         out: dict[str, Any] = {"limit": 100, "offset": 0}
         if "state" in q:
             if q["state"] not in self.states:
@@ -509,7 +511,28 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "body", "is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body", "must be a JSON object")
+    if (where := _nul_in(body)) is not None:
+        raise ApiError(400, where, "contains a NUL character")
     return body
+
+
+def _nul_in(node: Any, path: str = "") -> str | None:
+    """The path of the first key or text holding NUL, which PostgreSQL cannot store (a 400
+    naming the field, not a database error)."""
+    if isinstance(node, str):
+        return (path or "body") if "\x00" in node else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return path or "body"
+            if (found := _nul_in(value, here)) is not None:
+                return found
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            if (found := _nul_in(value, f"{path}[{i}]")) is not None:
+                return found
+    return None
 
 
 def admin_routes(hub: "Hub") -> list[BaseRoute]:

@@ -16,6 +16,7 @@ operator or the store could not commit (retry later).
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -97,6 +98,13 @@ def ingest_routes(hub: "Hub") -> list[Route]:
         except ValueError as exc:
             log.warning("ingest.refused", adapter=name, status=400, reason=str(exc))
             return _error(400, "malformed", str(exc))
+        for i, raw in enumerate(records):
+            # Whatever the adapter let through: an id the store cannot hold (PostgreSQL refuses
+            # NUL) is the sender's error, named, not a 503 for the whole batch.
+            if not raw.source_id or any(unicodedata.category(ch)[0] == "C" for ch in raw.source_id):
+                log.warning("ingest.refused", adapter=name, status=400, reason=f"[{i}].source_id")
+                return _error(400, "malformed", f"[{i}].source_id must be non-empty, without control or "
+                              "invisible characters")
         try:
             new = await hub.ingest(name, records)
         except Exception as exc:  # the sender must retry, so it gets an answer, not a dropped request
