@@ -139,20 +139,28 @@ def _error(status: int, parameter: str, reason: str, headers: dict[str, str] | N
 Handler = Callable[[Request, Caller], Awaitable[Any]]
 
 
+# Text without NUL, which PostgreSQL cannot store (the API refuses it with a 400 naming the field).
+_NO_NUL = r"^[^\x00]*$"
+
+
 class ReplayRequest(BaseModel):
     """``POST /api/replay``: records matching every given criterion (ids and record_ids: any of them).
 
     Strict: a JSON ``true`` is not an id, ``"1"`` is not a list; unknown fields are refused. The
     OpenAPI document's ``ReplayRequest`` schema is generated from this model.
     """
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # The schema says what the handler checks: at least one criterion (never every record).
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"anyOf": [
+        {"required": [name]} for name in ("ids", "record_ids", "adapter", "school", "state")]})
 
     ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
         default=None, min_length=1, max_length=_MAX_SELECT, description="Store ids")
     record_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=_MAX_SELECT,
                                                description="Record ids (every version of each)")
-    adapter: str | None = Field(default=None, min_length=1, max_length=100, description="Adapter instance name")
-    school: str | None = Field(default=None, min_length=1, max_length=100, description="School code (matruong)")
+    adapter: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NO_NUL,
+                                description="Adapter instance name")
+    school: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NO_NUL,
+                               description="School code (matruong)")
     state: Literal[tuple(sorted(lc.REPLAYABLE))] | None = None  # type: ignore[valid-type]
     stage: Literal[lc.REPLAY_STAGES] = Field(  # type: ignore[valid-type]
         default="normalize", description="normalize: from the raw payload; render: from the normalised record; "
@@ -552,8 +560,10 @@ def openapi_document(states: list[str], adapters: list[str]) -> dict[str, Any]:
                 "schema": schema, "description": description}
 
     filters = [
-        param("adapter", "query", {"type": "string", "minLength": 1, "maxLength": 100}, "Adapter instance name"),
-        param("school", "query", {"type": "string", "minLength": 1, "maxLength": 100}, "School code (matruong)"),
+        param("adapter", "query", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": _NO_NUL},
+              "Adapter instance name"),
+        param("school", "query", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": _NO_NUL},
+              "School code (matruong)"),
         param("year", "query", {"type": "string", "pattern": r"^\d{4}-\d{4}$"}, "School year, e.g. 2024-2025"),
         param("since", "query", {"type": "string", "format": "date-time"},
               "Changed at or after (ISO 8601; no offset = UTC)"),
