@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys((
         "Adapter", "Delivery", "DeliveryError", "ExportFile", "Faults", "Health", "IdentityFinding", "IdentityProvider",
         "IdentityResult", "IdentitySimulator", "Page", "Person", "PluginContext", "PluginError", "PluginSettings",
+        "PushNonce",
         "ORGANISATION_ROLES", "RawRecord", "Receipt", "SIGNING_ROLES", "SIGNING_STAGES", "DigestSignRequest", "DocumentFormat",
         "SignatureSlot", "SignRequest", "Signer", "SigningIdentity", "Simulator"),
         "hub.contracts"),
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("CHECKS", "assert_conformant"), "hub.kit.conformance"),
     "AdapterConformance": "hub.kit.pytest_plugin",
     "scrub": "hub.logs",
+    "csv_text": "hub.documents.sheets",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

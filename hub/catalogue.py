@@ -22,7 +22,9 @@ parts. Upper secondary's Âm nhạc and Mĩ thuật are electives of their own.
 The central format (``hub.records``) checks every record's subjects against this table:
 ``taught(level, grade, code)`` is the per-level-and-grade membership (codes compare
 case-insensitively; a province's local content ``GDDP-…`` is ``GDDP``), ``name_of(code)`` the
-official name of a code at any level, ``age_range(grade)`` the plausible ages for a grade.
+official name of a code at any level, ``age_range(grade)`` the plausible ages for a grade,
+``missing_compulsory(level, grade, codes)`` the compulsory subjects a record leaves out, and
+``electives_among(level, grade, codes)`` which of its codes are electives (at most four).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 __all__ = [
     "Subject", "SUBJECTS", "subject", "subjects_for", "upper_secondary_electives",
     "ELECTIVE_COUNT", "FINAL_GRADES", "is_final_grade", "level_of_grade", "LEVEL_PROGRAMME_NAMES",
-    "taught", "name_of", "canonical_code", "age_range", "AGE_RULE",
+    "taught", "name_of", "canonical_code", "age_range", "AGE_RULE", "missing_compulsory", "electives_among",
 ]
 
 PRIMARY, LOWER, UPPER = "02", "03", "04"
@@ -232,3 +234,27 @@ def subjects_for(level: str, grade: int, electives: tuple[str, ...] = ()) -> lis
 def upper_secondary_electives() -> list[Subject]:
     """The subjects a grade 10–12 student chooses four of."""
     return [s for s in _UPPER if s.elective]
+
+
+# Nghệ thuật stands for its two parts (grades 1–9): a record that reports the whole has both.
+_WHOLE_OF = {"AN": "NT", "MT": "NT"}
+
+
+def missing_compulsory(level: str, grade: int, codes: list[str] | set[str]) -> list[Subject]:
+    """The compulsory subjects of ``grade`` at ``level`` that ``codes`` does not contain, in the
+    form's order (codes compare as ``canonical_code``; ``NT`` stands for ``AN`` and ``MT``)."""
+    level = str(level).zfill(2)
+    have = {canonical_code(c) for c in codes}
+    return [s for s in SUBJECTS.get(level, ()) if grade in s.grades and s.kind == "compulsory"
+            and s.code not in have and not (_WHOLE_OF.get(s.code) in have and taught(level, grade, _WHOLE_OF[s.code]))]
+
+
+def electives_among(level: str, grade: int, codes: list[str]) -> list[int]:
+    """The positions in ``codes`` that are electives of ``grade`` (upper secondary chooses
+    ``ELECTIVE_COUNT`` of them)."""
+    out = []
+    for i, code in enumerate(codes):
+        entry = taught(level, grade, code)
+        if entry is not None and entry.elective:
+            out.append(i)
+    return out

@@ -322,11 +322,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _config, store = _store_of(args.config)
     if store is None:
         return 1
+    from hub.store.audit import check_anchors, checkpoint
+    from hub.store.sqlite import now_iso
+
     report = verify_chain(store.audit_entries())
-    for problem in report.problems:
+    anchor = Path(args.anchor) if args.anchor else None
+    if args.action == "checkpoint":
+        if anchor is None or not report.ok:
+            print("audit checkpoint needs --anchor FILE and an intact log" if anchor is None
+                  else "\n".join(report.problems), file=sys.stderr)
+            return 1
+        with anchor.open("a", encoding="utf-8") as out:  # append only: earlier checkpoints stay
+            out.write(checkpoint(report, now_iso()) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        print(f"checkpoint: entry {report.last_id}, head {report.head} appended to {anchor}")
+        return 0
+    problems = list(report.problems)
+    if anchor is not None:
+        try:
+            problems += check_anchors(report, anchor.read_text("utf-8").splitlines())
+        except OSError as exc:
+            problems.append(f"--anchor {anchor}: {exc.strerror or exc}")
+    for problem in problems:
         print(problem, file=sys.stderr)
-    print(f"{report.entries} entries, head {report.head}: {'intact' if report.ok else 'TAMPERED'}")
-    return 0 if report.ok else 1
+    print(f"{report.entries} entries, head {report.head}: {'intact' if not problems else 'TAMPERED'}")
+    return 0 if not problems else 1
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -455,9 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_signing)
 
-    p = sub.add_parser("audit", help="check the audit log's hash chain")
-    p.add_argument("action", choices=["verify"])
+    p = sub.add_parser("audit", help="check the audit log's hash chain; anchor its head outside the store")
+    p.add_argument("action", choices=["verify", "checkpoint"])
     p.add_argument("--config", required=True)
+    p.add_argument("--anchor", metavar="FILE", help="checkpoint file kept outside the store: checkpoint appends "
+                   "the head to it, verify checks every checkpoint is still in the log")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("prune", help="drop payloads of delivered records past the retention age")

@@ -50,6 +50,16 @@ class RawRecord:
 
 
 @dataclass(frozen=True)
+class PushNonce:
+    """What ``verify_push`` returns for a request that must be accepted only once: ``value``
+    identifies the request (e.g. a digest of its signature), ``until`` (Unix seconds) is when
+    the adapter's own freshness check would refuse it anyway. The hub keeps it in the store,
+    so a replay is refused by every worker and after a restart."""
+    value: str
+    until: float
+
+
+@dataclass(frozen=True)
 class Page:
     """A page of a pull: its records and the cursor that resumes after them.
 
@@ -178,10 +188,11 @@ class Adapter(Plugin):
         """
         return None
 
-    def verify_push(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify_push(self, headers: Mapping[str, str], body: bytes) -> "PushNonce | None":
         """For a push source: raise ``PermissionError`` (a reason safe to show the sender)
         unless the request to ``POST /ingest/{name}`` is authentic and fresh. Runs before
-        the body is parsed; nothing of a refused request is stored."""
+        the body is parsed; nothing of a refused request is stored. Return a ``PushNonce``
+        for the hub to refuse the same request a second time (``None``: no replay check)."""
         raise NotImplementedError
 
     def parse_push(self, body: bytes) -> list[RawRecord]:

@@ -118,6 +118,19 @@ _DATE = re.compile(r"(?<![\d.])(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1
 _CERT_NAME = re.compile(r"(Common Name: |CN=)[^,]+")
 
 
+# Where the hub's systems live: a URL (with its user and host) or an absolute file path. Pages
+# anyone may read (``/readyz``, the status page) show neither.
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>,]+")
+_PATH = re.compile(r"(?<![\w:/.~])(?:/[\w.@~+-]+){2,}/?|\b[A-Za-z]:\\[^\s'\"]+")
+_USER_AT_HOST = re.compile(r"\b[\w.-]+@[\w-]+(?:\.[\w-]+)*(?::\d+)?(?=[/\s,'\")]|$)")
+
+
+def no_internals(line: str) -> str:
+    """``line`` without internal URLs, file paths or ``user@host`` (shown as ``<url>``,
+    ``<path>``, ``<host>``), for surfaces that need no token."""
+    return _USER_AT_HOST.sub("<host>", _PATH.sub("<path>", _URL.sub("<url>", line)))
+
+
 def public_error(line: str) -> str:
     """An error line fit for a viewer or the wall screen: personal ids masked (``hub.logs.mask``)
     and quoted values, certificate holders' names and dates blanked, since a vendor's message may

@@ -564,7 +564,9 @@ class _Transcript(_Model):
 
     def _check_subjects(self) -> None:
         """Every subject once (codes compare case-insensitively), each in the catalogue of
-        this level and grade."""
+        this level and grade; every compulsory subject of the grade present; grades 10-12 at
+        most four electives (a student who changed electives mid-level may report fewer for a
+        year, never more)."""
         seen: dict[str, int] = {}
         for i, subj in enumerate(self.subjects):
             code = catalogue.canonical_code(subj.subject_code)
@@ -578,6 +580,17 @@ class _Transcript(_Model):
                 why = (f"{subj.subject_code} ({known}) is not taught in grade {self.grade}" if known
                        else f"{subj.subject_code} is not in the subject catalogue")
                 raise FieldError(f"subjects[{i}].subject_code", why)
+        level = self.level.value
+        chosen = catalogue.electives_among(level, self.grade, [s.subject_code for s in self.subjects])
+        if len(chosen) > catalogue.ELECTIVE_COUNT:
+            extra = chosen[catalogue.ELECTIVE_COUNT]
+            raise FieldError(f"subjects[{extra}].subject_code",
+                             f"{self.subjects[extra].subject_code} is one elective too many: grades 10-12 "
+                             f"choose at most {catalogue.ELECTIVE_COUNT} electives")
+        missing = catalogue.missing_compulsory(level, self.grade, [s.subject_code for s in self.subjects])
+        if missing:
+            raise FieldError("subjects", "missing compulsory subject(s) of grade "
+                             f"{self.grade}: " + ", ".join(f"{s.code} ({s.name})" for s in missing))
 
 
 class PrimaryTranscript(_Transcript):

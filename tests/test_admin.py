@@ -254,6 +254,7 @@ async def test_lists_filter_by_state_adapter_school_year_and_time(env):
 
 @pytest.mark.parametrize("path, params, parameter", [
     ("/api/records", {"state": "lost"}, "state"),
+    ("/api/records", {"school": "01\x00"}, "school"),
     ("/api/records", {"state": "signed:notary"}, "state"),
     ("/api/records", {"limit": "ten"}, "limit"),
     ("/api/records", {"limit": "1001"}, "limit"),
@@ -385,6 +386,9 @@ async def test_operator_downloads_the_signed_pdf_and_it_is_audited(env):
     ({"state": []}, "state"),
     ({"state": "dead_letter", "stage": {}}, "stage"),
     ([], "body"),
+    # NUL, which PostgreSQL cannot store: named, never a database error.
+    ({"record_ids": ["a\x00b"]}, "record_ids[0]"),
+    ({"state": "dead_letter", "reason": "x\x00"}, "reason"),
 ])
 async def test_malformed_replays_are_400_and_change_nothing(env, body, parameter):
     before = snapshot(env.hub)

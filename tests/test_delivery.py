@@ -93,6 +93,8 @@ async def test_outage_queues_everything_logs_once_and_drains_exactly_once(tmp_pa
     ended = [e for e in events if e["event"] == "destination.outage_ended"]
     assert len(started) == 1 and len(ended) == 1, [e["event"] for e in events]
     assert ended[0]["affected_records"] >= 1
+    assert ended[0]["waiting_records"] == 5  # every valid record waited for the destination
+    assert 1 <= started[0]["waiting_records"] <= 5  # those signed by the time the outage showed
     # While the circuit was open, retries were not logged one by one.
     retries_after_open = [e for e in events[events.index(started[0]):events.index(ended[0])]
                           if e["event"] == "delivery.retry"]

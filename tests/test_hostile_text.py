@@ -48,6 +48,11 @@ def record(index: int = PRIMARY) -> dict:
     return {**copy.deepcopy(transcript(index)), **ENVELOPE}
 
 
+def record_of_grade(grade: int) -> dict:
+    """The first synthetic transcript of ``grade`` (its subjects are that grade's), with the envelope."""
+    return next(t for t in (record(i) for i in range(400)) if t["grade"] == grade)
+
+
 def errors(data: dict) -> list[str]:
     with pytest.raises(ValidationError) as err:
         parse_transcript(data)
@@ -132,17 +137,11 @@ def test_a_zoned_birth_datetime_is_taken_on_the_vietnam_clock(moment, offset, zu
     aware = moment.replace(tzinfo=zone, microsecond=0)
     text = aware.isoformat().replace("+00:00", "Z") if zulu else aware.isoformat()
     expected = aware.astimezone(dt.timezone(dt.timedelta(hours=7))).date()
-    data = record(PRIMARY)
+    if not 1 <= 2024 - expected.year - 5 <= 5:
+        return
+    data = record_of_grade(2024 - expected.year - 5)
     data["student"]["personal_id"] = None
     data["student"]["birth_date"] = text
-    data["grade"] = 2024 - expected.year - 5
-    if not 1 <= data["grade"] <= 5:
-        return
-    data["subjects"] = [s for s in data["subjects"] if catalogue.taught("02", data["grade"], s["subject_code"])]
-    for s in data["subjects"]:
-        if not _periodic_test(data["grade"], s["subject_code"]):
-            s.pop("term1_score", None), s.pop("year_score", None)
-    data["completed_primary_program"] = True if data["grade"] == 5 else None
     assert parse_transcript(data).student.birth_date == expected
 
 
@@ -167,19 +166,7 @@ def test_anything_after_the_date_that_is_not_a_valid_time_is_refused(tail):
 @given(grade=hs.integers(1, 12), age=hs.integers(0, 40))
 def test_a_birth_date_implausible_for_the_grade_is_refused_naming_the_rule(grade, age):
     low, high = catalogue.age_range(grade)
-    index = PRIMARY if grade <= 5 else (2 if grade <= 9 else SECONDARY)
-    data = record(index)
-    level = data["level"]
-    if catalogue.level_of_grade(grade) != level:
-        return
-    data["grade"] = grade
-    if level == "02":
-        data["completed_primary_program"] = True if grade == 5 else None
-    data["subjects"] = [s for s in data["subjects"] if catalogue.taught(level, grade, s["subject_code"])]
-    if level == "02":
-        for s in data["subjects"]:
-            if not _periodic_test(grade, s["subject_code"]):
-                s.pop("term1_score", None), s.pop("year_score", None)
+    data = record_of_grade(grade)
     data["student"]["personal_id"] = None
     data["student"]["birth_date"] = dt.date(2024 - age, 3, 3).isoformat()
     if dt.date(2024 - age, 3, 3) < dt.date(1990, 1, 1):
@@ -321,6 +308,63 @@ def test_subjects_are_checked_against_the_catalogue_of_the_grade(index, code):
         lines = errors(data)
         assert "subjects[0].subject_code" in [line.split(":")[0] for line in lines]
         assert code in "\n".join(lines)
+
+
+@PROPS
+@given(grade=hs.integers(1, 12), picks=hs.lists(hs.integers(0, 40), min_size=1, max_size=4, unique=True))
+def test_a_compulsory_subject_left_out_is_refused_naming_it(grade, picks):
+    data = record_of_grade(grade)
+    level = data["level"]
+    compulsory = [i for i, s in enumerate(data["subjects"])
+                  if catalogue.taught(level, grade, s["subject_code"]).kind == "compulsory"]
+    drop = sorted({compulsory[p % len(compulsory)] for p in picks})
+    gone = [data["subjects"][i]["subject_code"] for i in drop]
+    data["subjects"] = [s for i, s in enumerate(data["subjects"]) if i not in drop]
+    lines = errors(data)
+    assert [line.split(":")[0] for line in lines] == ["subjects"], lines
+    assert "compulsory" in lines[0] and all(f"{code} (" in lines[0] for code in gone), lines
+
+
+@pytest.mark.parametrize("grade", [1, 4, 6, 8])
+def test_nghe_thuat_stands_for_its_two_parts(grade):
+    data = record_of_grade(grade)
+    parts = [s for s in data["subjects"] if s["subject_code"] in ("AN", "MT")]
+    data["subjects"] = [s for s in data["subjects"] if s["subject_code"] not in ("AN", "MT")]
+    data["subjects"].append({**parts[0], "subject_code": "NT", "subject_name": "Nghệ thuật"})
+    assert {s.subject_code for s in parse_transcript(data).subjects} >= {"NT"}
+    data["subjects"].pop()  # neither the whole nor the parts
+    assert "AN (Âm nhạc)" in errors(data)[0]
+
+
+@PROPS
+@given(grade=hs.integers(10, 12), extra=hs.lists(hs.sampled_from([s.code for s in catalogue.upper_secondary_electives()]),
+                                                min_size=1, max_size=5, unique=True),
+       at=hs.integers(0, 30))
+def test_grades_10_to_12_take_at_most_four_electives(grade, extra, at):
+    data = record_of_grade(grade)
+    have = {s["subject_code"] for s in data["subjects"]}
+    added = [c for c in extra if c not in have]
+    if not added:
+        return
+    for code in added:
+        entry = catalogue.taught("04", grade, code)
+        row = ({"subject_code": code, "subject_name": entry.name, "year_comment": "Đ"} if entry.comment_only else
+               {"subject_code": code, "subject_name": entry.name, "year_average": 7.0})
+        data["subjects"].insert(at % (len(data["subjects"]) + 1), row)
+    codes = [s["subject_code"] for s in data["subjects"]]
+    fifth = catalogue.electives_among("04", grade, codes)[4]
+    lines = errors(data)
+    assert lines == [f"subjects[{fifth}].subject_code: {codes[fifth]} is one elective too many: grades 10-12 "
+                     f"choose at most 4 electives"], lines
+
+
+def test_fewer_electives_and_optional_subjects_pass():
+    data = record_of_grade(11)
+    electives = catalogue.electives_among("04", 11, [s["subject_code"] for s in data["subjects"]])
+    assert len(electives) == 4
+    del data["subjects"][electives[-1]]
+    data["subjects"].append({"subject_code": "NN2", "subject_name": "Ngoại ngữ 2", "year_average": 8.0})
+    assert len(parse_transcript(data).subjects) == len(data["subjects"])
 
 
 def test_the_catalogue_api():

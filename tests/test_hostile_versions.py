@@ -5,6 +5,7 @@ delivered. Real store, real simulators over loopback HTTP, the real pipeline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 
@@ -151,3 +152,235 @@ async def test_an_accepted_version_is_never_recorded_as_superseded(tmp_path, pki
         assert hub.store.sent_version(first.record_id)[0] == held
     finally:
         await hub.stop()
+
+
+# --- a recall needs only its envelope ----------------------------------------------------------
+
+def broken(body: dict, how: str) -> dict:
+    """``body`` with its content made invalid in one of several ways (the envelope untouched)."""
+    body = json.loads(json.dumps(body))
+    if how == "birth_date":
+        body["HocSinh"]["NgaySinh"] = "31/02/2014"
+    elif how == "no_subjects":
+        body["KetQua"] = []
+    elif how == "tombstone":  # only the vendor's id and the deletion flag
+        body = {"IdHocBa": body["IdHocBa"], "DaXoa": True}
+    return body
+
+
+@pytest.mark.parametrize("how", ["birth_date", "no_subjects", "tombstone"])
+async def test_a_recall_with_invalid_content_is_still_delivered(tmp_path, pki, systems, how):
+    vendor, central = systems
+    hub = Hub(config_for(tmp_path, pki, vendor, central))
+    await hub.start(pull=False)
+    try:
+        sid = vendor.source_id(0)
+        await hub.ingest("school-a", [raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1))])
+        await asyncio.wait_for(hub.wait_idle(), 120)
+        [first] = hub.store.rows(adapter="school-a")
+        assert first.state == lc.DELIVERED
+        recall = RawRecord(sid, json.dumps(broken(vendor.vendor_record(0), how), ensure_ascii=False).encode(),
+                           updated_at=now_vn(), deleted=True)
+        await hub.ingest("school-a", [recall])
+        await asyncio.wait_for(hub.wait_idle(), 120)
+        latest = max(hub.store.rows(adapter="school-a"), key=lambda r: r.version)
+        assert (latest.version, latest.event, latest.state) == (2, "CANCEL", lc.DELIVERED), \
+            hub.store.history(latest.id)
+        assert central.state(first.record_id) == {**central.state(first.record_id), "highest_version": 2,
+                                                  "cancelled": True}
+        # The recall carries the content the destination held, never the invalid one.
+        assert {k: v for k, v in latest.normalized.items() if k not in ("event", "version", "updated_at")} == \
+            {k: v for k, v in first.normalized.items() if k not in ("event", "version", "updated_at")}
+    finally:
+        await hub.stop()
+
+
+async def test_a_recall_of_what_was_never_delivered_sends_nothing(tmp_path, pki, systems):
+    vendor, central = systems
+    hub = Hub(config_for(tmp_path, pki, vendor, central))
+    await hub.start(pull=False)
+    try:
+        sid = vendor.source_id(1)
+        recall = RawRecord(sid, json.dumps(broken(vendor.vendor_record(1), "birth_date")).encode(),
+                           updated_at=now_vn(), deleted=True)
+        await hub.ingest("school-a", [recall])
+        await asyncio.wait_for(hub.wait_idle(), 60)
+        [row] = hub.store.rows(adapter="school-a")
+        assert row.state == lc.UNCHANGED and row.event == "CANCEL"
+        assert "never received" in hub.store.history(row.id)[-1]["detail"]
+        assert "student.birth_date" in hub.store.history(row.id)[-1]["detail"]
+        assert central.accepted() == {}
+    finally:
+        await hub.stop()
+
+
+async def test_an_invalid_new_version_is_still_quarantined(tmp_path, pki, systems):
+    """Only a recall falls back on the delivered content: an invalid edit is held as before."""
+    vendor, central = systems
+    hub = Hub(config_for(tmp_path, pki, vendor, central))
+    await hub.start(pull=False)
+    try:
+        sid = vendor.source_id(0)
+        await hub.ingest("school-a", [raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1))])
+        await asyncio.wait_for(hub.wait_idle(), 120)
+        await hub.ingest("school-a", [raw(sid, broken(vendor.vendor_record(0), "birth_date"), now_vn())])
+        await asyncio.wait_for(hub.wait_idle(), 60)
+        latest = max(hub.store.rows(adapter="school-a"), key=lambda r: r.version)
+        assert latest.state == lc.QUARANTINED and central.accepted()[latest.record_id] == 1
+    finally:
+        await hub.stop()
+
+
+# --- webhook replays: the nonce is the store's, not one process's -----------------------------------
+
+PUSH_SECRET = "replay-test-secret-0123456789"
+
+
+@contextlib.asynccontextmanager
+async def serving(hub):
+    """``hub``'s web app on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    from hub.web.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
+                                           lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def push_config(tmp_path, pki, central, store: str, name: str):
+    return parse_config({
+        "data_dir": str(tmp_path / "data"), "store": store, "workers": {"processes": 1},
+        "adapters": [{"name": "school-push", "type": "push", "settings": {"secret": PUSH_SECRET}}],
+        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
+        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
+    })
+
+
+@pytest.mark.parametrize("backend", ["sqlite-restart", "postgresql-two-workers"])
+async def test_a_captured_push_replayed_to_another_worker_is_refused(tmp_path, pki, systems, backend):
+    """The issue's case: a push without ``updated_at`` (old content), then a newer one; the
+    captured old request is replayed to a restarted hub (SQLite) or to a second worker on the
+    same PostgreSQL database. It must be refused, and the record must not roll back."""
+    from adapters.push.simulator import PushSimulator, ingest_url
+    from hub.kit.synthetic import transcript
+
+    _, central = systems
+    with contextlib.ExitStack() as stack:
+        if backend.startswith("postgresql"):
+            from pgtest import scratch_database
+
+            store = stack.enter_context(scratch_database("hocba_replay"))
+        else:
+            store = ""
+        sender = PushSimulator(secret=PUSH_SECRET)
+        await sender.start()
+        old, new = transcript(0, 4), transcript(0, 4)
+        new["signatories"]["issue_place"] = "Hà Nội (bản sửa)"
+        first = Hub(push_config(tmp_path, pki, central, store, "a"))
+        await first.start(pull=False)
+        try:
+            async with serving(first) as base:
+                url = ingest_url(base, "school-push")
+                assert (await sender.send(url, {"source_id": "s1", "transcript": old})).status == 202
+                captured = sender.sent[-1]
+                assert (await sender.send(url, {"source_id": "s1", "transcript": new})).status == 202
+                if backend == "sqlite-restart":
+                    await first.stop()
+                    first = Hub(push_config(tmp_path, pki, central, store, "a"))
+                    await first.start(pull=False)
+                    other = first
+                else:
+                    other = Hub(push_config(tmp_path / "second", pki, central, store, "b"))
+                    await other.start(pull=False)
+                try:
+                    async with serving(other) as second:
+                        again = await sender.send_raw(ingest_url(second, "school-push"), captured.request,
+                                                      captured.headers)
+                    assert again.status == 401 and "replay" in again.body["detail"], again.body
+                    rows = [r for r in other.store.rows(adapter="school-push") if r.source_id == "s1"]
+                    assert sorted(r.version for r in rows) == [1, 2]
+                finally:
+                    if other is not first:
+                        await other.stop()
+        finally:
+            await first.stop()
+            await sender.stop()
+
+
+# --- viettel's and misa's cursors: a vendor clock in the future never skips a real edit ------------
+
+def pull_vendor(name: str):
+    from pull_vendors import PullVendor
+
+    if name == "viettel":
+        from adapters.viettel.adapter import ViettelAdapter
+        from adapters.viettel.simulator import ViettelSimulator
+        return PullVendor("viettel", ViettelSimulator, ViettelAdapter, simulator_args=("records", "page_size"),
+                          defaults={"page_size": 3})
+    from adapters.misa.adapter import MisaAdapter
+    from adapters.misa.simulator import MisaSimulator
+    return PullVendor("misa", MisaSimulator, MisaAdapter, simulator_args=("records", "page_size"),
+                      defaults={"page_size": 3})
+
+
+@pytest.fixture
+async def pulling(tmp_path):
+    started = []
+
+    async def start(name: str, records: int = 5):
+        kind = pull_vendor(name)
+        sim = kind.simulator(records=records, page_size=3)
+        await sim.start()
+        adapter = kind.make_adapter(sim.adapter_settings(), tmp_path)
+        await adapter.open()
+        started.append((sim, adapter))
+        return kind, sim, adapter
+
+    yield start
+    for sim, adapter in started:
+        await adapter.close()
+        await sim.stop()
+
+
+@pytest.mark.parametrize("name", ["viettel", "misa"])
+@pytest.mark.parametrize("ahead_days", [1, 3650])
+async def test_a_future_dated_vendor_record_never_makes_a_later_poll_skip_a_real_edit(pulling, name, ahead_days):
+    kind, sim, adapter = await pulling(name)
+    store = st.Store(":memory:")
+    try:
+        assert await kind.poll(adapter, store) is None
+        sim.update(0)
+        sim._rows[0].updated = now_vn() + dt.timedelta(days=ahead_days)   # the vendor's clock ran ahead
+        assert await kind.poll(adapter, store) is None
+        cursor = store.cursor(name)
+        if name == "viettel":  # the saved position never passes the hub's clock
+            after = json.loads(cursor)["after"]
+            assert after is None or dt.datetime.fromisoformat(after) <= now_vn()
+        # A real edit now, dated by a vendor clock that is right again.
+        sim.update(2)
+        sim._rows[2].updated = now_vn()
+        assert await kind.poll(adapter, store) is None
+        versions = {(r.source_id, r.version) for r in store.rows(adapter=name)}
+        assert (sim.source_id(2), 2) in versions and (sim.source_id(0), 2) in versions
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("cursor", ['{"after": "2099-01-01T00:00:00+07:00", "cursor": null}', "2099-01-01T00:00:00"])
+async def test_a_saved_viettel_position_in_the_future_reads_the_whole_feed_again(pulling, cursor):
+    import structlog
+
+    kind, sim, adapter = await pulling("viettel")
+    with structlog.testing.capture_logs() as logs:
+        _, raws = await kind.read(adapter, cursor)
+    assert sorted(r.source_id for r in raws) == sorted(sim.source_id(i) for i in range(5))
+    assert "viettel.cursor_in_the_future" in [e["event"] for e in logs]

@@ -228,7 +228,8 @@ async def test_bad_rows_are_refused_and_invalid_ones_sent_on_both_reported(drop)
     twin_a = row_from_central(transcript(16, 6))                      # rows 9 and 10: the same student twice
     twin_b = dict(twin_a, **{"Họ và tên": "Someone Else"})
     recalled = dict(row_from_central(transcript(20, 6)), **{"Thu hồi": "x"})  # row 11
-    headers = ["STT", *rows[0], "Thu hồi"]
+    # The columns of every grade in the file (a row leaves another grade's subjects empty).
+    headers = ["STT", *dict.fromkeys(k for r in rows for k in r), "Thu hồi"]
     path = write_csv(drop / "5a.csv", headers, [
         {**r, "STT": str(i)} for i, r in enumerate(rows, start=1)
     ] + [["99", *short], broken, nameless, twin_a, twin_b, recalled])

@@ -426,6 +426,62 @@ def test_migrations_run_once_and_a_newer_schema_is_refused(open_store, backend):
         open_store()
 
 
+def test_a_step_numbered_below_an_applied_one_still_runs(open_store, monkeypatch):
+    """Steps written on parallel branches reach a store in either order: a store already at a
+    higher step gets a lower one it never recorded, once."""
+    def step(version, table):
+        return migrations.Step(version, f"creates {table}", sqlite=(f"CREATE TABLE {table} (x INTEGER)",),
+                               postgresql=(f"CREATE TABLE {table} (x INTEGER)",))
+
+    real = migrations.STEPS
+    high, low = step(migrations.LATEST + 2, "high_step"), step(migrations.LATEST + 1, "low_step")
+    monkeypatch.setattr(migrations, "STEPS", (*real, high))
+    monkeypatch.setattr(migrations, "LATEST", high.version)
+    open_store().close()  # this store has the higher step, not the lower one
+    monkeypatch.setattr(migrations, "STEPS", (*real, low, high))
+    again = open_store()
+    with again._lock:
+        applied = [r[0] for r in again._db.execute("SELECT version FROM schema_version ORDER BY version")]
+        again._db.execute("SELECT COUNT(*) FROM low_step").fetchone()
+    assert applied == [step.version for step in migrations.STEPS]
+    open_store()  # and only once (a second CREATE TABLE would fail)
+
+
+def test_a_push_nonce_is_spent_once_across_connections(open_store):
+    import time
+
+    a, b = open_store(), open_store()  # two workers, or one before and after a restart
+    until = time.time() + 300
+    assert a.spend_nonce("push-a", "sig-1", until)
+    assert not b.spend_nonce("push-a", "sig-1", until)
+    assert not a.spend_nonce("push-a", "sig-1", until)
+    assert b.spend_nonce("push-b", "sig-1", until)  # per adapter
+    a.close()
+    assert not open_store().spend_nonce("push-a", "sig-1", until)
+    # Past its time a nonce is dropped (the adapter's own freshness check refuses it by then).
+    b._write(lambda db: db.execute("UPDATE push_nonces SET until = ? WHERE nonce = ?", (int(time.time()) - 5, "sig-1")))
+    assert b.spend_nonce("push-a", "sig-1", until)
+
+
+def test_concurrent_workers_spend_a_nonce_exactly_once(open_store):
+    import time
+
+    stores = [open_store() for _ in range(4)]
+    results: list[bool] = []
+    barrier = threading.Barrier(len(stores))
+
+    def spend(store):
+        barrier.wait()
+        results.append(store.spend_nonce("push", "same", time.time() + 60))
+
+    threads = [threading.Thread(target=spend, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, False, False, True]
+
+
 OLD_SQLITE_SCHEMA = """
 CREATE TABLE records (id INTEGER PRIMARY KEY, record_id TEXT NOT NULL, version INTEGER NOT NULL,
   event TEXT NOT NULL, adapter TEXT NOT NULL, source_id TEXT NOT NULL, source_updated TEXT,
@@ -737,8 +793,66 @@ def test_a_store_from_before_routes_keeps_every_queued_job(location, open_store)
 
 
 def test_steps_are_applied_when_missing_whatever_their_order():
-    assert [s.version for s in migrations.pending({1, 2, 3, 4, 5, 6})] == [7]
-    assert [s.version for s in migrations.pending({1, 2, 3, 4, 5, 7})] == [6]
-    assert [s.version for s in migrations.pending(5)] == [6, 7]
+    later = [s.version for s in migrations.STEPS if s.version > 7]
+    assert [s.version for s in migrations.pending({1, 2, 3, 4, 5, 6})] == [7, *later]
+    assert [s.version for s in migrations.pending({1, 2, 3, 4, 5, 7, *later})] == [6]
+    assert [s.version for s in migrations.pending(5)] == [6, 7, *later]
     with pytest.raises(migrations.SchemaTooNew):
         migrations.pending({1, 2, 99})
+
+
+# --- the audit log's head, anchored outside the store: truncation is seen --------------------------
+
+def test_truncating_the_audit_log_is_seen_against_an_anchor(open_store):
+    from hub.store.audit import check_anchors, checkpoint
+
+    s = open_store()
+    for n in range(5):
+        s.audit("replay", "op", f"r{n}", {"n": n})
+    anchor = [checkpoint(verify_chain(s.audit_entries()), now_iso())]
+    s.audit("replay", "op", "r5", {"n": 5})        # the log goes on after the checkpoint
+    report = verify_chain(s.audit_entries())
+    assert report.ok and check_anchors(report, anchor) == []
+    last = report.last_id
+    # The newest entries removed: the chain itself still checks out, the anchor does not.
+    s._write(lambda db: db.execute("DELETE FROM audit WHERE id >= ?", (last - 1,)))
+    cut = verify_chain(s.audit_entries())
+    assert cut.ok
+    [problem] = check_anchors(cut, anchor)
+    assert f"entry {last - 1} " in problem and "truncated" in problem
+    s._write(lambda db: db.execute("DELETE FROM audit"))   # everything removed
+    assert check_anchors(verify_chain(s.audit_entries()), anchor)
+    assert check_anchors(verify_chain(s.audit_entries()), ["not json"]) == ["anchor line 1: not a checkpoint"]
+
+
+def test_audit_checkpoint_and_verify_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "hub.yaml"
+    config.write_text(json.dumps({
+        "data_dir": str(tmp_path / "data"),
+        "adapters": [{"name": "a", "type": "vnpt", "settings": {"base_url": "http://127.0.0.1:9", "client_id": "c",
+                                                                "client_secret": "s"}}],
+        "destination": {"name": "central", "type": "moet", "settings": {"base_url": "http://127.0.0.1:9",
+                                                                        "token": "t"}},
+        "signers": [{"name": "k", "type": "pkcs12", "settings": {"directory": str(tmp_path), "password": "p"}}],
+        "signing": {"steps": [{"role": "school_seal", "signer": "k"}]},
+    }), "utf-8")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "hub.cli", "audit", *args, "--config", str(config)],
+                              capture_output=True, text=True)
+
+    store = st.open_store(tmp_path / "data" / "hub.sqlite3")
+    for n in range(3):
+        store.audit("replay", "op", f"r{n}", {})
+    anchor = tmp_path / "elsewhere" / "anchor.jsonl"
+    anchor.parent.mkdir()
+    assert cli("checkpoint", "--anchor", str(anchor)).returncode == 0, cli("checkpoint").stderr
+    assert cli("verify", "--anchor", str(anchor)).returncode == 0
+    store._write(lambda db: db.execute("DELETE FROM audit WHERE id = 3"))
+    store.close()
+    assert cli("verify").returncode == 0  # the chain alone cannot see a cut end
+    result = cli("verify", "--anchor", str(anchor))
+    assert result.returncode == 1 and "truncated" in result.stderr and "TAMPERED" in result.stdout

@@ -25,8 +25,8 @@ from pydantic import Field, SecretStr, field_validator
 from hub import (
     VIETNAM_TIME,
     Adapter,
-    PluginContext,
     PluginSettings,
+    PushNonce,
     RawRecord,
     load_json,
 )
@@ -113,21 +113,18 @@ class PushAdapter(Adapter):
 
     settings: PushSettings
 
-    def __init__(self, settings: PluginSettings, context: PluginContext):
-        super().__init__(settings, context)
-        self._seen: dict[str, float] = {}   # accepted signature → when it leaves the window
-
     @property
     def max_push_bytes(self) -> int:
         return self.settings.max_body_bytes
 
     # --- receiving ---------------------------------------------------------------------------
 
-    def verify_push(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify_push(self, headers: Mapping[str, str], body: bytes) -> PushNonce:
         """Raise ``PushRefused`` unless ``body`` is signed with a configured secret, recently, once.
 
-        Comparison is constant-time. A signature already accepted within the window is a replay:
-        every attempt, retries included, is signed afresh with the current time.
+        Comparison is constant-time. Returns the request's ``PushNonce``: the hub refuses a
+        signature already accepted within the window as a replay (every attempt, retries
+        included, is signed afresh with the current time).
         """
         lowered = {k.lower(): v for k, v in headers.items()}
         stamp = lowered.get(TIMESTAMP_HEADER.lower(), "").strip()
@@ -153,12 +150,9 @@ class PushAdapter(Adapter):
         if matched is None:
             raise PushRefused(f"{SIGNATURE_HEADER} does not match the body (HMAC-SHA256 over "
                               f"'<{TIMESTAMP_HEADER}>.<body>' with the shared secret)")
-        for old in [s for s, until in self._seen.items() if until < now]:
-            del self._seen[old]
-        if matched in self._seen:
-            raise PushRefused("this exact request was already received (replay); sign each attempt "
-                              "with the current time")
-        self._seen[matched] = int(stamp) + window
+        # The hub spends this in its store: the same request a second time is a replay, on any
+        # worker and after a restart. A digest, so the store keeps no signature.
+        return PushNonce(hashlib.sha256(matched.encode("ascii")).hexdigest(), int(stamp) + window)
 
     def parse_push(self, body: bytes) -> list[RawRecord]:
         """The body (one envelope or an array of them) as raw records; ``ValueError`` if malformed.

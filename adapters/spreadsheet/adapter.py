@@ -15,6 +15,7 @@ import asyncio
 import codecs
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -38,6 +39,7 @@ from hub import (
     PluginError,
     PluginSettings,
     RawRecord,
+    csv_text,
     field_errors,
     load_json,
     parse_transcript,
@@ -514,9 +516,43 @@ def _cell_text(value: Any) -> tuple[str, str | None]:
     return "", f"unreadable cell of type {type(value).__name__}"
 
 
+# A workbook is a zip of XML: a small file can expand to gigabytes, or describe a million empty
+# rows that take minutes and memory to walk. A school's class or grade file is far inside these.
+XLSX_MAX_UNCOMPRESSED = 100 * 1024 * 1024   # bytes, all parts together
+XLSX_MAX_ROWS = 20_000                       # rows of the first sheet, empty ones included
+XLSX_MAX_COLUMNS = 1_000                     # cells in one row
+
+
+def _check_xlsx_size(data: bytes) -> None:
+    """Refuse a workbook whose parts expand past ``XLSX_MAX_UNCOMPRESSED`` before parsing any."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+            if total > XLSX_MAX_UNCOMPRESSED:
+                raise _FileError(f"the workbook expands to {total} bytes, more than {XLSX_MAX_UNCOMPRESSED}: "
+                                 "save the class's sheet alone, as .xlsx or CSV UTF-8")
+            # openpyxl walks a whole sheet that records no dimension just to open the workbook:
+            # count its rows first, on the compressed stream, at C speed.
+            for info in archive.infolist():
+                if info.filename.startswith("xl/worksheets/") and info.filename.endswith(".xml"):
+                    rows, tail = 0, b""
+                    with archive.open(info) as part:
+                        while chunk := part.read(1 << 20):
+                            rows += (tail + chunk).count(b"<row")
+                            tail = chunk[-3:]
+                            if rows > XLSX_MAX_ROWS:
+                                raise _FileError(f"a sheet has more than {XLSX_MAX_ROWS} rows (empty rows count): "
+                                                 "delete the rows below the data, or save it as CSV UTF-8")
+    except zipfile.BadZipFile as exc:
+        raise _FileError(f"cannot be opened as an XLSX workbook: {exc}") from None
+
+
 def _read_xlsx(data: bytes) -> _Table:
     import openpyxl
 
+    _check_xlsx_size(data)
     table = _Table()
     # data_only: formulas give the value the spreadsheet program last computed, not "=A1+B1".
     book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
@@ -526,6 +562,12 @@ def _read_xlsx(data: bytes) -> _Table:
         # a wrong one, and rows past it would vanish silently. Read every row that is there.
         sheet.reset_dimensions()
         for number, cells in enumerate(sheet.iter_rows(), start=1):
+            if number > XLSX_MAX_ROWS:
+                raise _FileError(f"the sheet has more than {XLSX_MAX_ROWS} rows (empty rows count): delete the "
+                                 "rows below the data, or save it as CSV UTF-8")
+            if len(cells) > XLSX_MAX_COLUMNS:
+                raise _FileError(f"row {number} has more than {XLSX_MAX_COLUMNS} cells: delete the columns "
+                                 "right of the data, or save it as CSV UTF-8")
             row = []
             for cell in cells:
                 if getattr(cell, "data_type", None) == "e":
@@ -694,6 +736,24 @@ class SpreadsheetSettings(PluginSettings):
         return value
 
 
+def _fit_name(stem: str, suffix: str, folder: Path, reserve: int = 0) -> str:
+    """``stem + suffix``, with ``stem`` shortened (ending in ``~`` and a short hash of the whole
+    stem, so two long names stay apart) when the file system's name limit in ``folder`` is too
+    small; ``reserve`` bytes are left free for a temporary file's prefix and suffix."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    room = limit - reserve - len(os.fsencode(suffix))
+    if len(os.fsencode(stem)) <= room:
+        return stem + suffix
+    tag = "~" + hashlib.sha256(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    cut = stem
+    while cut and len(os.fsencode(cut + tag)) > room:
+        cut = cut[:-1]
+    return cut + tag + suffix
+
+
 class SpreadsheetAdapter(Adapter):
     """Reads transcript sheets dropped in a folder; one page per file, filed away once committed.
 
@@ -826,6 +886,8 @@ class SpreadsheetAdapter(Adapter):
             if suffix == ".xlsx":
                 try:
                     table = _read_xlsx(data)
+                except _FileError:
+                    raise
                 except Exception as exc:  # any parser failure on a dropped file means "unreadable"
                     raise _FileError(f"cannot be opened as an XLSX workbook: {type(exc).__name__}: {exc}") from None
             else:
@@ -882,12 +944,14 @@ class SpreadsheetAdapter(Adapter):
         if target.exists():
             # A school re-sends a corrected file under the same name: keep both.
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-            target = folder / f"{page.path.stem}.{stamp}{page.path.suffix}"
+            target = folder / _fit_name(page.path.stem, f".{stamp}{page.path.suffix}", folder)
             n = 1
             while target.exists():
-                target = folder / f"{page.path.stem}.{stamp}-{n}{page.path.suffix}"
+                target = folder / _fit_name(page.path.stem, f".{stamp}-{n}{page.path.suffix}", folder)
                 n += 1
-        report = target.with_name(target.name + ".report.csv")
+        # A name as long as the file system allows has no room for ".report.csv": the report's
+        # name is shortened instead (an error here would stop the folder at this file for good).
+        report = folder / _fit_name(target.name, ".report.csv", folder, reserve=len(".tmp") + 1)
         # The report first: a crash between the two leaves the file to be read again, and its
         # report is rewritten; the other order could leave a filed file without a report.
         self._write_report(report, page)
@@ -916,8 +980,9 @@ class SpreadsheetAdapter(Adapter):
             writer = csv.writer(out)
             writer.writerow(REPORT_FIELDS)
             writer.writerow(["", "", "summary", summary])
+            # Column names and reasons quote the school's file: never a formula for Excel.
             for p in page.problems:
-                writer.writerow([p.row if p.row is not None else "", p.column, p.outcome, p.reason])
+                writer.writerow([p.row if p.row is not None else "", csv_text(p.column), p.outcome, csv_text(p.reason)])
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, report)

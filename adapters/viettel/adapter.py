@@ -271,6 +271,18 @@ class ViettelAdapter(HttpPullMixin, Adapter):
         page's cursor is where the next poll starts: it returns only what changed since.
         """
         position = _Position.parse(cursor)
+        now = dt.datetime.now(VIETNAM_TIME)
+        if position.after is not None and position.after > now:
+            # A saved position past the hub's clock (a vendor clock that ran ahead, or a cursor
+            # saved before positions were clamped) would skip every real edit until that date,
+            # and its server cursor stands there too: read the whole feed again (the hub stores
+            # a new version only for a changed record).
+            log.warning("viettel.cursor_in_the_future", action="full resync")
+            position = _Position()
+        # A record dated past the hub's clock puts the server's keyset cursor behind it: every
+        # real edit made later sorts before it and would never be served. Once one is read, the
+        # saved position is the newest real instant, without the server's cursor.
+        ahead = False
         empty_pages = 0
         while True:
             params: dict[str, Any] = {"pageSize": self.settings.page_size}
@@ -297,11 +309,14 @@ class ViettelAdapter(HttpPullMixin, Adapter):
             # Feed order is by updatedAt; should a page break it (or list a record twice), the
             # newest copy must be the one the hub stores last.
             read.sort(key=lambda pair: pair[1])
-            if read:
-                newest = read[-1][1]
-                position.after = newest if position.after is None else max(position.after, newest)
+            now = dt.datetime.now(VIETNAM_TIME)
+            real = [updated for _, updated in read if updated <= now]
+            ahead = ahead or len(real) < len(read)
+            if real:
+                position.after = real[-1] if position.after is None else max(position.after, real[-1])
             position.token = next_cursor
-            yield Page([raw for raw, _ in read], position.dump())
+            saved = _Position(position.after, None) if ahead else position
+            yield Page([raw for raw, _ in read], saved.dump())
             if not has_more:
                 return
             empty_pages = 0 if read else empty_pages + 1

@@ -17,6 +17,7 @@ from openpyxl import Workbook
 from openpyxl.styles import Font
 
 from hub import lifecycle as lc
+from hub.documents.sheets import as_text_cells
 from hub.engine.identity import parse_reason
 from hub.logs import mask
 
@@ -69,6 +70,7 @@ def to_xlsx(entries: list[dict[str, Any]]) -> bytes:
             values = {**entry, "field": differs["field"], "reason_vi": differs["vi"], "reason_en": differs["en"]}
             sheet.append([values.get(key) for key, _ in COLUMNS])
     sheet.freeze_panes = "A2"
+    as_text_cells(sheet)  # names and reasons come from schools and vendors
     for column, (key, label) in zip(sheet.columns, COLUMNS):
         width = max([len(label)] + [len(str(c.value or "")) for c in column])
         sheet.column_dimensions[column[0].column_letter].width = min(60, width + 2)

@@ -20,6 +20,7 @@ from openpyxl import Workbook
 from openpyxl.styles import Alignment, Font
 
 from hub import lifecycle as lc
+from hub.documents.sheets import as_text_cells
 from hub.engine.identity import parse_reason
 from hub.engine.normalize import known_codes
 from hub.web.status_page import explain, field_of, state_label
@@ -81,6 +82,7 @@ def to_xlsx(school: str, entries: list[dict[str, Any]]) -> bytes:
         for cell in row:
             cell.alignment = Alignment(wrap_text=True, vertical="top")
     sheet.freeze_panes = "A3"
+    as_text_cells(sheet)  # names and reasons come from schools and vendors
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()

@@ -91,16 +91,21 @@ class CircuitBreaker:
     def wait_seconds(self) -> float:
         return max(0.0, self._next_probe - time.monotonic()) if self.is_open else 0.0
 
-    def success(self) -> None:
+    def success(self, waiting: int | None = None) -> None:
+        """A request went through. ``waiting``: the records waiting on the guarded system when
+        the outage ends (the log line counts those, not only the ones a probe tried)."""
         if self.is_open:
             self.ended = True
+            extra = {} if waiting is None else {"waiting_records": waiting}
             self._log.warning(f"{self.kind}.outage_ended", **{self.kind: self.name},
                               seconds=round(time.monotonic() - self.open_since, 1),
-                              affected_records=len(self.affected))
+                              affected_records=len(self.affected), **extra)
         self.failures, self.open_since, self.probing = 0, None, False
         self.affected.clear()
 
-    def failure(self, record_id: str, error: str) -> None:
+    def failure(self, record_id: str, error: str, waiting: int | None = None) -> None:
+        """A transient failure. ``waiting``: the records waiting on the guarded system, logged
+        when this failure opens the breaker."""
         self.failures += 1
         self.probing = False
         if self.is_open:
@@ -111,7 +116,8 @@ class CircuitBreaker:
             self.affected.add(record_id)
             self._next_probe = time.monotonic() + self.probe_seconds
             self._log.error(f"{self.kind}.outage_started", **{self.kind: self.name}, error=error,
-                            consecutive_failures=self.failures)
+                            consecutive_failures=self.failures,
+                            **({} if waiting is None else {"waiting_records": waiting}))
 
 
 class Outbox:
@@ -245,7 +251,9 @@ class RouteOutbox:
             except DeliveryError as exc:
                 await self._failed(row, attempts, exc)
                 return
-            self.breaker.success()
+            # At an outage's end, count what waited for it (this record's job is still there).
+            waiting = await hub.db(hub.store.outbox_size) if self.breaker.is_open else None
+            self.breaker.success(waiting)
             accepted = {"receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
                         "duplicate": receipt.duplicate, **receipt.detail}
             # Also when a newer version superseded this one meanwhile: the destination accepted
@@ -300,7 +308,8 @@ class RouteOutbox:
             await self._give_up(row, f"refused by {self.name}: {reason}")
             return
         was_open = self.breaker.is_open
-        self.breaker.failure(row.record_id, reason)
+        opening = not was_open and self.breaker.failures + 1 >= self.breaker.threshold
+        self.breaker.failure(row.record_id, reason, await hub.db(hub.store.outbox_size) if opening else None)
         if was_open:
             # A failed probe during an outage says nothing about this record: no attempt counted,
             # so an hour-long outage dead-letters nothing.

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from pydantic import ValidationError
+
 from hub import lifecycle as lc
 from hub import logs
 from hub import store as st
@@ -43,7 +45,7 @@ from hub.contracts import (
     Signer,
 )
 from hub.engine.identity import IdentityStage
-from hub.engine.normalize import Envelope, normalize
+from hub.engine.normalize import Envelope, Outcome, normalize
 from hub.engine.outbox import Outbox
 from hub.logs import get_logger
 from hub.plugins import adapter_types, identity_provider_types, manager, signer_types
@@ -133,13 +135,25 @@ def final_check_job(normalized: dict[str, Any], pdf: bytes | None, xml: bytes | 
     return problems
 
 
-def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info") -> None:
-    """In each pool worker: log like the hub, take the prepared fonts, and exit if the hub dies.
+def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info",
+                 hub_pid: int | None = None) -> None:
+    """In each pool worker: exit if the hub dies, log like the hub, take the prepared fonts.
 
     A hub killed with SIGKILL cannot shut its pool down; without this watch its workers would
-    linger as orphans holding memory.
+    linger as orphans holding memory. The watch starts first and compares with the hub's pid as
+    the hub gave it: a hub killed while this worker was still starting has already gone, and a
+    parent read now would be whoever adopted the orphan.
     """
     import threading
+
+    parent = hub_pid if hub_pid is not None else os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="hocba-orphan-watch", daemon=True).start()
 
     from hub.documents.pades import stamp_font_bytes
     from hub.documents.render import load_fonts
@@ -149,14 +163,6 @@ def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: s
     load_fonts(fonts)
     # The signature stamp's font subset, made once per worker before its first job.
     stamp_font_bytes()
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="hocba-orphan-watch", daemon=True).start()
 
 
 def _warm() -> int:
@@ -244,7 +250,7 @@ class Hub:
         # and keeping them in the data directory saves the hub the same at its next start.
         fonts = await asyncio.to_thread(cached_fonts, data / "cache")
         self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_worker_init, initargs=(fonts, *logs.current))
+                                         initializer=_worker_init, initargs=(fonts, *logs.current, os.getpid()))
         # Start every worker now, from a thread (spawning stalls whoever submits), and without
         # waiting for them: pulling and normalising need no worker, and the first render queues
         # until one is up. Waiting here was most of the time to the first claim.
@@ -718,6 +724,11 @@ class Hub:
         outcome = normalize(adapter, row.raw(), envelope, self.config.codes)
         # The codes the vendor sent, when the codes table replaced them: kept in the history.
         remapped = f"codes remapped: {'; '.join(outcome.remapped)}" if outcome.remapped else None
+        if outcome.record is None and row.event == "CANCEL":
+            # A recall needs only its envelope: content the vendor left invalid (or a bare
+            # tombstone) must not keep a delivered transcript from being recalled.
+            if await self._recall_without_content(row, envelope, outcome):
+                return
         if outcome.record is None:
             # The school (and year) the payload names, when the adapter could map that much:
             # whoever must fix the record is known even though the record is not valid.
@@ -744,6 +755,31 @@ class Hub:
         await self.move(row, lc.NORMALIZED, detail=remapped, normalized=normalized, content_hash=digest,
                          school_code=record.school_code, school_year=record.school_year)
         self._keep_parsed(row.id, normalized, record)
+
+    async def _recall_without_content(self, row: st.Row, envelope: Envelope, outcome: Outcome) -> bool:
+        """A CANCEL whose own content does not validate: send the recall with the content the
+        destination holds (its last delivered version), or, when the destination holds
+        nothing of this record, end it ``unchanged`` (there is nothing to recall). False when
+        the delivered content is no longer kept (pruned): the CANCEL is quarantined as usual."""
+        # The fields only: an adapter's reason may quote a value.
+        reasons = ", ".join(dict.fromkeys(e.split(":")[0].split(" ")[0] for e in outcome.errors))[:300]
+        held = await self.db(self.store.delivered_content, row.record_id)
+        if held is None:
+            if await self.db(self.store.sent_version, row.record_id) is None:
+                await self.move(row, lc.UNCHANGED, detail="recall of a transcript the destination never received; "
+                                f"nothing to send (its content was invalid: {reasons})")
+                return True
+            return False
+        try:
+            record = parse_transcript({**held[1], **envelope.fields()})
+        except ValidationError:  # delivered under older rules: the operator decides
+            return False
+        normalized = record.model_dump(mode="json")
+        await self.move(row, lc.NORMALIZED, detail=f"recall carrying delivered version {held[0]}'s content "
+                        f"(its own content was invalid: {reasons})", normalized=normalized,
+                        content_hash=st.content_hash(normalized), school_code=record.school_code,
+                        school_year=record.school_year)
+        return True
 
     async def _render(self, pk: int) -> None:
         if (row := await self._current(pk, "render")) is None:

@@ -8,11 +8,14 @@ database end up with the same tables. Several hub workers starting at once again
 PostgreSQL database serialise on an advisory lock, so each step runs exactly once.
 
 To change the schema, append a step (never edit one that has shipped): its number is the next
-integer, its statements run on stores already at the previous number.
+integer. A store applies every step its ``schema_version`` table does not list, lowest first, so
+a step numbered below one already applied (written on a parallel branch) still runs; a step's
+statements must therefore not depend on a higher step's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # pg_advisory_lock(int4, int4) namespace of the hub's locks (``hb`` in ASCII): key 0 serialises
@@ -267,6 +270,16 @@ STEPS: tuple[Step, ...] = (
          sqlite=_issuance("sqlite"), postgresql=_issuance("postgresql")),
     Step(7, "routes: an outbox job, an outcome and a held version per destination",
          sqlite=_routes("sqlite"), postgresql=_routes("postgresql")),
+    # A push request is accepted once across every worker and restart: its key (the adapter's,
+    # e.g. the request's signature) is kept until the adapter's own freshness check would refuse
+    # it anyway (``until``, Unix seconds).
+    Step(8, "webhook nonces: a signed push is accepted once, whichever worker receives it",
+         sqlite=("CREATE TABLE IF NOT EXISTS push_nonces (adapter TEXT NOT NULL, nonce TEXT NOT NULL,"
+                 " until INTEGER NOT NULL, PRIMARY KEY (adapter, nonce))",
+                 "CREATE INDEX IF NOT EXISTS push_nonces_until ON push_nonces (until)"),
+         postgresql=("CREATE TABLE IF NOT EXISTS push_nonces (adapter TEXT NOT NULL, nonce TEXT NOT NULL,"
+                     " until BIGINT NOT NULL, PRIMARY KEY (adapter, nonce))",
+                     "CREATE INDEX IF NOT EXISTS push_nonces_until ON push_nonces (until)")),
     # An operator's cancel is a new version (a signed record is never changed in place); its
     # reason travels with that version to every destination.
     Step(9, "reason: who asked for a version and why (an operator's cancel)",
@@ -274,7 +287,7 @@ STEPS: tuple[Step, ...] = (
          postgresql=("ALTER TABLE records ADD COLUMN IF NOT EXISTS reason TEXT",)),
 )
 
-LATEST = STEPS[-1].version
+LATEST = max(step.version for step in STEPS)
 
 
 class SchemaTooNew(RuntimeError):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -789,6 +790,16 @@ class Store(IssuanceRegistry):
             return n
         return self._write(work)
 
+    def delivered_content(self, record_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The highest delivered version of ``record_id`` whose central record is still kept
+        (not pruned), and that record; ``None`` if there is none. A recall whose own content
+        is invalid carries this content (the envelope is what recalls)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version, normalized FROM records WHERE record_id = ? AND state = ? AND normalized IS NOT NULL"
+                " ORDER BY version DESC LIMIT 1", (record_id, DELIVERED)).fetchone()
+        return (row["version"], json.loads(row["normalized"])) if row else None
+
     def reissue(self, pk: int, expected: str, held_version: int, reason: str,
                 destination: str = migrations.ROUTELESS) -> int:
         """``destination`` holds ``held_version`` ≥ ours: send the same payload again as the
@@ -927,6 +938,20 @@ class Store(IssuanceRegistry):
                 self._audit(db, "replay", actor, row["record_id"], detail)
                 moved.append((pk, target))
             return moved
+        return self._write(work)
+
+    def spend_nonce(self, adapter: str, nonce: str, until: float) -> bool:
+        """Record that a push to ``adapter`` carrying ``nonce`` was accepted: True the first time,
+        False if it was already spent (a replay), by this process or any other on this store.
+        Kept until ``until`` (Unix seconds), when the adapter's own freshness check refuses it;
+        spent nonces past that are dropped here."""
+        now = int(time.time())
+
+        def work(db: Any) -> bool:
+            db.execute("DELETE FROM push_nonces WHERE until < ?", (now,))
+            return db.execute("INSERT INTO push_nonces (adapter, nonce, until) VALUES (?, ?, ?)"
+                              " ON CONFLICT (adapter, nonce) DO NOTHING",
+                              (adapter, nonce, max(int(until) + 1, now))).rowcount == 1
         return self._write(work)
 
     def set_paused(self, adapter: str, paused: bool, actor: str) -> None:

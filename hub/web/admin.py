@@ -139,6 +139,10 @@ def _error(status: int, parameter: str, reason: str, headers: dict[str, str] | N
 Handler = Callable[[Request, Caller], Awaitable[Any]]
 
 
+# Text without NUL, which PostgreSQL cannot store (the API refuses it with a 400 naming the field).
+_NO_NUL = r"^[^\x00]*$"
+
+
 class StrictBody(BaseModel):
     """A JSON request body read strictly: a JSON ``true`` is not an id, ``"1"`` is not a list,
     unknown fields are refused; the first error is a 400 naming its field."""
@@ -200,14 +204,16 @@ class ReplayRequest(StrictBody):
         default=None, min_length=1, max_length=_MAX_SELECT, description="Store ids")
     record_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=_MAX_SELECT,
                                                description="Record ids (every version of each)")
-    adapter: str | None = Field(default=None, min_length=1, max_length=100, description="Adapter instance name")
-    school: str | None = Field(default=None, min_length=1, max_length=100, description="School code (matruong)")
+    adapter: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NO_NUL,
+                                description="Adapter instance name")
+    school: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NO_NUL,
+                               description="School code (matruong)")
     state: Literal[tuple(sorted(lc.REPLAYABLE))] | None = None  # type: ignore[valid-type]
     stage: Literal[lc.REPLAY_STAGES] = Field(  # type: ignore[valid-type]
         default="normalize", description="normalize: from the raw payload; render: from the normalised record; "
                                          "deliver: the signed documents as they are")
     destination: str | None = Field(
-        default=None, min_length=1, max_length=100,
+        default=None, min_length=1, max_length=100, pattern=_NO_NUL,
         description="With stage deliver: send again only this route's dead letters (default: every route's)")
 
     def check(self) -> None:
@@ -300,6 +306,8 @@ class AdminApi:
                 raise ApiError(400, key, f"unknown parameter (allowed: {', '.join(allowed)})")
             if len(q.getlist(key)) > 1:
                 raise ApiError(400, key, "given more than once")
+            if "\x00" in q[key]:
+                raise ApiError(400, key, "contains a NUL character")
         out: dict[str, Any] = {"limit": 100, "offset": 0}
         if "state" in q:
             if q["state"] not in self.states:
@@ -613,7 +621,28 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "body", "is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body", "must be a JSON object")
+    if (where := _nul_in(body)) is not None:
+        raise ApiError(400, where, "contains a NUL character")
     return body
+
+
+def _nul_in(node: Any, path: str = "") -> str | None:
+    """The path of the first key or text holding NUL, which PostgreSQL cannot store (a 400
+    naming the field, not a database error)."""
+    if isinstance(node, str):
+        return (path or "body") if "\x00" in node else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return path or "body"
+            if (found := _nul_in(value, here)) is not None:
+                return found
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            if (found := _nul_in(value, f"{path}[{i}]")) is not None:
+                return found
+    return None
 
 
 def admin_routes(hub: "Hub") -> list[BaseRoute]:
@@ -633,8 +662,10 @@ def openapi_document(states: list[str], adapters: list[str], routes: list[str] =
                 "schema": schema, "description": description}
 
     filters = [
-        param("adapter", "query", {"type": "string", "minLength": 1, "maxLength": 100}, "Adapter instance name"),
-        param("school", "query", {"type": "string", "minLength": 1, "maxLength": 100}, "School code (matruong)"),
+        param("adapter", "query", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": _NO_NUL},
+              "Adapter instance name"),
+        param("school", "query", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": _NO_NUL},
+              "School code (matruong)"),
         param("year", "query", {"type": "string", "pattern": r"^\d{4}-\d{4}$"}, "School year, e.g. 2024-2025"),
         param("since", "query", {"type": "string", "format": "date-time"},
               "Changed at or after (ISO 8601; no offset = UTC)"),

@@ -7,7 +7,8 @@ store — a sender may forget a record when it sees ``202``, exactly as a pull a
 acknowledge a page only after its commit.
 
 Answers: ``202`` committed (or unchanged); ``400`` the body is malformed (nothing stored);
-``401`` the sender is not authenticated (nothing stored); ``404`` no push adapter by that
+``401`` the sender is not authenticated, or the request was already accepted once (its
+``PushNonce`` is spent in the store, for every worker and across restarts; nothing stored); ``404`` no push adapter by that
 name; ``413`` the body is larger than the adapter accepts; ``503`` the adapter is paused by an
 operator or the store could not commit (retry later).
 """
@@ -15,12 +16,14 @@ operator or the store could not commit (retry later).
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from hub.contracts import PushNonce
 from hub.store import record_id_for
 
 if TYPE_CHECKING:
@@ -71,16 +74,37 @@ def ingest_routes(hub: "Hub") -> list[Route]:
             return JSONResponse(too_big, status_code=413)
 
         try:
-            adapter.verify_push(request.headers, body)
+            nonce = adapter.verify_push(request.headers, body)
         except PermissionError as exc:
             log.warning("ingest.refused", adapter=name, status=401, reason=str(exc))
             return _error(401, "unauthenticated", str(exc))
+        if isinstance(nonce, PushNonce):
+            # In the store, not in this process: a captured request replayed to another worker
+            # or after a restart is refused too (an older body must never roll a record back).
+            try:
+                fresh = await hub.db(hub.store.spend_nonce, name, nonce.value, nonce.until)
+            except Exception as exc:
+                log.error("ingest.store_failed", adapter=name, error=str(exc))
+                response = _error(503, "not_stored", "the hub could not check the request; retry later")
+                response.headers["Retry-After"] = "5"
+                return response
+            if not fresh:
+                log.warning("ingest.refused", adapter=name, status=401, reason="replay")
+                return _error(401, "unauthenticated", "this exact request was already received (replay); "
+                              "sign each attempt with the current time")
         try:
             # Off the event loop: a large body (or an XML sender) takes a while to parse.
             records = await asyncio.to_thread(adapter.parse_push, body)
         except ValueError as exc:
             log.warning("ingest.refused", adapter=name, status=400, reason=str(exc))
             return _error(400, "malformed", str(exc))
+        for i, raw in enumerate(records):
+            # Whatever the adapter let through: an id the store cannot hold (PostgreSQL refuses
+            # NUL) is the sender's error, named, not a 503 for the whole batch.
+            if not raw.source_id or any(unicodedata.category(ch)[0] == "C" for ch in raw.source_id):
+                log.warning("ingest.refused", adapter=name, status=400, reason=f"[{i}].source_id")
+                return _error(400, "malformed", f"[{i}].source_id must be non-empty, without control or "
+                              "invisible characters")
         try:
             new = await hub.ingest(name, records)
         except Exception as exc:  # the sender must retry, so it gets an answer, not a dropped request

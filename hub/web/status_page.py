@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from hub import __version__
 from hub import lifecycle as lc
-from hub.logs import public_error, scrub, secret_values
+from hub.logs import no_internals, public_error, scrub, secret_values
 from hub.records import VIETNAM_TIME
 from hub.web.templating import strings, stylesheet, templates
 
@@ -166,7 +166,7 @@ def plugin_detail(detail: str, lang: str) -> str:
     text = plain[0] if lang == "vi" else plain[1]
     if any(k in low for k in _RAW_VALIDATION):
         return text
-    technical = public_error(detail.splitlines()[0])
+    technical = no_internals(public_error(detail.splitlines()[0]))
     return f"{text} ({technical[:200]})"
 
 
