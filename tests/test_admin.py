@@ -557,6 +557,7 @@ async def test_cancel_with_a_reason_reaches_the_destination_and_a_correction_is_
         assert status == 200 and (answer["version"], answer["event"]) == (2, "CANCEL"), answer
         await wait_for(lambda: (env.central.state(target.record_id) or {}).get("cancelled") is True)
         assert env.central.state(target.record_id)["highest_version"] == 2
+        assert env.central.state(target.record_id)["reason"] == reason  # the destination is told why
         await wait_for(lambda: env.hub.store.get(answer["id"]).state == lc.DELIVERED)
         cancelled = env.hub.store.get(answer["id"])
         assert cancelled.reason == reason

@@ -167,6 +167,7 @@ async def test_status_reports_what_is_held_for_reconciliation(adapter, sim):
     receipt = await adapter.deliver(delivery(version=2))
     assert await adapter.status("R-0001") == {
         "idbanghi": "R-0001", "highest_version": 2, "receipt_id": receipt.receipt_id, "cancelled": False,
+        "reason": None,
     }
 
 

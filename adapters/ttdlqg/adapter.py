@@ -97,6 +97,8 @@ class TtdlqgAdapter(Adapter):
             "document", delivery.pdf, content_type="application/pdf",
             filename=f"{delivery.record_id}-v{delivery.version}.pdf",
         )
+        if delivery.reason:  # an operator's cancel says why (an assumed, optional part)
+            form.add_field("reason", delivery.reason, content_type="text/plain; charset=utf-8")
         try:
             async with session.post(self.base_url + SUBMIT_PATH, data=form, allow_redirects=False) as resp:
                 body = await _json_body(resp)

@@ -98,6 +98,7 @@ class TtdlqgSimulator(LoopbackServer, Simulator):
         self.records: dict[tuple[str, int], dict[str, Any]] = {}
         self.documents: dict[tuple[str, int], bytes] = {}
         self.receipts: dict[tuple[str, int], dict[str, Any]] = {}
+        self.reasons: dict[tuple[str, int], str] = {}   # why a version was sent, when the hub said
         self.base_url: str | None = None
         self._hashes: dict[tuple[str, int], str] = {}
         self._highest: dict[str, int] = {}
@@ -136,6 +137,7 @@ class TtdlqgSimulator(LoopbackServer, Simulator):
             "highest_version": highest,
             "receipt_id": self.receipts[(record_id, highest)]["receipt_id"],
             "cancelled": record_id in self._cancelled,
+            "reason": self.reasons.get((record_id, highest)),
         }
 
     # --- faults and auth ------------------------------------------------------------------
@@ -213,7 +215,7 @@ class TtdlqgSimulator(LoopbackServer, Simulator):
 
     async def _submit(self, request: web.Request) -> web.Response:
         try:
-            raw_record, document = await self._read_parts(request)
+            raw_record, document, reason = await self._read_parts(request)
             model, record = self._validate(raw_record, document)
         except _Reject as reject:
             self.counters.rejected += 1
@@ -251,6 +253,8 @@ class TtdlqgSimulator(LoopbackServer, Simulator):
         }
         self.records[key] = record
         self.documents[key] = document
+        if reason:
+            self.reasons[key] = reason
         self.receipts[key] = receipt
         self._hashes[key] = content_hash
         self._highest[model.record_id] = model.version
@@ -263,7 +267,7 @@ class TtdlqgSimulator(LoopbackServer, Simulator):
         self.attempts.append(Attempt(201, reason="created", **attempt))
         return web.json_response({**receipt, "duplicate": False}, status=201)
 
-    async def _read_parts(self, request: web.Request) -> tuple[bytes, bytes]:
+    async def _read_parts(self, request: web.Request) -> tuple[bytes, bytes, str | None]:
         if request.content_length is not None and request.content_length > self.max_bytes:
             raise _Reject(413, f"payload of {request.content_length} bytes exceeds {self.max_bytes}")
         if request.content_type != "multipart/form-data":
@@ -281,7 +285,7 @@ class TtdlqgSimulator(LoopbackServer, Simulator):
                     if size > self.max_bytes:
                         raise _Reject(413, f"payload exceeds {self.max_bytes} bytes")
                     chunks.append(chunk)
-                if part.name in ("record", "document"):
+                if part.name in ("record", "document", "reason"):
                     parts[part.name] = b"".join(chunks)
                     types[part.name] = part.headers.get("Content-Type", "").split(";")[0].strip().lower()
         except _Reject:
@@ -294,7 +298,8 @@ class TtdlqgSimulator(LoopbackServer, Simulator):
         for name, expected in (("record", "application/json"), ("document", "application/pdf")):
             if types[name] != expected:
                 raise _Reject(400, f"part {name!r} must be {expected}, got {types[name] or 'no content type'}")
-        return parts["record"], parts["document"]
+        reason = parts.get("reason", b"").decode("utf-8", "replace")[:500] or None
+        return parts["record"], parts["document"], reason
 
     def _validate(self, raw_record: bytes, document: bytes) -> tuple[Any, dict[str, Any]]:
         try:
