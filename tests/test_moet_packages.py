@@ -258,7 +258,9 @@ async def test_a_package_is_accepted_once_and_resubmitting_it_is_a_duplicate(tra
     assert again.duplicate and again.receipt_id == receipt.receipt_id
     assert {k: r.receipt_id for k, r in again.transcripts.items()} == {
         k: r.receipt_id for k, r in receipt.transcripts.items()}
-    # Packaged and signed again (another signing time): the same content, the same answer.
+    # Packaged and signed again (another signing time, which has a one-second resolution, and
+    # RSA PKCS#1 v1.5 is deterministic): the same content, the same answer.
+    await asyncio.sleep(1.1)
     resigned = await package_of(transcripts, keys)
     assert resigned.manifest != package.manifest
     assert (await moet.deliver_package(resigned)).receipt_id == receipt.receipt_id
