@@ -274,9 +274,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from hub.store import StateConflict
 
-    reason = " ".join(args.reason.split())
-    if len(reason) < 5:
-        _print_errors(["--reason: say why the transcript is cancelled, in at least 5 characters"])
+    from hub.lifecycle import cancel_reason
+
+    try:
+        reason = cancel_reason(args.reason)
+    except ValueError as exc:
+        _print_errors([f"--reason: {exc}"])
         return 2
     config, store = _store_of(args.config)
     if store is None:

@@ -97,3 +97,17 @@ def all_states(roles: tuple[str, ...]) -> list[str]:
     """Every state a record can be in, in pipeline order, then the final ones."""
     return [RECEIVED, NORMALIZED, IDENTITY_CLEARED, RENDERED, *(signed(r) for r in roles), DELIVERED,
             BLOCKED_IDENTITY, QUARANTINED, FAILED, DEAD_LETTER, SUPERSEDED, UNCHANGED]
+
+
+CANCEL_REASON = (5, 500)
+"""How long the reason for an operator's cancel is, in characters (it reaches every destination)."""
+
+
+def cancel_reason(text: str) -> str:
+    """The reason as stored and sent: one line, blanks collapsed; ``ValueError`` if it is too
+    short or too long to say why. The admin API, the CLI and the console all read it here."""
+    reason = " ".join(text.split())
+    low, high = CANCEL_REASON
+    if not low <= len(reason) <= high:
+        raise ValueError(f"say why the transcript is cancelled, in {low} to {high} characters")
+    return reason

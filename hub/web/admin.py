@@ -186,12 +186,15 @@ class CancelRequest(StrictBody):
     """``POST /api/records/{id}/cancel``: the reason is mandatory; it goes to the destinations,
     the record's history and the audit log."""
 
-    reason: str = Field(min_length=5, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$",
+    reason: str = Field(min_length=lc.CANCEL_REASON[0], max_length=lc.CANCEL_REASON[1],
+                        pattern=r"^[^\x00-\x1f\x7f]+$",
                         description="Why the transcript is cancelled (one line, 5-500 characters)")
 
     def check(self) -> None:
-        if len(self.reason.strip()) < 5:
-            raise ApiError(400, "reason", "must say why, in at least 5 characters")
+        try:
+            self.reason = lc.cancel_reason(self.reason)
+        except ValueError as exc:
+            raise ApiError(400, "reason", str(exc)) from None
 
 
 class ReplayRequest(StrictBody):
@@ -399,7 +402,7 @@ class AdminApi:
         row = await self._row(request)
         body = CancelRequest.parse(await _json_body(request))
         try:
-            pk = await self.hub.cancel(row.record_id, body.reason.strip(), caller.name)
+            pk = await self.hub.cancel(row.record_id, body.reason, caller.name)
         except st.StateConflict as exc:
             raise ApiError(409, "id", str(exc)) from None
         new = await self.hub.db(self.hub.store.get, pk)

@@ -507,10 +507,12 @@ class Console:
             session, form = await self._post(request)
         except Refused as exc:
             return self._refused(request, lang, self._session(request), exc)
-        pk, reason = form.get("id", ""), " ".join(form.get("reason", "").split())
+        pk = form.get("id", "")
         if not _PK.match(pk):
             return self._refused(request, lang, session, Refused(404, "not_found"))
-        if not 5 <= len(reason) <= 500:
+        try:
+            reason = lc.cancel_reason(form.get("reason", ""))
+        except ValueError:
             return self._refused(request, lang, session, Refused(400, "cancel_reason"))
         assert session.caller is not None
         try:
