@@ -1,0 +1,203 @@
+"""The Department's gateway end to end: class packages to the Ministry's store, the same records
+to the National Data Centre, a recall and a cancel with their reasons, a correction as the next
+version. Real HTTP to the simulators, real signatures, xmlsec1 on the Department's signature."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+
+import pytest
+import yaml
+from conftest import PASSWORD, ROLES
+
+from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
+from adapters.vnpt.simulator import VnptSimulator
+from hub import lifecycle as lc
+from hub.cli import main
+from hub.config import parse_config
+from hub.documents.package import ClassPackage
+from hub.engine.pipeline import Hub
+from hub.kit.synthetic import department_identity
+from hub.documents.verify import trust_roots_der
+from tests.test_moet_packages import needs_xmlsec, xmlsec
+
+DEPT = department_identity("01")
+
+
+@pytest.fixture
+async def systems(pki):
+    vendor = VnptSimulator(records=8, invalid=0, seed=5)
+    ministry = MoetSimulator(trust_roots=trust_roots_der((str(pki[1]),)))
+    ndc = TtdlqgSimulator()
+    for sim in (vendor, ministry, ndc):
+        await sim.start()
+    yield vendor, ministry, ndc
+    for sim in (vendor, ministry, ndc):
+        await sim.stop()
+
+
+def gateway(tmp_path, pki, vendor, ministry, ndc):
+    return {
+        "data_dir": str(tmp_path / "data"),
+        "workers": {"processes": 1},
+        "delivery": {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05,
+                     "breaker_threshold": 2, "breaker_probe_seconds": 0.2},
+        "documents": ["xml", "pdf"],
+        "department": {"code": DEPT.school_code, "name": DEPT.name, "signer": "keys"},
+        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
+                      "settings": vendor.adapter_settings()}],
+        "routes": [{"name": "ministry", "type": "moet", "settings": ministry.adapter_settings()},
+                   {"name": "ndc", "type": "ttdlqg", "settings": ndc.adapter_settings()}],
+        "signers": [{"name": "keys", "type": "pkcs12",
+                     "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
+        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
+    }
+
+
+async def run_until_idle(data, before_idle=None):
+    hub = Hub(parse_config(data))
+    await hub.start()
+    try:
+        if before_idle:
+            await before_idle(hub)
+        await asyncio.wait_for(hub.wait_idle(), 180)
+        return hub.store.rows(), hub.store.packages()
+    finally:
+        await hub.stop()
+
+
+def classes_of(rows):
+    out: dict[tuple[str, str, str], set[str]] = {}
+    for r in rows:
+        out.setdefault((r.school_code, r.school_year, r.normalized["class_name"]), set()).add(r.record_id)
+    return out
+
+
+@needs_xmlsec
+async def test_classes_go_as_packages_the_department_signs_and_the_same_records_to_the_ndc(tmp_path, pki,
+                                                                                          systems):
+    vendor, ministry, ndc = systems
+    rows, packages = await run_until_idle(gateway(tmp_path, pki, vendor, ministry, ndc))
+    assert {r.state for r in rows} == {lc.DELIVERED}
+    classes = classes_of(rows)
+    assert len(classes) > 1, "the seed must give several classes"
+    # One package per class, each listing exactly that class's transcripts, held by the store.
+    assert len(packages) == len(classes) == len(ministry.packages)
+    for package in packages:
+        assert set(r for r, _ in package.members) == classes[(package.school_code, package.school_year,
+                                                              package.class_name)]
+        assert package.state == "submitted" and package.receipt["receipt_id"].startswith("MOET-PKG-")
+        assert ministry.package_state(package.package_id)["status"] == "accepted"
+    assert ministry.accepted() == {r.record_id: 1 for r in rows}
+    # Each transcript's receipt names its package; the NDC got the same records one by one.
+    for row in rows:
+        outcome = {d["destination"]: d for d in rows_deliveries(tmp_path, row.id)}
+        assert outcome["ministry"]["state"] == "delivered" and outcome["ndc"]["state"] == "delivered"
+        assert outcome["ministry"]["receipt"]["package_id"] in {p.package_id for p in packages}
+    assert set(ndc.accepted()) == {r.record_id for r in rows}
+    # xmlsec1, knowing only the test root, verifies the Department's signature on what the store received.
+    body = ministry.package_files[packages[0].package_id]
+    package = ClassPackage.from_zip(body)
+    manifest = tmp_path / "manifest.xml"
+    manifest.write_bytes(package.manifest)
+    done = xmlsec(manifest, pki[1])
+    assert done.returncode == 0 and "SignedInfo References (ok/all): 3/3" in done.stderr, done.stderr
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        names = archive.namelist()
+    assert names[0] == "manifest.xml" and len(names) == 1 + 2 * len(package.entries)
+
+
+def rows_deliveries(tmp_path, pk):
+    from hub import store as st
+
+    store = st.Store(tmp_path / "data" / "hub.sqlite3")
+    try:
+        return store.deliveries_of(pk)
+    finally:
+        store.close()
+
+
+async def test_recall_by_cli_then_a_correction_goes_as_the_next_version_in_a_new_package(tmp_path, pki, systems,
+                                                                                         capsys):
+    vendor, ministry, ndc = systems
+    data = gateway(tmp_path, pki, vendor, ministry, ndc)
+    rows, packages = await run_until_idle(data)
+    package = packages[0]
+    config_file = tmp_path / "hub.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    # The reason is mandatory; an unknown package is named.
+    assert main(["recall", "--config", str(config_file), "--package-id", package.package_id, "--reason", ""]) == 2
+    assert "--reason" in capsys.readouterr().err
+    assert main(["recall", "--config", str(config_file), "--package-id", "GT-nope", "--reason",
+                 "sai điểm môn Toán"]) == 1
+    assert "GT-nope" in capsys.readouterr().err
+    assert main(["recall", "--config", str(config_file), "--package-id", package.package_id, "--reason",
+                 "sai điểm môn Toán của lớp"]) == 0
+    assert package.package_id in capsys.readouterr().out
+    # Asking twice is refused with the package's state.
+    assert main(["recall", "--config", str(config_file), "--package-id", package.package_id, "--reason",
+                 "sai điểm môn Toán của lớp"]) == 1
+    assert "already recall requested" in capsys.readouterr().err
+
+    # The school corrects one transcript of the recalled class in its software.
+    member_id, _ = package.members[0]
+    rows_by_id = {r.record_id: r for r in rows}
+    source_id = rows_by_id[member_id].source_id
+    index = next(i for i in range(8) if vendor.source_id(i) == source_id)
+    vendor.update(index)
+
+    rows, packages = await run_until_idle(data)
+    recalled = next(p for p in packages if p.package_id == package.package_id)
+    assert recalled.state == "recalled" and recalled.reason == "sai điểm môn Toán của lớp"
+    assert recalled.requested_by.startswith("cli:")
+    assert ministry.package_state(package.package_id)["status"] == "recalled"
+    first = next(r for r in rows if r.record_id == member_id and r.version == 1)
+    assert {d["destination"]: d["state"] for d in rows_deliveries(tmp_path, first.id)}["ministry"] == "recalled"
+    assert any("sai điểm môn Toán của lớp" in (h["detail"] or "") for h in history(tmp_path, first.id))
+    # The correction went as version 2 in a new package; the store holds it.
+    second = next(r for r in rows if r.record_id == member_id and r.version == 2)
+    assert second.state == lc.DELIVERED
+    newer = [p for p in packages if (member_id, 2) in p.members]
+    assert len(newer) == 1 and newer[0].package_id != package.package_id and newer[0].state == "submitted"
+    assert ministry.accepted()[member_id] == 2 and ndc.accepted()[member_id] == 2
+
+
+def history(tmp_path, pk):
+    from hub import store as st
+
+    store = st.Store(tmp_path / "data" / "hub.sqlite3")
+    try:
+        return store.history(pk)
+    finally:
+        store.close()
+
+
+async def test_a_cancel_with_its_reason_withdraws_the_version_the_store_holds(tmp_path, pki, systems):
+    vendor, ministry, ndc = systems
+    data = gateway(tmp_path, pki, vendor, ministry, ndc)
+    rows, _ = await run_until_idle(data)
+    target = rows[0]
+
+    async def cancel(hub):
+        await hub.cancel(target.record_id, "học sinh chuyển trường, hồ sơ lập nhầm", "operator:test")
+
+    rows, packages = await run_until_idle(data, cancel)
+    cancel_row = next(r for r in rows if r.record_id == target.record_id and r.event == "CANCEL")
+    assert cancel_row.state == lc.DELIVERED
+    held = ministry.transcripts[(target.record_id, 1)]
+    assert held["status"] == "cancelled" and held["reason"] == "học sinh chuyển trường, hồ sơ lập nhầm"
+    # No package carries a cancel; the NDC got the CANCEL version with the same reason.
+    assert all(all(v == 1 for _, v in p.members) for p in packages)
+    assert ndc.state(target.record_id)["cancelled"]
+
+
+async def test_a_package_route_needs_the_department(tmp_path, pki, systems):
+    vendor, ministry, ndc = systems
+    data = gateway(tmp_path, pki, vendor, ministry, ndc)
+    del data["department"]
+    hub = Hub(parse_config(data))
+    with pytest.raises(Exception, match="ministry .moet. takes class packages.*department"):
+        await hub.start()
