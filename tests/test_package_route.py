@@ -201,3 +201,56 @@ async def test_a_package_route_needs_the_department(tmp_path, pki, systems):
     hub = Hub(parse_config(data))
     with pytest.raises(Exception, match="ministry .moet. takes class packages.*department"):
         await hub.start()
+
+
+async def test_recall_through_the_admin_api(tmp_path, pki, systems):
+    import aiohttp
+    import uvicorn
+
+    from hub.web.app import create_app
+    from tests.test_admin import OP, TOKENS, VIEW
+
+    vendor, ministry, ndc = systems
+    hub = Hub(parse_config({**gateway(tmp_path, pki, vendor, ministry, ndc), "admin": {"tokens": TOKENS}}))
+    app = create_app(hub)
+    await hub.start()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        await asyncio.wait_for(hub.wait_idle(), 180)
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            async with http.get("/api/packages", headers=VIEW) as resp:
+                listed = (await resp.json())["items"]
+            assert resp.status == 200 and listed and all(p["state"] == "submitted" for p in listed)
+            package_id = listed[0]["package_id"]
+            url = f"/api/packages/{package_id}/recall"
+            async with http.post(url, headers=VIEW, json={"reason": "sai điểm môn Văn"}) as resp:
+                assert resp.status == 403  # viewers look, operators act
+            async with http.post(url, headers=OP, json={"reason": "  "}) as resp:
+                assert resp.status == 400 and (await resp.json())["parameter"] == "reason"
+            async with http.post("/api/packages/GT-nope/recall", headers=OP, json={"reason": "sai điểm"}) as resp:
+                assert resp.status == 404
+            async with http.post(url, headers=OP, json={"reason": "sai điểm môn Văn"}) as resp:
+                body = await resp.json()
+            assert resp.status == 200 and body["items"][0]["state"] == "recall_requested"
+            assert body["items"][0]["requested_by"] == "an.nguyen"
+            await asyncio.wait_for(hub.wait_idle(), 60)  # the route's worker sends the recall
+            async with http.get(f"/api/packages?destination=ministry", headers=VIEW) as resp:
+                after = {p["package_id"]: p for p in (await resp.json())["items"]}
+            assert after[package_id]["state"] == "recalled" and after[package_id]["reason"] == "sai điểm môn Văn"
+            assert ministry.package_state(package_id)["status"] == "recalled"
+            async with http.post(url, headers=OP, json={"reason": "sai điểm môn Văn"}) as resp:
+                assert resp.status == 409
+            async with http.get("/api/destinations", headers=VIEW) as resp:
+                counts = {d["name"]: d["counts"] for d in (await resp.json())["items"]}
+            assert counts["ministry"]["recalled"] == len(after[package_id]["transcripts"])
+        audit = [e for e in hub.store.audit_entries() if e["subject"] == package_id]
+        assert [e["kind"] for e in audit] == ["package", "recall_request", "recall"]
+        assert audit[1]["actor"] == "an.nguyen"
+    finally:
+        server.should_exit = True
+        await task
+        await hub.stop(drain_timeout=1)
