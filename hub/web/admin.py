@@ -824,7 +824,8 @@ def openapi_document(states: list[str], adapters: list[str], routes: list[str] =
             "/api/packages/{package_id}/recall": {"post": {
                 "summary": "Recall a class package with a mandatory reason: the destination withdraws every "
                            "transcript it carried; operators only (audited)",
-                "parameters": [param("package_id", "path", {"type": "string", "minLength": 1, "maxLength": 200},
+                "parameters": [param("package_id", "path", {"type": "string", "minLength": 1, "maxLength": 200,
+                                                            "pattern": r"^[^\x00-\x1f\x7f]+$"},
                                      "The package's id")],
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": ref("RecallRequest")}}},
