@@ -544,9 +544,18 @@ class Simulator(ABC):
             if name != "base_url" and value is not None and hasattr(self, name):
                 setattr(self, name, value.get_secret_value() if hasattr(value, "get_secret_value") else value)
 
+    def trust(self, roots: Sequence[bytes]) -> None:
+        """The roots (DER) the signatures this system checks must chain to: the demo's and
+        ``hocba-hub simulate``'s test PKI. No-op for a system that checks no signature."""
+
     def accepted(self) -> dict[str, int]:
         """For a destination: ``record_id`` → highest version accepted so far."""
         return {}
+
+    def save(self, folder: Path) -> list[Path]:
+        """For a destination: write what it received, as a person would open it (class
+        packages, workbooks…), into ``folder``; the files written. The demo calls it."""
+        return []
 
 
 class IdentitySimulator(Simulator):

@@ -54,6 +54,46 @@ def test_demo_delivers_every_valid_record_and_quarantines_the_rest(demo):
     assert (work / "hocba-data" / "pki" / "root-ca.pem").exists()
 
 
+@pytest.mark.skipif(shutil.which("xmlsec1") is None, reason="xmlsec1 is not installed")
+def test_demo_sends_class_packages_the_department_signed_and_writes_the_portal_sheets(demo):
+    from openpyxl import load_workbook
+
+    from hub import store as st
+    from hub.documents.package import ClassPackage
+    from tests.test_moet_packages import xmlsec
+
+    work, result = demo
+    out = work / "out"
+    store = st.Store(work / "hocba-data" / "demo.sqlite3")
+    try:
+        delivered = store.rows(state="delivered")
+        classes = {(r.school_code, r.school_year, r.normalized["class_name"]) for r in delivered}
+    finally:
+        store.close()
+    assert len(delivered) == 20
+    # The Ministry's store got one package per class; xmlsec1 verifies each Department signature
+    # against the demo's root alone, and together they carry every delivered transcript.
+    zips = sorted((out / "moet").glob("*.zip"))
+    assert len(zips) == len(classes), result.stdout
+    carried = set()
+    for path in zips:
+        package = ClassPackage.from_zip(path.read_bytes())
+        manifest = work / "manifest.xml"
+        manifest.write_bytes(package.manifest)
+        done = xmlsec(manifest, out / "root-ca.pem")
+        assert done.returncode == 0 and "SignedInfo References (ok/all): 3/3" in done.stderr, done.stderr
+        carried |= {(e.record_id, e.version) for e in package.entries}
+    assert carried == {(r.record_id, r.version) for r in delivered}
+    # The school portal's sheets, opened again with openpyxl: one workbook per class, one row per student.
+    books = sorted((out / "portal-sheets").rglob("*.xlsx"))
+    assert len(books) == len(classes)
+    cells = [str(v) for book in books for row in load_workbook(book).active.iter_rows(values_only=True)
+             for v in row if v is not None]
+    for r in delivered:
+        assert cells.count(r.normalized["student"]["full_name"]) >= 1, r.normalized["student"]["full_name"]
+    assert "ttdlqg         holds 20 transcripts" in result.stdout
+
+
 @pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils is not installed")
 def test_demo_pdfs_read_as_vietnamese_and_carry_the_record(demo):
     work, _ = demo
