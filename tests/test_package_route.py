@@ -254,3 +254,74 @@ async def test_recall_through_the_admin_api(tmp_path, pki, systems):
         server.should_exit = True
         await task
         await hub.stop(drain_timeout=1)
+
+
+async def test_kill_9_while_packages_are_sent_loses_and_duplicates_nothing(tmp_path, pki, systems):
+    """The hub (a real process) is killed while a package is on its way — before the store
+    answered, and after it committed but before the answer arrived — and restarted, while the
+    school edits transcripts; every class ends up at the store exactly once per version."""
+    import random
+    import time
+
+    from reliability import HubProcess, StoreProbe
+
+    vendor, ministry, ndc = systems
+    rng = random.Random(3)
+    data = {**gateway(tmp_path, pki, vendor, ministry, ndc), "logging": {"format": "json", "level": "warning"}}
+    data["adapters"][0]["poll_interval"] = 0.5
+    data["routes"][0]["settings"]["timeout"] = 1.0
+    config = tmp_path / "hub.yaml"
+    config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    hub = HubProcess(config, tmp_path / "hub.log", plugins="vnpt,ttdlqg,moet,pkcs12,xml")
+    probe = StoreProbe(str(tmp_path / "data" / "hub.sqlite3"))
+    kills = []
+    try:
+        hub.start()
+        for cycle in range(5):
+            if cycle:
+                vendor.update(rng.randrange(vendor.records))  # a new version chases the old one
+            # Half the cycles: the store commits, then answers too late for the hub (timeout 1 s).
+            ministry.faults.slow_seconds = 1.5 if cycle % 2 else 0.0
+            seen = ministry.counters.packages
+            deadline = time.monotonic() + 60
+            while ministry.counters.packages == seen and time.monotonic() < deadline:
+                assert hub.running, hub.tail()
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(rng.uniform(0.0, 0.3) if cycle % 2 == 0 else 1.2)
+            hub.kill()
+            kills.append("late answer" if cycle % 2 else "in flight")
+            ministry.faults.slow_seconds = 0.0
+            hub.start()
+
+        def finished() -> bool:
+            latest = probe.latest()
+            return (len(latest) == vendor.records and all(s == lc.DELIVERED for _, s in latest.values())
+                    and ministry.accepted() == {rid: v for rid, (v, _) in latest.items()})
+
+        deadline = time.monotonic() + 180
+        while not finished() and time.monotonic() < deadline:
+            assert hub.running, hub.tail()
+            await asyncio.sleep(0.2)
+        assert finished(), (probe.latest(), ministry.accepted(), hub.tail())
+        assert await hub.stop() == 0, hub.tail()
+    finally:
+        if hub.running:
+            hub.kill()
+        probe.close()
+    # No package was refused (a re-sent one is answered as the duplicate it is), every
+    # transcript version went once, and the hub's ledger agrees with what the store holds.
+    assert ministry.counters.packages_refused == 0, ministry.attempts
+    assert ministry.counters.packages_duplicate >= 1, kills  # a late answer was sent again
+    from hub import store as st
+
+    store = st.Store(tmp_path / "data" / "hub.sqlite3")
+    try:
+        ledger = {p.package_id: p for p in store.packages(limit=10_000)}
+        assert set(ledger) <= set(ministry.packages)
+        for row in store.rows(state=lc.DELIVERED):
+            receipt = {d["destination"]: d["receipt"] for d in store.deliveries_of(row.id)}["ministry"]
+            held = ministry.transcripts[(row.record_id, row.version)]
+            assert receipt["receipt_id"] == held["receipt_id"] and receipt["package_id"] in ledger
+        assert set(ndc.accepted()) == set(ministry.accepted())
+    finally:
+        store.close()
