@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import zipfile
+from contextlib import asynccontextmanager
 
 import pytest
 import yaml
@@ -203,12 +205,14 @@ async def test_a_package_route_needs_the_department(tmp_path, pki, systems):
         await hub.start()
 
 
-async def test_recall_through_the_admin_api(tmp_path, pki, systems):
-    import aiohttp
+@asynccontextmanager
+async def serve_gateway(tmp_path, pki, systems):
+    """A started hub with the admin API and console under uvicorn on 127.0.0.1 (port 0), once
+    its first pull is worked through: (hub, base URL)."""
     import uvicorn
 
     from hub.web.app import create_app
-    from tests.test_admin import OP, TOKENS, VIEW
+    from tests.test_admin import TOKENS
 
     vendor, ministry, ndc = systems
     hub = Hub(parse_config({**gateway(tmp_path, pki, vendor, ministry, ndc), "admin": {"tokens": TOKENS}}))
@@ -220,40 +224,93 @@ async def test_recall_through_the_admin_api(tmp_path, pki, systems):
         await asyncio.wait_for(hub.wait_idle(), 180)
         while not server.started:
             await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-            async with http.get("/api/packages", headers=VIEW) as resp:
-                listed = (await resp.json())["items"]
-            assert resp.status == 200 and listed and all(p["state"] == "submitted" for p in listed)
-            package_id = listed[0]["package_id"]
-            url = f"/api/packages/{package_id}/recall"
-            async with http.post(url, headers=VIEW, json={"reason": "sai điểm môn Văn"}) as resp:
-                assert resp.status == 403  # viewers look, operators act
-            async with http.post(url, headers=OP, json={"reason": "  "}) as resp:
-                assert resp.status == 400 and (await resp.json())["parameter"] == "reason"
-            async with http.post("/api/packages/GT-nope/recall", headers=OP, json={"reason": "sai điểm"}) as resp:
-                assert resp.status == 404
-            async with http.post(url, headers=OP, json={"reason": "sai điểm môn Văn"}) as resp:
-                body = await resp.json()
-            assert resp.status == 200 and body["items"][0]["state"] == "recall_requested"
-            assert body["items"][0]["requested_by"] == "an.nguyen"
-            await asyncio.wait_for(hub.wait_idle(), 60)  # the route's worker sends the recall
-            async with http.get(f"/api/packages?destination=ministry", headers=VIEW) as resp:
-                after = {p["package_id"]: p for p in (await resp.json())["items"]}
-            assert after[package_id]["state"] == "recalled" and after[package_id]["reason"] == "sai điểm môn Văn"
-            assert ministry.package_state(package_id)["status"] == "recalled"
-            async with http.post(url, headers=OP, json={"reason": "sai điểm môn Văn"}) as resp:
-                assert resp.status == 409
-            async with http.get("/api/destinations", headers=VIEW) as resp:
-                counts = {d["name"]: d["counts"] for d in (await resp.json())["items"]}
-            assert counts["ministry"]["recalled"] == len(after[package_id]["transcripts"])
-        audit = [e for e in hub.store.audit_entries() if e["subject"] == package_id]
-        assert [e["kind"] for e in audit] == ["package", "recall_request", "recall"]
-        assert audit[1]["actor"] == "an.nguyen"
+        yield hub, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
         await task
         await hub.stop(drain_timeout=1)
+
+
+async def test_recall_through_the_admin_api(tmp_path, pki, systems):
+    import aiohttp
+
+    from tests.test_admin import OP, VIEW
+
+    _, ministry, _ = systems
+    async with serve_gateway(tmp_path, pki, systems) as (hub, url), aiohttp.ClientSession(url) as http:
+        async with http.get("/api/packages", headers=VIEW) as resp:
+            listed = (await resp.json())["items"]
+        assert resp.status == 200 and listed and all(p["state"] == "submitted" for p in listed)
+        package_id = listed[0]["package_id"]
+        url = f"/api/packages/{package_id}/recall"
+        async with http.post(url, headers=VIEW, json={"reason": "sai điểm môn Văn"}) as resp:
+            assert resp.status == 403  # viewers look, operators act
+        async with http.post(url, headers=OP, json={"reason": "  "}) as resp:
+            assert resp.status == 400 and (await resp.json())["parameter"] == "reason"
+        async with http.post("/api/packages/GT-nope/recall", headers=OP, json={"reason": "sai điểm"}) as resp:
+            assert resp.status == 404
+        async with http.post(url, headers=OP, json={"reason": "sai điểm môn Văn"}) as resp:
+            body = await resp.json()
+        assert resp.status == 200 and body["items"][0]["state"] == "recall_requested"
+        assert body["items"][0]["requested_by"] == "an.nguyen"
+        await asyncio.wait_for(hub.wait_idle(), 60)  # the route's worker sends the recall
+        async with http.get("/api/packages?destination=ministry", headers=VIEW) as resp:
+            after = {p["package_id"]: p for p in (await resp.json())["items"]}
+        assert after[package_id]["state"] == "recalled" and after[package_id]["reason"] == "sai điểm môn Văn"
+        assert ministry.package_state(package_id)["status"] == "recalled"
+        async with http.post(url, headers=OP, json={"reason": "sai điểm môn Văn"}) as resp:
+            assert resp.status == 409
+        async with http.get("/api/destinations", headers=VIEW) as resp:
+            counts = {d["name"]: d["counts"] for d in (await resp.json())["items"]}
+        assert counts["ministry"]["recalled"] == len(after[package_id]["transcripts"])
+        audit = [e for e in hub.store.audit_entries() if e["subject"] == package_id]
+        assert [e["kind"] for e in audit] == ["package", "recall_request", "recall"]
+        assert audit[1]["actor"] == "an.nguyen"
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="Debian's chromium is not installed")
+async def test_an_operator_recalls_a_package_from_the_console_and_a_viewer_cannot(tmp_path, pki, systems):
+    from playwright.async_api import async_playwright
+
+    from tests.test_admin import OPERATOR_TOKEN, VIEWER_TOKEN
+
+    _, ministry, _ = systems
+    async with serve_gateway(tmp_path, pki, systems) as (hub, url), async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            pages = {}
+            for token in (VIEWER_TOKEN, OPERATOR_TOKEN):
+                context = await chromium.new_context(base_url=url)
+                page = await context.new_page()
+                await page.goto("/console/login")
+                await page.fill("#token", token)
+                await page.click("#login-submit")
+                await page.wait_for_url("**/console")
+                await page.click("#nav-packages")
+                await page.wait_for_url("**/console/packages")
+                pages[token] = page
+            viewer, operator = pages[VIEWER_TOKEN], pages[OPERATOR_TOKEN]
+            rows = operator.locator("tr[data-package]")
+            assert await rows.count() == len(hub.store.packages())
+            assert await viewer.locator("form.recall").count() == 0  # viewers see, operators act
+            row = rows.first
+            package_id = await row.get_attribute("data-package")
+            reason = "Sai điểm môn Toán cả lớp, trường nhập lại"
+            await row.locator("input[name=reason]").fill(reason)
+            await row.locator("button.recall-button").click()
+            await operator.wait_for_url("**/console/packages*done=recall*")
+            assert package_id in await operator.locator("#done").inner_text()
+            await asyncio.wait_for(hub.wait_idle(), 60)
+            await operator.reload()
+            row = operator.locator(f'tr[data-package="{package_id}"]')
+            assert await row.get_attribute("data-state") == "recalled"
+            assert reason in await row.inner_text() and "đã thu hồi" in await row.inner_text()
+            assert await row.locator("form.recall").count() == 0  # a recalled package is not recalled again
+            assert ministry.package_state(package_id)["status"] == "recalled"
+            entry = [e for e in hub.store.audit_entries() if e["kind"] == "recall_request"][-1]
+            assert (entry["actor"], entry["subject"]) == ("an.nguyen", package_id)
+        finally:
+            await chromium.close()
 
 
 async def test_kill_9_while_packages_are_sent_loses_and_duplicates_nothing(tmp_path, pki, systems):

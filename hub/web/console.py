@@ -109,6 +109,14 @@ TEXT = {
         "cancel_hint": "Huỷ tạo một phiên bản mới (CANCEL) được ký và gửi tới mọi nơi nhận; bản sửa sau đó là phiên bản kế tiếp.",
         "cancel_reason": "Cần ghi lý do huỷ (5–500 ký tự).", "already_cancelled": "Học bạ này đã được huỷ.",
         "done_cancel": "Đã huỷ: phiên bản huỷ đang được ký và gửi.",
+        "packages": "Gói tin", "packages_title": "Gói tin theo lớp đã gửi", "no_packages": "Chưa có gói tin nào.",
+        "package": "Mã gói", "destination": "Nơi nhận", "year": "Năm học", "reason": "Lý do",
+        "pkg_submitted": "đã nộp", "pkg_recall_requested": "đang yêu cầu thu hồi", "pkg_recalled": "đã thu hồi",
+        "pkg_recall_refused": "thu hồi bị từ chối",
+        "recall": "Thu hồi gói tin", "recall_reason_label": "Lý do thu hồi (bắt buộc, gửi kèm tới nơi nhận)",
+        "recall_hint": "Thu hồi rút mọi học bạ trong gói khỏi nơi nhận; bản sửa của trường được gửi là phiên bản kế tiếp trong một gói mới.",
+        "recall_reason": "Cần ghi lý do thu hồi (5–500 ký tự).", "already_recalled": "Gói tin này đã được thu hồi hoặc đang chờ thu hồi.",
+        "no_package": "Không tìm thấy gói tin.", "done_recall": "Đã yêu cầu thu hồi gói {name}: hệ thống đang gửi yêu cầu.",
         "viewer_note": "Bạn đang xem với quyền chỉ xem: không hiện tên học sinh và không có thao tác.",
     },
     "en": {
@@ -149,6 +157,15 @@ TEXT = {
         "cancel_reason": "Say why the transcript is cancelled (5–500 characters).",
         "already_cancelled": "This transcript is already cancelled.",
         "done_cancel": "Cancelled: the cancel version is being signed and sent.",
+        "packages": "Packages", "packages_title": "Class packages sent", "no_packages": "No package yet.",
+        "package": "Package", "destination": "Destination", "year": "School year", "reason": "Reason",
+        "pkg_submitted": "submitted", "pkg_recall_requested": "recall asked", "pkg_recalled": "recalled",
+        "pkg_recall_refused": "recall refused",
+        "recall": "Recall package", "recall_reason_label": "Reason (required; sent to the destination)",
+        "recall_hint": "A recall withdraws every transcript of the package at the destination; the school's corrections go as next versions in a new package.",
+        "recall_reason": "Say why the package is recalled (5–500 characters).",
+        "already_recalled": "This package is already recalled, or its recall is on its way.",
+        "no_package": "No such package.", "done_recall": "Recall of {name} asked: it is being sent.",
         "viewer_note": "You are signed in as a viewer: no student names and no actions.",
     },
 }
@@ -240,6 +257,8 @@ class Console:
             Route("/console/schools/{school}/report.xlsx", self.report),
             Route("/console/replay", self.replay, methods=["POST"]),
             Route("/console/cancel", self.cancel, methods=["POST"]),
+            Route("/console/packages", self.packages),
+            Route("/console/recall", self.recall, methods=["POST"]),
             Route("/console/adapters/{name}/{action}", self.pause, methods=["POST"]),
         ]
 
@@ -523,6 +542,42 @@ class Console:
         except StateConflict:
             return self._refused(request, lang, session, Refused(409, "already_cancelled"))
         return RedirectResponse(f"/console/records/{new}" + _query(lang, done="cancel"), status_code=303)
+
+    async def packages(self, request: Request) -> Response:
+        """The class packages destinations accepted (one school's, with ``?school=``), with a
+        recall form per package for operators."""
+        session = self._signed_in(request)
+        if isinstance(session, Response):
+            return session
+        lang = self._lang(request)
+        school = request.query_params.get("school") or None
+        if school is not None and not _SCHOOL.match(school):
+            school = None
+        items = await self.hub.db(self.hub.store.packages, school=school, limit=PROBLEMS_SHOWN * 10)
+        return self._page(request, "console_packages.html", lang, session, school=school,
+                          packages=[p.public() for p in items], done=_done(request, lang))
+
+    async def recall(self, request: Request) -> Response:
+        """Recall a package with the reason the operator typed (``Hub.recall``); the route's
+        worker sends it."""
+        lang = self._lang(request)
+        try:
+            session, form = await self._post(request)
+        except Refused as exc:
+            return self._refused(request, lang, self._session(request), exc)
+        package_id = form.get("package_id", "")
+        try:
+            reason = lc.cancel_reason(form.get("reason", ""), "the package is recalled")
+        except ValueError:
+            return self._refused(request, lang, session, Refused(400, "recall_reason"))
+        assert session.caller is not None
+        try:
+            await self.hub.recall(package_id, reason, session.caller.name)
+        except KeyError:
+            return self._refused(request, lang, session, Refused(404, "no_package"))
+        except StateConflict:
+            return self._refused(request, lang, session, Refused(409, "already_recalled"))
+        return RedirectResponse("/console/packages" + _query(lang, done="recall", name=package_id), status_code=303)
 
     async def pause(self, request: Request) -> Response:
         lang = self._lang(request)
