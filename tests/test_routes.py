@@ -192,4 +192,5 @@ def test_example_config_routes_to_the_national_data_centre():
 
     data = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "example.yaml").read_text())
     config = parse_config(data)
-    assert [r.type for r in config.routes][0] == "ttdlqg"
+    assert [r.type for r in config.routes] == ["ttdlqg", "moet", "portal_excel"]
+    assert config.department is not None and config.department.code == "01"  # who signs the packages
