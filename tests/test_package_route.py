@@ -196,6 +196,37 @@ async def test_a_cancel_with_its_reason_withdraws_the_version_the_store_holds(tm
     assert ndc.state(target.record_id)["cancelled"]
 
 
+async def test_an_outage_opens_the_routes_breaker_a_refusal_dead_letters_the_class_and_a_replay_sends_it(
+        tmp_path, pki, systems):
+    vendor, ministry, ndc = systems
+    ministry.faults.outage = True
+    ministry.faults.reject_next_n = 1  # the first package after the outage is refused (422)
+
+    async def outage_then_recovery(hub):
+        route = hub.outbox.routes["ministry"]
+        for _ in range(1800):
+            if route.breaker.is_open and len(ndc.accepted()) == vendor.records:
+                break
+            await asyncio.sleep(0.1)
+        assert route.breaker.is_open and len(ndc.accepted()) == vendor.records  # the NDC did not wait
+        assert ministry.counters.packages_created == 0
+        ministry.faults.outage = False
+
+    rows, packages = await run_until_idle(gateway(tmp_path, pki, vendor, ministry, ndc), outage_then_recovery)
+    dead = [r for r in rows if r.state == lc.DEAD_LETTER]
+    assert dead and all("injected refusal" in " ".join(r.errors) for r in dead), [r.errors for r in dead]
+    assert len({r.normalized["class_name"] + r.school_code for r in dead}) == 1  # one class, refused whole
+    assert all(r.state == lc.DELIVERED for r in rows if r not in dead)
+
+    async def replay(hub):
+        moved = await hub.replay([r.id for r in dead], stage="deliver", actor="test", destination="ministry")
+        assert {pk for pk, _ in moved} == {r.id for r in dead}
+
+    rows, packages = await run_until_idle(gateway(tmp_path, pki, vendor, ministry, ndc), replay)
+    assert {r.state for r in rows} == {lc.DELIVERED}
+    assert ministry.accepted() == {r.record_id: 1 for r in rows} and len(ndc.accepted()) == vendor.records
+
+
 async def test_a_package_route_needs_the_department(tmp_path, pki, systems):
     vendor, ministry, ndc = systems
     data = gateway(tmp_path, pki, vendor, ministry, ndc)

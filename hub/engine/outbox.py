@@ -299,6 +299,7 @@ class RouteOutbox:
         hub = self.hub
         reason = str(exc)
         if exc.conflict:
+            self.breaker.success(await hub.db(hub.store.outbox_size) if self.breaker.is_open else None)
             held = exc.held_version
             if held is None:
                 try:
@@ -323,6 +324,9 @@ class RouteOutbox:
         hub = self.hub
         reason = str(exc)
         if exc.permanent:
+            # A refusal is an answer: the destination is up (a probe that meets one ends the
+            # outage instead of holding the probe slot for ever).
+            self.breaker.success(await hub.db(hub.store.outbox_size) if self.breaker.is_open else None)
             for row in rows:
                 await self._give_up(row, f"refused by {self.name}: {reason}")
             return

@@ -19,6 +19,9 @@ it sends them a class at a time:
 - a recall an operator asked for (``Store.request_recall``) is sent by this worker, so one asked
   during an outage goes when the destination is back.
 
+With several hub processes on one PostgreSQL database, two workers claiming at the same moment
+may split a class into two packages; each is valid, and the store holds each transcript once.
+
 A refused package dead-letters every transcript in it with the store's reasons (each names the
 transcript); an operator replays them once fixed. A transient failure counts once toward the
 route's breaker and the whole class is tried again later.
@@ -51,6 +54,7 @@ class PackageRouteOutbox(RouteOutbox):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._recall_not_before: dict[str, float] = {}
+        self._requests = 0  # requests sent to the destination (a probe must send one, or free its slot)
 
     def _claim_size(self, free: int) -> int:
         return CLAIM
@@ -62,6 +66,7 @@ class PackageRouteOutbox(RouteOutbox):
         hub, name = self.hub, self.name
         self.active += 1
         classes: dict[tuple[str, str, str], list[tuple[st.Row, int]]] = {}
+        requests = self._requests
         try:
             for pk, attempts in due:
                 row = await hub.db(hub.store.get, pk)
@@ -75,20 +80,19 @@ class PackageRouteOutbox(RouteOutbox):
                     hub.settled(row, settled)
                     continue
                 if row.event == "CANCEL":
-                    await self._cancel(row, attempts, held[0] if held else None)
+                    if not (self.breaker.is_open and self._requests > requests):  # a probe is one request
+                        await self._cancel(row, attempts, held[0] if held else None)
                     continue
                 key = (row.school_code or "", row.school_year or "", str((row.normalized or {}).get("class_name", "")))
                 classes.setdefault(key, []).append((row, attempts))
-            sent = 0
             for (school, year, class_name), members in classes.items():
                 waiting = await hub.db(hub.store.class_in_signing, school, year, class_name, self._in_signing())
                 if waiting:
                     await hub.db(hub.store.postpone, [row.id for row, _ in members], name,
                                  utc_after(CLASS_WAIT_SECONDS))
                     continue
-                if self.breaker.is_open and sent:
+                if self.breaker.is_open and self._requests > requests:
                     break  # a probe is one request: the other classes wait for its outcome
-                sent += 1
                 await self._deliver_package(members)
         except st.StateConflict:
             pass  # a record moved on while this class was decided: its job is gone
@@ -96,6 +100,8 @@ class PackageRouteOutbox(RouteOutbox):
             # The leases run out and the jobs are claimed again (the package id makes a re-send harmless).
             hub.log.warning("store.unavailable", task="deliver", destination=name, error=str(exc))
         finally:
+            if self.breaker.probing and self._requests == requests:
+                self.breaker.probing = False  # every class waited: the probe slot is free again
             # Whatever still holds this worker's lease (not reached, or stopped mid-send) goes
             # back; decided jobs are gone or already released, so this touches only those.
             try:
@@ -133,6 +139,7 @@ class PackageRouteOutbox(RouteOutbox):
             return
         for row in rows:
             await hub.db(hub.store.delivery_attempted, row.id, row.record_id, row.version, name)
+        self._requests += 1
         try:
             receipt = await self.adapter.deliver_package(package)
         except DeliveryError as exc:
@@ -171,6 +178,7 @@ class PackageRouteOutbox(RouteOutbox):
             return
         reason = row.reason or "the school's software withdrew this transcript (event CANCEL)"
         await hub.db(hub.store.delivery_attempted, row.id, row.record_id, row.version, name)
+        self._requests += 1
         try:
             receipt = await self.adapter.cancel(row.record_id, held, reason)
         except DeliveryError as exc:
@@ -189,6 +197,7 @@ class PackageRouteOutbox(RouteOutbox):
         for package in await hub.db(hub.store.recalls_due, name):
             if time.monotonic() < self._recall_not_before.get(package.package_id, 0.0) or not self.breaker.allow():
                 continue
+            self._requests += 1
             try:
                 receipt = await self.adapter.recall(package.package_id, package.reason or "")
             except DeliveryError as exc:
