@@ -1052,7 +1052,10 @@ class Store(IssuanceRegistry, PackageLedger):
         return out
 
     # The class a normalised record names, in this backend's SQL (PostgreSQL overrides it).
-    _CLASS_NAME_SQL = "json_extract(normalized, '$.class_name')"
+    @staticmethod
+    def _class_name_sql(table: str = "records") -> str:
+        """SQL: the class name of a ``table`` row's normalised record (the dialect's JSON access)."""
+        return f"json_extract({table}.normalized, '$.class_name')"
 
     def class_breakdown(self, school: str | None = None) -> list[dict[str, Any]]:
         """Record counts by school, class and state (of one school): the operators' console.
@@ -1060,8 +1063,19 @@ class Store(IssuanceRegistry, PackageLedger):
         where, args = ("WHERE school_code = ?", (school,)) if school is not None else ("", ())
         with self._lock:
             rows = self._db.execute(
-                f"SELECT school_code, {self._CLASS_NAME_SQL} AS class_name, state, COUNT(*) AS n FROM records"
+                f"SELECT school_code, {self._class_name_sql()} AS class_name, state, COUNT(*) AS n FROM records"
                 f" {where} GROUP BY school_code, class_name, state ORDER BY school_code, class_name, state", args)
+            return [dict(r) for r in rows]
+
+    def class_deliveries(self, school: str | None = None) -> list[dict[str, Any]]:
+        """Record versions by school, class, destination and delivery state (of one school): where
+        each class stands at each destination, for the operators' console."""
+        where, args = ("WHERE r.school_code = ?", (school,)) if school is not None else ("", ())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT r.school_code AS school_code, {self._class_name_sql('r')} AS class_name, d.destination AS destination,"
+                f" d.state AS state, COUNT(*) AS n FROM deliveries d JOIN records r ON r.id = d.record {where}"
+                f" GROUP BY r.school_code, class_name, d.destination, d.state", args)
             return [dict(r) for r in rows]
 
     def schools(self) -> list[str]:

@@ -116,7 +116,7 @@ TEXT = {
         "recall": "Thu hồi gói tin", "recall_reason_label": "Lý do thu hồi (bắt buộc, gửi kèm tới nơi nhận)",
         "recall_hint": "Thu hồi rút mọi học bạ trong gói khỏi nơi nhận; bản sửa của trường được gửi là phiên bản kế tiếp trong một gói mới.",
         "recall_reason": "Cần ghi lý do thu hồi (5–500 ký tự).", "already_recalled": "Gói tin này đã được thu hồi hoặc đang chờ thu hồi.",
-        "no_package": "Không tìm thấy gói tin.", "done_recall": "Đã yêu cầu thu hồi gói {name}: hệ thống đang gửi yêu cầu.",
+        "at_destinations": "Theo nơi nhận", "no_package": "Không tìm thấy gói tin.", "done_recall": "Đã yêu cầu thu hồi gói {name}: hệ thống đang gửi yêu cầu.",
         "viewer_note": "Bạn đang xem với quyền chỉ xem: không hiện tên học sinh và không có thao tác.",
     },
     "en": {
@@ -165,7 +165,7 @@ TEXT = {
         "recall_hint": "A recall withdraws every transcript of the package at the destination; the school's corrections go as next versions in a new package.",
         "recall_reason": "Say why the package is recalled (5–500 characters).",
         "already_recalled": "This package is already recalled, or its recall is on its way.",
-        "no_package": "No such package.", "done_recall": "Recall of {name} asked: it is being sent.",
+        "at_destinations": "At each destination", "no_package": "No such package.", "done_recall": "Recall of {name} asked: it is being sent.",
         "viewer_note": "You are signed in as a viewer: no student names and no actions.",
     },
 }
@@ -381,6 +381,7 @@ class Console:
             school = None
         schools = await hub.db(hub.store.schools)
         counts = await hub.db(hub.store.class_breakdown, school)
+        at_destinations = self._at_destinations(lang, await hub.db(hub.store.class_deliveries, school), school)
         await hub.metrics.health.refresh()
         paused = await hub.db(hub.store.paused)
         stuck: list[dict[str, Any]] = []
@@ -394,7 +395,23 @@ class Console:
         unsigned = self._unsigned(lang, await waiting_for(hub, school)) if school and operator else None
         return self._page(request, "console.html", lang, session, school=school, schools=schools,
                           table=self._table(lang, counts, school), problems=self._problems(lang, stuck),
-                          adapters=self._adapters(lang, paused), unsigned=unsigned, done=done)
+                          adapters=self._adapters(lang, paused), unsigned=unsigned, done=done,
+                          at_destinations=at_destinations)
+
+    def _at_destinations(self, lang: str, counts: list[dict[str, Any]], school: str | None) -> dict[str, Any]:
+        """Per school (or class of ``school``) and destination: versions delivered there, waiting
+        to go, dead-lettered, recalled."""
+        key = "class_name" if school else "school_code"
+        grid: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+        for row in counts:
+            grid[row[key] or ""][row["destination"]][row["state"]] += row["n"]
+        destinations = [name for name in self.hub.config.route_names if any(name in g for g in grid.values())]
+        states = ("delivered", "queued", "dead_letter", "recalled")
+        return {"destinations": destinations, "rows": [
+            {"label": name or TEXT[lang]["no_class" if school else "unknown_school"],
+             "cells": [[(state, grid[name][d][state], state_label(state, lang)) for state in states
+                        if grid[name][d][state]] for d in destinations]}
+            for name in sorted(grid, key=lambda n: (n == "", n))]}
 
     @staticmethod
     def _unsigned(lang: str, classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
