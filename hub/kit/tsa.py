@@ -26,6 +26,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from aiohttp import web
 from asn1crypto import crl as asn1_crl
@@ -112,7 +113,8 @@ class TrustServices:
         app = web.Application()
         app.router.add_post("/tsa", self._timestamp)
         app.router.add_post("/ocsp", self._ocsp_post)
-        app.router.add_get("/ocsp/{request}", self._ocsp_get)
+        # The base64 of a request may hold "/" (RFC 6960's GET form): the rest of the path is the request.
+        app.router.add_get("/ocsp/{request:.+}", self._ocsp_get)
         app.router.add_get("/crl", self._crl_get)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
@@ -159,7 +161,7 @@ class TrustServices:
         return await self._ocsp_answer(await request.read())
 
     async def _ocsp_get(self, request: web.Request) -> web.Response:
-        return await self._ocsp_answer(base64.b64decode(request.match_info["request"]))
+        return await self._ocsp_answer(base64.b64decode(unquote(request.match_info["request"])))
 
     async def _ocsp_answer(self, body: bytes) -> web.Response:
         self.counters.ocsp += 1
