@@ -20,12 +20,13 @@ from hub.contracts import RawRecord
 from hub.documents.signing import certificate_problem, identity_for
 from hub.engine.pipeline import Hub
 from hub.kit import pki
-from hub.kit.synthetic import transcript
+from hub.kit.synthetic import department_identity, transcript
 from hub.kit.tsa import TrustServices
 from hub.records import parse_transcript
 
 PASSWORD = "revocation-test-password"
 ROLES = ("homeroom_teacher", "principal", "school_seal")
+DEPARTMENT = department_identity("01")
 
 
 def _chain(directory, identity) -> tuple[bytes, ...]:
@@ -53,6 +54,7 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
             pki.issue(directory, [identity_for(rec, r) for r in ROLES], PASSWORD, services_url=services.url)
         revoked = identity_for(parse_transcript({**records[0], "record_id": "x", "event": "NEW", "version": 1,
                                                  "updated_at": "2025-06-01T08:00:00"}), "principal")
+        pki.issue(directory, [DEPARTMENT], PASSWORD, services_url=services.url)  # it signs the class packages
         cert = x509.load_der_x509_certificate(_chain(directory, revoked)[0])
         services.revoke(cert.serial_number)
         root = directory / pki.ROOT_CERT
@@ -74,6 +76,9 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
             "signers": [{"name": "keys", "type": "pkcs12",
                          "settings": {"directory": str(directory), "password": PASSWORD}}],
             "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES], "trust": [str(root)]},
+            # The Ministry's store takes class packages: the XML inside, the Department's signature.
+            "documents": ["xml", "pdf"],
+            "department": {"code": DEPARTMENT.school_code, "name": DEPARTMENT.name, "signer": "keys"},
         })
         store = st.Store(config.store_path)
         for index, data in records.items():
