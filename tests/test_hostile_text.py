@@ -466,3 +466,35 @@ def test_adapters_refuse_duplicate_keys_and_nesting_as_a_quarantine_reason(adapt
 def test_json_loads_keeps_valid_payloads():
     doc = {"a": [1, {"b": "ẞ"}], "c": None}
     assert jsonpayload.loads(json.dumps(doc).encode()) == doc
+
+
+# --- the vendor's id (RawRecord.source_id: it becomes the store's key and the record_id) ---------
+
+@PROPS
+@given(text=hs.text(max_size=300))
+def test_an_id_the_store_keeps_is_refused_again_after_it_is_kept(text):
+    """Whatever a vendor sends as an id, the store can keep ``storable_id`` of it (no NUL, no
+    control or invisible character: any backend), and keeping it never makes a refused id pass
+    the normalise stage (a replay refuses it again); a good id is kept as it came."""
+    from hub.contracts import source_id_problem, storable_id
+
+    kept = storable_id(text)
+    assert "\x00" not in kept and not any(unicodedata.category(ch)[0] == "C" for ch in kept)
+    assert (source_id_problem(kept) is None) == (source_id_problem(text) is None)
+    if source_id_problem(text) is None:
+        assert kept == text
+
+
+@pytest.mark.parametrize("junk", INVISIBLE + ["\ufffd"])
+def test_the_normalisation_path_refuses_an_id_with_an_invisible_character_naming_it(junk):
+    from hub.engine.normalize import Envelope, normalize
+
+    info = adapter_types()["push"]
+    adapter = info.cls(info.cls.Settings.model_construct(secret="x" * 32), PluginContext("p", __import__("pathlib").Path(".")))
+    body = json.dumps({"source_id": "s1", "transcript": transcript(0)}, ensure_ascii=False).encode()
+    envelope = Envelope(ENVELOPE["record_id"], 1, "NEW", ENVELOPE["updated_at"])
+    assert normalize(adapter, RawRecord("s1", body), envelope).ok
+    outcome = normalize(adapter, RawRecord(f"s{junk}1", body), envelope)
+    assert outcome.record is None and outcome.errors[0].startswith("source_id: ")
+    assert f"U+{ord(junk):04X}" in outcome.errors[0] and "s1" not in outcome.errors[0]
+    assert outcome.known.get("school_code")  # still filed under its school

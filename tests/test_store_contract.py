@@ -96,6 +96,34 @@ def test_failed_page_commits_nothing(open_store):
     assert s.cursor("vendor-a") is None
 
 
+@pytest.mark.parametrize("bad", ["hs\x00-7", "hs-\x07", "hs\u200b-7", "\ufeffhs-7", "hs-\x9c", "x" * 5000])
+def test_an_id_no_store_keeps_alike_still_commits_its_page_and_is_named(open_store, bad):
+    """The issue's case: a pulled record whose ``source_id`` holds NUL made PostgreSQL refuse the
+    whole page, every poll (the cursor never moved, nothing after it was read). Both backends
+    now keep the page: the id as ``storable_id`` says (the normalise stage refuses it), the
+    history naming the field and the character."""
+    s = open_store()
+    ids = s.receive("vendor-a", [raw("good"), raw(bad)], "cursor-1", save_cursor=True)
+    assert len(ids) == 2 and s.cursor("vendor-a") == "cursor-1"
+    stored = s.get(ids[1])
+    assert stored.record_id == st.record_id_for("vendor-a", bad)  # the vendor's id, as sent, keys it
+    assert "\x00" not in stored.source_id and len(stored.source_id) <= 201
+    assert "\ufffd" in stored.source_id
+    [received] = s.history(ids[1])
+    assert "source_id: " in received["detail"]
+    if len(bad) < 100:
+        assert "U+" in received["detail"] and "hs" not in received["detail"]  # the character, not the id
+    assert s.receive("vendor-a", [raw("good"), raw(bad)], "cursor-2", save_cursor=True) == []  # re-read
+    assert s.history(ids[0])[0]["detail"] == "version 1 NEW"
+
+
+def test_a_cursor_with_nul_is_refused_by_name_and_commits_nothing(open_store):
+    s = open_store()
+    with pytest.raises(ValueError, match="cursor contains a NUL"):
+        s.receive("vendor-a", [raw("1")], "page\x002", save_cursor=True)
+    assert s.counts() == {} and s.cursor("vendor-a") is None
+
+
 def test_unchanged_reread_is_not_a_new_version_changed_is_update_deleted_is_cancel(open_store):
     s = open_store()
     [first] = s.receive("a", [raw("1", {"v": 1})])
