@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hub.contracts import RawRecord
+from hub.contracts import RawRecord, source_id_problem, storable_id
 from hub.lifecycle import (
     BLOCKED_STATES,
     DEAD_LETTER,
@@ -291,6 +291,10 @@ class Store(IssuanceRegistry, PackageLedger):
         cursor back. Returns the store ids of the new versions.
         """
         page = list(records)  # one page; a failing iterator commits nothing
+        if cursor is not None and "\x00" in cursor:
+            # No backend keeps it alike (PostgreSQL refuses NUL): the adapter's error, named,
+            # before anything of the page is written.
+            raise ValueError(f"adapter {adapter}: the page's cursor contains a NUL character")
         now = now_iso()
         horizon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.clock_skew_seconds)
         placeholders = ",".join("?" * len(SETTLED))
@@ -327,13 +331,18 @@ class Store(IssuanceRegistry, PackageLedger):
                     "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
                     " content_type, payload, payload_hash, state, received_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (rid, version, event, adapter, raw.source_id,
+                    (rid, version, event, adapter, storable_id(raw.source_id),
                      raw.updated_at.isoformat() if raw.updated_at else None, raw.content_type,
                      raw.payload, digest, RECEIVED, now, now),
                 ).fetchone()[0]
                 new_ids.append(pk)
+                # An id no store keeps alike (NUL, other controls: RawRecord.source_id) is kept
+                # as ``storable_id`` says, so its page still commits; the normalise stage
+                # quarantines it (``source_id_problem``), and the history names what it held.
+                problem = source_id_problem(raw.source_id)
                 db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)",
-                           (pk, now, RECEIVED, f"version {version} {event}"))
+                           (pk, now, RECEIVED, f"version {version} {event}"
+                            + (f"; source_id: {problem}" if problem else "")))
             if save_cursor:
                 db.execute(
                     "INSERT INTO cursors (adapter, cursor, updated_at) VALUES (?, ?, ?) "
