@@ -834,7 +834,7 @@ def test_audit_checkpoint_and_verify_on_the_command_line(tmp_path):
         "data_dir": str(tmp_path / "data"),
         "adapters": [{"name": "a", "type": "vnpt", "settings": {"base_url": "http://127.0.0.1:9", "client_id": "c",
                                                                 "client_secret": "s"}}],
-        "destination": {"name": "central", "type": "moet", "settings": {"base_url": "http://127.0.0.1:9",
+        "destination": {"name": "central", "type": "ttdlqg", "settings": {"base_url": "http://127.0.0.1:9",
                                                                         "token": "t"}},
         "signers": [{"name": "k", "type": "pkcs12", "settings": {"directory": str(tmp_path), "password": "p"}}],
         "signing": {"steps": [{"role": "school_seal", "signer": "k"}]},
