@@ -46,8 +46,8 @@ def test_registers_a_destination_only():
     assert registered == [MoetAdapter]
     assert MoetAdapter.name == "moet"
     # Class packages only: one transcript at a time is the National Data Centre's sync (ttdlqg).
-    assert not MoetAdapter.can("deliver")
-    assert all(m in vars(MoetAdapter) for m in ("deliver_package", "package_receipt", "recall", "cancel"))
+    assert MoetAdapter.can("deliver_package") and not MoetAdapter.can("deliver")
+    assert all(m in vars(MoetAdapter) for m in ("package_receipt", "recall", "cancel"))
     assert not MoetAdapter.can("fetch")
     assert not MoetAdapter.can("normalize")
     module, _, cls = MoetAdapter.simulator.partition(":")
