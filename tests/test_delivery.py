@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 from conftest import PASSWORD, ROLES
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
@@ -27,7 +27,7 @@ from hub.store.audit import verify_chain
 @pytest.fixture
 async def systems():
     vendor = VnptSimulator(records=5, invalid=1, seed=11)
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await vendor.start()
     await central.start()
     yield vendor, central
@@ -44,7 +44,7 @@ def config_for(tmp_path, pki, vendor, central, **delivery):
         "delivery": policy,
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                       "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12",
                      "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
@@ -153,7 +153,7 @@ def _write(tmp_path, config, central):
         "data_dir": str(config.data_dir),
         "adapters": [{"name": "school-a", "type": "vnpt", "settings": {"base_url": "http://127.0.0.1:1",
                                                                       "client_id": "x", "client_secret": "x"}}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": "x", "password": "x"}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     }), encoding="utf-8")

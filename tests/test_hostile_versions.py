@@ -14,7 +14,7 @@ from conftest import PASSWORD, ROLES
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
@@ -64,7 +64,7 @@ def test_within_the_skew_an_older_retry_is_still_dropped():
 @pytest.fixture
 async def systems():
     vendor = VnptSimulator(records=2, seed=13)
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await vendor.start()
     await central.start()
     yield vendor, central
@@ -81,7 +81,7 @@ def config_for(tmp_path, pki, vendor, central, store: str = "", **extra):
         "delivery": {"max_attempts": 4, "backoff_initial": 0.01, "backoff_max": 0.05},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                       "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     })
@@ -298,7 +298,7 @@ def push_config(tmp_path, pki, central, store: str, name: str):
     return parse_config({
         "data_dir": str(tmp_path / "data"), "store": store, "workers": {"processes": 1},
         "adapters": [{"name": "school-push", "type": "push", "settings": {"secret": PUSH_SECRET}}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     })

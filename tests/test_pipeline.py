@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from conftest import PASSWORD, ROLES
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
@@ -30,7 +30,7 @@ from hub.web.app import create_app
 @pytest.fixture
 async def systems():
     vendor = VnptSimulator(records=6, invalid=3, seed=7)
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await vendor.start()
     await central.start()
     yield vendor, central
@@ -45,7 +45,7 @@ def make_config(tmp_path, pki, vendor, central, *, password=PASSWORD, attempts=3
         "delivery": {"max_attempts": attempts, "backoff_initial": 0.01, "backoff_max": 0.05},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                       "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12",
                      "settings": {"directory": str(pki[0]), "password": password}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
@@ -193,7 +193,7 @@ async def test_health_and_readiness_over_http(tmp_path, pki, systems):
                 body = await resp.json()
                 assert resp.status == 503 and not body["checks"]["central"]["ok"]
                 assert body["checks"]["school-a"]["ok"]
-                assert "demo-moet-token" not in await resp.text()
+                assert "demo-ttdlqg-token" not in await resp.text()
     finally:
         server.should_exit = True
         await task

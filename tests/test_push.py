@@ -20,7 +20,7 @@ import uvicorn
 from conftest import PASSWORD, ROLES
 from pydantic import ValidationError
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.push.adapter import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -53,7 +53,7 @@ ENVELOPE = {"record_id": "push-test", "event": "NEW", "version": 1, "updated_at"
 def only_these_plugins():
     # Load only the plugins under test: other adapters may be half-written in a parallel branch.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,spreadsheet,moet,pkcs12,xml")
+        mp.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,spreadsheet,ttdlqg,pkcs12,xml")
         mp.setenv("HOCBA_TEST_PUSH_SECRET", SECRET)
         plugins.manager.cache_clear()
         plugins.adapter_types.cache_clear()
@@ -71,7 +71,7 @@ class Running:
     hub: Hub
     base: str
     store_path: Path
-    central: MoetSimulator
+    central: TtdlqgSimulator
 
     @property
     def url(self) -> str:
@@ -94,7 +94,7 @@ class Running:
 async def running(pki, tmp_path_factory, only_these_plugins):
     root = tmp_path_factory.mktemp("push")
     (root / "drop").mkdir()
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await central.start()
     config = parse_config({
         "data_dir": str(root / "data"),
@@ -107,7 +107,7 @@ async def running(pki, tmp_path_factory, only_these_plugins):
             {"name": "school-files", "type": "spreadsheet", "poll_interval": 3600,
              "settings": {"directory": str(root / "drop")}},
         ],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     })

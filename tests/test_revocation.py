@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
@@ -41,7 +41,7 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
     directory = tmp_path / "pki"
     services = TrustServices(directory)
     await services.start()
-    vendor, central = VnptSimulator(records=0), MoetSimulator()
+    vendor, central = VnptSimulator(records=0), TtdlqgSimulator()
     await vendor.start()
     await central.start()
     try:
@@ -72,7 +72,7 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
             "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
             "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                           "settings": vendor.adapter_settings()}],
-            "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+            "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
             "signers": [{"name": "keys", "type": "pkcs12",
                          "settings": {"directory": str(directory), "password": PASSWORD}}],
             "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES], "trust": [str(root)]},
@@ -130,7 +130,7 @@ async def test_a_ca_that_does_not_answer_is_not_a_good_answer(tmp_path):
 def only_these_plugins(monkeypatch):
     from hub import plugins
 
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12,xml")
+    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "vnpt,ttdlqg,pkcs12,xml")
     for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
         cache.cache_clear()
     yield

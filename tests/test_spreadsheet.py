@@ -17,7 +17,7 @@ import pytest
 from conftest import PASSWORD, ROLES
 from pydantic import ValidationError
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.spreadsheet.adapter import (
     SpreadsheetAdapter,
     iter_rows,
@@ -45,7 +45,7 @@ REPORT_HEADER = ["row", "column", "outcome", "reason"]
 @pytest.fixture(autouse=True)
 def only_these_plugins(monkeypatch):
     # Load only the plugins under test: other adapters may be half-written in a parallel branch.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "spreadsheet,moet,pkcs12,xml")
+    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "spreadsheet,ttdlqg,pkcs12,xml")
     plugins.manager.cache_clear()
     plugins.adapter_types.cache_clear()
     plugins.document_formats.cache_clear()
@@ -423,7 +423,7 @@ async def test_through_a_running_hub_to_the_central_store(drop, tmp_path, pki):
     broken, _, field = invalid_transcript(4, 12, "birth_date")   # a primary record
     write_csv(drop / "lop.csv", PRIMARY, list(iter_rows([valid[0], valid[1], broken])))
     write_xlsx(drop / "lop.xlsx", SECONDARY, list(iter_rows([valid[2], valid[3]])))
-    central_store = MoetSimulator()
+    central_store = TtdlqgSimulator()
     await central_store.start()
     config = parse_config({
         "data_dir": str(tmp_path / "data"),
@@ -431,7 +431,7 @@ async def test_through_a_running_hub_to_the_central_store(drop, tmp_path, pki):
         "delivery": {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05},
         "adapters": [{"name": "school-files", "type": "spreadsheet", "poll_interval": 3600,
                       "settings": {"directory": str(drop), "settle_seconds": 0}}],
-        "destination": {"name": "central", "type": "moet", "settings": central_store.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central_store.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     })

@@ -16,7 +16,7 @@ import uvicorn
 from lxml import etree
 
 from adapters.misa.simulator import MisaSimulator
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.push.simulator import PushSimulator, ingest_url
 from hub import lifecycle as lc
 from hub import plugins
@@ -43,7 +43,7 @@ GVBM = "DU_LIEU_HOC_BA/DANH_SACH_THONG_TIN_KY/DANH_SACH_GVBM"
 @pytest.fixture(autouse=True)
 def only_these_plugins(monkeypatch):
     # Only the plugins under test: others may be half-written in a parallel branch.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,misa,moet,pkcs12,xml")
+    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,misa,ttdlqg,pkcs12,xml")
     for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
         cache.cache_clear()
     yield
@@ -101,7 +101,7 @@ async def test_vendor_signed_xml_is_kept_and_only_the_missing_stages_are_added(p
     central = {**sender.seeded(5), "record_id": record_id_for("school-push", e["source_id"]), "version": 1,
                "event": "NEW", "updated_at": e["updated_at"]}
     e["signed_xml"] = _encoded(sign_xml(central, ("principal",), tmp_path / "push-pki", VENDOR_PASSWORD))
-    central_store = MoetSimulator()
+    central_store = TtdlqgSimulator()
     await misa.start()
     await central_store.start()
     config = parse_config({
@@ -110,7 +110,7 @@ async def test_vendor_signed_xml_is_kept_and_only_the_missing_stages_are_added(p
         "adapters": [{"name": "school-misa", "type": "misa", "poll_interval": 3600,
                       "settings": misa.adapter_settings()},
                      {"name": "school-push", "type": "push", "settings": sender.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central_store.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central_store.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12",
                      "settings": {"directory": str(directory), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in STAGES],

@@ -241,7 +241,7 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
     quarantines a document whose signature is by someone else or sits in the wrong place."""
     import json
 
-    from adapters.moet.simulator import MoetSimulator
+    from adapters.ttdlqg.simulator import TtdlqgSimulator
     from adapters.vnpt.simulator import VnptSimulator
     from hub import lifecycle as lc
     from hub import store as st
@@ -252,7 +252,7 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
     directory, root = pki
     keys = signer(directory)
     await keys.open()
-    vendor, central = VnptSimulator(records=0), MoetSimulator()
+    vendor, central = VnptSimulator(records=0), TtdlqgSimulator()
     await vendor.start()
     await central.start()
     config = parse_config({
@@ -260,7 +260,7 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
         "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                       "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(directory), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in STAGES], "trust": [str(root)]},
     })

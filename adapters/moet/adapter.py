@@ -1,10 +1,11 @@
 """Delivery to the Ministry's digital transcript store (MOET): see CONTRACT.md.
 
-A destination only: ``deliver_package`` sends one class package the Department signed
-(``hub.package_class``), ``recall`` withdraws a package and ``cancel`` one transcript, each with
-a reason; ``deliver`` still sends one signed transcript alone. Every answer becomes a receipt or
-a ``DeliveryError`` that says whether retrying can help. Retrying itself is the hub's outbox's
-job, so every call here makes exactly one request.
+A destination that takes class packages only: ``deliver_package`` sends one class package the
+Department signed (``hub.package_class``), ``recall`` withdraws a package and ``cancel`` one
+transcript, each with a reason. One transcript at a time is the National Data Centre's sync
+(``adapters/ttdlqg``), not this store's. Every answer becomes a receipt or a ``DeliveryError``
+that says whether retrying can help. Retrying itself is the hub's outbox's job, so every call
+here makes exactly one request.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ from urllib.parse import quote
 
 import aiohttp
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
-from pydantic_core import to_json
 
 from hub import (
     PACKAGE_MEDIA_TYPE,
     Adapter,
     ClassPackage,
-    Delivery,
     DeliveryError,
     Health,
     PackageReceipt,
@@ -33,7 +32,6 @@ from hub import (
     parse_retry_after,
 )
 
-SUBMIT_PATH = "/api/v1/hocba"
 PACKAGES_PATH = "/api/v2/packages"
 TRANSCRIPTS_PATH = "/api/v2/transcripts"
 PING_PATH = "/api/v1/ping"
@@ -56,7 +54,7 @@ class MoetSettings(PluginSettings):
 
 
 class MoetAdapter(Adapter):
-    """Delivers signed transcripts to the central store: idempotent, versioned, never retrying.
+    """Delivers class packages to the central store: idempotent per package, never retrying.
 
     Every request is sent with ``allow_redirects=False``: the session carries the token, and a
     redirect to another host would carry it along.
@@ -89,60 +87,8 @@ class MoetAdapter(Adapter):
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise PluginError("moet: open() must be called before deliver() or status()")
+            raise PluginError("moet: open() must be called before deliver_package(), recall() or cancel()")
         return self._session
-
-    # --- delivery -------------------------------------------------------------------------
-
-    async def deliver(self, delivery: Delivery) -> Receipt:
-        session = self._require_session()
-        what = f"{delivery.record_id} v{delivery.version}"
-        _check_envelope(delivery)
-        form = aiohttp.FormData()
-        form.add_field("record", to_json(delivery.record).decode(), content_type="application/json")
-        form.add_field(
-            "document", delivery.pdf, content_type="application/pdf",
-            filename=f"{delivery.record_id}-v{delivery.version}.pdf",
-        )
-        try:
-            async with session.post(self.base_url + SUBMIT_PATH, data=form, allow_redirects=False) as resp:
-                body = await _json_body(resp)
-                status, headers = resp.status, resp.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise DeliveryError(f"moet: {what} not confirmed: {_describe(exc)}") from None
-
-        if status in (200, 201):
-            if not isinstance(body, dict) or not body.get("receipt_id"):
-                # The store may have committed: a retry gets the original receipt as a duplicate.
-                raise DeliveryError(f"moet: {what}: answer {status} carries no receipt")
-            return Receipt(
-                receipt_id=str(body["receipt_id"]),
-                received_at=str(body.get("received_at", "")),
-                duplicate=bool(body.get("duplicate", status == 200)),
-                detail=body,
-            )
-        raise _error_for(status, headers, body, what)
-
-    async def held_version(self, record_id: str) -> int | None:
-        status = await self.status(record_id)
-        return status.get("highest_version") if status else None
-
-    async def status(self, record_id: str) -> dict[str, Any] | None:
-        """What the store holds for ``record_id`` (``highest_version``, ``receipt_id``,
-        ``cancelled``), or ``None`` if it holds nothing: the hub reconciles a 409 with this."""
-        session = self._require_session()
-        url = f"{self.base_url}{SUBMIT_PATH}/{quote(record_id, safe='')}"
-        try:
-            async with session.get(url, allow_redirects=False) as resp:
-                body = await _json_body(resp)
-                status, headers = resp.status, resp.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise DeliveryError(f"moet: status of {record_id} unknown: {_describe(exc)}") from None
-        if status == 404:
-            return None
-        if status == 200 and isinstance(body, dict):
-            return body
-        raise _error_for(status, headers, body, f"status of {record_id}")
 
     # --- class packages -------------------------------------------------------------------
 
@@ -227,20 +173,6 @@ class MoetAdapter(Adapter):
             if session is not self._session:
                 await session.close()
         return Health(True, f"moet: {self.base_url} reachable, token accepted")
-
-
-def _check_envelope(delivery: Delivery) -> None:
-    # The store keys on the record's own envelope; a Delivery that disagrees with it would be
-    # acknowledged under ids the hub does not expect, so it is refused before it is sent.
-    record = delivery.record
-    record_id = record.get("idbanghi", record.get("record_id"))
-    version = record.get("phienban", record.get("version"))
-    if record_id != delivery.record_id or version != delivery.version:
-        raise DeliveryError(
-            f"moet: delivery says {delivery.record_id} v{delivery.version} but the record's envelope "
-            f"says {record_id} v{version}",
-            permanent=True,
-        )
 
 
 def _package_receipt(body: Any, *, duplicate: bool) -> PackageReceipt:
