@@ -29,7 +29,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if info.kind == "document format":
             can = "build, sign, verify"
         elif info.kind == "adapter":
-            labels = {"fetch": "fetch", "verify_push": "push", "normalize": "normalize", "deliver": "deliver"}
+            labels = {"fetch": "fetch", "verify_push": "push", "normalize": "normalize", "deliver": "deliver",
+                      "deliver_package": "packages"}
             can = ", ".join(label for method, label in labels.items() if info.cls.can(method))
         else:
             can = "sign" if info.kind == "signer" else "verify"
