@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("digest_info", "verify_digest"), "hub.documents.digests"),
     # the kit for vendor authors
     **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "Transient", "parse_retry_after", "retrying"), "hub.kit.http"),
+    **dict.fromkeys(("HttpDestination", "HttpDestinationSettings", "describe", "reasons"), "hub.kit.destination"),
     **dict.fromkeys(("ContractError", "as_list", "as_object", "load_json", "map_keys", "vietnam_time", "where"), "hub.kit.mapping"),
     **dict.fromkeys(("FaultySimulator", "LoopbackServer", "drop_connection"), "hub.kit.simulation"),
     **dict.fromkeys(("GIVEN", "INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript",
