@@ -7,7 +7,9 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _print_errors(lines: list[str]) -> None:
@@ -220,28 +222,38 @@ def _store_of(path: str):
     return config, open_store(config.store_path)
 
 
-def cmd_recall(args: argparse.Namespace) -> int:
+def _operator_request(args: argparse.Namespace, what: str, option: str, subject: str,
+                      ask: Callable[[Any, str, str], Any]) -> tuple[int, Any, Any]:
+    """An operator's request with a mandatory reason (cancel, recall) written to the store, for
+    the running hub to carry out: ``(exit code, store, result)``; errors name the option."""
     from hub.lifecycle import cancel_reason
     from hub.store import StateConflict
 
     try:
-        reason = cancel_reason(args.reason, "the package is recalled")
+        reason = cancel_reason(args.reason, what)
     except ValueError as exc:
         _print_errors([f"--reason: {exc}"])
-        return 2
+        return 2, None, None
     config, store = _store_of(args.config)
     if store is None:
-        return 1
+        return 1, None, None
     try:
-        packages = store.request_recall(args.package_id, reason, f"cli:{args.actor}")
+        return 0, store, ask(store, reason, f"cli:{args.actor}")
     except KeyError:
-        _print_errors([f"--package-id: no package {args.package_id!r} in {config.store_path}"])
-        return 1
+        _print_errors([f"{option}: no {subject} in {config.store_path}"])
     except StateConflict as exc:
-        _print_errors([f"--package-id: {exc}"])
-        return 1
-    finally:
-        store.close()
+        _print_errors([f"{option}: {exc}"])
+    store.close()
+    return 1, None, None
+
+
+def cmd_recall(args: argparse.Namespace) -> int:
+    code, store, packages = _operator_request(
+        args, "the package is recalled", "--package-id", f"package {args.package_id!r}",
+        lambda store, reason, actor: store.request_recall(args.package_id, reason, actor))
+    if code:
+        return code
+    store.close()
     for package in packages:
         print(f"package {package.package_id} ({package.school_code}, class {package.class_name}, "
               f"{len(package.members)} transcripts): recall asked of {package.destination}")
@@ -322,27 +334,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from hub.store import StateConflict
-
-    from hub.lifecycle import cancel_reason
-
-    try:
-        reason = cancel_reason(args.reason)
-    except ValueError as exc:
-        _print_errors([f"--reason: {exc}"])
-        return 2
-    config, store = _store_of(args.config)
-    if store is None:
-        return 1
-    try:
-        pk = store.cancel(args.record_id, reason, f"cli:{args.actor}")
-    except KeyError:
-        _print_errors([f"--record-id: no record {args.record_id!r} in {config.store_path}"])
-        return 1
-    except StateConflict as exc:
-        _print_errors([f"--record-id: {exc}"])
-        return 1
+    code, store, pk = _operator_request(
+        args, "the transcript is cancelled", "--record-id", f"record {args.record_id!r}",
+        lambda store, reason, actor: store.cancel(args.record_id, reason, actor))
+    if code:
+        return code
     row = store.get(pk)
+    store.close()
     print(f"record {row.record_id}: version {row.version} CANCEL queued (store id {pk}); it is signed and sent "
           "to every destination with the reason")
     print("a running hub picks it up within seconds; a stopped one when it starts")

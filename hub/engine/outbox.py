@@ -242,15 +242,8 @@ class RouteOutbox:
         self.active += 1
         started = time.perf_counter()
         try:
-            row = await hub.db(hub.store.get, pk)
-            if row.state != hub.last_signed_state:
-                await hub.db(hub.store.drop_delivery, pk, name)  # the record moved on meanwhile
-                return
-            held = await hub.db(hub.store.sent_version, row.record_id, name)
-            if held is not None and held[0] > row.version:
-                settled = await hub.db(hub.store.delivery_given_up, pk, name, row.state,
-                                       f"{name} already holds version {held[0]}", superseded=True)
-                hub.settled(row, settled)
+            row, _ = await self._due(pk)
+            if row is None:
                 return
             record = parse_transcript(row.normalized)
             delivery = Delivery(row.record_id, row.version, row.event,
@@ -286,6 +279,23 @@ class RouteOutbox:
         finally:
             self.active -= 1
             self.wake.set()
+
+    async def _due(self, pk: int) -> tuple[st.Row | None, int | None]:
+        """Record ``pk`` and the version this destination holds, if its job still stands: a
+        record that moved on (a newer version) loses its job, one the destination already holds
+        a newer version of is settled as superseded; both give ``(None, None)``."""
+        hub, name = self.hub, self.name
+        row = await hub.db(hub.store.get, pk)
+        if row.state != hub.last_signed_state:
+            await hub.db(hub.store.drop_delivery, pk, name)
+            return None, None
+        held = await hub.db(hub.store.sent_version, row.record_id, name)
+        if held is not None and held[0] > row.version:
+            settled = await hub.db(hub.store.delivery_given_up, pk, name, row.state,
+                                   f"{name} already holds version {held[0]}", superseded=True)
+            hub.settled(row, settled)
+            return None, None
+        return row, held[0] if held else None
 
     async def _give_up(self, row: st.Row, reason: str) -> None:
         hub = self.hub

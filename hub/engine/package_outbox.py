@@ -69,19 +69,12 @@ class PackageRouteOutbox(RouteOutbox):
         requests = self._requests
         try:
             for pk, attempts in due:
-                row = await hub.db(hub.store.get, pk)
-                if row.state != hub.last_signed_state:
-                    await hub.db(hub.store.drop_delivery, pk, name)  # the record moved on meanwhile
-                    continue
-                held = await hub.db(hub.store.sent_version, row.record_id, name)
-                if held is not None and held[0] > row.version:
-                    settled = await hub.db(hub.store.delivery_given_up, pk, name, row.state,
-                                           f"{name} already holds version {held[0]}", superseded=True)
-                    hub.settled(row, settled)
+                row, held = await self._due(pk)
+                if row is None:
                     continue
                 if row.event == "CANCEL":
                     if not (self.breaker.is_open and self._requests > requests):  # a probe is one request
-                        await self._cancel(row, attempts, held[0] if held else None)
+                        await self._cancel(row, attempts, held)
                     continue
                 key = (row.school_code or "", row.school_year or "", str((row.normalized or {}).get("class_name", "")))
                 classes.setdefault(key, []).append((row, attempts))
