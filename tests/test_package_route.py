@@ -420,3 +420,32 @@ async def test_kill_9_while_packages_are_sent_loses_and_duplicates_nothing(tmp_p
         assert set(ndc.accepted()) == set(ministry.accepted())
     finally:
         store.close()
+
+
+async def test_two_hubs_on_one_postgres_database_send_each_transcript_once(tmp_path, pki, systems):
+    """Two hub processes' worth of workers on one PostgreSQL database, both with the package
+    route: every class reaches the store, each transcript version exactly once, no package
+    refused, and both hubs' ledgers are the one the database holds."""
+    from pgtest import scratch_database
+
+    vendor, ministry, ndc = systems
+    with scratch_database() as url:
+        hubs = []
+        for i in range(2):
+            data = {**gateway(tmp_path / f"hub-{i}", pki, vendor, ministry, ndc), "store": url}
+            hubs.append(Hub(parse_config(data)))
+        try:
+            for hub in hubs:
+                await hub.start()
+            await asyncio.wait_for(asyncio.gather(*(hub.wait_idle() for hub in hubs)), 180)
+            rows = hubs[0].store.rows()
+            packages = hubs[1].store.packages()
+        finally:
+            for hub in hubs:
+                await hub.stop()
+    assert {r.state for r in rows} == {lc.DELIVERED} and len(rows) == vendor.records
+    assert ministry.accepted() == {r.record_id: 1 for r in rows}
+    assert ministry.counters.packages_refused == 0
+    carried = sorted(m for p in packages for m in p.members)
+    assert carried == sorted((r.record_id, r.version) for r in rows)  # each transcript in one package
+    assert set(ministry.packages) == {p.package_id for p in packages}
