@@ -87,8 +87,6 @@ def report(figures: dict[str, Any]) -> str:
 @contextlib.asynccontextmanager
 async def serve(data_dir: Path, records: int) -> AsyncIterator[tuple[str, Any]]:
     """A hub delivering ``records`` synthetic transcripts, its app under uvicorn on 127.0.0.1."""
-    import uvicorn
-
     from adapters.moet.simulator import MoetSimulator
     from adapters.vnpt.simulator import VnptSimulator
     from hub.config import parse_config
@@ -96,6 +94,7 @@ async def serve(data_dir: Path, records: int) -> AsyncIterator[tuple[str, Any]]:
     from hub.kit.pki import ensure_pki
     from hub.kit.synthetic import signing_identities
     from hub.web.app import create_app
+    from hub.web.server import serving
 
     password = "bench-key-password"
     root = await asyncio.to_thread(ensure_pki, data_dir / "pki", signing_identities(), password)
@@ -115,16 +114,11 @@ async def serve(data_dir: Path, records: int) -> AsyncIterator[tuple[str, Any]]:
     hub = Hub(config)
     app = create_app(hub)
     await hub.start()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
-    task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        await asyncio.wait_for(hub.wait_idle(), 300)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", hub
+        async with serving(app) as base:
+            await asyncio.wait_for(hub.wait_idle(), 300)
+            yield base, hub
     finally:
-        server.should_exit = True
-        await task
         await hub.stop(drain_timeout=1)
         await vendor.stop()
         await central.stop()

@@ -21,7 +21,6 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-import uvicorn
 from conftest import PASSWORD, ROLES
 
 from adapters.ttdlqg.simulator import TtdlqgSimulator
@@ -31,6 +30,7 @@ from hub.config import parse_config
 from hub.contracts import Health
 from hub.engine.pipeline import Hub
 from hub.web.app import create_app
+from hub.web.server import serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -93,18 +93,12 @@ async def serve_hub(data_dir, pki, *, records: int = 4, invalid: int = 2, seed: 
     hub = Hub(config)
     app = create_app(hub)  # before start(): the metrics see the pipeline's very first events
     await hub.start()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
-    task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-            yield Running(hub, vendor, central, f"http://127.0.0.1:{port}", http)
+        async with serving(app) as base:
+            await asyncio.wait_for(hub.wait_idle(), 120)
+            async with aiohttp.ClientSession(base) as http:
+                yield Running(hub, vendor, central, base, http)
     finally:
-        server.should_exit = True
-        await task
         await hub.stop(drain_timeout=1)
         await vendor.stop()
         await central.stop()

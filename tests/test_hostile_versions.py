@@ -22,6 +22,8 @@ from hub.config import parse_config
 from hub.contracts import PluginContext, RawRecord
 from hub.engine.pipeline import Hub
 from hub.plugins import adapter_types
+from hub.web.app import create_app
+from hub.web.server import serving
 
 VN = dt.timezone(dt.timedelta(hours=7))
 
@@ -236,25 +238,6 @@ async def test_an_invalid_new_version_is_still_quarantined(tmp_path, pki, system
 PUSH_SECRET = "replay-test-secret-0123456789"
 
 
-@contextlib.asynccontextmanager
-async def serving(hub):
-    """``hub``'s web app on a free loopback port; yields its base URL."""
-    import uvicorn
-
-    from hub.web.app import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 def push_config(tmp_path, pki, central, store: str, name: str):
     return parse_config({
         "data_dir": str(tmp_path / "data"), "store": store, "workers": {"processes": 1},
@@ -288,7 +271,7 @@ async def test_a_captured_push_replayed_to_another_worker_is_refused(tmp_path, p
         first = Hub(push_config(tmp_path, pki, central, store, "a"))
         await first.start(pull=False)
         try:
-            async with serving(first) as base:
+            async with serving(create_app(first)) as base:
                 url = ingest_url(base, "school-push")
                 assert (await sender.send(url, {"source_id": "s1", "transcript": old})).status == 202
                 captured = sender.sent[-1]
@@ -302,7 +285,7 @@ async def test_a_captured_push_replayed_to_another_worker_is_refused(tmp_path, p
                     other = Hub(push_config(tmp_path / "second", pki, central, store, "b"))
                     await other.start(pull=False)
                 try:
-                    async with serving(other) as second:
+                    async with serving(create_app(other)) as second:
                         again = await sender.send_raw(ingest_url(second, "school-push"), captured.request,
                                                       captured.headers)
                     assert again.status == 401 and "replay" in again.body["detail"], again.body

@@ -13,7 +13,6 @@ import subprocess
 
 import aiohttp
 import pytest
-import uvicorn
 from conftest import PASSWORD, ROLES
 
 from adapters.moet.simulator import MoetSimulator
@@ -25,6 +24,7 @@ from hub.contracts import PluginError
 from hub.documents.verify import extract_record, load_certs, verify_pdf
 from hub.engine.pipeline import Hub
 from hub.web.app import create_app
+from hub.web.server import serving
 
 
 @pytest.fixture
@@ -175,28 +175,22 @@ async def test_health_and_readiness_over_http(tmp_path, pki, systems):
     vendor, central = systems
     hub = Hub(make_config(tmp_path, pki, vendor, central))
     await hub.start(pull=False)
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error"))
-    task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-            async with http.get("/healthz") as resp:
-                assert resp.status == 200
-            async with http.get("/readyz") as resp:
-                body = await resp.json()
-                assert resp.status == 200 and body["ready"], body
-                assert set(body["checks"]) == {"store", "school-a", "central", "keys"}
-            central.faults.outage = True
-            async with http.get("/readyz") as resp:
-                body = await resp.json()
-                assert resp.status == 503 and not body["checks"]["central"]["ok"]
-                assert body["checks"]["school-a"]["ok"]
-                assert "demo-moet-token" not in await resp.text()
+        async with serving(create_app(hub)) as base:
+            async with aiohttp.ClientSession(base) as http:
+                async with http.get("/healthz") as resp:
+                    assert resp.status == 200
+                async with http.get("/readyz") as resp:
+                    body = await resp.json()
+                    assert resp.status == 200 and body["ready"], body
+                    assert set(body["checks"]) == {"store", "school-a", "central", "keys"}
+                central.faults.outage = True
+                async with http.get("/readyz") as resp:
+                    body = await resp.json()
+                    assert resp.status == 503 and not body["checks"]["central"]["ok"]
+                    assert body["checks"]["school-a"]["ok"]
+                    assert "demo-moet-token" not in await resp.text()
     finally:
-        server.should_exit = True
-        await task
         await hub.stop()
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-import uvicorn
-from conftest import PASSWORD, ROLES
+from conftest import PASSWORD, ROLES, only_plugins
 from pydantic import ValidationError
 
 from adapters.moet.simulator import MoetSimulator
@@ -38,6 +37,7 @@ from hub.engine.pipeline import Hub
 from hub.kit.synthetic import transcript, with_subject_teachers
 from hub.records import parse_transcript
 from hub.web.app import create_app
+from hub.web.server import serving
 
 # The HTTP tests share the module's hub, so they run in the module's event loop.
 over_http = pytest.mark.asyncio(loop_scope="module")
@@ -51,19 +51,8 @@ ENVELOPE = {"record_id": "push-test", "event": "NEW", "version": 1, "updated_at"
 
 @pytest.fixture(scope="module", autouse=True)
 def only_these_plugins():
-    # Load only the plugins under test: other adapters may be half-written in a parallel branch.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,spreadsheet,moet,pkcs12,xml")
-        mp.setenv("HOCBA_TEST_PUSH_SECRET", SECRET)
-        plugins.manager.cache_clear()
-        plugins.adapter_types.cache_clear()
-        plugins.document_formats.cache_clear()
-        plugins.signer_types.cache_clear()
+    with only_plugins("push", "spreadsheet", "moet", "pkcs12", "xml", HOCBA_TEST_PUSH_SECRET=SECRET):
         yield
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-    plugins.document_formats.cache_clear()
-    plugins.signer_types.cache_clear()
 
 
 @dataclass
@@ -113,17 +102,10 @@ async def running(pki, tmp_path_factory, only_these_plugins):
     })
     hub = Hub(config)
     await hub.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield Running(hub, f"http://127.0.0.1:{port}", Path(config.store_path), central)
+        async with serving(create_app(hub)) as base:
+            yield Running(hub, base, Path(config.store_path), central)
     finally:
-        server.should_exit = True
-        await task
         await hub.stop(drain_timeout=5)
         await central.stop()
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 
 import pytest
+from conftest import only_plugins
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -122,12 +123,6 @@ async def test_a_ca_that_does_not_answer_is_not_a_good_answer(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def only_these_plugins(monkeypatch):
-    from hub import plugins
-
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12,xml")
-    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
-        cache.cache_clear()
-    yield
-    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
-        cache.cache_clear()
+def only_these_plugins():
+    with only_plugins("vnpt", "moet", "pkcs12", "xml"):
+        yield

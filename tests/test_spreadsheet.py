@@ -14,7 +14,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from conftest import PASSWORD, ROLES
+from conftest import PASSWORD, ROLES, only_plugins
 from pydantic import ValidationError
 
 from adapters.moet.simulator import MoetSimulator
@@ -43,16 +43,9 @@ REPORT_HEADER = ["row", "column", "outcome", "reason"]
 
 
 @pytest.fixture(autouse=True)
-def only_these_plugins(monkeypatch):
-    # Load only the plugins under test: other adapters may be half-written in a parallel branch.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "spreadsheet,moet,pkcs12,xml")
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-    plugins.document_formats.cache_clear()
-    yield
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-    plugins.document_formats.cache_clear()
+def only_these_plugins():
+    with only_plugins("spreadsheet", "moet", "pkcs12", "xml"):
+        yield
 
 
 @pytest.fixture

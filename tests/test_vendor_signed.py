@@ -12,14 +12,12 @@ import shutil
 import subprocess
 
 import pytest
-import uvicorn
 from lxml import etree
 
 from adapters.misa.simulator import MisaSimulator
 from adapters.moet.simulator import MoetSimulator
 from adapters.push.simulator import PushSimulator, ingest_url
 from hub import lifecycle as lc
-from hub import plugins
 from hub.config import parse_config
 from hub.documents.binding import verify_file
 from hub.documents.render import XML_ATTACHMENT_NAME
@@ -31,7 +29,8 @@ from hub.kit.pki import sign_xml
 from hub.plugins import document_formats
 from hub.store import record_id_for
 from hub.web.app import create_app
-from tests.conftest import PASSWORD
+from hub.web.server import serving
+from tests.conftest import PASSWORD, only_plugins
 from tests.test_xml import XMLSEC_IDS
 
 STAGES = ("subject_teacher", "homeroom_teacher", "principal", "school_seal")
@@ -41,14 +40,9 @@ GVBM = "DU_LIEU_HOC_BA/DANH_SACH_THONG_TIN_KY/DANH_SACH_GVBM"
 
 
 @pytest.fixture(autouse=True)
-def only_these_plugins(monkeypatch):
-    # Only the plugins under test: others may be half-written in a parallel branch.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,misa,moet,pkcs12,xml")
-    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
-        cache.cache_clear()
-    yield
-    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
-        cache.cache_clear()
+def only_these_plugins():
+    with only_plugins("push", "misa", "moet", "pkcs12", "xml"):
+        yield
 
 
 def _decoded(envelope: dict) -> bytes:
@@ -118,20 +112,13 @@ async def test_vendor_signed_xml_is_kept_and_only_the_missing_stages_are_added(p
     })
     hub = Hub(config)
     await hub.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-        answer = await sender.send(ingest_url(base, "school-push"), envelopes)
-        assert answer.status == 202, answer.body
-        await asyncio.wait_for(hub.wait_idle(), 180)
-        rows = {(r.adapter, r.source_id): r for r in hub.store.rows()}
+        async with serving(create_app(hub)) as base:
+            answer = await sender.send(ingest_url(base, "school-push"), envelopes)
+            assert answer.status == 202, answer.body
+            await asyncio.wait_for(hub.wait_idle(), 180)
+            rows = {(r.adapter, r.source_id): r for r in hub.store.rows()}
     finally:
-        server.should_exit = True
-        await task
         await hub.stop(drain_timeout=5)
         await sender.stop()
         await misa.stop()
