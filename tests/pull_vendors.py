@@ -1,54 +1,90 @@
 """What the pull adapters' test files share: a simulator and an opened adapter, read and poll
-helpers, and the central record a payload maps to. One ``PullVendor`` per adapter::
+helpers, the central record a payload maps to, and what differs between the vendors where their
+behaviour is the same (which path a fault strikes first, which setting is the credential, how an
+error is worded; ``refused`` is a pattern). One ``PullVendor`` per adapter, used by its own test file and by
+``test_pull_adapters.py``, which runs the behaviour they share against all three::
 
-    MISA = PullVendor("misa", MisaSimulator, MisaAdapter)
+    from pull_vendors import MISA
     vendor = MISA.fixture()
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.misa import simulator as misa_sim
+from adapters.misa.adapter import MisaAdapter
+from adapters.viettel import simulator as viettel_sim
+from adapters.viettel.adapter import ViettelAdapter
+from adapters.vnpt import simulator as vnpt_sim
+from adapters.vnpt.adapter import VnptAdapter
 from hub.contracts import PluginContext, RawRecord
 from hub.records import parse_transcript
 from hub.store import Store
 
 
 class PullVendor:
+    """One pull adapter and its simulator, as the tests drive them.
+
+    ``records_path``: where the records are read. ``faulted_path``: the first path a read calls
+    that the fault switches strike (a vendor whose token endpoint fails like its data does names
+    that one). ``credential``: the setting that is the secret. ``truncated`` and ``refused``: how
+    the adapter words a cut-off page and a credential the server refuses.
+    """
+
     def __init__(self, name: str, simulator: type, adapter: type, *, simulator_args: tuple[str, ...],
-                 defaults: dict[str, Any]):
+                 defaults: dict[str, Any], records_path: str, faulted_path: str, credential: str,
+                 truncated: str, refused: str):
         self.name, self.simulator, self.adapter = name, simulator, adapter
         self.simulator_args, self.defaults = frozenset(simulator_args), defaults
+        self.records_path, self.faulted_path, self.credential = records_path, faulted_path, credential
+        self.truncated, self.refused = truncated, refused
         self.envelope = {"record_id": f"{name}-test", "event": "NEW", "version": 1,
                          "updated_at": "2025-06-01T07:00:00"}
 
-    def fixture(self) -> Any:
-        """A fixture ``start(**simulator kwargs, **adapter settings) -> (sim, adapter)``; every
-        simulator and adapter started is closed afterwards."""
-        simulator_args = self.simulator_args
+    def __repr__(self) -> str:
+        return self.name  # the test id of a parametrised test
 
-        @pytest.fixture
-        async def vendor(tmp_path):
-            started = []
+    @contextlib.asynccontextmanager
+    async def starting(self, tmp_path: Path) -> AsyncIterator[Any]:
+        """``start(**simulator kwargs, **adapter settings) -> (sim, adapter)``; every simulator and
+        adapter started is closed on the way out."""
+        started = []
 
-            async def start(**kwargs):
-                kwargs = {**self.defaults, **kwargs}
-                sim = self.simulator(**{k: v for k, v in kwargs.items() if k in simulator_args})
-                await sim.start()
-                adapter = self.make_adapter(sim.adapter_settings(), tmp_path,
-                                            **{k: v for k, v in kwargs.items() if k not in simulator_args})
-                await adapter.open()
-                started.append((sim, adapter))
-                return sim, adapter
+        async def start(**kwargs):
+            kwargs = {**self.defaults, **kwargs}
+            sim = self.simulator(**{k: v for k, v in kwargs.items() if k in self.simulator_args})
+            await sim.start()
+            adapter = self.make_adapter(sim.adapter_settings(), tmp_path,
+                                        **{k: v for k, v in kwargs.items() if k not in self.simulator_args})
+            await adapter.open()
+            started.append((sim, adapter))
+            return sim, adapter
 
+        try:
             yield start
+        finally:
             for sim, adapter in started:
                 await adapter.close()
                 await sim.stop()
+
+    def fixture(self) -> Any:
+        """``starting`` as a fixture named ``vendor``."""
+
+        @pytest.fixture
+        async def vendor(tmp_path):
+            async with self.starting(tmp_path) as start:
+                yield start
         return vendor
+
+    def statuses(self, sim: Any, path: str) -> list[int]:
+        """The statuses the simulator answered on ``path`` (any query), in order (0: dropped)."""
+        return [status for _, logged, status in sim.log if logged.split("?")[0] == path]
 
     def make_adapter(self, base: dict, tmp_path: Path, **settings: Any) -> Any:
         # Tiny backoff so a test waiting a second can only be waiting for Retry-After.
@@ -74,3 +110,17 @@ class PullVendor:
 
     def expected(self, record: dict) -> dict:
         return parse_transcript({**record, **self.envelope}).model_dump()
+
+
+MISA = PullVendor("misa", misa_sim.MisaSimulator, MisaAdapter, simulator_args=("records", "invalid", "seed", "page_size"),
+                  defaults={"page_size": 4}, records_path=misa_sim.RECORDS_PATH, faulted_path=misa_sim.RECORDS_PATH,
+                  credential="api_secret", truncated="truncated JSON", refused="INVALID_SIGNATURE.*check api_secret")
+VIETTEL = PullVendor("viettel", viettel_sim.ViettelSimulator, ViettelAdapter,
+                     simulator_args=("records", "invalid", "seed", "per_timestamp", "page_size"),
+                     defaults={"per_timestamp": 3, "page_size": 4}, records_path=viettel_sim.RECORDS_PATH,
+                     faulted_path=viettel_sim.RECORDS_PATH, credential="api_key",
+                     truncated="not well-formed XML or is truncated", refused="^API key refused: INVALID_API_KEY")
+VNPT = PullVendor("vnpt", vnpt_sim.VnptSimulator, VnptAdapter, simulator_args=("records", "invalid", "seed", "per_timestamp"),
+                  defaults={"per_timestamp": 3}, records_path=vnpt_sim.RECORDS_PATH, faulted_path=vnpt_sim.TOKEN_PATH,
+                  credential="client_secret", truncated="truncated JSON", refused="^token rejected: invalid_client")
+PULL_VENDORS = (MISA, VIETTEL, VNPT)

@@ -301,37 +301,18 @@ async def test_a_captured_push_replayed_to_another_worker_is_refused(tmp_path, p
 
 # --- viettel's and misa's cursors: a vendor clock in the future never skips a real edit ------------
 
-def pull_vendor(name: str):
-    from pull_vendors import PullVendor
-
-    if name == "viettel":
-        from adapters.viettel.adapter import ViettelAdapter
-        from adapters.viettel.simulator import ViettelSimulator
-        return PullVendor("viettel", ViettelSimulator, ViettelAdapter, simulator_args=("records", "page_size"),
-                          defaults={"page_size": 3})
-    from adapters.misa.adapter import MisaAdapter
-    from adapters.misa.simulator import MisaSimulator
-    return PullVendor("misa", MisaSimulator, MisaAdapter, simulator_args=("records", "page_size"),
-                      defaults={"page_size": 3})
-
-
 @pytest.fixture
 async def pulling(tmp_path):
-    started = []
+    """``start(name, records) -> (vendor, sim, adapter)`` for misa or viettel, pages of three."""
+    from pull_vendors import MISA, VIETTEL
 
-    async def start(name: str, records: int = 5):
-        kind = pull_vendor(name)
-        sim = kind.simulator(records=records, page_size=3)
-        await sim.start()
-        adapter = kind.make_adapter(sim.adapter_settings(), tmp_path)
-        await adapter.open()
-        started.append((sim, adapter))
-        return kind, sim, adapter
+    async with contextlib.AsyncExitStack() as stack:
+        async def start(name: str, records: int = 5):
+            kind = {"misa": MISA, "viettel": VIETTEL}[name]
+            started = await stack.enter_async_context(kind.starting(tmp_path))
+            return (kind, *await started(records=records, page_size=3))
 
-    yield start
-    for sim, adapter in started:
-        await adapter.close()
-        await sim.stop()
+        yield start
 
 
 @pytest.mark.parametrize("name", ["viettel", "misa"])
