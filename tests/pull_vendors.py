@@ -34,16 +34,17 @@ class PullVendor:
     ``records_path``: where the records are read. ``faulted_path``: the first path a read calls
     that the fault switches strike (a vendor whose token endpoint fails like its data does names
     that one). ``credential``: the setting that is the secret. ``truncated`` and ``refused``: how
-    the adapter words a cut-off page and a credential the server refuses.
+    the adapter words a cut-off page and a credential the server refuses. ``settings``: the
+    least that makes valid settings.
     """
 
     def __init__(self, name: str, simulator: type, adapter: type, *, simulator_args: tuple[str, ...],
                  defaults: dict[str, Any], records_path: str, faulted_path: str, credential: str,
-                 truncated: str, refused: str):
+                 truncated: str, refused: str, settings: dict[str, str]):
         self.name, self.simulator, self.adapter = name, simulator, adapter
         self.simulator_args, self.defaults = frozenset(simulator_args), defaults
         self.records_path, self.faulted_path, self.credential = records_path, faulted_path, credential
-        self.truncated, self.refused = truncated, refused
+        self.truncated, self.refused, self.settings = truncated, refused, settings
         self.envelope = {"record_id": f"{name}-test", "event": "NEW", "version": 1,
                          "updated_at": "2025-06-01T07:00:00"}
 
@@ -114,13 +115,16 @@ class PullVendor:
 
 MISA = PullVendor("misa", misa_sim.MisaSimulator, MisaAdapter, simulator_args=("records", "invalid", "seed", "page_size"),
                   defaults={"page_size": 4}, records_path=misa_sim.RECORDS_PATH, faulted_path=misa_sim.RECORDS_PATH,
-                  credential="api_secret", truncated="truncated JSON", refused="INVALID_SIGNATURE.*check api_secret")
+                  credential="api_secret", truncated="truncated JSON", refused="INVALID_SIGNATURE.*check api_secret",
+                  settings={"base_url": "https://emis.example.vn", "api_key": "sogd-01", "api_secret": "s" * 32})
 VIETTEL = PullVendor("viettel", viettel_sim.ViettelSimulator, ViettelAdapter,
                      simulator_args=("records", "invalid", "seed", "per_timestamp", "page_size"),
                      defaults={"per_timestamp": 3, "page_size": 4}, records_path=viettel_sim.RECORDS_PATH,
                      faulted_path=viettel_sim.RECORDS_PATH, credential="api_key",
-                     truncated="not well-formed XML or is truncated", refused="^API key refused: INVALID_API_KEY")
+                     truncated="not well-formed XML or is truncated", refused="^API key refused: INVALID_API_KEY",
+                     settings={"base_url": "https://smas.example.vn", "api_key": "k"})
 VNPT = PullVendor("vnpt", vnpt_sim.VnptSimulator, VnptAdapter, simulator_args=("records", "invalid", "seed", "per_timestamp"),
                   defaults={"per_timestamp": 3}, records_path=vnpt_sim.RECORDS_PATH, faulted_path=vnpt_sim.TOKEN_PATH,
-                  credential="client_secret", truncated="truncated JSON", refused="^token rejected: invalid_client")
+                  credential="client_secret", truncated="truncated JSON", refused="^token rejected: invalid_client",
+                  settings={"base_url": "https://hocba.example.vn", "client_id": "id", "client_secret": "s"})
 PULL_VENDORS = (MISA, VIETTEL, VNPT)

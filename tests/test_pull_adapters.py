@@ -7,16 +7,23 @@ each vendor's own behaviour (signing, sessions, tokens, cursors, its payload) st
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import structlog
 from conftest import only_plugins
 from pull_vendors import MISA, PULL_VENDORS, VIETTEL
+from pydantic import ValidationError
 
 from hub import plugins
 from hub.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=PULL_VENDORS, ids=repr)
@@ -46,6 +53,56 @@ def test_registered_through_the_entry_point(pull):
     assert info.cls is pull.adapter
     assert info.cls.can("fetch") and info.cls.can("normalize") and not info.cls.can("deliver")
     assert pull.adapter.simulator == f"adapters.{pull.name}.simulator:{pull.simulator.__name__}"
+
+
+@pytest.mark.parametrize("url", ["ftp://school.example.vn", "not a url", "https://school.example.vn/api?x=1",
+                                 "https://school.example.vn/api#x", ""])
+def test_settings_reject_a_bad_base_url(pull, url):
+    with pytest.raises(ValidationError) as err:
+        pull.adapter.Settings(**{**pull.settings, "base_url": url})
+    assert [e["loc"] for e in err.value.errors()] == [("base_url",)]
+
+
+BAD_VALUES = {  # each vendor's own limits besides the ones every pull adapter has
+    "misa": [("page_size", 501), ("api_key", ""), ("api_key", "has space"), ("api_secret", "short"),
+             ("backoff_seconds", 0)],
+    "viettel": [("page_size", 201), ("max_attempts", 0), ("api_key", "")],
+    "vnpt": [("page_size", 501), ("client_id", "")],
+}
+
+
+@pytest.mark.parametrize("pull, field, value", [
+    (vendor, field, value) for vendor in PULL_VENDORS
+    for field, value in [("page_size", 0), ("timeout", 0), ("colour", "blue"), *BAD_VALUES[vendor.name]]
+], ids=repr, indirect=["pull"])
+def test_settings_reject_bad_values(pull, field, value):
+    with pytest.raises(ValidationError) as err:
+        pull.adapter.Settings(**{**pull.settings, field: value})
+    assert err.value.errors()[0]["loc"] == (field,)
+
+
+def test_settings_keep_the_credential_out_of_their_repr(pull):
+    settings = pull.adapter.Settings(**{**pull.settings, pull.credential: "hunter2-hunter2-hunter2"})
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+    assert settings.page_size == 100
+
+
+CLI_EXAMPLES = [
+    (MISA, "record.json", 0, '"madinhdanhhocba": "HB01004001000007"'),
+    (MISA, "invalid.json", 1, "student.birth_date: impossible date or time (day is out of range for month)"),
+    (VIETTEL, "record.xml", 0, '"madinhdanhhocba": "HB01004001000011"'),
+    (VIETTEL, "invalid.xml", 1, "subjects[0].year_average: Input should be less than or equal to 10"),
+]
+
+
+@pytest.mark.parametrize("pull, example, code, output", CLI_EXAMPLES, ids=repr, indirect=["pull"])
+def test_the_cli_normalizes_the_examples(pull, example, code, output):
+    env = {**os.environ, "HOCBA_HUB_LOAD_PLUGINS": pull.name}
+    done = subprocess.run([sys.executable, "-m", "hub.cli", "normalize", "--adapter", pull.name,
+                           str(ROOT / "adapters" / pull.name / "examples" / example)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert output in (done.stdout if code == 0 else done.stderr)
 
 
 # --- reading ------------------------------------------------------------------------------------
