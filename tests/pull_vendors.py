@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from adapters.misa import simulator as misa_sim
 from adapters.misa.adapter import MisaAdapter
@@ -24,7 +25,7 @@ from adapters.viettel.adapter import ViettelAdapter
 from adapters.vnpt import simulator as vnpt_sim
 from adapters.vnpt.adapter import VnptAdapter
 from hub.contracts import PluginContext, RawRecord
-from hub.records import parse_transcript
+from hub.records import field_errors, parse_transcript
 from hub.store import Store
 
 
@@ -108,6 +109,17 @@ class PullVendor:
 
     def central(self, adapter: Any, raw: RawRecord) -> dict:
         return parse_transcript({**adapter.normalize(raw), **self.envelope}).model_dump()
+
+    def broken_on_purpose(self, sim: Any, adapter: Any, raw: RawRecord) -> bool:
+        """Whether ``raw`` is one the simulator broke on purpose; if so, the central format must
+        refuse it naming the very field that was broken."""
+        if raw.source_id not in sim.defects:
+            return False
+        kind, field = sim.defects[raw.source_id]
+        with pytest.raises(ValidationError) as err:
+            self.central(adapter, raw)
+        assert field in [line.split(":")[0] for line in field_errors(err.value)], (kind, field_errors(err.value))
+        return True
 
     def expected(self, record: dict) -> dict:
         return parse_transcript({**record, **self.envelope}).model_dump()
