@@ -51,7 +51,9 @@ _EXPORTS: dict[str, str] = {
     # the kit for vendor authors
     **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "Transient", "parse_retry_after", "retrying"), "hub.kit.http"),
     **dict.fromkeys(("ContractError", "as_list", "as_object", "load_json", "map_keys", "vietnam_time", "where"), "hub.kit.mapping"),
-    **dict.fromkeys(("FaultySimulator", "LoopbackServer", "drop_connection"), "hub.kit.simulation"),
+    **dict.fromkeys(("FaultySimulator", "FeedRow", "LoopbackServer", "SyntheticFeed", "drop_connection",
+                     "maintenance_page"),
+                    "hub.kit.simulation"),
     **dict.fromkeys(("GIVEN", "INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript",
                      "with_subject_teachers"),
                     "hub.kit.synthetic"),
