@@ -59,7 +59,7 @@ from hub.web.status_page import (
     state_label,
 )
 from hub.web.status_page import local_time as _local
-from hub.web.templating import stylesheet, templates
+from hub.web.templating import strings, stylesheet, templates
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
@@ -71,87 +71,7 @@ _MAX_FORM = 16 * 1024
 _PK = re.compile(r"^\d{1,18}$")
 _SCHOOL = re.compile(r"^[\w.-]{1,64}$")
 
-TEXT = {
-    "vi": {
-        "title": "Học bạ số — bàn điều hành", "switch": "English", "switch_lang": "en",
-        "login": "Đăng nhập", "token": "Mã truy cập (admin token)", "login_hint":
-            "Dùng mã truy cập quản trị được cấp cho bạn (mục admin.tokens trong cấu hình).",
-        "login_failed": "Mã truy cập không đúng.", "logout": "Đăng xuất", "signed_in": "Đăng nhập với tên",
-        "role_operator": "điều hành viên", "role_viewer": "chỉ xem",
-        "refused": "Yêu cầu bị từ chối", "csrf": "Biểu mẫu đã hết hạn hoặc không hợp lệ; tải lại trang rồi thử lại.",
-        "need_operator": "Thao tác này cần quyền điều hành viên.",
-        "overview": "Tổng quan", "status_page": "Màn hình trạng thái",
-        "school": "Trường", "all_schools": "Tất cả các trường", "filter": "Lọc", "class": "Lớp",
-        "no_class": "(chưa rõ lớp)", "unknown_school": "(chưa rõ trường)", "sum": "Tổng",
-        "by_school": "Hồ sơ theo trường và giai đoạn", "by_class": "Hồ sơ theo lớp và giai đoạn",
-        "no_records": "Chưa có hồ sơ nào.", "report": "Báo cáo cần sửa (XLSX)",
-        "report_hint": "Gửi cho trường: mỗi học sinh, trường dữ liệu cần sửa và cách sửa; không có dữ liệu cá nhân.",
-        "problems": "Vấn đề cần xử lý", "no_problems": "Không có hồ sơ nào cần xử lý.",
-        "what": "Nguyên nhân và cách xử lý", "field": "Trường dữ liệu", "record": "Hồ sơ",
-        "state": "Trạng thái", "changed": "Cập nhật", "adapters": "Phần mềm nguồn (adapter)",
-        "name": "Tên", "health": "Tình trạng", "ok": "Hoạt động", "down": "Lỗi", "paused": "Tạm dừng",
-        "not_checked": "chưa kiểm tra", "last_sync": "Đồng bộ lần cuối", "never": "chưa đồng bộ",
-        "pause": "Tạm dừng", "resume": "Tiếp tục", "actions": "Thao tác",
-        "destinations": "Nơi nhận (từng tuyến gửi)",
-        "history": "Lịch sử xử lý", "versions": "Các phiên bản", "at": "Thời điểm", "detail": "Ghi chú",
-        "student": "Học sinh", "student_code": "Mã học sinh", "version": "Phiên bản",
-        "adapter": "Nguồn", "record_id": "Mã hồ sơ", "id": "Mã lưu trữ", "received": "Nhận lúc",
-        "replay": "Chạy lại", "replay_from": "Chạy lại từ bước",
-        "stage_normalize": "chuẩn hoá (từ dữ liệu gốc)", "stage_render": "tạo PDF", "stage_deliver": "gửi",
-        "technical": "Dòng lỗi kỹ thuật (đã che dữ liệu cá nhân)",
-        "done_replay": "Đã chạy lại {n} hồ sơ.", "done_pause": "Đã tạm dừng {name}.",
-        "done_resume": "Đã tiếp tục {name}.", "not_found": "Không tìm thấy hồ sơ.",
-        "wait:normalize": "chờ chuẩn hoá", "wait:identity": "chờ xác minh danh tính",
-        "wait:render": "chờ tạo PDF", "wait:deliver": "chờ gửi", "sign": "chờ ký: {who}",
-        "unsigned": "Chưa ký", "unsigned_none": "Không có học bạ nào đang chờ ký.",
-        "waiting_for": "Đang chờ", "signer": "Người ký", "subject": "Môn học", "transcripts": "Số học bạ",
-        "cancel": "Huỷ học bạ", "cancel_reason_label": "Lý do huỷ (bắt buộc, gửi kèm tới nơi nhận)",
-        "cancel_hint": "Huỷ tạo một phiên bản mới (CANCEL) được ký và gửi tới mọi nơi nhận; bản sửa sau đó là phiên bản kế tiếp.",
-        "cancel_reason": "Cần ghi lý do huỷ (5–500 ký tự).", "already_cancelled": "Học bạ này đã được huỷ.",
-        "done_cancel": "Đã huỷ: phiên bản huỷ đang được ký và gửi.",
-        "viewer_note": "Bạn đang xem với quyền chỉ xem: không hiện tên học sinh và không có thao tác.",
-    },
-    "en": {
-        "title": "Digital transcripts — operators' console", "switch": "Tiếng Việt", "switch_lang": "vi",
-        "login": "Sign in", "token": "Access token (admin token)", "login_hint":
-            "Use the admin token you were given (admin.tokens in the configuration).",
-        "login_failed": "That token is not valid.", "logout": "Sign out", "signed_in": "Signed in as",
-        "role_operator": "operator", "role_viewer": "viewer",
-        "refused": "Request refused", "csrf": "The form has expired or is not valid; reload the page and try again.",
-        "need_operator": "This action needs an operator token.",
-        "overview": "Overview", "status_page": "Status screen",
-        "school": "School", "all_schools": "All schools", "filter": "Filter", "class": "Class",
-        "no_class": "(class unknown)", "unknown_school": "(school unknown)", "sum": "Total",
-        "by_school": "Transcripts by school and stage", "by_class": "Transcripts by class and stage",
-        "no_records": "No records yet.", "report": "What to fix (XLSX)",
-        "report_hint": "For the school: per student, the field to fix and how; no personal data.",
-        "problems": "Problems to handle", "no_problems": "Nothing needs attention.",
-        "what": "Cause and what to do", "field": "Field", "record": "Record",
-        "state": "State", "changed": "Changed", "adapters": "School software (adapters)",
-        "name": "Name", "health": "Health", "ok": "Up", "down": "Down", "paused": "Paused",
-        "not_checked": "not checked yet", "last_sync": "Last sync", "never": "never",
-        "pause": "Pause", "resume": "Resume", "actions": "Actions",
-        "destinations": "Destinations (each route)",
-        "history": "History", "versions": "Versions", "at": "At", "detail": "Detail",
-        "student": "Student", "student_code": "Student code", "version": "Version",
-        "adapter": "Adapter", "record_id": "Record id", "id": "Store id", "received": "Received",
-        "replay": "Replay", "replay_from": "Replay from",
-        "stage_normalize": "normalisation (the raw payload)", "stage_render": "rendering", "stage_deliver": "delivery",
-        "technical": "Technical error lines (personal data masked)",
-        "done_replay": "Replayed {n} record(s).", "done_pause": "Paused {name}.",
-        "done_resume": "Resumed {name}.", "not_found": "No such record.",
-        "wait:normalize": "waiting: normalise", "wait:identity": "waiting: identity check",
-        "wait:render": "waiting: PDF", "wait:deliver": "waiting: delivery", "sign": "waiting: {who}",
-        "unsigned": "Not signed yet", "unsigned_none": "No transcript is waiting for a signature.",
-        "waiting_for": "Waiting for", "signer": "Signer", "subject": "Subject", "transcripts": "Transcripts",
-        "cancel": "Cancel transcript", "cancel_reason_label": "Reason (required; sent to the destinations)",
-        "cancel_hint": "A cancel is a new version (CANCEL), signed and sent to every destination; a later correction is the next version.",
-        "cancel_reason": "Say why the transcript is cancelled (5–500 characters).",
-        "already_cancelled": "This transcript is already cancelled.",
-        "done_cancel": "Cancelled: the cancel version is being signed and sent.",
-        "viewer_note": "You are signed in as a viewer: no student names and no actions.",
-    },
-}
+TEXT = strings("console")
 
 
 # --- the session cookie -------------------------------------------------------------------------
