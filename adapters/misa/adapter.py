@@ -35,6 +35,7 @@ from hub import (
     PluginError,
     PluginSettings,
     RawRecord,
+    TokenPaging,
     Transient,
     as_list,
     as_object,
@@ -47,8 +48,6 @@ from hub import (
 log = structlog.get_logger(__name__)
 
 RECORDS_PATH = "/api/v1/transcripts"
-# A server that keeps answering "no records, but more to come" must not hold a worker forever.
-MAX_EMPTY_PAGES = 50
 # What the operator should do about each refusal the contract defines.
 AUTH_HINTS = {
     "INVALID_API_KEY": "check api_key",
@@ -236,7 +235,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
     async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:
         """Yield one ``Page`` per HTTP page; each page's cursor is the token that resumes after it."""
         token = cursor.strip() if cursor and cursor.strip() else None
-        empty_pages = 0
+        paging = TokenPaging(MisaError, "continuation token")
         while True:
             params: dict[str, Any] = {"limit": self.settings.page_size}
             if token:
@@ -253,21 +252,13 @@ class MisaAdapter(HttpPullMixin, Adapter):
                 continue
             shown = str(url)
             has_more, next_token, items = self._page(data, shown)
-            if has_more and next_token == token:
-                # The same page again would loop forever; what was read is saved, the next poll retries.
-                raise MisaError(f"GET {shown}: the server answered with the continuation token it was "
-                                "given and hasMore=true, so the pull cannot advance")
-            read = [self._raw(item, f"GET {shown}: items[{i}]") for i, item in enumerate(items)]
-            # Should a page list a record twice, the newest copy must be the one the hub stores last.
-            read.sort(key=lambda pair: pair[1])
+            paging.check_advance(shown, token, next_token, has_more)
+            records = paging.oldest_first([self._raw(item, f"GET {shown}: items[{i}]") for i, item in enumerate(items)])
             token = next_token
-            yield Page([raw for raw, _ in read], token)
+            yield Page(records, token)
             if not has_more:
                 return
-            empty_pages = 0 if read else empty_pages + 1
-            if empty_pages >= MAX_EMPTY_PAGES:
-                raise MisaError(f"GET {shown}: {empty_pages} empty pages in a row with hasMore=true; "
-                                "stopping, the next poll resumes from the last token")
+            paging.count(shown, records)
 
     async def check(self) -> Health:
         """Read one record with a signed request: proves reachability, key, secret and clock."""

@@ -119,6 +119,38 @@ class Transient(Exception):
         self.retry_after = retry_after
 
 
+class TokenPaging:
+    """The guards a pull paged by the server's token needs, whatever the vendor calls the token.
+
+    A page that hands back the token it was given while saying more follow would loop forever,
+    and so would a server that keeps answering "no records, but more to come": both stop the
+    poll with ``error`` (what was read is saved; the next poll resumes from the last token).
+    """
+    max_empty_pages: ClassVar[int] = 50
+
+    def __init__(self, error: type[Exception], token: str = "token"):
+        self.error, self.token, self.empty_pages = error, token, 0
+
+    def check_advance(self, shown: str, given: str | None, answered: str | None, has_more: bool) -> None:
+        """Raise unless a page that says more follow moved the token on."""
+        if has_more and answered == given:
+            raise self.error(f"GET {shown}: the server answered with the {self.token} it was given and "
+                             "hasMore=true, so the pull cannot advance")
+
+    def count(self, shown: str, records: list[Any]) -> None:
+        """After a page that says more follow: raise once too many in a row came empty."""
+        self.empty_pages = 0 if records else self.empty_pages + 1
+        if self.empty_pages >= self.max_empty_pages:
+            raise self.error(f"GET {shown}: {self.empty_pages} empty pages in a row with hasMore=true; "
+                             f"stopping, the next poll resumes from the last {self.token}")
+
+    @staticmethod
+    def oldest_first(read: list[tuple[Any, dt.datetime]]) -> list[Any]:
+        """The page's records by their update time: should a page break the feed's order or list
+        a record twice, the newest copy must be the one the hub stores last."""
+        return [record for record, _ in sorted(read, key=lambda pair: pair[1])]
+
+
 class HttpPullMixin:
     """Session lifecycle, plain requests and retries for an adapter pulling over HTTP.
 
