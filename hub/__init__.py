@@ -49,9 +49,10 @@ _EXPORTS: dict[str, str] = {
                      "PackageReceipt", "PackageReport", "package_class", "verify_package"), "hub.documents.package"),
     **dict.fromkeys(("digest_info", "verify_digest"), "hub.documents.digests"),
     # the kit for vendor authors
-    **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "Transient", "parse_retry_after", "retrying"), "hub.kit.http"),
+    **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "TokenPaging", "Transient", "parse_retry_after",
+                     "retrying"), "hub.kit.http"),
     **dict.fromkeys(("ContractError", "as_list", "as_object", "load_json", "map_keys", "vietnam_time", "where"), "hub.kit.mapping"),
-    **dict.fromkeys(("FaultySimulator", "FeedRow", "LoopbackServer", "SyntheticFeed", "drop_connection",
+    **dict.fromkeys(("FaultySimulator", "FeedRow", "FolderSimulator", "LoopbackServer", "SyntheticFeed", "drop_connection",
                      "maintenance_page"),
                     "hub.kit.simulation"),
     **dict.fromkeys(("GIVEN", "INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript",

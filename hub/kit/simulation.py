@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import shutil
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 from aiohttp import web
@@ -47,6 +50,41 @@ class LoopbackServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class FolderSimulator(Simulator):
+    """A ``Simulator`` for a system that is a folder (a share a school drops files into, or one
+    the hub writes into): no network, so no faults to simulate.
+
+    ``start()`` makes a temporary folder (named ``folder_prefix``…) unless one was given, and
+    ``stop()`` removes it; a folder given in the constructor or adopted from a config is someone
+    else's and is never removed. ``adapter_settings()`` points the adapter at it.
+    """
+    networked = False
+    folder_prefix: ClassVar[str] = "hocba-folder-"
+
+    def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0, directory: Path | None = None):
+        super().__init__(records=records, invalid=invalid, seed=seed)
+        self.directory = directory
+        self._own_directory = directory is None
+
+    def adopt(self, settings: dict[str, Any]) -> None:
+        # The configured folder is the operator's: write into it, never remove it.
+        self.directory = Path(settings["directory"])
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._own_directory = False
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix=self.folder_prefix))
+        return str(self.directory)
+
+    async def stop(self) -> None:
+        if self._own_directory and self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def adapter_settings(self) -> dict[str, Any]:
+        return {"directory": str(self.directory)}
 
 
 def drop_connection(request: web.Request) -> NoReturn:
