@@ -90,11 +90,9 @@ async def serve(data_dir: Path, records: int) -> AsyncIterator[tuple[str, Any]]:
     from adapters.moet.simulator import MoetSimulator
     from adapters.vnpt.simulator import VnptSimulator
     from hub.config import parse_config
-    from hub.engine.pipeline import Hub
     from hub.kit.pki import ensure_pki
     from hub.kit.synthetic import signing_identities
-    from hub.web.app import create_app
-    from hub.web.server import serving
+    from hub.web.server import serving_hub
 
     password = "bench-key-password"
     root = await asyncio.to_thread(ensure_pki, data_dir / "pki", signing_identities(), password)
@@ -111,15 +109,11 @@ async def serve(data_dir: Path, records: int) -> AsyncIterator[tuple[str, Any]]:
                     "trust": [str(root)]},
         "verify": {"public_base_url": "https://hocba.sogd.example.vn/verify"},
     })
-    hub = Hub(config)
-    app = create_app(hub)
-    await hub.start()
     try:
-        async with serving(app) as base:
+        async with serving_hub(config, drain_timeout=1) as (hub, base):
             await asyncio.wait_for(hub.wait_idle(), 300)
             yield base, hub
     finally:
-        await hub.stop(drain_timeout=1)
         await vendor.stop()
         await central.stop()
 

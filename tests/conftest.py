@@ -3,12 +3,14 @@
 import contextlib
 import logging
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import structlog
 
 from hub import plugins
+from hub.config import HubConfig, parse_config
 from hub.kit.pki import ensure_pki
 from hub.kit.synthetic import signing_identities
 
@@ -22,6 +24,70 @@ def pki(tmp_path_factory):
     directory = tmp_path_factory.mktemp("pki")
     root = ensure_pki(directory, signing_identities(), PASSWORD)
     return directory, root
+
+
+@contextlib.asynccontextmanager
+async def running(*sims) -> AsyncIterator[tuple]:
+    """Start the simulators ``sims``, yield them, stop them all on the way out."""
+    async with contextlib.AsyncExitStack() as stack:
+        for sim in sims:
+            await sim.start()
+            stack.push_async_callback(sim.stop)
+        yield sims
+
+
+@pytest.fixture
+async def systems(request):
+    """A vnpt-style school server and the central store, running: ``(vendor, central)``. A test
+    module sets ``VENDOR = {...}`` for the school server's records, invalid ones and seed."""
+    from adapters.moet.simulator import MoetSimulator
+    from adapters.vnpt.simulator import VnptSimulator
+
+    async with running(VnptSimulator(**getattr(request.module, "VENDOR", {})), MoetSimulator()) as sims:
+        yield sims
+
+
+@contextlib.asynccontextmanager
+async def started_hub(config: HubConfig, *, pull: bool = True):
+    """A hub on ``config``, started (pulling on its schedule unless ``pull`` is false) and stopped
+    on the way out."""
+    from hub.engine.pipeline import Hub
+
+    hub = Hub(config)
+    await hub.start(pull=pull)
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+
+
+def pull_from(sim, name: str = "school-a", kind: str = "vnpt") -> dict[str, Any]:
+    """An ``adapters`` entry pulling from ``sim`` only when a test asks (no timed poll)."""
+    return {"name": name, "type": kind, "poll_interval": 3600, "settings": sim.adapter_settings()}
+
+
+def deliver_to(sim, name: str = "central", kind: str = "moet") -> dict[str, Any]:
+    """A ``destination`` (or ``routes`` entry) delivering to ``sim``."""
+    return {"name": name, "type": kind, "settings": sim.adapter_settings()}
+
+
+def hub_config(data_dir, keys, *, adapters: list[dict], destination: dict | None = None, attempts: int = 3,
+               roles=ROLES, password: str = PASSWORD, trust=(), delivery: dict | None = None,
+               **extra: Any) -> HubConfig:
+    """A hub for a test: one worker process, retries in hundredths of a second, the PKCS#12 keys
+    in ``keys`` signing each of ``roles``; ``extra`` adds top-level keys (``routes``, ``admin``…)."""
+    signing: dict[str, Any] = {"steps": [{"role": r, "signer": "keys"} for r in roles]}
+    if trust:
+        signing["trust"] = [str(t) for t in trust]
+    return parse_config({
+        "data_dir": str(data_dir), "workers": {"processes": 1},
+        "delivery": {"max_attempts": attempts, "backoff_initial": 0.01, "backoff_max": 0.05, **(delivery or {})},
+        "adapters": adapters,
+        **({"destination": destination} if destination else {}),
+        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(keys), "password": password}}],
+        "signing": signing,
+        **extra,
+    })
 
 
 @pytest.fixture(autouse=True)

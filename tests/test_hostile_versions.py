@@ -10,15 +10,12 @@ import datetime as dt
 import json
 
 import pytest
-from conftest import PASSWORD, ROLES
+from conftest import deliver_to, hub_config, pull_from, started_hub
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from adapters.moet.simulator import MoetSimulator
-from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
-from hub.config import parse_config
 from hub.contracts import PluginContext, RawRecord
 from hub.engine.pipeline import Hub
 from hub.plugins import adapter_types
@@ -63,45 +60,29 @@ def test_within_the_skew_an_older_retry_is_still_dropped():
 
 # --- the pipeline and a pull adapter ---------------------------------------------------------------
 
-@pytest.fixture
-async def systems():
-    vendor = VnptSimulator(records=2, seed=13)
-    central = MoetSimulator()
-    await vendor.start()
-    await central.start()
-    yield vendor, central
-    await vendor.stop()
-    await central.stop()
+VENDOR = {"records": 2, "seed": 13}   # the school server of the ``systems`` fixture
+
+
+async def ingested(hub, *records: RawRecord, timeout: float = 120) -> None:
+    """Hand ``records`` to the hub as school-a's and wait until it has done all it can with them."""
+    await hub.ingest("school-a", list(records))
+    await asyncio.wait_for(hub.wait_idle(), timeout)
 
 
 def config_for(tmp_path, pki, vendor, central):
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "workers": {"processes": 1},
-        "clock_skew_seconds": 120,
-        "delivery": {"max_attempts": 4, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
+    return hub_config(tmp_path / "data", pki[0], adapters=[pull_from(vendor)], destination=deliver_to(central),
+                      attempts=4, clock_skew_seconds=120)
 
 
 async def test_a_future_dated_record_is_held_with_the_reason(tmp_path, pki, systems):
     vendor, central = systems
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start(pull=False)
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central), pull=False) as hub:
         body = vendor.vendor_record(0)
-        await hub.ingest("school-a", [raw(vendor.source_id(0), body, now_vn() + dt.timedelta(days=30))])
-        await asyncio.wait_for(hub.wait_idle(), 60)
+        await ingested(hub, raw(vendor.source_id(0), body, now_vn() + dt.timedelta(days=30)), timeout=60)
         [row] = hub.store.rows(adapter="school-a")
         assert row.state == lc.QUARANTINED
         assert row.errors[0].startswith("updated_at: the vendor dates this version more than 120 s ahead")
         assert central.accepted() == {}
-    finally:
-        await hub.stop()
 
 
 async def test_the_pull_cursor_never_passes_the_hubs_clock(tmp_path, systems):
@@ -127,9 +108,7 @@ async def test_an_accepted_version_is_never_recorded_as_superseded(tmp_path, pki
     accepted by the destination, so the store records it delivered with its receipt."""
     vendor, central = systems
     central.faults.slow_seconds = 2.0
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start()
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central)) as hub:
         def in_flight() -> bool:  # record 0's version 1 is leased to the outbox (being sent)
             row = next((r for r in hub.store.rows(adapter="school-a") if r.source_id == vendor.source_id(0)), None)
             return row is not None and hub.store._db.execute(
@@ -152,8 +131,6 @@ async def test_an_accepted_version_is_never_recorded_as_superseded(tmp_path, pki
         assert first.state == lc.DELIVERED and first.receipt, (first.state, hub.store.history(first.id))
         assert latest.state in (lc.DELIVERED, lc.UNCHANGED)
         assert hub.store.sent_version(first.record_id)[0] == held
-    finally:
-        await hub.stop()
 
 
 # --- a recall needs only its envelope ----------------------------------------------------------
@@ -173,18 +150,14 @@ def broken(body: dict, how: str) -> dict:
 @pytest.mark.parametrize("how", ["birth_date", "no_subjects", "tombstone"])
 async def test_a_recall_with_invalid_content_is_still_delivered(tmp_path, pki, systems, how):
     vendor, central = systems
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start(pull=False)
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central), pull=False) as hub:
         sid = vendor.source_id(0)
-        await hub.ingest("school-a", [raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1))])
-        await asyncio.wait_for(hub.wait_idle(), 120)
+        await ingested(hub, raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1)))
         [first] = hub.store.rows(adapter="school-a")
         assert first.state == lc.DELIVERED
         recall = RawRecord(sid, json.dumps(broken(vendor.vendor_record(0), how), ensure_ascii=False).encode(),
                            updated_at=now_vn(), deleted=True)
-        await hub.ingest("school-a", [recall])
-        await asyncio.wait_for(hub.wait_idle(), 120)
+        await ingested(hub, recall)
         latest = max(hub.store.rows(adapter="school-a"), key=lambda r: r.version)
         assert (latest.version, latest.event, latest.state) == (2, "CANCEL", lc.DELIVERED), \
             hub.store.history(latest.id)
@@ -193,44 +166,31 @@ async def test_a_recall_with_invalid_content_is_still_delivered(tmp_path, pki, s
         # The recall carries the content the destination held, never the invalid one.
         assert {k: v for k, v in latest.normalized.items() if k not in ("event", "version", "updated_at")} == \
             {k: v for k, v in first.normalized.items() if k not in ("event", "version", "updated_at")}
-    finally:
-        await hub.stop()
 
 
 async def test_a_recall_of_what_was_never_delivered_sends_nothing(tmp_path, pki, systems):
     vendor, central = systems
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start(pull=False)
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central), pull=False) as hub:
         sid = vendor.source_id(1)
         recall = RawRecord(sid, json.dumps(broken(vendor.vendor_record(1), "birth_date")).encode(),
                            updated_at=now_vn(), deleted=True)
-        await hub.ingest("school-a", [recall])
-        await asyncio.wait_for(hub.wait_idle(), 60)
+        await ingested(hub, recall, timeout=60)
         [row] = hub.store.rows(adapter="school-a")
         assert row.state == lc.UNCHANGED and row.event == "CANCEL"
         assert "never received" in hub.store.history(row.id)[-1]["detail"]
         assert "student.birth_date" in hub.store.history(row.id)[-1]["detail"]
         assert central.accepted() == {}
-    finally:
-        await hub.stop()
 
 
 async def test_an_invalid_new_version_is_still_quarantined(tmp_path, pki, systems):
     """Only a recall falls back on the delivered content: an invalid edit is held as before."""
     vendor, central = systems
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start(pull=False)
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central), pull=False) as hub:
         sid = vendor.source_id(0)
-        await hub.ingest("school-a", [raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1))])
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        await hub.ingest("school-a", [raw(sid, broken(vendor.vendor_record(0), "birth_date"), now_vn())])
-        await asyncio.wait_for(hub.wait_idle(), 60)
+        await ingested(hub, raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1)))
+        await ingested(hub, raw(sid, broken(vendor.vendor_record(0), "birth_date"), now_vn()), timeout=60)
         latest = max(hub.store.rows(adapter="school-a"), key=lambda r: r.version)
         assert latest.state == lc.QUARANTINED and central.accepted()[latest.record_id] == 1
-    finally:
-        await hub.stop()
 
 
 # --- webhook replays: the nonce is the store's, not one process's -----------------------------------
@@ -239,13 +199,8 @@ PUSH_SECRET = "replay-test-secret-0123456789"
 
 
 def push_config(tmp_path, pki, central, store: str, name: str):
-    return parse_config({
-        "data_dir": str(tmp_path / "data"), "store": store, "workers": {"processes": 1},
-        "adapters": [{"name": "school-push", "type": "push", "settings": {"secret": PUSH_SECRET}}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
+    return hub_config(tmp_path / "data", pki[0], store=store, destination=deliver_to(central),
+                      adapters=[{"name": "school-push", "type": "push", "settings": {"secret": PUSH_SECRET}}])
 
 
 @pytest.mark.parametrize("backend", ["sqlite-restart", "postgresql-two-workers"])

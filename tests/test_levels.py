@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from conftest import deliver_to, hub_config, pull_from
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from adapters.moet.simulator import MoetSimulator
@@ -170,18 +171,8 @@ async def run_rendered(tmp_path: Path, directory: Path, makers: list) -> dict[st
     vendor, central = VnptSimulator(records=0), MoetSimulator()
     await vendor.start()
     await central.start()
-    config = parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "workers": {"processes": 1},
-        "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12",
-                     "settings": {"directory": str(directory), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in SIGNING_ROLES],
-                    "trust": [str(directory / pki.ROOT_CERT)]},
-    })
+    config = hub_config(tmp_path / "data", directory, adapters=[pull_from(vendor)], destination=deliver_to(central),
+                        attempts=2, roles=SIGNING_ROLES, password=PASSWORD, trust=[directory / pki.ROOT_CERT])
     store = st.Store(config.store_path)
     for i, make in enumerate(makers):
         [pk] = store.receive("school-a", [RawRecord(f"src-{i}", json.dumps({"i": i}).encode())])

@@ -13,13 +13,10 @@ import subprocess
 
 import aiohttp
 import pytest
-from conftest import PASSWORD, ROLES
+from conftest import PASSWORD, ROLES, deliver_to, hub_config, pull_from
 
-from adapters.moet.simulator import MoetSimulator
-from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
-from hub.config import parse_config
 from hub.contracts import PluginError
 from hub.documents.verify import extract_record, load_certs, verify_pdf
 from hub.engine.pipeline import Hub
@@ -27,29 +24,12 @@ from hub.web.app import create_app
 from hub.web.server import serving
 
 
-@pytest.fixture
-async def systems():
-    vendor = VnptSimulator(records=6, invalid=3, seed=7)
-    central = MoetSimulator()
-    await vendor.start()
-    await central.start()
-    yield vendor, central
-    await vendor.stop()
-    await central.stop()
+VENDOR = {"records": 6, "invalid": 3, "seed": 7}   # the school server of the ``systems`` fixture
 
 
 def make_config(tmp_path, pki, vendor, central, *, password=PASSWORD, attempts=3):
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "workers": {"processes": 2},
-        "delivery": {"max_attempts": attempts, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12",
-                     "settings": {"directory": str(pki[0]), "password": password}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
+    return hub_config(tmp_path / "data", pki[0], adapters=[pull_from(vendor)], destination=deliver_to(central),
+                      attempts=attempts, password=password, workers={"processes": 2})
 
 
 async def run_once(config):

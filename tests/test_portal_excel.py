@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import PASSWORD, ROLES
+from conftest import deliver_to, hub_config, pull_from
 from openpyxl import load_workbook
 
 from adapters.portal_excel.adapter import LEDGER, PortalExcelAdapter, PortalExcelSettings, class_file
@@ -22,10 +22,7 @@ from adapters.portal_excel.simulator import PortalExcelSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import Delivery, DeliveryError, PluginContext, PluginError, parse_transcript, transcript
 from hub import lifecycle as lc
-from hub.config import parse_config
-from hub.engine.pipeline import Hub
-from hub.web.app import create_app
-from hub.web.server import serving
+from hub.web.server import serving_hub
 
 
 def classes(n: int = 200) -> dict[tuple[str, str], list[dict]]:
@@ -242,22 +239,12 @@ async def test_a_hub_writes_the_sheets_and_operators_download_them(tmp_path, pki
     folder = PortalExcelSimulator()
     await vendor.start()
     await folder.start()
-    config = parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "workers": {"processes": 1},
-        "admin": {"tokens": [{"name": "an.nguyen", "token": OPERATOR_TOKEN, "role": "operator"},
-                             {"name": "wall", "token": VIEWER_TOKEN, "role": "viewer"}]},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "portal", "type": "portal_excel", "settings": folder.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
-    hub = Hub(config)
-    app = create_app(hub)
-    await hub.start()
+    tokens = [{"name": "an.nguyen", "token": OPERATOR_TOKEN, "role": "operator"},
+              {"name": "wall", "token": VIEWER_TOKEN, "role": "viewer"}]
+    config = hub_config(tmp_path / "data", pki[0], adapters=[pull_from(vendor)], admin={"tokens": tokens},
+                        destination=deliver_to(folder, "portal", "portal_excel"))
     try:
-        async with serving(app) as base:
+        async with serving_hub(config, drain_timeout=1) as (hub, base):
             await asyncio.wait_for(hub.wait_idle(), 120)
             delivered = hub.store.rows(state=lc.DELIVERED)
             assert len(delivered) == 6
@@ -296,6 +283,5 @@ async def test_a_hub_writes_the_sheets_and_operators_download_them(tmp_path, pki
             assert len(audit) == 1 and audit[0]["actor"] == "an.nguyen"
             assert (Path(folder.directory) / LEDGER).is_file()
     finally:
-        await hub.stop(drain_timeout=1)
         await vendor.stop()
         await folder.stop()

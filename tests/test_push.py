@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import PASSWORD, ROLES, only_plugins
+from conftest import deliver_to, hub_config, only_plugins
 from pydantic import ValidationError
 
 from adapters.moet.simulator import MoetSimulator
@@ -31,13 +31,11 @@ from adapters.push.simulator import PushSimulator, ingest_url
 from hub import lifecycle as lc
 from hub import plugins
 from hub import store as st
-from hub.config import parse_config
 from hub.contracts import PluginContext, RawRecord
 from hub.engine.pipeline import Hub
 from hub.kit.synthetic import transcript, with_subject_teachers
 from hub.records import parse_transcript
-from hub.web.app import create_app
-from hub.web.server import serving
+from hub.web.server import serving_hub
 
 # The HTTP tests share the module's hub, so they run in the module's event loop.
 over_http = pytest.mark.asyncio(loop_scope="module")
@@ -85,28 +83,17 @@ async def running(pki, tmp_path_factory, only_these_plugins):
     (root / "drop").mkdir()
     central = MoetSimulator()
     await central.start()
-    config = parse_config({
-        "data_dir": str(root / "data"),
-        "workers": {"processes": 1},
-        "delivery": {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [
-            # The secret comes from the environment, as a province's config would have it.
-            {"name": NAME, "type": "push",
-             "settings": {"secret": "${HOCBA_TEST_PUSH_SECRET}", "max_body_bytes": MAX_BODY, "max_records": 20}},
-            {"name": "school-files", "type": "spreadsheet", "poll_interval": 3600,
-             "settings": {"directory": str(root / "drop")}},
-        ],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
-    hub = Hub(config)
-    await hub.start()
+    config = hub_config(root / "data", pki[0], destination=deliver_to(central), adapters=[
+        # The secret comes from the environment, as a province's config would have it.
+        {"name": NAME, "type": "push",
+         "settings": {"secret": "${HOCBA_TEST_PUSH_SECRET}", "max_body_bytes": MAX_BODY, "max_records": 20}},
+        {"name": "school-files", "type": "spreadsheet", "poll_interval": 3600,
+         "settings": {"directory": str(root / "drop")}},
+    ])
     try:
-        async with serving(create_app(hub)) as base:
+        async with serving_hub(config, drain_timeout=5) as (hub, base):
             yield Running(hub, base, Path(config.store_path), central)
     finally:
-        await hub.stop(drain_timeout=5)
         await central.stop()
 
 

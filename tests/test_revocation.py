@@ -8,7 +8,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import only_plugins
+from conftest import deliver_to, hub_config, only_plugins, pull_from
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -16,7 +16,6 @@ from adapters.moet.simulator import MoetSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
-from hub.config import parse_config
 from hub.contracts import RawRecord
 from hub.documents.signing import certificate_problem, identity_for
 from hub.engine.pipeline import Hub
@@ -66,16 +65,8 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
         assert await certificate_problem(_chain(directory, good)) == ("", True)
         assert services.counters.ocsp + services.counters.crl >= 2
 
-        config = parse_config({
-            "data_dir": str(tmp_path / "data"), "workers": {"processes": 1},
-            "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
-            "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                          "settings": vendor.adapter_settings()}],
-            "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
-            "signers": [{"name": "keys", "type": "pkcs12",
-                         "settings": {"directory": str(directory), "password": PASSWORD}}],
-            "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES], "trust": [str(root)]},
-        })
+        config = hub_config(tmp_path / "data", directory, adapters=[pull_from(vendor)], destination=deliver_to(central),
+                            attempts=2, roles=ROLES, password=PASSWORD, trust=[root])
         store = st.Store(config.store_path)
         for index, data in records.items():
             [pk] = store.receive("school-a", [RawRecord(f"src-{index}", json.dumps({"i": index}).encode())])

@@ -81,3 +81,19 @@ async def serving(app: ASGIApp) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def serving_hub(config: HubConfig, *, pull: bool = True,
+                      drain_timeout: float = 30.0) -> AsyncIterator[tuple[Hub, str]]:
+    """A hub on ``config``, started, and its app on a free loopback port: ``(hub, base URL)``;
+    both stopped on the way out. The app is made before the hub starts, as ``serve`` does, so
+    its metrics see the pipeline's very first events."""
+    hub = Hub(config)
+    app = create_app(hub)
+    await hub.start(pull=pull)
+    try:
+        async with serving(app) as base:
+            yield hub, base
+    finally:
+        await hub.stop(drain_timeout=drain_timeout)
