@@ -11,6 +11,7 @@ error is worded; ``refused`` is a pattern). One ``PullVendor`` per adapter, used
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from adapters.viettel.adapter import ViettelAdapter
 from adapters.vnpt import simulator as vnpt_sim
 from adapters.vnpt.adapter import VnptAdapter
 from hub.contracts import PluginContext, RawRecord
+from hub.kit.synthetic import nfd
 from hub.records import field_errors, parse_transcript
 from hub.store import Store
 
@@ -120,6 +122,13 @@ class PullVendor:
             self.central(adapter, raw)
         assert field in [line.split(":")[0] for line in field_errors(err.value)], (kind, field_errors(err.value))
         return True
+
+    def name_stays_nfd(self, adapter: Any, raw: RawRecord, source: dict) -> None:
+        """The student's name arrives decomposed (NFD) as the vendor stored it, and the central
+        record has it composed (NFC)."""
+        name = source["student"]["full_name"]
+        assert nfd(name) != name and nfd(name) in raw.payload.decode("utf-8")
+        assert self.central(adapter, raw)["student"]["full_name"] == unicodedata.normalize("NFC", name)
 
     def expected(self, record: dict) -> dict:
         return parse_transcript({**record, **self.envelope}).model_dump()

@@ -203,25 +203,16 @@ class MisaAdapter(HttpPullMixin, Adapter):
     # --- pull --------------------------------------------------------------------------------
 
     def _page(self, data: Any, shown: str) -> tuple[bool, str, list[dict[str, Any]]]:
-        if not isinstance(data, dict):
-            raise MisaError(f"GET {shown}: the answer is not a JSON object")
+        data = self.page_answer(data, shown)
         items, has_more, token = data.get("items"), data.get("hasMore"), data.get("continuationToken")
         if not isinstance(items, list) or not isinstance(has_more, bool):
             raise MisaError(f"GET {shown}: the answer lacks an items list or a hasMore boolean")
         if not isinstance(token, str) or not token:
             raise MisaError(f"GET {shown}: continuationToken is missing or empty")
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise MisaError(f"GET {shown}: items[{i}] is not an object")
-        return has_more, token, items
+        return has_more, token, self.each_an_object(items, f"GET {shown}: items")
 
     def _raw(self, item: dict[str, Any], where: str) -> tuple[RawRecord, dt.datetime]:
-        source_id = item.get("id")
-        if isinstance(source_id, int) and not isinstance(source_id, bool):
-            source_id = str(source_id)
-        if not isinstance(source_id, str) or not source_id.strip():
-            # Without its id a record cannot be stored, quarantined or replayed: stop the pull.
-            raise MisaError(f"{where}.id is missing or empty")
+        source_id = self.record_id(item.get("id"), f"{where}.id")
         try:
             updated = vietnam_time(item.get("modifiedAt"))
         except ValueError as exc:
@@ -230,7 +221,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
         if not isinstance(deleted, bool):
             raise MisaError(f"{where}.isDeleted: {deleted!r} is not true or false")
         payload = json.dumps(item, ensure_ascii=False).encode("utf-8")
-        return RawRecord(source_id=source_id.strip(), payload=payload, updated_at=updated, deleted=deleted), updated
+        return RawRecord(source_id=source_id, payload=payload, updated_at=updated, deleted=deleted), updated
 
     async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:
         """Yield one ``Page`` per HTTP page; each page's cursor is the token that resumes after it."""

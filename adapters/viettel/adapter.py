@@ -246,10 +246,7 @@ class ViettelAdapter(HttpPullMixin, Adapter):
         return has_more == "true", next_cursor, elements
 
     def _raw(self, element: Element, where: str) -> tuple[RawRecord, dt.datetime]:
-        source_id = (element.get("id") or "").strip()
-        if not source_id:
-            # Without its id a record cannot be stored, quarantined or replayed: stop the pull.
-            raise ViettelError(f"{where}/@id is missing or empty")
+        source_id = self.record_id(element.get("id"), f"{where}/@id")
         try:
             updated = vietnam_time(element.get("updatedAt"))
         except ValueError as exc:

@@ -174,23 +174,14 @@ class VnptAdapter(HttpPullMixin, Adapter):
     # --- pull --------------------------------------------------------------------------------
 
     def _page(self, data: Any, shown: str) -> tuple[int, int, list[dict[str, Any]]]:
-        if not isinstance(data, dict):
-            raise VnptError(f"GET {shown}: the answer is not a JSON object")
+        data = self.page_answer(data, shown)
         total, size, rows = data.get("TongSo"), data.get("SoBanGhi"), data.get("DuLieu")
         if not isinstance(total, int) or not isinstance(size, int) or size < 1 or not isinstance(rows, list):
             raise VnptError(f"GET {shown}: the answer lacks TongSo, SoBanGhi (≥ 1) or a DuLieu list")
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise VnptError(f"GET {shown}: DuLieu[{i}] is not an object")
-        return total, size, rows
+        return total, size, self.each_an_object(rows, f"GET {shown}: DuLieu")
 
     def _raw(self, row: dict[str, Any], where: str) -> tuple[RawRecord, dt.datetime]:
-        source_id = row.get("IdHocBa")
-        if isinstance(source_id, int) and not isinstance(source_id, bool):
-            source_id = str(source_id)
-        if not isinstance(source_id, str) or not source_id.strip():
-            # Without its id a record cannot be stored, quarantined or replayed: stop the pull.
-            raise VnptError(f"{where}.IdHocBa is missing or empty")
+        source_id = self.record_id(row.get("IdHocBa"), f"{where}.IdHocBa")
         try:
             updated = _parse_timestamp(row.get("NgayCapNhat"))
         except ValueError as exc:
@@ -201,7 +192,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
         if not isinstance(deleted, bool):
             raise VnptError(f"{where}.DaXoa: {deleted!r} is not true or false")
         payload = json.dumps(row, ensure_ascii=False).encode("utf-8")
-        return RawRecord(source_id=source_id.strip(), payload=payload, updated_at=updated.replace(tzinfo=VIETNAM_TIME),
+        return RawRecord(source_id=source_id, payload=payload, updated_at=updated.replace(tzinfo=VIETNAM_TIME),
                          deleted=deleted), updated
 
     async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:

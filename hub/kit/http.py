@@ -219,6 +219,30 @@ class HttpPullMixin:
         and neither a credential nor a session token may reach a log line or a health page."""
         return logs.scrub(text, [*logs.secrets_in(self.settings), *filter(None, self.live_secrets())])
 
+    # --- the records of a page ---------------------------------------------------------------
+
+    def page_answer(self, data: Any, shown: str) -> dict[str, Any]:
+        """A page's JSON answer if it is an object; else ``Error`` naming the request."""
+        if not isinstance(data, dict):
+            raise self.Error(f"GET {shown}: the answer is not a JSON object")
+        return data
+
+    def each_an_object(self, items: list[Any], at: str) -> list[dict[str, Any]]:
+        """``items`` if each is an object; else ``Error`` naming the first that is not (``at[i]``)."""
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise self.Error(f"{at}[{i}] is not an object")
+        return items
+
+    def record_id(self, value: Any, at: str) -> str:
+        """A record's id as text (a number is taken as its digits). Without one a record cannot be
+        stored, quarantined or replayed, so the pull stops with ``Error`` naming ``at``."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise self.Error(f"{at} is missing or empty")
+        return value.strip()
+
     # --- requests ----------------------------------------------------------------------------
 
     async def request(self, method: str, url: str | URL, **kwargs: Any) -> tuple[int, str, bytes, float | None]:
