@@ -1,5 +1,6 @@
 """Fixtures shared by the integration tests."""
 
+import asyncio
 import contextlib
 import logging
 import types
@@ -59,6 +60,14 @@ async def started_hub(config: HubConfig, *, pull: bool = True):
         yield hub
     finally:
         await hub.stop()
+
+
+async def worked_through(config: HubConfig, timeout: float = 120) -> dict[str, Any]:
+    """Start a hub on ``config`` without pulling, let it do all it can with what its store holds,
+    stop it; its rows by source id."""
+    async with started_hub(config, pull=False) as hub:
+        await asyncio.wait_for(hub.wait_idle(), timeout)
+        return {r.source_id: r for r in hub.store.rows()}
 
 
 def pull_from(sim, name: str = "school-a", kind: str = "vnpt") -> dict[str, Any]:

@@ -5,7 +5,6 @@ already signed or fail validation.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from conftest import deliver_to, hub_config, pull_from
+from conftest import deliver_to, hub_config, pull_from, worked_through
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from adapters.moet.simulator import MoetSimulator
@@ -26,7 +25,6 @@ from hub.contracts import SIGNING_ROLES, PluginContext, RawRecord
 from hub.documents.render import render_pdf
 from hub.documents.signing import SigningError, identity_for, request_for
 from hub.documents.verify import load_certs, verify_pdf
-from hub.engine.pipeline import Hub
 from hub.kit import pki
 from hub.kit.synthetic import transcript
 from hub.kit.tsa import TrustServices
@@ -183,13 +181,9 @@ async def run_rendered(tmp_path: Path, directory: Path, makers: list) -> dict[st
                       normalized=rec.model_dump(mode="json"))
         store.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=pdf)
     store.close()
-    hub = Hub(config)
-    await hub.start(pull=False)
     try:
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        return {r.source_id: r for r in hub.store.rows()}
+        return await worked_through(config)
     finally:
-        await hub.stop()
         await vendor.stop()
         await central.stop()
 

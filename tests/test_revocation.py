@@ -8,7 +8,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import deliver_to, hub_config, only_plugins, pull_from
+from conftest import deliver_to, hub_config, only_plugins, pull_from, started_hub
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -18,7 +18,6 @@ from hub import lifecycle as lc
 from hub import store as st
 from hub.contracts import RawRecord
 from hub.documents.signing import certificate_problem, identity_for
-from hub.engine.pipeline import Hub
 from hub.kit import pki
 from hub.kit.synthetic import transcript
 from hub.kit.tsa import TrustServices
@@ -76,14 +75,10 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
             store.advance(pk, lc.RECEIVED, lc.NORMALIZED, school_code=rec.school_code,
                           normalized=rec.model_dump(mode="json"))
         store.close()
-        hub = Hub(config)
-        await hub.start(pull=False)
-        try:
+        async with started_hub(config, pull=False) as hub:
             await asyncio.wait_for(hub.wait_idle(), 120)
             rows = {r.source_id: r for r in hub.store.rows()}
             history = hub.store.history(rows["src-0"].id) if hasattr(hub.store, "history") else None
-        finally:
-            await hub.stop()
     finally:
         await vendor.stop()
         await central.stop()

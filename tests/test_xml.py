@@ -24,7 +24,7 @@ from hub.kit.synthetic import transcript, with_subject_teachers
 from hub.plugins import document_formats
 from hub.records import parse_transcript
 from signers.pkcs12.signer import Pkcs12Signer
-from tests.conftest import PASSWORD, deliver_to, hub_config, pull_from
+from tests.conftest import PASSWORD, deliver_to, hub_config, pull_from, worked_through
 
 FMT = document_formats()["xml"].cls()
 STAGES = ("subject_teacher", "homeroom_teacher", "principal", "school_seal")
@@ -246,7 +246,6 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
     from hub import lifecycle as lc
     from hub import store as st
     from hub.contracts import RawRecord
-    from hub.engine.pipeline import Hub
 
     directory, root = pki
     keys = signer(directory)
@@ -276,13 +275,9 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
         store.advance(pk, lc.RECEIVED, lc.NORMALIZED, school_code=rec.school_code, normalized=rec.model_dump(mode="json"))
         store.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=render_pdf(rec, xml=FMT.build(rec)), xml=doc)
     store.close()
-    hub = Hub(config)
-    await hub.start(pull=False)
     try:
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        rows = {r.source_id: r for r in hub.store.rows()}
+        rows = await worked_through(config)
     finally:
-        await hub.stop()
         await vendor.stop()
         await central.stop()
 

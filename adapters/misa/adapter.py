@@ -263,13 +263,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
 
     def read_file(self, name: str, data: bytes) -> list[RawRecord]:
         """One vendor record saved as JSON, with its envelope (``isDeleted`` → ``CANCEL``)."""
-        item = load_json(data, "the file")
-        if not isinstance(item, dict):
-            raise ValueError("the file is not one misa record (a JSON object)")
-        try:
-            return [self._raw(item, name)[0]]
-        except MisaError as exc:
-            raise ValueError(str(exc)) from None
+        return self.one_json_record(name, data, self._raw)
 
     def signed_document(self, raw: RawRecord) -> bytes | None:
         """``signedXml``: the XML học bạ as signed in the school's software (CONTRACT.md)."""

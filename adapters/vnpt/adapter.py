@@ -251,13 +251,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
 
     def read_file(self, name: str, data: bytes) -> list[RawRecord]:
         """One vendor record (a ``DuLieu`` element) saved as JSON, with its envelope."""
-        row = load_json(data, "the file")
-        if not isinstance(row, dict):
-            raise ValueError("the file is not one vnpt record (a JSON object)")
-        try:
-            return [self._raw(row, name)[0]]
-        except VnptError as exc:
-            raise ValueError(str(exc)) from None
+        return self.one_json_record(name, data, self._raw)
 
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         # Duplicate keys, deep nesting and non-JSON are refused with the reason (ContractError).

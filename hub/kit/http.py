@@ -28,6 +28,7 @@ from yarl import URL
 
 from hub import logs
 from hub.contracts import Health, PluginSettings
+from hub.kit.mapping import load_json
 
 log = structlog.get_logger(__name__)
 
@@ -233,6 +234,18 @@ class HttpPullMixin:
             if not isinstance(item, dict):
                 raise self.Error(f"{at}[{i}] is not an object")
         return items
+
+    def one_json_record(self, name: str, data: bytes,
+                        read: Callable[[dict[str, Any], str], tuple[Any, Any]]) -> list[Any]:
+        """``read_file`` for a vendor whose records are JSON objects: the file's one record, read
+        by ``read(item, where)`` as a page's records are (a fault is a ``ValueError`` naming it)."""
+        item = load_json(data, "the file")
+        if not isinstance(item, dict):
+            raise ValueError(f"the file is not one {self.name} record (a JSON object)")
+        try:
+            return [read(item, name)[0]]
+        except self.Error as exc:
+            raise ValueError(str(exc)) from None
 
     def record_id(self, value: Any, at: str) -> str:
         """A record's id as text (a number is taken as its digits). Without one a record cannot be
