@@ -219,6 +219,55 @@ def _store_of(path: str):
     return config, open_store(config.store_path)
 
 
+def cmd_recall(args: argparse.Namespace) -> int:
+    from hub.lifecycle import cancel_reason
+    from hub.store import StateConflict
+
+    try:
+        reason = cancel_reason(args.reason, "the package is recalled")
+    except ValueError as exc:
+        _print_errors([f"--reason: {exc}"])
+        return 2
+    config, store = _store_of(args.config)
+    if store is None:
+        return 1
+    try:
+        packages = store.request_recall(args.package_id, reason, f"cli:{args.actor}")
+    except KeyError:
+        _print_errors([f"--package-id: no package {args.package_id!r} in {config.store_path}"])
+        return 1
+    except StateConflict as exc:
+        _print_errors([f"--package-id: {exc}"])
+        return 1
+    finally:
+        store.close()
+    for package in packages:
+        print(f"package {package.package_id} ({package.school_code}, class {package.class_name}, "
+              f"{len(package.members)} transcripts): recall asked of {package.destination}")
+    print("a running hub sends it within seconds; a stopped one when it starts")
+    return 0
+
+
+def cmd_packages(args: argparse.Namespace) -> int:
+    config, store = _store_of(args.config)
+    if store is None:
+        return 1
+    try:
+        packages = store.packages(school=args.school, destination=args.destination)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([p.public() for p in packages], ensure_ascii=False, indent=2))
+        return 0
+    for p in packages:
+        why = f"  ({p.reason})" if p.reason else ""
+        print(f"{p.package_id}  {p.destination}  {p.school_code} {p.class_name} {p.school_year}  "
+              f"{len(p.members)} transcripts  {p.state}{why}")
+    if not packages:
+        print("no packages")
+    return 0
+
+
 def cmd_signing(args: argparse.Namespace) -> int:
     from hub.engine.signing_status import waiting_signatures
     from hub.plugins import document_formats
@@ -465,6 +514,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="why (it goes to the destinations, the history and the audit log)")
     p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("recall", help="recall a class package from its destination, with a reason: every "
+                                      "transcript in it is withdrawn there (audited)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--package-id", required=True, help="the package's id (hocba-hub packages lists them)")
+    p.add_argument("--reason", required=True, help="why (it goes to the destination, the history and the audit log)")
+    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
+    p.set_defaults(func=cmd_recall)
+
+    p = sub.add_parser("packages", help="the class packages destinations accepted, newest first, and their recall")
+    p.add_argument("--config", required=True)
+    p.add_argument("--school", help="one school's code")
+    p.add_argument("--destination", help="one route's name")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=cmd_packages)
 
     p = sub.add_parser("identity-report", help="students blocked on identity, per school, with what differs")
     p.add_argument("--config", required=True)

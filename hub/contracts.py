@@ -14,9 +14,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from hub.documents.package import ClassPackage, PackageReceipt
 
 
 class PluginSettings(BaseModel):
@@ -207,6 +210,22 @@ class Adapter(Plugin):
         outbox owns the retry policy)."""
         raise NotImplementedError
 
+    async def deliver_package(self, package: "ClassPackage") -> "PackageReceipt":
+        """For a destination that takes a class at a time (a transcript store): submit one class
+        package the Department signed (``hub.documents.package``). The hub then sends it
+        packages instead of single records, once no transcript of the class is still being
+        signed. Idempotent on ``package.package_id``; ``DeliveryError`` as for ``deliver``."""
+        raise NotImplementedError
+
+    async def recall(self, package_id: str, reason: str) -> Receipt:
+        """For a package destination: withdraw a package it accepted, saying why."""
+        raise NotImplementedError
+
+    async def cancel(self, record_id: str, version: int, reason: str) -> Receipt:
+        """For a package destination: cancel one transcript version it holds, saying why (what an
+        operator's cancel, a ``CANCEL`` version, becomes there)."""
+        raise NotImplementedError
+
     async def held_version(self, record_id: str) -> int | None:
         """For a destination: the highest version it holds for ``record_id`` (``None``: none or
         unknown). Used to reconcile a version conflict whose answer did not say."""
@@ -231,7 +250,8 @@ class Adapter(Plugin):
 
     @classmethod
     def can(cls, capability: str) -> bool:
-        """Whether the class implements ``fetch``, ``normalize``, ``verify_push``, ``deliver`` or ``export``."""
+        """Whether the class implements ``fetch``, ``normalize``, ``verify_push``, ``deliver``,
+        ``deliver_package`` or ``export``."""
         return getattr(cls, capability) is not getattr(Adapter, capability)
 
 
@@ -524,9 +544,18 @@ class Simulator(ABC):
             if name != "base_url" and value is not None and hasattr(self, name):
                 setattr(self, name, value.get_secret_value() if hasattr(value, "get_secret_value") else value)
 
+    def trust(self, roots: Sequence[bytes]) -> None:
+        """The roots (DER) the signatures this system checks must chain to: the demo's and
+        ``hocba-hub simulate``'s test PKI. No-op for a system that checks no signature."""
+
     def accepted(self) -> dict[str, int]:
         """For a destination: ``record_id`` → highest version accepted so far."""
         return {}
+
+    def save(self, folder: Path) -> list[Path]:
+        """For a destination: write what it received, as a person would open it (class
+        packages, workbooks…), into ``folder``; the files written. The demo calls it."""
+        return []
 
 
 class IdentitySimulator(Simulator):

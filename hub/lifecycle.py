@@ -100,14 +100,15 @@ def all_states(roles: tuple[str, ...]) -> list[str]:
 
 
 CANCEL_REASON = (5, 500)
-"""How long the reason for an operator's cancel is, in characters (it reaches every destination)."""
+"""How long the reason for an operator's cancel or recall is, in characters (it reaches the destinations)."""
 
 
-def cancel_reason(text: str) -> str:
-    """The reason as stored and sent: one line, blanks collapsed; ``ValueError`` if it is too
-    short or too long to say why. The admin API, the CLI and the console all read it here."""
+def cancel_reason(text: str, what: str = "the transcript is cancelled") -> str:
+    """The reason for an operator's cancel or recall (``what``), as stored and sent: one line,
+    blanks collapsed; ``ValueError`` if it is too short or too long to say why. The admin API,
+    the CLI and the console all read it here."""
     reason = " ".join(text.split())
     low, high = CANCEL_REASON
     if not low <= len(reason) <= high:
-        raise ValueError(f"say why the transcript is cancelled, in {low} to {high} characters")
+        raise ValueError(f"say why {what}, in {low} to {high} characters")
     return reason

@@ -82,16 +82,17 @@ class HubProcess:
     """``hocba-hub run`` as a child process in a process group of its own (its render/sign
     worker processes included), so ``kill()`` is a real ``kill -9`` of the whole hub."""
 
-    def __init__(self, config: Path, log: Path, name: str = "hub"):
+    def __init__(self, config: Path, log: Path, name: str = "hub", plugins: str = "vnpt,ttdlqg,pkcs12,xml"):
         self.config = config
         self.log = log
         self.name = name
+        self.plugins = plugins
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.port = free_port()
-        env = {**os.environ, "HOCBA_HUB_LOAD_PLUGINS": "vnpt,ttdlqg,pkcs12,xml", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "HOCBA_HUB_LOAD_PLUGINS": self.plugins, "PYTHONUNBUFFERED": "1"}
         with open(self.log, "ab") as out:
             out.write(f"\n--- start {self.name} at {time.strftime('%H:%M:%S')}\n".encode())
             self.proc = subprocess.Popen(

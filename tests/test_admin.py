@@ -126,7 +126,7 @@ async def test_openapi_document_is_valid_and_covers_the_api(env):
         "/api/quarantine", "/api/dead-letters",
         "/api/replay", "/api/adapters", "/api/adapters/{name}/pause", "/api/adapters/{name}/resume",
         "/api/identity/blocked", "/api/identity/blocked.xlsx", "/api/signing", "/api/destinations",
-        "/api/exports/{school}/{class_name}"}
+        "/api/exports/{school}/{class_name}", "/api/packages", "/api/packages/{package_id}/recall"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "signed:school_seal" in doc["paths"]["/api/records"]["get"]["parameters"][0]["schema"]["enum"]
 
@@ -135,7 +135,7 @@ async def test_openapi_document_is_valid_and_covers_the_api(env):
 
 def _concrete(path: str) -> str:
     return (path.replace("{id}", "1").replace("{name}", "school-a").replace("{school}", "01001001")
-            .replace("{class_name}", "5A"))
+            .replace("{class_name}", "5A").replace("{package_id}", "GT-01001001-2024-2025-0"))
 
 
 async def test_every_api_route_refuses_a_missing_or_wrong_token_and_changes_nothing(env):

@@ -54,6 +54,49 @@ def test_demo_delivers_every_valid_record_and_quarantines_the_rest(demo):
     assert (work / "hocba-data" / "pki" / "root-ca.pem").exists()
 
 
+@pytest.mark.skipif(shutil.which("xmlsec1") is None, reason="xmlsec1 is not installed")
+def test_demo_sends_class_packages_the_department_signed_and_writes_the_portal_sheets(demo):
+    from openpyxl import load_workbook
+
+    from hub import store as st
+    from hub.documents.package import ClassPackage
+    from tests.test_moet_packages import xmlsec
+
+    work, result = demo
+    out = work / "out"
+    store = st.Store(work / "hocba-data" / "demo.sqlite3")
+    try:
+        delivered = store.rows(state="delivered")
+        classes = {(r.school_code, r.school_year, r.normalized["class_name"]) for r in delivered}
+    finally:
+        store.close()
+    assert len(delivered) == 20
+    # The Ministry's store got each class as packages (one, or more when a transcript of the class
+    # arrived from a slower source after the rest was sent); xmlsec1 verifies each Department
+    # signature against the demo's root alone; together they carry every transcript exactly once.
+    zips = sorted((out / "moet").glob("*.zip"))
+    carried: list[tuple[str, int]] = []
+    packaged = set()
+    for path in zips:
+        package = ClassPackage.from_zip(path.read_bytes())
+        manifest = work / "manifest.xml"
+        manifest.write_bytes(package.manifest)
+        done = xmlsec(manifest, out / "root-ca.pem")
+        assert done.returncode == 0 and "SignedInfo References (ok/all): 3/3" in done.stderr, done.stderr
+        carried += [(e.record_id, e.version) for e in package.entries]
+        packaged.add((package.school_code, package.school_year, package.class_name))
+    assert sorted(carried) == sorted((r.record_id, r.version) for r in delivered)
+    assert packaged == classes
+    # The school portal's sheets, opened again with openpyxl: one workbook per class, one row per student.
+    books = sorted((out / "portal-sheets").rglob("*.xlsx"))
+    assert len(books) == len(classes)
+    cells = [str(v) for book in books for row in load_workbook(book).active.iter_rows(values_only=True)
+             for v in row if v is not None]
+    for r in delivered:
+        assert cells.count(r.normalized["student"]["full_name"]) >= 1, r.normalized["student"]["full_name"]
+    assert "ttdlqg         holds 20 transcripts" in result.stdout
+
+
 @pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils is not installed")
 def test_demo_pdfs_read_as_vietnamese_and_carry_the_record(demo):
     work, _ = demo
@@ -141,6 +184,7 @@ async def test_run_serves_works_and_drains_on_sigterm(tmp_path):
     config["data_dir"] = str(tmp_path / "data")
     config["adapters"] = config["adapters"][:1]  # the vnpt source, served by the simulator above
     config["adapters"][0]["settings"].update(vendor.adapter_settings())
+    config["routes"] = config["routes"][:1]  # the National Data Centre, served by the simulator above
     config["routes"][0]["settings"].update(central.adapter_settings())
     config["signers"][0]["settings"] = {"directory": str(pki), "password": "${RUN_TEST_KEY_PASSWORD}"}
     config["signing"]["trust"] = [str(pki / "root-ca.pem")]
@@ -186,7 +230,7 @@ async def test_first_run_simulate_then_run_delivers_without_tracebacks(tmp_path)
     """The README's first run: `simulate` stands in for every system the example config names,
     `run` serves and delivers against them; neither prints a traceback."""
     text = (ROOT / "config" / "example.yaml").read_text(encoding="utf-8")
-    for old in ("9100", "9101", "9102", "9103", "8080"):
+    for old in ("9100", "9101", "9102", "9103", "9104", "8080"):
         text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{_free_port()}")
     text = text.replace("hocba-data", str(tmp_path / "hocba-data"))
     config = tmp_path / "hub.yaml"

@@ -168,17 +168,19 @@ async def test_only_one_class_of_the_department_goes_in_a_package(transcripts, k
         await package_of([transcripts[0], transcripts[0]], keys)
 
 
+def xmlsec(path: Path, trusted: Path) -> subprocess.CompletedProcess:
+    """xmlsec1's verdict on a signed manifest (the XAdES and KeyInfo references by their Id)."""
+    return subprocess.run(["xmlsec1", "--verify", "--trusted-pem", str(trusted),
+                           "--id-attr:Id", f"{XADES}:SignedProperties", "--id-attr:Id", f"{DS}:KeyInfo",
+                           str(path)], capture_output=True, text=True)
+
+
 @needs_xmlsec
 async def test_xmlsec1_verifies_the_departments_signature(transcripts, keys, keys_dir, tmp_path):
     _, root = keys_dir
     package = await package_of(transcripts, keys)
     manifest = tmp_path / "manifest.xml"
     manifest.write_bytes(package.manifest)
-
-    def xmlsec(path: Path, trusted: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(["xmlsec1", "--verify", "--trusted-pem", str(trusted),
-                               "--id-attr:Id", f"{XADES}:SignedProperties", "--id-attr:Id", f"{DS}:KeyInfo",
-                               str(path)], capture_output=True, text=True)
 
     done = xmlsec(manifest, root)
     assert done.returncode == 0 and "SignedInfo References (ok/all): 3/3" in done.stderr, done.stderr

@@ -192,4 +192,27 @@ def test_example_config_routes_to_the_national_data_centre():
 
     data = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "example.yaml").read_text())
     config = parse_config(data)
-    assert [r.type for r in config.routes][0] == "ttdlqg"
+    assert [r.type for r in config.routes] == ["ttdlqg", "moet", "portal_excel"]
+    assert config.department is not None and config.department.code == "01"  # who signs the packages
+
+
+async def test_a_refusal_met_by_the_probe_ends_the_outage_instead_of_holding_the_route(tmp_path, pki, systems):
+    """The destination comes back refusing (its token was rotated): the probe's 401 is an
+    answer, so the breaker closes and every waiting record is dead-lettered with the reason,
+    rather than the route waiting for ever on a probe slot nobody frees."""
+    vendor, ndc_a, ndc_b = systems
+    ndc_b.faults.outage = True
+    hub = Hub(two_routes(tmp_path, pki, vendor, ndc_a, ndc_b))
+    await hub.start()
+    try:
+        route = hub.outbox.routes["ndc-b"]
+        await wait_for(lambda: asyncio.sleep(0, route.breaker.is_open and len(ndc_a.accepted()) == 6))
+        ndc_b.token = "rotated-token"
+        ndc_b.faults.outage = False
+        await asyncio.wait_for(hub.wait_idle(), 60)
+        assert not route.breaker.is_open
+        dead = await hub.db(hub.store.rows, state=lc.DEAD_LETTER)
+        assert dead and all(r.school_code in SCHOOLS_B for r in dead)
+        assert all("token rejected" in " ".join(r.errors) for r in dead), [r.errors for r in dead]
+    finally:
+        await hub.stop()

@@ -856,3 +856,56 @@ def test_audit_checkpoint_and_verify_on_the_command_line(tmp_path):
     assert cli("verify").returncode == 0  # the chain alone cannot see a cut end
     result = cli("verify", "--anchor", str(anchor))
     assert result.returncode == 1 and "truncated" in result.stderr and "TAMPERED" in result.stdout
+
+
+def test_a_package_and_its_transcripts_are_stored_together_and_a_recall_reaches_each(open_store):
+    s = open_store()
+    a, b, c = s.receive("a", [raw("1"), raw("2"), raw("3")])
+    for pk in (a, b, c):
+        s.advance(pk, lc.RECEIVED, lc.NORMALIZED, normalized={"class_name": "5A"}, content_hash=f"h{pk}",
+                  school_code="01001001", school_year="2024-2025")
+    in_signing = [lc.NORMALIZED, lc.RENDERED]
+    assert s.class_in_signing("01001001", "2024-2025", "5A", in_signing) == 3
+    for pk in (a, b):
+        s.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=b"%PDF-")
+        s.advance(pk, lc.RENDERED, "signed:school_seal", pdf=b"%PDF-signed", due=["store"])
+    assert s.class_in_signing("01001001", "2024-2025", "5A", in_signing) == 1  # c: the class waits
+    assert s.class_in_signing("01001001", "2024-2025", "5B", in_signing) == 0
+    # Postponed jobs are not due until their time.
+    s.postpone([a, b], "store", "2999-01-01T00:00:00+00:00")
+    assert s.claim_deliveries("w", 60, 10, "store") == []
+    s.postpone([a, b], "store", now_iso())
+    assert {j[0] for j in s.claim_deliveries("w", 60, 10, "store")} == {a, b}
+    facts = {"package_id": "GT-1", "school_code": "01001001", "class_name": "5A", "school_year": "2024-2025"}
+    settled = s.package_delivered("store", facts, {"receipt_id": "P1"},
+                                  [(a, "signed:school_seal", {"receipt_id": "T1", "package_id": "GT-1"}),
+                                   (b, "signed:school_seal", {"receipt_id": "T2", "package_id": "GT-1"})])
+    assert settled == [lc.DELIVERED, lc.DELIVERED]
+    [package] = open_store().packages()  # another connection sees the package with its members
+    rid_a, rid_b = st.record_id_for("a", "1"), st.record_id_for("a", "2")
+    assert package.members == ((rid_a, 1), (rid_b, 1)) and package.state == "submitted"
+    assert package.receipt == {"receipt_id": "P1"}
+    assert [e["kind"] for e in s.audit_entries()].count("package") == 1
+    # A recall: asked once (a second ask is refused), sent, then every member says so.
+    with pytest.raises(KeyError):
+        s.request_recall("GT-nope", "sai điểm", "op")
+    [asked] = s.request_recall("GT-1", "sai điểm môn Toán", "op:an")
+    assert asked.state == "recall_requested" and asked.requested_by == "op:an"
+    with pytest.raises(st.StateConflict, match="already recall requested"):
+        s.request_recall("GT-1", "sai điểm môn Toán", "op:an")
+    assert [p.package_id for p in s.recalls_due(["store", "ndc"])] == ["GT-1"]
+    assert s.recalls_due([]) == [] and s.recalls_due("ndc") == []
+    s.recall_refused("GT-1", "store", "the store is closed for the year")
+    assert s.packages()[0].state == "recall_refused" and s.recalls_due("store") == []
+    s.request_recall("GT-1", "sai điểm môn Toán", "op:an")  # a refused recall may be asked again
+    s.recall_done("GT-1", "store", {"receipt_id": "R1"})
+    done = s.packages(package_id="GT-1")[0]
+    assert done.state == "recalled" and done.receipt["recall"] == {"receipt_id": "R1"}
+    for pk in (a, b):
+        assert {d["destination"]: (d["state"], d["last_error"]) for d in s.deliveries_of(pk)} == {
+            "store": ("recalled", "sai điểm môn Toán")}
+        assert "recalled from store with package GT-1: sai điểm môn Toán" in s.history(pk)[-1]["detail"]
+    # The store no longer holds the content: the same content sent again is not "unchanged".
+    assert s.sent_versions(rid_a) == {"store": (1, None)}
+    assert s.destination_counts()["store"]["recalled"] == 2
+    assert verify_chain(s.audit_entries()).ok

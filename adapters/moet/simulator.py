@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -165,6 +166,19 @@ class MoetSimulator(LoopbackServer, Simulator):
 
     async def stop(self) -> None:
         await self._shutdown()
+
+    def save(self, folder: Path) -> list[Path]:
+        """Each package as received (a ZIP: the signed manifest, then each transcript's files)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for package_id, body in sorted(self.package_files.items()):
+            path = folder / f"{package_id}.zip"
+            path.write_bytes(body)
+            written.append(path)
+        return written
+
+    def trust(self, roots: Sequence[bytes]) -> None:
+        self.trust_roots = tuple(roots)
 
     def adapter_settings(self) -> dict[str, Any]:
         if self.base_url is None:

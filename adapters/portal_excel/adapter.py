@@ -66,6 +66,9 @@ class PortalExcelSettings(PluginSettings):
     """The ``portal_excel`` destination's YAML section."""
     directory: Path = Field(description="Folder the workbooks are written into (must exist): "
                                         "<school year>/<school code>/<school code>_<class>_<school year>.xlsx")
+    create_directory: bool = Field(
+        default=False, description="Create the folder at start-up if it is missing (a first run); otherwise a "
+                                   "missing folder is an error, since it usually means a typo or an unmounted share")
 
 
 def class_file(school_year: str, school_code: str, class_name: str) -> Path:
@@ -95,6 +98,8 @@ class PortalExcelAdapter(Adapter):
     # --- life -------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        if self.settings.create_directory:
+            self.directory.mkdir(parents=True, exist_ok=True)
         problem = self._folder_problem()
         if problem:
             raise PluginError(problem)

@@ -44,6 +44,18 @@ class PortalExcelSimulator(FolderSimulator):
         finally:
             db.close()
 
+    def save(self, folder: Path) -> list[Path]:
+        """Every workbook written, with its folders (school year, school)."""
+        root = Path(self.directory or ".")
+        written = []
+        for path in sorted(root.rglob("*.xlsx")):
+            if not path.name.startswith("."):
+                target = folder / path.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                written.append(target)
+        return written
+
     def workbooks(self) -> dict[str, Any]:
         """Every workbook in the folder, opened again: relative path → ``openpyxl.Workbook``."""
         root = Path(self.directory or ".")

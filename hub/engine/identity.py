@@ -34,7 +34,7 @@ from hub import lifecycle as lc
 from hub import store as st
 from hub.config import IdentitySection
 from hub.contracts import IdentityFinding, IdentityProvider, IdentityResult, Person
-from hub.engine.outbox import CircuitBreaker
+from hub.engine.outbox import CircuitBreaker, utc_after
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
@@ -118,10 +118,6 @@ def person_key(provider: str, person: Person) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _utc(seconds_from_now: float = 0.0) -> str:
-    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds_from_now)).isoformat(
-        timespec="milliseconds")
-
 
 class IdentityStage:
     """The identity worker of one hub: claims normalised records in batches and moves them on."""
@@ -193,7 +189,7 @@ class IdentityStage:
                     row.normalized, hub.roles, self.config.check_signers)
             keys = {s.person: person_key(self._provider_key, s.person)
                     for subs in people.values() for s in subs if s.person is not None}
-            now = _utc()
+            now = utc_after()
             known = await hub.db(hub.store.identity_known, set(keys.values()), now)
             ask = {key: person for person, key in keys.items() if key not in known}
             results = {key: IdentityResult(frozenset({F(outcome)})) for key, outcome in known.items()}
@@ -205,7 +201,7 @@ class IdentityStage:
                 verified = [(key, F.VERIFIED.value) for key in ask if results[key].verified]
                 if verified:
                     await hub.db(hub.store.identity_remember, verified, now,
-                                  _utc(self.config.cache_days * 86400))
+                                  utc_after(self.config.cache_days * 86400))
             return answered
 
     async def _ask(self, ask: dict[str, Person], record_ids: list[str]) -> dict[str, IdentityResult]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from tenacity import RetryCallState, wait_exponential_jitter
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
 
 
-def _utc(seconds_from_now: float = 0.0) -> str:
+def utc_after(seconds_from_now: float = 0.0) -> str:
     when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds_from_now)
     return when.isoformat(timespec="milliseconds")
 
@@ -121,19 +122,15 @@ class CircuitBreaker:
 
 
 class Outbox:
-    """The delivery workers of one hub: one ``RouteOutbox`` per configured route.
-
-    Extension point, for destinations that take class packages instead of single records (the
-    Ministry's transcript store): such an adapter would declare ``delivers = "package"``, and
-    its ``RouteOutbox`` would claim jobs grouped by (school, class, school year) — every signed
-    transcript of the class, each still its own job and outcome — and hand them to the adapter
-    together (``deliver_package``), recording one receipt per package and per transcript with
-    ``Store.delivery_done``. Per-record routes stay as they are.
-    """
+    """The delivery workers of one hub: one per configured route (a ``PackageRouteOutbox``,
+    ``hub/engine/package_outbox.py``, for a destination that takes class packages)."""
 
     def __init__(self, hub: "Hub", concurrency: int = 8):
         self.hub = hub
-        self.routes = {name: RouteOutbox(hub, name, adapter, concurrency) for name, adapter in hub.routes.items()}
+        from hub.engine.package_outbox import PackageRouteOutbox  # it builds on RouteOutbox, below
+
+        self.routes = {name: (PackageRouteOutbox if adapter.can("deliver_package") else RouteOutbox)(
+            hub, name, adapter, concurrency) for name, adapter in hub.routes.items()}
         self.wake = _WakeAll(self)
 
     @property
@@ -198,13 +195,15 @@ class RouteOutbox:
                 continue
             if self.breaker.ended:  # the destination is back: everything waiting for it goes now
                 self.breaker.ended = False
-                await hub.db(hub.store.make_due, _utc(), self.name)
+                await hub.db(hub.store.make_due, utc_after(), self.name)
             probing = self.breaker.is_open
             free = 1 if probing else self._concurrency - len(self._tasks)
             if free <= 0:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            due = await hub.db(hub.store.claim_deliveries, hub.owner, hub.lease_seconds, free, self.name)
+            await self._before_claim()
+            due = await hub.db(hub.store.claim_deliveries, hub.owner, hub.lease_seconds, self._claim_size(free),
+                               self.name)
             if not due:
                 if probing:
                     self.breaker.probing = False  # nothing was due: the probe slot is free again
@@ -213,12 +212,24 @@ class RouteOutbox:
                     dt.datetime.fromisoformat(next_due) - dt.datetime.now(dt.timezone.utc)).total_seconds()
                 await self._sleep(min(max(wait, 0.01), 5.0))
                 continue
-            for pk, _, attempts in due:
-                task = asyncio.create_task(self._deliver(pk, attempts))
+            for job in self._jobs([(pk, attempts) for pk, _, attempts in due]):
+                task = asyncio.create_task(job)
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             if probing:  # one probe at a time: wait for its outcome before sending more
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # What differs for a destination that takes a class at a time (``PackageRouteOutbox``).
+
+    async def _before_claim(self) -> None:
+        """Work this route does besides its jobs (a package route's recalls)."""
+
+    def _claim_size(self, free: int) -> int:
+        return free
+
+    def _jobs(self, due: list[tuple[int, int]]) -> list[Coroutine[Any, Any, None]]:
+        """The tasks for the claimed jobs ``(record pk, attempts)``: one per record here."""
+        return [self._deliver(pk, attempts) for pk, attempts in due]
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -288,6 +299,7 @@ class RouteOutbox:
         hub = self.hub
         reason = str(exc)
         if exc.conflict:
+            self.breaker.success(await hub.db(hub.store.outbox_size) if self.breaker.is_open else None)
             held = exc.held_version
             if held is None:
                 try:
@@ -304,25 +316,41 @@ class RouteOutbox:
                             old_version=row.version, adapter=row.adapter, school_code=row.school_code)
             hub.enqueue(new_pk, lc.RECEIVED)
             return
+        await self._not_delivered([row], attempts, exc)
+
+    async def _not_delivered(self, rows: list[st.Row], attempts: int, exc: DeliveryError) -> None:
+        """One request carrying ``rows`` failed (not a conflict): a refusal dead-letters them, a
+        transient failure counts once toward the breaker and each is tried again later."""
+        hub = self.hub
+        reason = str(exc)
         if exc.permanent:
-            await self._give_up(row, f"refused by {self.name}: {reason}")
+            # A refusal is an answer: the destination is up (a probe that meets one ends the
+            # outage instead of holding the probe slot for ever).
+            self.breaker.success(await hub.db(hub.store.outbox_size) if self.breaker.is_open else None)
+            for row in rows:
+                await self._give_up(row, f"refused by {self.name}: {reason}")
             return
         was_open = self.breaker.is_open
         opening = not was_open and self.breaker.failures + 1 >= self.breaker.threshold
-        self.breaker.failure(row.record_id, reason, await hub.db(hub.store.outbox_size) if opening else None)
+        self.breaker.failure(rows[0].record_id, reason, await hub.db(hub.store.outbox_size) if opening else None)
         if was_open:
-            # A failed probe during an outage says nothing about this record: no attempt counted,
-            # so an hour-long outage dead-letters nothing.
-            await hub.db(hub.store.retry_later, row.id, reason, _utc(self.policy.breaker_probe_seconds), False,
-                         self.name)
+            # A failed probe during an outage says nothing about these records: no attempt
+            # counted, so an hour-long outage dead-letters nothing.
+            for row in rows:
+                await hub.db(hub.store.retry_later, row.id, reason, utc_after(self.policy.breaker_probe_seconds),
+                             False, self.name)
             return
         attempts += 1
         if attempts >= self.policy.max_attempts:
-            await self._give_up(row, f"gave up after {attempts} attempts: {reason}")
+            for row in rows:
+                await self._give_up(row, f"gave up after {attempts} attempts: {reason}")
             return
         delay = self.backoff.seconds(attempts, exc.retry_after)
-        await hub.db(hub.store.retry_later, row.id, reason, _utc(delay), True, self.name)
+        for row in rows:
+            await hub.db(hub.store.retry_later, row.id, reason, utc_after(delay), True, self.name)
         hub.count_retry(self.name)
         if not self.breaker.is_open:  # during an outage the breaker logs once, not every retry
+            row = rows[0]
             hub.log.info("delivery.retry", record_id=row.record_id, adapter=row.adapter, destination=self.name,
-                         school_code=row.school_code, attempt=attempts, in_seconds=round(delay, 2), error=reason)
+                         school_code=row.school_code, attempt=attempts, in_seconds=round(delay, 2), error=reason,
+                         **({"records": len(rows)} if len(rows) > 1 else {}))

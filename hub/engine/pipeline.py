@@ -276,6 +276,11 @@ class Hub:
                 self.routes[route.name] = adapter_types()[route.type].cls(
                     self.config.route_settings(route.name),
                     PluginContext(route.name, data / "plugins" / route.name, self._pool))
+                if self.routes[route.name].can("deliver_package") and (
+                        self.config.department is None or not self.config.xml_format):
+                    raise PluginError(f"routes: {route.name} ({route.type}) takes class packages, which the "
+                                      f"Department signs and which carry the XML học bạ: configure department: "
+                                      f"(code, name, signer) and documents.xml")
             if (section := self.config.identity) is not None:
                 self.identity = identity_provider_types()[section.type].cls(
                     self.config.identity_settings(), PluginContext(section.name, data / "plugins" / section.name))
@@ -351,13 +356,14 @@ class Hub:
         self.log.info("hub.stopped", counts=counts)
 
     async def wait_idle(self, poll: float = 0.05) -> None:
-        """Wait until every adapter has pulled once, no record is in a stage and no delivery is
-        due or under way (a delivery waiting to retry counts as work left)."""
+        """Wait until every adapter has pulled once, no record is in a stage and no delivery or
+        package recall is due or under way (a delivery waiting to retry counts as work left)."""
         for event in self._pulled.values():
             await event.wait()
         while True:
             try:
-                if not self.working and self.outbox.active == 0 and not await self.db(self.store.pending):
+                if (not self.working and self.outbox.active == 0 and not await self.db(self.store.pending)
+                        and not await self.db(self.store.recalls_due, list(self.routes))):
                     return
             except self.store.unavailable:
                 # The database dropped this worker's connection (a failover, a restart, an
@@ -1065,6 +1071,27 @@ class Hub:
         pk = await self.db(self.store.cancel, record_id, reason, actor)
         self.enqueue(pk, lc.RECEIVED)
         return pk
+
+    async def recall(self, package_id: str, reason: str, actor: str) -> list[Any]:
+        """``Store.request_recall`` through the running hub: the package route sends it at once."""
+        packages = await self.db(self.store.request_recall, package_id, reason, actor)
+        if self.outbox is not None:
+            self.outbox.wake.set()
+        return packages
+
+    async def sign_package(self, items: list[Any]) -> Any:
+        """A class package of ``items`` (``hub.documents.package.PackageItem``), its manifest
+        signed by the Department (``department:`` in the config), built in the worker processes."""
+        from hub.documents.package import package_class
+        from hub.plugins import document_formats
+
+        department = self.config.department
+        if department is None:
+            raise PluginError("department: not configured; a class package is signed by the Department")
+        return await package_class(items, self.signers[department.signer], department_code=department.code,
+                                   department_name=department.name,
+                                   document_format=document_formats()[self.config.xml_format].cls(),
+                                   c14n=self.config.signing.c14n, executor=self._pool)
 
     # --- pushed records (the ingest route, hub/ingest.py) -----------------------------------
 

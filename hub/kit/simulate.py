@@ -26,6 +26,7 @@ import aiohttp
 
 from hub.config import ConfigError, HubConfig, load_config
 from hub.contracts import Simulator
+from hub.documents.verify import trust_roots_der
 from hub.kit.demo import (
     DEMO_KEY_PASSWORD,
     DEMO_KEY_PASSWORD_ENV,
@@ -102,6 +103,7 @@ async def run_simulators(config_path: str, *, records: int, invalid: int) -> int
             destination = simulator_class(route.type)
             if destination is not None:
                 sim = destination()
+                sim.trust(trust_roots_der((root,)))
                 where = await _start(sim, _settings(config, route.name))
                 started.append(sim)
                 print(f"{route.name:<16} {route.type:<12} destination  {where}")

@@ -238,6 +238,31 @@ def _routes(dialect: str) -> tuple[str, ...]:
     )
 
 
+def _packages() -> tuple[str, ...]:
+    return (
+        """CREATE TABLE IF NOT EXISTS packages (
+    package_id   TEXT NOT NULL,
+    destination  TEXT NOT NULL,
+    school_code  TEXT NOT NULL,
+    class_name   TEXT NOT NULL,
+    school_year  TEXT NOT NULL,
+    members      TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    receipt      TEXT,
+    reason       TEXT,
+    requested_by TEXT,
+    last_error   TEXT,
+    submitted_at TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    PRIMARY KEY (destination, package_id)
+)""",
+        "CREATE INDEX IF NOT EXISTS packages_id ON packages (package_id)",
+        "CREATE INDEX IF NOT EXISTS packages_school ON packages (school_code, submitted_at)",
+        # Whether a class is still being signed is asked before each package.
+        "CREATE INDEX IF NOT EXISTS records_class ON records (school_code, school_year, state)",
+    )
+
+
 STEPS: tuple[Step, ...] = (
     # Stores created before versioned migrations already have these tables: every statement
     # is ``IF NOT EXISTS``, so on them step 1 only records the version.
@@ -285,6 +310,10 @@ STEPS: tuple[Step, ...] = (
     Step(9, "reason: who asked for a version and why (an operator's cancel)",
          sqlite=("ALTER TABLE records ADD COLUMN reason TEXT",),
          postgresql=("ALTER TABLE records ADD COLUMN IF NOT EXISTS reason TEXT",)),
+    # A destination that takes a class at a time: each package it accepted, with its receipt and
+    # members, and its recall (asked for by an operator, carried out by the delivery worker).
+    Step(10, "packages: each class package a destination accepted, and its recall",
+         sqlite=_packages(), postgresql=_packages()),
 )
 
 LATEST = max(step.version for step in STEPS)

@@ -46,6 +46,7 @@ from hub.lifecycle import (
 )
 from hub.store import migrations
 from hub.store.issuance import IssuanceRegistry
+from hub.store.packages import PackageLedger
 
 # A destination's job waiting in the outbox (``deliveries.state``; the others are record states).
 QUEUED = "queued"
@@ -186,7 +187,7 @@ def open_store(location: str | Path) -> "Store":
     return Store(location)
 
 
-class Store(IssuanceRegistry):
+class Store(IssuanceRegistry, PackageLedger):
     """SQLite-backed record store. Thread-safe; every public method is one transaction.
 
     ``shared`` is false: one hub process owns a SQLite file (several workers need PostgreSQL).
@@ -648,30 +649,30 @@ class Store(IssuanceRegistry):
         newer one superseded it keeps its receipt (and is ``delivered``): the store's view and the
         destination's must agree. Returns the record's new state, if it moved."""
         now = now_iso()
-        text = json.dumps(receipt, ensure_ascii=False)
+        return self._write(lambda db: self._delivery_done(db, pk, destination, expected, receipt, now))
 
-        def work(db: Any) -> str | None:
-            row = db.execute(f"SELECT record_id, version, state, content_hash FROM records WHERE id = ?"
-                             f"{self._for_update}", (pk,)).fetchone()
-            if row is None:
-                raise KeyError(pk)
-            db.execute("DELETE FROM outbox WHERE record = ? AND destination = ?", (pk, destination))
-            db.execute("INSERT INTO deliveries (record, destination, state, receipt, updated_at) VALUES (?, ?, ?, ?, ?)"
-                       " ON CONFLICT (record, destination) DO UPDATE SET state = excluded.state,"
-                       " receipt = excluded.receipt, last_error = NULL, updated_at = excluded.updated_at",
-                       (pk, destination, DELIVERED, text, now))
-            db.execute("UPDATE records SET receipt = ? WHERE id = ?",
-                       (json.dumps({**receipt, "destination": destination}, ensure_ascii=False), pk))
-            self._held(db, row["record_id"], destination, row["version"], row["content_hash"], text, now)
-            self._audit(db, "receipt", "hub", row["record_id"],
-                        {"version": row["version"], "destination": destination, "receipt": receipt})
-            self._issue_to(db, pk, destination, now)
-            if row["state"] == SUPERSEDED:
-                self._set_state(db, pk, DELIVERED, f"accepted by {destination} while a newer version was received",
-                                now)
-                return DELIVERED
-            return self._settle(db, pk, expected, now)
-        return self._write(work)
+    def _delivery_done(self, db: Any, pk: int, destination: str, expected: str, receipt: dict[str, Any],
+                       now: str) -> str | None:
+        text = json.dumps(receipt, ensure_ascii=False)
+        row = db.execute(f"SELECT record_id, version, state, content_hash FROM records WHERE id = ?"
+                         f"{self._for_update}", (pk,)).fetchone()
+        if row is None:
+            raise KeyError(pk)
+        db.execute("DELETE FROM outbox WHERE record = ? AND destination = ?", (pk, destination))
+        db.execute("INSERT INTO deliveries (record, destination, state, receipt, updated_at) VALUES (?, ?, ?, ?, ?)"
+                   " ON CONFLICT (record, destination) DO UPDATE SET state = excluded.state,"
+                   " receipt = excluded.receipt, last_error = NULL, updated_at = excluded.updated_at",
+                   (pk, destination, DELIVERED, text, now))
+        db.execute("UPDATE records SET receipt = ? WHERE id = ?",
+                   (json.dumps({**receipt, "destination": destination}, ensure_ascii=False), pk))
+        self._held(db, row["record_id"], destination, row["version"], row["content_hash"], text, now)
+        self._audit(db, "receipt", "hub", row["record_id"],
+                    {"version": row["version"], "destination": destination, "receipt": receipt})
+        self._issue_to(db, pk, destination, now)
+        if row["state"] == SUPERSEDED:
+            self._set_state(db, pk, DELIVERED, f"accepted by {destination} while a newer version was received", now)
+            return DELIVERED
+        return self._settle(db, pk, expected, now)
 
     def delivery_given_up(self, pk: int, destination: str, expected: str, error: str, *,
                           superseded: bool = False) -> str | None:

@@ -197,6 +197,21 @@ class CancelRequest(StrictBody):
             raise ApiError(400, "reason", str(exc)) from None
 
 
+class RecallRequest(CancelRequest):
+    """``POST /api/packages/{package_id}/recall``: the reason is mandatory; it goes to the
+    destination, every transcript's history and the audit log."""
+
+    reason: str = Field(min_length=lc.CANCEL_REASON[0], max_length=lc.CANCEL_REASON[1],
+                        pattern=r"^[^\x00-\x1f\x7f]+$",
+                        description="Why the package is recalled (one line, 5-500 characters)")
+
+    def check(self) -> None:
+        try:
+            self.reason = lc.cancel_reason(self.reason, "the package is recalled")
+        except ValueError as exc:
+            raise ApiError(400, "reason", str(exc)) from None
+
+
 class ReplayRequest(StrictBody):
     """``POST /api/replay``: records matching every given criterion (ids and record_ids: any of them).
 
@@ -267,6 +282,8 @@ class AdminApi:
             Route("/identity/blocked", self._endpoint(self.identity_blocked, OPERATOR)),
             Route("/identity/blocked.xlsx", self._endpoint(self.identity_blocked_xlsx, OPERATOR)),
             Route("/exports/{school}/{class_name:path}", self._endpoint(self.export, OPERATOR)),
+            Route("/packages", self._endpoint(self.packages, VIEWER)),
+            Route("/packages/{package_id}/recall", self._endpoint(self.recall, OPERATOR), methods=["POST"]),
         ]
         return [
             Route("/openapi.json", self.openapi),
@@ -501,9 +518,33 @@ class AdminApi:
                 "filters": route.filters.model_dump(exclude_none=True),
                 "health": {"ok": status.health.ok, "detail": public_error(status.health.detail)} if status else None,
                 "circuit_open": bool(worker and worker.breaker.is_open),
-                "counts": {k: mine.get(k, 0) for k in ("due", "queued", "delivered", "dead_letter", "superseded")},
+                "counts": {k: mine.get(k, 0)
+                           for k in ("due", "queued", "delivered", "dead_letter", "superseded", "recalled")},
             })
         return {"items": out}
+
+    async def packages(self, request: Request, caller: Caller) -> dict[str, Any]:
+        """The class packages destinations accepted, newest first: members, receipt, recall."""
+        q = request.query_params
+        self._query(request, ("school", "destination"))
+        items = await self.hub.db(self.hub.store.packages, school=q.get("school"), destination=q.get("destination"))
+        return {"items": [p.public() for p in items]}
+
+    async def recall(self, request: Request, caller: Caller) -> dict[str, Any]:
+        """Recall a package from every destination holding it, with the reason (audited); the
+        route's worker sends it."""
+        self._query(request, ())
+        package_id = request.path_params["package_id"]
+        if not 0 < len(package_id) <= 200 or any(ord(c) < 32 or c == "\x7f" for c in package_id):
+            raise ApiError(400, "package_id", "not a package id (1-200 characters, no control characters)")
+        body = RecallRequest.parse(await _json_body(request))
+        try:
+            items = await self.hub.recall(package_id, body.reason, caller.name)
+        except KeyError:
+            raise ApiError(404, "package_id", f"no package {package_id}") from None
+        except st.StateConflict as exc:
+            raise ApiError(409, "package_id", str(exc)) from None
+        return {"items": [p.public() for p in items]}
 
     async def adapters(self, request: Request, caller: Caller) -> dict[str, Any]:
         self._query(request, ())
@@ -773,6 +814,22 @@ def openapi_document(states: list[str], adapters: list[str], routes: list[str] =
                 "summary": "The same report as an XLSX for the school; operators only",
                 "parameters": [filters[1]],
                 "responses": responses({"type": "string", "format": "binary"}, 400, 403, media=XLSX)}},
+            "/api/packages": {"get": {
+                "summary": "Class packages destinations accepted, newest first, with their members, receipt "
+                           "and recall state",
+                "parameters": [filters[1],
+                               param("destination", "query", {"type": "string", "minLength": 1, "maxLength": 100},
+                                     "One route's name")],
+                "responses": responses(ref("PackageList"), 400)}},
+            "/api/packages/{package_id}/recall": {"post": {
+                "summary": "Recall a class package with a mandatory reason: the destination withdraws every "
+                           "transcript it carried; operators only (audited)",
+                "parameters": [param("package_id", "path", {"type": "string", "minLength": 1, "maxLength": 200,
+                                                            "pattern": r"^[^\x00-\x1f\x7f]+$"},
+                                     "The package's id")],
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": ref("RecallRequest")}}},
+                "responses": responses(ref("PackageList"), 400, 403, 404, 409, 413, 415)}},
             "/api/exports/{school}/{class_name}": {"get": {
                 "summary": "The file the destination wrote for one class (the school portal's import "
                            "sheet); operators only (names)",
@@ -831,6 +888,24 @@ def openapi_document(states: list[str], adapters: list[str], routes: list[str] =
                         "class_name": {**nullable_str, "description": "Operators only"}}}]},
                 "ReplayRequest": ReplayRequest.openapi_schema(routes),
                 "CancelRequest": CancelRequest.openapi_schema(),
+                "RecallRequest": RecallRequest.openapi_schema(),
+                "PackageList": {"type": "object", "required": ["items"], "properties": {"items": {
+                    "type": "array", "items": {
+                        "type": "object",
+                        "required": ["package_id", "destination", "school_code", "class_name", "school_year",
+                                     "state", "transcripts", "submitted_at", "updated_at"],
+                        "properties": {
+                            "package_id": {"type": "string"}, "destination": {"type": "string"},
+                            "school_code": {"type": "string"}, "class_name": {"type": "string"},
+                            "school_year": {"type": "string"},
+                            "state": {"type": "string",
+                                      "enum": ["submitted", "recall_requested", "recalled", "recall_refused"]},
+                            "transcripts": {"type": "array", "items": {
+                                "type": "object", "required": ["record_id", "version"],
+                                "properties": {"record_id": {"type": "string"}, "version": {"type": "integer"}}}},
+                            "receipt_id": nullable_str, "reason": nullable_str, "requested_by": nullable_str,
+                            "last_error": nullable_str, "submitted_at": {"type": "string"},
+                            "updated_at": {"type": "string"}}}}}},
                 "CancelResult": {"type": "object", "required": ["record_id", "id", "version", "event", "state"],
                                  "properties": {"record_id": {"type": "string"}, "id": {"type": "integer"},
                                                 "version": {"type": "integer"}, "event": {"type": "string"},

@@ -160,6 +160,8 @@ class Console:
             Route("/console/schools/{school}/report.xlsx", self.report),
             Route("/console/replay", self.replay, methods=["POST"]),
             Route("/console/cancel", self.cancel, methods=["POST"]),
+            Route("/console/packages", self.packages),
+            Route("/console/recall", self.recall, methods=["POST"]),
             Route("/console/adapters/{name}/{action}", self.pause, methods=["POST"]),
         ]
 
@@ -443,6 +445,42 @@ class Console:
         except StateConflict:
             return self._refused(request, lang, session, Refused(409, "already_cancelled"))
         return RedirectResponse(f"/console/records/{new}" + _query(lang, done="cancel"), status_code=303)
+
+    async def packages(self, request: Request) -> Response:
+        """The class packages destinations accepted (one school's, with ``?school=``), with a
+        recall form per package for operators."""
+        session = self._signed_in(request)
+        if isinstance(session, Response):
+            return session
+        lang = self._lang(request)
+        school = request.query_params.get("school") or None
+        if school is not None and not _SCHOOL.match(school):
+            school = None
+        items = await self.hub.db(self.hub.store.packages, school=school, limit=PROBLEMS_SHOWN * 10)
+        return self._page(request, "console_packages.html", lang, session, school=school,
+                          packages=[p.public() for p in items], done=_done(request, lang))
+
+    async def recall(self, request: Request) -> Response:
+        """Recall a package with the reason the operator typed (``Hub.recall``); the route's
+        worker sends it."""
+        lang = self._lang(request)
+        try:
+            session, form = await self._post(request)
+        except Refused as exc:
+            return self._refused(request, lang, self._session(request), exc)
+        package_id = form.get("package_id", "")
+        try:
+            reason = lc.cancel_reason(form.get("reason", ""), "the package is recalled")
+        except ValueError:
+            return self._refused(request, lang, session, Refused(400, "recall_reason"))
+        assert session.caller is not None
+        try:
+            await self.hub.recall(package_id, reason, session.caller.name)
+        except KeyError:
+            return self._refused(request, lang, session, Refused(404, "no_package"))
+        except StateConflict:
+            return self._refused(request, lang, session, Refused(409, "already_recalled"))
+        return RedirectResponse("/console/packages" + _query(lang, done="recall", name=package_id), status_code=303)
 
     async def pause(self, request: Request) -> Response:
         lang = self._lang(request)
