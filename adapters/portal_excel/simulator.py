@@ -8,6 +8,7 @@ opens every sheet written so far with openpyxl, as a school's spreadsheet progra
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
