@@ -157,25 +157,6 @@ class MisaAdapter(HttpPullMixin, Adapter):
         """One request, retried on transient faults; ``MisaError`` once the attempts are spent."""
         return await self.retry(method, url, attempts, lambda: self._send_once(method, url, query))
 
-    def _json(self, url: URL, content_type: str, body: bytes) -> Any:
-        """Decode a 200 body, or say clearly that the server sent something else."""
-        media = content_type.split(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
-            raise MisaError(f"GET {url} answered 200 with {media or 'no Content-Type'}, "
-                            f"not JSON: {self.scrub(snippet)!r}")
-        try:
-            return json.loads(body.decode("utf-8"))
-        except RecursionError:
-            # A page nested thousands of levels deep: refused as a whole (a row nested less deep
-            # than the parser's limit is quarantined by normalize with the reason).
-            raise MisaError(f"GET {url} answered 200 with JSON nested too deeply to read") from None
-        except UnicodeDecodeError as exc:
-            raise MisaError(f"GET {url} answered 200 with a body that is not UTF-8 (byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise MisaError(f"GET {url} answered 200 with invalid or truncated JSON "
-                            f"({exc.msg} at char {exc.pos} of {len(body)} bytes)") from None
-
     @staticmethod
     def _error(status: int, body: bytes) -> tuple[str, str]:
         """``(code, message)`` of an ``{"error": {…}}`` answer, or the status and a snippet."""
@@ -189,7 +170,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
         url, query = self._url(params)
         status, content_type, body = await self._send("GET", url, query, attempts=attempts)
         if status == 200:
-            return url, self._json(url, content_type, body)
+            return url, self.json_body("GET", url, content_type, body)
         code, message = self._error(status, body)
         if status == 410:
             raise _TokenExpired(code)

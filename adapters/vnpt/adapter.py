@@ -105,26 +105,6 @@ class VnptAdapter(HttpPullMixin, Adapter):
         """One request, retried on transient faults; ``VnptError`` once the attempts are spent."""
         return await self.retry(method, url, attempts, lambda: self._send_once(method, url, **kwargs))
 
-    def _json(self, method: str, url: str, content_type: str, body: bytes) -> Any:
-        """Decode a 200 body, or say clearly that the server sent something else."""
-        media = content_type.split(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
-            raise VnptError(f"{method} {url} answered 200 with {media or 'no Content-Type'}, "
-                            f"not JSON: {self.scrub(snippet)!r}")
-        try:
-            return json.loads(body.decode("utf-8"))
-        except RecursionError:
-            # A page nested thousands of levels deep: refused as a whole (a row nested less deep
-            # than the parser's limit is quarantined by normalize with the reason).
-            raise VnptError(f"{method} {url} answered 200 with JSON nested too deeply to read") from None
-        except UnicodeDecodeError as exc:
-            raise VnptError(f"{method} {url} answered 200 with a body that is not UTF-8 "
-                            f"(byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise VnptError(f"{method} {url} answered 200 with invalid or truncated JSON "
-                            f"({exc.msg} at char {exc.pos} of {len(body)} bytes)") from None
-
     async def _fetch_token(self, attempts: int | None = None) -> None:
         url = self.base_url + TOKEN_PATH
         status, content_type, body = await self._send(
@@ -141,7 +121,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
             raise VnptError(self.scrub(
                 f"token rejected: {reason} (POST {url}, client_id {self.settings.client_id!r}; "
                 "check client_id and client_secret)"))
-        answer = self._json("POST", url, content_type, body)
+        answer = self.json_body("POST", url, content_type, body)
         token = answer.get("access_token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
             raise VnptError(f"POST {url} answered 200 without an access_token")
@@ -168,7 +148,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
             if status != 200:
                 snippet = body[:200].decode("utf-8", "replace")
                 raise VnptError(f"GET {shown} answered HTTP {status}: {self.scrub(snippet)}")
-            return self._json("GET", shown, content_type, body)
+            return self.json_body("GET", shown, content_type, body)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- pull --------------------------------------------------------------------------------

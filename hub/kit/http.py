@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
@@ -219,6 +220,27 @@ class HttpPullMixin:
         """``text`` without any secret of this adapter: a vendor error page may echo the request,
         and neither a credential nor a session token may reach a log line or a health page."""
         return logs.scrub(text, [*logs.secrets_in(self.settings), *filter(None, self.live_secrets())])
+
+    def json_body(self, method: str, url: Any, content_type: str, body: bytes) -> Any:
+        """A 200 answer's JSON, or ``Error`` saying plainly what the server sent instead: another
+        media type (a proxy's HTML page, quoted without secrets), JSON cut off or not UTF-8, or
+        nested too deeply to read (refused as a whole; a record nested less deep than the parser's
+        limit is quarantined by ``normalize`` with the reason)."""
+        media = content_type.split(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
+            raise self.Error(f"{method} {url} answered 200 with {media or 'no Content-Type'}, "
+                             f"not JSON: {self.scrub(snippet)!r}")
+        try:
+            return json.loads(body.decode("utf-8"))
+        except RecursionError:
+            raise self.Error(f"{method} {url} answered 200 with JSON nested too deeply to read") from None
+        except UnicodeDecodeError as exc:
+            raise self.Error(f"{method} {url} answered 200 with a body that is not UTF-8 "
+                             f"(byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise self.Error(f"{method} {url} answered 200 with invalid or truncated JSON "
+                             f"({exc.msg} at char {exc.pos} of {len(body)} bytes)") from None
 
     # --- the records of a page ---------------------------------------------------------------
 
