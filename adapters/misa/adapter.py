@@ -193,16 +193,8 @@ class MisaAdapter(HttpPullMixin, Adapter):
         return has_more, token, self.each_an_object(items, f"GET {shown}: items")
 
     def _raw(self, item: dict[str, Any], where: str) -> tuple[RawRecord, dt.datetime]:
-        source_id = self.record_id(item.get("id"), f"{where}.id")
-        try:
-            updated = vietnam_time(item.get("modifiedAt"))
-        except ValueError as exc:
-            raise MisaError(f"{where}.modifiedAt: {exc}") from None
-        deleted = item.get("isDeleted", False)
-        if not isinstance(deleted, bool):
-            raise MisaError(f"{where}.isDeleted: {deleted!r} is not true or false")
-        payload = json.dumps(item, ensure_ascii=False).encode("utf-8")
-        return RawRecord(source_id=source_id, payload=payload, updated_at=updated, deleted=deleted), updated
+        return self.json_record(item, where, id_key="id", updated_key="modifiedAt", deleted_key="isDeleted",
+                                parse_time=vietnam_time)
 
     async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:
         """Yield one ``Page`` per HTTP page; each page's cursor is the token that resumes after it."""

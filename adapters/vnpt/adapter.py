@@ -161,19 +161,9 @@ class VnptAdapter(HttpPullMixin, Adapter):
         return total, size, self.each_an_object(rows, f"GET {shown}: DuLieu")
 
     def _raw(self, row: dict[str, Any], where: str) -> tuple[RawRecord, dt.datetime]:
-        source_id = self.record_id(row.get("IdHocBa"), f"{where}.IdHocBa")
-        try:
-            updated = _parse_timestamp(row.get("NgayCapNhat"))
-        except ValueError as exc:
-            raise VnptError(f"{where}.NgayCapNhat: {exc}") from None
-        deleted = row.get("DaXoa", False)
-        if deleted in (0, 1) and not isinstance(deleted, float):
-            deleted = bool(deleted)
-        if not isinstance(deleted, bool):
-            raise VnptError(f"{where}.DaXoa: {deleted!r} is not true or false")
-        payload = json.dumps(row, ensure_ascii=False).encode("utf-8")
-        return RawRecord(source_id=source_id, payload=payload, updated_at=updated.replace(tzinfo=VIETNAM_TIME),
-                         deleted=deleted), updated
+        # DaXoa may be 0/1 as well as a boolean (CONTRACT.md); NgayCapNhat has no offset.
+        return self.json_record(row, where, id_key="IdHocBa", updated_key="NgayCapNhat", deleted_key="DaXoa",
+                                parse_time=_parse_timestamp, numeric_deleted=True)
 
     async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:
         """Yield one ``Page`` per HTTP page of records updated at or after ``cursor``.

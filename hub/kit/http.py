@@ -28,8 +28,9 @@ from tenacity import (
 from yarl import URL
 
 from hub import logs
-from hub.contracts import Health, PluginSettings
+from hub.contracts import Health, PluginSettings, RawRecord
 from hub.kit.mapping import load_json
+from hub.records import VIETNAM_TIME
 
 log = structlog.get_logger(__name__)
 
@@ -268,6 +269,27 @@ class HttpPullMixin:
             return [read(item, name)[0]]
         except self.Error as exc:
             raise ValueError(str(exc)) from None
+
+    def json_record(self, item: dict[str, Any], where: str, *, id_key: str, updated_key: str, deleted_key: str,
+                    parse_time: Callable[[Any], dt.datetime],
+                    numeric_deleted: bool = False) -> tuple[RawRecord, dt.datetime]:
+        """One record of a JSON feed as the hub stores it, with its update time (to order a page):
+        id, update time (naive is Vietnam time) and recall flag from its envelope keys (a
+        ``numeric_deleted`` flag may be 0 or 1), the whole object as the payload. A record the
+        pull cannot store stops it with ``Error`` naming ``where`` and the key."""
+        source_id = self.record_id(item.get(id_key), f"{where}.{id_key}")
+        try:
+            updated = parse_time(item.get(updated_key))
+        except ValueError as exc:
+            raise self.Error(f"{where}.{updated_key}: {exc}") from None
+        deleted = item.get(deleted_key, False)
+        if numeric_deleted and deleted in (0, 1) and not isinstance(deleted, float):
+            deleted = bool(deleted)
+        if not isinstance(deleted, bool):
+            raise self.Error(f"{where}.{deleted_key}: {deleted!r} is not true or false")
+        payload = json.dumps(item, ensure_ascii=False).encode("utf-8")
+        stamp = updated if updated.tzinfo else updated.replace(tzinfo=VIETNAM_TIME)
+        return RawRecord(source_id=source_id, payload=payload, updated_at=stamp, deleted=deleted), updated
 
     def record_id(self, value: Any, at: str) -> str:
         """A record's id as text (a number is taken as its digits). Without one a record cannot be
