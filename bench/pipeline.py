@@ -6,14 +6,14 @@ Both runs happen in this one process, one after the other, on this machine:
 
 1. **hub**: ``N`` valid synthetic transcripts through the real ``hub.engine.pipeline.Hub``: pulled
    from the vnpt simulator, stored in SQLite, normalised, rendered, signed three times
-   (pkcs12 signer, a throwaway PKI) and delivered to the moet simulator. Timed from
+   (pkcs12 signer, a throwaway PKI) and delivered to the ttdlqg simulator. Timed from
    ``hub.start()`` to ``hub.wait_idle()``: start-up (spawning the worker pool, loading the
    keys) is part of what an operator pays, so it counts.
 2. **plain**: the same work written the obvious way, in one process: for each transcript
    fpdf2 with Noto Sans added per document, the same layout, the record attached, a field per
    role (pyHanko), then per role ``SimpleSigner.load_pkcs12`` + the synchronous
    ``signers.sign_pdf`` (PAdES, pyHanko measures the signature size with a dry run), then one
-   ``urllib`` multipart POST to a moet simulator. It gets its records already in the central
+   ``urllib`` multipart POST to a ttdlqg simulator. It gets its records already in the central
    format, so it skips the pulling, storing and normalising the hub does, and its visible
    signatures use pyHanko's default stamp (a standard PDF font, nothing embedded) where the
    hub embeds a font with Vietnamese glyphs: both favour it.
@@ -49,9 +49,9 @@ from typing import Any
 # Runnable as ``python bench/pipeline.py`` from a checkout, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # Only the plugins measured here: another installed plugin neither slows nor breaks the bench.
-os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12,xml")
+os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,ttdlqg,pkcs12,xml")
 
-from adapters.moet.simulator import MoetSimulator  # noqa: E402
+from adapters.ttdlqg.simulator import TtdlqgSimulator  # noqa: E402
 from adapters.vnpt.simulator import VnptSimulator  # noqa: E402
 from hub import lifecycle as lc  # noqa: E402
 from hub.config import parse_config  # noqa: E402
@@ -71,10 +71,10 @@ SEED = 11
 # --- the simulators, in a process of their own ---------------------------------------------------
 
 def _simulators_main(records: int, seed: int, conn: Any) -> None:
-    """Serve the vnpt and moet simulators until told to stop; answer with this process's CPU."""
+    """Serve the vnpt and ttdlqg simulators until told to stop; answer with this process's CPU."""
     async def serve() -> None:
         vendor = VnptSimulator(records=records, seed=seed)
-        central = MoetSimulator()
+        central = TtdlqgSimulator()
         await vendor.start()
         await central.start()
         conn.send((vendor.adapter_settings(), central.adapter_settings()))
@@ -175,7 +175,7 @@ async def run_hub(records: int, processes: int, pki_dir: Path, root: Path, work:
         "delivery": {"max_attempts": 3, "backoff_initial": 0.05, "backoff_max": 0.5},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                       "settings": sims.vendor_settings}],
-        "destination": {"name": "central", "type": "moet", "settings": sims.central_settings},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": sims.central_settings},
         "signers": [{"name": "keys", "type": "pkcs12",
                      "settings": {"directory": str(pki_dir), "password": PASSWORD}}],
         # Trusting the test root, as a province trusts its CAs' roots: the hub validates every
@@ -537,7 +537,7 @@ def plain_sign(pdf: bytes, role: str, signer: Any, location: str) -> bytes:
 
 
 def plain_deliver(base_url: str, token: str, record_json: bytes, pdf: bytes, name: str) -> dict[str, Any]:
-    """One multipart POST with the standard library (adapters/moet/CONTRACT.md)."""
+    """One multipart POST with the standard library (adapters/ttdlqg/CONTRACT.md)."""
     boundary = uuid.uuid4().hex
     body = b"".join([
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"record\"\r\n"
@@ -612,7 +612,7 @@ def plain_inputs(count: int) -> list[dict[str, Any]]:
 
 
 async def run_plain(records: int, pki_dir: Path) -> PlainResult:
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await central.start()
     try:
         settings = central.adapter_settings()

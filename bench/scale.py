@@ -6,7 +6,7 @@
 Three measurements, each on this machine in this run:
 
 1. **Throughput.** ``N`` valid synthetic transcripts pulled from a vnpt simulator, normalised,
-   rendered, signed three times (pkcs12, a throwaway PKI) and delivered to a moet simulator,
+   rendered, signed three times (pkcs12, a throwaway PKI) and delivered to a ttdlqg simulator,
    by real ``hocba-hub run`` processes: first one worker on SQLite (the default deployment),
    then 1, 2 and 4 workers sharing one PostgreSQL database. Timed from launching the workers
    to the central store's acceptance of the last transcript. Each worker renders and
@@ -48,11 +48,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,moet,pkcs12,xml")
+os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,ttdlqg,pkcs12,xml")
 
 import yaml  # noqa: E402
 
-from adapters.moet.simulator import MoetSimulator  # noqa: E402
+from adapters.ttdlqg.simulator import TtdlqgSimulator  # noqa: E402
 from adapters.vnpt.simulator import VnptSimulator  # noqa: E402
 from hub import lifecycle as lc  # noqa: E402
 from hub import store as st  # noqa: E402
@@ -106,7 +106,7 @@ def _free_port() -> int:
 async def throughput(records: int, workers: int, store: str, processes: int, pki_dir: Path, work: Path) -> dict:
     """One configuration: ``workers`` hub processes on ``store`` until every transcript arrived."""
     vendor = VnptSimulator(records=records, seed=4242)
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await vendor.start()
     await central.start()
     work.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ async def throughput(records: int, workers: int, store: str, processes: int, pki
         "delivery": {"backoff_initial": 0.05, "backoff_max": 1.0},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                       "settings": {**vendor.adapter_settings(), "page_size": 100}}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki_dir), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     }), encoding="utf-8")

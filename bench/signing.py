@@ -14,7 +14,7 @@ Everything runs on this machine in one run, each comparison with the same inputs
      per-core efficiency, not parallelism.
    ``signer_ratio`` = hub signatures/s ÷ obvious signatures/s (target ≥ 5).
 2. **remote**: ``M`` transcripts through the whole hub (vnpt simulator → store → render → three
-   signatures → moet simulator), once with local key files and once with the three signatures
+   signatures → ttdlqg simulator), once with local key files and once with the three signatures
    made by the ``csc`` signer against the CSC simulator answering every call after ``S``
    seconds (300 ms by default). The simulator runs in a child process, as a remote service
    would: its CPU is not the hub's. ``remote_ratio`` = remote transcripts/s ÷ local
@@ -42,7 +42,7 @@ from typing import Any
 # Runnable as ``python bench/signing.py`` from a checkout, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.moet.simulator import MoetSimulator  # noqa: E402
+from adapters.ttdlqg.simulator import TtdlqgSimulator  # noqa: E402
 from adapters.vnpt.simulator import VnptSimulator  # noqa: E402
 from hub import lifecycle as lc  # noqa: E402
 from hub.config import parse_config  # noqa: E402
@@ -142,7 +142,7 @@ class CscService:
 
 async def pipeline(count: int, signer: dict[str, Any], pki_dir: Path, root: Path, work: Path) -> tuple[float, int]:
     vendor = VnptSimulator(records=count, seed=SEED)
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await vendor.start()
     await central.start()
     config = parse_config({
@@ -150,7 +150,7 @@ async def pipeline(count: int, signer: dict[str, Any], pki_dir: Path, root: Path
         "delivery": {"max_attempts": 3, "backoff_initial": 0.05, "backoff_max": 0.5},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                       "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "signer", **signer}],
         "signing": {"steps": [{"role": r, "signer": "signer"} for r in ROLES], "trust": [str(root)]},
     })

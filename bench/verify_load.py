@@ -5,7 +5,7 @@ python bench/verify_load.py                        # 50 uploads at once from 10 
 python bench/verify_load.py --uploads 100 --clients 20
 ```
 
-A hub with the vnpt and moet simulators and a throwaway PKI delivers a few transcripts; their
+A hub with the vnpt and ttdlqg simulators and a throwaway PKI delivers a few transcripts; their
 signed PDFs and XML học bạ are then uploaded to ``POST /verify/api/document`` all at once, round
 robin over the clients. Each client connects from its own loopback address (127.0.0.2, .3, …), so
 the per-IP rate limit sees ten clients, as it would ten offices; with the default limit (burst 20)
@@ -87,7 +87,7 @@ def report(figures: dict[str, Any]) -> str:
 @contextlib.asynccontextmanager
 async def serve(data_dir: Path, records: int) -> AsyncIterator[tuple[str, Any]]:
     """A hub delivering ``records`` synthetic transcripts, its app under uvicorn on 127.0.0.1."""
-    from adapters.moet.simulator import MoetSimulator
+    from adapters.ttdlqg.simulator import TtdlqgSimulator
     from adapters.vnpt.simulator import VnptSimulator
     from hub.config import parse_config
     from hub.kit.pki import ensure_pki
@@ -96,13 +96,13 @@ async def serve(data_dir: Path, records: int) -> AsyncIterator[tuple[str, Any]]:
 
     password = "bench-key-password"
     root = await asyncio.to_thread(ensure_pki, data_dir / "pki", signing_identities(), password)
-    vendor, central = VnptSimulator(records=records, seed=7), MoetSimulator()
+    vendor, central = VnptSimulator(records=records, seed=7), TtdlqgSimulator()
     await vendor.start()
     await central.start()
     config = parse_config({
         "data_dir": str(data_dir / "hub"), "logging": {"level": "warning"},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600, "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(data_dir / "pki"),
                                                                     "password": password}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ("homeroom_teacher", "principal", "school_seal")],

@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     # the kit for vendor authors
     **dict.fromkeys(("HttpPullMixin", "HttpPullSettings", "TokenPaging", "Transient", "parse_retry_after",
                      "retrying"), "hub.kit.http"),
+    **dict.fromkeys(("HttpDestination", "HttpDestinationSettings", "describe", "reasons"), "hub.kit.destination"),
     **dict.fromkeys(("ContractError", "as_list", "as_object", "load_json", "map_keys", "vietnam_time", "where"), "hub.kit.mapping"),
     **dict.fromkeys(("FaultySimulator", "FeedRow", "FolderSimulator", "LoopbackServer", "SyntheticFeed", "drop_connection",
                      "maintenance_page"),

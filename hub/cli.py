@@ -29,7 +29,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if info.kind == "document format":
             can = "build, sign, verify"
         elif info.kind == "adapter":
-            labels = {"fetch": "fetch", "verify_push": "push", "normalize": "normalize", "deliver": "deliver"}
+            labels = {"fetch": "fetch", "verify_push": "push", "normalize": "normalize", "deliver": "deliver",
+                      "deliver_package": "packages"}
             can = ", ".join(label for method, label in labels.items() if info.cls.can(method))
         else:
             can = "sign" if info.kind == "signer" else "verify"
@@ -369,14 +370,11 @@ def cmd_identity_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from hub.store.audit import verify_chain
+    from hub.store.audit import check_anchors, verify_chain
 
-    _config, store = _store_of(args.config)
+    config, store = _store_of(args.config)
     if store is None:
         return 1
-    from hub.store.audit import check_anchors, checkpoint
-    from hub.store.sqlite import now_iso
-
     report = verify_chain(store.audit_entries())
     anchor = Path(args.anchor) if args.anchor else None
     if args.action == "checkpoint":
@@ -384,22 +382,69 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print("audit checkpoint needs --anchor FILE and an intact log" if anchor is None
                   else "\n".join(report.problems), file=sys.stderr)
             return 1
+        try:
+            line = asyncio.run(_signed_checkpoint(config, report))
+        except Exception as exc:  # no key, no TSA: named, and nothing half-made is written
+            print(f"audit checkpoint: {exc}", file=sys.stderr)
+            return 1
         with anchor.open("a", encoding="utf-8") as out:  # append only: earlier checkpoints stay
-            out.write(checkpoint(report, now_iso()) + "\n")
+            out.write(line + "\n")
             out.flush()
             os.fsync(out.fileno())
-        print(f"checkpoint: entry {report.last_id}, head {report.head} appended to {anchor}")
+        print(f"checkpoint: entry {report.last_id}, head {report.head} signed by the Department"
+              f"{' and timestamped' if config.signing.timestamp_url else ''}, appended to {anchor}")
         return 0
     problems = list(report.problems)
+    summary = ""
     if anchor is not None:
         try:
-            problems += check_anchors(report, anchor.read_text("utf-8").splitlines())
+            read = asyncio.run(_read_anchors(config, anchor.read_text("utf-8").splitlines()))
         except OSError as exc:
             problems.append(f"--anchor {anchor}: {exc.strerror or exc}")
+        else:
+            problems += [*read.problems, *check_anchors(report, read.anchors)]
+            if not read.anchors and not read.problems:
+                problems.append(f"--anchor {anchor}: holds no checkpoint")
+            summary = (f"; {len(read.anchors)} signed checkpoint(s) by {', '.join(read.signers) or 'nobody'}"
+                       + (f", last timestamped {read.last_timestamp.isoformat()}" if read.last_timestamp else ""))
     for problem in problems:
         print(problem, file=sys.stderr)
-    print(f"{report.entries} entries, head {report.head}: {'intact' if not problems else 'TAMPERED'}")
+    print(f"{report.entries} entries, head {report.head}{summary}: {'intact' if not problems else 'TAMPERED'}")
     return 0 if not problems else 1
+
+
+async def _signed_checkpoint(config, report) -> str:
+    # The Department's signer (``department.signer``) signs the head; signing.timestamp_url, when
+    # set, timestamps it.
+    from hub.contracts import PluginContext, SigningIdentity
+    from hub.documents.checkpoint import sign_checkpoint
+    from hub.plugins import signer_types
+
+    if config.department is None:
+        raise ValueError("department: not configured; its signer signs each checkpoint (department.code, "
+                         "department.name, department.signer)")
+    url = config.signing.timestamp_url
+    if url == "demo":
+        raise ValueError("signing.timestamp_url is 'demo' (the demo's loopback TSA, not running here)")
+    dept = config.department
+    section = next(s for s in config.signers if s.name == dept.signer)
+    signer = signer_types()[section.type].cls(config.signer_settings(section.name), PluginContext(
+        section.name, Path(config.data_dir) / "plugins" / section.name))
+    await signer.open()
+    try:
+        return await sign_checkpoint(report, signer, SigningIdentity("department", dept.name, dept.code),
+                                     timestamp_url=url, c14n=config.signing.c14n)
+    finally:
+        await signer.close()
+
+
+async def _read_anchors(config, lines):
+    from hub.documents.checkpoint import read_anchors
+    from hub.documents.verify import trust_roots_der
+
+    return await read_anchors(lines, trust_roots_der(tuple(config.trust_paths())),
+                              department_code=config.department.code if config.department else None,
+                              organisation_ids=config.signing.school_ids)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -547,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["verify", "checkpoint"])
     p.add_argument("--config", required=True)
     p.add_argument("--anchor", metavar="FILE", help="checkpoint file kept outside the store: checkpoint appends "
-                   "the head to it, verify checks every checkpoint is still in the log")
+                   "the head to it, signed by the Department (timestamped when signing.timestamp_url is set); "
+                   "verify checks every checkpoint's signature and that each is still in the log")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("prune", help="drop payloads of delivered records past the retention age")

@@ -583,14 +583,15 @@ def parse_config(data: Any) -> HubConfig:
 
     adapters, signers = adapter_types(), signer_types()
 
-    def settings_of(section: PluginSection, registry: dict, where: str, need: str | None = None):
+    def settings_of(section: PluginSection, registry: dict, where: str, *need: str):
+        # ``need``: capabilities of which the plugin must have at least one; the first names it.
         info = registry.get(section.type)
         if info is None:
             known = ", ".join(sorted(registry)) or "none installed"
             errors.append(f"{where}.type: unknown {section.type!r} (installed: {known})")
             return None
-        if need and not info.cls.can(need):
-            errors.append(f"{where}.type: {section.type!r} cannot {need}")
+        if need and not any(info.cls.can(n) for n in need):
+            errors.append(f"{where}.type: {section.type!r} cannot {need[0]}")
             return None
         try:
             return info.cls.Settings.model_validate(section.settings)
@@ -602,10 +603,12 @@ def parse_config(data: Any) -> HubConfig:
     adapter_settings = {s.name: v for i, s in enumerate(config.adapters)
                         if (v := settings_of(s, adapters, f"adapters[{i}]", "normalize")) is not None}
     # Errors name the spelling the file used: ``destination`` (the old one) or ``routes[i]``.
+    # A destination takes one transcript at a time (``deliver``) or a class at a time
+    # (``deliver_package``, the Ministry's store): either makes a route.
     old = config.destination is not None
     route_settings = {s.name: v for i, s in enumerate(config.routes)
-                      if (v := settings_of(s, adapters, "destination" if old else f"routes[{i}]", "deliver"))
-                      is not None}
+                      if (v := settings_of(s, adapters, "destination" if old else f"routes[{i}]", "deliver",
+                                           "deliver_package")) is not None}
     signer_settings = {s.name: v for i, s in enumerate(config.signers)
                        if (v := settings_of(s, signers, f"signers[{i}]")) is not None}
     identity = (None if config.identity is None

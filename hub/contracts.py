@@ -8,6 +8,7 @@ object per configured instance with the plugin's own validated ``Settings`` and 
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -40,6 +41,42 @@ class Health:
     """Result of ``check()``: ``detail`` says what is wrong when ``ok`` is false."""
     ok: bool
     detail: str = ""
+
+
+MAX_SOURCE_ID = 200  # characters: a vendor's id is a short key, never a document
+
+
+def source_id_problem(source_id: object) -> str | None:
+    """What makes ``source_id`` unfit to name a record, or None (the one rule: the webhook, the
+    store and the normalisation path all apply it).
+
+    The id becomes the store's ``source_id`` and, with the adapter's name, the ``record_id``
+    every destination keys on. A control or invisible character (NUL, a zero-width space, a
+    BOM: Unicode category C) would make two ids that look alike name two transcripts, and no
+    database keeps them all alike (PostgreSQL refuses NUL in text). U+FFFD, the replacement
+    character, is what such a character becomes when the store keeps the id (``storable_id``),
+    and what a decoder leaves for bytes it could not read: an id that lost characters is refused
+    too. Messages name the character by code point, never quote the id."""
+    if not isinstance(source_id, str) or not source_id.strip():
+        return "missing or empty"
+    if len(source_id) > MAX_SOURCE_ID:
+        return f"longer than {MAX_SOURCE_ID} characters ({len(source_id)})"
+    for i, ch in enumerate(source_id):
+        if ch == "\ufffd":
+            return (f"U+FFFD at position {i + 1}: a character the vendor sent could not be kept "
+                    "(a control or invisible one, or bytes that were not text)")
+        if unicodedata.category(ch)[0] == "C":
+            return f"a control or invisible character (U+{ord(ch):04X}) at position {i + 1}"
+    return None
+
+
+def storable_id(source_id: object) -> str:
+    """``source_id`` as the store can keep it whatever its backend: every control or invisible
+    character replaced by U+FFFD, cut to ``MAX_SOURCE_ID`` (+ U+FFFD) — so the record, refused
+    by ``source_id_problem``, is kept and shown rather than failing its whole page."""
+    text = source_id if isinstance(source_id, str) else str(source_id)
+    kept = "".join("\ufffd" if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+    return kept if len(kept) <= MAX_SOURCE_ID else kept[:MAX_SOURCE_ID] + "\ufffd"
 
 
 @dataclass(frozen=True)

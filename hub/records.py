@@ -86,14 +86,17 @@ def _visible(text: str) -> str:
 
 def clean_text(value: Any, max_length: int | None = None) -> Any:
     """Text as the central format stores it: invisible characters removed, NFC, one space
-    between words, trimmed; ``None`` if nothing visible is left. ``ValueError`` for a text
-    longer than ``max_length`` or with a combining mark that has no base letter."""
+    between words, trimmed, Unicode digits as ASCII; ``None`` if nothing visible is left.
+    ``ValueError`` for a text longer than ``max_length`` or with a combining mark that has no
+    base letter."""
     if not isinstance(value, str):
         return value
     # Refuse a huge value before spending time on it (a 5 MB "name"); the exact check is below.
     if max_length is not None and len(value) > 4 * max_length + 64:
         raise ValueError(f"longer than {max_length} characters")
-    text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", _visible(value))).strip()
+    # Unicode digits (full-width, Arabic-Indic…) are the ASCII digits they stand for in every
+    # text: "５A" and "5A" are one class, "HB０１" and "HB01" one transcript.
+    text = _ascii_digits(re.sub(r"\s+", " ", unicodedata.normalize("NFC", _visible(value))).strip())
     if not text:
         return None
     if max_length is not None and len(text) > max_length:

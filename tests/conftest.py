@@ -41,10 +41,10 @@ async def running(*sims) -> AsyncIterator[tuple]:
 async def systems(request):
     """A vnpt-style school server and the central store, running: ``(vendor, central)``. A test
     module sets ``VENDOR = {...}`` for the school server's records, invalid ones and seed."""
-    from adapters.moet.simulator import MoetSimulator
+    from adapters.ttdlqg.simulator import TtdlqgSimulator
     from adapters.vnpt.simulator import VnptSimulator
 
-    async with running(VnptSimulator(**getattr(request.module, "VENDOR", {})), MoetSimulator()) as sims:
+    async with running(VnptSimulator(**getattr(request.module, "VENDOR", {})), TtdlqgSimulator()) as sims:
         yield sims
 
 
@@ -75,7 +75,7 @@ def pull_from(sim, name: str = "school-a", kind: str = "vnpt") -> dict[str, Any]
     return {"name": name, "type": kind, "poll_interval": 3600, "settings": sim.adapter_settings()}
 
 
-def deliver_to(sim, name: str = "central", kind: str = "moet") -> dict[str, Any]:
+def deliver_to(sim, name: str = "central", kind: str = "ttdlqg") -> dict[str, Any]:
     """A ``destination`` (or ``routes`` entry) delivering to ``sim``."""
     return {"name": name, "type": kind, "settings": sim.adapter_settings()}
 

@@ -564,7 +564,7 @@ async def test_cli_cancel_needs_a_reason_and_a_known_record(pki, tmp_path):
     config.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"),
         "adapters": [{"name": "school-a", "type": "push", "settings": {"secret": "s" * 32}}],
-        "destination": {"name": "central", "type": "moet", "settings": {"base_url": "http://127.0.0.1:9", "token": "t"}},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": {"base_url": "http://127.0.0.1:9", "token": "t"}},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     }))

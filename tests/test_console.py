@@ -325,7 +325,7 @@ async def test_an_operator_sees_per_class_who_has_not_signed_and_a_viewer_does_n
         "data_dir": str(tmp_path / "data"), "workers": {"processes": 1}, "admin": {"tokens": TOKENS},
         "documents": ["xml", "pdf"],
         "adapters": [{"name": "school-a", "type": "push", "settings": {"secret": "s" * 32}}],
-        "destination": {"name": "central", "type": "moet",
+        "destination": {"name": "central", "type": "ttdlqg",
                         "settings": {"base_url": "http://127.0.0.1:9", "token": "unused"}},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in STAGES]},

@@ -130,7 +130,7 @@ def _write(tmp_path, config, central):
         "data_dir": str(config.data_dir),
         "adapters": [{"name": "school-a", "type": "vnpt", "settings": {"base_url": "http://127.0.0.1:1",
                                                                       "client_id": "x", "client_secret": "x"}}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": "x", "password": "x"}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     }), encoding="utf-8")

@@ -266,14 +266,14 @@ BASE_CONFIG = {
     "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 60,
                   "settings": {"base_url": "http://127.0.0.1:9101", "client_id": "c",
                                "client_secret": "${HOCBA_FUZZ_SECRET:-s}", "page_size": 20}}],
-    "destination": {"name": "central", "type": "moet",
+    "destination": {"name": "central", "type": "ttdlqg",
                     "settings": {"base_url": "http://127.0.0.1:9100", "token": "t"}},
     "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": "keys", "password": "p"}}],
     "signing": {"steps": [{"role": r, "signer": "keys"} for r in ("homeroom_teacher", "principal", "school_seal")]},
 }
 _CONFIG_TEXT = _MESSY_TEXT + ["${HOCBA_FUZZ_UNSET}", "${HOCBA_FUZZ_UNSET:-x}", "${", "postgresql://",
                               "postgresql://u@h:notaport/db", "postgresql://u@h/", "mysql://x/y",
-                              "postgresql://hub@db:5432/hocba", "vnpt", "moet", "pkcs12", "csc", "B-LT"]
+                              "postgresql://hub@db:5432/hocba", "vnpt", "ttdlqg", "pkcs12", "csc", "B-LT"]
 
 
 @hs.composite

@@ -295,13 +295,13 @@ async def test_readyz_and_the_status_page_show_no_internal_urls_paths_or_users(t
     import aiohttp
     from conftest import PASSWORD, ROLES
 
-    from adapters.moet.simulator import MoetSimulator
+    from adapters.ttdlqg.simulator import TtdlqgSimulator
     from hub.config import parse_config
     from hub.engine.pipeline import Hub
     from hub.web.app import create_app
     from hub.web.server import serving
 
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await central.start()
     drop = tmp_path / "drop-folder-secret-name"
     drop.mkdir()
@@ -309,7 +309,7 @@ async def test_readyz_and_the_status_page_show_no_internal_urls_paths_or_users(t
         "data_dir": str(tmp_path / "data"), "workers": {"processes": 1},
         "adapters": [{"name": "files", "type": "spreadsheet", "poll_interval": 3600,
                       "settings": {"directory": str(drop)}}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     }))

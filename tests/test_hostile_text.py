@@ -466,3 +466,68 @@ def test_adapters_refuse_duplicate_keys_and_nesting_as_a_quarantine_reason(adapt
 def test_json_loads_keeps_valid_payloads():
     doc = {"a": [1, {"b": "ẞ"}], "c": None}
     assert jsonpayload.loads(json.dumps(doc).encode()) == doc
+
+
+# --- the vendor's id (RawRecord.source_id: it becomes the store's key and the record_id) ---------
+
+@PROPS
+@given(text=hs.text(max_size=300))
+def test_an_id_the_store_keeps_is_refused_again_after_it_is_kept(text):
+    """Whatever a vendor sends as an id, the store can keep ``storable_id`` of it (no NUL, no
+    control or invisible character: any backend), and keeping it never makes a refused id pass
+    the normalise stage (a replay refuses it again); a good id is kept as it came."""
+    from hub.contracts import source_id_problem, storable_id
+
+    kept = storable_id(text)
+    assert "\x00" not in kept and not any(unicodedata.category(ch)[0] == "C" for ch in kept)
+    assert (source_id_problem(kept) is None) == (source_id_problem(text) is None)
+    if source_id_problem(text) is None:
+        assert kept == text
+
+
+@pytest.mark.parametrize("junk", INVISIBLE + ["\ufffd"])
+def test_the_normalisation_path_refuses_an_id_with_an_invisible_character_naming_it(junk):
+    from hub.engine.normalize import Envelope, normalize
+
+    info = adapter_types()["push"]
+    adapter = info.cls(info.cls.Settings.model_construct(secret="x" * 32), PluginContext("p", __import__("pathlib").Path(".")))
+    body = json.dumps({"source_id": "s1", "transcript": transcript(0)}, ensure_ascii=False).encode()
+    envelope = Envelope(ENVELOPE["record_id"], 1, "NEW", ENVELOPE["updated_at"])
+    assert normalize(adapter, RawRecord("s1", body), envelope).ok
+    outcome = normalize(adapter, RawRecord(f"s{junk}1", body), envelope)
+    assert outcome.record is None and outcome.errors[0].startswith("source_id: ")
+    assert f"U+{ord(junk):04X}" in outcome.errors[0] and "s1" not in outcome.errors[0]
+    assert outcome.known.get("school_code")  # still filed under its school
+
+
+@PROPS
+@given(digits=hs.sampled_from(DIGIT_SETS), field=hs.sampled_from(
+    [("class_name",), ("transcript_id",), ("student", "student_code"), ("school_name",), ("student", "full_name")]))
+def test_unicode_digits_are_ascii_in_every_text_field(digits, field):
+    """Not only where a pattern says digits: "５A" and "5A" are one class, "HB０１" and "HB01" one
+    transcript (found by bench/mutations.py)."""
+    data = record()
+    table = str.maketrans("0123456789", digits)
+    parent = data
+    for part in field[:-1]:
+        parent = parent[part]
+    original = parent[field[-1]] if field[-1] != "full_name" else "Nguyễn Văn An 2"
+    parent[field[-1]] = original.translate(table)
+    stored = parse_transcript(data).model_dump()
+    for part in field:
+        stored = stored[part]
+    assert stored == original
+
+
+@pytest.mark.parametrize("value", [True, 7, 8.5, {}, ["a"]])
+def test_a_spreadsheet_row_cell_that_is_not_text_is_refused_naming_the_column(value):
+    """The stored row holds each cell as text: a JSON true is no policy group, an object no comment."""
+    import pathlib
+
+    info = adapter_types()["spreadsheet"]
+    adapter = info.cls(info.cls.Settings.model_construct(), PluginContext("s", pathlib.Path(".")))
+    example = pathlib.Path(__file__).resolve().parent.parent / "adapters/spreadsheet/examples/record.json"
+    row = json.loads(example.read_text("utf-8"))
+    row["Đối tượng chính sách"] = value
+    with pytest.raises(ValueError, match="^column 'Đối tượng chính sách': the cell is .*, not text$"):
+        adapter.normalize(RawRecord("s1", json.dumps(row, ensure_ascii=False).encode()))

@@ -69,9 +69,9 @@ async def ingested(hub, *records: RawRecord, timeout: float = 120) -> None:
     await asyncio.wait_for(hub.wait_idle(), timeout)
 
 
-def config_for(tmp_path, pki, vendor, central):
+def config_for(tmp_path, pki, vendor, central, store: str = "", **extra):
     return hub_config(tmp_path / "data", pki[0], adapters=[pull_from(vendor)], destination=deliver_to(central),
-                      attempts=4, clock_skew_seconds=120)
+                      attempts=4, clock_skew_seconds=120, store=store, **extra)
 
 
 async def test_a_future_dated_record_is_held_with_the_reason(tmp_path, pki, systems):
@@ -83,6 +83,44 @@ async def test_a_future_dated_record_is_held_with_the_reason(tmp_path, pki, syst
         assert row.state == lc.QUARANTINED
         assert row.errors[0].startswith("updated_at: the vendor dates this version more than 120 s ahead")
         assert central.accepted() == {}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_pulled_id_with_nul_is_quarantined_naming_it_and_the_page_goes_on(tmp_path, pki, systems, backend):
+    """The issue's case: a pull adapter's ``source_id`` holding NUL. PostgreSQL cannot store it;
+    the page used to fail every poll (its other records never read, the cursor never moved).
+    On both backends the page commits, the other record goes on to the destination and this one
+    is quarantined naming ``source_id`` — and a replay refuses it again."""
+    vendor, central = systems
+    vendor._rows[0].source_id = "hs\x00-0"
+    with contextlib.ExitStack() as stack:
+        store = ""
+        if backend == "postgresql":
+            from pgtest import scratch_database
+
+            store = stack.enter_context(scratch_database("hocba_nul"))
+        from hub.kit.synthetic import department_identity
+
+        dept = department_identity("01")   # the Ministry's store takes class packages the Department signs
+        hub = Hub(config_for(tmp_path, pki, vendor, central, store, documents=["xml", "pdf"],
+                             department={"code": dept.school_code, "name": dept.name, "signer": "keys"}))
+        await hub.start()
+        try:
+            await asyncio.wait_for(hub.wait_idle(), 120)
+            assert not hub.status["school-a"].pull_failing and hub.store.cursor("school-a")
+            rows = {r.record_id: r for r in hub.store.rows(adapter="school-a")}
+            bad = rows.pop(st.record_id_for("school-a", "hs\x00-0"))
+            assert bad.state == lc.QUARANTINED
+            assert bad.errors[0].startswith("source_id: ") and "hs" not in bad.errors[0]
+            assert "U+0000" in hub.store.history(bad.id)[0]["detail"]
+            [good] = rows.values()   # the page's other record goes on
+            assert good.state not in (lc.QUARANTINED, lc.FAILED) and not good.errors, (good.state, good.errors)
+            assert await hub.replay([bad.id], actor="test") == [(bad.id, lc.RECEIVED)]
+            await asyncio.wait_for(hub.wait_idle(), 60)
+            again = hub.store.get(bad.id)
+            assert again.state == lc.QUARANTINED and again.errors[0].startswith("source_id: ")
+        finally:
+            await hub.stop()
 
 
 async def test_the_pull_cursor_never_passes_the_hubs_clock(tmp_path, systems):

@@ -17,7 +17,7 @@ from conftest import PASSWORD, ROLES
 
 from adapters.dancu.adapter import name_key
 from adapters.dancu.simulator import DancuSimulator, other_style
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
@@ -39,7 +39,7 @@ BLOCKED = {*PLAN, MISSING_ID}
 async def world():
     vendor = VnptSimulator(records=RECORDS, seed=3)
     vendor.update(MISSING_ID, lambda c: c["student"].update(personal_id=None))
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     population = DancuSimulator()
     population.populate([vendor.central(i) for i in range(RECORDS)],
                         plan={vendor.central(i)["transcript_id"]: kind for i, kind in PLAN.items()})
@@ -65,7 +65,7 @@ def make_config(tmp_path, pki, vendor, central, population, **identity):
         "delivery": {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                       "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "moet", "settings": central.adapter_settings()},
+        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
         "identity": {"name": "population", "type": "dancu", "settings": settings,
@@ -360,7 +360,7 @@ def test_config_errors_name_the_identity_path(tmp_path):
     base = {
         "adapters": [{"name": "a", "type": "vnpt", "settings": {"base_url": "http://127.0.0.1:1",
                                                                  "client_id": "x", "client_secret": "y"}}],
-        "destination": {"name": "d", "type": "moet", "settings": {"base_url": "http://127.0.0.1:2", "token": "t"}},
+        "destination": {"name": "d", "type": "ttdlqg", "settings": {"base_url": "http://127.0.0.1:2", "token": "t"}},
         "signers": [{"name": "k", "type": "pkcs12", "settings": {"directory": str(tmp_path), "password": "p"}}],
         "signing": {"steps": [{"role": "school_seal", "signer": "k"}]},
     }

@@ -16,7 +16,7 @@ import pytest_asyncio
 from conftest import deliver_to, hub_config, pull_from, worked_through
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
@@ -122,7 +122,7 @@ def base_config(**signing):
     return {
         "adapters": [{"name": "a", "type": "vnpt", "settings": {"base_url": "http://127.0.0.1:1",
                                                                  "client_id": "x", "client_secret": "y"}}],
-        "destination": {"name": "moet", "type": "moet", "settings": {"base_url": "http://127.0.0.1:1",
+        "destination": {"name": "ttdlqg", "type": "ttdlqg", "settings": {"base_url": "http://127.0.0.1:1",
                                                                        "token": "t"}},
         "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": ".", "password": "p"}},
                     {"name": "other", "type": "pkcs12", "settings": {"directory": ".", "password": "p"}}],
@@ -166,7 +166,7 @@ async def run_rendered(tmp_path: Path, directory: Path, makers: list) -> dict[st
     Each maker gets the record's envelope from the store and returns ``(record, pdf)``; the
     result maps each maker's index (``src-<i>``) to its row after the run.
     """
-    vendor, central = VnptSimulator(records=0), MoetSimulator()
+    vendor, central = VnptSimulator(records=0), TtdlqgSimulator()
     await vendor.start()
     await central.start()
     config = hub_config(tmp_path / "data", directory, adapters=[pull_from(vendor)], destination=deliver_to(central),

@@ -321,6 +321,13 @@ async def test_an_operator_recalls_a_package_from_the_console_and_a_viewer_canno
             assert reason in await row.inner_text() and "đã thu hồi" in await row.inner_text()
             assert await row.locator("form.recall").count() == 0  # a recalled package is not recalled again
             assert ministry.package_state(package_id)["status"] == "recalled"
+            # The overview says, per school and destination, what was delivered and what recalled.
+            recalled = hub.store.packages(package_id=package_id)[0]
+            await operator.goto("/console")
+            cell = operator.locator(f'#at-destinations tr[data-key="{recalled.school_code}"] td[data-destination="ministry"]')
+            assert f"đã thu hồi {len(recalled.members)}" in await cell.inner_text()
+            ndc_cell = operator.locator(f'#at-destinations tr[data-key="{recalled.school_code}"] td[data-destination="ndc"]')
+            assert "đã gửi" in await ndc_cell.inner_text() and "thu hồi" not in await ndc_cell.inner_text()
             entry = [e for e in hub.store.audit_entries() if e["kind"] == "recall_request"][-1]
             assert (entry["actor"], entry["subject"]) == ("an.nguyen", package_id)
         finally:

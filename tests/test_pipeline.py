@@ -169,7 +169,7 @@ async def test_health_and_readiness_over_http(tmp_path, pki, systems):
                     body = await resp.json()
                     assert resp.status == 503 and not body["checks"]["central"]["ok"]
                     assert body["checks"]["school-a"]["ok"]
-                    assert "demo-moet-token" not in await resp.text()
+                    assert "demo-ttdlqg-token" not in await resp.text()
     finally:
         await hub.stop()
 

@@ -19,7 +19,7 @@ import pytest_asyncio
 from conftest import deliver_to, hub_config, only_plugins
 from pydantic import ValidationError
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.push.adapter import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -49,7 +49,7 @@ ENVELOPE = {"record_id": "push-test", "event": "NEW", "version": 1, "updated_at"
 
 @pytest.fixture(scope="module", autouse=True)
 def only_these_plugins():
-    with only_plugins("push", "spreadsheet", "moet", "pkcs12", "xml", HOCBA_TEST_PUSH_SECRET=SECRET):
+    with only_plugins("push", "spreadsheet", "ttdlqg", "pkcs12", "xml", HOCBA_TEST_PUSH_SECRET=SECRET):
         yield
 
 
@@ -58,7 +58,7 @@ class Running:
     hub: Hub
     base: str
     store_path: Path
-    central: MoetSimulator
+    central: TtdlqgSimulator
 
     @property
     def url(self) -> str:
@@ -81,7 +81,7 @@ class Running:
 async def running(pki, tmp_path_factory, only_these_plugins):
     root = tmp_path_factory.mktemp("push")
     (root / "drop").mkdir()
-    central = MoetSimulator()
+    central = TtdlqgSimulator()
     await central.start()
     config = hub_config(root / "data", pki[0], destination=deliver_to(central), adapters=[
         # The secret comes from the environment, as a province's config would have it.

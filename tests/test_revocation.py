@@ -12,19 +12,20 @@ from conftest import deliver_to, hub_config, only_plugins, pull_from, started_hu
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
 from hub.contracts import RawRecord
 from hub.documents.signing import certificate_problem, identity_for
 from hub.kit import pki
-from hub.kit.synthetic import transcript
+from hub.kit.synthetic import department_identity, transcript
 from hub.kit.tsa import TrustServices
 from hub.records import parse_transcript
 
 PASSWORD = "revocation-test-password"
 ROLES = ("homeroom_teacher", "principal", "school_seal")
+DEPARTMENT = department_identity("01")
 
 
 def _chain(directory, identity) -> tuple[bytes, ...]:
@@ -39,7 +40,7 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
     directory = tmp_path / "pki"
     services = TrustServices(directory)
     await services.start()
-    vendor, central = VnptSimulator(records=0), MoetSimulator()
+    vendor, central = VnptSimulator(records=0), TtdlqgSimulator()
     await vendor.start()
     await central.start()
     try:
@@ -52,6 +53,7 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
             pki.issue(directory, [identity_for(rec, r) for r in ROLES], PASSWORD, services_url=services.url)
         revoked = identity_for(parse_transcript({**records[0], "record_id": "x", "event": "NEW", "version": 1,
                                                  "updated_at": "2025-06-01T08:00:00"}), "principal")
+        pki.issue(directory, [DEPARTMENT], PASSWORD, services_url=services.url)  # it signs the class packages
         cert = x509.load_der_x509_certificate(_chain(directory, revoked)[0])
         services.revoke(cert.serial_number)
         root = directory / pki.ROOT_CERT
@@ -64,8 +66,10 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
         assert await certificate_problem(_chain(directory, good)) == ("", True)
         assert services.counters.ocsp + services.counters.crl >= 2
 
+        # The Ministry's store takes class packages: the XML inside, the Department's signature.
         config = hub_config(tmp_path / "data", directory, adapters=[pull_from(vendor)], destination=deliver_to(central),
-                            attempts=2, roles=ROLES, password=PASSWORD, trust=[root])
+                            attempts=2, roles=ROLES, password=PASSWORD, trust=[root], documents=["xml", "pdf"],
+                            department={"code": DEPARTMENT.school_code, "name": DEPARTMENT.name, "signer": "keys"})
         store = st.Store(config.store_path)
         for index, data in records.items():
             [pk] = store.receive("school-a", [RawRecord(f"src-{index}", json.dumps({"i": index}).encode())])
@@ -110,5 +114,5 @@ async def test_a_ca_that_does_not_answer_is_not_a_good_answer(tmp_path):
 
 @pytest.fixture(autouse=True)
 def only_these_plugins():
-    with only_plugins("vnpt", "moet", "pkcs12", "xml"):
+    with only_plugins("vnpt", "ttdlqg", "pkcs12", "xml"):
         yield

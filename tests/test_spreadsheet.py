@@ -17,7 +17,7 @@ import pytest
 from conftest import deliver_to, hub_config, only_plugins, running, started_hub
 from pydantic import ValidationError
 
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.spreadsheet.adapter import (
     SpreadsheetAdapter,
     iter_rows,
@@ -42,7 +42,7 @@ REPORT_HEADER = ["row", "column", "outcome", "reason"]
 
 @pytest.fixture(autouse=True)
 def only_these_plugins():
-    with only_plugins("spreadsheet", "moet", "pkcs12", "xml"):
+    with only_plugins("spreadsheet", "ttdlqg", "pkcs12", "xml"):
         yield
 
 
@@ -416,7 +416,7 @@ async def test_through_a_running_hub_to_the_central_store(drop, tmp_path, pki):
     write_xlsx(drop / "lop.xlsx", SECONDARY, list(iter_rows([valid[2], valid[3]])))
     sheets = {"name": "school-files", "type": "spreadsheet", "poll_interval": 3600,
               "settings": {"directory": str(drop), "settle_seconds": 0}}
-    async with running(MoetSimulator()) as (central_store,):
+    async with running(TtdlqgSimulator()) as (central_store,):
         config = hub_config(tmp_path / "data", pki[0], adapters=[sheets], destination=deliver_to(central_store))
         async with started_hub(config) as hub:
             await asyncio.wait_for(hub.wait_idle(), 120)

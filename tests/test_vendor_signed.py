@@ -15,7 +15,7 @@ import pytest
 from lxml import etree
 
 from adapters.misa.simulator import MisaSimulator
-from adapters.moet.simulator import MoetSimulator
+from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.push.simulator import PushSimulator, ingest_url
 from hub import lifecycle as lc
 from hub.documents.binding import verify_file
@@ -38,7 +38,7 @@ GVBM = "DU_LIEU_HOC_BA/DANH_SACH_THONG_TIN_KY/DANH_SACH_GVBM"
 
 @pytest.fixture(autouse=True)
 def only_these_plugins():
-    with only_plugins("push", "misa", "moet", "pkcs12", "xml"):
+    with only_plugins("push", "misa", "ttdlqg", "pkcs12", "xml"):
         yield
 
 
@@ -92,7 +92,7 @@ async def test_vendor_signed_xml_is_kept_and_only_the_missing_stages_are_added(p
     central = {**sender.seeded(5), "record_id": record_id_for("school-push", e["source_id"]), "version": 1,
                "event": "NEW", "updated_at": e["updated_at"]}
     e["signed_xml"] = _encoded(sign_xml(central, ("principal",), tmp_path / "push-pki", VENDOR_PASSWORD))
-    central_store = MoetSimulator()
+    central_store = TtdlqgSimulator()
     await misa.start()
     await central_store.start()
     config = hub_config(tmp_path / "data", directory, attempts=2, roles=STAGES, trust=[hub_root, misa_root, push_root],

@@ -241,7 +241,7 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
     quarantines a document whose signature is by someone else or sits in the wrong place."""
     import json
 
-    from adapters.moet.simulator import MoetSimulator
+    from adapters.ttdlqg.simulator import TtdlqgSimulator
     from adapters.vnpt.simulator import VnptSimulator
     from hub import lifecycle as lc
     from hub import store as st
@@ -250,7 +250,7 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
     directory, root = pki
     keys = signer(directory)
     await keys.open()
-    vendor, central = VnptSimulator(records=0), MoetSimulator()
+    vendor, central = VnptSimulator(records=0), TtdlqgSimulator()
     await vendor.start()
     await central.start()
     config = hub_config(tmp_path / "data", directory, adapters=[pull_from(vendor)], destination=deliver_to(central),

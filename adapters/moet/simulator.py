@@ -1,15 +1,13 @@
 """The Ministry's transcript store's contract (CONTRACT.md) served over real HTTP, with faults.
 
-The simulator is the reference the ``moet`` adapter is tested against, and the destination the
-demo and the conformance kit deliver to. It enforces every rule of the contract — token,
-central-format validation, a signed PDF, idempotency on ``(idbanghi, phienban)``, versions
-that only go up — and keeps everything it received so a test can look at it afterwards.
-
-Class packages (``PUT /api/v2/packages/{id}``): the Department's signature on the manifest must
-verify and chain to ``trust_roots`` (and, when ``registered`` is set, be the certificate the
-Department registered), every file must match its SHA-256 and every transcript's own signatures
-must verify (``hub.verify_package``); a package id is idempotent, a package can be recalled and
-one transcript cancelled, each with a mandatory reason.
+The simulator is the reference the ``moet`` adapter is tested against. It takes class packages
+only (``PUT /api/v2/packages/{id}``; one transcript at a time is the National Data Centre's sync,
+``adapters/ttdlqg``) and enforces every rule of the contract: the token; the Department's
+signature on the manifest must verify and chain to ``trust_roots`` (and, when ``registered`` is
+set, be the certificate the Department registered), every file must match its SHA-256 and every
+transcript's own signatures must verify (``hub.verify_package``); a package id is idempotent,
+versions only go up, a package can be recalled and one transcript cancelled, each with a
+mandatory reason. It keeps everything it received so a test can look at it afterwards.
 """
 
 from __future__ import annotations
@@ -28,24 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
-
 from hub import (
     MAX_PACKAGE_BYTES,
     PACKAGE_MEDIA_TYPE,
     ClassPackage,
-    Event,
     Faults,
     LoopbackServer,
     PackageError,
     Simulator,
-    field_errors,
-    parse_transcript,
     verify_package,
 )
 
 DEFAULT_TOKEN = "demo-moet-token"
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 PACKAGES_PATH = "/api/v2/packages"
 TRANSCRIPTS_PATH = "/api/v2/transcripts"
 _PACKAGE_PUT = re.compile(r"^/api/v2/packages/[^/]+$")
@@ -56,24 +48,19 @@ class MoetFaults(Faults):
     """The standard fault switches (``hub.contracts.Faults``), as the central store applies them.
 
     ``outage`` affects every route and ``slow_seconds`` every answer a route produced, so
-    ``check()`` sees them too. The ``*_next_n`` counters are consumed by submissions
-    (``POST /api/v1/hocba``) only, so a test can say "the next two deliveries fail" without
-    health checks eating the faults. ``slow_seconds`` delays an answer after the request was
-    processed. ``reject_next_n`` answers the next n package submissions ``422`` (a refusal the
-    sender must not retry), so a test sees a permanent failure as well as transient ones.
+    ``check()`` sees them too. The ``*_next_n`` counters are consumed by package submissions
+    (``PUT /api/v2/packages/{id}``) only, so a test can say "the next two deliveries fail"
+    without health checks eating the faults. ``slow_seconds`` delays an answer after the request
+    was processed. ``reject_next_n`` answers the next n submissions ``422`` (a refusal the sender
+    must not retry), so a test sees a permanent failure as well as transient ones.
     """
     reject_next_n: int = 0
 
 
 @dataclass
 class MoetCounters:
-    """How many requests the simulator saw, and what became of the submissions."""
+    """How many requests the simulator saw, and what became of the package submissions."""
     requests: int = 0        # every request, any route
-    submissions: int = 0     # POST /api/v1/hocba, including faulted ones
-    created: int = 0         # 201
-    duplicates: int = 0      # 200 duplicate
-    conflicts: int = 0       # 409
-    rejected: int = 0        # 400, 413, 422
     unauthorized: int = 0    # 401, any route
     faulted: int = 0         # injected 503 / 429 / dropped connection
     packages: int = 0        # PUT /api/v2/packages/{id}, including faulted ones
@@ -86,11 +73,9 @@ class MoetCounters:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One submission as the simulator saw it; ``status`` is ``None`` for a dropped connection."""
+    """One package submission as the simulator saw it; ``status`` is ``None`` for a dropped
+    connection."""
     status: int | None
-    record_id: str | None = None
-    version: int | None = None
-    event: str | None = None
     reason: str = ""
     at: float = field(default_factory=time.time)
     package_id: str | None = None
@@ -107,17 +92,16 @@ class _Reject(Exception):
 class MoetSimulator(LoopbackServer, Simulator):
     """The central transcript store over HTTP on loopback (see ``adapters/moet/CONTRACT.md``).
 
-    What it received stays inspectable: ``records`` and ``documents`` keyed by
-    ``(record_id, version)``, ``receipts`` likewise, ``attempts`` (every submission with its
-    status code), ``counters``. ``faults`` injects outages, 503s, slowness, dropped connections
-    and 429s.
+    What it received stays inspectable: ``packages`` and ``package_files`` keyed by package id,
+    ``transcripts`` keyed by ``(record_id, version)``, ``attempts`` (every submission with its
+    status code), ``counters``. ``faults`` injects outages, 503s, slowness, dropped connections,
+    429s and refusals.
     """
 
     def __init__(
         self,
         *,
         token: str = DEFAULT_TOKEN,
-        max_bytes: int = DEFAULT_MAX_BYTES,
         records: int = 0,
         invalid: int = 0,
         seed: int = 0,
@@ -127,7 +111,6 @@ class MoetSimulator(LoopbackServer, Simulator):
     ):
         super().__init__(records=records, invalid=invalid, seed=seed)
         self.token = token
-        self.max_bytes = max_bytes
         self.max_package_bytes = max_package_bytes
         # The anchors every signature must chain to (DER); none: signatures are checked, chains not.
         self.trust_roots: tuple[bytes, ...] = tuple(trust_roots)
@@ -139,13 +122,8 @@ class MoetSimulator(LoopbackServer, Simulator):
         self.faults = MoetFaults()
         self.counters = MoetCounters()
         self.attempts: list[Attempt] = []
-        self.records: dict[tuple[str, int], dict[str, Any]] = {}
-        self.documents: dict[tuple[str, int], bytes] = {}
-        self.receipts: dict[tuple[str, int], dict[str, Any]] = {}
         self.base_url: str | None = None
-        self._hashes: dict[tuple[str, int], str] = {}
         self._highest: dict[str, int] = {}
-        self._cancelled: set[str] = set()
         self._runner: web.AppRunner | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -154,8 +132,6 @@ class MoetSimulator(LoopbackServer, Simulator):
         app = web.Application(middlewares=[self._faults_and_auth])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/api/v1/ping", self._ping)
-        app.router.add_post("/api/v1/hocba", self._submit)
-        app.router.add_get("/api/v1/hocba/{record_id}", self._status)
         app.router.add_put(PACKAGES_PATH + "/{package_id}", self._submit_package)
         app.router.add_get(PACKAGES_PATH + "/{package_id}", self._package_state)
         app.router.add_post(PACKAGES_PATH + "/{package_id}/recall", self._recall)
@@ -188,31 +164,15 @@ class MoetSimulator(LoopbackServer, Simulator):
     def accepted(self) -> dict[str, int]:
         return dict(self._highest)
 
-    def state(self, record_id: str) -> dict[str, Any] | None:
-        """What ``GET /api/v1/hocba/{idbanghi}`` answers for ``record_id``, or ``None``."""
-        highest = self._highest.get(record_id)
-        if highest is None:
-            return None
-        return {
-            "idbanghi": record_id,
-            "highest_version": highest,
-            # The highest version came alone (v1 API) or in a class package.
-            "receipt_id": (self.receipts.get((record_id, highest)) or self.transcripts[(record_id, highest)])["receipt_id"],
-            "cancelled": record_id in self._cancelled,
-        }
-
     # --- faults and auth ------------------------------------------------------------------
 
     @web.middleware
     async def _faults_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.counters.requests += 1
         faults = self.faults
-        package = request.method == "PUT" and _PACKAGE_PUT.match(request.path) is not None
-        submission = package or (request.method == "POST" and request.path == "/api/v1/hocba")
-        if package:
+        submission = request.method == "PUT" and _PACKAGE_PUT.match(request.path) is not None
+        if submission:
             self.counters.packages += 1
-        elif submission:
-            self.counters.submissions += 1
         if submission and faults.drop_next_n_connections > 0:
             faults.drop_next_n_connections -= 1
             return self._drop(request)
@@ -224,7 +184,7 @@ class MoetSimulator(LoopbackServer, Simulator):
         if submission and faults.rate_limit_next_n > 0:
             faults.rate_limit_next_n -= 1
             return self._fault(submission, 429, "rate limited", retry_after=True)
-        if package and faults.reject_next_n > 0:
+        if submission and faults.reject_next_n > 0:
             faults.reject_next_n -= 1
             return self._fault(submission, 422, "injected refusal")
         if request.path != "/healthz" and not self._authorized(request):
@@ -239,7 +199,7 @@ class MoetSimulator(LoopbackServer, Simulator):
         response = await handler(request)
         if faults.slow_seconds > 0:
             # Delaying after the work is done models the nastiest timeout: the store committed
-            # the record but the answer never reached the sender, whose retry must then get a
+            # the package but the answer never reached the sender, whose retry must then get a
             # duplicate receipt rather than a conflict.
             await asyncio.sleep(faults.slow_seconds)
         return response
@@ -273,118 +233,6 @@ class MoetSimulator(LoopbackServer, Simulator):
 
     async def _ping(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
-
-    async def _status(self, request: web.Request) -> web.Response:
-        state = self.state(request.match_info["record_id"])
-        if state is None:
-            return web.json_response({"error": "unknown idbanghi", "errors": []}, status=404)
-        return web.json_response(state)
-
-    async def _submit(self, request: web.Request) -> web.Response:
-        try:
-            raw_record, document = await self._read_parts(request)
-            model, record = self._validate(raw_record, document)
-        except _Reject as reject:
-            self.counters.rejected += 1
-            self.attempts.append(Attempt(reject.status, reason=reject.body["error"]))
-            return web.json_response(reject.body, status=reject.status)
-        # From here to the answer there is no await: concurrent submissions of the same
-        # record cannot interleave between the version check and the store.
-        key = (model.record_id, model.version)
-        content_hash = _content_hash(model, document)
-        highest = self._highest.get(model.record_id, 0)
-        attempt = {"record_id": model.record_id, "version": model.version, "event": model.event.value}
-        if key in self._hashes:
-            if self._hashes[key] == content_hash:
-                self.counters.duplicates += 1
-                self.attempts.append(Attempt(200, reason="duplicate", **attempt))
-                return web.json_response({**self.receipts[key], "duplicate": True}, status=200)
-            self.counters.conflicts += 1
-            self.attempts.append(Attempt(409, reason="same version, different content", **attempt))
-            return web.json_response({
-                "error": f"version {model.version} of {model.record_id} is already held with different content",
-                "errors": [], "highest_version": highest,
-            }, status=409)
-        if model.version <= highest:
-            self.counters.conflicts += 1
-            self.attempts.append(Attempt(409, reason="stale version", **attempt))
-            return web.json_response({
-                "error": f"version {model.version} is not above the highest held ({highest})",
-                "errors": [], "highest_version": highest,
-            }, status=409)
-        receipt = {
-            "receipt_id": f"MOET-{uuid.uuid4().hex}",
-            "received_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "idbanghi": model.record_id,
-            "phienban": model.version,
-        }
-        self.records[key] = record
-        self.documents[key] = document
-        self.receipts[key] = receipt
-        self._hashes[key] = content_hash
-        self._highest[model.record_id] = model.version
-        # The highest version decides: a CANCEL recalls the transcript, a later UPDATE restores it.
-        if model.event == Event.CANCEL:
-            self._cancelled.add(model.record_id)
-        else:
-            self._cancelled.discard(model.record_id)
-        self.counters.created += 1
-        self.attempts.append(Attempt(201, reason="created", **attempt))
-        return web.json_response({**receipt, "duplicate": False}, status=201)
-
-    async def _read_parts(self, request: web.Request) -> tuple[bytes, bytes]:
-        if request.content_length is not None and request.content_length > self.max_bytes:
-            raise _Reject(413, f"payload of {request.content_length} bytes exceeds {self.max_bytes}")
-        if request.content_type != "multipart/form-data":
-            raise _Reject(400, f"expected multipart/form-data, got {request.content_type or 'no content type'}")
-        parts: dict[str, bytes] = {}
-        types: dict[str, str] = {}
-        size = 0
-        try:
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                chunks = []
-                # Counted chunk by chunk: a chunked upload has no Content-Length to check up front.
-                while chunk := await part.read_chunk():
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise _Reject(413, f"payload exceeds {self.max_bytes} bytes")
-                    chunks.append(chunk)
-                if part.name in ("record", "document"):
-                    parts[part.name] = b"".join(chunks)
-                    types[part.name] = part.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        except _Reject:
-            raise
-        except (ValueError, AssertionError, RuntimeError) as exc:
-            raise _Reject(400, f"malformed multipart body: {exc}") from None
-        missing = [name for name in ("record", "document") if name not in parts]
-        if missing:
-            raise _Reject(400, f"missing part(s): {', '.join(missing)}")
-        for name, expected in (("record", "application/json"), ("document", "application/pdf")):
-            if types[name] != expected:
-                raise _Reject(400, f"part {name!r} must be {expected}, got {types[name] or 'no content type'}")
-        return parts["record"], parts["document"]
-
-    def _validate(self, raw_record: bytes, document: bytes) -> tuple[Any, dict[str, Any]]:
-        try:
-            record = json.loads(raw_record)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _Reject(400, f"part 'record' is not JSON: {exc}") from None
-        if not isinstance(record, dict):
-            raise _Reject(422, "record invalid", ["(record): must be a JSON object"])
-        try:
-            model = parse_transcript(record)
-        except ValidationError as exc:
-            raise _Reject(422, "record invalid", field_errors(exc, export_names=True)) from None
-        except (TypeError, ValueError) as exc:
-            # A validator that breaks instead of reporting is still a record the store cannot
-            # take; 422 tells the sender not to retry, where a 500 would be retried forever.
-            raise _Reject(422, "record invalid", [f"(record): {exc}"]) from None
-        if not document.startswith(b"%PDF-"):
-            raise _Reject(422, "document invalid", ["document: not a PDF (no %PDF- header)"])
-        if b"/ByteRange" not in document or b"/Sig" not in document:
-            raise _Reject(422, "document invalid", ["document: carries no signature (/ByteRange, /Sig)"])
-        return model, record
 
     # --- class packages -------------------------------------------------------------------
 
@@ -501,7 +349,6 @@ class MoetSimulator(LoopbackServer, Simulator):
                                          "received_at": now, "xml_sha256": e.xml_sha256,
                                          "pdf_sha256": e.pdf_sha256, "status": "accepted", "reason": ""}
                 self._highest[e.record_id] = max(self._highest.get(e.record_id, 0), e.version)
-                self._cancelled.discard(e.record_id)
         self.packages[package_id] = {"receipt": receipt, "content": content, "status": "accepted", "reason": "",
                                      "keys": [(e.record_id, e.version) for e in pkg.entries]}
         self.package_files[package_id] = body
@@ -581,18 +428,6 @@ class MoetSimulator(LoopbackServer, Simulator):
         held["cancel"] = {"receipt_id": f"MOET-HUY-{uuid.uuid4().hex}",
                           "received_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           "record_id": record_id, "version": key[1], "status": "cancelled", "reason": reason}
-        if self._highest.get(record_id) == key[1]:
-            self._cancelled.add(record_id)
         self.counters.cancels += 1
         return web.json_response({**held["cancel"], "duplicate": False})
 
-
-def _content_hash(model: Any, document: bytes) -> str:
-    # Hash the validated record, not the bytes sent: the same transcript spelled with snake_case
-    # names or catalogue aliases, or with keys in another order, is the same content.
-    canonical = json.dumps(
-        model.model_dump(mode="json", by_alias=True), sort_keys=True, ensure_ascii=False, separators=(",", ":")
-    )
-    digest = hashlib.sha256(canonical.encode())
-    digest.update(hashlib.sha256(document).digest())
-    return digest.hexdigest()

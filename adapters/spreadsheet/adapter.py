@@ -345,7 +345,9 @@ def to_central(row: dict[str, Any], extra_subjects: dict[str, str] | None = None
         except ValueError as exc:
             raise ValueError(f"column {header!r}: {exc}") from None
         if value is not None and not isinstance(value, str):
-            value = str(value)
+            # The stored row holds each cell as text (CONTRACT.md): a JSON true, number or object
+            # here was never read from a sheet, and becomes no score, name or flag by str().
+            raise ValueError(f"column {header!r}: the cell is {type(value).__name__}, not text")
         cells.append((column, value or ""))
 
     level_cell = next((v for c, v in cells if isinstance(c, _Fixed) and c.column.field == "level"), None)

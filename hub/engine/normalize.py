@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from hub.contracts import Adapter, RawRecord
+from hub.contracts import Adapter, RawRecord, source_id_problem
 from hub.plugins import manager
 from hub.records import (
     PrimaryTranscript,
@@ -63,7 +63,7 @@ _KNOWN = (("school_code", ("school_code",)), ("school_year", ("school_year",)),
 def identifying(data: dict[str, Any]) -> dict[str, str]:
     """The codes a partially mapped record names, whatever else is wrong with it: school,
     school year, class and student code (never a name, birth date or personal id). A value
-    that is not a short piece of text is left out rather than guessed at."""
+    that is not a short piece of visible text is left out rather than guessed at."""
     out = {}
     for key, path in _KNOWN:
         value: Any = data
@@ -71,7 +71,9 @@ def identifying(data: dict[str, Any]) -> dict[str, str]:
             value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             text = " ".join(unicodedata.normalize("NFC", str(value)).split())
-            if 0 < len(text) <= 64:
+            # A code with a control or invisible character is not one (and PostgreSQL cannot
+            # file a record under a NUL).
+            if 0 < len(text) <= 64 and not any(unicodedata.category(ch)[0] == "C" for ch in text):
                 out[key] = text
     return out
 
@@ -129,6 +131,17 @@ def central_record(data: dict[str, Any], adapter: str, envelope: Envelope,
 def normalize(adapter: Adapter, raw: RawRecord, envelope: Envelope, codes: CodeTable | None = None) -> Outcome:
     """A raw payload as ``adapter`` maps it → a validated central record, or the reasons;
     ``codes`` is the configuration's table of old → new codes (``HubConfig.codes``)."""
+    outcome = _normalize(adapter, raw, envelope, codes)
+    problem = source_id_problem(raw.source_id)
+    if problem is None:
+        return outcome
+    # The vendor's id names the record everywhere (record_id): one with a control or invisible
+    # character is refused whatever the content, and a replay refuses it again.
+    return replace(outcome, record=None, errors=(f"source_id: {problem}", *outcome.errors),
+                   known=outcome.known or (identifying(outcome.record.model_dump()) if outcome.record else {}))
+
+
+def _normalize(adapter: Adapter, raw: RawRecord, envelope: Envelope, codes: CodeTable | None) -> Outcome:
     try:
         data = adapter.normalize(raw)
         if not isinstance(data, dict):

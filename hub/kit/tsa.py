@@ -8,6 +8,10 @@ serves, for the PKI in one directory (``hub.kit.pki``):
 - ``POST /ocsp`` (and ``GET /ocsp/<base64>``): OCSP answers signed by the root itself;
 - ``GET /crl``: the root's CRL (DER).
 
+The answers are certomancer's (``certomancer.services``: ``TimeStamper``,
+``SimpleOCSPResponder``, ``CRLBuilder``, by pyHanko's author), driven with the keys
+``hub.kit.pki`` issued: certomancer's own PKI is declared in YAML and cannot hold the
+per-person keys the demo issues, so only its responders are used, served here over aiohttp.
 Certificates point here when issued with ``hub.kit.pki.issue(..., services_url=services.url)``.
 ``start_signing_services`` starts what ``hocba-hub demo`` needs for a config's signing steps.
 Like the rest of the test PKI, nothing here is fit for production.
@@ -22,18 +26,21 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from aiohttp import web
-from asn1crypto import cms, core, tsp
+from asn1crypto import crl as asn1_crl
+from asn1crypto import keys, ocsp, tsp
 from asn1crypto import x509 as asn1_x509
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
-from cryptography.x509 import ocsp
-from pyhanko.sign import general
-from pyhanko.sign.general import simple_cms_attribute
-from pyhanko.sign.timestamps import DummyTimeStamper
-from pyhanko_certvalidator.util import get_pyca_cryptography_hash
+from certomancer.crypto_utils import load_cert_from_pemder, load_private_key
+from certomancer.services import (
+    CRLBuilder,
+    RevocationInfoInterface,
+    SimpleOCSPResponder,
+    TimeStamper,
+    choose_signed_digest,
+)
+from cryptography.hazmat.primitives import serialization
 
 from hub.kit import pki
 
@@ -42,29 +49,13 @@ __all__ = ["DEMO_TSA", "TrustServices", "start_signing_services"]
 DEMO_TSA = "demo"
 """The ``timestamp_url`` that asks ``hocba-hub demo`` for its loopback TSA."""
 
-
-class _KeptKeyTimeStamper(DummyTimeStamper):
-    """pyHanko's test TSA, holding its key loaded: the stock one parses it on every request."""
-
-    def __init__(self, cert: x509.Certificate, key: Any, chain: list[x509.Certificate]):
-        def der(c: x509.Certificate) -> asn1_x509.Certificate:
-            return asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
-
-        super().__init__(tsa_cert=der(cert), tsa_key=None, certs_to_embed=[der(c) for c in chain])  # type: ignore[arg-type]
-        self._key = key
-
-    def _sign_tst_info(self, tst_info_data: bytes, md_algorithm: str, at: dt.datetime):
-        digest = hashes.Hash(get_pyca_cryptography_hash(md_algorithm))
-        digest.update(tst_info_data)
-        signed_attrs = cms.CMSAttributes([
-            simple_cms_attribute("content_type", "tst_info"),
-            simple_cms_attribute("signing_time", cms.Time({"utc_time": core.UTCTime(at)})),
-            simple_cms_attribute("signing_certificate", general.as_signing_certificate(self.tsa_cert)),
-            simple_cms_attribute("message_digest", digest.finalize()),
-        ])
-        signature = self._key.sign(signed_attrs.dump(), PKCS1v15(),
-                                   get_pyca_cryptography_hash(md_algorithm.upper()))
-        return signature, signed_attrs
+# Answers say they hold from a minute ago: a validator that took "now" just before fetching
+# must not see an answer from its future.
+_BACKDATE = dt.timedelta(minutes=1)
+_VALIDITY = dt.timedelta(days=7)
+# The CRL is signed once per revocation state (certomancer parses the root's RSA key again
+# for every signature, ≈0.1 s), and again when it is this old.
+_CRL_REFRESH = dt.timedelta(hours=1)
 
 
 @dataclass
@@ -75,6 +66,24 @@ class TrustCounters:
     crl: int = 0
 
 
+class _Revocations(RevocationInfoInterface):
+    """certomancer's question to the CA: is this serial revoked? (a snapshot of ``revoke``'s)"""
+
+    def __init__(self, issuer: asn1_x509.Certificate, revoked: dict[int, dt.datetime]):
+        self._issuer = issuer
+        self._revoked = revoked
+
+    def get_issuer_cert(self) -> asn1_x509.Certificate:
+        return self._issuer
+
+    def check_revocation_status(self, cid: ocsp.CertId, at_time: dt.datetime):
+        revoked_at = self._revoked.get(cid["serial_number"].native)
+        if revoked_at is None:
+            return ocsp.CertStatus(name="good", value=None), []
+        return ocsp.CertStatus(name="revoked", value=ocsp.RevokedInfo(
+            {"revocation_time": revoked_at, "revocation_reason": "key_compromise"})), []
+
+
 class TrustServices:
     """Timestamps, OCSP and a CRL for the test PKI in ``directory``, over HTTP on loopback."""
 
@@ -83,6 +92,7 @@ class TrustServices:
         self.url: str | None = None
         self.counters = TrustCounters()
         self._revoked: dict[int, dt.datetime] = {}
+        self._crl: tuple[dt.datetime, bytes] | None = None
         self._runner: web.AppRunner | None = None
 
     @property
@@ -94,15 +104,18 @@ class TrustServices:
 
     def revoke(self, serial_number: int) -> None:
         """Mark a certificate revoked from now on, in OCSP answers and the CRL alike."""
-        self._revoked.setdefault(serial_number, dt.datetime.now(dt.timezone.utc))
+        if serial_number not in self._revoked:
+            self._revoked[serial_number] = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            self._crl = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve; return the base URL. The TSA certificate is issued anew, pointing here."""
         app = web.Application()
         app.router.add_post("/tsa", self._timestamp)
         app.router.add_post("/ocsp", self._ocsp_post)
-        app.router.add_get("/ocsp/{request}", self._ocsp_get)
-        app.router.add_get("/crl", self._crl)
+        # The base64 of a request may hold "/" (RFC 6960's GET form): the rest of the path is the request.
+        app.router.add_get("/ocsp/{request:.+}", self._ocsp_get)
+        app.router.add_get("/crl", self._crl_get)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -121,91 +134,74 @@ class TrustServices:
         pki.create_root(self.directory)
         # The port changes from run to run; the TSA certificate must name this run's services.
         pki.issue_tsa(self.directory, services_url=self.url, overwrite=True)
-        self._root, self._root_key = pki.load_root(self.directory)
-        tsa_cert = x509.load_pem_x509_certificate((self.directory / pki.TSA_CERT).read_bytes())
-        tsa_key = serialization.load_pem_private_key((self.directory / pki.TSA_KEY).read_bytes(), None)
-        self._stamper = _KeptKeyTimeStamper(tsa_cert, tsa_key, [self._root])
-        root_der = self._root.public_bytes(serialization.Encoding.DER)
-        spki = asn1_x509.Certificate.load(root_der).public_key
-        self._key_hashes = {name: _digest(name, spki["public_key"].contents[1:])
-                            for name in ("sha1", "sha256")}
-        self._name_hashes = {name: _digest(name, asn1_x509.Certificate.load(root_der).subject.dump())
-                             for name in ("sha1", "sha256")}
+        self._root = load_cert_from_pemder(str(self.directory / pki.ROOT_CERT))
+        _, root_key = pki.load_root(self.directory)
+        self._root_key = keys.PrivateKeyInfo.load(root_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        self._root_algorithm = choose_signed_digest("sha256", self._root.public_key)
+        tsa_key, _ = load_private_key((self.directory / pki.TSA_KEY).read_bytes(), None)
+        self._stamper = TimeStamper(tsa_cert=load_cert_from_pemder(str(self.directory / pki.TSA_CERT)),
+                                    tsa_key=tsa_key, certs_to_embed=[self._root])
 
     # --- RFC 3161 -------------------------------------------------------------------------
 
     async def _timestamp(self, request: web.Request) -> web.Response:
+        body = await request.read()
         try:
-            tsa_request = tsp.TimeStampReq.load(await request.read())
-            answer = self._stamper.request_tsa_response(tsa_request)
+            answer = await asyncio.to_thread(
+                lambda: self._stamper.request_tsa_response(tsp.TimeStampReq.load(body)).dump())
         except Exception as exc:  # a malformed request gets an HTTP answer, not a crashed server
             return web.Response(status=400, text=f"bad timestamp request: {exc}")
         self.counters.timestamps += 1
-        return web.Response(body=answer.dump(), content_type="application/timestamp-reply")
+        return web.Response(body=answer, content_type="application/timestamp-reply")
 
     # --- OCSP -----------------------------------------------------------------------------
 
     async def _ocsp_post(self, request: web.Request) -> web.Response:
-        return self._ocsp_answer(await request.read())
+        return await self._ocsp_answer(await request.read())
 
     async def _ocsp_get(self, request: web.Request) -> web.Response:
-        return self._ocsp_answer(base64.b64decode(request.match_info["request"]))
+        return await self._ocsp_answer(base64.b64decode(unquote(request.match_info["request"])))
 
-    def _ocsp_answer(self, body: bytes) -> web.Response:
+    async def _ocsp_answer(self, body: bytes) -> web.Response:
         self.counters.ocsp += 1
+        # In a thread: certomancer loads the root's RSA key again for every answer (≈0.1 s of CPU).
+        answer = await asyncio.to_thread(self._ocsp_response, body, dict(self._revoked))
+        return web.Response(body=answer, content_type="application/ocsp-response")
+
+    def _ocsp_response(self, body: bytes, revoked: dict[int, dt.datetime]) -> bytes:
+        # certomancer answers "unauthorized" for another CA's certificates and signs with the
+        # root's key, naming the responder by key hash, with the request's nonce echoed.
+        responder = SimpleOCSPResponder(
+            responder_cert=self._root, responder_key=self._root_key, signature_algo=self._root_algorithm,
+            at_time=dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - _BACKDATE,
+            revinfo_interface=_Revocations(self._root, revoked), validity=_VALIDITY + _BACKDATE)
         try:
-            req = ocsp.load_der_ocsp_request(body)
-        except ValueError:
-            answer = ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-            return web.Response(body=answer.public_bytes(serialization.Encoding.DER),
-                                content_type="application/ocsp-response")
-        algorithm = req.hash_algorithm
-        name = algorithm.name
-        if (self._name_hashes.get(name) != req.issuer_name_hash
-                or self._key_hashes.get(name) != req.issuer_key_hash):
-            answer = ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-            return web.Response(body=answer.public_bytes(serialization.Encoding.DER),
-                                content_type="application/ocsp-response")
-        now = dt.datetime.now(dt.timezone.utc)
-        revoked_at = self._revoked.get(req.serial_number)
-        builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
-            issuer_name_hash=req.issuer_name_hash, issuer_key_hash=req.issuer_key_hash,
-            serial_number=req.serial_number, algorithm=algorithm,
-            cert_status=ocsp.OCSPCertStatus.REVOKED if revoked_at else ocsp.OCSPCertStatus.GOOD,
-            this_update=now - dt.timedelta(minutes=1), next_update=now + dt.timedelta(days=7),
-            revocation_time=revoked_at,
-            revocation_reason=x509.ReasonFlags.key_compromise if revoked_at else None,
-        ).responder_id(ocsp.OCSPResponderEncoding.HASH, self._root)
-        for extension in req.extensions:
-            if isinstance(extension.value, x509.OCSPNonce):
-                builder = builder.add_extension(extension.value, critical=False)
-        answer = builder.sign(self._root_key, hashes.SHA256())
-        return web.Response(body=answer.public_bytes(serialization.Encoding.DER),
-                            content_type="application/ocsp-response")
+            req = ocsp.OCSPRequest.load(body)
+            req.native  # asn1crypto parses lazily: a malformed request must fail here, not mid-answer
+        except Exception:
+            return SimpleOCSPResponder.build_error_response("malformed_request").dump()
+        return responder.build_ocsp_response(req).dump()
 
     # --- CRL ------------------------------------------------------------------------------
 
-    async def _crl(self, request: web.Request) -> web.Response:
+    async def _crl_get(self, request: web.Request) -> web.Response:
         self.counters.crl += 1
         now = dt.datetime.now(dt.timezone.utc)
-        builder = (x509.CertificateRevocationListBuilder()
-                   .issuer_name(self._root.subject)
-                   .last_update(now - dt.timedelta(minutes=1))
-                   .next_update(now + dt.timedelta(days=7))
-                   .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                       self._root_key.public_key()), critical=False))
-        for serial, at in self._revoked.items():
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at).build())
-        crl = builder.sign(self._root_key, hashes.SHA256())
-        return web.Response(body=crl.public_bytes(serialization.Encoding.DER), content_type="application/pkix-crl")
+        if self._crl is None or now - self._crl[0] > _CRL_REFRESH:
+            self._crl = (now, await asyncio.to_thread(self._build_crl, now, dict(self._revoked)))
+        return web.Response(body=self._crl[1], content_type="application/pkix-crl")
 
-
-def _digest(name: str, data: bytes) -> bytes:
-    h = hashes.Hash(hashes.SHA1() if name == "sha1" else hashes.SHA256())  # noqa: S303 - OCSP CertID
-    h.update(data)
-    return h.finalize()
+    def _build_crl(self, now: dt.datetime, revoked: dict[int, dt.datetime]) -> bytes:
+        builder = CRLBuilder(issuer_name=self._root.subject, issuer_key=self._root_key,
+                             signature_algo=self._root_algorithm,
+                             authority_key_identifier=self._root.key_identifier_value)
+        entries = [CRLBuilder.format_revoked_cert(serial, asn1_crl.CRLReason("key_compromise"), at)
+                   for serial, at in revoked.items()]
+        now = now.replace(microsecond=0)
+        crl = builder.build_crl(crl_number=int(now.timestamp()), this_update=now - _BACKDATE,
+                                next_update=now + _VALIDITY, revoked_certs=entries)
+        return crl.dump()
 
 
 # --- what the demo starts --------------------------------------------------------------------

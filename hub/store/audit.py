@@ -4,15 +4,15 @@ The store appends an entry for every submission, receipt, replay, reconciliation
 admin action, each hashing its content together with the previous entry's hash. Editing an
 entry breaks its hash; removing one breaks the next entry's link and leaves a gap in the ids.
 Removing entries from the end (or all of them) cannot be seen from inside the store: the chain
-is anchored outside it. ``checkpoint`` appends the head (last id and hash, with the time) as one
-line to an anchor file kept where the hub cannot rewrite it (another machine, write-once
-storage, a ticket); ``check_anchors`` then proves every checkpointed entry is still there with
-the same hash, so truncation below a checkpoint is named, like an edit or a gap.
+is anchored outside it. ``hocba-hub audit checkpoint`` appends the head (last id and hash, with
+the time), signed by the Department and timestamped (``hub.documents.checkpoint``), as one line
+to an anchor file kept where the hub cannot rewrite it (another machine, write-once storage);
+``check_anchors`` then proves every checkpointed entry is still there with the same hash, so
+truncation below a checkpoint is named, like an edit or a gap.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,32 +53,28 @@ def verify_chain(entries: Iterable[dict[str, Any]]) -> AuditReport:
     return report
 
 
-def checkpoint(report: AuditReport, at: str) -> str:
-    """One anchor line (JSON) for the head ``report`` found: append it outside the store."""
-    return json.dumps({"id": report.last_id, "hash": report.head, "entries": report.entries, "at": at},
-                      sort_keys=True)
+@dataclass(frozen=True)
+class Anchor:
+    """One checkpoint, as its signature vouches for it (``hub.documents.checkpoint``): the
+    chain's entry ``entry_id`` had hash ``hash`` at time ``at``; ``where`` names it."""
+    where: str
+    entry_id: int
+    hash: str
+    at: str
 
 
-def check_anchors(report: AuditReport, lines: Iterable[str]) -> list[str]:
-    """Problems for every anchor line whose entry is missing (the log was cut below it) or
-    has another hash (rewritten), and for a line that is not an anchor."""
+def check_anchors(report: AuditReport, anchors: Iterable[Anchor]) -> list[str]:
+    """Problems for every anchor whose entry is missing (the log was cut below it) or has
+    another hash (rewritten)."""
     problems = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    for anchor in anchors:
+        if anchor.entry_id == 0:
             continue
-        try:
-            anchor = json.loads(line)
-            entry_id, digest, at = int(anchor["id"]), str(anchor["hash"]), anchor.get("at", "?")
-        except (ValueError, KeyError, TypeError):
-            problems.append(f"anchor line {number}: not a checkpoint")
-            continue
-        if entry_id == 0:
-            continue
-        held = report.hashes.get(entry_id)
+        held = report.hashes.get(anchor.entry_id)
         if held is None:
-            problems.append(f"anchor line {number}: entry {entry_id} (checkpointed at {at}) is missing: the log "
-                            f"ends at {report.last_id or 'nothing'} (truncated)")
-        elif held != digest:
-            problems.append(f"anchor line {number}: entry {entry_id} has another hash than checkpointed at {at} "
-                            "(the chain was rewritten)")
+            problems.append(f"{anchor.where}: entry {anchor.entry_id} (checkpointed at {anchor.at}) is missing: "
+                            f"the log ends at {report.last_id or 'nothing'} (truncated)")
+        elif held != anchor.hash:
+            problems.append(f"{anchor.where}: entry {anchor.entry_id} has another hash than checkpointed at "
+                            f"{anchor.at} (the chain was rewritten)")
     return problems

@@ -78,7 +78,7 @@ class PackageLedger:
         with self._lock:
             return self._db.execute(
                 f"SELECT COUNT(*) FROM records WHERE school_code = ? AND school_year = ?"
-                f" AND {self._CLASS_NAME_SQL} = ? AND state IN ({marks})",
+                f" AND {self._class_name_sql()} = ? AND state IN ({marks})",
                 (school_code, school_year, class_name, *states)).fetchone()[0]
 
     def postpone(self, pks: Sequence[int], destination: str, due_at: str) -> None:

@@ -127,7 +127,9 @@ class PostgresStore(Store):
     unavailable = (psycopg.OperationalError,)
     dialect = "postgresql"
     _for_update = " FOR UPDATE"
-    _CLASS_NAME_SQL = "(normalized::json ->> 'class_name')"
+    @staticmethod
+    def _class_name_sql(table: str = "records") -> str:
+        return f"({table}.normalized::json ->> 'class_name')"
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0):
         self.url = url

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hub.contracts import RawRecord
+from hub.contracts import RawRecord, source_id_problem, storable_id
 from hub.lifecycle import (
     BLOCKED_STATES,
     DEAD_LETTER,
@@ -291,6 +291,10 @@ class Store(IssuanceRegistry, PackageLedger):
         cursor back. Returns the store ids of the new versions.
         """
         page = list(records)  # one page; a failing iterator commits nothing
+        if cursor is not None and "\x00" in cursor:
+            # No backend keeps it alike (PostgreSQL refuses NUL): the adapter's error, named,
+            # before anything of the page is written.
+            raise ValueError(f"adapter {adapter}: the page's cursor contains a NUL character")
         now = now_iso()
         horizon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.clock_skew_seconds)
         placeholders = ",".join("?" * len(SETTLED))
@@ -327,13 +331,18 @@ class Store(IssuanceRegistry, PackageLedger):
                     "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
                     " content_type, payload, payload_hash, state, received_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (rid, version, event, adapter, raw.source_id,
+                    (rid, version, event, adapter, storable_id(raw.source_id),
                      raw.updated_at.isoformat() if raw.updated_at else None, raw.content_type,
                      raw.payload, digest, RECEIVED, now, now),
                 ).fetchone()[0]
                 new_ids.append(pk)
+                # An id no store keeps alike (NUL, other controls: RawRecord.source_id) is kept
+                # as ``storable_id`` says, so its page still commits; the normalise stage
+                # quarantines it (``source_id_problem``), and the history names what it held.
+                problem = source_id_problem(raw.source_id)
                 db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)",
-                           (pk, now, RECEIVED, f"version {version} {event}"))
+                           (pk, now, RECEIVED, f"version {version} {event}"
+                            + (f"; source_id: {problem}" if problem else "")))
             if save_cursor:
                 db.execute(
                     "INSERT INTO cursors (adapter, cursor, updated_at) VALUES (?, ?, ?) "
@@ -1052,7 +1061,10 @@ class Store(IssuanceRegistry, PackageLedger):
         return out
 
     # The class a normalised record names, in this backend's SQL (PostgreSQL overrides it).
-    _CLASS_NAME_SQL = "json_extract(normalized, '$.class_name')"
+    @staticmethod
+    def _class_name_sql(table: str = "records") -> str:
+        """SQL: the class name of a ``table`` row's normalised record (the dialect's JSON access)."""
+        return f"json_extract({table}.normalized, '$.class_name')"
 
     def class_breakdown(self, school: str | None = None) -> list[dict[str, Any]]:
         """Record counts by school, class and state (of one school): the operators' console.
@@ -1060,8 +1072,19 @@ class Store(IssuanceRegistry, PackageLedger):
         where, args = ("WHERE school_code = ?", (school,)) if school is not None else ("", ())
         with self._lock:
             rows = self._db.execute(
-                f"SELECT school_code, {self._CLASS_NAME_SQL} AS class_name, state, COUNT(*) AS n FROM records"
+                f"SELECT school_code, {self._class_name_sql()} AS class_name, state, COUNT(*) AS n FROM records"
                 f" {where} GROUP BY school_code, class_name, state ORDER BY school_code, class_name, state", args)
+            return [dict(r) for r in rows]
+
+    def class_deliveries(self, school: str | None = None) -> list[dict[str, Any]]:
+        """Record versions by school, class, destination and delivery state (of one school): where
+        each class stands at each destination, for the operators' console."""
+        where, args = ("WHERE r.school_code = ?", (school,)) if school is not None else ("", ())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT r.school_code AS school_code, {self._class_name_sql('r')} AS class_name, d.destination AS destination,"
+                f" d.state AS state, COUNT(*) AS n FROM deliveries d JOIN records r ON r.id = d.record {where}"
+                f" GROUP BY r.school_code, class_name, d.destination, d.state", args)
             return [dict(r) for r in rows]
 
     def schools(self) -> list[str]:

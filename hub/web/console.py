@@ -284,6 +284,7 @@ class Console:
             school = None
         schools = await hub.db(hub.store.schools)
         counts = await hub.db(hub.store.class_breakdown, school)
+        at_destinations = self._at_destinations(lang, await hub.db(hub.store.class_deliveries, school), school)
         await hub.metrics.health.refresh()
         paused = await hub.db(hub.store.paused)
         stuck: list[dict[str, Any]] = []
@@ -297,7 +298,23 @@ class Console:
         unsigned = self._unsigned(lang, await waiting_for(hub, school)) if school and operator else None
         return self._page(request, "console.html", lang, session, school=school, schools=schools,
                           table=self._table(lang, counts, school), problems=self._problems(lang, stuck),
-                          adapters=self._adapters(lang, paused), unsigned=unsigned, done=done)
+                          adapters=self._adapters(lang, paused), unsigned=unsigned, done=done,
+                          at_destinations=at_destinations)
+
+    def _at_destinations(self, lang: str, counts: list[dict[str, Any]], school: str | None) -> dict[str, Any]:
+        """Per school (or class of ``school``) and destination: versions delivered there, waiting
+        to go, dead-lettered, recalled."""
+        key = "class_name" if school else "school_code"
+        grid: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+        for row in counts:
+            grid[row[key] or ""][row["destination"]][row["state"]] += row["n"]
+        destinations = [name for name in self.hub.config.route_names if any(name in g for g in grid.values())]
+        states = ("delivered", "queued", "dead_letter", "recalled")
+        return {"destinations": destinations, "rows": [
+            {"label": name or TEXT[lang]["no_class" if school else "unknown_school"],
+             "cells": [[(state, grid[name][d][state], state_label(state, lang)) for state in states
+                        if grid[name][d][state]] for d in destinations]}
+            for name in sorted(grid, key=lambda n: (n == "", n))]}
 
     @staticmethod
     def _unsigned(lang: str, classes: list[dict[str, Any]]) -> list[dict[str, Any]]:

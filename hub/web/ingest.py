@@ -16,14 +16,13 @@ operator or the store could not commit (retry later).
 from __future__ import annotations
 
 import asyncio
-import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from hub.contracts import PushNonce
+from hub.contracts import PushNonce, source_id_problem
 from hub.store import record_id_for
 
 if TYPE_CHECKING:
@@ -101,10 +100,9 @@ def ingest_routes(hub: "Hub") -> list[Route]:
         for i, raw in enumerate(records):
             # Whatever the adapter let through: an id the store cannot hold (PostgreSQL refuses
             # NUL) is the sender's error, named, not a 503 for the whole batch.
-            if not raw.source_id or any(unicodedata.category(ch)[0] == "C" for ch in raw.source_id):
+            if (problem := source_id_problem(raw.source_id)) is not None:
                 log.warning("ingest.refused", adapter=name, status=400, reason=f"[{i}].source_id")
-                return _error(400, "malformed", f"[{i}].source_id must be non-empty, without control or "
-                              "invisible characters")
+                return _error(400, "malformed", f"[{i}].source_id: {problem}")
         try:
             new = await hub.ingest(name, records)
         except Exception as exc:  # the sender must retry, so it gets an answer, not a dropped request

@@ -52,12 +52,12 @@ STATE_LABELS = {
            lc.DELIVERED: "đã gửi", lc.QUARANTINED: "cách ly", lc.FAILED: "lỗi xử lý",
            lc.DEAD_LETTER: "gửi thất bại", lc.SUPERSEDED: "đã thay thế", lc.UNCHANGED: "không thay đổi",
            lc.IDENTITY_CLEARED: "đã xác minh danh tính", lc.BLOCKED_IDENTITY: "chờ sửa danh tính",
-           "queued": "đang chờ gửi"},
+           "queued": "đang chờ gửi", "recalled": "đã thu hồi"},
     "en": {lc.RECEIVED: "received", lc.NORMALIZED: "normalized", lc.RENDERED: "PDF rendered",
            lc.DELIVERED: "delivered", lc.QUARANTINED: "quarantined", lc.FAILED: "failed",
            lc.DEAD_LETTER: "dead letter", lc.SUPERSEDED: "superseded", lc.UNCHANGED: "unchanged",
            lc.IDENTITY_CLEARED: "identity verified", lc.BLOCKED_IDENTITY: "blocked on identity",
-           "queued": "waiting to be sent"},
+           "queued": "waiting to be sent", "recalled": "recalled"},
 }
 
 TEXT = strings("status", refresh=REFRESH_SECONDS)
