@@ -87,15 +87,12 @@ def report(figures: dict[str, Any]) -> str:
 @contextlib.asynccontextmanager
 async def serve(data_dir: Path, records: int) -> AsyncIterator[tuple[str, Any]]:
     """A hub delivering ``records`` synthetic transcripts, its app under uvicorn on 127.0.0.1."""
-    import uvicorn
-
     from adapters.ttdlqg.simulator import TtdlqgSimulator
     from adapters.vnpt.simulator import VnptSimulator
     from hub.config import parse_config
-    from hub.engine.pipeline import Hub
     from hub.kit.pki import ensure_pki
     from hub.kit.synthetic import signing_identities
-    from hub.web.app import create_app
+    from hub.web.server import serving_hub
 
     password = "bench-key-password"
     root = await asyncio.to_thread(ensure_pki, data_dir / "pki", signing_identities(), password)
@@ -112,20 +109,11 @@ async def serve(data_dir: Path, records: int) -> AsyncIterator[tuple[str, Any]]:
                     "trust": [str(root)]},
         "verify": {"public_base_url": "https://hocba.sogd.example.vn/verify"},
     })
-    hub = Hub(config)
-    app = create_app(hub)
-    await hub.start()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
-    task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        await asyncio.wait_for(hub.wait_idle(), 300)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", hub
+        async with serving_hub(config, drain_timeout=1) as (hub, base):
+            await asyncio.wait_for(hub.wait_idle(), 300)
+            yield base, hub
     finally:
-        server.should_exit = True
-        await task
-        await hub.stop(drain_timeout=1)
         await vendor.stop()
         await central.stop()
 

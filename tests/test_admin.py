@@ -21,16 +21,14 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-import uvicorn
-from conftest import PASSWORD, ROLES
+from conftest import PASSWORD, ROLES, deliver_to, hub_config, pull_from
 
 from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
-from hub.config import parse_config
 from hub.contracts import Health
 from hub.engine.pipeline import Hub
-from hub.web.app import create_app
+from hub.web.server import serving_hub
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -77,35 +75,15 @@ async def serve_hub(data_dir, pki, *, records: int = 4, invalid: int = 2, seed: 
     await vendor.start()
     await central.start()
     central.faults.outage = central_down
-    config = parse_config({
-        "data_dir": str(data_dir),
-        "workers": {"processes": 1},
-        "delivery": {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05,
-                     "breaker_threshold": 100, **(delivery or {})},
-        "admin": {"tokens": tokens},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": poll_interval,
-                      "settings": vendor.adapter_settings()}],
-        "routes": [{"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()}],
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-        **(extra or {}),
-    })
-    hub = Hub(config)
-    app = create_app(hub)  # before start(): the metrics see the pipeline's very first events
-    await hub.start()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    config = hub_config(data_dir, pki[0], adapters=[{**pull_from(vendor), "poll_interval": poll_interval}],
+                        delivery={"breaker_threshold": 100, **(delivery or {})}, admin={"tokens": tokens},
+                        routes=[deliver_to(central, kind="ttdlqg")], **(extra or {}))
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-            yield Running(hub, vendor, central, f"http://127.0.0.1:{port}", http)
+        async with serving_hub(config, drain_timeout=1) as (hub, base):
+            await asyncio.wait_for(hub.wait_idle(), 120)
+            async with aiohttp.ClientSession(base) as http:
+                yield Running(hub, vendor, central, base, http)
     finally:
-        server.should_exit = True
-        await task
-        await hub.stop(drain_timeout=1)
         await vendor.stop()
         await central.stop()
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 import setuptools
+from conftest import only_plugins
 from aiohttp import web
 from pydantic import ConfigDict, model_validator
 from yarl import URL
 
 from adapters.vnpt.adapter import VnptAdapter, VnptError, VnptSettings
 from adapters.vnpt.simulator import VnptSimulator
-from hub import plugins
 from hub.contracts import Health, Page, PluginSettings, RawRecord, Simulator
 from hub.kit.conformance import (
     CHECKS,
@@ -38,14 +38,10 @@ FAST = {"backoff_seconds": 0.001, "max_backoff_seconds": 5}
 
 
 @pytest.fixture
-def only_vnpt(monkeypatch):
+def only_vnpt():
     # Resolve names from this entry point alone: the kit's tests must not depend on other plugins.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "vnpt")
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-    yield
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
+    with only_plugins("vnpt"):
+        yield
 
 
 # --- vnpt passes ---------------------------------------------------------------------------------

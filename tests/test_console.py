@@ -8,7 +8,6 @@ arrives as a new version. Tests that change state say so.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import io
 import os
@@ -310,7 +309,6 @@ async def test_an_operator_sees_per_class_who_has_not_signed_and_a_viewer_does_n
     """The console of a hub that has not started working (nothing signs meanwhile) over a store
     holding two transcripts in the signing stage: one where only the first subject teacher has
     signed, one the teachers have finished and the principal has not."""
-    import uvicorn
     from test_xml import FMT, STAGES, record, sign_all, signer
 
     from hub.catalogue import name_of
@@ -320,6 +318,7 @@ async def test_an_operator_sees_per_class_who_has_not_signed_and_a_viewer_does_n
     from hub.documents.xmldsig import sign_slots
     from hub.engine.pipeline import Hub
     from hub.web.app import create_app
+    from hub.web.server import serving
     from test_admin import PASSWORD, TOKENS
 
     config = parse_config({
@@ -347,32 +346,26 @@ async def test_an_operator_sees_per_class_who_has_not_signed_and_a_viewer_does_n
         if state != lc.RENDERED:
             hub.store.advance(pk, lc.RENDERED, lc.signed("subject_teacher"), xml=doc)
             hub.store.advance(pk, lc.signed("subject_teacher"), state, xml=doc)
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        served = type("Served", (), {"url": f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"})
-        context, page = await signed_in(browser, served, OPERATOR_TOKEN)
-        for rec in (first, second):
-            await page.goto(f"/console?school={rec.school_code}")
-            table = page.locator(f'#unsigned table[data-class="{rec.class_name}"]')
-            text = await table.inner_text()
-            if rec is first:
-                left = [s for s in rec.subjects if s.teacher_name][1:]
-                assert left and all(s.teacher_name in text and name_of(s.subject_code) in text for s in left)
-                assert "GVBM" in text
-            else:
-                assert rec.signatories.principal_name in text and "Hiệu trưởng" in text
-                assert all(s.teacher_name not in text for s in rec.subjects if s.teacher_name)
-        await context.close()
-        context, page = await signed_in(browser, served, VIEWER_TOKEN)
-        await page.goto(f"/console?school={first.school_code}")
-        assert await page.locator("#unsigned").count() == 0  # it names teachers: operators only
-        assert first.subjects[1].teacher_name not in await page.content()
-        await context.close()
+        async with serving(create_app(hub)) as base:
+            served = type("Served", (), {"url": base})
+            context, page = await signed_in(browser, served, OPERATOR_TOKEN)
+            for rec in (first, second):
+                await page.goto(f"/console?school={rec.school_code}")
+                table = page.locator(f'#unsigned table[data-class="{rec.class_name}"]')
+                text = await table.inner_text()
+                if rec is first:
+                    left = [s for s in rec.subjects if s.teacher_name][1:]
+                    assert left and all(s.teacher_name in text and name_of(s.subject_code) in text for s in left)
+                    assert "GVBM" in text
+                else:
+                    assert rec.signatories.principal_name in text and "Hiệu trưởng" in text
+                    assert all(s.teacher_name not in text for s in rec.subjects if s.teacher_name)
+            await context.close()
+            context, page = await signed_in(browser, served, VIEWER_TOKEN)
+            await page.goto(f"/console?school={first.school_code}")
+            assert await page.locator("#unsigned").count() == 0  # it names teachers: operators only
+            assert first.subjects[1].teacher_name not in await page.content()
+            await context.close()
     finally:
-        server.should_exit = True
-        await task
         await hub.stop(drain_timeout=1)

@@ -8,15 +8,11 @@ import io
 import json
 import sqlite3
 
-import pytest
-from conftest import PASSWORD, ROLES
+from conftest import ROLES, deliver_to, hub_config, pull_from
 
-from adapters.ttdlqg.simulator import TtdlqgSimulator
-from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
 from hub.cli import main
-from hub.config import parse_config
 from hub.engine.pipeline import Hub
 from hub.hookspecs import hookimpl
 from hub.logs import configure
@@ -24,31 +20,12 @@ from hub.plugins import manager
 from hub.store.audit import verify_chain
 
 
-@pytest.fixture
-async def systems():
-    vendor = VnptSimulator(records=5, invalid=1, seed=11)
-    central = TtdlqgSimulator()
-    await vendor.start()
-    await central.start()
-    yield vendor, central
-    await vendor.stop()
-    await central.stop()
+VENDOR = {"records": 5, "invalid": 1, "seed": 11}   # the school server of the ``systems`` fixture
 
 
 def config_for(tmp_path, pki, vendor, central, **delivery):
-    policy = {"max_attempts": 4, "backoff_initial": 0.01, "backoff_max": 0.05,
-              "breaker_threshold": 2, "breaker_probe_seconds": 0.2, **delivery}
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "workers": {"processes": 1},
-        "delivery": policy,
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12",
-                     "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
+    return hub_config(tmp_path / "data", pki[0], adapters=[pull_from(vendor)], destination=deliver_to(central),
+                      delivery={"max_attempts": 4, "breaker_threshold": 2, "breaker_probe_seconds": 0.2, **delivery})
 
 
 async def run_until_idle(config, before_idle=None):

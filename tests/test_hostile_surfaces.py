@@ -292,16 +292,14 @@ def test_no_internals_blanks_urls_paths_and_users(line, hidden):
 
 
 async def test_readyz_and_the_status_page_show_no_internal_urls_paths_or_users(tmp_path, pki):
-    import asyncio
-
     import aiohttp
-    import uvicorn
     from conftest import PASSWORD, ROLES
 
     from adapters.ttdlqg.simulator import TtdlqgSimulator
     from hub.config import parse_config
     from hub.engine.pipeline import Hub
     from hub.web.app import create_app
+    from hub.web.server import serving
 
     central = TtdlqgSimulator()
     await central.start()
@@ -316,26 +314,19 @@ async def test_readyz_and_the_status_page_show_no_internal_urls_paths_or_users(t
         "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
     }))
     await hub.start(pull=False)
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        central.faults.outage = True  # a failing check's detail names the URL it could not reach
-        await central.stop()
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-            for page in ("/readyz", "/?lang=en"):
-                async with http.get(page) as resp:
-                    text = await resp.text()
-                for internal in (str(tmp_path), "drop-folder-secret-name", "hub.sqlite3", central.adapter_settings()["base_url"]):
-                    assert internal not in text, (page, internal)
-            async with http.get("/readyz") as resp:
-                body = await resp.json()
-        assert body["checks"]["store"]["detail"].startswith("sqlite <path>")
-        assert not body["checks"]["central"]["ok"]
+        async with serving(create_app(hub)) as base:
+            central.faults.outage = True  # a failing check's detail names the URL it could not reach
+            await central.stop()
+            async with aiohttp.ClientSession(base) as http:
+                for page in ("/readyz", "/?lang=en"):
+                    async with http.get(page) as resp:
+                        text = await resp.text()
+                    for internal in (str(tmp_path), "drop-folder-secret-name", "hub.sqlite3", central.adapter_settings()["base_url"]):
+                        assert internal not in text, (page, internal)
+                async with http.get("/readyz") as resp:
+                    body = await resp.json()
+            assert body["checks"]["store"]["detail"].startswith("sqlite <path>")
+            assert not body["checks"]["central"]["ok"]
     finally:
-        server.should_exit = True
-        await task
         await hub.stop()

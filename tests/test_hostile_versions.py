@@ -10,18 +10,17 @@ import datetime as dt
 import json
 
 import pytest
-from conftest import PASSWORD, ROLES
+from conftest import deliver_to, hub_config, pull_from, started_hub
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from adapters.ttdlqg.simulator import TtdlqgSimulator
-from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
-from hub.config import parse_config
 from hub.contracts import PluginContext, RawRecord
 from hub.engine.pipeline import Hub
 from hub.plugins import adapter_types
+from hub.web.app import create_app
+from hub.web.server import serving
 
 VN = dt.timezone(dt.timedelta(hours=7))
 
@@ -61,46 +60,29 @@ def test_within_the_skew_an_older_retry_is_still_dropped():
 
 # --- the pipeline and a pull adapter ---------------------------------------------------------------
 
-@pytest.fixture
-async def systems():
-    vendor = VnptSimulator(records=2, seed=13)
-    central = TtdlqgSimulator()
-    await vendor.start()
-    await central.start()
-    yield vendor, central
-    await vendor.stop()
-    await central.stop()
+VENDOR = {"records": 2, "seed": 13}   # the school server of the ``systems`` fixture
+
+
+async def ingested(hub, *records: RawRecord, timeout: float = 120) -> None:
+    """Hand ``records`` to the hub as school-a's and wait until it has done all it can with them."""
+    await hub.ingest("school-a", list(records))
+    await asyncio.wait_for(hub.wait_idle(), timeout)
 
 
 def config_for(tmp_path, pki, vendor, central, store: str = "", **extra):
-    return parse_config({
-        **extra,
-        "data_dir": str(tmp_path / "data"), "store": store,
-        "workers": {"processes": 1},
-        "clock_skew_seconds": 120,
-        "delivery": {"max_attempts": 4, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
+    return hub_config(tmp_path / "data", pki[0], adapters=[pull_from(vendor)], destination=deliver_to(central),
+                      attempts=4, clock_skew_seconds=120, store=store, **extra)
 
 
 async def test_a_future_dated_record_is_held_with_the_reason(tmp_path, pki, systems):
     vendor, central = systems
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start(pull=False)
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central), pull=False) as hub:
         body = vendor.vendor_record(0)
-        await hub.ingest("school-a", [raw(vendor.source_id(0), body, now_vn() + dt.timedelta(days=30))])
-        await asyncio.wait_for(hub.wait_idle(), 60)
+        await ingested(hub, raw(vendor.source_id(0), body, now_vn() + dt.timedelta(days=30)), timeout=60)
         [row] = hub.store.rows(adapter="school-a")
         assert row.state == lc.QUARANTINED
         assert row.errors[0].startswith("updated_at: the vendor dates this version more than 120 s ahead")
         assert central.accepted() == {}
-    finally:
-        await hub.stop()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -164,9 +146,7 @@ async def test_an_accepted_version_is_never_recorded_as_superseded(tmp_path, pki
     accepted by the destination, so the store records it delivered with its receipt."""
     vendor, central = systems
     central.faults.slow_seconds = 2.0
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start()
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central)) as hub:
         def in_flight() -> bool:  # record 0's version 1 is leased to the outbox (being sent)
             row = next((r for r in hub.store.rows(adapter="school-a") if r.source_id == vendor.source_id(0)), None)
             return row is not None and hub.store._db.execute(
@@ -189,8 +169,6 @@ async def test_an_accepted_version_is_never_recorded_as_superseded(tmp_path, pki
         assert first.state == lc.DELIVERED and first.receipt, (first.state, hub.store.history(first.id))
         assert latest.state in (lc.DELIVERED, lc.UNCHANGED)
         assert hub.store.sent_version(first.record_id)[0] == held
-    finally:
-        await hub.stop()
 
 
 # --- a recall needs only its envelope ----------------------------------------------------------
@@ -210,18 +188,14 @@ def broken(body: dict, how: str) -> dict:
 @pytest.mark.parametrize("how", ["birth_date", "no_subjects", "tombstone"])
 async def test_a_recall_with_invalid_content_is_still_delivered(tmp_path, pki, systems, how):
     vendor, central = systems
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start(pull=False)
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central), pull=False) as hub:
         sid = vendor.source_id(0)
-        await hub.ingest("school-a", [raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1))])
-        await asyncio.wait_for(hub.wait_idle(), 120)
+        await ingested(hub, raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1)))
         [first] = hub.store.rows(adapter="school-a")
         assert first.state == lc.DELIVERED
         recall = RawRecord(sid, json.dumps(broken(vendor.vendor_record(0), how), ensure_ascii=False).encode(),
                            updated_at=now_vn(), deleted=True)
-        await hub.ingest("school-a", [recall])
-        await asyncio.wait_for(hub.wait_idle(), 120)
+        await ingested(hub, recall)
         latest = max(hub.store.rows(adapter="school-a"), key=lambda r: r.version)
         assert (latest.version, latest.event, latest.state) == (2, "CANCEL", lc.DELIVERED), \
             hub.store.history(latest.id)
@@ -230,44 +204,31 @@ async def test_a_recall_with_invalid_content_is_still_delivered(tmp_path, pki, s
         # The recall carries the content the destination held, never the invalid one.
         assert {k: v for k, v in latest.normalized.items() if k not in ("event", "version", "updated_at")} == \
             {k: v for k, v in first.normalized.items() if k not in ("event", "version", "updated_at")}
-    finally:
-        await hub.stop()
 
 
 async def test_a_recall_of_what_was_never_delivered_sends_nothing(tmp_path, pki, systems):
     vendor, central = systems
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start(pull=False)
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central), pull=False) as hub:
         sid = vendor.source_id(1)
         recall = RawRecord(sid, json.dumps(broken(vendor.vendor_record(1), "birth_date")).encode(),
                            updated_at=now_vn(), deleted=True)
-        await hub.ingest("school-a", [recall])
-        await asyncio.wait_for(hub.wait_idle(), 60)
+        await ingested(hub, recall, timeout=60)
         [row] = hub.store.rows(adapter="school-a")
         assert row.state == lc.UNCHANGED and row.event == "CANCEL"
         assert "never received" in hub.store.history(row.id)[-1]["detail"]
         assert "student.birth_date" in hub.store.history(row.id)[-1]["detail"]
         assert central.accepted() == {}
-    finally:
-        await hub.stop()
 
 
 async def test_an_invalid_new_version_is_still_quarantined(tmp_path, pki, systems):
     """Only a recall falls back on the delivered content: an invalid edit is held as before."""
     vendor, central = systems
-    hub = Hub(config_for(tmp_path, pki, vendor, central))
-    await hub.start(pull=False)
-    try:
+    async with started_hub(config_for(tmp_path, pki, vendor, central), pull=False) as hub:
         sid = vendor.source_id(0)
-        await hub.ingest("school-a", [raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1))])
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        await hub.ingest("school-a", [raw(sid, broken(vendor.vendor_record(0), "birth_date"), now_vn())])
-        await asyncio.wait_for(hub.wait_idle(), 60)
+        await ingested(hub, raw(sid, vendor.vendor_record(0), now_vn() - dt.timedelta(hours=1)))
+        await ingested(hub, raw(sid, broken(vendor.vendor_record(0), "birth_date"), now_vn()), timeout=60)
         latest = max(hub.store.rows(adapter="school-a"), key=lambda r: r.version)
         assert latest.state == lc.QUARANTINED and central.accepted()[latest.record_id] == 1
-    finally:
-        await hub.stop()
 
 
 # --- webhook replays: the nonce is the store's, not one process's -----------------------------------
@@ -275,33 +236,9 @@ async def test_an_invalid_new_version_is_still_quarantined(tmp_path, pki, system
 PUSH_SECRET = "replay-test-secret-0123456789"
 
 
-@contextlib.asynccontextmanager
-async def serving(hub):
-    """``hub``'s web app on a free loopback port; yields its base URL."""
-    import uvicorn
-
-    from hub.web.app import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 def push_config(tmp_path, pki, central, store: str, name: str):
-    return parse_config({
-        "data_dir": str(tmp_path / "data"), "store": store, "workers": {"processes": 1},
-        "adapters": [{"name": "school-push", "type": "push", "settings": {"secret": PUSH_SECRET}}],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
+    return hub_config(tmp_path / "data", pki[0], store=store, destination=deliver_to(central),
+                      adapters=[{"name": "school-push", "type": "push", "settings": {"secret": PUSH_SECRET}}])
 
 
 @pytest.mark.parametrize("backend", ["sqlite-restart", "postgresql-two-workers"])
@@ -327,7 +264,7 @@ async def test_a_captured_push_replayed_to_another_worker_is_refused(tmp_path, p
         first = Hub(push_config(tmp_path, pki, central, store, "a"))
         await first.start(pull=False)
         try:
-            async with serving(first) as base:
+            async with serving(create_app(first)) as base:
                 url = ingest_url(base, "school-push")
                 assert (await sender.send(url, {"source_id": "s1", "transcript": old})).status == 202
                 captured = sender.sent[-1]
@@ -341,7 +278,7 @@ async def test_a_captured_push_replayed_to_another_worker_is_refused(tmp_path, p
                     other = Hub(push_config(tmp_path / "second", pki, central, store, "b"))
                     await other.start(pull=False)
                 try:
-                    async with serving(other) as second:
+                    async with serving(create_app(other)) as second:
                         again = await sender.send_raw(ingest_url(second, "school-push"), captured.request,
                                                       captured.headers)
                     assert again.status == 401 and "replay" in again.body["detail"], again.body
@@ -357,37 +294,18 @@ async def test_a_captured_push_replayed_to_another_worker_is_refused(tmp_path, p
 
 # --- viettel's and misa's cursors: a vendor clock in the future never skips a real edit ------------
 
-def pull_vendor(name: str):
-    from pull_vendors import PullVendor
-
-    if name == "viettel":
-        from adapters.viettel.adapter import ViettelAdapter
-        from adapters.viettel.simulator import ViettelSimulator
-        return PullVendor("viettel", ViettelSimulator, ViettelAdapter, simulator_args=("records", "page_size"),
-                          defaults={"page_size": 3})
-    from adapters.misa.adapter import MisaAdapter
-    from adapters.misa.simulator import MisaSimulator
-    return PullVendor("misa", MisaSimulator, MisaAdapter, simulator_args=("records", "page_size"),
-                      defaults={"page_size": 3})
-
-
 @pytest.fixture
 async def pulling(tmp_path):
-    started = []
+    """``start(name, records) -> (vendor, sim, adapter)`` for misa or viettel, pages of three."""
+    from pull_vendors import MISA, VIETTEL
 
-    async def start(name: str, records: int = 5):
-        kind = pull_vendor(name)
-        sim = kind.simulator(records=records, page_size=3)
-        await sim.start()
-        adapter = kind.make_adapter(sim.adapter_settings(), tmp_path)
-        await adapter.open()
-        started.append((sim, adapter))
-        return kind, sim, adapter
+    async with contextlib.AsyncExitStack() as stack:
+        async def start(name: str, records: int = 5):
+            kind = {"misa": MISA, "viettel": VIETTEL}[name]
+            started = await stack.enter_async_context(kind.starting(tmp_path))
+            return (kind, *await started(records=records, page_size=3))
 
-    yield start
-    for sim, adapter in started:
-        await adapter.close()
-        await sim.stop()
+        yield start
 
 
 @pytest.mark.parametrize("name", ["viettel", "misa"])

@@ -281,47 +281,40 @@ async def test_a_replay_asks_again(tmp_path, pki, world):
 
 async def test_the_report_per_school_over_the_admin_api_and_the_cli(tmp_path, pki, world):
     import aiohttp
-    import uvicorn
     from openpyxl import load_workbook
 
     from hub.web.app import create_app
+    from hub.web.server import serving
 
     vendor, central, population = world
     config = make_config(tmp_path, pki, vendor, central, population)
     hub = Hub(config)
     await hub.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
     school = vendor.central(1)["school_code"]
     expected = {vendor.central(i)["student"]["student_code"] for i in BLOCKED
                 if vendor.central(i)["school_code"] == school}
     try:
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-            op = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-            async with http.get("/api/identity/blocked", params={"school": school}, headers=op) as resp:
-                assert resp.status == 200
-                body = await resp.json()
-            async with http.get("/api/identity/blocked", headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}) as resp:
-                assert resp.status == 403  # names: operators only
-            async with http.get("/api/identity/blocked", params={"schol": school}, headers=op) as resp:
-                assert resp.status == 400 and (await resp.json())["parameter"] == "schol"
-            async with http.get("/readyz") as resp:
-                ready = await resp.json()
-                assert ready["checks"]["population"]["ok"], ready
-            async with http.get("/", params={"lang": "en"}) as resp:
-                page = await resp.text()
-                assert "Population database" in page and population.client_secret not in page
-            async with http.get("/api/identity/blocked.xlsx", params={"school": school}, headers=op) as resp:
-                assert resp.status == 200 and "spreadsheetml" in resp.headers["Content-Type"]
-                workbook = load_workbook(io.BytesIO(await resp.read()))
+        async with serving(create_app(hub)) as base:
+            await asyncio.wait_for(hub.wait_idle(), 120)
+            async with aiohttp.ClientSession(base) as http:
+                op = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+                async with http.get("/api/identity/blocked", params={"school": school}, headers=op) as resp:
+                    assert resp.status == 200
+                    body = await resp.json()
+                async with http.get("/api/identity/blocked", headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}) as resp:
+                    assert resp.status == 403  # names: operators only
+                async with http.get("/api/identity/blocked", params={"schol": school}, headers=op) as resp:
+                    assert resp.status == 400 and (await resp.json())["parameter"] == "schol"
+                async with http.get("/readyz") as resp:
+                    ready = await resp.json()
+                    assert ready["checks"]["population"]["ok"], ready
+                async with http.get("/", params={"lang": "en"}) as resp:
+                    page = await resp.text()
+                    assert "Population database" in page and population.client_secret not in page
+                async with http.get("/api/identity/blocked.xlsx", params={"school": school}, headers=op) as resp:
+                    assert resp.status == 200 and "spreadsheetml" in resp.headers["Content-Type"]
+                    workbook = load_workbook(io.BytesIO(await resp.read()))
     finally:
-        server.should_exit = True
-        await task
         await hub.stop()
     assert body["count"] == len(expected) > 0
     assert {e["student_code"] for e in body["items"]} == expected

@@ -5,7 +5,6 @@ already signed or fail validation.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import socket
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from conftest import deliver_to, hub_config, pull_from, worked_through
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from adapters.ttdlqg.simulator import TtdlqgSimulator
@@ -25,7 +25,6 @@ from hub.contracts import SIGNING_ROLES, PluginContext, RawRecord
 from hub.documents.render import render_pdf
 from hub.documents.signing import SigningError, identity_for, request_for
 from hub.documents.verify import load_certs, verify_pdf
-from hub.engine.pipeline import Hub
 from hub.kit import pki
 from hub.kit.synthetic import transcript
 from hub.kit.tsa import TrustServices
@@ -170,18 +169,8 @@ async def run_rendered(tmp_path: Path, directory: Path, makers: list) -> dict[st
     vendor, central = VnptSimulator(records=0), TtdlqgSimulator()
     await vendor.start()
     await central.start()
-    config = parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "workers": {"processes": 1},
-        "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12",
-                     "settings": {"directory": str(directory), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in SIGNING_ROLES],
-                    "trust": [str(directory / pki.ROOT_CERT)]},
-    })
+    config = hub_config(tmp_path / "data", directory, adapters=[pull_from(vendor)], destination=deliver_to(central),
+                        attempts=2, roles=SIGNING_ROLES, password=PASSWORD, trust=[directory / pki.ROOT_CERT])
     store = st.Store(config.store_path)
     for i, make in enumerate(makers):
         [pk] = store.receive("school-a", [RawRecord(f"src-{i}", json.dumps({"i": i}).encode())])
@@ -192,13 +181,9 @@ async def run_rendered(tmp_path: Path, directory: Path, makers: list) -> dict[st
                       normalized=rec.model_dump(mode="json"))
         store.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=pdf)
     store.close()
-    hub = Hub(config)
-    await hub.start(pull=False)
     try:
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        return {r.source_id: r for r in hub.store.rows()}
+        return await worked_through(config)
     finally:
-        await hub.stop()
         await vendor.stop()
         await central.stop()
 

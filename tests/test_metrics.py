@@ -10,6 +10,7 @@ import asyncio
 import time
 
 import prometheus_client
+from conftest import counted_checks
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
@@ -91,16 +92,7 @@ async def test_queue_depth_outbox_and_last_sync(env):
 
 async def test_plugin_up_follows_the_destination_and_checks_are_cached(env):
     health = env.hub.metrics.health
-    calls = 0
-    check = env.hub.destination.check
-
-    async def counted():
-        nonlocal calls
-        calls += 1
-        return await check()
-
-    env.hub.destination.check = counted
-    try:
+    with counted_checks(env.hub.destination) as destination:
         env.central.faults.outage = True
         health.checked_at = None
         await scrape(env)
@@ -111,17 +103,15 @@ async def test_plugin_up_follows_the_destination_and_checks_are_cached(env):
         assert samples[("hocba_plugin_up", (("kind", "adapter"), ("plugin", "school-a")))] == 1
         for _ in range(5):
             await scrape(env)
-        assert calls == 1  # scrapes inside max_age reuse the last round
+        assert destination.calls == 1  # scrapes inside max_age reuse the last round
 
         env.central.faults.outage = False
         health.checked_at = time.monotonic() - health.max_age - 1  # the last round is now too old
         await scrape(env)
         await health._round
         samples = await scrape(env)
-        assert calls == 2
+        assert destination.calls == 2
         assert samples[("hocba_plugin_up", (("kind", "destination"), ("plugin", "central")))] == 1
-    finally:
-        del env.hub.destination.check
 
 
 async def test_replayed_dead_letters_move_the_gauges_and_the_deliver_histogram(env):

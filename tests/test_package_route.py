@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import yaml
-from conftest import PASSWORD, ROLES
+from conftest import PASSWORD, ROLES, running
 
 from adapters.moet.simulator import MoetSimulator
 from adapters.ttdlqg.simulator import TtdlqgSimulator
@@ -31,14 +31,9 @@ DEPT = department_identity("01")
 
 @pytest.fixture
 async def systems(pki):
-    vendor = VnptSimulator(records=8, invalid=0, seed=5)
     ministry = MoetSimulator(trust_roots=trust_roots_der((str(pki[1]),)))
-    ndc = TtdlqgSimulator()
-    for sim in (vendor, ministry, ndc):
-        await sim.start()
-    yield vendor, ministry, ndc
-    for sim in (vendor, ministry, ndc):
-        await sim.stop()
+    async with running(VnptSimulator(records=8, invalid=0, seed=5), ministry, TtdlqgSimulator()) as sims:
+        yield sims
 
 
 def gateway(tmp_path, pki, vendor, ministry, ndc):
@@ -240,26 +235,14 @@ async def test_a_package_route_needs_the_department(tmp_path, pki, systems):
 async def serve_gateway(tmp_path, pki, systems):
     """A started hub with the admin API and console under uvicorn on 127.0.0.1 (port 0), once
     its first pull is worked through: (hub, base URL)."""
-    import uvicorn
-
-    from hub.web.app import create_app
+    from hub.web.server import serving_hub
     from tests.test_admin import TOKENS
 
     vendor, ministry, ndc = systems
-    hub = Hub(parse_config({**gateway(tmp_path, pki, vendor, ministry, ndc), "admin": {"tokens": TOKENS}}))
-    app = create_app(hub)
-    await hub.start()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    try:
+    config = parse_config({**gateway(tmp_path, pki, vendor, ministry, ndc), "admin": {"tokens": TOKENS}})
+    async with serving_hub(config, drain_timeout=1) as (hub, base):
         await asyncio.wait_for(hub.wait_idle(), 180)
-        while not server.started:
-            await asyncio.sleep(0.01)
-        yield hub, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        await hub.stop(drain_timeout=1)
+        yield hub, base
 
 
 async def test_recall_through_the_admin_api(tmp_path, pki, systems):

@@ -13,43 +13,23 @@ import subprocess
 
 import aiohttp
 import pytest
-import uvicorn
-from conftest import PASSWORD, ROLES
+from conftest import PASSWORD, ROLES, deliver_to, hub_config, pull_from
 
-from adapters.ttdlqg.simulator import TtdlqgSimulator
-from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
-from hub.config import parse_config
 from hub.contracts import PluginError
 from hub.documents.verify import extract_record, load_certs, verify_pdf
 from hub.engine.pipeline import Hub
 from hub.web.app import create_app
+from hub.web.server import serving
 
 
-@pytest.fixture
-async def systems():
-    vendor = VnptSimulator(records=6, invalid=3, seed=7)
-    central = TtdlqgSimulator()
-    await vendor.start()
-    await central.start()
-    yield vendor, central
-    await vendor.stop()
-    await central.stop()
+VENDOR = {"records": 6, "invalid": 3, "seed": 7}   # the school server of the ``systems`` fixture
 
 
 def make_config(tmp_path, pki, vendor, central, *, password=PASSWORD, attempts=3):
-    return parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "workers": {"processes": 2},
-        "delivery": {"max_attempts": attempts, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12",
-                     "settings": {"directory": str(pki[0]), "password": password}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
+    return hub_config(tmp_path / "data", pki[0], adapters=[pull_from(vendor)], destination=deliver_to(central),
+                      attempts=attempts, password=password, workers={"processes": 2})
 
 
 async def run_once(config):
@@ -175,28 +155,22 @@ async def test_health_and_readiness_over_http(tmp_path, pki, systems):
     vendor, central = systems
     hub = Hub(make_config(tmp_path, pki, vendor, central))
     await hub.start(pull=False)
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error"))
-    task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
-            async with http.get("/healthz") as resp:
-                assert resp.status == 200
-            async with http.get("/readyz") as resp:
-                body = await resp.json()
-                assert resp.status == 200 and body["ready"], body
-                assert set(body["checks"]) == {"store", "school-a", "central", "keys"}
-            central.faults.outage = True
-            async with http.get("/readyz") as resp:
-                body = await resp.json()
-                assert resp.status == 503 and not body["checks"]["central"]["ok"]
-                assert body["checks"]["school-a"]["ok"]
-                assert "demo-ttdlqg-token" not in await resp.text()
+        async with serving(create_app(hub)) as base:
+            async with aiohttp.ClientSession(base) as http:
+                async with http.get("/healthz") as resp:
+                    assert resp.status == 200
+                async with http.get("/readyz") as resp:
+                    body = await resp.json()
+                    assert resp.status == 200 and body["ready"], body
+                    assert set(body["checks"]) == {"store", "school-a", "central", "keys"}
+                central.faults.outage = True
+                async with http.get("/readyz") as resp:
+                    body = await resp.json()
+                    assert resp.status == 503 and not body["checks"]["central"]["ok"]
+                    assert body["checks"]["school-a"]["ok"]
+                    assert "demo-ttdlqg-token" not in await resp.text()
     finally:
-        server.should_exit = True
-        await task
         await hub.stop()
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import uvicorn
-from conftest import PASSWORD, ROLES
+from conftest import deliver_to, hub_config, pull_from
 from openpyxl import load_workbook
 
 from adapters.portal_excel.adapter import LEDGER, PortalExcelAdapter, PortalExcelSettings, class_file
@@ -23,9 +22,7 @@ from adapters.portal_excel.simulator import PortalExcelSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import Delivery, DeliveryError, PluginContext, PluginError, parse_transcript, transcript
 from hub import lifecycle as lc
-from hub.config import parse_config
-from hub.engine.pipeline import Hub
-from hub.web.app import create_app
+from hub.web.server import serving_hub
 
 
 def classes(n: int = 200) -> dict[tuple[str, str], list[dict]]:
@@ -242,66 +239,49 @@ async def test_a_hub_writes_the_sheets_and_operators_download_them(tmp_path, pki
     folder = PortalExcelSimulator()
     await vendor.start()
     await folder.start()
-    config = parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "workers": {"processes": 1},
-        "admin": {"tokens": [{"name": "an.nguyen", "token": OPERATOR_TOKEN, "role": "operator"},
-                             {"name": "wall", "token": VIEWER_TOKEN, "role": "viewer"}]},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "portal", "type": "portal_excel", "settings": folder.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
-    hub = Hub(config)
-    app = create_app(hub)
-    await hub.start()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    tokens = [{"name": "an.nguyen", "token": OPERATOR_TOKEN, "role": "operator"},
+              {"name": "wall", "token": VIEWER_TOKEN, "role": "viewer"}]
+    config = hub_config(tmp_path / "data", pki[0], adapters=[pull_from(vendor)], admin={"tokens": tokens},
+                        destination=deliver_to(folder, "portal", "portal_excel"))
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        delivered = hub.store.rows(state=lc.DELIVERED)
-        assert len(delivered) == 6
-        assert folder.accepted() == {r.record_id: r.version for r in delivered}
-        books = folder.workbooks()
-        # Every delivered student has a row in their class's sheet (primary: three header rows).
-        total = 0
-        for book in books.values():
-            primary = book.active.cell(1, 6).value == "Môn học và hoạt động giáo dục"
-            total += len(data_rows(book.active, 3 if primary else 2))
-        assert total == 6
+        async with serving_hub(config, drain_timeout=1) as (hub, base):
+            await asyncio.wait_for(hub.wait_idle(), 120)
+            delivered = hub.store.rows(state=lc.DELIVERED)
+            assert len(delivered) == 6
+            assert folder.accepted() == {r.record_id: r.version for r in delivered}
+            books = folder.workbooks()
+            # Every delivered student has a row in their class's sheet (primary: three header rows).
+            total = 0
+            for book in books.values():
+                primary = book.active.cell(1, 6).value == "Môn học và hoạt động giáo dục"
+                total += len(data_rows(book.active, 3 if primary else 2))
+            assert total == 6
 
-        row = delivered[0]
-        school, class_name = row.normalized["school_code"], row.normalized["class_name"]
-        url = f"http://127.0.0.1:{port}/api/exports/{school}/{class_name}"
-        async with aiohttp.ClientSession() as http:
-            async with http.get(url) as resp:
-                assert resp.status == 401
-            async with http.get(url, headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}) as resp:
-                assert resp.status == 403  # the sheet names students: operators only
-            async with http.get(url, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
-                assert resp.status == 200
-                assert resp.headers["Content-Type"].startswith("application/vnd.openxmlformats")
-                assert "attachment" in resp.headers["Content-Disposition"]
-                body = await resp.read()
-            names = [r[2] for r in load_workbook(BytesIO(body)).active.iter_rows(values_only=True)]
-            assert row.normalized["student"]["full_name"] in names
-            async with http.get(url + "?year=2030-2031", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
-                assert resp.status == 404
-            async with http.get(url + "?year=soon", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
-                assert resp.status == 400 and (await resp.json())["parameter"] == "year"
-            async with http.get(f"http://127.0.0.1:{port}/api/exports/{school}/NOPE",
-                                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
-                assert resp.status == 404
-        audit = [e for e in hub.store.audit_entries() if e["kind"] == "admin.export"]
-        assert len(audit) == 1 and audit[0]["actor"] == "an.nguyen"
-        assert (Path(folder.directory) / LEDGER).is_file()
+            row = delivered[0]
+            school, class_name = row.normalized["school_code"], row.normalized["class_name"]
+            url = f"{base}/api/exports/{school}/{class_name}"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url) as resp:
+                    assert resp.status == 401
+                async with http.get(url, headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}) as resp:
+                    assert resp.status == 403  # the sheet names students: operators only
+                async with http.get(url, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
+                    assert resp.status == 200
+                    assert resp.headers["Content-Type"].startswith("application/vnd.openxmlformats")
+                    assert "attachment" in resp.headers["Content-Disposition"]
+                    body = await resp.read()
+                names = [r[2] for r in load_workbook(BytesIO(body)).active.iter_rows(values_only=True)]
+                assert row.normalized["student"]["full_name"] in names
+                async with http.get(url + "?year=2030-2031", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
+                    assert resp.status == 404
+                async with http.get(url + "?year=soon", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
+                    assert resp.status == 400 and (await resp.json())["parameter"] == "year"
+                async with http.get(f"{base}/api/exports/{school}/NOPE",
+                                    headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as resp:
+                    assert resp.status == 404
+            audit = [e for e in hub.store.audit_entries() if e["kind"] == "admin.export"]
+            assert len(audit) == 1 and audit[0]["actor"] == "an.nguyen"
+            assert (Path(folder.directory) / LEDGER).is_file()
     finally:
-        server.should_exit = True
-        await task
-        await hub.stop(drain_timeout=1)
         await vendor.stop()
         await folder.stop()

@@ -16,8 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-import uvicorn
-from conftest import PASSWORD, ROLES
+from conftest import deliver_to, hub_config, only_plugins
 from pydantic import ValidationError
 
 from adapters.ttdlqg.simulator import TtdlqgSimulator
@@ -32,12 +31,11 @@ from adapters.push.simulator import PushSimulator, ingest_url
 from hub import lifecycle as lc
 from hub import plugins
 from hub import store as st
-from hub.config import parse_config
 from hub.contracts import PluginContext, RawRecord
 from hub.engine.pipeline import Hub
 from hub.kit.synthetic import transcript, with_subject_teachers
 from hub.records import parse_transcript
-from hub.web.app import create_app
+from hub.web.server import serving_hub
 
 # The HTTP tests share the module's hub, so they run in the module's event loop.
 over_http = pytest.mark.asyncio(loop_scope="module")
@@ -51,19 +49,8 @@ ENVELOPE = {"record_id": "push-test", "event": "NEW", "version": 1, "updated_at"
 
 @pytest.fixture(scope="module", autouse=True)
 def only_these_plugins():
-    # Load only the plugins under test: other adapters may be half-written in a parallel branch.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,spreadsheet,ttdlqg,pkcs12,xml")
-        mp.setenv("HOCBA_TEST_PUSH_SECRET", SECRET)
-        plugins.manager.cache_clear()
-        plugins.adapter_types.cache_clear()
-        plugins.document_formats.cache_clear()
-        plugins.signer_types.cache_clear()
+    with only_plugins("push", "spreadsheet", "ttdlqg", "pkcs12", "xml", HOCBA_TEST_PUSH_SECRET=SECRET):
         yield
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-    plugins.document_formats.cache_clear()
-    plugins.signer_types.cache_clear()
 
 
 @dataclass
@@ -96,35 +83,17 @@ async def running(pki, tmp_path_factory, only_these_plugins):
     (root / "drop").mkdir()
     central = TtdlqgSimulator()
     await central.start()
-    config = parse_config({
-        "data_dir": str(root / "data"),
-        "workers": {"processes": 1},
-        "delivery": {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [
-            # The secret comes from the environment, as a province's config would have it.
-            {"name": NAME, "type": "push",
-             "settings": {"secret": "${HOCBA_TEST_PUSH_SECRET}", "max_body_bytes": MAX_BODY, "max_records": 20}},
-            {"name": "school-files", "type": "spreadsheet", "poll_interval": 3600,
-             "settings": {"directory": str(root / "drop")}},
-        ],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
-    hub = Hub(config)
-    await hub.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    config = hub_config(root / "data", pki[0], destination=deliver_to(central), adapters=[
+        # The secret comes from the environment, as a province's config would have it.
+        {"name": NAME, "type": "push",
+         "settings": {"secret": "${HOCBA_TEST_PUSH_SECRET}", "max_body_bytes": MAX_BODY, "max_records": 20}},
+        {"name": "school-files", "type": "spreadsheet", "poll_interval": 3600,
+         "settings": {"directory": str(root / "drop")}},
+    ])
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield Running(hub, f"http://127.0.0.1:{port}", Path(config.store_path), central)
+        async with serving_hub(config, drain_timeout=5) as (hub, base):
+            yield Running(hub, base, Path(config.store_path), central)
     finally:
-        server.should_exit = True
-        await task
-        await hub.stop(drain_timeout=5)
         await central.stop()
 
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 
 import pytest
+from conftest import deliver_to, hub_config, only_plugins, pull_from, started_hub
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -15,10 +16,8 @@ from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
 from hub import lifecycle as lc
 from hub import store as st
-from hub.config import parse_config
 from hub.contracts import RawRecord
 from hub.documents.signing import certificate_problem, identity_for
-from hub.engine.pipeline import Hub
 from hub.kit import pki
 from hub.kit.synthetic import department_identity, transcript
 from hub.kit.tsa import TrustServices
@@ -67,19 +66,10 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
         assert await certificate_problem(_chain(directory, good)) == ("", True)
         assert services.counters.ocsp + services.counters.crl >= 2
 
-        config = parse_config({
-            "data_dir": str(tmp_path / "data"), "workers": {"processes": 1},
-            "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
-            "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                          "settings": vendor.adapter_settings()}],
-            "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
-            "signers": [{"name": "keys", "type": "pkcs12",
-                         "settings": {"directory": str(directory), "password": PASSWORD}}],
-            "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES], "trust": [str(root)]},
-            # The Ministry's store takes class packages: the XML inside, the Department's signature.
-            "documents": ["xml", "pdf"],
-            "department": {"code": DEPARTMENT.school_code, "name": DEPARTMENT.name, "signer": "keys"},
-        })
+        # The Ministry's store takes class packages: the XML inside, the Department's signature.
+        config = hub_config(tmp_path / "data", directory, adapters=[pull_from(vendor)], destination=deliver_to(central),
+                            attempts=2, roles=ROLES, password=PASSWORD, trust=[root], documents=["xml", "pdf"],
+                            department={"code": DEPARTMENT.school_code, "name": DEPARTMENT.name, "signer": "keys"})
         store = st.Store(config.store_path)
         for index, data in records.items():
             [pk] = store.receive("school-a", [RawRecord(f"src-{index}", json.dumps({"i": index}).encode())])
@@ -89,14 +79,10 @@ async def test_a_revoked_signer_stops_the_record_at_its_step(tmp_path):
             store.advance(pk, lc.RECEIVED, lc.NORMALIZED, school_code=rec.school_code,
                           normalized=rec.model_dump(mode="json"))
         store.close()
-        hub = Hub(config)
-        await hub.start(pull=False)
-        try:
+        async with started_hub(config, pull=False) as hub:
             await asyncio.wait_for(hub.wait_idle(), 120)
             rows = {r.source_id: r for r in hub.store.rows()}
             history = hub.store.history(rows["src-0"].id) if hasattr(hub.store, "history") else None
-        finally:
-            await hub.stop()
     finally:
         await vendor.stop()
         await central.stop()
@@ -127,12 +113,6 @@ async def test_a_ca_that_does_not_answer_is_not_a_good_answer(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def only_these_plugins(monkeypatch):
-    from hub import plugins
-
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "vnpt,ttdlqg,pkcs12,xml")
-    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
-        cache.cache_clear()
-    yield
-    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
-        cache.cache_clear()
+def only_these_plugins():
+    with only_plugins("vnpt", "ttdlqg", "pkcs12", "xml"):
+        yield

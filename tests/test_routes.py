@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 import yaml
-from conftest import PASSWORD, ROLES
+from conftest import PASSWORD, ROLES, running
 
 from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.vnpt.simulator import VnptSimulator
@@ -78,13 +78,9 @@ def test_filters_take_what_every_given_list_names():
 
 @pytest.fixture
 async def systems():
-    vendor = VnptSimulator(records=6, invalid=0, seed=11)
-    ndc_a, ndc_b = TtdlqgSimulator(), TtdlqgSimulator(token="b-token")
-    for sim in (vendor, ndc_a, ndc_b):
-        await sim.start()
-    yield vendor, ndc_a, ndc_b
-    for sim in (vendor, ndc_a, ndc_b):
-        await sim.stop()
+    async with running(VnptSimulator(records=6, invalid=0, seed=11), TtdlqgSimulator(),
+                       TtdlqgSimulator(token="b-token")) as sims:
+        yield sims
 
 
 def two_routes(tmp_path, pki, vendor, a, b, **delivery):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from conftest import PASSWORD, ROLES
+from conftest import deliver_to, hub_config, only_plugins, running, started_hub
 from pydantic import ValidationError
 
 from adapters.ttdlqg.simulator import TtdlqgSimulator
@@ -29,9 +29,7 @@ from adapters.spreadsheet.templates.generate import TEMPLATES
 from hub import lifecycle as lc
 from hub import plugins
 from hub import store as st
-from hub.config import parse_config
 from hub.contracts import PluginContext, PluginError, RawRecord
-from hub.engine.pipeline import Hub
 from hub.kit.synthetic import invalid_transcript, transcript
 from hub.records import parse_transcript
 
@@ -43,16 +41,9 @@ REPORT_HEADER = ["row", "column", "outcome", "reason"]
 
 
 @pytest.fixture(autouse=True)
-def only_these_plugins(monkeypatch):
-    # Load only the plugins under test: other adapters may be half-written in a parallel branch.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "spreadsheet,ttdlqg,pkcs12,xml")
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-    plugins.document_formats.cache_clear()
-    yield
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-    plugins.document_formats.cache_clear()
+def only_these_plugins():
+    with only_plugins("spreadsheet", "ttdlqg", "pkcs12", "xml"):
+        yield
 
 
 @pytest.fixture
@@ -423,26 +414,13 @@ async def test_through_a_running_hub_to_the_central_store(drop, tmp_path, pki):
     broken, _, field = invalid_transcript(4, 12, "birth_date")   # a primary record
     write_csv(drop / "lop.csv", PRIMARY, list(iter_rows([valid[0], valid[1], broken])))
     write_xlsx(drop / "lop.xlsx", SECONDARY, list(iter_rows([valid[2], valid[3]])))
-    central_store = TtdlqgSimulator()
-    await central_store.start()
-    config = parse_config({
-        "data_dir": str(tmp_path / "data"),
-        "workers": {"processes": 1},
-        "delivery": {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [{"name": "school-files", "type": "spreadsheet", "poll_interval": 3600,
-                      "settings": {"directory": str(drop), "settle_seconds": 0}}],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": central_store.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(pki[0]), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in ROLES]},
-    })
-    hub = Hub(config)
-    await hub.start()
-    try:
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        rows = {r.source_id: r for r in hub.store.rows()}
-    finally:
-        await hub.stop()
-        await central_store.stop()
+    sheets = {"name": "school-files", "type": "spreadsheet", "poll_interval": 3600,
+              "settings": {"directory": str(drop), "settle_seconds": 0}}
+    async with running(TtdlqgSimulator()) as (central_store,):
+        config = hub_config(tmp_path / "data", pki[0], adapters=[sheets], destination=deliver_to(central_store))
+        async with started_hub(config) as hub:
+            await asyncio.wait_for(hub.wait_idle(), 120)
+            rows = {r.source_id: r for r in hub.store.rows()}
     assert {sid: r.state for sid, r in rows.items()} == {
         **{source_id(t): lc.DELIVERED for t in valid}, source_id(broken): lc.QUARANTINED}
     assert any(e.startswith(field + ":") for e in rows[source_id(broken)].errors)

@@ -14,6 +14,7 @@ import struct
 import time
 
 import pytest
+from conftest import counted_checks
 import pytest_asyncio
 from test_admin import serve_hub
 
@@ -143,28 +144,19 @@ async def test_no_personal_data_and_no_secret_on_the_page(env):
 
 async def test_health_checks_are_cached_across_page_loads(env):
     health = env.hub.metrics.health
-    calls = 0
-    check = env.hub.destination.check
-
-    async def counted():
-        nonlocal calls
-        calls += 1
-        return await check()
-
-    env.hub.destination.check = counted
-    try:
-        health.max_age = 10.0
-        health.checked_at = time.monotonic() - 11  # the last round is too old: one load refreshes
-        for _ in range(8):
-            await page(env)
-        first = health._round
-        await first
-        for _ in range(8):  # the round has ended: these loads are inside max_age of it
-            await page(env)
-        assert calls == 1 and health._round is first
-    finally:
-        del env.hub.destination.check
-        health.max_age = 3600
+    with counted_checks(env.hub.destination) as destination:
+        try:
+            health.max_age = 10.0
+            health.checked_at = time.monotonic() - 11  # the last round is too old: one load refreshes
+            for _ in range(8):
+                await page(env)
+            first = health._round
+            await first
+            for _ in range(8):  # the round has ended: these loads are inside max_age of it
+                await page(env)
+            assert destination.calls == 1 and health._round is first
+        finally:
+            health.max_age = 3600
 
 
 # --- headless Chromium --------------------------------------------------------------------------

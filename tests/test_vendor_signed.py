@@ -12,26 +12,22 @@ import shutil
 import subprocess
 
 import pytest
-import uvicorn
 from lxml import etree
 
 from adapters.misa.simulator import MisaSimulator
 from adapters.ttdlqg.simulator import TtdlqgSimulator
 from adapters.push.simulator import PushSimulator, ingest_url
 from hub import lifecycle as lc
-from hub import plugins
-from hub.config import parse_config
 from hub.documents.binding import verify_file
 from hub.documents.render import XML_ATTACHMENT_NAME
 from hub.documents.verify import extract_attachment, load_certs
 from hub.documents.xmldsig import DS, unsigned_differences
 from hub.documents.xmlsafe import parse
-from hub.engine.pipeline import Hub
 from hub.kit.pki import sign_xml
 from hub.plugins import document_formats
 from hub.store import record_id_for
-from hub.web.app import create_app
-from tests.conftest import PASSWORD
+from hub.web.server import serving_hub
+from tests.conftest import deliver_to, hub_config, only_plugins, pull_from
 from tests.test_xml import XMLSEC_IDS
 
 STAGES = ("subject_teacher", "homeroom_teacher", "principal", "school_seal")
@@ -41,14 +37,9 @@ GVBM = "DU_LIEU_HOC_BA/DANH_SACH_THONG_TIN_KY/DANH_SACH_GVBM"
 
 
 @pytest.fixture(autouse=True)
-def only_these_plugins(monkeypatch):
-    # Only the plugins under test: others may be half-written in a parallel branch.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "push,misa,ttdlqg,pkcs12,xml")
-    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
-        cache.cache_clear()
-    yield
-    for cache in (plugins.manager, plugins.adapter_types, plugins.document_formats, plugins.signer_types):
-        cache.cache_clear()
+def only_these_plugins():
+    with only_plugins("push", "misa", "ttdlqg", "pkcs12", "xml"):
+        yield
 
 
 def _decoded(envelope: dict) -> bytes:
@@ -104,35 +95,17 @@ async def test_vendor_signed_xml_is_kept_and_only_the_missing_stages_are_added(p
     central_store = TtdlqgSimulator()
     await misa.start()
     await central_store.start()
-    config = parse_config({
-        "data_dir": str(tmp_path / "data"), "workers": {"processes": 1},
-        "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [{"name": "school-misa", "type": "misa", "poll_interval": 3600,
-                      "settings": misa.adapter_settings()},
-                     {"name": "school-push", "type": "push", "settings": sender.adapter_settings()}],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": central_store.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12",
-                     "settings": {"directory": str(directory), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in STAGES],
-                    "trust": [str(hub_root), str(misa_root), str(push_root)]},
-    })
-    hub = Hub(config)
-    await hub.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    config = hub_config(tmp_path / "data", directory, attempts=2, roles=STAGES, trust=[hub_root, misa_root, push_root],
+                        adapters=[pull_from(misa, "school-misa", "misa"),
+                                  {"name": "school-push", "type": "push", "settings": sender.adapter_settings()}],
+                        destination=deliver_to(central_store))
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-        answer = await sender.send(ingest_url(base, "school-push"), envelopes)
-        assert answer.status == 202, answer.body
-        await asyncio.wait_for(hub.wait_idle(), 180)
-        rows = {(r.adapter, r.source_id): r for r in hub.store.rows()}
+        async with serving_hub(config, drain_timeout=5) as (hub, base):
+            answer = await sender.send(ingest_url(base, "school-push"), envelopes)
+            assert answer.status == 202, answer.body
+            await asyncio.wait_for(hub.wait_idle(), 180)
+            rows = {(r.adapter, r.source_id): r for r in hub.store.rows()}
     finally:
-        server.should_exit = True
-        await task
-        await hub.stop(drain_timeout=5)
         await sender.stop()
         await misa.stop()
         await central_store.stop()

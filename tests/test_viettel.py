@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import structlog
-from pull_vendors import PullVendor
+from pull_vendors import VIETTEL
 from pydantic import ValidationError
 
 from adapters.viettel.adapter import ViettelAdapter, ViettelError, parse_xml
@@ -26,18 +22,14 @@ from adapters.viettel.simulator import (
     billion_laughs,
     synthetic_index,
 )
-from hub import plugins
 from hub.contracts import PluginContext, RawRecord
 from hub.kit.synthetic import transcript
 from hub.records import field_errors
-from hub.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "adapters" / "viettel" / "examples"
 
 
-VIETTEL = PullVendor("viettel", ViettelSimulator, ViettelAdapter, simulator_args=("records", "invalid", "seed", "per_timestamp", "page_size"),
-                  defaults={"per_timestamp": 3, "page_size": 4})
 vendor = VIETTEL.fixture()
 make_adapter, read, central, expected = VIETTEL.make_adapter, VIETTEL.read, VIETTEL.central, VIETTEL.expected
 poll = VIETTEL.poll
@@ -55,45 +47,6 @@ def all_ids(sim: ViettelSimulator, records: int) -> list[str]:
     return sorted(sim.source_id(i) for i in range(records))
 
 
-# --- registration and settings ---------------------------------------------------------------
-
-def test_registered_through_the_entry_point(monkeypatch):
-    # Load only this entry point: the test must not depend on other plugins being finished.
-    monkeypatch.setenv("HOCBA_HUB_LOAD_PLUGINS", "viettel")
-    plugins.manager.cache_clear()
-    plugins.adapter_types.cache_clear()
-    try:
-        info = plugins.adapter_types()["viettel"]
-        assert info.cls is ViettelAdapter
-        assert info.cls.can("fetch") and info.cls.can("normalize") and not info.cls.can("deliver")
-        assert ViettelAdapter.simulator == "adapters.viettel.simulator:ViettelSimulator"
-    finally:
-        plugins.manager.cache_clear()
-        plugins.adapter_types.cache_clear()
-
-
-@pytest.mark.parametrize("url", ["ftp://smas.example.vn", "not a url", "https://smas.example.vn/api?x=1", ""])
-def test_settings_reject_a_bad_base_url(url):
-    with pytest.raises(ValidationError) as err:
-        ViettelAdapter.Settings(base_url=url, api_key="k")
-    assert [e["loc"] for e in err.value.errors()] == [("base_url",)]
-
-
-@pytest.mark.parametrize("field, value", [("page_size", 0), ("page_size", 201), ("timeout", 0),
-                                          ("max_attempts", 0), ("api_key", ""), ("colour", "blue")])
-def test_settings_reject_bad_values(field, value):
-    values = {"base_url": "https://smas.example.vn", "api_key": "k", field: value}
-    with pytest.raises(ValidationError) as err:
-        ViettelAdapter.Settings(**values)
-    assert err.value.errors()[0]["loc"] == (field,)
-
-
-def test_settings_keep_the_key_out_of_their_repr():
-    settings = ViettelAdapter.Settings(base_url="https://smas.example.vn/", api_key="hunter2")
-    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
-    assert settings.page_size == 100
-
-
 # --- reading -----------------------------------------------------------------------------------
 
 async def test_full_read_returns_every_record_once_and_round_trips(vendor):
@@ -108,11 +61,7 @@ async def test_full_read_returns_every_record_once_and_round_trips(vendor):
         assert raw.content_type == "application/xml" and not raw.deleted
         assert raw.updated_at is not None and raw.updated_at.utcoffset() == dt.timedelta(hours=7)
         assert raw.payload.startswith(b"<transcript ") and b"<?xml" not in raw.payload
-        if raw.source_id in sim.defects:
-            kind, field = sim.defects[raw.source_id]
-            with pytest.raises(ValidationError) as err:
-                central(adapter, raw)
-            assert field in [line.split(":")[0] for line in field_errors(err.value)], (kind, field_errors(err.value))
+        if VIETTEL.broken_on_purpose(sim, adapter, raw):
             continue
         k = by_transcript[adapter.normalize(raw)["transcript_id"]]
         assert canonical(raw.payload) == canonical(sim.vendor_xml(k))
@@ -151,18 +100,6 @@ async def test_incremental_read_from_a_saved_cursor_returns_only_changes(vendor)
 
     _, last = await read(adapter, pages[-1].cursor)
     assert last == []
-
-
-async def test_a_crash_mid_read_resumes_after_the_last_saved_page(vendor):
-    sim, adapter = await vendor(records=11, page_size=3)
-    first_two = []
-    async for page in adapter.fetch(None):
-        first_two.append(page)
-        if len(first_two) == 2:
-            break  # the hub died after committing page 2
-    _, rest = await read(adapter, first_two[-1].cursor)
-    got = [r.source_id for p in first_two for r in p.records] + [r.source_id for r in rest]
-    assert sorted(got) == all_ids(sim, 11)  # every record, none twice
 
 
 async def test_a_record_edited_during_a_read_is_still_read(vendor):
@@ -240,87 +177,6 @@ async def test_short_sessions_are_renewed_before_they_expire(vendor):
     assert sim.requests[SESSION_PATH] == 2
 
 
-async def test_5xx_is_retried(vendor):
-    sim, adapter = await vendor(records=3)
-    sim.faults.fail_next_n = 2
-    _, raws = await read(adapter)
-    assert len(raws) == 3
-    assert data_statuses(sim) == [(SESSION_PATH, 201), (RECORDS_PATH, 503), (RECORDS_PATH, 503), (RECORDS_PATH, 200)]
-
-
-async def test_persistent_5xx_gives_up_with_a_clear_error(vendor):
-    sim, adapter = await vendor(records=3, max_attempts=3)
-    sim.faults.fail_next_n = 10
-    with pytest.raises(ViettelError, match=r"GET http://127\.0\.0\.1:\d+/api/v2/transcripts.*gave up after 3 attempt.*HTTP 503"):
-        await read(adapter)
-    assert sim.requests[RECORDS_PATH] == 3
-
-
-async def test_429_waits_for_retry_after(vendor):
-    sim, adapter = await vendor(records=3)
-    sim.faults.rate_limit_next_n = 1
-    sim.faults.retry_after_seconds = 1
-    started = time.monotonic()
-    _, raws = await read(adapter)
-    assert time.monotonic() - started >= 1.0
-    assert len(raws) == 3
-    assert data_statuses(sim) == [(SESSION_PATH, 201), (RECORDS_PATH, 429), (RECORDS_PATH, 200)]
-
-
-async def test_a_retry_after_longer_than_allowed_stops_at_once(vendor):
-    sim, adapter = await vendor(records=3, max_backoff_seconds=2)
-    sim.faults.rate_limit_next_n = 1
-    sim.faults.retry_after_seconds = 120
-    with pytest.raises(ViettelError, match="Retry-After 120 s"):
-        await read(adapter)
-    assert sim.requests[RECORDS_PATH] == 1
-
-
-async def test_an_outage_is_waited_out(vendor):
-    sim, adapter = await vendor(records=3)
-    sim.faults.outage = True
-    sim.faults.retry_after_seconds = 1
-
-    async def recover():
-        await asyncio.sleep(0.5)
-        sim.faults.outage = False
-
-    recovery = asyncio.create_task(recover())
-    _, raws = await read(adapter)
-    await recovery
-    assert len(raws) == 3
-    assert data_statuses(sim)[0] == (SESSION_PATH, 503)
-
-
-async def test_dropped_connections_and_timeouts_are_retried(vendor):
-    sim, adapter = await vendor(records=3, timeout=0.3)
-    sim.faults.drop_next_n_connections = 2
-    sim.faults.stall_next_n = 1
-    _, raws = await read(adapter)
-    assert len(raws) == 3
-    # Two drops, then a stall the client gave up on, then the page.
-    assert sim.requests[RECORDS_PATH] == 4 and sim.requests[SESSION_PATH] == 1
-    assert data_statuses(sim)[:3] == [(SESSION_PATH, 201), (RECORDS_PATH, 0), (RECORDS_PATH, 0)]
-
-
-async def test_an_html_page_with_200_is_a_clear_error(vendor):
-    sim, adapter = await vendor(records=3)
-    sim.faults.html_next_n = 1
-    with pytest.raises(ViettelError) as err:
-        await read(adapter)
-    message = str(err.value)
-    assert "/api/v2/transcripts" in message and "text/html" in message and "Bảo trì" in message
-    assert err.value.__suppress_context__ or err.value.__context__ is None
-
-
-async def test_truncated_xml_is_a_clear_error(vendor):
-    sim, adapter = await vendor(records=3)
-    sim.faults.truncate_next_n = 1
-    with pytest.raises(ViettelError, match=r"GET http://127\.0\.0\.1:\d+/api/v2/transcripts\?.*not well-formed XML or is truncated") as err:
-        await read(adapter)
-    assert err.value.__suppress_context__
-
-
 async def test_a_billion_laughs_page_is_refused_unexpanded(vendor):
     sim, adapter = await vendor(records=3)
     sim.faults.hostile_next_n = 1
@@ -353,61 +209,6 @@ def test_entities_in_a_record_payload_are_refused(tmp_path):
         parse_xml(b'<!DOCTYPE a SYSTEM "http://127.0.0.1:9/x.dtd"><a/>', "document")
 
 
-async def test_a_wrong_key_stops_the_read_without_leaking_it(vendor, tmp_path):
-    sim, _ = await vendor(records=3)
-    adapter = make_adapter({**sim.adapter_settings(), "api_key": "wrong-key-123"}, tmp_path)
-    await adapter.open()
-    try:
-        with structlog.testing.capture_logs() as logs, pytest.raises(ViettelError, match="API key refused: INVALID_API_KEY") as err:
-            await read(adapter)
-        assert "wrong-key-123" not in str(err.value) and "wrong-key-123" not in repr(logs)
-    finally:
-        await adapter.close()
-
-
-# --- bad pages: the sync survives and nothing is lost ------------------------------------------
-
-async def test_a_repeated_page_stops_the_poll_and_the_next_poll_finishes(vendor):
-    sim, adapter = await vendor(records=10, page_size=3)
-    store = Store(":memory:")
-    sim.faults.repeat_next_n = 1
-    # The first page has nothing to repeat; the second request gets the first page again.
-    error = await poll(adapter, store)
-    assert error is not None and "the cursor it was given" in str(error) and "/api/v2/transcripts" in str(error)
-    assert await poll(adapter, store) is None
-    assert sorted(r.source_id for r in store.rows()) == all_ids(sim, 10)
-
-
-async def test_an_empty_page_mid_stream_is_followed(vendor):
-    sim, adapter = await vendor(records=7, page_size=3)
-    sim.faults.empty_next_n = 1
-    pages, raws = await read(adapter)
-    assert pages[0].records == [] and len(pages) == 4
-    assert sorted(r.source_id for r in raws) == all_ids(sim, 7)
-
-
-async def test_a_record_listed_twice_in_a_page_is_stored_once(vendor):
-    sim, adapter = await vendor(records=6, page_size=3)
-    store = Store(":memory:")
-    sim.faults.duplicate_next_n = 1
-    assert await poll(adapter, store) is None
-    rows = store.rows()
-    assert sorted(r.source_id for r in rows) == all_ids(sim, 6) and {r.version for r in rows} == {1}
-
-
-async def test_a_record_without_id_stops_the_poll_and_loses_nothing(vendor):
-    sim, adapter = await vendor(records=7, page_size=3)
-    store = Store(":memory:")
-    await adapter.check()
-    sim.faults.missing_id_next_n = 1
-    error = await poll(adapter, store)
-    assert error is not None and "/api/v2/transcripts" in str(error)
-    assert "transcripts/transcript[1]/@id is missing" in str(error)
-    assert store.rows() == []
-    assert await poll(adapter, store) is None
-    assert sorted(r.source_id for r in store.rows()) == all_ids(sim, 7)
-
-
 # --- check -------------------------------------------------------------------------------------
 
 async def test_check_healthy(vendor):
@@ -415,24 +216,6 @@ async def test_check_healthy(vendor):
     health = await adapter.check()
     assert health.ok and "API key accepted" in health.detail
     assert data_statuses(sim) == [(SESSION_PATH, 201), (RECORDS_PATH, 200)]
-
-
-async def test_check_with_a_wrong_key(vendor, tmp_path):
-    sim, _ = await vendor(records=1)
-    key = "not-the-key-" + sim.api_key[:4]
-    adapter = make_adapter({**sim.adapter_settings(), "api_key": key}, tmp_path)
-    health = await adapter.check()  # not opened: check opens and closes its own session
-    assert not health.ok and health.detail.startswith("API key refused: INVALID_API_KEY")
-    assert key not in health.detail and sim.api_key not in health.detail
-
-
-async def test_check_when_the_server_is_down(tmp_path):
-    sim = ViettelSimulator()
-    await sim.start()
-    settings = sim.adapter_settings()
-    await sim.stop()
-    health = await make_adapter(settings, tmp_path, timeout=2).check()
-    assert not health.ok and settings["base_url"] in health.detail and settings["api_key"] not in health.detail
 
 
 # --- normalize ---------------------------------------------------------------------------------
@@ -484,18 +267,6 @@ def test_the_examples(tmp_path):
     assert [line.split(":")[0] for line in field_errors(err.value)] == ["subjects[0].year_average"]
     body = record.decode("utf-8").split("\n", 1)[1].rstrip("\n")
     assert body in (EXAMPLES.parent / "CONTRACT.md").read_text("utf-8")
-
-
-@pytest.mark.parametrize("example, code, output", [
-    ("record.xml", 0, '"madinhdanhhocba": "HB01004001000011"'),
-    ("invalid.xml", 1, "subjects[0].year_average: Input should be less than or equal to 10"),
-])
-def test_the_cli_normalizes_the_examples(example, code, output):
-    env = {**os.environ, "HOCBA_HUB_LOAD_PLUGINS": "viettel"}
-    done = subprocess.run([sys.executable, "-m", "hub.cli", "normalize", "--adapter", "viettel",
-                           str(EXAMPLES / example)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
-    assert done.returncode == code, done.stderr
-    assert output in (done.stdout if code == 0 else done.stderr)
 
 
 @pytest.mark.parametrize("change, message", [

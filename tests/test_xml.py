@@ -24,7 +24,7 @@ from hub.kit.synthetic import transcript, with_subject_teachers
 from hub.plugins import document_formats
 from hub.records import parse_transcript
 from signers.pkcs12.signer import Pkcs12Signer
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, deliver_to, hub_config, pull_from, worked_through
 
 FMT = document_formats()["xml"].cls()
 STAGES = ("subject_teacher", "homeroom_teacher", "principal", "school_seal")
@@ -245,9 +245,7 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
     from adapters.vnpt.simulator import VnptSimulator
     from hub import lifecycle as lc
     from hub import store as st
-    from hub.config import parse_config
     from hub.contracts import RawRecord
-    from hub.engine.pipeline import Hub
 
     directory, root = pki
     keys = signer(directory)
@@ -255,15 +253,8 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
     vendor, central = VnptSimulator(records=0), TtdlqgSimulator()
     await vendor.start()
     await central.start()
-    config = parse_config({
-        "data_dir": str(tmp_path / "data"), "workers": {"processes": 1},
-        "delivery": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05},
-        "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
-                      "settings": vendor.adapter_settings()}],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": central.adapter_settings()},
-        "signers": [{"name": "keys", "type": "pkcs12", "settings": {"directory": str(directory), "password": PASSWORD}}],
-        "signing": {"steps": [{"role": r, "signer": "keys"} for r in STAGES], "trust": [str(root)]},
-    })
+    config = hub_config(tmp_path / "data", directory, adapters=[pull_from(vendor)], destination=deliver_to(central),
+                        attempts=2, roles=STAGES, trust=[root])
     store = st.Store(config.store_path)
     kept = {}
     for i, problem in enumerate(("none", "wrong_teacher", "moved")):
@@ -284,13 +275,9 @@ async def test_xml_signed_on_arrival_is_validated_and_only_missing_stages_are_ad
         store.advance(pk, lc.RECEIVED, lc.NORMALIZED, school_code=rec.school_code, normalized=rec.model_dump(mode="json"))
         store.advance(pk, lc.NORMALIZED, lc.RENDERED, pdf=render_pdf(rec, xml=FMT.build(rec)), xml=doc)
     store.close()
-    hub = Hub(config)
-    await hub.start(pull=False)
     try:
-        await asyncio.wait_for(hub.wait_idle(), 120)
-        rows = {r.source_id: r for r in hub.store.rows()}
+        rows = await worked_through(config)
     finally:
-        await hub.stop()
         await vendor.stop()
         await central.stop()
 

@@ -35,6 +35,7 @@ from hub import (
     PluginError,
     PluginSettings,
     RawRecord,
+    TokenPaging,
     Transient,
     as_list,
     as_object,
@@ -47,8 +48,6 @@ from hub import (
 log = structlog.get_logger(__name__)
 
 RECORDS_PATH = "/api/v1/transcripts"
-# A server that keeps answering "no records, but more to come" must not hold a worker forever.
-MAX_EMPTY_PAGES = 50
 # What the operator should do about each refusal the contract defines.
 AUTH_HINTS = {
     "INVALID_API_KEY": "check api_key",
@@ -158,25 +157,6 @@ class MisaAdapter(HttpPullMixin, Adapter):
         """One request, retried on transient faults; ``MisaError`` once the attempts are spent."""
         return await self.retry(method, url, attempts, lambda: self._send_once(method, url, query))
 
-    def _json(self, url: URL, content_type: str, body: bytes) -> Any:
-        """Decode a 200 body, or say clearly that the server sent something else."""
-        media = content_type.split(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
-            raise MisaError(f"GET {url} answered 200 with {media or 'no Content-Type'}, "
-                            f"not JSON: {self.scrub(snippet)!r}")
-        try:
-            return json.loads(body.decode("utf-8"))
-        except RecursionError:
-            # A page nested thousands of levels deep: refused as a whole (a row nested less deep
-            # than the parser's limit is quarantined by normalize with the reason).
-            raise MisaError(f"GET {url} answered 200 with JSON nested too deeply to read") from None
-        except UnicodeDecodeError as exc:
-            raise MisaError(f"GET {url} answered 200 with a body that is not UTF-8 (byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise MisaError(f"GET {url} answered 200 with invalid or truncated JSON "
-                            f"({exc.msg} at char {exc.pos} of {len(body)} bytes)") from None
-
     @staticmethod
     def _error(status: int, body: bytes) -> tuple[str, str]:
         """``(code, message)`` of an ``{"error": {…}}`` answer, or the status and a snippet."""
@@ -190,7 +170,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
         url, query = self._url(params)
         status, content_type, body = await self._send("GET", url, query, attempts=attempts)
         if status == 200:
-            return url, self._json(url, content_type, body)
+            return url, self.json_body("GET", url, content_type, body)
         code, message = self._error(status, body)
         if status == 410:
             raise _TokenExpired(code)
@@ -204,39 +184,22 @@ class MisaAdapter(HttpPullMixin, Adapter):
     # --- pull --------------------------------------------------------------------------------
 
     def _page(self, data: Any, shown: str) -> tuple[bool, str, list[dict[str, Any]]]:
-        if not isinstance(data, dict):
-            raise MisaError(f"GET {shown}: the answer is not a JSON object")
+        data = self.page_answer(data, shown)
         items, has_more, token = data.get("items"), data.get("hasMore"), data.get("continuationToken")
         if not isinstance(items, list) or not isinstance(has_more, bool):
             raise MisaError(f"GET {shown}: the answer lacks an items list or a hasMore boolean")
         if not isinstance(token, str) or not token:
             raise MisaError(f"GET {shown}: continuationToken is missing or empty")
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise MisaError(f"GET {shown}: items[{i}] is not an object")
-        return has_more, token, items
+        return has_more, token, self.each_an_object(items, f"GET {shown}: items")
 
     def _raw(self, item: dict[str, Any], where: str) -> tuple[RawRecord, dt.datetime]:
-        source_id = item.get("id")
-        if isinstance(source_id, int) and not isinstance(source_id, bool):
-            source_id = str(source_id)
-        if not isinstance(source_id, str) or not source_id.strip():
-            # Without its id a record cannot be stored, quarantined or replayed: stop the pull.
-            raise MisaError(f"{where}.id is missing or empty")
-        try:
-            updated = vietnam_time(item.get("modifiedAt"))
-        except ValueError as exc:
-            raise MisaError(f"{where}.modifiedAt: {exc}") from None
-        deleted = item.get("isDeleted", False)
-        if not isinstance(deleted, bool):
-            raise MisaError(f"{where}.isDeleted: {deleted!r} is not true or false")
-        payload = json.dumps(item, ensure_ascii=False).encode("utf-8")
-        return RawRecord(source_id=source_id.strip(), payload=payload, updated_at=updated, deleted=deleted), updated
+        return self.json_record(item, where, id_key="id", updated_key="modifiedAt", deleted_key="isDeleted",
+                                parse_time=vietnam_time)
 
     async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:
         """Yield one ``Page`` per HTTP page; each page's cursor is the token that resumes after it."""
         token = cursor.strip() if cursor and cursor.strip() else None
-        empty_pages = 0
+        paging = TokenPaging(MisaError, "continuation token")
         while True:
             params: dict[str, Any] = {"limit": self.settings.page_size}
             if token:
@@ -253,21 +216,13 @@ class MisaAdapter(HttpPullMixin, Adapter):
                 continue
             shown = str(url)
             has_more, next_token, items = self._page(data, shown)
-            if has_more and next_token == token:
-                # The same page again would loop forever; what was read is saved, the next poll retries.
-                raise MisaError(f"GET {shown}: the server answered with the continuation token it was "
-                                "given and hasMore=true, so the pull cannot advance")
-            read = [self._raw(item, f"GET {shown}: items[{i}]") for i, item in enumerate(items)]
-            # Should a page list a record twice, the newest copy must be the one the hub stores last.
-            read.sort(key=lambda pair: pair[1])
+            paging.check_advance(shown, token, next_token, has_more)
+            records = paging.oldest_first([self._raw(item, f"GET {shown}: items[{i}]") for i, item in enumerate(items)])
             token = next_token
-            yield Page([raw for raw, _ in read], token)
+            yield Page(records, token)
             if not has_more:
                 return
-            empty_pages = 0 if read else empty_pages + 1
-            if empty_pages >= MAX_EMPTY_PAGES:
-                raise MisaError(f"GET {shown}: {empty_pages} empty pages in a row with hasMore=true; "
-                                "stopping, the next poll resumes from the last token")
+            paging.count(shown, records)
 
     async def check(self) -> Health:
         """Read one record with a signed request: proves reachability, key, secret and clock."""
@@ -281,13 +236,7 @@ class MisaAdapter(HttpPullMixin, Adapter):
 
     def read_file(self, name: str, data: bytes) -> list[RawRecord]:
         """One vendor record saved as JSON, with its envelope (``isDeleted`` → ``CANCEL``)."""
-        item = load_json(data, "the file")
-        if not isinstance(item, dict):
-            raise ValueError("the file is not one misa record (a JSON object)")
-        try:
-            return [self._raw(item, name)[0]]
-        except MisaError as exc:
-            raise ValueError(str(exc)) from None
+        return self.one_json_record(name, data, self._raw)
 
     def signed_document(self, raw: RawRecord) -> bytes | None:
         """``signedXml``: the XML học bạ as signed in the school's software (CONTRACT.md)."""

@@ -19,7 +19,6 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,17 @@ from urllib.parse import quote
 from aiohttp import web
 
 from hub import (
-    INVALID_KINDS,
     ROOT_CERT,
     VIETNAM_TIME,
     Faults,
     FaultySimulator,
+    FeedRow,
+    SyntheticFeed,
     drop_connection,
-    invalid_transcript,
+    maintenance_page,
     nfd,
     record_id_for,
     sign_xml,
-    transcript,
     with_subject_teachers,
 )
 
@@ -186,13 +185,7 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
 
 
 @dataclass
-class _Row:
-    central: dict[str, Any]
-    source_id: str
-    seq: int                 # position in the change log
-    updated: dt.datetime
-    deleted: bool
-    quirks: int
+class _Row(FeedRow):
     version: int = 1         # the hub's version of this record once it has read every change
     signed: tuple[int, str] | None = None  # (version, signedXml) once signed
 
@@ -220,13 +213,16 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return _json({"error": {"code": code, "message": message}}, status, headers)
 
 
-class MisaSimulator(FaultySimulator):
+class MisaSimulator(SyntheticFeed, FaultySimulator):
     """An EMIS-style school-software server on loopback, serving CONTRACT.md with fault switches.
 
     ``faults`` flips failures on; ``requests`` counts requests by path, ``log`` lists
     ``(method, path_qs, status)`` in order (status 0: connection dropped) and ``auth_failures``
     the refusal codes, so tests can prove a retry, a re-signature or a resync happened.
     """
+    id_namespace = _ID_NAMESPACE
+    first_update = FIRST_UPDATE
+    row_type = _Row
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0, api_key: str = "sogddt-hocba-hub",
                  api_secret: str | None = None, page_size: int = 50, per_timestamp: int = 3):
@@ -238,68 +234,19 @@ class MisaSimulator(FaultySimulator):
         self.auth_failures: list[str] = []
         self.nonces: list[str | None] = []
         """The X-Nonce of every request received, in order, faulted ones included."""
-        self.defects: dict[str, tuple[str, str]] = {}
-        """id of each deliberately invalid record → (defect kind, central field it breaks)."""
         self._seen_nonces: dict[str, float] = {}
         self._token_key = secrets.token_bytes(32)
         self._token_epoch = 0
         self._token_serial = 0
         self._last_answer: bytes | None = None
-        self._rows: list[_Row] = []
         self._signing: tuple[str, Path, str, tuple[str, ...]] | None = None
-        per_timestamp = max(1, per_timestamp)
-        for i in range(records):
-            self._rows.append(_Row(transcript(i, seed), self._source_id("hs", i), i + 1,
-                                   FIRST_UPDATE + dt.timedelta(minutes=i // per_timestamp), False, i))
-        for j in range(invalid):
-            kind = INVALID_KINDS[j % len(INVALID_KINDS)]
-            central, kind, field = invalid_transcript(records + j, seed, kind)
-            # invalid_transcript reuses valid indices; a transcript id of its own keeps ids unique.
-            central["transcript_id"] = f"HBLOI{seed % 1000:03d}{j:06d}"
-            k = records + j
-            row = _Row(central, self._source_id("loi", j), k + 1,
-                       FIRST_UPDATE + dt.timedelta(minutes=k // per_timestamp), False, k)
-            self._rows.append(row)
-            self.defects[row.source_id] = (kind, field)
-
-    def _source_id(self, group: str, index: int) -> str:
-        return str(uuid.uuid5(_ID_NAMESPACE, f"{group}:{self.seed}:{index}"))
+        self.fill(records, invalid, per_timestamp)
 
     # --- what tests and the demo use ---------------------------------------------------------
-
-    def source_id(self, index: int) -> str:
-        """``id`` of valid record ``index`` (``hub.kit.synthetic.transcript(index, seed)``)."""
-        return self._rows[index].source_id
-
-    def central(self, index: int) -> dict[str, Any]:
-        """The central-format transcript record ``index`` currently encodes."""
-        return copy.deepcopy(self._rows[index].central)
 
     def vendor_record(self, index: int) -> dict[str, Any]:
         """Record ``index`` as the API serves it (invalid records follow the valid ones)."""
         return self._rows[index].vendor()
-
-    def update(self, index: int, change: Callable[[dict[str, Any]], None] | None = None) -> str:
-        """Edit record ``index``, move it to the end of the change log; return its id.
-
-        ``change`` edits the central-format dict in place; the default re-issues the transcript
-        one day later, which is valid for every school level.
-        """
-        row = self._rows[index]
-        if change is None:
-            def change(central: dict[str, Any]) -> None:
-                issued = dt.date.fromisoformat(central["signatories"]["issue_date"])
-                central["signatories"]["issue_date"] = (issued + dt.timedelta(days=1)).isoformat()
-        change(row.central)
-        self._bump(row)
-        return row.source_id
-
-    def delete(self, index: int) -> str:
-        """Recall record ``index`` (``isDeleted: true``), move it to the end of the log; return its id."""
-        row = self._rows[index]
-        row.deleted = True
-        self._bump(row)
-        return row.source_id
 
     def expire_tokens(self) -> None:
         """Nothing to expire: the contract has no tokens, every request is signed (see ``rotate_secret``)."""
@@ -313,9 +260,8 @@ class MisaSimulator(FaultySimulator):
         self.api_secret = secrets.token_urlsafe(32)
         return self.api_secret
 
-    def _bump(self, row: _Row) -> None:
-        row.seq = max(r.seq for r in self._rows) + 1
-        row.updated = max(r.updated for r in self._rows) + dt.timedelta(minutes=1)
+    def _touch(self, row: _Row) -> None:
+        super()._touch(row)
         row.version += 1
         if self._signing is not None and row.signed is not None:
             self._sign(row)
@@ -448,21 +394,11 @@ class MisaSimulator(FaultySimulator):
             return web.Response(body=self._last_answer, content_type="application/json", charset="utf-8")
         if f.html_next_n > 0:
             f.html_next_n -= 1
-            return web.Response(text="<!DOCTYPE html><html><head><title>Bảo trì hệ thống</title></head>"
-                                     "<body><h1>Hệ thống đang bảo trì</h1></body></html>",
-                                content_type="text/html", charset="utf-8")
+            return maintenance_page()
 
         rows = sorted((r for r in self._rows if r.seq > after), key=lambda r: r.seq)
-        if f.empty_next_n > 0:
-            f.empty_next_n -= 1
-            chunk, has_more, last = [], bool(rows), after
-        else:
-            chunk, has_more = rows[:size], len(rows) > size
-            last = chunk[-1].seq if chunk else after
+        chunk, has_more, last = self.next_page(rows, size, after, key=lambda r: r.seq)
         items = [r.vendor() for r in chunk]
-        if f.duplicate_next_n > 0 and items:
-            f.duplicate_next_n -= 1
-            items.append(chunk[0].vendor())
         if f.missing_id_next_n > 0 and items:
             f.missing_id_next_n -= 1
             del items[0]["id"]

@@ -10,45 +10,28 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from openpyxl import load_workbook
 
 from adapters.portal_excel.adapter import LEDGER
-from hub import Simulator
+from hub import FolderSimulator
 
 
-class PortalExcelSimulator(Simulator):
+class PortalExcelSimulator(FolderSimulator):
     """A temporary folder standing in for the share the sheets go to."""
-    networked = False  # a folder: no outage, 5xx or dropped connection to simulate
+    folder_prefix = "hocba-portal-"
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0, directory: Path | None = None):
-        super().__init__(records=records, invalid=invalid, seed=seed)
-        self.directory = directory
-        self._own_directory = directory is None
+        super().__init__(records=records, invalid=invalid, seed=seed, directory=directory)
         self._held: dict[str, int] | None = None  # what the ledger said when the folder was removed
-
-    def adopt(self, settings: dict[str, Any]) -> None:
-        # The configured folder is the operator's: write into it, never remove it.
-        self.directory = Path(settings["directory"])
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._own_directory = False
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        if self.directory is None:
-            self.directory = Path(tempfile.mkdtemp(prefix="hocba-portal-"))
-        return str(self.directory)
 
     async def stop(self) -> None:
         if self._own_directory and self.directory is not None:
             # The demo asks what was accepted after stopping everything: answer from a snapshot.
             self._held = self.accepted()
-            shutil.rmtree(self.directory, ignore_errors=True)
-
-    def adapter_settings(self) -> dict[str, Any]:
-        return {"directory": str(self.directory)}
+        await super().stop()
 
     def accepted(self) -> dict[str, int]:
         if self._held is not None:

@@ -7,35 +7,24 @@ kit exercise the real file path: settle, read, report, file away.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from adapters.spreadsheet.adapter import row_from_central
 from adapters.spreadsheet.templates.generate import write_csv, write_xlsx
-from hub import Simulator, invalid_transcript, transcript
+from hub import FolderSimulator, invalid_transcript, transcript
 
 
-class SpreadsheetSimulator(Simulator):
+class SpreadsheetSimulator(FolderSimulator):
     """Writes ``records`` valid and ``invalid`` defective transcripts as sheets, one per school level."""
-    networked = False  # a folder: no outage, 5xx or dropped connection to simulate
+    folder_prefix = "hocba-sheets-"
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0, directory: Path | None = None):
-        super().__init__(records=records, invalid=invalid, seed=seed)
-        self.directory = directory
-        self._own_directory = directory is None
+        super().__init__(records=records, invalid=invalid, seed=seed, directory=directory)
         self.defects: dict[str, tuple[str, str]] = {}
 
-    def adopt(self, settings: dict[str, Any]) -> None:
-        # The configured folder is the school's, not ours: write into it, never remove it.
-        self.directory = Path(settings["directory"])
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._own_directory = False
-
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        if self.directory is None:
-            self.directory = Path(tempfile.mkdtemp(prefix="hocba-sheets-"))
+        await super().start(host, port)
         records = [transcript(i, self.seed) for i in range(self.records)]
         for i in range(self.invalid):
             record, kind, field = invalid_transcript(i, self.seed)
@@ -49,10 +38,6 @@ class SpreadsheetSimulator(Simulator):
             if rows:
                 writer(self.directory / f"hoc_ba_{level}_{self.seed}.{suffix}", level, rows)
         return str(self.directory)
-
-    async def stop(self) -> None:
-        if self._own_directory and self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
 
     def adapter_settings(self) -> dict[str, Any]:
         # The files are complete when start() returns: nothing to wait for.

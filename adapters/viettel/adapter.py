@@ -34,6 +34,7 @@ from hub import (
     PluginError,
     PluginSettings,
     RawRecord,
+    TokenPaging,
     vietnam_time,
 )
 
@@ -42,8 +43,6 @@ log = structlog.get_logger(__name__)
 SESSION_PATH = "/api/v2/sessions"
 RECORDS_PATH = "/api/v2/transcripts"
 XML_MEDIA_TYPES = ("application/xml", "text/xml")
-# A server that keeps answering "no records, but more to come" must not hold a worker forever.
-MAX_EMPTY_PAGES = 50
 
 
 class ViettelError(PluginError):
@@ -247,10 +246,7 @@ class ViettelAdapter(HttpPullMixin, Adapter):
         return has_more == "true", next_cursor, elements
 
     def _raw(self, element: Element, where: str) -> tuple[RawRecord, dt.datetime]:
-        source_id = (element.get("id") or "").strip()
-        if not source_id:
-            # Without its id a record cannot be stored, quarantined or replayed: stop the pull.
-            raise ViettelError(f"{where}/@id is missing or empty")
+        source_id = self.record_id(element.get("id"), f"{where}/@id")
         try:
             updated = vietnam_time(element.get("updatedAt"))
         except ValueError as exc:
@@ -283,7 +279,7 @@ class ViettelAdapter(HttpPullMixin, Adapter):
         # real edit made later sorts before it and would never be served. Once one is read, the
         # saved position is the newest real instant, without the server's cursor.
         ahead = False
-        empty_pages = 0
+        paging = TokenPaging(ViettelError, "cursor")
         while True:
             params: dict[str, Any] = {"pageSize": self.settings.page_size}
             if position.token:
@@ -301,28 +297,20 @@ class ViettelAdapter(HttpPullMixin, Adapter):
                 position = _Position(position.after, None)
                 continue
             has_more, next_cursor, elements = self._page(root, shown)
-            if has_more and next_cursor == position.token:
-                # The same page again would loop forever; what was read is saved, the next poll retries.
-                raise ViettelError(f"GET {shown}: the server answered with the cursor it was given and "
-                                   "hasMore=true, so the pull cannot advance")
+            paging.check_advance(shown, position.token, next_cursor, has_more)
             read = [self._raw(e, f"GET {shown}: transcripts/transcript[{i}]") for i, e in enumerate(elements, 1)]
-            # Feed order is by updatedAt; should a page break it (or list a record twice), the
-            # newest copy must be the one the hub stores last.
-            read.sort(key=lambda pair: pair[1])
             now = dt.datetime.now(VIETNAM_TIME)
-            real = [updated for _, updated in read if updated <= now]
+            real = sorted(updated for _, updated in read if updated <= now)
             ahead = ahead or len(real) < len(read)
             if real:
                 position.after = real[-1] if position.after is None else max(position.after, real[-1])
             position.token = next_cursor
             saved = _Position(position.after, None) if ahead else position
-            yield Page([raw for raw, _ in read], saved.dump())
+            records = paging.oldest_first(read)
+            yield Page(records, saved.dump())
             if not has_more:
                 return
-            empty_pages = 0 if read else empty_pages + 1
-            if empty_pages >= MAX_EMPTY_PAGES:
-                raise ViettelError(f"GET {shown}: {empty_pages} empty pages in a row with hasMore=true; "
-                                   "stopping, the next poll resumes from the last cursor")
+            paging.count(shown, records)
 
     async def check(self) -> Health:
         """Open a session and read one record: proves reachability, the key and permission."""

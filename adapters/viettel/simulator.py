@@ -11,7 +11,6 @@ by the server, so paging is stable while records change, and the server can forg
 from __future__ import annotations
 
 import base64
-import copy
 import datetime as dt
 import hashlib
 import hmac
@@ -20,19 +19,19 @@ import secrets
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from hub import (
-    INVALID_KINDS,
     SCHOOLS,
     VIETNAM_TIME,
     Faults,
     FaultySimulator,
-    invalid_transcript,
+    FeedRow,
+    SyntheticFeed,
+    maintenance_page,
     transcript,
 )
 
@@ -185,13 +184,7 @@ def external_entity(url: str) -> bytes:
 
 
 @dataclass
-class _Row:
-    central: dict[str, Any]
-    source_id: str
-    updated: dt.datetime
-    deleted: bool
-    quirks: int
-
+class _Row(FeedRow):
     @property
     def key(self) -> tuple[dt.datetime, str]:
         return self.updated, self.source_id
@@ -201,13 +194,16 @@ class _Row:
                          deleted=self.deleted, quirks=self.quirks)
 
 
-class ViettelSimulator(FaultySimulator):
+class ViettelSimulator(SyntheticFeed, FaultySimulator):
     """An SMAS-style school-software server on loopback, serving CONTRACT.md with fault switches.
 
     ``faults`` flips failures on; ``requests`` counts requests by path and ``log`` lists
     ``(method, path_qs, status)`` in order (status 0: connection dropped), so tests can prove a
     retry, a new session or a cursor fallback happened.
     """
+    id_namespace = _ID_NAMESPACE
+    first_update = FIRST_UPDATE
+    row_type = _Row
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0, api_key: str | None = None,
                  page_size: int = 50, per_timestamp: int = 3):
@@ -215,73 +211,24 @@ class ViettelSimulator(FaultySimulator):
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.page_size = page_size
         self.faults: ViettelFaults = ViettelFaults()
-        self.defects: dict[str, tuple[str, str]] = {}
-        """id of each deliberately invalid record → (defect kind, central field it breaks)."""
         self._sessions: dict[str, float] = {}
         self._cursor_key = secrets.token_bytes(32)
         self._cursor_epoch = 0
         self._cursor_serial = 0
         self._last_answer: bytes | None = None
-        self._rows: list[_Row] = []
-        per_timestamp = max(1, per_timestamp)
-        for k in range(records):
-            self._rows.append(_Row(transcript(synthetic_index(k), seed), self._source_id("hs", k),
-                                   FIRST_UPDATE + dt.timedelta(minutes=k // per_timestamp), False, k))
-        for j in range(invalid):
-            kind = INVALID_KINDS[j % len(INVALID_KINDS)]
-            central, kind, field = invalid_transcript(synthetic_index(records + j), seed, kind)
-            # invalid_transcript reuses valid indices; a transcript id of its own keeps ids unique.
-            central["transcript_id"] = f"HBLOI{seed % 1000:03d}{j:06d}"
-            k = records + j
-            row = _Row(central, self._source_id("loi", j),
-                       FIRST_UPDATE + dt.timedelta(minutes=k // per_timestamp), False, k)
-            self._rows.append(row)
-            self.defects[row.source_id] = (kind, field)
-
-    def _source_id(self, group: str, index: int) -> str:
-        return str(uuid.uuid5(_ID_NAMESPACE, f"{group}:{self.seed}:{index}"))
+        self.fill(records, invalid, per_timestamp, synthetic_index)
 
     # --- what tests and the demo use ---------------------------------------------------------
-
-    def source_id(self, index: int) -> str:
-        """``id`` of valid record ``index``."""
-        return self._rows[index].source_id
 
     def seeded(self, index: int) -> dict[str, Any]:
         # This vendor serves secondary schools only: the k-th record is a secondary transcript.
         return transcript(synthetic_index(index), self.seed)
-
-    def central(self, index: int) -> dict[str, Any]:
-        """The central-format transcript record ``index`` currently encodes."""
-        return copy.deepcopy(self._rows[index].central)
 
     def vendor_xml(self, index: int) -> bytes:
         """Record ``index`` as the API serves it, one ``<transcript>`` element (invalid ones follow the valid)."""
         element = self._rows[index].vendor()
         ET.indent(element)
         return ET.tostring(element, encoding="utf-8")
-
-    def update(self, index: int, change: Callable[[dict[str, Any]], None] | None = None) -> str:
-        """Edit record ``index`` and bump its updatedAt past every other; return its id.
-
-        ``change`` edits the central-format dict in place; the default re-issues the transcript
-        one day later.
-        """
-        row = self._rows[index]
-        if change is None:
-            def change(central: dict[str, Any]) -> None:
-                issued = dt.date.fromisoformat(central["signatories"]["issue_date"])
-                central["signatories"]["issue_date"] = (issued + dt.timedelta(days=1)).isoformat()
-        change(row.central)
-        row.updated = self._next_timestamp()
-        return row.source_id
-
-    def delete(self, index: int) -> str:
-        """Recall record ``index`` (``deleted="true"``) and bump its updatedAt; return its id."""
-        row = self._rows[index]
-        row.deleted = True
-        row.updated = self._next_timestamp()
-        return row.source_id
 
     def expire_tokens(self) -> None:
         """Close every open session, as a server restart does."""
@@ -290,10 +237,6 @@ class ViettelSimulator(FaultySimulator):
     def expire_cursors(self) -> None:
         """Forget every cursor issued so far: they answer ``410 CURSOR_EXPIRED`` from now on."""
         self._cursor_epoch += 1
-
-    def _next_timestamp(self) -> dt.datetime:
-        latest = max((r.updated for r in self._rows), default=FIRST_UPDATE)
-        return latest + dt.timedelta(minutes=1)
 
     # --- Simulator protocol ------------------------------------------------------------------
 
@@ -398,10 +341,7 @@ class ViettelSimulator(FaultySimulator):
             return self._page_response(self._last_answer)
         if f.html_next_n > 0:
             f.html_next_n -= 1
-            return web.Response(
-                text="<!DOCTYPE html><html><head><title>Bảo trì hệ thống</title></head>"
-                     "<body><h1>Hệ thống đang bảo trì</h1></body></html>",
-                content_type="text/html", charset="utf-8")
+            return maintenance_page()
         if f.hostile_next_n > 0:
             f.hostile_next_n -= 1
             body = (billion_laughs() if f.hostile_kind == "billion_laughs"
@@ -413,16 +353,8 @@ class ViettelSimulator(FaultySimulator):
                        if updated is None or r.updated > updated
                        or (last_id is not None and r.updated == updated and r.source_id > last_id)),
                       key=lambda r: r.key)
-        if f.empty_next_n > 0:
-            f.empty_next_n -= 1
-            chunk, has_more, after = [], bool(rows), position
-        else:
-            chunk, has_more = rows[:size], len(rows) > size
-            after = chunk[-1].key if chunk else position
+        chunk, has_more, after = self.next_page(rows, size, position, key=lambda r: r.key)
         elements = [r.vendor() for r in chunk]
-        if f.duplicate_next_n > 0 and elements:
-            f.duplicate_next_n -= 1
-            elements.append(chunk[0].vendor())
         if f.missing_id_next_n > 0 and elements:
             f.missing_id_next_n -= 1
             del elements[0].attrib["id"]

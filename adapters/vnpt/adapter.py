@@ -105,26 +105,6 @@ class VnptAdapter(HttpPullMixin, Adapter):
         """One request, retried on transient faults; ``VnptError`` once the attempts are spent."""
         return await self.retry(method, url, attempts, lambda: self._send_once(method, url, **kwargs))
 
-    def _json(self, method: str, url: str, content_type: str, body: bytes) -> Any:
-        """Decode a 200 body, or say clearly that the server sent something else."""
-        media = content_type.split(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
-            raise VnptError(f"{method} {url} answered 200 with {media or 'no Content-Type'}, "
-                            f"not JSON: {self.scrub(snippet)!r}")
-        try:
-            return json.loads(body.decode("utf-8"))
-        except RecursionError:
-            # A page nested thousands of levels deep: refused as a whole (a row nested less deep
-            # than the parser's limit is quarantined by normalize with the reason).
-            raise VnptError(f"{method} {url} answered 200 with JSON nested too deeply to read") from None
-        except UnicodeDecodeError as exc:
-            raise VnptError(f"{method} {url} answered 200 with a body that is not UTF-8 "
-                            f"(byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise VnptError(f"{method} {url} answered 200 with invalid or truncated JSON "
-                            f"({exc.msg} at char {exc.pos} of {len(body)} bytes)") from None
-
     async def _fetch_token(self, attempts: int | None = None) -> None:
         url = self.base_url + TOKEN_PATH
         status, content_type, body = await self._send(
@@ -141,7 +121,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
             raise VnptError(self.scrub(
                 f"token rejected: {reason} (POST {url}, client_id {self.settings.client_id!r}; "
                 "check client_id and client_secret)"))
-        answer = self._json("POST", url, content_type, body)
+        answer = self.json_body("POST", url, content_type, body)
         token = answer.get("access_token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
             raise VnptError(f"POST {url} answered 200 without an access_token")
@@ -168,41 +148,22 @@ class VnptAdapter(HttpPullMixin, Adapter):
             if status != 200:
                 snippet = body[:200].decode("utf-8", "replace")
                 raise VnptError(f"GET {shown} answered HTTP {status}: {self.scrub(snippet)}")
-            return self._json("GET", shown, content_type, body)
+            return self.json_body("GET", shown, content_type, body)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- pull --------------------------------------------------------------------------------
 
     def _page(self, data: Any, shown: str) -> tuple[int, int, list[dict[str, Any]]]:
-        if not isinstance(data, dict):
-            raise VnptError(f"GET {shown}: the answer is not a JSON object")
+        data = self.page_answer(data, shown)
         total, size, rows = data.get("TongSo"), data.get("SoBanGhi"), data.get("DuLieu")
         if not isinstance(total, int) or not isinstance(size, int) or size < 1 or not isinstance(rows, list):
             raise VnptError(f"GET {shown}: the answer lacks TongSo, SoBanGhi (≥ 1) or a DuLieu list")
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise VnptError(f"GET {shown}: DuLieu[{i}] is not an object")
-        return total, size, rows
+        return total, size, self.each_an_object(rows, f"GET {shown}: DuLieu")
 
     def _raw(self, row: dict[str, Any], where: str) -> tuple[RawRecord, dt.datetime]:
-        source_id = row.get("IdHocBa")
-        if isinstance(source_id, int) and not isinstance(source_id, bool):
-            source_id = str(source_id)
-        if not isinstance(source_id, str) or not source_id.strip():
-            # Without its id a record cannot be stored, quarantined or replayed: stop the pull.
-            raise VnptError(f"{where}.IdHocBa is missing or empty")
-        try:
-            updated = _parse_timestamp(row.get("NgayCapNhat"))
-        except ValueError as exc:
-            raise VnptError(f"{where}.NgayCapNhat: {exc}") from None
-        deleted = row.get("DaXoa", False)
-        if deleted in (0, 1) and not isinstance(deleted, float):
-            deleted = bool(deleted)
-        if not isinstance(deleted, bool):
-            raise VnptError(f"{where}.DaXoa: {deleted!r} is not true or false")
-        payload = json.dumps(row, ensure_ascii=False).encode("utf-8")
-        return RawRecord(source_id=source_id.strip(), payload=payload, updated_at=updated.replace(tzinfo=VIETNAM_TIME),
-                         deleted=deleted), updated
+        # DaXoa may be 0/1 as well as a boolean (CONTRACT.md); NgayCapNhat has no offset.
+        return self.json_record(row, where, id_key="IdHocBa", updated_key="NgayCapNhat", deleted_key="DaXoa",
+                                parse_time=_parse_timestamp, numeric_deleted=True)
 
     async def fetch(self, cursor: str | None) -> AsyncIterator[Page]:
         """Yield one ``Page`` per HTTP page of records updated at or after ``cursor``.
@@ -260,13 +221,7 @@ class VnptAdapter(HttpPullMixin, Adapter):
 
     def read_file(self, name: str, data: bytes) -> list[RawRecord]:
         """One vendor record (a ``DuLieu`` element) saved as JSON, with its envelope."""
-        row = load_json(data, "the file")
-        if not isinstance(row, dict):
-            raise ValueError("the file is not one vnpt record (a JSON object)")
-        try:
-            return [self._raw(row, name)[0]]
-        except VnptError as exc:
-            raise ValueError(str(exc)) from None
+        return self.one_json_record(name, data, self._raw)
 
     def normalize(self, raw: RawRecord) -> dict[str, Any]:
         # Duplicate keys, deep nesting and non-JSON are refused with the reason (ContractError).

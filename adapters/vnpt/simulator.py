@@ -9,26 +9,24 @@ strings, ``""`` for unknown values. Timestamps are deterministic (several record
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from hub import (
-    INVALID_KINDS,
     Faults,
     FaultySimulator,
-    invalid_transcript,
+    FeedRow,
+    SyntheticFeed,
+    maintenance_page,
     nfd,
-    transcript,
 )
 
 TOKEN_PATH = "/oauth/token"
@@ -177,25 +175,22 @@ def to_vendor(central: dict[str, Any], *, source_id: str, updated: dt.datetime,
 
 
 @dataclass
-class _Row:
-    central: dict[str, Any]
-    source_id: str
-    updated: dt.datetime
-    deleted: bool
-    quirks: int
-
+class _Row(FeedRow):
     def vendor(self) -> dict[str, Any]:
         return to_vendor(self.central, source_id=self.source_id, updated=self.updated,
                          deleted=self.deleted, quirks=self.quirks)
 
 
-class VnptSimulator(FaultySimulator):
+class VnptSimulator(SyntheticFeed, FaultySimulator):
     """A vnEdu-style school-software server on loopback, serving CONTRACT.md with fault switches.
 
     ``faults`` flips failures on (``VnptFaults``); ``requests`` counts requests by path and
     ``log`` lists ``(method, path, status)`` in order (status 0: connection dropped), so tests
     can prove a retry or a re-authentication happened.
     """
+    id_namespace = _ID_NAMESPACE
+    first_update = FIRST_UPDATE
+    row_type = _Row
     # Small enough that a few dozen records span several pages, so the demo and the
     # conformance kit's paging cases exercise paging; ``adapter_settings`` asks for it.
     page_size: int | None = 20
@@ -207,71 +202,18 @@ class VnptSimulator(FaultySimulator):
         self.client_id = client_id
         self.client_secret = client_secret or secrets.token_urlsafe(24)
         self.faults = VnptFaults()
-        self.defects: dict[str, tuple[str, str]] = {}
-        """IdHocBa of each deliberately invalid record → (defect kind, central field it breaks)."""
         self._tokens: dict[str, float] = {}
-        self._rows: list[_Row] = []
-        per_timestamp = max(1, per_timestamp)
-        for i in range(records):
-            self._rows.append(_Row(transcript(i, seed), self._source_id("hs", i),
-                                   FIRST_UPDATE + dt.timedelta(minutes=i // per_timestamp), False, i))
-        for j in range(invalid):
-            kind = INVALID_KINDS[j % len(INVALID_KINDS)]
-            central, kind, field = invalid_transcript(records + j, seed, kind)
-            # invalid_transcript reuses valid indices; a transcript id of its own keeps ids unique.
-            central["transcript_id"] = f"HBLOI{seed % 1000:03d}{j:06d}"
-            k = records + j
-            row = _Row(central, self._source_id("loi", j),
-                       FIRST_UPDATE + dt.timedelta(minutes=k // per_timestamp), False, k)
-            self._rows.append(row)
-            self.defects[row.source_id] = (kind, field)
-
-    def _source_id(self, group: str, index: int) -> str:
-        return str(uuid.uuid5(_ID_NAMESPACE, f"{group}:{self.seed}:{index}"))
+        self.fill(records, invalid, per_timestamp)
 
     # --- what tests and the demo use ---------------------------------------------------------
-
-    def source_id(self, index: int) -> str:
-        """IdHocBa of valid record ``index`` (``hub.kit.synthetic.transcript(index, seed)``)."""
-        return self._rows[index].source_id
-
-    def central(self, index: int) -> dict[str, Any]:
-        """The central-format transcript valid record ``index`` currently encodes."""
-        return copy.deepcopy(self._rows[index].central)
 
     def vendor_record(self, index: int) -> dict[str, Any]:
         """Record ``index`` as the API serves it (invalid records follow the valid ones)."""
         return self._rows[index].vendor()
 
-    def update(self, index: int, change: Callable[[dict[str, Any]], None] | None = None) -> str:
-        """Edit valid record ``index`` and bump its NgayCapNhat past every other; return its IdHocBa.
-
-        ``change`` edits the central-format dict in place; the default re-issues the transcript
-        one day later, which is valid for every school level.
-        """
-        row = self._rows[index]
-        if change is None:
-            def change(central: dict[str, Any]) -> None:
-                issued = dt.date.fromisoformat(central["signatories"]["issue_date"])
-                central["signatories"]["issue_date"] = (issued + dt.timedelta(days=1)).isoformat()
-        change(row.central)
-        row.updated = self._next_timestamp()
-        return row.source_id
-
-    def delete(self, index: int) -> str:
-        """Mark record ``index`` deleted (DaXoa) and bump its NgayCapNhat; return its IdHocBa."""
-        row = self._rows[index]
-        row.deleted = True
-        row.updated = self._next_timestamp()
-        return row.source_id
-
     def expire_tokens(self) -> None:
         """Revoke every issued token, as a server restart or a key rotation does."""
         self._tokens.clear()
-
-    def _next_timestamp(self) -> dt.datetime:
-        latest = max((r.updated for r in self._rows), default=FIRST_UPDATE)
-        return latest + dt.timedelta(minutes=1)
 
     # --- Simulator protocol ------------------------------------------------------------------
 
@@ -298,10 +240,7 @@ class VnptSimulator(FaultySimulator):
         f = self.faults
         if f.html_next_n > 0:
             f.html_next_n -= 1
-            return web.Response(
-                text="<!DOCTYPE html><html><head><title>Bảo trì hệ thống</title></head>"
-                     "<body><h1>Hệ thống đang bảo trì</h1></body></html>",
-                content_type="text/html", charset="utf-8")
+            return maintenance_page()
         if f.truncate_next_n > 0:
             f.truncate_next_n -= 1
             full = await handler(request)

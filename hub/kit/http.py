@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
@@ -27,7 +28,9 @@ from tenacity import (
 from yarl import URL
 
 from hub import logs
-from hub.contracts import Health, PluginSettings
+from hub.contracts import Health, PluginSettings, RawRecord
+from hub.kit.mapping import load_json
+from hub.records import VIETNAM_TIME
 
 log = structlog.get_logger(__name__)
 
@@ -119,6 +122,38 @@ class Transient(Exception):
         self.retry_after = retry_after
 
 
+class TokenPaging:
+    """The guards a pull paged by the server's token needs, whatever the vendor calls the token.
+
+    A page that hands back the token it was given while saying more follow would loop forever,
+    and so would a server that keeps answering "no records, but more to come": both stop the
+    poll with ``error`` (what was read is saved; the next poll resumes from the last token).
+    """
+    max_empty_pages: ClassVar[int] = 50
+
+    def __init__(self, error: type[Exception], token: str = "token"):
+        self.error, self.token, self.empty_pages = error, token, 0
+
+    def check_advance(self, shown: str, given: str | None, answered: str | None, has_more: bool) -> None:
+        """Raise unless a page that says more follow moved the token on."""
+        if has_more and answered == given:
+            raise self.error(f"GET {shown}: the server answered with the {self.token} it was given and "
+                             "hasMore=true, so the pull cannot advance")
+
+    def count(self, shown: str, records: list[Any]) -> None:
+        """After a page that says more follow: raise once too many in a row came empty."""
+        self.empty_pages = 0 if records else self.empty_pages + 1
+        if self.empty_pages >= self.max_empty_pages:
+            raise self.error(f"GET {shown}: {self.empty_pages} empty pages in a row with hasMore=true; "
+                             f"stopping, the next poll resumes from the last {self.token}")
+
+    @staticmethod
+    def oldest_first(read: list[tuple[Any, dt.datetime]]) -> list[Any]:
+        """The page's records by their update time: should a page break the feed's order or list
+        a record twice, the newest copy must be the one the hub stores last."""
+        return [record for record, _ in sorted(read, key=lambda pair: pair[1])]
+
+
 class HttpPullMixin:
     """Session lifecycle, plain requests and retries for an adapter pulling over HTTP.
 
@@ -186,6 +221,84 @@ class HttpPullMixin:
         """``text`` without any secret of this adapter: a vendor error page may echo the request,
         and neither a credential nor a session token may reach a log line or a health page."""
         return logs.scrub(text, [*logs.secrets_in(self.settings), *filter(None, self.live_secrets())])
+
+    def json_body(self, method: str, url: Any, content_type: str, body: bytes) -> Any:
+        """A 200 answer's JSON, or ``Error`` saying plainly what the server sent instead: another
+        media type (a proxy's HTML page, quoted without secrets), JSON cut off or not UTF-8, or
+        nested too deeply to read (refused as a whole; a record nested less deep than the parser's
+        limit is quarantined by ``normalize`` with the reason)."""
+        media = content_type.split(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            snippet = body[:120].decode("utf-8", "replace").replace("\n", " ")
+            raise self.Error(f"{method} {url} answered 200 with {media or 'no Content-Type'}, "
+                             f"not JSON: {self.scrub(snippet)!r}")
+        try:
+            return json.loads(body.decode("utf-8"))
+        except RecursionError:
+            raise self.Error(f"{method} {url} answered 200 with JSON nested too deeply to read") from None
+        except UnicodeDecodeError as exc:
+            raise self.Error(f"{method} {url} answered 200 with a body that is not UTF-8 "
+                             f"(byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise self.Error(f"{method} {url} answered 200 with invalid or truncated JSON "
+                             f"({exc.msg} at char {exc.pos} of {len(body)} bytes)") from None
+
+    # --- the records of a page ---------------------------------------------------------------
+
+    def page_answer(self, data: Any, shown: str) -> dict[str, Any]:
+        """A page's JSON answer if it is an object; else ``Error`` naming the request."""
+        if not isinstance(data, dict):
+            raise self.Error(f"GET {shown}: the answer is not a JSON object")
+        return data
+
+    def each_an_object(self, items: list[Any], at: str) -> list[dict[str, Any]]:
+        """``items`` if each is an object; else ``Error`` naming the first that is not (``at[i]``)."""
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise self.Error(f"{at}[{i}] is not an object")
+        return items
+
+    def one_json_record(self, name: str, data: bytes,
+                        read: Callable[[dict[str, Any], str], tuple[Any, Any]]) -> list[Any]:
+        """``read_file`` for a vendor whose records are JSON objects: the file's one record, read
+        by ``read(item, where)`` as a page's records are (a fault is a ``ValueError`` naming it)."""
+        item = load_json(data, "the file")
+        if not isinstance(item, dict):
+            raise ValueError(f"the file is not one {self.name} record (a JSON object)")
+        try:
+            return [read(item, name)[0]]
+        except self.Error as exc:
+            raise ValueError(str(exc)) from None
+
+    def json_record(self, item: dict[str, Any], where: str, *, id_key: str, updated_key: str, deleted_key: str,
+                    parse_time: Callable[[Any], dt.datetime],
+                    numeric_deleted: bool = False) -> tuple[RawRecord, dt.datetime]:
+        """One record of a JSON feed as the hub stores it, with its update time (to order a page):
+        id, update time (naive is Vietnam time) and recall flag from its envelope keys (a
+        ``numeric_deleted`` flag may be 0 or 1), the whole object as the payload. A record the
+        pull cannot store stops it with ``Error`` naming ``where`` and the key."""
+        source_id = self.record_id(item.get(id_key), f"{where}.{id_key}")
+        try:
+            updated = parse_time(item.get(updated_key))
+        except ValueError as exc:
+            raise self.Error(f"{where}.{updated_key}: {exc}") from None
+        deleted = item.get(deleted_key, False)
+        if numeric_deleted and deleted in (0, 1) and not isinstance(deleted, float):
+            deleted = bool(deleted)
+        if not isinstance(deleted, bool):
+            raise self.Error(f"{where}.{deleted_key}: {deleted!r} is not true or false")
+        payload = json.dumps(item, ensure_ascii=False).encode("utf-8")
+        stamp = updated if updated.tzinfo else updated.replace(tzinfo=VIETNAM_TIME)
+        return RawRecord(source_id=source_id, payload=payload, updated_at=stamp, deleted=deleted), updated
+
+    def record_id(self, value: Any, at: str) -> str:
+        """A record's id as text (a number is taken as its digits). Without one a record cannot be
+        stored, quarantined or replayed, so the pull stops with ``Error`` naming ``at``."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise self.Error(f"{at} is missing or empty")
+        return value.strip()
 
     # --- requests ----------------------------------------------------------------------------
 

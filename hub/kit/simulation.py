@@ -11,12 +11,21 @@ vendor.
 from __future__ import annotations
 
 import asyncio
+import copy
+import datetime as dt
+import shutil
+import tempfile
+import uuid
 from collections import Counter
-from typing import Any, NoReturn
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn
 
 from aiohttp import web
 
 from hub.contracts import Simulator
+from hub.kit.synthetic import INVALID_KINDS, invalid_transcript, transcript
 
 
 class LoopbackServer:
@@ -43,6 +52,41 @@ class LoopbackServer:
             self._runner = None
 
 
+class FolderSimulator(Simulator):
+    """A ``Simulator`` for a system that is a folder (a share a school drops files into, or one
+    the hub writes into): no network, so no faults to simulate.
+
+    ``start()`` makes a temporary folder (named ``folder_prefix``…) unless one was given, and
+    ``stop()`` removes it; a folder given in the constructor or adopted from a config is someone
+    else's and is never removed. ``adapter_settings()`` points the adapter at it.
+    """
+    networked = False
+    folder_prefix: ClassVar[str] = "hocba-folder-"
+
+    def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0, directory: Path | None = None):
+        super().__init__(records=records, invalid=invalid, seed=seed)
+        self.directory = directory
+        self._own_directory = directory is None
+
+    def adopt(self, settings: dict[str, Any]) -> None:
+        # The configured folder is the operator's: write into it, never remove it.
+        self.directory = Path(settings["directory"])
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._own_directory = False
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix=self.folder_prefix))
+        return str(self.directory)
+
+    async def stop(self) -> None:
+        if self._own_directory and self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def adapter_settings(self) -> dict[str, Any]:
+        return {"directory": str(self.directory)}
+
+
 def drop_connection(request: web.Request) -> NoReturn:
     """Close the socket before any byte of an answer is written and end the handler.
 
@@ -52,6 +96,14 @@ def drop_connection(request: web.Request) -> NoReturn:
     if request.transport is not None:
         request.transport.close()
     raise asyncio.CancelledError()
+
+
+def maintenance_page() -> web.Response:
+    """A 200 with an HTML maintenance page in Vietnamese: what a proxy in front of a vendor's
+    server answers during maintenance, which an adapter must report, not parse."""
+    return web.Response(text="<!DOCTYPE html><html><head><title>Bảo trì hệ thống</title></head>"
+                             "<body><h1>Hệ thống đang bảo trì</h1></body></html>",
+                        content_type="text/html", charset="utf-8")
 
 
 class FaultySimulator(LoopbackServer, Simulator):
@@ -136,3 +188,112 @@ class FaultySimulator(LoopbackServer, Simulator):
             response = await self._vendor_faults(request, handler)
         self._log(request, response.status)
         return response
+
+
+@dataclass
+class FeedRow:
+    """One record a simulated vendor serves: the central transcript it encodes, and the vendor's
+    bookkeeping. A vendor's subclass adds ``vendor()``, the record as its API shows it."""
+    central: dict[str, Any]
+    source_id: str
+    updated: dt.datetime
+    deleted: bool = False
+    quirks: int = 0          # picks which of the vendor's harmless quirks this record shows
+    seq: int = 0             # position in the change log (a feed paged by change sequence)
+
+
+class SyntheticFeed:
+    """The records a pull simulator serves, and what tests and the demo do to them.
+
+    ``records`` synthetic transcripts (``hub.kit.synthetic.transcript``), then ``invalid`` ones,
+    each broken in one field (``defects``: source id → (kind, central field)); ``per_timestamp``
+    records share each minute from ``first_update``. Every pull simulator has the same record book,
+    so its tests edit, recall and look records up the same way whatever the vendor. A subclass sets
+    ``id_namespace`` (source ids are stable per vendor, group, seed and index), ``first_update``
+    and ``row_type``, and calls ``fill`` from its ``__init__``.
+    """
+    id_namespace: ClassVar[uuid.UUID]
+    first_update: ClassVar[dt.datetime]
+    row_type: ClassVar[type[FeedRow]] = FeedRow
+    seed: int
+
+    def fill(self, records: int, invalid: int, per_timestamp: int,
+             transcript_index: Callable[[int], int] = lambda k: k) -> None:
+        """Make the rows; the ``k``-th record encodes ``transcript(transcript_index(k), seed)``."""
+        self.defects: dict[str, tuple[str, str]] = {}
+        """source id of each deliberately invalid record → (defect kind, central field it breaks)."""
+        self._rows: list[Any] = []
+        per_timestamp = max(1, per_timestamp)
+        for k in range(records + invalid):
+            if k < records:
+                central, group, n = transcript(transcript_index(k), self.seed), "hs", k
+            else:
+                n = k - records
+                central, kind, field = invalid_transcript(transcript_index(k), self.seed,
+                                                          INVALID_KINDS[n % len(INVALID_KINDS)])
+                # invalid_transcript reuses valid indices; a transcript id of its own keeps ids unique.
+                central["transcript_id"] = f"HBLOI{self.seed % 1000:03d}{n:06d}"
+                group = "loi"
+            row = self.row_type(central, self._source_id(group, n),
+                                self.first_update + dt.timedelta(minutes=k // per_timestamp), quirks=k, seq=k + 1)
+            self._rows.append(row)
+            if k >= records:
+                self.defects[row.source_id] = (kind, field)
+
+    def _source_id(self, group: str, index: int) -> str:
+        return str(uuid.uuid5(self.id_namespace, f"{group}:{self.seed}:{index}"))
+
+    def source_id(self, index: int) -> str:
+        """The vendor's id of record ``index`` (invalid records follow the valid ones)."""
+        return self._rows[index].source_id
+
+    def central(self, index: int) -> dict[str, Any]:
+        """The central-format transcript record ``index`` currently encodes."""
+        return copy.deepcopy(self._rows[index].central)
+
+    def update(self, index: int, change: Callable[[dict[str, Any]], None] | None = None) -> str:
+        """Edit record ``index`` and move it past every other change; return its id.
+
+        ``change`` edits the central-format dict in place; the default re-issues the transcript
+        one day later, which is valid for every school level.
+        """
+        row = self._rows[index]
+        if change is None:
+            def change(central: dict[str, Any]) -> None:
+                issued = dt.date.fromisoformat(central["signatories"]["issue_date"])
+                central["signatories"]["issue_date"] = (issued + dt.timedelta(days=1)).isoformat()
+        change(row.central)
+        self._touch(row)
+        return row.source_id
+
+    def delete(self, index: int) -> str:
+        """Recall record ``index`` and move it past every other change; return its id."""
+        row = self._rows[index]
+        row.deleted = True
+        self._touch(row)
+        return row.source_id
+
+    def next_page(self, rows: list[Any], size: int, position: Any,
+                  key: Callable[[Any], Any]) -> tuple[list[Any], bool, Any]:
+        """The page after ``position`` of ``rows`` (already past it, in feed order): the rows to
+        serve, whether more follow, and the position after them (``key`` of the last row).
+
+        Two page faults every feed answers alike, if its ``faults`` has them: ``empty_next_n``
+        serves an empty page that still says more follow; ``duplicate_next_n`` lists the page's
+        first record twice.
+        """
+        f = self.faults  # type: ignore[attr-defined]
+        if getattr(f, "empty_next_n", 0) > 0:
+            f.empty_next_n -= 1
+            return [], bool(rows), position
+        chunk, has_more = rows[:size], len(rows) > size
+        after = key(chunk[-1]) if chunk else position
+        if getattr(f, "duplicate_next_n", 0) > 0 and chunk:
+            f.duplicate_next_n -= 1
+            chunk = [*chunk, chunk[0]]
+        return chunk, has_more, after
+
+    def _touch(self, row: Any) -> None:
+        """A change to ``row``: it is now the newest record, a minute after the newest before it."""
+        row.seq = max(r.seq for r in self._rows) + 1
+        row.updated = max((r.updated for r in self._rows), default=self.first_update) + dt.timedelta(minutes=1)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from hub.config import HubConfig
 from hub.engine.pipeline import Hub
@@ -59,3 +60,40 @@ async def serve(config: HubConfig) -> None:
             await server.serve()
     finally:
         await hub.stop()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """``app`` on a free loopback port for as long as the block runs; yields its base URL.
+
+    For tests, benchmarks and the demo: the real HTTP stack on loopback, stopped cleanly on the
+    way out (signals stay with the caller, unlike ``serve``).
+    """
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():  # it could not start (the error is the task's): say so rather than spin
+                await task
+                raise RuntimeError("the loopback server stopped before it started")
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def serving_hub(config: HubConfig, *, pull: bool = True,
+                      drain_timeout: float = 30.0) -> AsyncIterator[tuple[Hub, str]]:
+    """A hub on ``config``, started, and its app on a free loopback port: ``(hub, base URL)``;
+    both stopped on the way out. The app is made before the hub starts, as ``serve`` does, so
+    its metrics see the pipeline's very first events."""
+    hub = Hub(config)
+    app = create_app(hub)
+    await hub.start(pull=pull)
+    try:
+        async with serving(app) as base:
+            yield hub, base
+    finally:
+        await hub.stop(drain_timeout=drain_timeout)
