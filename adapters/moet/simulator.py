@@ -12,15 +12,12 @@ mandatory reason. It keeps everything it received so a test can look at it after
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import hmac
 import json
 import re
-import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,11 +26,11 @@ from aiohttp import web
 from hub import (
     MAX_PACKAGE_BYTES,
     PACKAGE_MEDIA_TYPE,
+    Attempt,
     ClassPackage,
+    DestinationSimulator,
     Faults,
-    LoopbackServer,
     PackageError,
-    Simulator,
     verify_package,
 )
 
@@ -71,16 +68,6 @@ class MoetCounters:
     cancels: int = 0         # transcripts cancelled
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """One package submission as the simulator saw it; ``status`` is ``None`` for a dropped
-    connection."""
-    status: int | None
-    reason: str = ""
-    at: float = field(default_factory=time.time)
-    package_id: str | None = None
-
-
 class _Reject(Exception):
     # Unwinds a submission to one JSON error answer; never leaves the handler.
     def __init__(self, status: int, error: str, errors: list[str] | None = None, **extra: Any):
@@ -89,7 +76,7 @@ class _Reject(Exception):
         self.body = {"error": error, "errors": errors or [], **extra}
 
 
-class MoetSimulator(LoopbackServer, Simulator):
+class MoetSimulator(DestinationSimulator):
     """The central transcript store over HTTP on loopback (see ``adapters/moet/CONTRACT.md``).
 
     What it received stays inspectable: ``packages`` and ``package_files`` keyed by package id,
@@ -109,8 +96,7 @@ class MoetSimulator(LoopbackServer, Simulator):
         registered: Mapping[str, Sequence[bytes]] | None = None,
         max_package_bytes: int = MAX_PACKAGE_BYTES,
     ):
-        super().__init__(records=records, invalid=invalid, seed=seed)
-        self.token = token
+        super().__init__(token=token, records=records, invalid=invalid, seed=seed)
         self.max_package_bytes = max_package_bytes
         # The anchors every signature must chain to (DER); none: signatures are checked, chains not.
         self.trust_roots: tuple[bytes, ...] = tuple(trust_roots)
@@ -121,27 +107,28 @@ class MoetSimulator(LoopbackServer, Simulator):
         self.transcripts: dict[tuple[str, int], dict[str, Any]] = {}  # (record id, version) → state
         self.faults = MoetFaults()
         self.counters = MoetCounters()
-        self.attempts: list[Attempt] = []
-        self.base_url: str | None = None
         self._highest: dict[str, int] = {}
-        self._runner: web.AppRunner | None = None
 
-    # --- lifecycle ------------------------------------------------------------------------
+    realm = "moet"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application(middlewares=[self._faults_and_auth])
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/api/v1/ping", self._ping)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_put(PACKAGES_PATH + "/{package_id}", self._submit_package)
         app.router.add_get(PACKAGES_PATH + "/{package_id}", self._package_state)
         app.router.add_post(PACKAGES_PATH + "/{package_id}/recall", self._recall)
         app.router.add_get(TRANSCRIPTS_PATH + "/{record_id}", self._transcript_state)
         app.router.add_post(TRANSCRIPTS_PATH + "/{record_id}/versions/{version}/cancel", self._cancel)
-        # A handler still sleeping in ``slow_seconds`` must not hold up stop() for a minute.
-        return await self._serve(app, host, port, shutdown_timeout=0.5)
 
-    async def stop(self) -> None:
-        await self._shutdown()
+    def _submission(self, request: web.Request) -> bool:
+        if request.method == "PUT" and _PACKAGE_PUT.match(request.path) is not None:
+            self.counters.packages += 1
+            return True
+        return False
+
+    def _more_faults(self, request: web.Request, submission: bool) -> web.StreamResponse | None:
+        if submission and self.faults.reject_next_n > 0:
+            self.faults.reject_next_n -= 1
+            return self._fault(submission, 422, "injected refusal")
+        return None
 
     def save(self, folder: Path) -> list[Path]:
         """Each package as received (a ZIP: the signed manifest, then each transcript's files)."""
@@ -156,83 +143,8 @@ class MoetSimulator(LoopbackServer, Simulator):
     def trust(self, roots: Sequence[bytes]) -> None:
         self.trust_roots = tuple(roots)
 
-    def adapter_settings(self) -> dict[str, Any]:
-        if self.base_url is None:
-            raise RuntimeError("MoetSimulator.start() must run before adapter_settings()")
-        return {"base_url": self.base_url, "token": self.token}
-
     def accepted(self) -> dict[str, int]:
         return dict(self._highest)
-
-    # --- faults and auth ------------------------------------------------------------------
-
-    @web.middleware
-    async def _faults_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.counters.requests += 1
-        faults = self.faults
-        submission = request.method == "PUT" and _PACKAGE_PUT.match(request.path) is not None
-        if submission:
-            self.counters.packages += 1
-        if submission and faults.drop_next_n_connections > 0:
-            faults.drop_next_n_connections -= 1
-            return self._drop(request)
-        if faults.outage:
-            return self._fault(submission, 503, "outage", retry_after=True)
-        if submission and faults.fail_next_n > 0:
-            faults.fail_next_n -= 1
-            return self._fault(submission, 503, "injected failure")
-        if submission and faults.rate_limit_next_n > 0:
-            faults.rate_limit_next_n -= 1
-            return self._fault(submission, 429, "rate limited", retry_after=True)
-        if submission and faults.reject_next_n > 0:
-            faults.reject_next_n -= 1
-            return self._fault(submission, 422, "injected refusal")
-        if request.path != "/healthz" and not self._authorized(request):
-            self.counters.unauthorized += 1
-            if submission:
-                self.attempts.append(Attempt(401, reason="token rejected"))
-            return web.json_response(
-                {"error": "missing or invalid bearer token", "errors": []},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="moet"'},
-            )
-        response = await handler(request)
-        if faults.slow_seconds > 0:
-            # Delaying after the work is done models the nastiest timeout: the store committed
-            # the package but the answer never reached the sender, whose retry must then get a
-            # duplicate receipt rather than a conflict.
-            await asyncio.sleep(faults.slow_seconds)
-        return response
-
-    def _authorized(self, request: web.Request) -> bool:
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return False
-        return hmac.compare_digest(presented.strip().encode(), self.token.encode())
-
-    def _fault(self, submission: bool, status: int, reason: str, retry_after: bool = False) -> web.Response:
-        if submission:
-            self.counters.faulted += 1
-            self.attempts.append(Attempt(status, reason=reason))
-        headers = {"Retry-After": str(self.faults.retry_after_seconds)} if retry_after else {}
-        return web.json_response({"error": reason, "errors": []}, status=status, headers=headers)
-
-    def _drop(self, request: web.Request) -> web.StreamResponse:
-        self.counters.faulted += 1
-        self.attempts.append(Attempt(None, reason="connection dropped"))
-        # Closing the transport before any byte of a response is written is what a crashed
-        # proxy looks like to the client: the request may or may not have been seen.
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=503)  # never reaches the client
-
-    # --- routes ---------------------------------------------------------------------------
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    async def _ping(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
 
     # --- class packages -------------------------------------------------------------------
 

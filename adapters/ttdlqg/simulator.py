@@ -8,20 +8,17 @@ that only go up — and keeps everything it received so a test can look at it af
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import hmac
 import json
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from hub import Event, Faults, LoopbackServer, Simulator, field_errors, parse_transcript
+from hub import Attempt, DestinationSimulator, Event, Faults, field_errors, parse_transcript
 
 DEFAULT_TOKEN = "demo-ttdlqg-token"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -52,17 +49,6 @@ class TtdlqgCounters:
     faulted: int = 0         # injected 503 / 429 / dropped connection
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """One submission as the simulator saw it; ``status`` is ``None`` for a dropped connection."""
-    status: int | None
-    record_id: str | None = None
-    version: int | None = None
-    event: str | None = None
-    reason: str = ""
-    at: float = field(default_factory=time.time)
-
-
 class _Reject(Exception):
     # Unwinds a submission to one JSON error answer; never leaves the handler.
     def __init__(self, status: int, error: str, errors: list[str] | None = None, **extra: Any):
@@ -71,7 +57,7 @@ class _Reject(Exception):
         self.body = {"error": error, "errors": errors or [], **extra}
 
 
-class TtdlqgSimulator(LoopbackServer, Simulator):
+class TtdlqgSimulator(DestinationSimulator):
     """The National Data Centre's sync service over HTTP on loopback (see ``adapters/ttdlqg/CONTRACT.md``).
 
     What it received stays inspectable: ``records`` and ``documents`` keyed by
@@ -89,40 +75,29 @@ class TtdlqgSimulator(LoopbackServer, Simulator):
         invalid: int = 0,
         seed: int = 0,
     ):
-        super().__init__(records=records, invalid=invalid, seed=seed)
-        self.token = token
+        super().__init__(token=token, records=records, invalid=invalid, seed=seed)
         self.max_bytes = max_bytes
         self.faults = TtdlqgFaults()
         self.counters = TtdlqgCounters()
-        self.attempts: list[Attempt] = []
         self.records: dict[tuple[str, int], dict[str, Any]] = {}
         self.documents: dict[tuple[str, int], bytes] = {}
         self.receipts: dict[tuple[str, int], dict[str, Any]] = {}
         self.reasons: dict[tuple[str, int], str] = {}   # why a version was sent, when the hub said
-        self.base_url: str | None = None
         self._hashes: dict[tuple[str, int], str] = {}
         self._highest: dict[str, int] = {}
         self._cancelled: set[str] = set()
-        self._runner: web.AppRunner | None = None
 
-    # --- lifecycle ------------------------------------------------------------------------
+    realm = "ttdlqg"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application(middlewares=[self._faults_and_auth])
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/api/v1/ping", self._ping)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/hocba", self._submit)
         app.router.add_get("/api/v1/hocba/{record_id}", self._status)
-        # A handler still sleeping in ``slow_seconds`` must not hold up stop() for a minute.
-        return await self._serve(app, host, port, shutdown_timeout=0.5)
 
-    async def stop(self) -> None:
-        await self._shutdown()
-
-    def adapter_settings(self) -> dict[str, Any]:
-        if self.base_url is None:
-            raise RuntimeError("TtdlqgSimulator.start() must run before adapter_settings()")
-        return {"base_url": self.base_url, "token": self.token}
+    def _submission(self, request: web.Request) -> bool:
+        if request.method == "POST" and request.path == "/api/v1/hocba":
+            self.counters.submissions += 1
+            return True
+        return False
 
     def accepted(self) -> dict[str, int]:
         return dict(self._highest)
@@ -140,72 +115,7 @@ class TtdlqgSimulator(LoopbackServer, Simulator):
             "reason": self.reasons.get((record_id, highest)),
         }
 
-    # --- faults and auth ------------------------------------------------------------------
-
-    @web.middleware
-    async def _faults_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.counters.requests += 1
-        faults = self.faults
-        submission = request.method == "POST" and request.path == "/api/v1/hocba"
-        if submission:
-            self.counters.submissions += 1
-            if faults.drop_next_n_connections > 0:
-                faults.drop_next_n_connections -= 1
-                return self._drop(request)
-        if faults.outage:
-            return self._fault(submission, 503, "outage", retry_after=True)
-        if submission and faults.fail_next_n > 0:
-            faults.fail_next_n -= 1
-            return self._fault(submission, 503, "injected failure")
-        if submission and faults.rate_limit_next_n > 0:
-            faults.rate_limit_next_n -= 1
-            return self._fault(submission, 429, "rate limited", retry_after=True)
-        if request.path != "/healthz" and not self._authorized(request):
-            self.counters.unauthorized += 1
-            if submission:
-                self.attempts.append(Attempt(401, reason="token rejected"))
-            return web.json_response(
-                {"error": "missing or invalid bearer token", "errors": []},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="ttdlqg"'},
-            )
-        response = await handler(request)
-        if faults.slow_seconds > 0:
-            # Delaying after the work is done models the nastiest timeout: the store committed
-            # the record but the answer never reached the sender, whose retry must then get a
-            # duplicate receipt rather than a conflict.
-            await asyncio.sleep(faults.slow_seconds)
-        return response
-
-    def _authorized(self, request: web.Request) -> bool:
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return False
-        return hmac.compare_digest(presented.strip().encode(), self.token.encode())
-
-    def _fault(self, submission: bool, status: int, reason: str, retry_after: bool = False) -> web.Response:
-        if submission:
-            self.counters.faulted += 1
-            self.attempts.append(Attempt(status, reason=reason))
-        headers = {"Retry-After": str(self.faults.retry_after_seconds)} if retry_after else {}
-        return web.json_response({"error": reason, "errors": []}, status=status, headers=headers)
-
-    def _drop(self, request: web.Request) -> web.StreamResponse:
-        self.counters.faulted += 1
-        self.attempts.append(Attempt(None, reason="connection dropped"))
-        # Closing the transport before any byte of a response is written is what a crashed
-        # proxy looks like to the client: the request may or may not have been seen.
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=503)  # never reaches the client
-
     # --- routes ---------------------------------------------------------------------------
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    async def _ping(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
 
     async def _status(self, request: web.Request) -> web.Response:
         state = self.state(request.match_info["record_id"])

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import hmac
 import shutil
 import tempfile
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -50,6 +52,125 @@ class LoopbackServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One submission as a destination's simulator saw it; ``status`` is ``None`` for a dropped
+    connection. ``record_id``/``version``/``event`` for one transcript, ``package_id`` for a package."""
+    status: int | None
+    record_id: str | None = None
+    version: int | None = None
+    event: str | None = None
+    reason: str = ""
+    at: float = field(default_factory=time.time)
+    package_id: str | None = None
+
+
+class DestinationSimulator(LoopbackServer, Simulator):
+    """A destination's service on loopback: a bearer token on every route but ``/healthz``, the
+    standard fault switches (``hub.contracts.Faults``) applied to its submissions, ``/healthz``
+    and ``/api/v1/ping`` (what ``hub.HttpDestination.check`` asks).
+
+    A subclass says which requests are submissions and counts them (``_submission``; the
+    ``*_next_n`` switches are consumed by those only, so health checks never eat a fault), adds its routes
+    (``_add_routes``) and may answer more faults (``_more_faults``). ``faults`` and ``counters``
+    are its own dataclasses; ``counters`` has ``requests``, ``unauthorized`` and ``faulted``.
+    ``attempts`` lists every submission's outcome (``Attempt``).
+    """
+    realm: ClassVar[str] = "hocba"
+    faults: Any
+    counters: Any
+
+    def __init__(self, *, token: str, records: int = 0, invalid: int = 0, seed: int = 0):
+        super().__init__(records=records, invalid=invalid, seed=seed)
+        self.token = token
+        self.attempts: list[Attempt] = []
+        self.base_url: str | None = None  # type: ignore[assignment]
+
+    def _submission(self, request: web.Request) -> bool:
+        """Whether ``request`` is a submission (counted in the subclass's counters)."""
+        raise NotImplementedError
+
+    def _add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def _more_faults(self, request: web.Request, submission: bool) -> web.StreamResponse | None:
+        """A fault of this destination's own, answered before the token is checked; None: none."""
+        return None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._faults_and_auth])
+        app.router.add_get("/healthz", self._ok)
+        app.router.add_get("/api/v1/ping", self._ok)
+        self._add_routes(app)
+        # A handler still sleeping in ``slow_seconds`` must not hold up stop() for a minute.
+        return await self._serve(app, host, port, shutdown_timeout=0.5)
+
+    async def stop(self) -> None:
+        await self._shutdown()
+
+    def adapter_settings(self) -> dict[str, Any]:
+        if self.base_url is None:
+            raise RuntimeError(f"{type(self).__name__}.start() must run before adapter_settings()")
+        return {"base_url": self.base_url, "token": self.token}
+
+    @web.middleware
+    async def _faults_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.counters.requests += 1
+        faults = self.faults
+        submission = self._submission(request)
+        if submission and faults.drop_next_n_connections > 0:
+            faults.drop_next_n_connections -= 1
+            return self._drop(request)
+        if faults.outage:
+            return self._fault(submission, 503, "outage", retry_after=True)
+        if submission and faults.fail_next_n > 0:
+            faults.fail_next_n -= 1
+            return self._fault(submission, 503, "injected failure")
+        if submission and faults.rate_limit_next_n > 0:
+            faults.rate_limit_next_n -= 1
+            return self._fault(submission, 429, "rate limited", retry_after=True)
+        if (more := self._more_faults(request, submission)) is not None:
+            return more
+        if request.path != "/healthz" and not self._authorized(request):
+            self.counters.unauthorized += 1
+            if submission:
+                self.attempts.append(Attempt(401, reason="token rejected"))
+            return web.json_response({"error": "missing or invalid bearer token", "errors": []}, status=401,
+                                     headers={"WWW-Authenticate": f'Bearer realm="{self.realm}"'})
+        response = await handler(request)
+        if faults.slow_seconds > 0:
+            # Delaying after the work is done models the nastiest timeout: the destination
+            # committed but the answer never reached the sender, whose retry must then get a
+            # duplicate receipt rather than a conflict.
+            await asyncio.sleep(faults.slow_seconds)
+        return response
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            return False
+        return hmac.compare_digest(presented.strip().encode(), self.token.encode())
+
+    def _fault(self, submission: bool, status: int, reason: str, retry_after: bool = False) -> web.Response:
+        if submission:
+            self.counters.faulted += 1
+            self.attempts.append(Attempt(status, reason=reason))
+        headers = {"Retry-After": str(self.faults.retry_after_seconds)} if retry_after else {}
+        return web.json_response({"error": reason, "errors": []}, status=status, headers=headers)
+
+    def _drop(self, request: web.Request) -> web.StreamResponse:
+        self.counters.faulted += 1
+        self.attempts.append(Attempt(None, reason="connection dropped"))
+        # Closing the transport before any byte of a response is written is what a crashed
+        # proxy looks like to the client: the request may or may not have been seen.
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=503)  # never reaches the client
+
+    async def _ok(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
 
 
 class FolderSimulator(Simulator):
