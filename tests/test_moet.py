@@ -1,6 +1,7 @@
-"""The moet destination adapter against its simulator, over real HTTP on loopback: registration,
-settings, the health check and the simulator's edges. Class packages are tests/test_moet_packages.py's;
-one transcript at a time is the National Data Centre's sync (tests/test_ttdlqg.py), not this store's."""
+"""The moet destination adapter against its simulator, over real HTTP on loopback: registration
+and the simulator's edges (settings and the health check: tests/test_http_destination.py).
+Class packages are tests/test_moet_packages.py's; one transcript at a time is the National Data
+Centre's sync (tests/test_ttdlqg.py), not this store's."""
 
 from __future__ import annotations
 
@@ -9,32 +10,25 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import test_http_destination as destination
+from test_http_destination import adapter, sim  # noqa: F401  (fixtures, given this file's kind)
 
 import adapters.moet
-from adapters.moet.adapter import MoetAdapter, MoetSettings
+from adapters.moet.adapter import MoetAdapter
 from adapters.moet.simulator import MoetSimulator
 from hub import PACKAGE_MEDIA_TYPE
-from hub.contracts import Delivery, PluginContext, PluginError
+from hub.contracts import Delivery, PluginError
+
+KIND = (MoetAdapter, MoetSimulator)
+
+
+@pytest.fixture
+def kind():
+    return KIND
 
 
 def make_adapter(settings: dict, tmp_path: Path, **overrides) -> MoetAdapter:
-    return MoetAdapter(MoetSettings.model_validate({**settings, **overrides}), PluginContext("moet", tmp_path))
-
-
-@pytest.fixture
-async def sim():
-    simulator = MoetSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
-async def adapter(sim, tmp_path):
-    moet = make_adapter(sim.adapter_settings(), tmp_path)
-    await moet.open()
-    yield moet
-    await moet.close()
+    return destination.make_adapter(KIND, settings, tmp_path, **overrides)
 
 
 # --- registration and settings ----------------------------------------------------------------

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import test_http_destination as destination
+from test_http_destination import adapter, sim  # noqa: F401  (fixtures, given this file's kind)
 
 import adapters.ttdlqg
-from adapters.ttdlqg.adapter import TtdlqgAdapter, TtdlqgSettings
+from adapters.ttdlqg.adapter import TtdlqgAdapter
 from adapters.ttdlqg.simulator import TtdlqgSimulator
 from hub import parse_retry_after as _retry_after
-from hub.contracts import Delivery, DeliveryError, PluginContext, PluginError, Receipt
+from hub.contracts import Delivery, DeliveryError, PluginError, Receipt
 from hub.kit.synthetic import invalid_transcript, transcript
 from hub.records import parse_transcript
 
@@ -39,25 +41,16 @@ def delivery(record_id: str = "R-0001", version: int = 1, event: str = "NEW", in
              pdf: bytes = SIGNED_PDF) -> Delivery:
     return Delivery(record_id, version, event, record(record_id, version, event, index), pdf)
 
+KIND = (TtdlqgAdapter, TtdlqgSimulator)
+
+
+@pytest.fixture
+def kind():
+    return KIND
+
 
 def make_adapter(settings: dict, tmp_path: Path, **overrides) -> TtdlqgAdapter:
-    return TtdlqgAdapter(TtdlqgSettings.model_validate({**settings, **overrides}), PluginContext("ttdlqg", tmp_path))
-
-
-@pytest.fixture
-async def sim():
-    simulator = TtdlqgSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
-async def adapter(sim, tmp_path):
-    ttdlqg = make_adapter(sim.adapter_settings(), tmp_path)
-    await ttdlqg.open()
-    yield ttdlqg
-    await ttdlqg.close()
+    return destination.make_adapter(KIND, settings, tmp_path, **overrides)
 
 
 async def rejected(adapter: TtdlqgAdapter, d: Delivery) -> DeliveryError:

@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import Field, SecretStr
 from pydantic_core import to_json
 
 from hub import Delivery, DeliveryError, HttpDestination, HttpDestinationSettings, Receipt
@@ -21,7 +20,7 @@ SUBMIT_PATH = "/api/v1/hocba"
 
 class TtdlqgSettings(HttpDestinationSettings):
     """The ``ttdlqg`` destination's YAML section."""
-    token: SecretStr = Field(min_length=1, description="Bearer token; reference it as ${TTDLQG_TOKEN}")
+    # token: reference it as ${TTDLQG_TOKEN}
 
 
 class TtdlqgAdapter(HttpDestination):
