@@ -9,6 +9,7 @@ import io
 import os
 import zipfile
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import yaml
@@ -330,6 +331,24 @@ async def test_an_operator_recalls_a_package_from_the_console_and_a_viewer_canno
             assert "đã gửi" in await ndc_cell.inner_text() and "thu hồi" not in await ndc_cell.inner_text()
             entry = [e for e in hub.store.audit_entries() if e["kind"] == "recall_request"][-1]
             assert (entry["actor"], entry["subject"]) == ("an.nguyen", package_id)
+            # On a phone the packages page is as wide as the screen (its table becomes cards).
+            for name, size, mobile in (("console-packages-phone.png", {"width": 390, "height": 844}, True),
+                                       ("console-packages-desktop.png", {"width": 1366, "height": 900}, False)):
+                context = await chromium.new_context(base_url=url, viewport=size, is_mobile=mobile,
+                                                     device_scale_factor=1)
+                page = await context.new_page()
+                await page.goto("/console/login")
+                await page.fill("#token", OPERATOR_TOKEN)
+                await page.click("#login-submit")
+                await page.wait_for_url("**/console")
+                await page.goto("/console/packages")
+                assert await page.evaluate("document.documentElement.scrollWidth") <= size["width"]
+                # …and nothing inside it is cut off at its edge (a long package id wraps).
+                assert await page.evaluate("document.querySelector('table.packages').scrollWidth"
+                                           " <= document.querySelector('#packages .scroll').clientWidth")
+                if os.environ.get("HOCBA_HUB_SAVE_SCREENSHOTS"):
+                    await page.screenshot(path=str(Path(__file__).resolve().parent.parent / "docs" / name))
+                await context.close()
         finally:
             await chromium.close()
 
