@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -222,6 +223,21 @@ def _store_of(path: str):
     return config, open_store(config.store_path)
 
 
+def _with_store(command: Callable[[argparse.Namespace, Any, Any], int]) -> Callable[[argparse.Namespace], int]:
+    """``command(args, config, store)`` on the store ``--config`` names, closed afterwards; exit 1
+    (the errors printed) when the config is not valid."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        config, store = _store_of(args.config)
+        if store is None:
+            return 1
+        try:
+            return command(args, config, store)
+        finally:
+            store.close()
+    return run
+
+
 def _operator_request(args: argparse.Namespace, what: str, option: str, subject: str,
                       ask: Callable[[Any, str, str], Any]) -> tuple[int, Any, Any]:
     """An operator's request with a mandatory reason (cancel, recall) written to the store, for
@@ -261,14 +277,9 @@ def cmd_recall(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_packages(args: argparse.Namespace) -> int:
-    config, store = _store_of(args.config)
-    if store is None:
-        return 1
-    try:
-        packages = store.packages(school=args.school, destination=args.destination)
-    finally:
-        store.close()
+@_with_store
+def cmd_packages(args: argparse.Namespace, config: Any, store: Any) -> int:
+    packages = store.packages(school=args.school, destination=args.destination)
     if args.json:
         print(json.dumps([p.public() for p in packages], ensure_ascii=False, indent=2))
         return 0
@@ -281,19 +292,14 @@ def cmd_packages(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_signing(args: argparse.Namespace) -> int:
+@_with_store
+def cmd_signing(args: argparse.Namespace, config: Any, store: Any) -> int:
     from hub.engine.signing_status import waiting_signatures
     from hub.plugins import document_formats
 
-    config, store = _store_of(args.config)
-    if store is None:
-        return 1
-    try:
-        roles = tuple(s.role for s in config.signing.steps)
-        fmt = document_formats()[config.xml_format].cls() if config.xml_format else None
-        classes = waiting_signatures(store.rows(), roles, fmt, args.school)
-    finally:
-        store.close()
+    roles = tuple(s.role for s in config.signing.steps)
+    fmt = document_formats()[config.xml_format].cls() if config.xml_format else None
+    classes = waiting_signatures(store.rows(), roles, fmt, args.school)
     if args.json:
         print(json.dumps({"classes": classes}, ensure_ascii=False, indent=2))
         return 0
@@ -308,10 +314,8 @@ def cmd_signing(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    config, store = _store_of(args.config)
-    if store is None:
-        return 1
+@_with_store
+def cmd_replay(args: argparse.Namespace, config: Any, store: Any) -> int:
     try:
         pks = store.select(ids=args.id, record_ids=args.record_id, adapter=args.adapter,
                            school=args.school, state=args.state)
@@ -347,12 +351,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_identity_report(args: argparse.Namespace) -> int:
+@_with_store
+def cmd_identity_report(args: argparse.Namespace, config: Any, store: Any) -> int:
     from hub.documents.identity_report import blocked_students, to_xlsx
 
-    _config, store = _store_of(args.config)
-    if store is None:
-        return 1
     entries = blocked_students(store, args.school)
     if args.xlsx:
         Path(args.xlsx).write_bytes(to_xlsx(entries))
@@ -367,12 +369,10 @@ def cmd_identity_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
+@_with_store
+def cmd_audit(args: argparse.Namespace, config: Any, store: Any) -> int:
     from hub.store.audit import check_anchors, verify_chain
 
-    config, store = _store_of(args.config)
-    if store is None:
-        return 1
     report = verify_chain(store.audit_entries())
     anchor = Path(args.anchor) if args.anchor else None
     if args.action == "checkpoint":
@@ -445,12 +445,10 @@ async def _read_anchors(config, lines):
                               organisation_ids=config.signing.school_ids)
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
+@_with_store
+def cmd_prune(args: argparse.Namespace, config: Any, store: Any) -> int:
     import datetime as dt
 
-    config, store = _store_of(args.config)
-    if store is None:
-        return 1
     days = args.older_than_days if args.older_than_days is not None else config.retention.delivered_payload_days
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
     result = store.prune(cutoff.isoformat(timespec="milliseconds"))
