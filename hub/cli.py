@@ -548,21 +548,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("cancel", help="cancel a transcript with a reason: a new CANCEL version is signed and sent "
-                                      "to every destination (audited)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--record-id", required=True, help="envelope record_id")
-    p.add_argument("--reason", required=True, help="why (it goes to the destinations, the history and the audit log)")
-    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
-    p.set_defaults(func=cmd_cancel)
-
-    p = sub.add_parser("recall", help="recall a class package from its destination, with a reason: every "
-                                      "transcript in it is withdrawn there (audited)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--package-id", required=True, help="the package's id (hocba-hub packages lists them)")
-    p.add_argument("--reason", required=True, help="why (it goes to the destination, the history and the audit log)")
-    p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
-    p.set_defaults(func=cmd_recall)
+    # An operator's request with a reason: what it names, then the same three options.
+    for name, func, option, what, help_text in (
+            ("cancel", cmd_cancel, "--record-id", "envelope record_id",
+             "cancel a transcript with a reason: a new CANCEL version is signed and sent to every destination "
+             "(audited)"),
+            ("recall", cmd_recall, "--package-id", "the package's id (hocba-hub packages lists them)",
+             "recall a class package from its destination, with a reason: every transcript in it is withdrawn "
+             "there (audited)")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True)
+        p.add_argument(option, required=True, help=what)
+        p.add_argument("--reason", required=True,
+                       help="why (it goes to the destinations, the history and the audit log)")
+        p.add_argument("--actor", default=os.environ.get("USER", "operator"), help="who asks (audit log)")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("packages", help="the class packages destinations accepted, newest first, and their recall")
     p.add_argument("--config", required=True)

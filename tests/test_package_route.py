@@ -108,14 +108,19 @@ async def test_classes_go_as_packages_the_department_signs_and_the_same_records_
     assert names[0] == "manifest.xml" and len(names) == 1 + 2 * len(package.entries)
 
 
-def rows_deliveries(tmp_path, pk):
+def stored(tmp_path, method, *args):
+    """``Store.<method>(*args)`` on the hub's store after it stopped."""
     from hub import store as st
 
     store = st.Store(tmp_path / "data" / "hub.sqlite3")
     try:
-        return store.deliveries_of(pk)
+        return getattr(store, method)(*args)
     finally:
         store.close()
+
+
+def rows_deliveries(tmp_path, pk):
+    return stored(tmp_path, "deliveries_of", pk)
 
 
 async def test_recall_by_cli_then_a_correction_goes_as_the_next_version_in_a_new_package(tmp_path, pki, systems,
@@ -164,13 +169,7 @@ async def test_recall_by_cli_then_a_correction_goes_as_the_next_version_in_a_new
 
 
 def history(tmp_path, pk):
-    from hub import store as st
-
-    store = st.Store(tmp_path / "data" / "hub.sqlite3")
-    try:
-        return store.history(pk)
-    finally:
-        store.close()
+    return stored(tmp_path, "history", pk)
 
 
 async def test_a_cancel_with_its_reason_withdraws_the_version_the_store_holds(tmp_path, pki, systems):
