@@ -76,6 +76,7 @@ from hub.documents.binding import certificate_matches, verify_xml
 from hub.documents.verify import verify_pdf
 from hub.documents.xmldsig import XmlSignatureReport, sign_enveloped, verify_document, verify_enveloped
 from hub.documents.xmlsafe import parse
+from hub.documents.xmlsafe import schema_errors as xml_schema_errors
 from hub.records import VIETNAM_TIME
 
 __all__ = ["ClassPackage", "MANIFEST_NAME", "MAX_PACKAGE_BYTES", "ManifestEntry", "PACKAGE_MEDIA_TYPE",
@@ -356,14 +357,7 @@ def _schema() -> etree.XMLSchema:
 
 def manifest_schema_errors(manifest: bytes) -> list[str]:
     """What makes ``manifest`` invalid against ``package.xsd`` ([] when valid)."""
-    try:
-        tree = parse(manifest)
-    except ValueError as exc:
-        return [str(exc)]
-    schema = _schema()
-    if schema.validate(tree):
-        return []
-    return [f"line {e.line}: {e.message}" for e in schema.error_log]
+    return xml_schema_errors(_schema(), manifest)
 
 
 def read_manifest(manifest: bytes) -> tuple[dict[str, str], tuple[ManifestEntry, ...]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-__all__ = ["ElementTree", "UnsafeXml", "XmlElement", "parse"]
+__all__ = ["ElementTree", "UnsafeXml", "XmlElement", "parse", "schema_errors"]
 
 # lxml exports its element and tree types only under these underscored names; one alias here
 # keeps every annotation elsewhere on a public name.
@@ -33,3 +33,15 @@ def parse(data: bytes) -> ElementTree:
     if tree.docinfo.doctype:
         raise UnsafeXml("XML with a DOCTYPE is refused (entities and DTDs are not accepted)")
     return tree
+
+
+def schema_errors(schema: etree.XMLSchema, document: bytes) -> list[str]:
+    """What makes ``document`` invalid against ``schema``, a line each ([] when valid); a
+    document that does not parse safely is one such line."""
+    try:
+        tree = parse(document)
+    except ValueError as exc:
+        return [str(exc)]
+    if schema.validate(tree):
+        return []
+    return [f"line {e.line}: {e.message}" for e in schema.error_log]

@@ -29,6 +29,7 @@ from lxml import etree
 
 from hub.contracts import DocumentFormat, SignatureSlot, SigningIdentity
 from hub.documents.xmlsafe import XmlElement, parse
+from hub.documents.xmlsafe import schema_errors as xml_schema_errors
 from hub.records import PrimaryTranscript, SecondaryTranscript
 
 __all__ = ["HocbaXml", "SCHEMA_FILE", "subject_id", "slot_id"]
@@ -210,14 +211,7 @@ class HocbaXml(DocumentFormat):
         return out
 
     def schema_errors(self, document: bytes) -> list[str]:
-        try:
-            tree = parse(document)
-        except ValueError as exc:
-            return [str(exc)]
-        schema = _schema()
-        if schema.validate(tree):
-            return []
-        return [f"line {e.line}: {e.message}" for e in schema.error_log]
+        return xml_schema_errors(_schema(), document)
 
     def data_of(self, document: bytes) -> dict[str, Any]:
         info = parse(document).getroot().find("DU_LIEU_HOC_BA/THONG_TIN_HOC_BA")
