@@ -43,6 +43,7 @@ from hub import lifecycle as lc
 from hub import store as st
 from hub.contracts import SIGNING_ROLES
 from hub.logs import mask, public_error, scrub, secret_values
+from hub.web.bodies import read_body
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
@@ -654,11 +655,9 @@ def _timestamp(name: str, raw: str) -> str:
 async def _json_body(request: Request) -> dict[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "body", "must be JSON (Content-Type: application/json)")
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > _MAX_BODY:
-            raise ApiError(413, "body", f"larger than {_MAX_BODY} bytes")
+    raw = await read_body(request, _MAX_BODY)
+    if raw is None:
+        raise ApiError(413, "body", f"larger than {_MAX_BODY} bytes")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):

@@ -24,23 +24,13 @@ from starlette.routing import Route
 
 from hub.contracts import PushNonce, source_id_problem
 from hub.store import record_id_for
+from hub.web.bodies import read_body
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or ``None`` as soon as it grows past ``limit`` (the rest is never buffered)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def ingest_routes(hub: "Hub") -> list[Route]:
@@ -65,7 +55,7 @@ def ingest_routes(hub: "Hub") -> list[Route]:
             log.warning("ingest.refused", adapter=name, status=413, bytes=int(declared))
             return JSONResponse(too_big, status_code=413)
         try:
-            body = await _read_body(request, limit)
+            body = await read_body(request, limit)
         except ClientDisconnect:
             return _error(400, "incomplete", "the client went away before the body was complete")
         if body is None:

@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from hub import __version__
 from hub import lifecycle as lc
+from hub.web.bodies import read_body
 from hub.documents.binding import Reason, Verdict
 from hub.records import VIETNAM_TIME
 from hub.store.issuance import format_code, normalize_code
@@ -193,16 +194,10 @@ class VerifyPage:
         return self._html(request, lang, {"error": message}, status=429, headers=headers)
 
     async def _body(self, request: Request, limit: int) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        body = await read_body(request, limit)
+        if body is None:
             raise TooLarge
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return body
 
     async def _upload(self, request: Request) -> tuple[bytes | None, str | None]:
         """The uploaded file and the typed code, from a multipart form or a raw body."""
