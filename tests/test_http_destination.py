@@ -101,3 +101,19 @@ async def test_nothing_is_sent_before_open(kind, sim, tmp_path):
     with pytest.raises(PluginError, match="open"):
         await make_adapter(kind, sim.adapter_settings(), tmp_path).request("GET", "/api/v1/ping", "ping")
     assert sim.counters.requests == 0
+
+
+async def test_the_simulator_asks_a_token_everywhere_but_healthz(kind, sim):
+    import aiohttp
+
+    url, good = sim.base_url, {"Authorization": f"Bearer {sim.token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(f"{url}/api/v1/ping") as resp:
+            assert resp.status == 401 and resp.headers["WWW-Authenticate"] == f'Bearer realm="{kind[0].name}"'
+        async with http.get(f"{url}/api/v1/ping", headers={"Authorization": "Bearer another-token"}) as resp:
+            assert resp.status == 401
+        async with http.get(f"{url}/api/v1/ping", headers=good) as resp:
+            assert resp.status == 200
+    assert sim.counters.unauthorized == 2
