@@ -126,7 +126,7 @@ class PackageRouteOutbox(RouteOutbox):
             for row in rows:
                 await self._give_up(row, f"no class package: {exc}")
             return
-        except PluginError as exc:  # the Department's signer: a missing key waits for an operator
+        except PluginError as exc:  # the Department's signer (no key, revoked…): fixed, then replayed
             for row in rows:
                 await self._give_up(row, f"the Department's signature: {exc}")
             return
