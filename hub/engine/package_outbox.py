@@ -65,28 +65,35 @@ class PackageRouteOutbox(RouteOutbox):
     async def _deliver_classes(self, due: list[tuple[int, int]]) -> None:
         hub, name = self.hub, self.name
         self.active += 1
-        classes: dict[tuple[str, str, str], list[tuple[st.Row, int]]] = {}
         requests = self._requests
         try:
+            # Grouped by class from a light read: a class that still waits for signatures is
+            # postponed without its transcripts' documents being read.
+            known = await hub.db(hub.store.classes_of, [pk for pk, _ in due])
+            classes: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
             for pk, attempts in due:
-                row, held = await self._due(pk)
-                if row is None:
+                if pk not in known:
                     continue
-                if row.event == "CANCEL":
+                if known[pk][0] == "CANCEL":  # withdrawn alone, never waiting for its class
                     if not (self.breaker.is_open and self._requests > requests):  # a probe is one request
-                        await self._cancel(row, attempts, held)
+                        row, held = await self._due(pk)
+                        if row is not None:
+                            await self._cancel(row, attempts, held)
                     continue
-                key = (row.school_code or "", row.school_year or "", str((row.normalized or {}).get("class_name", "")))
-                classes.setdefault(key, []).append((row, attempts))
-            for (school, year, class_name), members in classes.items():
-                waiting = await hub.db(hub.store.class_in_signing, school, year, class_name, self._in_signing())
-                if waiting:
-                    await hub.db(hub.store.postpone, [row.id for row, _ in members], name,
-                                 utc_after(CLASS_WAIT_SECONDS))
+                classes.setdefault(known[pk][1:], []).append((pk, attempts))
+            for (school, year, class_name), jobs in classes.items():
+                if await hub.db(hub.store.class_in_signing, school, year, class_name, self._in_signing()):
+                    await hub.db(hub.store.postpone, [pk for pk, _ in jobs], name, utc_after(CLASS_WAIT_SECONDS))
                     continue
-                if self.breaker.is_open and self._requests > requests:
-                    break  # a probe is one request: the other classes wait for its outcome
-                await self._deliver_package(members)
+                members = []
+                for pk, attempts in jobs:
+                    if self.breaker.is_open and self._requests > requests:
+                        break  # a probe is one request: the other jobs wait for its outcome
+                    row, _ = await self._due(pk)
+                    if row is not None:
+                        members.append((row, attempts))
+                if members and not (self.breaker.is_open and self._requests > requests):
+                    await self._deliver_package(members)
         except st.StateConflict:
             pass  # a record moved on while this class was decided: its job is gone
         except hub.store.unavailable as exc:

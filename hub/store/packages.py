@@ -81,6 +81,19 @@ class PackageLedger:
                 f" AND {self._class_name_sql()} = ? AND state IN ({marks})",
                 (school_code, school_year, class_name, *states)).fetchone()[0]
 
+    def classes_of(self, pks: Sequence[int]) -> dict[int, tuple[str, str, str, str]]:
+        """For each record ``pk``: its event and class (school, school year, class name), read
+        without its documents, so a class that still waits costs no PDF or XML read."""
+        if not pks:
+            return {}
+        marks = ", ".join("?" for _ in pks)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, event, school_code, school_year, {self._class_name_sql()} AS class_name FROM records"
+                f" WHERE id IN ({marks})", tuple(pks)).fetchall()
+        return {r["id"]: (r["event"], r["school_code"] or "", r["school_year"] or "", str(r["class_name"] or ""))
+                for r in rows}
+
     def postpone(self, pks: Sequence[int], destination: str, due_at: str) -> None:
         """Give claimed jobs back, due again at ``due_at`` (their class is not complete yet)."""
         def work(db: Any) -> None:
