@@ -239,9 +239,9 @@ def _with_store(command: Callable[[argparse.Namespace, Any, Any], int]) -> Calla
 
 
 def _operator_request(args: argparse.Namespace, what: str, option: str, subject: str,
-                      ask: Callable[[Any, str, str], Any]) -> tuple[int, Any, Any]:
+                      ask: Callable[[Any, str, str], Any]) -> tuple[int, Any]:
     """An operator's request with a mandatory reason (cancel, recall) written to the store, for
-    the running hub to carry out: ``(exit code, store, result)``; errors name the option."""
+    the running hub to carry out: ``(exit code, what ask returned)``; errors name the option."""
     from hub.lifecycle import cancel_reason
     from hub.store import StateConflict
 
@@ -249,35 +249,33 @@ def _operator_request(args: argparse.Namespace, what: str, option: str, subject:
         reason = cancel_reason(args.reason, what)
     except ValueError as exc:
         _print_errors([f"--reason: {exc}"])
-        return 2, None, None
+        return 2, None
     config, store = _store_of(args.config)
     if store is None:
-        return 1, None, None
+        return 1, None
     try:
-        return 0, store, ask(store, reason, f"cli:{args.actor}")
+        return 0, ask(store, reason, f"cli:{args.actor}")
     except KeyError:
         _print_errors([f"{option}: no {subject} in {config.store_path}"])
     except StateConflict as exc:
         _print_errors([f"{option}: {exc}"])
-    store.close()
-    return 1, None, None
+    finally:
+        store.close()
+    return 1, None
 
 
 def cmd_recall(args: argparse.Namespace) -> int:
-    code, store, packages = _operator_request(
+    code, packages = _operator_request(
         args, "the package is recalled", "--package-id", f"package {args.package_id!r}",
         lambda store, reason, actor: store.request_recall(args.package_id, reason, actor))
-    if code:
-        return code
-    store.close()
-    for package in packages:
+    for package in packages or ():
         print(f"package {package.package_id} ({package.school_code}, class {package.class_name}, "
               f"{len(package.members)} transcripts): recall asked of {package.destination}")
-    print("a running hub sends it within seconds; a stopped one when it starts")
-    return 0
+    if not code:
+        print("a running hub sends it within seconds; a stopped one when it starts")
+    return code
 
 
-@_with_store
 def cmd_packages(args: argparse.Namespace, config: Any, store: Any) -> int:
     packages = store.packages(school=args.school, destination=args.destination)
     if args.json:
@@ -338,17 +336,14 @@ def cmd_replay(args: argparse.Namespace, config: Any, store: Any) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    code, store, pk = _operator_request(
+    code, row = _operator_request(
         args, "the transcript is cancelled", "--record-id", f"record {args.record_id!r}",
-        lambda store, reason, actor: store.cancel(args.record_id, reason, actor))
-    if code:
-        return code
-    row = store.get(pk)
-    store.close()
-    print(f"record {row.record_id}: version {row.version} CANCEL queued (store id {pk}); it is signed and sent "
-          "to every destination with the reason")
-    print("a running hub picks it up within seconds; a stopped one when it starts")
-    return 0
+        lambda store, reason, actor: store.get(store.cancel(args.record_id, reason, actor)))
+    if not code:
+        print(f"record {row.record_id}: version {row.version} CANCEL queued (store id {row.id}); it is signed and "
+              "sent to every destination with the reason")
+        print("a running hub picks it up within seconds; a stopped one when it starts")
+    return code
 
 
 @_with_store

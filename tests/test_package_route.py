@@ -282,6 +282,17 @@ async def test_recall_through_the_admin_api(tmp_path, pki, systems):
         assert audit[1]["actor"] == "an.nguyen"
 
 
+async def console_page(chromium, url, token, **context_options):
+    """A page of a new browser context, signed in to the console with ``token``."""
+    context = await chromium.new_context(base_url=url, **context_options)
+    page = await context.new_page()
+    await page.goto("/console/login")
+    await page.fill("#token", token)
+    await page.click("#login-submit")
+    await page.wait_for_url("**/console")
+    return page
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="Debian's chromium is not installed")
 async def test_an_operator_recalls_a_package_from_the_console_and_a_viewer_cannot(tmp_path, pki, systems):
     from playwright.async_api import async_playwright
@@ -294,12 +305,7 @@ async def test_an_operator_recalls_a_package_from_the_console_and_a_viewer_canno
         try:
             pages = {}
             for token in (VIEWER_TOKEN, OPERATOR_TOKEN):
-                context = await chromium.new_context(base_url=url)
-                page = await context.new_page()
-                await page.goto("/console/login")
-                await page.fill("#token", token)
-                await page.click("#login-submit")
-                await page.wait_for_url("**/console")
+                page = await console_page(chromium, url, token)
                 await page.click("#nav-packages")
                 await page.wait_for_url("**/console/packages")
                 pages[token] = page
@@ -333,13 +339,8 @@ async def test_an_operator_recalls_a_package_from_the_console_and_a_viewer_canno
             # On a phone the packages page is as wide as the screen (its table becomes cards).
             for name, size, mobile in (("console-packages-phone.png", {"width": 390, "height": 844}, True),
                                        ("console-packages-desktop.png", {"width": 1366, "height": 900}, False)):
-                context = await chromium.new_context(base_url=url, viewport=size, is_mobile=mobile,
-                                                     device_scale_factor=1)
-                page = await context.new_page()
-                await page.goto("/console/login")
-                await page.fill("#token", OPERATOR_TOKEN)
-                await page.click("#login-submit")
-                await page.wait_for_url("**/console")
+                page = await console_page(chromium, url, OPERATOR_TOKEN, viewport=size, is_mobile=mobile,
+                                          device_scale_factor=1)
                 await page.goto("/console/packages")
                 assert await page.evaluate("document.documentElement.scrollWidth") <= size["width"]
                 # …and nothing inside it is cut off at its edge (a long package id wraps).
@@ -347,7 +348,7 @@ async def test_an_operator_recalls_a_package_from_the_console_and_a_viewer_canno
                                            " <= document.querySelector('#packages .scroll').clientWidth")
                 if os.environ.get("HOCBA_HUB_SAVE_SCREENSHOTS"):
                     await page.screenshot(path=str(Path(__file__).resolve().parent.parent / "docs" / name))
-                await context.close()
+                await page.context.close()
         finally:
             await chromium.close()
 
