@@ -271,3 +271,23 @@ def test_a_person_without_a_personal_id_is_never_given_the_seal_key():
     data["signatories"]["principal_personal_id"] = None
     with pytest.raises(SigningError, match="signatories.principal_personal_id: missing"):
         identity_for(parse_transcript(data), "principal")
+
+
+async def test_a_stamp_with_glyphs_seen_before_reuses_their_subset(records, keys, tmp_path):
+    # Subsetting the stamp font was half of a signature's CPU; a school's stamps repeat their
+    # text but for the time, so the subset made once serves again (hub.documents.pades).
+    from hub.documents import pades
+
+    rec = records[1]
+    local = signer(keys[0])
+    await local.open()
+    [first] = await local.sign([request_for(rec, render_pdf(rec), "principal")])
+    kept = dict(pades._subsets)
+    assert kept
+    [second] = await local.sign([request_for(rec, render_pdf(rec), "principal")])
+    assert pades._subsets == kept  # nothing subset again: the same glyphs, whatever the time
+    for pdf in (first, second):
+        out = poppler("pdfsig", pdf, tmp_path)
+        assert "Signature Validation: Signature is Valid." in out, out
+        fonts = poppler("pdffonts", pdf, tmp_path).splitlines()[2:]
+        assert len(fonts) == 3 and all(" yes yes yes " in line for line in fonts)

@@ -23,6 +23,7 @@ import aiohttp
 from asn1crypto import x509 as asn1_x509
 from fontTools import subset as ftsubset
 from fontTools import ttLib
+from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.font.api import FontEngineFactory
 from pyhanko.pdf_utils.font.opentype import GlyphAccumulator
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
@@ -69,6 +70,45 @@ def stamp_font_bytes() -> bytes:
     return _stamp_font
 
 
+# Every stamp holds these, whatever its text, so that stamps differing only in their time share
+# one subset (digits and the time's punctuation).
+_STAMP_ALWAYS = "0123456789/:+ "
+_SUBSETS_KEPT = 512
+_subsets: dict[frozenset[int], bytes] = {}
+
+
+class _StampGlyphs(GlyphAccumulator):
+    """pyHanko's glyph accumulator, keeping each subset it makes of the stamp font.
+
+    Subsetting the font and writing the subset was half of a signature's CPU. The subset
+    depends only on the glyphs used (glyph ids are kept), and a school's principal and seal
+    stamp the same text but for the time, a class's homeroom teacher too: the program made for
+    one signature serves every later one with the same glyphs. This overrides pyHanko's
+    ``_extract_subset`` and the CID font's ``set_font_file`` (checked on pyHanko 0.38).
+    """
+
+    def _extract_subset(self, options: Any = None) -> None:
+        key = frozenset(self._glyphs)
+        program = _subsets.get(key)
+        if program is None:
+            super()._extract_subset(options)
+            buffer = io.BytesIO()
+            self.tt.save(buffer)
+            program = buffer.getvalue()
+            if len(_subsets) >= _SUBSETS_KEPT:
+                _subsets.pop(next(iter(_subsets)))  # the oldest: dicts keep insertion order
+            _subsets[key] = program
+        cidfont = self.cidfont_obj
+
+        def set_font_file(writer: Any) -> Any:  # as pyHanko's CIDFontType2, from the kept program
+            stream = generic.StreamObject(stream_data=program)
+            stream.compress()
+            ref = writer.add_object(stream)
+            cidfont._font_descriptor[generic.pdf_name("/FontFile2")] = ref
+            return ref
+        cidfont.set_font_file = set_font_file
+
+
 class _StampFont(FontEngineFactory):
     """Noto Sans (the transcript's font), embedded as a subset in every signature appearance."""
 
@@ -78,10 +118,11 @@ class _StampFont(FontEngineFactory):
     def create_font_engine(self, writer, obj_stream=None) -> GlyphAccumulator:
         if obj_stream is None and writer.stream_xrefs:
             obj_stream = writer.prepare_object_stream()
-        engine = GlyphAccumulator(writer, io.BytesIO(stamp_font_bytes()), self.font_size,
-                                  obj_stream=obj_stream)
+        engine = _StampGlyphs(writer, io.BytesIO(stamp_font_bytes()), self.font_size,
+                              obj_stream=obj_stream)
         # The outlines are final; recomputing every glyph's bounding box on save is wasted work.
         engine.tt.recalcBBoxes = False
+        engine.shape(_STAMP_ALWAYS)
         return engine
 
 
