@@ -27,10 +27,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from hub.contracts import ORGANISATION_ROLES, SIGNING_ROLES, SIGNING_STAGES, DocumentFormat, SigningIdentity
+from hub.records import VIETNAM_TIME
 
 __all__ = ["Reason", "SignedBy", "Verdict", "ROLE_NAMES", "certificate_matches", "verify_pdf_bound", "verify_xml"]
 
-VIETNAM = dt.timezone(dt.timedelta(hours=7))
 ROLE_NAMES = {"subject_teacher": ("giáo viên bộ môn", "subject teacher"),
               "homeroom_teacher": ("giáo viên chủ nhiệm", "homeroom teacher"),
               "principal": ("hiệu trưởng", "principal"),
@@ -143,7 +143,7 @@ def certificate_matches(cert: x509.Certificate, identity: SigningIdentity,
 
 
 def _as_aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=VIETNAM)
+    return value if value.tzinfo else value.replace(tzinfo=VIETNAM_TIME)
 
 
 def _check_stages(signed: list[tuple[str, str, dt.datetime | None]], required: list[tuple[str, str]],
@@ -160,7 +160,7 @@ def _check_stages(signed: list[tuple[str, str, dt.datetime | None]], required: l
             continue
         when = _as_aware(when)
         if data_time is not None and when < _as_aware(data_time):
-            reasons.append(Reason(where, f"ký lúc {when.astimezone(VIETNAM):%d/%m/%Y %H:%M}, trước thời điểm "
+            reasons.append(Reason(where, f"ký lúc {when.astimezone(VIETNAM_TIME):%d/%m/%Y %H:%M}, trước thời điểm "
                                          f"cập nhật dữ liệu", f"signed at {when.isoformat()}, before the data "
                                                                f"it signs was last updated ({data_time.isoformat()})"))
         for other_role, other_where, other_when in signed:

@@ -43,6 +43,7 @@ from hub.contracts import (
 )
 from hub.documents.render import ROLE_LABELS, font_bytes
 from hub.documents.signing import SigningError
+from hub.records import VIETNAM_TIME
 
 _STAMP_COVERAGE = [(0x20, 0x7E), (0xA0, 0xFF), (0x102, 0x103), (0x110, 0x111), (0x128, 0x129),
                    (0x168, 0x169), (0x1A0, 0x1A1), (0x1AF, 0x1B0), (0x1EA0, 0x1EF9),
@@ -127,8 +128,8 @@ class _StampFont(FontEngineFactory):
 
 
 _stamp_style: TextStampStyle | None = None
-_STAMP_CLOCK = dt.timezone(dt.timedelta(hours=7), "+07:00")
-"""Vietnam's clock, named as the stamp prints it. pyHanko stamps the signing session's
+_STAMP_CLOCK = dt.timezone(VIETNAM_TIME.utcoffset(None), "+07:00")
+"""Vietnam's clock (``hub.records.VIETNAM_TIME``), named as the stamp prints it. pyHanko stamps the signing session's
 ``system_time``, which it takes from the machine's zone (UTC on a server) unless set."""
 
 

@@ -34,7 +34,6 @@ from hub import lifecycle as lc
 from hub import store as st
 from hub.config import DeliveryConfig
 from hub.contracts import Adapter, Delivery, DeliveryError
-from hub.records import parse_transcript
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
@@ -245,7 +244,7 @@ class RouteOutbox:
             row, _ = await self._due(pk)
             if row is None:
                 return
-            record = parse_transcript(row.normalized)
+            record = hub.central_record(row)
             delivery = Delivery(row.record_id, row.version, row.event,
                                 record.model_dump(mode="json", by_alias=True), row.pdf or b"", xml=row.xml,
                                 reason=row.reason)

@@ -841,7 +841,7 @@ class Hub:
         pdf, xml = row.pdf, row.xml
         notes: list[str] = []
         try:
-            record = self._record(row)
+            record = self.central_record(row)
             step = signing.step_for(role, record.school_code)
             trust = trust_roots_der(tuple(self.config.trust_paths()))
             signer = self.signers.get(step.signer)
@@ -950,8 +950,9 @@ class Hub:
 
         return PDF_ROLES
 
-    def _record(self, row: st.Row) -> Any:
-        """The row's central record, parsed once while the record moves through the steps."""
+    def central_record(self, row: st.Row) -> Any:
+        """The row's central record, parsed once while the record moves through the steps and
+        to its destinations."""
         kept = self._parsed.get(row.id)
         if kept is not None and kept[0] == row.normalized:
             self._parsed.move_to_end(row.id)
