@@ -56,13 +56,6 @@ from pyhanko_certvalidator.sig_validate import (
     DEFAULT_SIGNATURE_VALIDATOR,
     SignatureValidationContext,
 )
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-
 from hub import (
     ROLE_LABELS,
     DigestSignRequest,
@@ -74,7 +67,10 @@ from hub import (
     SigningError,
     SigningIdentity,
     SignRequest,
+    Transient,
+    parse_retry_after,
     reserve_bytes,
+    retrying,
     sign_elsewhere,
     verify_digest,
 )
@@ -439,11 +435,6 @@ class _ServiceError(Exception):
         self.status = status
 
 
-class _Retry(Exception):
-    def __init__(self, delay: float | None):
-        self.delay = delay
-
-
 class _Client:
     """The HTTP session, the OAuth2 token, and retries — for our calls and pyHanko's alike."""
 
@@ -455,7 +446,6 @@ class _Client:
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
-        self._backoff = wait_exponential_jitter(multiplier=settings.backoff, max=30, jitter=settings.backoff)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -506,26 +496,18 @@ class _Client:
         return response
 
     async def _retry(self, request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
-        backoff = self._backoff
-
-        def wait(state: Any) -> float:
-            # A service that says when to come back (Retry-After) is believed.
-            exc = state.outcome.exception()
-            told = exc.delay if isinstance(exc, _Retry) else None
-            return max(backoff(state), told or 0)
-
+        # The hub's one retry policy (a service's Retry-After is believed), as every adapter's.
+        attempts = self.settings.attempts
         response: aiohttp.ClientResponse | None = None
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.settings.attempts), wait=wait, reraise=True,
-            retry=retry_if_exception_type((_Retry, aiohttp.ClientConnectionError, asyncio.TimeoutError)),
-        ):
+        async for attempt in retrying(attempts, self.settings.backoff, 30.0,
+                                      (Transient, aiohttp.ClientConnectionError, asyncio.TimeoutError)):
             with attempt:
                 response = await handler(request)
                 # The last try returns whatever came, for the caller to report.
-                if (response.status in _RETRY_STATUSES
-                        and attempt.retry_state.attempt_number < self.settings.attempts):
+                if response.status in _RETRY_STATUSES and attempt.retry_state.attempt_number < attempts:
                     response.release()
-                    raise _Retry(_retry_after(response.headers.get("Retry-After")))
+                    raise Transient(f"HTTP {response.status}",
+                                    parse_retry_after(response.headers.get("Retry-After")))
         assert response is not None
         return response
 
@@ -542,11 +524,3 @@ class _Client:
                     if isinstance(answer, dict) else resp.reason
                 raise _ServiceError(resp.status, f"{endpoint}: {detail}")
             return answer
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
