@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -144,6 +144,27 @@ Handler = Callable[[Request, Caller], Awaitable[Any]]
 _NO_NUL = r"^[^\x00]*$"
 
 
+def _first_error(exc: ValidationError, where: str) -> ApiError:
+    """A model's first validation error as the 400 naming its field."""
+    error = exc.errors(include_url=False)[0]
+    field = str(error["loc"][0]) if error["loc"] else where
+    return ApiError(400, field[:50], error["msg"])
+
+
+def _openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON Schema in OpenAPI 3.0 terms (optional fields without ``null``)."""
+    schema = model.model_json_schema()
+    for prop in schema.get("properties", {}).values():
+        options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+        if options:
+            prop.update(options[0])
+        if prop.get("default", ...) is None:
+            del prop["default"]
+        prop.pop("title", None)
+    schema.pop("title", None)
+    return schema
+
+
 class StrictBody(BaseModel):
     """A JSON request body read strictly: a JSON ``true`` is not an id, ``"1"`` is not a list,
     unknown fields are refused; the first error is a 400 naming its field."""
@@ -157,9 +178,7 @@ class StrictBody(BaseModel):
             # JSON mode: a UUID arrives as a string, and strict mode still refuses true for an id.
             request = cls.model_validate_json(json.dumps(body))
         except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            field = str(error["loc"][0]) if error["loc"] else "body"
-            raise ApiError(400, field[:50], error["msg"]) from None
+            raise _first_error(exc, "body") from None
         request.check()
         return request
 
@@ -169,15 +188,7 @@ class StrictBody(BaseModel):
     @classmethod
     def openapi_schema(cls) -> dict[str, Any]:
         """This model's JSON Schema in OpenAPI 3.0 terms (optional fields without ``null``)."""
-        schema = cls.model_json_schema()
-        for prop in schema["properties"].values():
-            options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
-            if options:
-                prop.update(options[0])
-            if prop.get("default", ...) is None:
-                del prop["default"]
-            prop.pop("title", None)
-        schema.pop("title", None)
+        schema = _openapi_schema(cls)
         schema["additionalProperties"] = False
         schema["minProperties"] = 1
         return schema
@@ -257,6 +268,114 @@ class ReplayRequest(StrictBody):
         return schema
 
 
+# --- query parameters --------------------------------------------------------------------------
+
+def _digits(value: Any) -> Any:
+    # int() would also take " 12", "+12" and "1_000": a query parameter is digits or an error.
+    if isinstance(value, str) and not re.fullmatch(r"\d{1,13}", value):
+        raise ValueError("must be a whole number written in digits")
+    return value
+
+
+def _store_time(value: str) -> str:
+    """An ISO date or date-time as the store writes times (UTC, milliseconds); naive is UTC."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.timezone.utc)
+        return moment.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError):
+        raise ValueError("must be an ISO 8601 date or date-time, e.g. 2025-05-31 or "
+                         "2025-05-31T08:00:00+07:00 (write + as %2B in a URL)") from None
+
+
+_Digits = Annotated[int, BeforeValidator(_digits)]
+_Moment = Annotated[str, AfterValidator(_store_time), WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class StrictQuery(BaseModel):
+    """A route's query parameters, read strictly: an unknown, repeated or NUL-carrying parameter
+    is refused (an operator's typo is an error, not an unfiltered list), and the first invalid
+    value is a 400 naming it. The OpenAPI document's parameters come from the same model."""
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def parse(cls, request: Request) -> Any:
+        q = request.query_params
+        for key in q.keys():
+            if key not in cls.model_fields:
+                allowed = ", ".join(cls.model_fields) or "none"
+                raise ApiError(400, key[:50], f"unknown parameter (allowed: {allowed})")
+            if len(q.getlist(key)) > 1:
+                raise ApiError(400, key, "given more than once")
+            if "\x00" in q[key]:
+                raise ApiError(400, key, "contains a NUL character")
+        try:
+            return cls.model_validate(dict(q))
+        except ValidationError as exc:
+            raise _first_error(exc, "query") from None
+
+    @classmethod
+    def openapi_parameters(cls, **enums: Any) -> list[dict[str, Any]]:
+        """The fields as OpenAPI 3.0 query parameters; ``enums``: the values a field takes in
+        this hub (its states, its routes)."""
+        out = []
+        for name, prop in _openapi_schema(cls).get("properties", {}).items():
+            description = prop.pop("description", "")
+            if name in enums:
+                prop["enum"] = list(enums[name])
+            out.append({"name": name, "in": "query", "required": False, "schema": prop,
+                        "description": description})
+        return out
+
+
+class NoQuery(StrictQuery):
+    """A route that takes no query parameter."""
+
+
+class SchoolQuery(StrictQuery):
+    school: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NO_NUL,
+                               description="School code (matruong)")
+
+
+class YearQuery(StrictQuery):
+    year: str | None = Field(default=None, pattern=_YEAR.pattern, description="School year, e.g. 2024-2025")
+
+
+class RecordFilters(SchoolQuery, YearQuery):
+    """A listing's filters and page, in ``Store.search``'s terms."""
+    adapter: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NO_NUL,
+                                description="Adapter instance name")
+    since: _Moment | None = Field(default=None, description="Changed at or after (ISO 8601; no offset = UTC)")
+    until: _Moment | None = Field(default=None, description="Changed before (ISO 8601)")
+    limit: _Digits = Field(default=100, ge=1, le=MAX_LIMIT, description="Page size")
+    offset: _Digits = Field(default=0, ge=0, le=10**12, description="Records to skip")
+
+    def search(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class StateQuery(StrictQuery):
+    state: str | None = Field(default=None, description="Record state")
+
+
+class RecordQuery(RecordFilters, StateQuery):
+    """``/api/records``: the filters, and the state (one of the hub's: checked by the route)."""
+
+
+class PackagesQuery(SchoolQuery):
+    destination: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NO_NUL,
+                                    description="One route's name")
+
+
+class IssueQuery(StrictQuery):
+    """Who receives a downloaded copy and what for (the issuance registry)."""
+    to: str | None = Field(default=None, min_length=1, max_length=200, pattern=_NO_NUL,
+                           description="Who receives the copy (issuance registry)")
+    purpose: str | None = Field(default=None, min_length=1, max_length=200, pattern=_NO_NUL,
+                                description="What the copy is for (issuance registry)")
+
+
 class AdminApi:
     """The ``/api`` routes of one hub."""
 
@@ -298,9 +417,7 @@ class AdminApi:
         """
         from hub.engine.signing_status import waiting_for
 
-        school = request.query_params.get("school")
-        if school is not None and not (1 <= len(school) <= 100):
-            raise ApiError(400, "school", "must be 1-100 characters")
+        school = SchoolQuery.parse(request).school
         return {"classes": await waiting_for(self.hub, school)}
 
     def _endpoint(self, handler: Handler, role: str) -> Callable[[Request], Awaitable[Response]]:
@@ -316,41 +433,6 @@ class AdminApi:
                 return result
             return JSONResponse(scrub(result, self.secrets), headers={"Cache-Control": "no-store"})
         return endpoint
-
-    # --- query parsing ------------------------------------------------------------------------
-
-    def _query(self, request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
-        """Validated filters from the query string, in ``Store.search``'s terms."""
-        q = request.query_params
-        for key in q.keys():
-            if key not in allowed:
-                raise ApiError(400, key, f"unknown parameter (allowed: {', '.join(allowed)})")
-            if len(q.getlist(key)) > 1:
-                raise ApiError(400, key, "given more than once")
-            if "\x00" in q[key]:
-                raise ApiError(400, key, "contains a NUL character")
-        out: dict[str, Any] = {"limit": 100, "offset": 0}
-        if "state" in q:
-            if q["state"] not in self.states:
-                raise ApiError(400, "state", f"unknown state {q['state']!r} (one of {', '.join(self.states)})")
-            out["state"] = q["state"]
-        for key, column in (("adapter", "adapter"), ("school", "school")):
-            if key in q:
-                if not 0 < len(q[key]) <= 100:
-                    raise ApiError(400, key, "must be 1 to 100 characters")
-                out[column] = q[key]
-        if "year" in q:
-            if not _YEAR.match(q["year"]):
-                raise ApiError(400, "year", "must be a school year like 2024-2025")
-            out["year"] = q["year"]
-        for key in ("since", "until"):
-            if key in q:
-                out[key] = _timestamp(key, q[key])
-        if "limit" in q:
-            out["limit"] = _integer("limit", q["limit"], 1, MAX_LIMIT)
-        if "offset" in q:
-            out["offset"] = _integer("offset", q["offset"], 0, 10**12)
-        return out
 
     def _record_pk(self, request: Request) -> int | str:
         """The path's ``{id}``: a store id, or a ``record_id`` (then its latest version)."""
@@ -392,10 +474,13 @@ class AdminApi:
         return out
 
     async def _list(self, request: Request, caller: Caller, state: str | None = None) -> dict[str, Any]:
-        allowed = ("adapter", "school", "year", "since", "until", "limit", "offset")
-        filters = self._query(request, allowed if state else ("state", *allowed))
         if state:
+            filters = RecordFilters.parse(request).search()
             filters["state"] = state
+        else:
+            filters = RecordQuery.parse(request).search()
+            if filters.get("state", self.states[0]) not in self.states:
+                raise ApiError(400, "state", f"unknown state {filters['state']!r} (one of {', '.join(self.states)})")
         items = await self.hub.db(lambda: self.hub.store.search(**filters))
         return {"items": [self._summary(i, caller) for i in items], "count": len(items),
                 "limit": filters["limit"], "offset": filters["offset"]}
@@ -410,13 +495,13 @@ class AdminApi:
         return await self._list(request, caller, lc.DEAD_LETTER)
 
     async def record(self, request: Request, caller: Caller) -> dict[str, Any]:
-        self._query(request, ())
+        NoQuery.parse(request)
         return await self.detail(await self._row(request), caller)
 
     async def cancel(self, request: Request, caller: Caller) -> dict[str, Any]:
         """Cancel the transcript this stored version belongs to: a new ``CANCEL`` version goes
         through the signing chain to every destination, with the reason."""
-        self._query(request, ())
+        NoQuery.parse(request)
         row = await self._row(request)
         body = CancelRequest.parse(await _json_body(request))
         try:
@@ -455,7 +540,7 @@ class AdminApi:
         return out
 
     async def pdf(self, request: Request, caller: Caller) -> Response:
-        issued = self._issued_to(request)
+        issued = IssueQuery.parse(request)
         row = await self._row(request)
         if row.pdf is None:
             reason = "was pruned by retention" if not row.payload else "has not been rendered"
@@ -464,7 +549,7 @@ class AdminApi:
         # copy itself in the issuance registry (one transaction: the entry and its audit line).
         if row.verify_code:
             await self.hub.db(self.hub.store.issue, row.id, "pdf", actor=caller.name, audit_kind="admin.pdf",
-                              **issued)
+                              recipient=issued.to, purpose=issued.purpose)
         else:  # rendered before the registry existed: no code to issue it under
             await self.hub.db(self.hub.store.audit, "admin.pdf", caller.name, row.record_id,
                               {"version": row.version})
@@ -473,22 +558,8 @@ class AdminApi:
             "Cache-Control": "no-store",
         })
 
-    def _issued_to(self, request: Request) -> dict[str, str | None]:
-        """``?to=`` (who receives the copy) and ``?purpose=`` of a document download."""
-        q = request.query_params
-        for key in q.keys():
-            if key not in ("to", "purpose"):
-                raise ApiError(400, key, "unknown parameter (allowed: to, purpose)")
-        out: dict[str, str | None] = {}
-        for key, name in (("to", "recipient"), ("purpose", "purpose")):
-            value = q.get(key)
-            if value is not None and not 0 < len(value) <= 200:
-                raise ApiError(400, key, "must be 1 to 200 characters")
-            out[name] = value
-        return out
-
     async def replay(self, request: Request, caller: Caller) -> dict[str, Any]:
-        self._query(request, ())
+        NoQuery.parse(request)
         body = ReplayRequest.parse(await _json_body(request))
         criteria = body.criteria()
         stage = body.stage
@@ -506,7 +577,7 @@ class AdminApi:
     async def destinations(self, request: Request, caller: Caller) -> dict[str, Any]:
         """Each route: its filters, health, whether its circuit is open, and where its records
         stand (versions queued, delivered, dead-lettered, superseded; jobs due in its outbox)."""
-        self._query(request, ())
+        NoQuery.parse(request)
         counts = await self.hub.db(self.hub.store.destination_counts)
         outbox = self.hub.outbox
         out = []
@@ -526,15 +597,14 @@ class AdminApi:
 
     async def packages(self, request: Request, caller: Caller) -> dict[str, Any]:
         """The class packages destinations accepted, newest first: members, receipt, recall."""
-        q = request.query_params
-        self._query(request, ("school", "destination"))
-        items = await self.hub.db(self.hub.store.packages, school=q.get("school"), destination=q.get("destination"))
+        q = PackagesQuery.parse(request)
+        items = await self.hub.db(self.hub.store.packages, school=q.school, destination=q.destination)
         return {"items": [p.public() for p in items]}
 
     async def recall(self, request: Request, caller: Caller) -> dict[str, Any]:
         """Recall a package from every destination holding it, with the reason (audited); the
         route's worker sends it."""
-        self._query(request, ())
+        NoQuery.parse(request)
         package_id = request.path_params["package_id"]
         if not 0 < len(package_id) <= 200 or any(ord(c) < 32 or c == "\x7f" for c in package_id):
             raise ApiError(400, "package_id", "not a package id (1-200 characters, no control characters)")
@@ -548,7 +618,7 @@ class AdminApi:
         return {"items": [p.public() for p in items]}
 
     async def adapters(self, request: Request, caller: Caller) -> dict[str, Any]:
-        self._query(request, ())
+        NoQuery.parse(request)
         paused = await self.hub.db(self.hub.store.paused)
         out = []
         for section in self.hub.config.adapters:
@@ -562,7 +632,7 @@ class AdminApi:
         return {"items": out}
 
     async def _set_paused(self, request: Request, caller: Caller, paused: bool) -> dict[str, Any]:
-        self._query(request, ())
+        NoQuery.parse(request)
         name = request.path_params["name"]
         if name not in self.adapter_names:
             raise ApiError(404, "name", f"no adapter {name[:100]!r} is configured")
@@ -578,7 +648,7 @@ class AdminApi:
     async def _blocked(self, request: Request) -> tuple[str | None, list[dict[str, Any]]]:
         from hub.documents.identity_report import blocked_students
 
-        school = self._query(request, ("school",)).get("school")
+        school = SchoolQuery.parse(request).school
         return school, await self.hub.db(blocked_students, self.hub.store, school)
 
     async def identity_blocked(self, request: Request, caller: Caller) -> dict[str, Any]:
@@ -605,7 +675,7 @@ class AdminApi:
     async def export(self, request: Request, caller: Caller) -> Response:
         """The file a destination wrote for one class (the school portal's import sheet), as the
         destination keeps it: the core only asks ``Adapter.export``."""
-        year = self._query(request, ("year",)).get("year")
+        year = YearQuery.parse(request).year
         school, class_name = request.path_params["school"], request.path_params["class_name"]
         if not 0 < len(school) <= 100:
             raise ApiError(400, "school", "must be 1 to 100 characters")
@@ -631,25 +701,6 @@ class AdminApi:
 
     async def openapi(self, request: Request) -> JSONResponse:
         return JSONResponse(openapi_document(self.states, self.adapter_names, self.hub.config.route_names))
-
-
-def _integer(name: str, raw: str, low: int, high: int) -> int:
-    # int() would also take " 12", "+12" and "1_000"; a query parameter is digits or an error.
-    if not re.fullmatch(r"\d{1,13}", raw) or not low <= int(raw) <= high:
-        raise ApiError(400, name, f"must be an integer from {low} to {high}")
-    return int(raw)
-
-
-def _timestamp(name: str, raw: str) -> str:
-    """An ISO date or date-time as the store writes times (UTC, milliseconds); naive is UTC."""
-    try:
-        value = dt.datetime.fromisoformat(raw)
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
-    except (ValueError, OverflowError):
-        raise ApiError(400, name, "must be an ISO 8601 date or date-time, e.g. 2025-05-31 or "
-                                  "2025-05-31T08:00:00+07:00 (write + as %2B in a URL)") from None
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -696,7 +747,8 @@ def admin_routes(hub: "Hub") -> list[BaseRoute]:
 # --- OpenAPI --------------------------------------------------------------------------------
 
 def openapi_document(states: list[str], adapters: list[str], routes: list[str] = ()) -> dict[str, Any]:
-    """The OpenAPI 3.0 description of the admin API (built by hand: it is the contract)."""
+    """The OpenAPI 3.0 description of the admin API: the paths written out (they are the contract),
+    query parameters and request bodies generated from the models that validate them."""
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
     nullable_str = {"type": "string", "nullable": True}
 
@@ -704,21 +756,9 @@ def openapi_document(states: list[str], adapters: list[str], routes: list[str] =
         return {"name": name, "in": where, "required": required or where == "path",
                 "schema": schema, "description": description}
 
-    filters = [
-        param("adapter", "query", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": _NO_NUL},
-              "Adapter instance name"),
-        param("school", "query", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": _NO_NUL},
-              "School code (matruong)"),
-        param("year", "query", {"type": "string", "pattern": r"^\d{4}-\d{4}$"}, "School year, e.g. 2024-2025"),
-        param("since", "query", {"type": "string", "format": "date-time"},
-              "Changed at or after (ISO 8601; no offset = UTC)"),
-        param("until", "query", {"type": "string", "format": "date-time"}, "Changed before (ISO 8601)"),
-        param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
-              "Page size"),
-        param("offset", "query", {"type": "integer", "minimum": 0, "maximum": 10**12, "default": 0},
-              "Records to skip"),
-    ]
-    state_param = param("state", "query", {"type": "string", "enum": states}, "Record state")
+    # The query parameters come from the models that validate them.
+    filters = RecordFilters.openapi_parameters()
+    school = SchoolQuery.openapi_parameters()
     record_id = param("id", "path", {"type": "string", "pattern": _ID_PATTERN},
                       "Store id, or record_id (UUID) for its latest version")
     adapter_name = param("name", "path", {"type": "string", "minLength": 1, "maxLength": 100},
@@ -761,18 +801,14 @@ def openapi_document(states: list[str], adapters: list[str], routes: list[str] =
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": {
-            "/api/records": listing("List records, newest change first", [state_param, *filters]),
+            "/api/records": listing("List records, newest change first", RecordQuery.openapi_parameters(state=states)),
             "/api/records/{id}": {"get": {
                 "summary": "One record with its history of state changes and errors",
                 "parameters": [record_id], "responses": responses(ref("RecordDetail"), 400, 404)}},
             "/api/records/{id}/pdf": {"get": {
                 "summary": "The record's (signed) PDF; operators only. Each download is a copy issued: "
                            "entered in the issuance registry under the version's verification code",
-                "parameters": [record_id,
-                               param("to", "query", {"type": "string", "minLength": 1, "maxLength": 200},
-                                     "Who receives the copy (issuance registry)"),
-                               param("purpose", "query", {"type": "string", "minLength": 1, "maxLength": 200},
-                                     "What the copy is for (issuance registry)")],
+                "parameters": [record_id, *IssueQuery.openapi_parameters()],
                 "responses": responses({"type": "string", "format": "binary"}, 400, 403, 404,
                                        media="application/pdf")}},
             "/api/quarantine": listing("Quarantined records with the reasons", filters),
@@ -792,7 +828,7 @@ def openapi_document(states: list[str], adapters: list[str], routes: list[str] =
             "/api/signing": {"get": {
                 "summary": "Per school and class: transcripts waiting for each signing stage and who has "
                            "not signed; operators only",
-                "parameters": [filters[1]],
+                "parameters": school,
                 "responses": responses(ref("SigningStatus"), 400, 403)}},
             "/api/adapters": {"get": {"summary": "Adapters with health, last sync and pause state",
                                       "responses": responses(ref("AdapterList"))}},
@@ -808,17 +844,15 @@ def openapi_document(states: list[str], adapters: list[str], routes: list[str] =
             "/api/identity/blocked": {"get": {
                 "summary": "Students blocked on identity, with what differs from the population database; "
                            "operators only (names)",
-                "parameters": [filters[1]], "responses": responses(ref("BlockedList"), 400, 403)}},
+                "parameters": school, "responses": responses(ref("BlockedList"), 400, 403)}},
             "/api/identity/blocked.xlsx": {"get": {
                 "summary": "The same report as an XLSX for the school; operators only",
-                "parameters": [filters[1]],
+                "parameters": school,
                 "responses": responses({"type": "string", "format": "binary"}, 400, 403, media=XLSX)}},
             "/api/packages": {"get": {
                 "summary": "Class packages destinations accepted, newest first, with their members, receipt "
                            "and recall state",
-                "parameters": [filters[1],
-                               param("destination", "query", {"type": "string", "minLength": 1, "maxLength": 100},
-                                     "One route's name")],
+                "parameters": PackagesQuery.openapi_parameters(),
                 "responses": responses(ref("PackageList"), 400)}},
             "/api/packages/{package_id}/recall": {"post": {
                 "summary": "Recall a class package with a mandatory reason: the destination withdraws every "
@@ -831,14 +865,13 @@ def openapi_document(states: list[str], adapters: list[str], routes: list[str] =
                 "responses": responses(ref("PackageList"), 400, 403, 404, 409, 413, 415)}},
             "/api/exports/{school}/{class_name}": {"get": {
                 "summary": "The file the destination wrote for one class (the school portal's import "
-                           "sheet); operators only (names)",
+                           "sheet), of the latest school year the class has one for unless `year` says; operators only (names)",
                 "parameters": [
                     param("school", "path", {"type": "string", "minLength": 1, "maxLength": 100},
                           "School code (matruong)"),
                     param("class_name", "path", {"type": "string", "minLength": 1, "maxLength": 100},
                           "Class name (tenlop)"),
-                    param("year", "query", {"type": "string", "pattern": r"^\d{4}-\d{4}$"},
-                          "School year (default: the latest the class has a file for)")],
+                    *YearQuery.openapi_parameters()],
                 "responses": responses({"type": "string", "format": "binary"}, 400, 403, 404, media=XLSX)}},
         },
         "components": {
