@@ -47,6 +47,7 @@ from hub.contracts import (
 from hub.engine.identity import IdentityStage
 from hub.engine.normalize import Envelope, Outcome, normalize
 from hub.engine.outbox import Outbox
+from hub.engine.pool import PriorityPool, at_priority
 from hub.logs import get_logger
 from hub.plugins import adapter_types, identity_provider_types, manager, signer_types
 from hub.records import parse_transcript
@@ -55,6 +56,9 @@ from hub.store.sqlite import is_future
 
 REVOCATION_TTL = 300.0
 """Seconds a certificate's good revocation status is trusted before it is asked again."""
+# Which worker jobs go first when the pool is busy (``hub.engine.pool``): the later the stage,
+# the sooner (signing adds the step's index); a class package waits for no transcript.
+_STAGE_PRIORITY = {"render": 1, "sign": 2, "package": 100}
 
 
 class ArrivedMismatch(ValueError):
@@ -206,7 +210,7 @@ class Hub:
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="hocba-store")
         processes = config.workers.processes or os.cpu_count() or 1
         self._processes = processes
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: PriorityPool | None = None
         self._warming: asyncio.Task[Any] | None = None
         self._concurrency = config.workers.concurrency or 2 * processes
         self.adapters: dict[str, Adapter] = {}
@@ -249,12 +253,14 @@ class Hub:
         # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s,
         # and keeping them in the data directory saves the hub the same at its next start.
         fonts = await asyncio.to_thread(cached_fonts, data / "cache")
-        self._pool = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_worker_init, initargs=(fonts, *logs.current, os.getpid()))
+        processes = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_worker_init, initargs=(fonts, *logs.current, os.getpid()))
+        # Two jobs per process handed over at once keep each busy; the rest wait in priority order.
+        self._pool = PriorityPool(processes, depth=2 * self._processes)
         # Start every worker now, from a thread (spawning stalls whoever submits), and without
         # waiting for them: pulling and normalising need no worker, and the first render queues
         # until one is up. Waiting here was most of the time to the first claim.
-        pool = self._pool
+        pool = processes
         self._warming = asyncio.create_task(asyncio.to_thread(
             lambda: [pool.submit(_warm) for _ in range(self._processes)]), name="hocba-warm-pool")
         try:
@@ -513,6 +519,7 @@ class Hub:
                     pass  # the leases run out by themselves
 
     async def _run(self, stage: str, handler: Callable[[int], Awaitable[None]], pk: int) -> None:
+        at_priority(_STAGE_PRIORITY.get(stage, 0))
         started = time.perf_counter()
         try:
             await handler(pk)
@@ -836,6 +843,7 @@ class Hub:
             return
         done = 0 if row.state == lc.RENDERED else self.roles.index(row.state.removeprefix(lc.SIGNED_PREFIX)) + 1
         role = self.roles[done]
+        at_priority(_STAGE_PRIORITY["sign"] + done)  # a record nearer its last signature goes first
         signing = self.config.signing
         loop = asyncio.get_running_loop()
         pdf, xml = row.pdf, row.xml
@@ -1089,6 +1097,7 @@ class Hub:
         department = self.config.department
         if department is None:
             raise PluginError("department: not configured; a class package is signed by the Department")
+        at_priority(_STAGE_PRIORITY["package"])
         return await package_class(items, self.signers[department.signer], department_code=department.code,
                                    department_name=department.name,
                                    document_format=document_formats()[self.config.xml_format].cls(),
