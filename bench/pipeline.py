@@ -1,12 +1,13 @@
 """End-to-end transcripts per second: the hub against a plain script doing the same work.
 
-    python bench/pipeline.py [--records N] [--plain-records M] [--processes P]
+    python bench/pipeline.py [--records N] [--plain-records M] [--processes P] [--destination moet]
 
 Both runs happen in this one process, one after the other, on this machine:
 
 1. **hub**: ``N`` valid synthetic transcripts through the real ``hub.engine.pipeline.Hub``: pulled
    from the vnpt simulator, stored in SQLite, normalised, rendered, signed three times
-   (pkcs12 signer, a throwaway PKI) and delivered to the ttdlqg simulator. Timed from
+   (pkcs12 signer, a throwaway PKI) and delivered to the ttdlqg simulator (``--destination moet``:
+   to the Ministry's store simulator, a package per class that the Department signs). Timed from
    ``hub.start()`` to ``hub.wait_idle()``: start-up (spawning the worker pool, loading the
    keys) is part of what an operator pays, so it counts.
 2. **plain**: the same work written the obvious way, in one process: for each transcript
@@ -49,8 +50,9 @@ from typing import Any
 # Runnable as ``python bench/pipeline.py`` from a checkout, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # Only the plugins measured here: another installed plugin neither slows nor breaks the bench.
-os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,ttdlqg,pkcs12,xml")
+os.environ.setdefault("HOCBA_HUB_LOAD_PLUGINS", "vnpt,ttdlqg,moet,pkcs12,xml")
 
+from adapters.moet.simulator import MoetSimulator  # noqa: E402
 from adapters.ttdlqg.simulator import TtdlqgSimulator  # noqa: E402
 from adapters.vnpt.simulator import VnptSimulator  # noqa: E402
 from hub import lifecycle as lc  # noqa: E402
@@ -58,7 +60,7 @@ from hub.config import parse_config  # noqa: E402
 from hub.engine.pipeline import Hub  # noqa: E402
 from hub.hookspecs import hookimpl  # noqa: E402
 from hub.kit.pki import ensure_pki  # noqa: E402
-from hub.kit.synthetic import signing_identities, transcript  # noqa: E402
+from hub.kit.synthetic import department_identity, signing_identities, transcript  # noqa: E402
 from hub.logs import configure  # noqa: E402
 from hub.plugins import manager  # noqa: E402
 from hub.records import PrimaryTranscript, SecondaryTranscript, parse_transcript  # noqa: E402
@@ -70,11 +72,13 @@ SEED = 11
 
 # --- the simulators, in a process of their own ---------------------------------------------------
 
-def _simulators_main(records: int, seed: int, conn: Any) -> None:
-    """Serve the vnpt and ttdlqg simulators until told to stop; answer with this process's CPU."""
+def _simulators_main(records: int, seed: int, conn: Any, destination: str = "ttdlqg",
+                     trust: tuple[bytes, ...] = ()) -> None:
+    """Serve the vnpt simulator and the destination's until told to stop; answer with this
+    process's CPU. ``moet`` (class packages) checks the Department's signature against ``trust``."""
     async def serve() -> None:
         vendor = VnptSimulator(records=records, seed=seed)
-        central = TtdlqgSimulator()
+        central = MoetSimulator(trust_roots=trust) if destination == "moet" else TtdlqgSimulator()
         await vendor.start()
         await central.start()
         conn.send((vendor.adapter_settings(), central.adapter_settings()))
@@ -94,12 +98,13 @@ class Simulators:
     """The vendor and central simulators in a spawned process, so the hub process's CPU time is
     the hub's alone (``RUSAGE_SELF``) and the simulators' is reported apart."""
 
-    def __init__(self, records: int, seed: int = SEED):
+    def __init__(self, records: int, seed: int = SEED, destination: str = "ttdlqg", trust: tuple[bytes, ...] = ()):
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_simulators_main, args=(records, seed, child), daemon=True)
+        self._process = ctx.Process(target=_simulators_main, args=(records, seed, child, destination, trust),
+                                    daemon=True)
         self._process.start()
         self.vendor_settings, self.central_settings = self._conn.recv()
 
@@ -164,8 +169,17 @@ class HubResult:
 
 async def run_hub(records: int, processes: int, pki_dir: Path, root: Path, work: Path,
                   documents: tuple[str, ...] = ("xml", "pdf"), roles: tuple[str, ...] = ROLES,
-                  store: str = "") -> HubResult:
-    sims = await asyncio.to_thread(Simulators, records)
+                  store: str = "", destination: str = "ttdlqg") -> HubResult:
+    from hub.documents.verify import trust_roots_der
+
+    sims = await asyncio.to_thread(Simulators, records, SEED, destination, trust_roots_der((str(root),)))
+    if destination == "moet":  # class packages, signed by the Department
+        department = department_identity("01")
+        target: dict[str, Any] = {
+            "department": {"code": department.school_code, "name": department.name, "signer": "keys"},
+            "routes": [{"name": "ministry", "type": "moet", "settings": sims.central_settings}]}
+    else:
+        target = {"destination": {"name": "central", "type": "ttdlqg", "settings": sims.central_settings}}
     # The same shape as tests/test_pipeline.py's config, pointed at the simulators just started.
     config = parse_config({
         "data_dir": str(work / "hub-data"),
@@ -175,7 +189,7 @@ async def run_hub(records: int, processes: int, pki_dir: Path, root: Path, work:
         "delivery": {"max_attempts": 3, "backoff_initial": 0.05, "backoff_max": 0.5},
         "adapters": [{"name": "school-a", "type": "vnpt", "poll_interval": 3600,
                       "settings": sims.vendor_settings}],
-        "destination": {"name": "central", "type": "ttdlqg", "settings": sims.central_settings},
+        **target,
         "signers": [{"name": "keys", "type": "pkcs12",
                      "settings": {"directory": str(pki_dir), "password": PASSWORD}}],
         # Trusting the test root, as a province trusts its CAs' roots: the hub validates every
@@ -638,7 +652,7 @@ async def main_async(args: argparse.Namespace) -> int:
     bare_n = args.bare_records or args.records
     documents = tuple(args.documents)
     print(f"hocba-hub bench/pipeline.py: {' + '.join(documents)}, {len(ROLES)} signing steps "
-          f"({', '.join(ROLES)}), validate, deliver; local keys")
+          f"({', '.join(ROLES)}), validate, deliver to {args.destination}; local keys")
     print(f"machine: {cpus} CPUs, {platform.machine()}, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}")
     print(f"N: hub {args.records} transcripts, bare loop {bare_n}, plain {plain_n}; {processes} worker processes")
@@ -654,7 +668,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
         # Anything else running on the machine skews one run more than the other: say so.
         print(f"load average before the hub run: {_load()}")
-        hub = await run_hub(args.records, processes, pki_dir, root, work, documents)
+        hub = await run_hub(args.records, processes, pki_dir, root, work, documents,
+                            destination=args.destination)
         report_hub(hub)
 
         print(f"load average before the bare loop: {_load()}")
@@ -723,11 +738,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="transcripts through the bare loop (default: as many as the hub)")
     parser.add_argument("--documents", default="xml,pdf",
                         help="documents made and signed: xml,pdf (default), pdf or xml")
+    parser.add_argument("--destination", choices=("ttdlqg", "moet"), default="ttdlqg",
+                        help="where the hub delivers: ttdlqg, one request per transcript (default), or moet, "
+                             "a package per class signed by the Department (the bare loop and the plain "
+                             "script make no packages)")
     parser.add_argument("--pki-dir", default="",
                         help="keep the throwaway PKI here between runs (default: a temporary directory)")
     args = parser.parse_args(argv)
     if args.records < 1:
         parser.error("--records must be at least 1")
+    if args.destination == "moet" and "xml" not in args.documents.split(","):
+        parser.error("--destination moet needs --documents with xml (a class package carries the XML học bạ)")
     args.documents = [d for d in args.documents.split(",") if d]
     if not args.documents or set(args.documents) - {"xml", "pdf"}:
         parser.error("--documents: xml, pdf or xml,pdf")

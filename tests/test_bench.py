@@ -27,6 +27,15 @@ def test_pipeline_bench_runs_and_ends_with_the_ratio():
     assert re.search(r"^coordinator_ms_per_transcript: \d+\.\d", done.stdout, re.M), done.stdout
 
 
+def test_pipeline_bench_runs_through_the_package_route():
+    # --destination moet: the Ministry's store simulator checks each class package's signature.
+    done = subprocess.run([sys.executable, str(BENCH), "--records", "4", "--plain-records", "1",
+                           "--bare-records", "2", "--destination", "moet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "deliver to moet" in done.stdout and "accepted by the central store: 4/4" in done.stdout
+
+
 def test_the_mutation_battery_runs_and_every_case_comes_out_right():
     # The battery's judge is tested by the cases it must call WRONG (tests/test_hostile_text.py
     # holds the fixes); here: it runs as a user runs it, and today's code passes it whole.
