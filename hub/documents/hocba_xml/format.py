@@ -178,10 +178,15 @@ class HocbaXml(DocumentFormat):
         school_name = root.findtext("DU_LIEU_HOC_BA/THONG_TIN_HOC_BA/TENTRUONG") or ""
         approval = "DU_LIEU_HOC_BA/THONG_TIN_HOC_BA/KY_DUYET"
         out = []
+        # Each subject names its teacher's slot (GVBM/@Ref); the first subject naming a slot owns it.
+        subject_of: dict[str, Any] = {}
+        for subject in root.iterfind("DU_LIEU_HOC_BA/DIEM_TONG_KET"):
+            teacher = subject.find("GVBM")
+            if teacher is not None:
+                subject_of.setdefault(teacher.get("Ref"), subject)
         for slot in root.iterfind("DU_LIEU_HOC_BA/DANH_SACH_THONG_TIN_KY/DANH_SACH_GVBM/GVBM"):
             sid = slot.get("Id", "")
-            subject = next((s for s in root.iterfind("DU_LIEU_HOC_BA/DIEM_TONG_KET")
-                            if s.find("GVBM") is not None and s.find("GVBM").get("Ref") == sid), None)
+            subject = subject_of.get(sid)
             teacher = subject.find("GVBM") if subject is not None else None
             name = teacher.findtext("HOTEN") if teacher is not None else None
             pid = teacher.findtext("SODINHDANH") if teacher is not None else None
