@@ -1,33 +1,44 @@
-"""The durable store: every record's raw payload, state and products.
+"""The durable store: every record's raw payload, state and products — what a store must do.
 
 The raw payload is committed before anything else happens to a record; every state change is
 one transaction that checks the state it leaves (so two workers cannot both advance a record)
 and appends to the record's history. A restarted hub asks ``pending()`` for every record not
 in a final state and carries on from there.
 
-Two backends, one behaviour (``tests/test_store_contract.py`` runs the same cases on both):
+``Store`` here holds the behaviour and the SQL both databases share; two siblings supply what
+differs (``tests/test_store_contract.py`` runs the same cases on both):
 
-- ``Store``: SQLite, the default. One file in WAL mode with ``synchronous=FULL``: a commit
-  survives a crash of the process and of the machine. One hub process owns the file.
+- ``hub.store.sqlite.SQLiteStore``: SQLite, the default. One file in WAL mode with
+  ``synchronous=FULL``: a commit survives a crash of the process and of the machine. One hub
+  process owns the file.
 - ``hub.store.postgres.PostgresStore``: PostgreSQL, for several hub workers on one database
   (``store: postgresql://…``). Work is leased with ``SELECT … FOR UPDATE SKIP LOCKED``.
 
-``open_store(location)`` picks the backend. The schema of both comes from
-``hub.store.migrations``. All calls go through one connection guarded by a lock; the pipeline calls
-the store from a dedicated thread so the event loop never waits on the disk.
+``Store(location)`` (and ``open_store``) opens the sibling ``location`` names: a
+``postgresql://`` URL opens PostgreSQL, anything else a SQLite file (``:memory:`` too). The
+schema of both comes from ``hub.store.migrations``, the audit chain's rules from
+``hub.store.model`` and ``hub.store.audit``.
+
+**Placeholders.** Every statement here binds its values by name (``:name``, with a dict of
+values). SQLite runs that spelling natively; the PostgreSQL sibling hands each distinct
+statement once to SQLAlchemy's bind compiler, which turns ``:name`` into psycopg's
+``%(name)s`` and doubles a literal ``%``. So each statement is written once, in plain SQL, and
+neither the base nor a sibling edits SQL text: a ``?`` or ``%`` inside a literal stays what it
+is. Where the dialects really differ (leases, row locks, the audit chain's numbering, JSON
+access, space), the base asks its sibling through the hooks below, each sibling writing its own
+SQL.
+
+All calls go through one connection guarded by a lock; the pipeline calls the store from a
+dedicated thread so the event loop never waits on the disk.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import sqlite3
-import threading
 import time
-import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,13 +57,30 @@ from hub.lifecycle import (
 )
 from hub.store import migrations
 from hub.store.issuance import IssuanceRegistry
+from hub.store.model import (
+    GENESIS,
+    LeaseLost,
+    Row,
+    StateConflict,
+    audit_entry,
+    audit_hash,
+    bind_list,
+    content_hash,
+    is_future,
+    is_postgres_url,
+    now_iso,
+    of_destination,
+    older,
+    payload_digest,
+    record_id_for,
+)
 from hub.store.packages import PackageLedger
+
+__all__ = ["GENESIS", "QUEUED", "LeaseLost", "Row", "StateConflict", "Store", "audit_entry", "audit_hash",
+           "bind_list", "content_hash", "is_future", "is_postgres_url", "now_iso", "open_store", "record_id_for"]
 
 # A destination's job waiting in the outbox (``deliveries.state``; the others are record states).
 QUEUED = "queued"
-
-# Record ids are derived from (adapter instance, vendor id) so a re-read maps to the same id.
-_RECORD_NS = uuid.UUID("6f1d3f5c-43d1-4a56-9a4e-9d1c0e0b7a11")
 
 T = TypeVar("T")
 
@@ -60,179 +88,113 @@ _SUMMARY_COLUMNS = ("id, record_id, version, event, adapter, source_id, state, s
                     " errors, receipt, attempts, received_at, updated_at, pruned_at")
 
 
-def audit_hash(prev: str, entry: dict[str, Any]) -> str:
-    """The chained hash of one audit entry (its id, time, kind, actor, subject, detail)."""
-    body = json.dumps({k: entry[k] for k in ("id", "at", "kind", "actor", "subject", "detail")},
-                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256((prev + body).encode()).hexdigest()
-
-
-def content_hash(normalized: dict[str, Any]) -> str:
-    """Hash of a transcript's content, without the envelope (which changes on every version).
-
-    A cancel is other content than the same transcript in force: a version restoring it after
-    a cancel is sent, never taken for "unchanged"."""
-    body = {k: v for k, v in normalized.items() if k not in {"record_id", "event", "version", "updated_at"}}
-    if normalized.get("event") == "CANCEL":
-        body["cancelled"] = True
-    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
 def _cancelled_as_is(latest: Any, raw: RawRecord, digest: str) -> bool:
     """An operator cancelled the record (``Store.cancel``) and the vendor still serves the very
     payload that was cancelled: re-reading it is not a new version; a changed one is."""
     return (latest["event"] == "CANCEL" and latest["reason"] is not None and not raw.deleted
-            and hashlib.sha256(latest["payload"]).hexdigest() == digest)
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _older(updated: dt.datetime | None, latest: str | None, horizon: dt.datetime | None = None) -> bool:
-    """Whether the vendor dates ``updated`` before the latest stored version's time.
-
-    A stored time past ``horizon`` (the hub's clock plus the allowed skew) is not trusted: a
-    version dated in the future must never make a later real edit count as older.
-    """
-    if updated is None or latest is None:
-        return False
-    held = dt.datetime.fromisoformat(latest)
-    if (updated.tzinfo is None) != (held.tzinfo is None):
-        return False  # one side has no zone: the times cannot be compared, so do not guess
-    if horizon is not None and held.tzinfo is not None and held > horizon:
-        return False
-    return updated < held
-
-
-def is_future(updated: str | dt.datetime | None, skew_seconds: float) -> bool:
-    """Whether a vendor's update time is ahead of the hub's clock by more than ``skew_seconds``."""
-    if updated is None:
-        return False
-    moment = dt.datetime.fromisoformat(updated) if isinstance(updated, str) else updated
-    if moment.tzinfo is None:
-        return False  # no zone: cannot be placed on the hub's clock
-    return moment > dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=skew_seconds)
-
-
-def record_id_for(adapter: str, source_id: str) -> str:
-    """The envelope ``record_id`` of a vendor record: stable across re-reads."""
-    return str(uuid.uuid5(_RECORD_NS, f"{adapter}/{source_id}"))
-
-
-@dataclass(frozen=True)
-class Row:
-    """One version of one record as stored."""
-    id: int
-    record_id: str
-    version: int
-    event: str
-    adapter: str
-    source_id: str
-    source_updated: str | None
-    content_type: str
-    payload: bytes
-    state: str
-    school_code: str | None
-    school_year: str | None
-    normalized: dict[str, Any] | None
-    pdf: bytes | None
-    errors: list[str]
-    receipt: dict[str, Any] | None
-    attempts: int
-    received_at: str
-    updated_at: str
-    xml: bytes | None = None
-    verify_code: str | None = None  # the version's verification code (hub.store.issuance)
-    reason: str | None = None       # why this version exists, when someone asked for it (a cancel)
-
-    @classmethod
-    def from_db(cls, r: Any) -> "Row":  # a row of either backend, by column name
-        return cls(
-            id=r["id"], record_id=r["record_id"], version=r["version"], event=r["event"],
-            adapter=r["adapter"], source_id=r["source_id"], source_updated=r["source_updated"],
-            content_type=r["content_type"],
-            payload=r["payload"], state=r["state"], school_code=r["school_code"],
-            school_year=r["school_year"],
-            normalized=json.loads(r["normalized"]) if r["normalized"] else None,
-            pdf=r["pdf"], errors=json.loads(r["errors"]) if r["errors"] else [],
-            receipt=json.loads(r["receipt"]) if r["receipt"] else None,
-            attempts=r["attempts"], received_at=r["received_at"], updated_at=r["updated_at"],
-            xml=r["xml"], verify_code=r["verify_code"], reason=r["reason"],
-        )
-
-    def raw(self) -> RawRecord:
-        return RawRecord(self.source_id, self.payload, self.content_type, deleted=self.event == "CANCEL")
-
-
-class StateConflict(Exception):
-    """The record was not in the state the transition expected (another worker moved it)."""
-
-
-class LeaseLost(Exception):
-    """This worker no longer holds the adapter's pull lease (it expired and another worker
-    took it): nothing of the page was committed, the other worker reads it."""
-
-
-def is_postgres_url(location: str | Path) -> bool:
-    return str(location).startswith(("postgresql://", "postgres://"))
+            and payload_digest(latest["payload"], False) == digest)
 
 
 def open_store(location: str | Path) -> "Store":
     """The store at ``location``: a ``postgresql://`` URL, or a SQLite file path."""
-    if is_postgres_url(location):
-        from hub.store.postgres import PostgresStore
-
-        return PostgresStore(str(location))
     return Store(location)
 
 
-class Store(IssuanceRegistry, PackageLedger):
-    """SQLite-backed record store. Thread-safe; every public method is one transaction.
+class Store(IssuanceRegistry, PackageLedger, ABC):
+    """The record store. Thread-safe; every public method is one transaction.
 
-    ``shared`` is false: one hub process owns a SQLite file (several workers need PostgreSQL).
-    The PostgreSQL store subclasses this one and changes only what the dialect needs: row
-    locks, leases, the audit chain's numbering, space reclamation.
+    ``Store(location)`` opens the sibling ``location`` names (``hub.store.sqlite.SQLiteStore``
+    or ``hub.store.postgres.PostgresStore``); both are ``Store`` instances.
+
+    What a sibling provides (the abstract methods and class attributes below):
+
+    - ``dialect`` (``migrations`` picks the DDL by it), ``shared`` (several processes may work
+      from one store), ``unavailable`` (what its driver raises when the database cannot be
+      reached or written just now: the record stays at its state for a later try);
+    - ``_db`` (an object whose ``execute(sql, params)`` runs one statement with named binds and
+      returns a cursor of rows readable by index and by column name) and ``_lock`` (an
+      ``RLock`` every call holds), ``_write`` (one transaction), ``close``;
+    - ``_for_update`` (the clause locking the rows a transition checks until commit),
+      ``_serialise_migrations``, ``_lock_record_ids`` (version numbering per record id);
+    - leases: ``_lease_terms`` (the columns a lease sets), ``_lease_free`` (a lease nobody
+      holds), ``_skip_locked`` (how a claim passes over rows another worker is claiming),
+      ``next_due``;
+    - ``_audit`` (append to the hash chain, numbered without gaps), ``_class_name_sql`` (JSON
+      access), ``_reclaim`` and ``storage_bytes`` (space), ``describe``.
     """
-    shared = False
-    # What the database raises when it cannot be reached or written just now (locked, disk
-    # full, connection dropped): the record is fine and stays at its state for a later try.
-    unavailable: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
-    dialect = "sqlite"
+    shared: bool
+    unavailable: tuple[type[Exception], ...]
+    dialect: str
     # How far ahead of this clock a vendor's update time is still trusted (``clock_skew_seconds``).
     clock_skew_seconds = 300.0
-    # SQLite's single writer already serialises a whole transaction; PostgreSQL needs the rows
-    # a transition checks locked until it commits.
-    _for_update = ""
+    _for_update: str
+    _skip_locked: str
+    _db: Any
+    _lock: Any
 
-    def __new__(cls, path: str | Path = ":memory:", *args: Any, **kwargs: Any) -> "Store":
+    def __new__(cls, location: str | Path = ":memory:", *args: Any, **kwargs: Any) -> "Store":
         # ``Store(config.store_path)`` is how callers open the configured store: a PostgreSQL URL
         # must open PostgreSQL, never a SQLite file named after the URL.
-        if cls is Store and is_postgres_url(path):
-            from hub.store.postgres import PostgresStore
-
-            return super().__new__(PostgresStore)
+        if cls is Store:
+            if is_postgres_url(location):
+                from hub.store.postgres import PostgresStore as cls  # optional: psycopg, SQLAlchemy
+            else:
+                from hub.store.sqlite import SQLiteStore as cls
         return super().__new__(cls)
 
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        # Incremental auto-vacuum lets retention hand pruned pages back to the file system;
-        # it only takes effect on a new database, before the first table exists.
-        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._migrate()
+    # --- dialect hooks ----------------------------------------------------------------------
 
+    @abstractmethod
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Close the connection (PostgreSQL: the session ends, and its leases with it)."""
+
+    @abstractmethod
+    def _write(self, work: Callable[[Any], T]) -> T:
+        """Run ``work(db)`` in one write transaction; roll back if it raises."""
+
+    @abstractmethod
+    def _serialise_migrations(self, db: Any) -> None:
+        """Keep workers starting together from migrating at once."""
+
+    @abstractmethod
+    def _lock_record_ids(self, db: Any, record_ids: list[str]) -> None:
+        """Serialise version numbering per record_id against other workers (sorted: no deadlock)."""
+
+    @abstractmethod
+    def _lease_terms(self, lease_seconds: float) -> tuple[dict[str, str], dict[str, Any]]:
+        """The columns a lease of ``lease_seconds`` sets beside its owner (column → SQL value),
+        and the values those bind; they also bind what ``_lease_free`` needs."""
+
+    @abstractmethod
+    def _lease_free(self, table: str) -> str:
+        """SQL: ``table``'s row is held by nobody (never leased, or its lease is void)."""
+
+    @abstractmethod
+    def next_due(self, destination: str | None = None) -> str | None:
+        """When the earliest job nobody holds (of ``destination``) is due, if any is."""
+
+    @abstractmethod
+    def _audit(self, db: Any, kind: str, actor: str, subject: str | None, detail: dict[str, Any]) -> None:
+        """Append an entry to the hash chain in ``db``'s transaction (ids without gaps)."""
+
+    @staticmethod
+    @abstractmethod
+    def _class_name_sql(table: str = "records") -> str:
+        """SQL: the class name of a ``table`` row's normalised record (the dialect's JSON access)."""
+
+    @abstractmethod
+    def _reclaim(self, pruned: int) -> int:
+        """Hand the space ``prune`` freed back; returns how many pages."""
+
+    @abstractmethod
+    def storage_bytes(self) -> int:
+        """Bytes the store occupies."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for operators (``/readyz``): backend, location, schema version."""
+
+    # --- schema -----------------------------------------------------------------------------
 
     def _migrate(self) -> None:
         def work(db: Any) -> None:
@@ -242,38 +204,13 @@ class Store(IssuanceRegistry, PackageLedger):
             for step in migrations.pending(applied):
                 for statement in step.statements(self.dialect):
                     db.execute(statement)
-                db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                           (step.version, step.name, now_iso()))
+                db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (:version, :name, :at)",
+                           {"version": step.version, "name": step.name, "at": now_iso()})
         self._write(work)
 
     def schema_version(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-
-    def _write(self, work: Callable[[Any], T]) -> T:
-        """Run ``work(db)`` in one write transaction; roll back if it raises."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return result
-
-    # Dialect hooks: what SQLite's single writer makes unnecessary, PostgreSQL overrides.
-
-    def _serialise_migrations(self, db: Any) -> None:
-        """Keep workers starting together from migrating at once (one file, one writer: nothing to do)."""
-
-    def _lock_record_ids(self, db: Any, record_ids: list[str]) -> None:
-        """Serialise version numbering per record_id against other workers (sorted: no deadlock)."""
-
-    def _lease_times(self, lease_seconds: float) -> tuple[str, str]:
-        now = dt.datetime.now(dt.timezone.utc)
-        until = now + dt.timedelta(seconds=lease_seconds)
-        return now.isoformat(timespec="milliseconds"), until.isoformat(timespec="milliseconds")
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -297,7 +234,6 @@ class Store(IssuanceRegistry, PackageLedger):
             raise ValueError(f"adapter {adapter}: the page's cursor contains a NUL character")
         now = now_iso()
         horizon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.clock_skew_seconds)
-        placeholders = ",".join("?" * len(SETTLED))
 
         def work(db: Any) -> list[int]:
             if lease_owner is not None:
@@ -306,13 +242,13 @@ class Store(IssuanceRegistry, PackageLedger):
             self._lock_record_ids(db, sorted(set(rids)))
             new_ids: list[int] = []
             for raw, rid in zip(page, rids):
-                digest = hashlib.sha256(raw.payload + (b"\x00deleted" if raw.deleted else b"")).hexdigest()
+                digest = payload_digest(raw.payload, raw.deleted)
                 latest = db.execute(
                     "SELECT id, version, payload, payload_hash, event, reason, source_updated FROM records"
-                    " WHERE record_id = ? ORDER BY version DESC LIMIT 1", (rid,),
+                    " WHERE record_id = :rid ORDER BY version DESC LIMIT 1", {"rid": rid},
                 ).fetchone()
                 if latest is not None and (latest["payload_hash"] == digest
-                                           or _older(raw.updated_at, latest["source_updated"], horizon)
+                                           or older(raw.updated_at, latest["source_updated"], horizon)
                                            or _cancelled_as_is(latest, raw, digest)):
                     continue
                 if raw.deleted:
@@ -321,40 +257,58 @@ class Store(IssuanceRegistry, PackageLedger):
                     event = "UPDATE" if latest is not None else "NEW"
                 version = latest["version"] + 1 if latest is not None else 1
                 if latest is not None:
-                    for old in db.execute(
-                        f"SELECT id FROM records WHERE record_id = ? AND state NOT IN ({placeholders})"
-                        f" ORDER BY id{self._for_update}",
-                        (rid, *sorted(SETTLED)),
-                    ).fetchall():
-                        self._set_state(db, old["id"], SUPERSEDED, f"version {version} received", now)
-                pk = db.execute(
-                    "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
-                    " content_type, payload, payload_hash, state, received_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (rid, version, event, adapter, storable_id(raw.source_id),
-                     raw.updated_at.isoformat() if raw.updated_at else None, raw.content_type,
-                     raw.payload, digest, RECEIVED, now, now),
-                ).fetchone()[0]
+                    self._supersede_unsettled(db, rid, f"version {version} received", now)
+                pk = self._insert_version(db, {
+                    "record_id": rid, "version": version, "event": event, "adapter": adapter,
+                    "source_id": storable_id(raw.source_id),
+                    "source_updated": raw.updated_at.isoformat() if raw.updated_at else None,
+                    "content_type": raw.content_type, "payload": raw.payload, "payload_hash": digest}, now)
                 new_ids.append(pk)
                 # An id no store keeps alike (NUL, other controls: RawRecord.source_id) is kept
                 # as ``storable_id`` says, so its page still commits; the normalise stage
                 # quarantines it (``source_id_problem``), and the history names what it held.
                 problem = source_id_problem(raw.source_id)
-                db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)",
-                           (pk, now, RECEIVED, f"version {version} {event}"
-                            + (f"; source_id: {problem}" if problem else "")))
+                self._history(db, pk, RECEIVED, f"version {version} {event}"
+                              + (f"; source_id: {problem}" if problem else ""), now)
             if save_cursor:
                 db.execute(
-                    "INSERT INTO cursors (adapter, cursor, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (adapter) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
-                    (adapter, cursor, now),
+                    "INSERT INTO cursors (adapter, cursor, updated_at) VALUES (:adapter, :cursor, :now)"
+                    " ON CONFLICT (adapter) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+                    {"adapter": adapter, "cursor": cursor, "now": now},
                 )
             return new_ids
         return self._write(work)
 
+    def _supersede_unsettled(self, db: Any, record_id: str, detail: str, now: str) -> None:
+        """Every older version of ``record_id`` still on its way is superseded (never sent stale)."""
+        marks, settled = bind_list("settled", sorted(SETTLED))
+        for old in db.execute(f"SELECT id FROM records WHERE record_id = :rid AND state NOT IN ({marks})"
+                              f" ORDER BY id{self._for_update}", {"rid": record_id, **settled}).fetchall():
+            self._set_state(db, old["id"], SUPERSEDED, detail, now)
+
+    @staticmethod
+    def _insert_version(db: Any, values: dict[str, Any], now: str) -> int:
+        """A new version, ``received`` now: ``values`` names its columns; returns its id."""
+        columns = {**values, "state": RECEIVED, "received_at": now, "updated_at": now}
+        return db.execute(f"INSERT INTO records ({', '.join(columns)})"
+                          f" VALUES ({', '.join(':' + c for c in columns)}) RETURNING id", columns).fetchone()[0]
+
+    @staticmethod
+    def _history(db: Any, pk: int, state: str, detail: str | None, now: str) -> None:
+        db.execute("INSERT INTO history (record, at, state, detail) VALUES (:pk, :now, :state, :detail)",
+                   {"pk": pk, "now": now, "state": state, "detail": detail})
+
+    @staticmethod
+    def _history_as_is(db: Any, pk: int, detail: str, now: str) -> None:
+        """A history line at the record's present state (an attempt, a recall: no state change)."""
+        db.execute("INSERT INTO history (record, at, state, detail) VALUES"
+                   " (:pk, :now, (SELECT state FROM records WHERE id = :pk), :detail)",
+                   {"pk": pk, "now": now, "detail": detail})
+
     def cursor(self, adapter: str) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT cursor FROM cursors WHERE adapter = ?", (adapter,)).fetchone()
+            row = self._db.execute("SELECT cursor FROM cursors WHERE adapter = :adapter",
+                                   {"adapter": adapter}).fetchone()
         return row["cursor"] if row else None
 
     # --- pull leases: one worker at a time reads an adapter ----------------------------------
@@ -362,25 +316,28 @@ class Store(IssuanceRegistry, PackageLedger):
     def claim_pull(self, adapter: str, owner: str, lease_seconds: float) -> bool:
         """Lease pulling ``adapter`` (and moving its cursor) to ``owner``; false while another
         worker holds it. Holding it already renews it."""
-        now, until = self._lease_times(lease_seconds)
+        terms, args = self._lease_terms(lease_seconds)
         return self._write(lambda db: db.execute(
-            "INSERT INTO pull_leases (adapter, owner, lease_until) VALUES (?, ?, ?)"
-            " ON CONFLICT (adapter) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until"
-            " WHERE pull_leases.owner = excluded.owner OR pull_leases.lease_until < ? RETURNING adapter",
-            (adapter, owner, until, now)).fetchone() is not None)
+            f"INSERT INTO pull_leases (adapter, owner, {', '.join(terms)})"
+            f" VALUES (:adapter, :owner, {', '.join(terms.values())}) ON CONFLICT (adapter) DO UPDATE SET"
+            f" owner = excluded.owner, {', '.join(f'{c} = excluded.{c}' for c in terms)}"
+            f" WHERE pull_leases.owner = excluded.owner OR {self._lease_free('pull_leases')} RETURNING adapter",
+            {**args, "adapter": adapter, "owner": owner}).fetchone() is not None)
 
     def release_pull(self, adapter: str, owner: str) -> None:
-        self._write(lambda db: db.execute("DELETE FROM pull_leases WHERE adapter = ? AND owner = ?",
-                                          (adapter, owner)))
+        self._write(lambda db: db.execute("DELETE FROM pull_leases WHERE adapter = :adapter AND owner = :owner",
+                                          {"adapter": adapter, "owner": owner}))
 
     def pull_owner(self, adapter: str) -> str | None:
         """Who holds ``adapter``'s pull lease (expired or not), if anyone."""
         with self._lock:
-            row = self._db.execute("SELECT owner FROM pull_leases WHERE adapter = ?", (adapter,)).fetchone()
+            row = self._db.execute("SELECT owner FROM pull_leases WHERE adapter = :adapter",
+                                   {"adapter": adapter}).fetchone()
         return row[0] if row else None
 
     def _check_pull_lease(self, db: Any, adapter: str, owner: str) -> None:
-        row = db.execute(f"SELECT owner FROM pull_leases WHERE adapter = ?{self._for_update}", (adapter,)).fetchone()
+        row = db.execute(f"SELECT owner FROM pull_leases WHERE adapter = :adapter{self._for_update}",
+                         {"adapter": adapter}).fetchone()
         if row is None or row[0] != owner:
             raise LeaseLost(f"{adapter}: the pull lease is held by {row[0] if row else 'nobody'}, not {owner}")
 
@@ -388,14 +345,14 @@ class Store(IssuanceRegistry, PackageLedger):
 
     def _set_state(self, db: Any, pk: int, state: str, detail: str | None, now: str) -> None:
         # A state change ends the worker's lease: the next stage claims the record afresh.
-        db.execute("UPDATE records SET state = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL"
-                   " WHERE id = ?", (state, now, pk))
+        db.execute("UPDATE records SET state = :state, updated_at = :now, lease_owner = NULL, lease_until = NULL"
+                   " WHERE id = :pk", {"state": state, "now": now, "pk": pk})
         if state in FINAL_STATES:  # a record that is done (or superseded) has no delivery due
-            db.execute("DELETE FROM outbox WHERE record = ?", (pk,))
+            db.execute("DELETE FROM outbox WHERE record = :pk", {"pk": pk})
             outcome = state if state in (DELIVERED, DEAD_LETTER, SUPERSEDED) else "dropped"
-            db.execute("UPDATE deliveries SET state = ?, updated_at = ? WHERE record = ? AND state = ?",
-                       (outcome, now, pk, QUEUED))
-        db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)", (pk, now, state, detail))
+            db.execute("UPDATE deliveries SET state = :outcome, updated_at = :now WHERE record = :pk AND state = :queued",
+                       {"outcome": outcome, "now": now, "pk": pk, "queued": QUEUED})
+        self._history(db, pk, state, detail, now)
 
     def advance(self, pk: int, expected: str, state: str, *, detail: str | None = None,
                 due: bool | Sequence[str] = False, issued_to: str | None = None, **fields: Any) -> None:
@@ -443,30 +400,31 @@ class Store(IssuanceRegistry, PackageLedger):
                    due: bool = False, issued_to: str | None = None, **fields: Any) -> Callable[[Any], None]:
         """``advance``'s work, to run in a write transaction (``ValueError`` for an unknown field)."""
         now = now_iso()
-        columns, values = [], []
+        values: dict[str, Any] = {}
         for name, value in fields.items():
             if name not in {"normalized", "pdf", "xml", "errors", "receipt", "school_code", "school_year",
                             "attempts", "content_hash", "verify_code"}:
                 raise ValueError(f"unknown record field {name!r}")
             if name in {"normalized", "errors", "receipt"} and value is not None:
                 value = json.dumps(value, ensure_ascii=False)
-            columns.append(f"{name} = ?")
-            values.append(value)
+            values[name] = value
         destinations = None if due is False else [migrations.ROUTELESS] if due is True else list(due)
 
         def work(db: Any) -> None:
-            row = db.execute(f"SELECT state FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
+            row = db.execute(f"SELECT state FROM records WHERE id = :pk{self._for_update}", {"pk": pk}).fetchone()
             if row is None or row["state"] != expected:
                 raise StateConflict(f"record {pk} is {row['state'] if row else 'missing'}, not {expected}")
-            if columns:
-                db.execute(f"UPDATE records SET {', '.join(columns)} WHERE id = ?", (*values, pk))
+            if values:
+                # The column names are the checked field names above; the values are bound.
+                db.execute(f"UPDATE records SET {', '.join(f'{c} = :{c}' for c in values)} WHERE id = :pk",
+                           {**values, "pk": pk})
             self._set_state(db, pk, state, detail, now)
             if destinations is not None:
                 self._queue(db, pk, destinations, now)
                 self._settle(db, pk, state, now)  # nothing to send (no route, or all hold it): settled now
             if state == DELIVERED:
-                r = db.execute("SELECT record_id, version, content_hash, receipt FROM records WHERE id = ?",
-                               (pk,)).fetchone()
+                r = db.execute("SELECT record_id, version, content_hash, receipt FROM records WHERE id = :pk",
+                               {"pk": pk}).fetchone()
                 self._held(db, r["record_id"], issued_to or migrations.ROUTELESS, r["version"], r["content_hash"],
                            r["receipt"], now)
                 self._audit(db, "receipt", "hub", r["record_id"], {"version": r["version"], "receipt": fields.get("receipt")})
@@ -476,44 +434,50 @@ class Store(IssuanceRegistry, PackageLedger):
 
     def _issue_to(self, db: Any, pk: int, destination: str, now: str) -> None:
         have = db.execute("SELECT verify_code, pdf IS NOT NULL AS p, xml IS NOT NULL AS x FROM records"
-                          " WHERE id = ?", (pk,)).fetchone()
+                          " WHERE id = :pk", {"pk": pk}).fetchone()
         for document, present in (("pdf", have["p"]), ("xml", have["x"])):
             if present and have["verify_code"]:
                 self._issue(db, pk, document, actor="hub", recipient=destination, purpose="delivery",
                             audit_kind="issue", now=now)
 
-    def _held(self, db: Any, record_id: str, destination: str, version: int, digest: str | None,
+    @staticmethod
+    def _held(db: Any, record_id: str, destination: str, version: int, digest: str | None,
               receipt: str | None, now: str) -> None:
         """``destination`` holds ``version`` of ``record_id`` (the highest version wins)."""
         db.execute(
             "INSERT INTO sent_to (record_id, destination, version, content_hash, receipt, sent_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (record_id, destination) DO UPDATE SET version = excluded.version,"
-            " content_hash = excluded.content_hash, receipt = excluded.receipt, sent_at = excluded.sent_at"
-            " WHERE excluded.version > sent_to.version",
-            (record_id, destination, version, digest, receipt, now))
+            " VALUES (:rid, :destination, :version, :digest, :receipt, :now) ON CONFLICT (record_id, destination)"
+            " DO UPDATE SET version = excluded.version, content_hash = excluded.content_hash,"
+            " receipt = excluded.receipt, sent_at = excluded.sent_at WHERE excluded.version > sent_to.version",
+            {"rid": record_id, "destination": destination, "version": version, "digest": digest,
+             "receipt": receipt, "now": now})
 
     def note_attempt(self, pk: int, error: str) -> int:
         """Count a failed attempt without changing state; returns the attempt count."""
         def work(db: Any) -> int:
-            db.execute("UPDATE records SET attempts = attempts + 1, errors = ?, updated_at = ? WHERE id = ?",
-                       (json.dumps([error], ensure_ascii=False), now_iso(), pk))
-            db.execute("INSERT INTO history (record, at, state, detail) VALUES "
-                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)", (pk, now_iso(), pk, f"retry: {error}"))
-            return db.execute("SELECT attempts FROM records WHERE id = ?", (pk,)).fetchone()[0]
+            self._count_attempt(db, pk, [error], f"retry: {error}")
+            return db.execute("SELECT attempts FROM records WHERE id = :pk", {"pk": pk}).fetchone()[0]
         return self._write(work)
+
+    def _count_attempt(self, db: Any, pk: int, errors: list[str], detail: str) -> None:
+        """A failed attempt at record ``pk`` (its state unchanged): counted, its errors kept, in its history."""
+        now = now_iso()
+        db.execute("UPDATE records SET attempts = attempts + 1, errors = :errors, updated_at = :now WHERE id = :pk",
+                   {"errors": json.dumps(errors, ensure_ascii=False), "now": now, "pk": pk})
+        self._history_as_is(db, pk, detail, now)
 
     # --- leases ------------------------------------------------------------------------------
 
     def claim(self, states: Iterable[str], owner: str, lease_seconds: float, limit: int) -> list[int]:
         """Lease up to ``limit`` records in ``states`` that nobody holds (or whose lease ran
         out: its worker died) to ``owner``, oldest first. A state change ends the lease."""
-        states = list(states)
-        now, until = self._lease_times(lease_seconds)
+        marks, wanted = bind_list("state", list(states))
+        terms, args = self._lease_terms(lease_seconds)
         rows = self._write(lambda db: db.execute(
-            "UPDATE records SET lease_owner = ?, lease_until = ? WHERE id IN ("
-            f" SELECT id FROM records WHERE state IN ({','.join('?' * len(states))})"
-            "  AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?) RETURNING id",
-            (owner, until, *states, now, limit)).fetchall())
+            f"UPDATE records SET lease_owner = :owner, {', '.join(f'{c} = {v}' for c, v in terms.items())}"
+            f" WHERE id IN (SELECT id FROM records WHERE state IN ({marks}) AND {self._lease_free('records')}"
+            f" ORDER BY id LIMIT :limit{self._skip_locked}) RETURNING id",
+            {**args, **wanted, "owner": owner, "limit": limit}).fetchall())
         return sorted(r[0] for r in rows)
 
     def release(self, pks: Iterable[int], owner: str) -> None:
@@ -521,18 +485,19 @@ class Store(IssuanceRegistry, PackageLedger):
         pks = list(pks)
         if not pks:
             return
+        marks, ids = bind_list("pk", pks)
         self._write(lambda db: db.execute(
-            f"UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
-            f" AND id IN ({','.join('?' * len(pks))})", (owner, *pks)))
+            f"UPDATE records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = :owner"
+            f" AND id IN ({marks})", {**ids, "owner": owner}))
 
     def renew(self, owner: str, lease_seconds: float) -> None:
         """Extend every lease ``owner`` holds (a heartbeat while long work is under way)."""
-        _, until = self._lease_times(lease_seconds)
+        terms, args = self._lease_terms(lease_seconds)
+        extend = ", ".join(f"{c} = {v}" for c, v in terms.items())
 
         def work(db: Any) -> None:
-            db.execute("UPDATE records SET lease_until = ? WHERE lease_owner = ?", (until, owner))
-            db.execute("UPDATE outbox SET lease_until = ? WHERE lease_owner = ?", (until, owner))
-            db.execute("UPDATE pull_leases SET lease_until = ? WHERE owner = ?", (until, owner))
+            for table, column in (("records", "lease_owner"), ("outbox", "lease_owner"), ("pull_leases", "owner")):
+                db.execute(f"UPDATE {table} SET {extend} WHERE {column} = :owner", {**args, "owner": owner})
         self._write(work)
 
     def release_all(self) -> None:
@@ -547,30 +512,34 @@ class Store(IssuanceRegistry, PackageLedger):
 
     def _queue(self, db: Any, pk: int, destinations: Iterable[str], now: str) -> None:
         for dest in destinations:
-            had = db.execute("SELECT state FROM deliveries WHERE record = ? AND destination = ?", (pk, dest)).fetchone()
+            job = {"pk": pk, "destination": dest, "now": now, "queued": QUEUED}
+            had = db.execute("SELECT state FROM deliveries WHERE record = :pk AND destination = :destination",
+                             job).fetchone()
             if had is not None and had["state"] == DELIVERED:
                 continue  # a destination holding this version never gets it twice (a replay from render)
-            db.execute("INSERT INTO outbox (record, destination, due_at, attempts) VALUES (?, ?, ?, 0)"
+            db.execute("INSERT INTO outbox (record, destination, due_at, attempts) VALUES (:pk, :destination, :now, 0)"
                        " ON CONFLICT (record, destination) DO UPDATE SET due_at = excluded.due_at, attempts = 0,"
-                       " lease_owner = NULL, lease_until = NULL", (pk, dest, now))
-            db.execute("INSERT INTO deliveries (record, destination, state, attempts, updated_at) VALUES (?, ?, ?, 0, ?)"
+                       " lease_owner = NULL, lease_until = NULL", job)
+            db.execute("INSERT INTO deliveries (record, destination, state, attempts, updated_at)"
+                       " VALUES (:pk, :destination, :queued, 0, :now)"
                        " ON CONFLICT (record, destination) DO UPDATE SET state = excluded.state, attempts = 0,"
-                       " last_error = NULL, updated_at = excluded.updated_at", (pk, dest, QUEUED, now))
+                       " last_error = NULL, updated_at = excluded.updated_at", job)
 
     def _settle(self, db: Any, pk: int, expected: str, now: str) -> str | None:
         """Once no destination's job is left, move the record from ``expected`` to its outcome:
         ``dead_letter`` if any destination gave up, else ``delivered`` if any holds it (or none was
         to: no route takes it), else ``superseded`` (each holds a newer version). Returns it."""
-        row = db.execute("SELECT state FROM records WHERE id = ?", (pk,)).fetchone()
-        if row["state"] != expected or db.execute("SELECT 1 FROM outbox WHERE record = ?", (pk,)).fetchone():
+        row = db.execute("SELECT state FROM records WHERE id = :pk", {"pk": pk}).fetchone()
+        if row["state"] != expected or db.execute("SELECT 1 FROM outbox WHERE record = :pk", {"pk": pk}).fetchone():
             return None
-        outcomes = db.execute("SELECT destination, state, last_error FROM deliveries WHERE record = ?"
-                              " ORDER BY destination", (pk,)).fetchall()
+        outcomes = db.execute("SELECT destination, state, last_error FROM deliveries WHERE record = :pk"
+                              " ORDER BY destination", {"pk": pk}).fetchall()
         dead = [o for o in outcomes if o["state"] == DEAD_LETTER]
         held = [o["destination"] for o in outcomes if o["state"] == DELIVERED]
         if dead:
             errors = [f"{o['destination'] or 'destination'}: {o['last_error']}" for o in dead]
-            db.execute("UPDATE records SET errors = ? WHERE id = ?", (json.dumps(errors, ensure_ascii=False), pk))
+            db.execute("UPDATE records SET errors = :errors WHERE id = :pk",
+                       {"errors": json.dumps(errors, ensure_ascii=False), "pk": pk})
             state, detail = DEAD_LETTER, "dead letter at " + ", ".join(o["destination"] or "the destination" for o in dead)
         elif held or not outcomes:
             state = DELIVERED
@@ -585,37 +554,33 @@ class Store(IssuanceRegistry, PackageLedger):
                          destination: str | None = None) -> list[tuple[int, str, int]]:
         """Lease delivery jobs that are due (of one ``destination``, or of all), oldest first:
         ``(record pk, destination, attempts so far)``."""
-        now, until = self._lease_times(lease_seconds)
-        where, args = ("AND destination = ?", (destination,)) if destination is not None else ("", ())
+        # Due times are written by the workers' clocks (retry backoff), so they compare with one.
+        where, of = of_destination(destination)
+        terms, args = self._lease_terms(lease_seconds)
         rows = self._write(lambda db: db.execute(
-            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE (record, destination) IN ("
-            " SELECT record, destination FROM outbox WHERE due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-            f" {where} ORDER BY due_at, record LIMIT ?) RETURNING record, destination, attempts, due_at",
-            (owner, until, now, now, *args, limit)).fetchall())
+            f"UPDATE outbox SET lease_owner = :owner, {', '.join(f'{c} = {v}' for c, v in terms.items())}"
+            " WHERE (record, destination) IN (SELECT record, destination FROM outbox"
+            f" WHERE due_at <= :due AND {self._lease_free('outbox')}{where}"
+            f" ORDER BY due_at, record LIMIT :limit{self._skip_locked}) RETURNING record, destination, attempts, due_at",
+            {**args, **of, "owner": owner, "due": now_iso(), "limit": limit}).fetchall())
         return [(r[0], r[1], r[2]) for r in sorted(rows, key=lambda r: (r[3], r[0], r[1]))]
-
-    def next_due(self, destination: str | None = None) -> str | None:
-        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
-        with self._lock:
-            row = self._db.execute(f"SELECT MIN(due_at) FROM outbox WHERE lease_until IS NULL{where}", args).fetchone()
-        return row[0]
 
     def release_delivery(self, pk: int, owner: str, destination: str | None = None) -> None:
         """Give a delivery job back untouched (the worker stopped before an outcome)."""
-        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
+        where, of = of_destination(destination)
         self._write(lambda db: db.execute(
-            f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE record = ? AND lease_owner = ?{where}",
-            (pk, owner, *args)))
+            f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE record = :pk AND lease_owner = :owner{where}",
+            {**of, "pk": pk, "owner": owner}))
 
     def drop_delivery(self, pk: int, destination: str | None = None) -> None:
         """Remove a job whose record is no longer waiting for delivery."""
-        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
-        self._write(lambda db: db.execute(f"DELETE FROM outbox WHERE record = ?{where}", (pk, *args)))
+        where, of = of_destination(destination)
+        self._write(lambda db: db.execute(f"DELETE FROM outbox WHERE record = :pk{where}", {**of, "pk": pk}))
 
     def outbox_size(self, destination: str | None = None) -> int:
-        where, args = (" WHERE destination = ?", (destination,)) if destination is not None else ("", ())
+        where, of = of_destination(destination)
         with self._lock:
-            return self._db.execute(f"SELECT COUNT(*) FROM outbox{where}", args).fetchone()[0]
+            return self._db.execute(f"SELECT COUNT(*) FROM outbox WHERE TRUE{where}", of).fetchone()[0]
 
     def delivery_attempted(self, pk: int, record_id: str, version: int, destination: str | None = None) -> None:
         """Audit a submission before it is sent (so a crash mid-send still shows it)."""
@@ -628,28 +593,42 @@ class Store(IssuanceRegistry, PackageLedger):
                     destination: str = migrations.ROUTELESS) -> int:
         """Keep ``destination``'s job for another attempt at ``due_at`` (``count``: the attempt
         counts toward the limit); returns the attempts counted so far."""
+        job = {"pk": pk, "destination": destination, "count": int(count), "error": error}
+
         def work(db: Any) -> int:
-            db.execute("UPDATE outbox SET attempts = attempts + ?, due_at = ?, last_error = ?,"
-                       " lease_owner = NULL, lease_until = NULL WHERE record = ? AND destination = ?",
-                       (int(count), due_at, error, pk, destination))
-            db.execute("UPDATE deliveries SET attempts = attempts + ?, last_error = ?, updated_at = ?"
-                       " WHERE record = ? AND destination = ?", (int(count), error, now_iso(), pk, destination))
-            db.execute("UPDATE records SET attempts = attempts + 1, errors = ?, updated_at = ? WHERE id = ?",
-                       (json.dumps([f"{destination}: {error}" if destination else error], ensure_ascii=False),
-                        now_iso(), pk))
-            db.execute("INSERT INTO history (record, at, state, detail) VALUES "
-                       "(?, ?, (SELECT state FROM records WHERE id = ?), ?)",
-                       (pk, now_iso(), pk, f"retry: {destination}: {error}" if destination else f"retry: {error}"))
-            row = db.execute("SELECT attempts FROM outbox WHERE record = ? AND destination = ?",
-                             (pk, destination)).fetchone()
+            db.execute("UPDATE outbox SET attempts = attempts + :count, due_at = :due, last_error = :error,"
+                       " lease_owner = NULL, lease_until = NULL WHERE record = :pk AND destination = :destination",
+                       {**job, "due": due_at})
+            db.execute("UPDATE deliveries SET attempts = attempts + :count, last_error = :error, updated_at = :now"
+                       " WHERE record = :pk AND destination = :destination", {**job, "now": now_iso()})
+            said = f"{destination}: {error}" if destination else error
+            self._count_attempt(db, pk, [said], f"retry: {said}")
+            row = db.execute("SELECT attempts FROM outbox WHERE record = :pk AND destination = :destination",
+                             job).fetchone()
             return row[0] if row else 0
         return self._write(work)
 
     def make_due(self, now: str, destination: str | None = None) -> int:
         """Make every waiting delivery (to ``destination``) due now (it came back after an outage)."""
-        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
-        return self._write(lambda db: db.execute(f"UPDATE outbox SET due_at = ? WHERE due_at > ?{where}",
-                                                 (now, now, *args)).rowcount)
+        where, of = of_destination(destination)
+        return self._write(lambda db: db.execute(f"UPDATE outbox SET due_at = :now WHERE due_at > :now{where}",
+                                                 {**of, "now": now}).rowcount)
+
+    def _end_job(self, db: Any, pk: int, destination: str, columns: str, outcome: dict[str, Any],
+                 now: str) -> Any:
+        """Close ``destination``'s job for record ``pk``: out of the outbox, its outcome
+        (``outcome``: ``state`` and the delivery columns it sets) in ``deliveries``. Returns the
+        record's ``columns``, its row locked; ``KeyError`` if there is no such record."""
+        row = db.execute(f"SELECT {columns} FROM records WHERE id = :pk{self._for_update}", {"pk": pk}).fetchone()
+        if row is None:
+            raise KeyError(pk)
+        job = {**outcome, "pk": pk, "destination": destination, "now": now}
+        db.execute("DELETE FROM outbox WHERE record = :pk AND destination = :destination", job)
+        db.execute(f"INSERT INTO deliveries (record, destination, {', '.join(outcome)}, updated_at)"
+                   f" VALUES (:pk, :destination, {', '.join(':' + c for c in outcome)}, :now)"
+                   f" ON CONFLICT (record, destination) DO UPDATE SET"
+                   f" {', '.join(f'{c} = excluded.{c}' for c in outcome)}, updated_at = excluded.updated_at", job)
+        return row
 
     def delivery_done(self, pk: int, destination: str, expected: str, receipt: dict[str, Any]) -> str | None:
         """``destination`` accepted record ``pk``'s version: its outcome, the version it holds, the
@@ -663,17 +642,10 @@ class Store(IssuanceRegistry, PackageLedger):
     def _delivery_done(self, db: Any, pk: int, destination: str, expected: str, receipt: dict[str, Any],
                        now: str) -> str | None:
         text = json.dumps(receipt, ensure_ascii=False)
-        row = db.execute(f"SELECT record_id, version, state, content_hash FROM records WHERE id = ?"
-                         f"{self._for_update}", (pk,)).fetchone()
-        if row is None:
-            raise KeyError(pk)
-        db.execute("DELETE FROM outbox WHERE record = ? AND destination = ?", (pk, destination))
-        db.execute("INSERT INTO deliveries (record, destination, state, receipt, updated_at) VALUES (?, ?, ?, ?, ?)"
-                   " ON CONFLICT (record, destination) DO UPDATE SET state = excluded.state,"
-                   " receipt = excluded.receipt, last_error = NULL, updated_at = excluded.updated_at",
-                   (pk, destination, DELIVERED, text, now))
-        db.execute("UPDATE records SET receipt = ? WHERE id = ?",
-                   (json.dumps({**receipt, "destination": destination}, ensure_ascii=False), pk))
+        row = self._end_job(db, pk, destination, "record_id, version, state, content_hash",
+                            {"state": DELIVERED, "receipt": text, "last_error": None}, now)
+        db.execute("UPDATE records SET receipt = :receipt WHERE id = :pk",
+                   {"receipt": json.dumps({**receipt, "destination": destination}, ensure_ascii=False), "pk": pk})
         self._held(db, row["record_id"], destination, row["version"], row["content_hash"], text, now)
         self._audit(db, "receipt", "hub", row["record_id"],
                     {"version": row["version"], "destination": destination, "receipt": receipt})
@@ -689,17 +661,10 @@ class Store(IssuanceRegistry, PackageLedger):
         with ``superseded``, because it already holds a newer version. The record moves on from
         ``expected`` once no destination's job is left; returns its new state, if it moved."""
         now = now_iso()
-        outcome = SUPERSEDED if superseded else DEAD_LETTER
+        outcome = {"state": SUPERSEDED if superseded else DEAD_LETTER, "last_error": error}
 
         def work(db: Any) -> str | None:
-            row = db.execute(f"SELECT record_id, version FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
-            if row is None:
-                raise KeyError(pk)
-            db.execute("DELETE FROM outbox WHERE record = ? AND destination = ?", (pk, destination))
-            db.execute("INSERT INTO deliveries (record, destination, state, last_error, updated_at) VALUES (?, ?, ?, ?, ?)"
-                       " ON CONFLICT (record, destination) DO UPDATE SET state = excluded.state,"
-                       " last_error = excluded.last_error, updated_at = excluded.updated_at",
-                       (pk, destination, outcome, error, now))
+            self._end_job(db, pk, destination, "record_id, version", outcome, now)
             # No history line yet: the record's own state has not changed (``deliveries`` shows
             # this destination's outcome; the record's history says it once all are settled).
             return self._settle(db, pk, expected, now)
@@ -708,10 +673,10 @@ class Store(IssuanceRegistry, PackageLedger):
     def sent_version(self, record_id: str, destination: str | None = None) -> tuple[int, str | None] | None:
         """The highest version ``destination`` (any destination, if None) holds for ``record_id``
         and its content hash."""
-        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
+        where, of = of_destination(destination)
         with self._lock:
-            row = self._db.execute(f"SELECT version, content_hash FROM sent_to WHERE record_id = ?{where}"
-                                   " ORDER BY version DESC LIMIT 1", (record_id, *args)).fetchone()
+            row = self._db.execute(f"SELECT version, content_hash FROM sent_to WHERE record_id = :rid{where}"
+                                   " ORDER BY version DESC LIMIT 1", {**of, "rid": record_id}).fetchone()
         return (row["version"], row["content_hash"]) if row else None
 
     def cancel(self, record_id: str, reason: str, actor: str) -> int:
@@ -724,28 +689,22 @@ class Store(IssuanceRegistry, PackageLedger):
 
         def work(db: Any) -> int:
             self._lock_record_ids(db, [record_id])
-            latest = db.execute("SELECT * FROM records WHERE record_id = ? ORDER BY version DESC LIMIT 1",
-                                (record_id,)).fetchone()
+            latest = db.execute("SELECT * FROM records WHERE record_id = :rid ORDER BY version DESC LIMIT 1",
+                                {"rid": record_id}).fetchone()
             if latest is None:
                 raise KeyError(record_id)
             if latest["event"] == "CANCEL":
                 raise StateConflict(f"record {record_id} is already cancelled (version {latest['version']})")
             version = latest["version"] + 1
-            placeholders = ",".join("?" * len(SETTLED))
-            for old in db.execute(f"SELECT id FROM records WHERE record_id = ? AND state NOT IN ({placeholders})"
-                                  f" ORDER BY id{self._for_update}", (record_id, *sorted(SETTLED))).fetchall():
-                self._set_state(db, old["id"], SUPERSEDED, f"version {version} cancelled by {actor}", now)
-            # The digest a vendor's own deletion of this payload would have: the same cancel
-            # arriving from the vendor afterwards is not a new version.
-            digest = hashlib.sha256(latest["payload"] + b"\x00deleted").hexdigest()
-            pk = db.execute(
-                "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
-                " content_type, payload, payload_hash, state, received_at, updated_at, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (record_id, version, "CANCEL", latest["adapter"], latest["source_id"], latest["source_updated"],
-                 latest["content_type"], latest["payload"], digest, RECEIVED, now, now, reason)).fetchone()[0]
-            db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)",
-                       (pk, now, RECEIVED, f"version {version} CANCEL by {actor}: {reason}"))
+            self._supersede_unsettled(db, record_id, f"version {version} cancelled by {actor}", now)
+            pk = self._insert_version(db, {
+                "record_id": record_id, "version": version, "event": "CANCEL", "adapter": latest["adapter"],
+                "source_id": latest["source_id"], "source_updated": latest["source_updated"],
+                "content_type": latest["content_type"], "payload": latest["payload"],
+                # The digest a vendor's own deletion of this payload would have: the same cancel
+                # arriving from the vendor afterwards is not a new version.
+                "payload_hash": payload_digest(latest["payload"], True), "reason": reason}, now)
+            self._history(db, pk, RECEIVED, f"version {version} CANCEL by {actor}: {reason}", now)
             self._audit(db, "cancel", actor, record_id,
                         {"cancelled_version": latest["version"], "new_version": version, "reason": reason})
             return pk
@@ -754,15 +713,15 @@ class Store(IssuanceRegistry, PackageLedger):
     def sent_versions(self, record_id: str) -> dict[str, tuple[int, str | None]]:
         """Per destination, the highest version it holds for ``record_id`` and its content hash."""
         with self._lock:
-            rows = self._db.execute("SELECT destination, version, content_hash FROM sent_to WHERE record_id = ?",
-                                    (record_id,)).fetchall()
+            rows = self._db.execute("SELECT destination, version, content_hash FROM sent_to WHERE record_id = :rid",
+                                    {"rid": record_id}).fetchall()
         return {r["destination"]: (r["version"], r["content_hash"]) for r in rows}
 
     def deliveries_of(self, pk: int) -> list[dict[str, Any]]:
         """Each destination's outcome for record ``pk``: state, attempts, last error, receipt."""
         with self._lock:
             rows = self._db.execute("SELECT destination, state, attempts, last_error, receipt, updated_at"
-                                    " FROM deliveries WHERE record = ? ORDER BY destination", (pk,)).fetchall()
+                                    " FROM deliveries WHERE record = :pk ORDER BY destination", {"pk": pk}).fetchall()
         out = []
         for r in rows:
             item = dict(zip(r.keys(), r))
@@ -785,18 +744,18 @@ class Store(IssuanceRegistry, PackageLedger):
     def adopt_routeless(self, destination: str) -> int:
         """Hand the jobs, outcomes and held versions of the store's one destination from before
         routes (filed under ``migrations.ROUTELESS``) to ``destination``; returns the jobs moved."""
-        blank = migrations.ROUTELESS
+        names = {"to": destination, "blank": migrations.ROUTELESS}
 
         def work(db: Any) -> int:
-            n = db.execute("UPDATE outbox SET destination = ? WHERE destination = ?", (destination, blank)).rowcount
-            db.execute("UPDATE deliveries SET destination = ? WHERE destination = ? AND NOT EXISTS (SELECT 1 FROM"
-                       " deliveries d WHERE d.record = deliveries.record AND d.destination = ?)",
-                       (destination, blank, destination))
-            db.execute("UPDATE sent_to SET destination = ? WHERE destination = ? AND NOT EXISTS (SELECT 1 FROM"
-                       " sent_to s WHERE s.record_id = sent_to.record_id AND s.destination = ?)",
-                       (destination, blank, destination))
-            db.execute("DELETE FROM deliveries WHERE destination = ?", (blank,))
-            db.execute("DELETE FROM sent_to WHERE destination = ?", (blank,))
+            n = db.execute("UPDATE outbox SET destination = :to WHERE destination = :blank", names).rowcount
+            db.execute("UPDATE deliveries SET destination = :to WHERE destination = :blank AND NOT EXISTS"
+                       " (SELECT 1 FROM deliveries d WHERE d.record = deliveries.record AND d.destination = :to)",
+                       names)
+            db.execute("UPDATE sent_to SET destination = :to WHERE destination = :blank AND NOT EXISTS"
+                       " (SELECT 1 FROM sent_to s WHERE s.record_id = sent_to.record_id AND s.destination = :to)",
+                       names)
+            db.execute("DELETE FROM deliveries WHERE destination = :blank", names)
+            db.execute("DELETE FROM sent_to WHERE destination = :blank", names)
             return n
         return self._write(work)
 
@@ -806,8 +765,9 @@ class Store(IssuanceRegistry, PackageLedger):
         is invalid carries this content (the envelope is what recalls)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT version, normalized FROM records WHERE record_id = ? AND state = ? AND normalized IS NOT NULL"
-                " ORDER BY version DESC LIMIT 1", (record_id, DELIVERED)).fetchone()
+                "SELECT version, normalized FROM records WHERE record_id = :rid AND state = :delivered"
+                " AND normalized IS NOT NULL ORDER BY version DESC LIMIT 1",
+                {"rid": record_id, "delivered": DELIVERED}).fetchone()
         return (row["version"], json.loads(row["normalized"])) if row else None
 
     def reissue(self, pk: int, expected: str, held_version: int, reason: str,
@@ -818,23 +778,21 @@ class Store(IssuanceRegistry, PackageLedger):
         now = now_iso()
 
         def work(db: Any) -> int:
-            row = db.execute(f"SELECT * FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
+            row = db.execute(f"SELECT * FROM records WHERE id = :pk{self._for_update}", {"pk": pk}).fetchone()
             if row["state"] != expected:
                 raise StateConflict(f"record {pk} is {row['state']}, not {expected}")
             self._lock_record_ids(db, [row["record_id"]])
-            latest = db.execute("SELECT MAX(version) FROM records WHERE record_id = ?", (row["record_id"],)).fetchone()[0]
+            latest = db.execute("SELECT MAX(version) FROM records WHERE record_id = :rid",
+                                {"rid": row["record_id"]}).fetchone()[0]
             version = max(held_version, latest) + 1
             self._set_state(db, pk, SUPERSEDED, reason, now)
             self._held(db, row["record_id"], destination, held_version, None, None, now)
-            new_pk = db.execute(
-                "INSERT INTO records (record_id, version, event, adapter, source_id, source_updated,"
-                " content_type, payload, payload_hash, state, received_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (row["record_id"], version, "CANCEL" if row["event"] == "CANCEL" else "UPDATE", row["adapter"],
-                 row["source_id"], row["source_updated"], row["content_type"], row["payload"],
-                 row["payload_hash"], RECEIVED, now, now)).fetchone()[0]
-            db.execute("INSERT INTO history (record, at, state, detail) VALUES (?, ?, ?, ?)",
-                       (new_pk, now, RECEIVED, f"version {version}: {reason}"))
+            new_pk = self._insert_version(db, {
+                "record_id": row["record_id"], "version": version,
+                "event": "CANCEL" if row["event"] == "CANCEL" else "UPDATE",
+                **{c: row[c] for c in ("adapter", "source_id", "source_updated", "content_type", "payload",
+                                       "payload_hash")}}, now)
+            self._history(db, new_pk, RECEIVED, f"version {version}: {reason}", now)
             self._audit(db, "reconcile", "hub", row["record_id"],
                         {"held_version": held_version, "old_version": row["version"], "new_version": version})
             return new_pk
@@ -847,10 +805,11 @@ class Store(IssuanceRegistry, PackageLedger):
         keys = list(keys)
         if not keys:
             return {}
+        marks, asked = bind_list("key", keys)
         with self._lock:
             rows = self._db.execute(
-                f"SELECT person_key, outcome FROM identity_cache WHERE person_key IN ({','.join('?' * len(keys))})"
-                " AND expires_at > ?", (*keys, now)).fetchall()
+                f"SELECT person_key, outcome FROM identity_cache WHERE person_key IN ({marks})"
+                " AND expires_at > :now", {**asked, "now": now}).fetchall()
         return {r[0]: r[1] for r in rows}
 
     def identity_remember(self, entries: Iterable[tuple[str, str]], now: str, expires_at: str) -> None:
@@ -860,10 +819,11 @@ class Store(IssuanceRegistry, PackageLedger):
         def work(db: Any) -> None:
             for key, outcome in entries:
                 db.execute("INSERT INTO identity_cache (person_key, outcome, checked_at, expires_at)"
-                           " VALUES (?, ?, ?, ?) ON CONFLICT (person_key) DO UPDATE SET outcome = excluded.outcome,"
-                           " checked_at = excluded.checked_at, expires_at = excluded.expires_at",
-                           (key, outcome, now, expires_at))
-            db.execute("DELETE FROM identity_cache WHERE expires_at <= ?", (now,))
+                           " VALUES (:key, :outcome, :now, :expires) ON CONFLICT (person_key) DO UPDATE SET"
+                           " outcome = excluded.outcome, checked_at = excluded.checked_at,"
+                           " expires_at = excluded.expires_at",
+                           {"key": key, "outcome": outcome, "now": now, "expires": expires_at})
+            db.execute("DELETE FROM identity_cache WHERE expires_at <= :now", {"now": now})
         self._write(work)
 
     # --- operators ---------------------------------------------------------------------------
@@ -871,23 +831,30 @@ class Store(IssuanceRegistry, PackageLedger):
     def select(self, *, ids: Iterable[int] = (), record_ids: Iterable[str] = (), adapter: str | None = None,
                school: str | None = None, state: str | None = None) -> list[int]:
         """Store ids matching every given criterion (ids and record_ids: any of them)."""
-        clauses, args = [], []
+        clauses, args = [], {}
         ids, record_ids = list(ids), list(record_ids)
         if ids or record_ids:
             parts = []
-            if ids:
-                parts.append(f"id IN ({','.join('?' * len(ids))})"), args.extend(ids)
-            if record_ids:
-                parts.append(f"record_id IN ({','.join('?' * len(record_ids))})"), args.extend(record_ids)
+            for column, values in (("id", ids), ("record_id", record_ids)):
+                if values:
+                    marks, bound = bind_list(column, values)
+                    parts.append(f"{column} IN ({marks})")
+                    args.update(bound)
             clauses.append("(" + " OR ".join(parts) + ")")
-        for column, value in (("adapter", adapter), ("school_code", school), ("state", state)):
-            if value is not None:
-                clauses.append(f"{column} = ?"), args.append(value)
+        args_for, filters = self._filters(("adapter", adapter), ("school_code", school), ("state", state))
+        clauses += filters
+        args.update(args_for)
         if not clauses:
             raise ValueError("select needs at least one criterion")
         with self._lock:
             return [r[0] for r in self._db.execute(
                 f"SELECT id FROM records WHERE {' AND '.join(clauses)} ORDER BY id", args)]
+
+    @staticmethod
+    def _filters(*criteria: tuple[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """``column = :column`` for each ``(column, value)`` whose value is given (not None)."""
+        given = {column: value for column, value in criteria if value is not None}
+        return given, [f"{column} = :{column}" for column in given]
 
     def replay(self, pks: Iterable[int], *, stage: str = "normalize", actor: str,
                deliver_from: str | None = None, destination: str | None = None,
@@ -909,14 +876,14 @@ class Store(IssuanceRegistry, PackageLedger):
             moved = []
             for pk in pks:
                 row = db.execute("SELECT state, record_id, version, normalized, pdf, pruned_at, errors"
-                                 f" FROM records WHERE id = ?{self._for_update}", (pk,)).fetchone()
+                                 f" FROM records WHERE id = :pk{self._for_update}", {"pk": pk}).fetchone()
                 if row is None or row["pruned_at"]:
                     continue
                 dead: list[str] = []
                 if stage == "deliver":
                     dead = [r[0] for r in db.execute(
-                        "SELECT destination FROM deliveries WHERE record = ? AND state = ? ORDER BY destination",
-                        (pk, DEAD_LETTER)).fetchall() if destination is None or r[0] == destination]
+                        "SELECT destination FROM deliveries WHERE record = :pk AND state = :dead ORDER BY destination",
+                        {"pk": pk, "dead": DEAD_LETTER}).fetchall() if destination is None or r[0] == destination]
                     if row["state"] == deliver_from and dead:
                         # Still on its way to other destinations: only the dead letters go again.
                         self._queue(db, pk, dead, now)
@@ -925,7 +892,7 @@ class Store(IssuanceRegistry, PackageLedger):
                         moved.append((pk, deliver_from))
                         continue
                     if not dead:
-                        known = db.execute("SELECT 1 FROM deliveries WHERE record = ?", (pk,)).fetchone()
+                        known = db.execute("SELECT 1 FROM deliveries WHERE record = :pk", {"pk": pk}).fetchone()
                         dead = [] if known else [d for d in (routes or [migrations.ROUTELESS])
                                                  if destination is None or d == destination]
                 if row["state"] not in REPLAYABLE:
@@ -935,11 +902,12 @@ class Store(IssuanceRegistry, PackageLedger):
                 elif stage == "render" and row["normalized"]:
                     target, reset = NORMALIZED, "pdf = NULL, xml = NULL"
                 elif stage == "deliver" and dead and row["pdf"] and deliver_from and db.execute(
-                        "SELECT 1 FROM history WHERE record = ? AND state = ?", (pk, deliver_from)).fetchone():
+                        "SELECT 1 FROM history WHERE record = :pk AND state = :state",
+                        {"pk": pk, "state": deliver_from}).fetchone():
                     target, reset = deliver_from, "pdf = pdf"  # the fully signed PDF goes as it is
                 else:
                     continue
-                db.execute(f"UPDATE records SET {reset}, errors = NULL, attempts = 0 WHERE id = ?", (pk,))
+                db.execute(f"UPDATE records SET {reset}, errors = NULL, attempts = 0 WHERE id = :pk", {"pk": pk})
                 self._set_state(db, pk, target, f"replay ({stage}) by {actor}", now)
                 detail: dict[str, Any] = {"version": row["version"], "from": row["state"], "stage": stage}
                 if stage == "deliver":
@@ -958,17 +926,17 @@ class Store(IssuanceRegistry, PackageLedger):
         now = int(time.time())
 
         def work(db: Any) -> bool:
-            db.execute("DELETE FROM push_nonces WHERE until < ?", (now,))
-            return db.execute("INSERT INTO push_nonces (adapter, nonce, until) VALUES (?, ?, ?)"
+            db.execute("DELETE FROM push_nonces WHERE until < :now", {"now": now})
+            return db.execute("INSERT INTO push_nonces (adapter, nonce, until) VALUES (:adapter, :nonce, :until)"
                               " ON CONFLICT (adapter, nonce) DO NOTHING",
-                              (adapter, nonce, max(int(until) + 1, now))).rowcount == 1
+                              {"adapter": adapter, "nonce": nonce, "until": max(int(until) + 1, now)}).rowcount == 1
         return self._write(work)
 
     def set_paused(self, adapter: str, paused: bool, actor: str) -> None:
         def work(db: Any) -> None:
-            db.execute("INSERT INTO adapters (name, paused, updated_at) VALUES (?, ?, ?) ON CONFLICT (name)"
-                       " DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
-                       (adapter, int(paused), now_iso()))
+            db.execute("INSERT INTO adapters (name, paused, updated_at) VALUES (:name, :paused, :now)"
+                       " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+                       {"name": adapter, "paused": int(paused), "now": now_iso()})
             self._audit(db, "pause" if paused else "resume", actor, adapter, {})
         self._write(work)
 
@@ -980,61 +948,29 @@ class Store(IssuanceRegistry, PackageLedger):
         """Append an audit entry (admin actions)."""
         self._write(lambda db: self._audit(db, kind, actor, subject, detail or {}))
 
-    def _audit(self, db: Any, kind: str, actor: str, subject: str | None, detail: dict[str, Any]) -> None:
-        prev = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-        prev_hash = prev[0] if prev else "0" * 64
-        at = now_iso()
-        detail_text = json.dumps(detail, sort_keys=True, ensure_ascii=False, default=str)
-        pk = db.execute("INSERT INTO audit (at, kind, actor, subject, detail, prev, hash)"
-                        " VALUES (?, ?, ?, ?, ?, ?, '') RETURNING id",
-                        (at, kind, actor, subject, detail_text, prev_hash)).fetchone()[0]
-        entry = {"id": pk, "at": at, "kind": kind, "actor": actor, "subject": subject, "detail": detail_text}
-        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (audit_hash(prev_hash, entry), pk))
-
     def audit_entries(self) -> Iterator[dict[str, Any]]:
         """Every audit entry in order (a snapshot, streamed)."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM audit ORDER BY id").fetchall()
         for r in rows:
-            yield dict(r)
+            yield dict(zip(r.keys(), r))
 
     def prune(self, older_than: str) -> dict[str, int]:
         """Drop payloads and PDFs of records that reached the destination (or were superseded or
         unchanged) before ``older_than``; keep id, version, hashes and receipt. Records still on
         their way, quarantined, failed or dead-lettered are never pruned. Reclaims the space."""
+        marks, done = bind_list("state", [DELIVERED, SUPERSEDED, UNCHANGED])
+
         def work(db: Any) -> int:
             n = db.execute(
-                "UPDATE records SET payload = ?, pdf = NULL, xml = NULL, normalized = NULL, pruned_at = ?"
-                " WHERE state IN (?, ?, ?) AND updated_at < ? AND pruned_at IS NULL",
-                (b"", now_iso(), DELIVERED, SUPERSEDED, UNCHANGED, older_than)).rowcount
+                "UPDATE records SET payload = :empty, pdf = NULL, xml = NULL, normalized = NULL, pruned_at = :now"
+                f" WHERE state IN ({marks}) AND updated_at < :older_than AND pruned_at IS NULL",
+                {**done, "empty": b"", "now": now_iso(), "older_than": older_than}).rowcount
             if n:
                 self._audit(db, "prune", "hub", None, {"records": n, "older_than": older_than})
             return n
         n = self._write(work)
         return {"records": n, "pages_reclaimed": self._reclaim(n)}
-
-    def _reclaim(self, pruned: int) -> int:
-        """Hand freed pages back to the file system; returns how many."""
-        with self._lock:
-            before = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-            # Each step of this pragma frees one page and execute() steps once: run it to the end.
-            self._db.executescript("PRAGMA incremental_vacuum;")
-            after = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return before - after
-
-    def storage_bytes(self) -> int:
-        """Bytes the store occupies on disk (the database file; WAL checkpointed first)."""
-        with self._lock:
-            if self.path == ":memory:":
-                return self._db.execute("PRAGMA page_count").fetchone()[0] * \
-                    self._db.execute("PRAGMA page_size").fetchone()[0]
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return Path(self.path).stat().st_size
-
-    def describe(self) -> str:
-        """One line for operators (``/readyz``): backend, location, schema version."""
-        return f"sqlite {self.path}, schema {self.schema_version()}"
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -1042,50 +978,46 @@ class Store(IssuanceRegistry, PackageLedger):
                year: str | None = None, since: str | None = None, until: str | None = None,
                limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Record summaries (no payload or PDF), newest change first."""
-        clauses, args = [], []
-        for column, op, value in (("state", "=", state), ("adapter", "=", adapter), ("school_code", "=", school),
-                                  ("school_year", "=", year), ("updated_at", ">=", since), ("updated_at", "<", until)):
+        args, clauses = self._filters(("state", state), ("adapter", adapter), ("school_code", school),
+                                      ("school_year", year))
+        for name, op, value in (("since", ">=", since), ("until", "<", until)):
             if value is not None:
-                clauses.append(f"{column} {op} ?"), args.append(value)
+                clauses.append(f"updated_at {op} :{name}")
+                args[name] = value
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM records {where} ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?",
-                (*args, limit, offset)).fetchall()
+                f"SELECT {_SUMMARY_COLUMNS} FROM records {where} ORDER BY updated_at DESC, id DESC"
+                " LIMIT :limit OFFSET :offset", {**args, "limit": limit, "offset": offset}).fetchall()
         out = []
         for r in rows:
-            item = dict(r)
+            item = dict(zip(r.keys(), r))
             item["errors"] = json.loads(item["errors"]) if item["errors"] else []
             item["receipt"] = json.loads(item["receipt"]) if item["receipt"] else None
             out.append(item)
         return out
 
-    # The class a normalised record names, in this backend's SQL (PostgreSQL overrides it).
-    @staticmethod
-    def _class_name_sql(table: str = "records") -> str:
-        """SQL: the class name of a ``table`` row's normalised record (the dialect's JSON access)."""
-        return f"json_extract({table}.normalized, '$.class_name')"
-
     def class_breakdown(self, school: str | None = None) -> list[dict[str, Any]]:
         """Record counts by school, class and state (of one school): the operators' console.
         A record never normalised has no class (``class_name`` None)."""
-        where, args = ("WHERE school_code = ?", (school,)) if school is not None else ("", ())
+        args, clauses = self._filters(("school_code", school))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT school_code, {self._class_name_sql()} AS class_name, state, COUNT(*) AS n FROM records"
                 f" {where} GROUP BY school_code, class_name, state ORDER BY school_code, class_name, state", args)
-            return [dict(r) for r in rows]
+            return [dict(zip(r.keys(), r)) for r in rows]
 
     def class_deliveries(self, school: str | None = None) -> list[dict[str, Any]]:
         """Record versions by school, class, destination and delivery state (of one school): where
         each class stands at each destination, for the operators' console."""
-        where, args = ("WHERE r.school_code = ?", (school,)) if school is not None else ("", ())
+        where, args = ("WHERE r.school_code = :school", {"school": school}) if school is not None else ("", {})
         with self._lock:
             rows = self._db.execute(
                 f"SELECT r.school_code AS school_code, {self._class_name_sql('r')} AS class_name, d.destination AS destination,"
                 f" d.state AS state, COUNT(*) AS n FROM deliveries d JOIN records r ON r.id = d.record {where}"
                 f" GROUP BY r.school_code, class_name, d.destination, d.state", args)
-            return [dict(r) for r in rows]
+            return [dict(zip(r.keys(), r)) for r in rows]
 
     def schools(self) -> list[str]:
         """Every school code a record names."""
@@ -1099,11 +1031,11 @@ class Store(IssuanceRegistry, PackageLedger):
         with self._lock:
             rows = self._db.execute("SELECT adapter, school_code, state, COUNT(*) AS n FROM records"
                                     " GROUP BY adapter, school_code, state ORDER BY adapter, school_code, state")
-            return [dict(r) for r in rows]
+            return [dict(zip(r.keys(), r)) for r in rows]
 
     def get(self, pk: int) -> Row:
         with self._lock:
-            r = self._db.execute("SELECT * FROM records WHERE id = ?", (pk,)).fetchone()
+            r = self._db.execute("SELECT * FROM records WHERE id = :pk", {"pk": pk}).fetchone()
         if r is None:
             raise KeyError(pk)
         return Row.from_db(r)
@@ -1111,20 +1043,14 @@ class Store(IssuanceRegistry, PackageLedger):
     def pending(self) -> list[tuple[int, str]]:
         """Every record a stage still has to work on (neither final nor blocked waiting for a
         school or an operator), oldest first, as ``(id, state)``."""
-        settled = tuple(FINAL_STATES | BLOCKED_STATES)
+        marks, settled = bind_list("settled", sorted(FINAL_STATES | BLOCKED_STATES))
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT id, state FROM records WHERE state NOT IN ({','.join('?' * len(settled))}) ORDER BY id",
-                settled,
-            ).fetchall()
+            rows = self._db.execute(f"SELECT id, state FROM records WHERE state NOT IN ({marks}) ORDER BY id",
+                                    settled).fetchall()
         return [(r["id"], r["state"]) for r in rows]
 
     def rows(self, *, state: str | None = None, adapter: str | None = None) -> list[Row]:
-        clauses, args = [], []
-        if state:
-            clauses.append("state = ?"), args.append(state)
-        if adapter:
-            clauses.append("adapter = ?"), args.append(adapter)
+        args, clauses = self._filters(("state", state or None), ("adapter", adapter or None))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             return [Row.from_db(r) for r in self._db.execute(f"SELECT * FROM records {where} ORDER BY id", args)]
@@ -1137,8 +1063,9 @@ class Store(IssuanceRegistry, PackageLedger):
 
     def history(self, pk: int) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT at, state, detail FROM history WHERE record = ? ORDER BY id", (pk,))
-            return [dict(r) for r in rows]
+            rows = self._db.execute("SELECT at, state, detail FROM history WHERE record = :pk ORDER BY id",
+                                    {"pk": pk})
+            return [dict(zip(r.keys(), r)) for r in rows]
 
     def ping(self) -> None:
         """Raise if the database cannot be read (for readiness checks)."""
