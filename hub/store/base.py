@@ -95,6 +95,11 @@ def _cancelled_as_is(latest: Any, raw: RawRecord, digest: str) -> bool:
             and payload_digest(latest["payload"], False) == digest)
 
 
+def _assign(terms: dict[str, str]) -> str:
+    """``column = value, …`` of a lease's terms (``Store._lease_terms``)."""
+    return ", ".join(f"{column} = {value}" for column, value in terms.items())
+
+
 def open_store(location: str | Path) -> "Store":
     """The store at ``location``: a ``postgresql://`` URL, or a SQLite file path."""
     return Store(location)
@@ -163,7 +168,9 @@ class Store(IssuanceRegistry, PackageLedger, ABC):
     @abstractmethod
     def _lease_terms(self, lease_seconds: float) -> tuple[dict[str, str], dict[str, Any]]:
         """The columns a lease of ``lease_seconds`` sets beside its owner (column → SQL value),
-        and the values those bind; they also bind what ``_lease_free`` needs."""
+        and the values those bind; they also bind what ``_lease_free`` needs. Asked inside the
+        transaction: the values may name the connection's session, which a reconnect at its
+        start replaces."""
 
     @abstractmethod
     def _lease_free(self, table: str) -> str:
@@ -316,13 +323,15 @@ class Store(IssuanceRegistry, PackageLedger, ABC):
     def claim_pull(self, adapter: str, owner: str, lease_seconds: float) -> bool:
         """Lease pulling ``adapter`` (and moving its cursor) to ``owner``; false while another
         worker holds it. Holding it already renews it."""
-        terms, args = self._lease_terms(lease_seconds)
-        return self._write(lambda db: db.execute(
-            f"INSERT INTO pull_leases (adapter, owner, {', '.join(terms)})"
-            f" VALUES (:adapter, :owner, {', '.join(terms.values())}) ON CONFLICT (adapter) DO UPDATE SET"
-            f" owner = excluded.owner, {', '.join(f'{c} = excluded.{c}' for c in terms)}"
-            f" WHERE pull_leases.owner = excluded.owner OR {self._lease_free('pull_leases')} RETURNING adapter",
-            {**args, "adapter": adapter, "owner": owner}).fetchone() is not None)
+        def work(db: Any) -> bool:
+            terms, args = self._lease_terms(lease_seconds)
+            return db.execute(
+                f"INSERT INTO pull_leases (adapter, owner, {', '.join(terms)})"
+                f" VALUES (:adapter, :owner, {', '.join(terms.values())}) ON CONFLICT (adapter) DO UPDATE SET"
+                f" owner = excluded.owner, {', '.join(f'{c} = excluded.{c}' for c in terms)}"
+                f" WHERE pull_leases.owner = excluded.owner OR {self._lease_free('pull_leases')} RETURNING adapter",
+                {**args, "adapter": adapter, "owner": owner}).fetchone() is not None
+        return self._write(work)
 
     def release_pull(self, adapter: str, owner: str) -> None:
         self._write(lambda db: db.execute("DELETE FROM pull_leases WHERE adapter = :adapter AND owner = :owner",
@@ -472,13 +481,15 @@ class Store(IssuanceRegistry, PackageLedger, ABC):
         """Lease up to ``limit`` records in ``states`` that nobody holds (or whose lease ran
         out: its worker died) to ``owner``, oldest first. A state change ends the lease."""
         marks, wanted = bind_list("state", list(states))
-        terms, args = self._lease_terms(lease_seconds)
-        rows = self._write(lambda db: db.execute(
-            f"UPDATE records SET lease_owner = :owner, {', '.join(f'{c} = {v}' for c, v in terms.items())}"
-            f" WHERE id IN (SELECT id FROM records WHERE state IN ({marks}) AND {self._lease_free('records')}"
-            f" ORDER BY id LIMIT :limit{self._skip_locked}) RETURNING id",
-            {**args, **wanted, "owner": owner, "limit": limit}).fetchall())
-        return sorted(r[0] for r in rows)
+
+        def work(db: Any) -> list[Any]:
+            terms, args = self._lease_terms(lease_seconds)
+            return db.execute(
+                f"UPDATE records SET lease_owner = :owner, {_assign(terms)} WHERE id IN (SELECT id FROM records"
+                f" WHERE state IN ({marks}) AND {self._lease_free('records')}"
+                f" ORDER BY id LIMIT :limit{self._skip_locked}) RETURNING id",
+                {**args, **wanted, "owner": owner, "limit": limit}).fetchall()
+        return sorted(r[0] for r in self._write(work))
 
     def release(self, pks: Iterable[int], owner: str) -> None:
         """Give records back without changing their state (the worker could not finish)."""
@@ -492,12 +503,10 @@ class Store(IssuanceRegistry, PackageLedger, ABC):
 
     def renew(self, owner: str, lease_seconds: float) -> None:
         """Extend every lease ``owner`` holds (a heartbeat while long work is under way)."""
-        terms, args = self._lease_terms(lease_seconds)
-        extend = ", ".join(f"{c} = {v}" for c, v in terms.items())
-
         def work(db: Any) -> None:
+            terms, args = self._lease_terms(lease_seconds)
             for table, column in (("records", "lease_owner"), ("outbox", "lease_owner"), ("pull_leases", "owner")):
-                db.execute(f"UPDATE {table} SET {extend} WHERE {column} = :owner", {**args, "owner": owner})
+                db.execute(f"UPDATE {table} SET {_assign(terms)} WHERE {column} = :owner", {**args, "owner": owner})
         self._write(work)
 
     def release_all(self) -> None:
@@ -556,13 +565,16 @@ class Store(IssuanceRegistry, PackageLedger, ABC):
         ``(record pk, destination, attempts so far)``."""
         # Due times are written by the workers' clocks (retry backoff), so they compare with one.
         where, of = of_destination(destination)
-        terms, args = self._lease_terms(lease_seconds)
-        rows = self._write(lambda db: db.execute(
-            f"UPDATE outbox SET lease_owner = :owner, {', '.join(f'{c} = {v}' for c, v in terms.items())}"
-            " WHERE (record, destination) IN (SELECT record, destination FROM outbox"
-            f" WHERE due_at <= :due AND {self._lease_free('outbox')}{where}"
-            f" ORDER BY due_at, record LIMIT :limit{self._skip_locked}) RETURNING record, destination, attempts, due_at",
-            {**args, **of, "owner": owner, "due": now_iso(), "limit": limit}).fetchall())
+        due = now_iso()
+
+        def work(db: Any) -> list[Any]:
+            terms, args = self._lease_terms(lease_seconds)
+            return db.execute(
+                f"UPDATE outbox SET lease_owner = :owner, {_assign(terms)} WHERE (record, destination) IN"
+                f" (SELECT record, destination FROM outbox WHERE due_at <= :due AND {self._lease_free('outbox')}{where}"
+                f" ORDER BY due_at, record LIMIT :limit{self._skip_locked}) RETURNING record, destination, attempts,"
+                " due_at", {**args, **of, "owner": owner, "due": due, "limit": limit}).fetchall()
+        rows = self._write(work)
         return [(r[0], r[1], r[2]) for r in sorted(rows, key=lambda r: (r[3], r[0], r[1]))]
 
     def release_delivery(self, pk: int, owner: str, destination: str | None = None) -> None:
