@@ -73,6 +73,26 @@ def test_open_store_picks_the_backend(open_store, backend):
     assert s.describe().startswith(backend)
 
 
+def test_store_opens_the_sibling_its_location_names(location, backend):
+    from hub.store.postgres import PostgresStore
+    from hub.store.sqlite import SQLiteStore
+
+    s = st.Store(location)
+    try:
+        assert isinstance(s, st.Store)
+        assert type(s) is (PostgresStore if backend == "postgresql" else SQLiteStore)
+    finally:
+        s.close()
+
+
+def test_a_question_mark_or_percent_in_a_literal_is_sql_as_written(open_store):
+    """Shared statements bind by name: a ``?`` or ``%`` in the SQL text is never taken for a
+    placeholder, on either backend."""
+    s = open_store()
+    row = s._write(lambda db: db.execute("SELECT '50% ?' AS literal, :value AS bound", {"value": "a?%"}).fetchone())
+    assert (row["literal"], row["bound"]) == ("50% ?", "a?%")
+
+
 def test_payload_and_cursor_commit_together(open_store):
     s = open_store()
     ids = s.receive("vendor-a", [raw("1"), raw("2")], "cursor-1", save_cursor=True)

@@ -24,7 +24,8 @@ values). SQLite runs that spelling natively; the PostgreSQL sibling hands each d
 statement once to SQLAlchemy's bind compiler, which turns ``:name`` into psycopg's
 ``%(name)s`` and doubles a literal ``%``. So each statement is written once, in plain SQL, and
 neither the base nor a sibling edits SQL text: a ``?`` or ``%`` inside a literal stays what it
-is. Where the dialects really differ (leases, row locks, the audit chain's numbering, JSON
+is. (SQLAlchemy's one rule: ``:word`` after a space or a bracket is a bind even inside quotes,
+so a literal holding such text is passed as a value instead.) Where the dialects really differ (leases, row locks, the audit chain's numbering, JSON
 access, space), the base asks its sibling through the hooks below, each sibling writing its own
 SQL.
 
