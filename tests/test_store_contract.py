@@ -20,7 +20,7 @@ from hub import store as st
 from hub.contracts import RawRecord
 from hub.store import migrations
 from hub.store.audit import verify_chain
-from hub.store.sqlite import now_iso
+from hub.store.model import now_iso
 
 
 def raw(source_id, body=None, deleted=False):
@@ -71,6 +71,26 @@ def test_open_store_picks_the_backend(open_store, backend):
     assert s.dialect == backend and s.shared == (backend == "postgresql")
     assert s.schema_version() == migrations.LATEST
     assert s.describe().startswith(backend)
+
+
+def test_store_opens_the_sibling_its_location_names(location, backend):
+    from hub.store.postgres import PostgresStore
+    from hub.store.sqlite import SQLiteStore
+
+    s = st.Store(location)
+    try:
+        assert isinstance(s, st.Store)
+        assert type(s) is (PostgresStore if backend == "postgresql" else SQLiteStore)
+    finally:
+        s.close()
+
+
+def test_a_question_mark_or_percent_in_a_literal_is_sql_as_written(open_store):
+    """Shared statements bind by name: a ``?`` or ``%`` in the SQL text is never taken for a
+    placeholder, on either backend."""
+    s = open_store()
+    row = s._write(lambda db: db.execute("SELECT '50% ?' AS literal, :value AS bound", {"value": "a?%"}).fetchone())
+    assert (row["literal"], row["bound"]) == ("50% ?", "a?%")
 
 
 def test_payload_and_cursor_commit_together(open_store):
@@ -448,8 +468,8 @@ def test_migrations_run_once_and_a_newer_schema_is_refused(open_store, backend):
     with again._lock:
         applied = [r[0] for r in again._db.execute("SELECT version FROM schema_version ORDER BY version")]
     assert applied == [step.version for step in migrations.STEPS]
-    s._write(lambda db: db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                                   (migrations.LATEST + 1, "from the future", "2099-01-01")))
+    s._write(lambda db: db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (:v, :name, :at)",
+                                   {"v": migrations.LATEST + 1, "name": "from the future", "at": "2099-01-01"}))
     with pytest.raises(migrations.SchemaTooNew):
         open_store()
 
@@ -487,7 +507,8 @@ def test_a_push_nonce_is_spent_once_across_connections(open_store):
     a.close()
     assert not open_store().spend_nonce("push-a", "sig-1", until)
     # Past its time a nonce is dropped (the adapter's own freshness check refuses it by then).
-    b._write(lambda db: db.execute("UPDATE push_nonces SET until = ? WHERE nonce = ?", (int(time.time()) - 5, "sig-1")))
+    b._write(lambda db: db.execute("UPDATE push_nonces SET until = :until WHERE nonce = :nonce",
+                                   {"until": int(time.time()) - 5, "nonce": "sig-1"}))
     assert b.spend_nonce("push-a", "sig-1", until)
 
 
@@ -618,10 +639,10 @@ def test_postgres_deadlock_between_workers_is_retried_not_raised():
             def cross(store, name, first, second):
                 def work(db):
                     runs[name] += 1
-                    db.execute("SELECT id FROM records WHERE id = ? FOR UPDATE", (first,))
+                    db.execute("SELECT id FROM records WHERE id = :pk FOR UPDATE", {"pk": first})
                     if runs[name] == 1:
                         barrier.wait(timeout=10)
-                    db.execute("UPDATE records SET attempts = attempts + 1 WHERE id = ?", (second,))
+                    db.execute("UPDATE records SET attempts = attempts + 1 WHERE id = :pk", {"pk": second})
                 try:
                     store._write(work)
                 except Exception as exc:
@@ -778,8 +799,11 @@ def _store_at_step_6(location: str) -> None:
     if st.is_postgres_url(location):
         import psycopg
 
+        from hub.store.postgres import _pyformat  # the store's own spelling of named binds
+
         conn = psycopg.connect(location, autocommit=True)
-        run, dialect = (lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args or None)), "postgresql"
+        run, dialect = (lambda sql, args=None: conn.execute(_pyformat(sql), args) if args else conn.execute(sql)), \
+            "postgresql"
     else:
         conn = sqlite3.connect(location, isolation_level=None)
         run, dialect = conn.execute, "sqlite"
@@ -787,19 +811,20 @@ def _store_at_step_6(location: str) -> None:
     for step in old:
         for statement in step.statements(dialect):
             run(statement)
-        run("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)", (step.version, step.name, "x"))
+        run("INSERT INTO schema_version (version, name, applied_at) VALUES (:v, :name, 'x')",
+            {"v": step.version, "name": step.name})
     for pk, (rid, state) in enumerate(rows, start=1):
         run("INSERT INTO records (id, record_id, version, event, adapter, source_id, content_type, payload,"
-            " payload_hash, state, received_at, updated_at, pdf, receipt, errors) VALUES (?, ?, 1, 'NEW', 'a', ?,"
-            " 'application/json', ?, 'h', ?, '2025-01-01', '2025-01-01', ?, ?, ?)",
-            (pk, rid, rid, b"{}", state, b"%PDF-signed",
-             '{"receipt_id": "R1"}' if state == "delivered" else None,
-             '["refused"]' if state == "dead_letter" else None))
-        run("INSERT INTO history (record, at, state, detail) VALUES (?, '2025-01-01', 'signed:school_seal', NULL)",
-            (pk,))
+            " payload_hash, state, received_at, updated_at, pdf, receipt, errors) VALUES (:pk, :rid, 1, 'NEW', 'a',"
+            " :rid, 'application/json', :payload, 'h', :state, '2025-01-01', '2025-01-01', :pdf, :receipt, :errors)",
+            {"pk": pk, "rid": rid, "payload": b"{}", "state": state, "pdf": b"%PDF-signed",
+             "receipt": '{"receipt_id": "R1"}' if state == "delivered" else None,
+             "errors": '["refused"]' if state == "dead_letter" else None})
+        run("INSERT INTO history (record, at, state, detail) VALUES (:pk, '2025-01-01', 'signed:school_seal', NULL)",
+            {"pk": pk})
     run("INSERT INTO outbox (record, due_at, attempts, last_error) VALUES (2, '2025-01-01', 3, '503')")
     run("INSERT INTO outbox (record, due_at, attempts, lease_owner, lease_until) VALUES"
-        " (3, '2025-01-01', 0, 'dead-worker', ?)", ("2025-01-01T00:00:00+00:00",))
+        " (3, '2025-01-01', 0, 'dead-worker', :until)", {"until": "2025-01-01T00:00:00+00:00"})
     run("INSERT INTO sent (record_id, version, content_hash, receipt, sent_at) VALUES ('r1', 1, 'c1', NULL, 'x')")
     conn.close()
 
@@ -845,7 +870,7 @@ def test_truncating_the_audit_log_is_seen_against_an_anchor(open_store):
     assert report.ok and check_anchors(report, anchor) == []
     last = report.last_id
     # The newest entries removed: the chain itself still checks out, the anchor does not.
-    s._write(lambda db: db.execute("DELETE FROM audit WHERE id >= ?", (last - 1,)))
+    s._write(lambda db: db.execute("DELETE FROM audit WHERE id >= :id", {"id": last - 1}))
     cut = verify_chain(s.audit_entries())
     assert cut.ok
     [problem] = check_anchors(cut, anchor)

@@ -51,7 +51,7 @@ from hub.engine.pool import PriorityPool, at_priority
 from hub.logs import get_logger
 from hub.plugins import adapter_types, identity_provider_types, manager, signer_types
 from hub.records import parse_transcript
-from hub.store.sqlite import is_future
+from hub.store.model import is_future
 
 
 REVOCATION_TTL = 300.0

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.store import audit_hash
+from hub.store.model import GENESIS, audit_hash
 
-GENESIS = "0" * 64
+__all__ = ["GENESIS", "Anchor", "AuditReport", "check_anchors", "verify_chain"]
 
 
 @dataclass

@@ -22,6 +22,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from hub.store.model import now_iso
+
 __all__ = ["DOCUMENTS", "Issued", "IssuanceRegistry", "format_code", "new_code", "normalize_code"]
 
 DOCUMENTS = ("pdf", "xml")
@@ -61,18 +63,18 @@ class Issued:
 
 
 class IssuanceRegistry:
-    """The store's issuance methods; ``hub.store.Store`` (both backends) inherits them.
+    """The store's issuance methods; ``hub.store.base.Store`` (both backends) inherits them.
 
-    Uses the store's ``_write``, ``_lock``, ``_db`` and ``_audit``; the SQL is the shared
-    dialect, so PostgreSQL runs it unchanged.
+    Uses the store's ``_write``, ``_lock``, ``_db`` and ``_audit``; the SQL is plain SQL with
+    named binds, the same on both backends.
     """
 
     def _issue(self, db: Any, pk: int, document: str, *, actor: str, recipient: str | None,
                purpose: str | None, audit_kind: str, now: str) -> Issued:
         if document not in DOCUMENTS:
             raise ValueError(f"document must be one of {', '.join(DOCUMENTS)}, not {document!r}")
-        row = db.execute(f"SELECT record_id, version, verify_code, {document} AS body FROM records WHERE id = ?",
-                         (pk,)).fetchone()
+        row = db.execute(f"SELECT record_id, version, verify_code, {document} AS body FROM records WHERE id = :pk",
+                         {"pk": pk}).fetchone()
         if row is None:
             raise KeyError(pk)
         if row["body"] is None:
@@ -82,9 +84,10 @@ class IssuanceRegistry:
         digest = hashlib.sha256(bytes(row["body"])).hexdigest()
         entry_id = db.execute(
             "INSERT INTO issuance (code, record_id, version, document, sha256, issued_at, actor, recipient, purpose)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (row["verify_code"], row["record_id"], row["version"], document, digest, now, actor, recipient,
-             purpose)).fetchone()[0]
+            " VALUES (:code, :record_id, :version, :document, :sha256, :now, :actor, :recipient, :purpose) RETURNING id",
+            {"code": row["verify_code"], "record_id": row["record_id"], "version": row["version"],
+             "document": document, "sha256": digest, "now": now, "actor": actor, "recipient": recipient,
+             "purpose": purpose}).fetchone()[0]
         self._audit(db, audit_kind, actor, row["record_id"], {
             "version": row["version"], "issuance": entry_id, "code": row["verify_code"], "document": document,
             "sha256": digest, "recipient": recipient, "purpose": purpose})
@@ -95,8 +98,6 @@ class IssuanceRegistry:
               purpose: str | None = None, audit_kind: str = "issue") -> Issued:
         """Record that ``actor`` hands out record ``pk``'s ``document`` (``pdf``/``xml``) as it is
         stored now, to ``recipient`` or for ``purpose``; audited as ``audit_kind``."""
-        from hub.store.sqlite import now_iso
-
         return self._write(lambda db: self._issue(db, pk, document, actor=actor, recipient=recipient,
                                                   purpose=purpose, audit_kind=audit_kind, now=now_iso()))
 
@@ -106,7 +107,8 @@ class IssuanceRegistry:
             raise ValueError("give exactly one of code, record_id")
         column, value = ("code", code) if code is not None else ("record_id", record_id)
         with self._lock:
-            rows = self._db.execute(f"SELECT * FROM issuance WHERE {column} = ? ORDER BY id", (value,)).fetchall()
+            rows = self._db.execute(f"SELECT * FROM issuance WHERE {column} = :value ORDER BY id",
+                                   {"value": value}).fetchall()
         return [Issued(**{k: r[k] for k in Issued.__dataclass_fields__}) for r in rows]
 
     def by_code(self, code: str) -> dict[str, Any] | None:
@@ -116,7 +118,7 @@ class IssuanceRegistry:
         with self._lock:
             row = self._db.execute(
                 "SELECT id, record_id, version, event, state, school_code, school_year, normalized, pdf, xml"
-                " FROM records WHERE verify_code = ?", (code,)).fetchone()
+                " FROM records WHERE verify_code = :code", {"code": code}).fetchone()
             if row is None:
                 return None
             out = {k: row[k] for k in row.keys()}
@@ -126,8 +128,8 @@ class IssuanceRegistry:
     def latest_of(self, record_id: str) -> dict[str, Any]:
         """The newest version of ``record_id``: ``latest_version``, ``latest_event``, ``latest_state``."""
         with self._lock:
-            latest = self._db.execute("SELECT version, event, state FROM records WHERE record_id = ?"
-                                      " ORDER BY version DESC LIMIT 1", (record_id,)).fetchone()
+            latest = self._db.execute("SELECT version, event, state FROM records WHERE record_id = :rid"
+                                      " ORDER BY version DESC LIMIT 1", {"rid": record_id}).fetchone()
         if latest is None:
             return {"latest_version": None, "latest_event": None, "latest_state": None}
         return {"latest_version": latest["version"], "latest_event": latest["event"],
@@ -137,7 +139,8 @@ class IssuanceRegistry:
         """One stored version (``state``, ``event``, ``verify_code``) and its record's newest, or ``None``."""
         with self._lock:
             row = self._db.execute("SELECT record_id, version, event, state, verify_code FROM records"
-                                   " WHERE record_id = ? AND version = ?", (record_id, version)).fetchone()
+                                   " WHERE record_id = :rid AND version = :version",
+                                   {"rid": record_id, "version": version}).fetchone()
             if row is None:
                 return None
             out = {k: row[k] for k in row.keys()}

@@ -15,11 +15,10 @@ statements must therefore not depend on a higher step's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 # pg_advisory_lock(int4, int4) namespace of the hub's locks (``hb`` in ASCII): key 0 serialises
-# migrations, key n > 0 is a worker session (see hub/store_pg.py).
+# migrations, key n > 0 is a worker session (see hub/store/postgres.py).
 LOCK_NAMESPACE = 0x6862
 
 
@@ -33,6 +32,11 @@ class Step:
 
     def statements(self, dialect: str) -> tuple[str, ...]:
         return self.sqlite if dialect == "sqlite" else self.postgresql
+
+
+def _both(*statements: str) -> dict[str, tuple[str, ...]]:
+    """A step's statements when they are the same SQL on both backends (``Step(n, name, **_both(…))``)."""
+    return {"sqlite": statements, "postgresql": statements}
 
 
 VERSION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version ("
@@ -141,7 +145,7 @@ def _initial(dialect: str) -> tuple[str, ...]:
             "CREATE TABLE IF NOT EXISTS audit_head (one INTEGER PRIMARY KEY CHECK (one = 1),"
             " id BIGINT NOT NULL, hash TEXT NOT NULL)",
             "INSERT INTO audit_head (one, id, hash) VALUES (1, 0, repeat('0', 64)) ON CONFLICT DO NOTHING",
-            # Numbers of worker sessions (advisory lock keys, see hub/store_pg.py).
+            # Numbers of worker sessions (advisory lock keys, see hub/store/postgres.py).
             "CREATE SEQUENCE IF NOT EXISTS worker_sessions",
             # Delivered PDFs do not compress; storing them uncompressed saves the attempt.
             "ALTER TABLE records ALTER COLUMN pdf SET STORAGE EXTERNAL",
@@ -238,6 +242,13 @@ def _routes(dialect: str) -> tuple[str, ...]:
     )
 
 
+def _push_nonces(dialect: str) -> tuple[str, ...]:
+    until = "INTEGER" if dialect == "sqlite" else "BIGINT"  # Unix seconds
+    return (f"CREATE TABLE IF NOT EXISTS push_nonces (adapter TEXT NOT NULL, nonce TEXT NOT NULL,"
+            f" until {until} NOT NULL, PRIMARY KEY (adapter, nonce))",
+            "CREATE INDEX IF NOT EXISTS push_nonces_until ON push_nonces (until)")
+
+
 def _packages() -> tuple[str, ...]:
     return (
         """CREATE TABLE IF NOT EXISTS packages (
@@ -274,17 +285,13 @@ STEPS: tuple[Step, ...] = (
          postgresql=("CREATE TABLE IF NOT EXISTS pull_leases (adapter TEXT PRIMARY KEY, owner TEXT NOT NULL,"
                      " lease_until TIMESTAMPTZ NOT NULL, lease_session BIGINT)",)),
     Step(3, "index for claiming work oldest first by state",
-         sqlite=("CREATE INDEX IF NOT EXISTS records_claim ON records (state, id)",),
-         postgresql=("CREATE INDEX IF NOT EXISTS records_claim ON records (state, id)",)),
+         **_both("CREATE INDEX IF NOT EXISTS records_claim ON records (state, id)")),
     # Keyed by a hash of who was asked about (provider, id, name, birth date, gender): no personal
     # value is stored, and a changed name or birth date is a different key, so it is asked again.
     Step(4, "identity cache: people the identity provider verified, until the entry expires",
-         sqlite=("CREATE TABLE IF NOT EXISTS identity_cache (person_key TEXT PRIMARY KEY, outcome TEXT NOT NULL,"
+         **_both("CREATE TABLE IF NOT EXISTS identity_cache (person_key TEXT PRIMARY KEY, outcome TEXT NOT NULL,"
                  " checked_at TEXT NOT NULL, expires_at TEXT NOT NULL)",
-                 "CREATE INDEX IF NOT EXISTS identity_cache_expiry ON identity_cache (expires_at)"),
-         postgresql=("CREATE TABLE IF NOT EXISTS identity_cache (person_key TEXT PRIMARY KEY, outcome TEXT NOT NULL,"
-                     " checked_at TEXT NOT NULL, expires_at TEXT NOT NULL)",
-                     "CREATE INDEX IF NOT EXISTS identity_cache_expiry ON identity_cache (expires_at)")),
+                 "CREATE INDEX IF NOT EXISTS identity_cache_expiry ON identity_cache (expires_at)")),
     Step(5, "xml: the signed XML học bạ beside the PDF",
          sqlite=("ALTER TABLE records ADD COLUMN xml BLOB",),
          postgresql=("ALTER TABLE records ADD COLUMN IF NOT EXISTS xml BYTEA",
@@ -299,12 +306,7 @@ STEPS: tuple[Step, ...] = (
     # e.g. the request's signature) is kept until the adapter's own freshness check would refuse
     # it anyway (``until``, Unix seconds).
     Step(8, "webhook nonces: a signed push is accepted once, whichever worker receives it",
-         sqlite=("CREATE TABLE IF NOT EXISTS push_nonces (adapter TEXT NOT NULL, nonce TEXT NOT NULL,"
-                 " until INTEGER NOT NULL, PRIMARY KEY (adapter, nonce))",
-                 "CREATE INDEX IF NOT EXISTS push_nonces_until ON push_nonces (until)"),
-         postgresql=("CREATE TABLE IF NOT EXISTS push_nonces (adapter TEXT NOT NULL, nonce TEXT NOT NULL,"
-                     " until BIGINT NOT NULL, PRIMARY KEY (adapter, nonce))",
-                     "CREATE INDEX IF NOT EXISTS push_nonces_until ON push_nonces (until)")),
+         sqlite=_push_nonces("sqlite"), postgresql=_push_nonces("postgresql")),
     # An operator's cancel is a new version (a signed record is never changed in place); its
     # reason travels with that version to every destination.
     Step(9, "reason: who asked for a version and why (an operator's cancel)",
@@ -313,7 +315,7 @@ STEPS: tuple[Step, ...] = (
     # A destination that takes a class at a time: each package it accepted, with its receipt and
     # members, and its recall (asked for by an operator, carried out by the delivery worker).
     Step(10, "packages: each class package a destination accepted, and its recall",
-         sqlite=_packages(), postgresql=_packages()),
+         **_both(*_packages())),
 )
 
 LATEST = max(step.version for step in STEPS)

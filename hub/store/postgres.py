@@ -1,7 +1,7 @@
 """The store on PostgreSQL, for several hub workers sharing one database.
 
-Same public behaviour as the SQLite ``hub.store.Store`` (it subclasses it and runs the same
-SQL); what differs is what several writers need:
+A sibling of ``hub.store.sqlite.SQLiteStore``: the same public behaviour and the shared SQL of
+``hub.store.base.Store``; what is PostgreSQL's own is what several writers need:
 
 - **Leases.** ``claim`` and ``claim_deliveries`` take work with ``SELECT … FOR UPDATE SKIP
   LOCKED``, so two workers never get the same record and neither waits for the other. A lease
@@ -25,11 +25,15 @@ SQL); what differs is what several writers need:
   run it by hand in a maintenance window if the disk must shrink).
 - **Connection loss**: the call that meets it raises; the next call reconnects (with a new
   session number), so ``/readyz`` recovers by itself when the database is back.
+- **Placeholders.** The shared statements bind by name (``:name``); psycopg spells that
+  ``%(name)s``. Each distinct statement is compiled once by SQLAlchemy's bind compiler for
+  psycopg (``_pyformat``, cached by its text), which also doubles a literal ``%``, so no SQL is
+  edited by hand or by pattern here. A statement without values (DDL, ``VACUUM``) runs as written.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -37,13 +41,16 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hub.store import migrations
-from hub.store.sqlite import Store, T, audit_hash, now_iso
+from hub.store.base import Store, T
+from hub.store.model import audit_entry, audit_hash, of_destination
 
 try:
     import psycopg
+    import sqlalchemy
     from psycopg import errors as pg_errors
+    from sqlalchemy.dialects.postgresql import psycopg as sa_psycopg
 except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError("the PostgreSQL store needs psycopg 3: pip install 'hocba-hub[postgres]'") from exc
+    raise ImportError("the PostgreSQL store needs psycopg 3 and SQLAlchemy: pip install 'hocba-hub[postgres]'") from exc
 
 NS = migrations.LOCK_NAMESPACE
 # What PostgreSQL aborts a whole transaction for, so that running it again is safe (SQLSTATE
@@ -63,6 +70,17 @@ def _void(table: str) -> str:
     """SQL: ``table``'s lease is free — never taken, run out, or its worker's session is gone."""
     return (f"({table}.lease_until IS NULL OR {table}.lease_until < now()"
             f" OR {table}.lease_session <> ALL ({_live_sessions()}))")
+
+
+_DIALECT = sa_psycopg.dialect()
+
+
+@functools.lru_cache(maxsize=2048)
+def _pyformat(sql: str) -> str:
+    """``sql`` with its ``:name`` binds as psycopg's ``%(name)s`` (and a literal ``%`` as ``%%``),
+    compiled once per distinct statement. Statements differ only by the length of their
+    ``IN (…)`` lists, so the cache holds a few hundred at most."""
+    return str(sqlalchemy.text(sql).compile(dialect=_DIALECT))
 
 
 def mask_url(url: str) -> str:
@@ -104,17 +122,19 @@ def _row_factory(cursor: Any) -> Callable[[Any], _Row]:
 
 
 class _Connection:
-    """What the shared store code calls ``db``: ``execute(sql, params)`` with ``?`` placeholders
-    (the SQLite spelling the shared SQL uses), reconnecting when the connection broke."""
+    """What the shared store code calls ``db``: ``execute(sql, params)`` with named binds and a
+    dict of values, reconnecting when the connection broke."""
 
     def __init__(self, store: "PostgresStore"):
         self._store = store
 
-    def execute(self, sql: str, params: Any = ()) -> Any:
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         # Inside a transaction, only its own connection: a reconnect there would run the rest
         # of the transaction's statements outside it.
         conn = self._store.tx_conn or self._store.connection()
-        return conn.execute(sql.replace("?", "%s"), params or None)
+        if not params:
+            return conn.execute(sql)
+        return conn.execute(_pyformat(sql), params)
 
 
 class PostgresStore(Store):
@@ -127,12 +147,14 @@ class PostgresStore(Store):
     unavailable = (psycopg.OperationalError,)
     dialect = "postgresql"
     _for_update = " FOR UPDATE"
+    _skip_locked = " FOR UPDATE SKIP LOCKED"
+
     @staticmethod
     def _class_name_sql(table: str = "records") -> str:
         return f"({table}.normalized::json ->> 'class_name')"
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0):
-        self.url = url
+        self.url = str(url)
         self.path = mask_url(url)
         self._connect_timeout = connect_timeout
         self._lock = threading.RLock()
@@ -168,7 +190,8 @@ class PostgresStore(Store):
         """Hold an advisory lock for as long as this connection lives; leases carry its number."""
         while True:
             number = self._db.execute("SELECT nextval('worker_sessions')").fetchone()[0]
-            if self._db.execute("SELECT pg_try_advisory_lock(?, ?)", (NS, number)).fetchone()[0]:
+            if self._db.execute("SELECT pg_try_advisory_lock(:ns, :number)",
+                                {"ns": NS, "number": number}).fetchone()[0]:
                 self.session = number
                 return
 
@@ -194,20 +217,20 @@ class PostgresStore(Store):
 
     def _serialise_migrations(self, db: Any) -> None:
         # Workers starting together: one migrates, the others wait and then find nothing to do.
-        db.execute("SELECT pg_advisory_xact_lock(?, 0)", (NS,))
+        db.execute("SELECT pg_advisory_xact_lock(:ns, 0)", {"ns": NS})
 
     def _lock_record_ids(self, db: Any, record_ids: list[str]) -> None:
         for rid in record_ids:
-            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (rid,))
+            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(:rid, 0))", {"rid": rid})
 
     def _audit(self, db: Any, kind: str, actor: str, subject: str | None, detail: dict[str, Any]) -> None:
+        # The head row's lock numbers entries in commit order across workers, without gaps.
         head = db.execute("SELECT id, hash FROM audit_head WHERE one = 1 FOR UPDATE").fetchone()
-        entry = {"id": head[0] + 1, "at": now_iso(), "kind": kind, "actor": actor, "subject": subject,
-                 "detail": json.dumps(detail, sort_keys=True, ensure_ascii=False, default=str)}
-        digest = audit_hash(head[1], entry)
-        db.execute("INSERT INTO audit (id, at, kind, actor, subject, detail, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (entry["id"], entry["at"], kind, actor, subject, entry["detail"], head[1], digest))
-        db.execute("UPDATE audit_head SET id = ?, hash = ? WHERE one = 1", (entry["id"], digest))
+        entry = audit_entry(head[0] + 1, kind, actor, subject, detail)
+        chained = {**entry, "prev": head[1], "hash": audit_hash(head[1], entry)}
+        db.execute("INSERT INTO audit (id, at, kind, actor, subject, detail, prev, hash)"
+                   " VALUES (:id, :at, :kind, :actor, :subject, :detail, :prev, :hash)", chained)
+        db.execute("UPDATE audit_head SET id = :id, hash = :hash WHERE one = 1", chained)
 
     def _reclaim(self, pruned: int) -> int:
         if not pruned:
@@ -221,51 +244,21 @@ class PostgresStore(Store):
     def _relation_bytes(self) -> int:
         return self._db.execute("SELECT pg_total_relation_size('records')").fetchone()[0]
 
-    # --- leases ---------------------------------------------------------------------------
+    # --- leases: the database's clock, tied to this session -------------------------------
 
-    def claim(self, states: Any, owner: str, lease_seconds: float, limit: int) -> list[int]:
-        states = list(states)
-        rows = self._write(lambda db: db.execute(
-            "UPDATE records SET lease_owner = ?, lease_until = now() + make_interval(secs => ?),"
-            " lease_session = ? WHERE id IN ("
-            f" SELECT id FROM records WHERE state IN ({','.join('?' * len(states))}) AND {_void('records')}"
-            " ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING id",
-            (owner, float(lease_seconds), self.session, *states, limit)).fetchall())
-        return sorted(r[0] for r in rows)
+    def _lease_terms(self, lease_seconds: float) -> tuple[dict[str, str], dict[str, Any]]:
+        return ({"lease_until": "now() + make_interval(secs => :lease_seconds)", "lease_session": ":lease_session"},
+                {"lease_seconds": float(lease_seconds), "lease_session": self.session})
 
-    def claim_deliveries(self, owner: str, lease_seconds: float, limit: int,
-                         destination: str | None = None) -> list[tuple[int, str, int]]:
-        stamp = now_iso()  # due times are written by the workers' clocks (retry backoff), so compare with one
-        where, args = ("AND destination = ?", (destination,)) if destination is not None else ("", ())
-        rows = self._write(lambda db: db.execute(
-            "UPDATE outbox SET lease_owner = ?, lease_until = now() + make_interval(secs => ?),"
-            " lease_session = ? WHERE (record, destination) IN ("
-            f" SELECT record, destination FROM outbox WHERE due_at <= ? AND {_void('outbox')} {where}"
-            " ORDER BY due_at, record LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING record, destination, attempts, due_at",
-            (owner, float(lease_seconds), self.session, stamp, *args, limit)).fetchall())
-        return [(r[0], r[1], r[2]) for r in sorted(rows, key=lambda r: (r[3], r[0], r[1]))]
+    def _lease_free(self, table: str) -> str:
+        return _void(table)
 
     def next_due(self, destination: str | None = None) -> str | None:
-        where, args = (" AND destination = ?", (destination,)) if destination is not None else ("", ())
+        # A lease whose worker is gone counts as free: another worker takes that job.
+        where, args = of_destination(destination)
         with self._lock:
             return self._db.execute(f"SELECT MIN(due_at) FROM outbox WHERE {_void('outbox')}{where}",
                                     args).fetchone()[0]
-
-    def renew(self, owner: str, lease_seconds: float) -> None:
-        def work(db: Any) -> None:
-            for table, column in (("records", "lease_owner"), ("outbox", "lease_owner"), ("pull_leases", "owner")):
-                db.execute(f"UPDATE {table} SET lease_until = now() + make_interval(secs => ?), lease_session = ?"
-                           f" WHERE {column} = ?", (float(lease_seconds), self.session, owner))
-        self._write(work)
-
-    def claim_pull(self, adapter: str, owner: str, lease_seconds: float) -> bool:
-        return self._write(lambda db: db.execute(
-            "INSERT INTO pull_leases (adapter, owner, lease_until, lease_session)"
-            " VALUES (?, ?, now() + make_interval(secs => ?), ?)"
-            " ON CONFLICT (adapter) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until,"
-            f" lease_session = excluded.lease_session WHERE pull_leases.owner = excluded.owner OR {_void('pull_leases')}"
-            " RETURNING adapter",
-            (adapter, owner, float(lease_seconds), self.session)).fetchone() is not None)
 
     # --- operators --------------------------------------------------------------------------
 
