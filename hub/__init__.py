@@ -39,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("Envelope", "Outcome", "central_record", "normalize"), "hub.engine.normalize"),
     "record_id_for": "hub.store",
     # signing: who signs, the PAdES signature, keys on this machine
-    "SigningError": "hub.documents.signing",
+    **dict.fromkeys(("SigningError", "refuse_outside_validity"), "hub.documents.signing"),
     **dict.fromkeys(("reserve_bytes", "sign_elsewhere"), "hub.documents.pades"),
     **dict.fromkeys(("LocalKey", "LocalKeySigner"), "hub.documents.local_keys"),
     "ROLE_LABELS": "hub.documents.render",

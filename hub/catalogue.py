@@ -13,9 +13,9 @@ Thông tư 13/2022/TT-BGDĐT); assessment: Thông tư 27/2020/TT-BGDĐT (primary
   every other subject is scored (averages 0–10);
 - grades 10–12 study compulsory subjects plus four electives (*môn học lựa chọn*).
 
-Codes are the ones the spreadsheet template already uses. Optional subjects a school may add
-(Tiếng dân tộc thiểu số, Ngoại ngữ 2, Ngoại ngữ 1 in grades 1–2) are listed but never in a grade's
-default list. Nghệ thuật (``NT``) is the whole of Âm nhạc and Mĩ thuật in grades 1–9: a school
+The table itself is data, ``hub/subjects.csv``. Codes are the ones the spreadsheet template
+already uses. Optional subjects a school may add (Tiếng dân tộc thiểu số, Ngoại ngữ 2, Ngoại ngữ 1
+in grades 1–2) are listed but never in a grade's default list. Nghệ thuật (``NT``) is the whole of Âm nhạc and Mĩ thuật in grades 1–9: a school
 reports either the whole or its parts, so ``NT`` is known (and validated) but the forms print the
 parts. Upper secondary's Âm nhạc and Mĩ thuật are electives of their own.
 
@@ -29,7 +29,9 @@ official name of a code at any level, ``age_range(grade)`` the plausible ages fo
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from importlib import resources
 
 __all__ = [
     "Subject", "SUBJECTS", "subject", "subjects_for", "upper_secondary_electives",
@@ -67,73 +69,21 @@ class Subject:
         return "optional" if self.optional else "elective" if self.elective else "compulsory"
 
 
-def _g(first: int, last: int) -> frozenset[int]:
-    return frozenset(range(first, last + 1))
+def _load_subjects() -> dict[str, tuple[Subject, ...]]:
+    # The table is data (subjects.csv, in the form's row order, with its sources as # notes).
+    text = resources.files("hub").joinpath("subjects.csv").read_text(encoding="utf-8")
+    levels: dict[str, list[Subject]] = {PRIMARY: [], LOWER: [], UPPER: []}
+    for row in csv.DictReader(line for line in text.splitlines() if not line.startswith("#")):
+        levels[row["level"]].append(Subject(
+            row["code"], row["name"], row["scored"] == "yes",
+            frozenset(range(int(row["first_grade"]), int(row["last_grade"]) + 1)),
+            elective=row["kind"] == "elective", optional=row["kind"] == "optional"))
+    return {level: tuple(subjects) for level, subjects in levels.items()}
 
 
-# Order is the form's row order.
-_PRIMARY = (
-    Subject("TV", "Tiếng Việt", True, _g(1, 5)),
-    Subject("TOAN", "Toán", True, _g(1, 5)),
-    Subject("NN1", "Ngoại ngữ 1", True, _g(3, 5)),
-    Subject("DD", "Đạo đức", False, _g(1, 5)),
-    Subject("TNXH", "Tự nhiên và Xã hội", False, _g(1, 3)),
-    Subject("LSDL", "Lịch sử và Địa lí", True, _g(4, 5)),
-    Subject("KH", "Khoa học", True, _g(4, 5)),
-    Subject("THCN", "Tin học và Công nghệ", True, _g(3, 5)),
-    Subject("GDTC", "Giáo dục thể chất", False, _g(1, 5)),
-    Subject("AN", "Âm nhạc", False, _g(1, 5)),
-    Subject("MT", "Mĩ thuật", False, _g(1, 5)),
-    Subject("HDTN", "Hoạt động trải nghiệm", False, _g(1, 5)),
-    # Thông tư 32/2018 (programme): Tiếng dân tộc thiểu số and, in grades 1–2, Ngoại ngữ 1 are
-    # optional (tự chọn); Nghệ thuật is the whole of Âm nhạc and Mĩ thuật. The circular's names.
-    Subject("TDT", "Tiếng dân tộc thiểu số", False, _g(1, 5), optional=True),
-    Subject("NN1", "Ngoại ngữ 1", False, _g(1, 2), optional=True),
-    Subject("NT", "Nghệ thuật", False, _g(1, 5), optional=True),
-)
-_LOWER = (
-    Subject("NV", "Ngữ văn", True, _g(6, 9)),
-    Subject("TOAN", "Toán", True, _g(6, 9)),
-    Subject("NN1", "Ngoại ngữ 1", True, _g(6, 9)),
-    Subject("GDCD", "Giáo dục công dân", True, _g(6, 9)),
-    Subject("LSDL", "Lịch sử và Địa lí", True, _g(6, 9)),
-    Subject("KHTN", "Khoa học tự nhiên", True, _g(6, 9)),
-    Subject("CN", "Công nghệ", True, _g(6, 9)),
-    Subject("TH", "Tin học", True, _g(6, 9)),
-    Subject("GDTC", "Giáo dục thể chất", False, _g(6, 9)),
-    Subject("AN", "Âm nhạc", False, _g(6, 9)),
-    Subject("MT", "Mĩ thuật", False, _g(6, 9)),
-    Subject("HDTN", "Hoạt động trải nghiệm, hướng nghiệp", False, _g(6, 9)),
-    Subject("GDDP", "Nội dung giáo dục của địa phương", False, _g(6, 9)),
-    Subject("NN2", "Ngoại ngữ 2", True, _g(6, 9), optional=True),
-    Subject("TDT", "Tiếng dân tộc thiểu số", True, _g(6, 9), optional=True),
-    # Thông tư 22 art. 5: Nghệ thuật (the whole of Âm nhạc and Mĩ thuật) is assessed by comment.
-    Subject("NT", "Nghệ thuật", False, _g(6, 9), optional=True),
-)
-_UPPER = (
-    Subject("NV", "Ngữ văn", True, _g(10, 12)),
-    Subject("TOAN", "Toán", True, _g(10, 12)),
-    Subject("NN1", "Ngoại ngữ 1", True, _g(10, 12)),
-    Subject("LS", "Lịch sử", True, _g(10, 12)),
-    Subject("GDTC", "Giáo dục thể chất", False, _g(10, 12)),
-    Subject("GDQPAN", "Giáo dục quốc phòng và an ninh", True, _g(10, 12)),
-    Subject("HDTN", "Hoạt động trải nghiệm, hướng nghiệp", False, _g(10, 12)),
-    Subject("GDDP", "Nội dung giáo dục của địa phương", False, _g(10, 12)),
-    Subject("DL", "Địa lí", True, _g(10, 12), elective=True),
-    Subject("GDKTPL", "Giáo dục kinh tế và pháp luật", True, _g(10, 12), elective=True),
-    Subject("VL", "Vật lí", True, _g(10, 12), elective=True),
-    Subject("HH", "Hoá học", True, _g(10, 12), elective=True),
-    Subject("SH", "Sinh học", True, _g(10, 12), elective=True),
-    Subject("CN", "Công nghệ", True, _g(10, 12), elective=True),
-    Subject("TH", "Tin học", True, _g(10, 12), elective=True),
-    Subject("AN", "Âm nhạc", False, _g(10, 12), elective=True),
-    Subject("MT", "Mĩ thuật", False, _g(10, 12), elective=True),
-    Subject("NN2", "Ngoại ngữ 2", True, _g(10, 12), optional=True),
-    Subject("TDT", "Tiếng dân tộc thiểu số", True, _g(10, 12), optional=True),
-)
-
-SUBJECTS: dict[str, tuple[Subject, ...]] = {PRIMARY: _PRIMARY, LOWER: _LOWER, UPPER: _UPPER}
+SUBJECTS: dict[str, tuple[Subject, ...]] = _load_subjects()
 """Every subject per school level code (``02``, ``03``, ``04``), in the form's order."""
+_UPPER = SUBJECTS[UPPER]
 
 ELECTIVE_COUNT = 4
 """Upper secondary: electives a student takes (Thông tư 13/2022 amending the 2018 programme)."""

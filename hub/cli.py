@@ -63,12 +63,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from hub.config import ConfigError, load_config
+    from hub.config import load_config_or_report
 
-    try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        _print_errors(exc.errors)
+    config = load_config_or_report(args.file)
+    if config is None:
         return 1
     print(f"{args.file}: valid ({len(config.adapters)} adapter(s), {len(config.signers)} signer(s), "
           f"route(s) {', '.join(config.route_names)})")
@@ -190,15 +188,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hub.config import ConfigError, load_config
+    from hub.config import load_config_or_report
     from hub.contracts import PluginError
     from hub.logs import configure
     from hub.web.server import serve
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        _print_errors(exc.errors)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     if args.bind:
         config.http.bind = args.bind
@@ -212,13 +208,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _store_of(path: str):
-    from hub.config import ConfigError, load_config
+    from hub.config import load_config_or_report
     from hub.store import open_store
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _print_errors(exc.errors)
+    config = load_config_or_report(path)
+    if config is None:
         return None, None
     return config, open_store(config.store_path)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -655,6 +656,17 @@ def load_config(path: str | Path) -> HubConfig:
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
     return parse_config(data)
+
+
+def load_config_or_report(path: str | Path) -> HubConfig | None:
+    """``load_config``, or None once every problem is printed to stderr: what a command does
+    before it exits 1 on an invalid config."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return None
 
 
 def config_json_schema() -> dict[str, Any]:

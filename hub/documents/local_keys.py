@@ -47,7 +47,7 @@ from hub.documents.pades import (
     sign_pades_blocking,
     stamp_font_bytes,
 )
-from hub.documents.signing import SigningError
+from hub.documents.signing import SigningError, refuse_outside_validity
 
 
 class LocalKey(NamedTuple):
@@ -222,13 +222,8 @@ _built_lock = threading.Lock()
 
 
 def _refuse_if_invalid(material: _KeyMaterial, identity: SigningIdentity, now: dt.datetime) -> None:
-    who = f"{identity.role} {identity.name} (key {identity.key})"
-    if now < material.not_before:
-        raise SigningError(f"certificate of {who} is not valid until "
-                           f"{material.not_before:%Y-%m-%d %H:%M} UTC; not signing")
-    if now > material.not_after:
-        raise SigningError(f"certificate of {who} expired on {material.not_after:%Y-%m-%d %H:%M} "
-                           f"UTC; renew it before signing")
+    refuse_outside_validity(f"{identity.role} {identity.name} (key {identity.key})",
+                            material.not_before, material.not_after, now)
 
 
 def _ready(material: _KeyMaterial) -> _Ready:

@@ -7,6 +7,8 @@ and call ``pades.sign_elsewhere`` with their own pyHanko signer.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from hub.contracts import (
     SIGNING_ROLES,
     PluginError,
@@ -22,6 +24,17 @@ class SigningError(PluginError):
 
     The signer itself still works: other records go on; this one waits for a fix.
     """
+
+
+def refuse_outside_validity(who: str, not_before: dt.datetime, not_after: dt.datetime, now: dt.datetime,
+                            *, held: str = "") -> None:
+    """``SigningError`` unless ``now`` lies within a certificate's validity; every signer words it
+    alike, naming where the key is ``held`` (``on the token``) when that helps the operator."""
+    where = f"{who} {held}" if held else who
+    if now < not_before:
+        raise SigningError(f"certificate of {where} is not valid until {not_before:%Y-%m-%d %H:%M} UTC; not signing")
+    if now > not_after:
+        raise SigningError(f"certificate of {where} expired on {not_after:%Y-%m-%d %H:%M} UTC; renew it before signing")
 
 
 # --- who signs ------------------------------------------------------------------------------------

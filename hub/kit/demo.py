@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from hub import lifecycle as lc
 from hub import store as st
-from hub.config import ConfigError, HubConfig, load_config
+from hub.config import ConfigError, HubConfig, load_config_or_report
 from hub.contracts import IdentitySimulator, PluginError, Simulator
 from hub.documents.verify import trust_roots_der
 from hub.engine.pipeline import Hub
@@ -119,11 +119,8 @@ async def run_demo(config_path: str | None, *, records: int, out: Path, invalid:
     configure("console", "error")  # the summary lists every quarantine reason; keep the bar readable
     os.environ.setdefault(DEMO_KEY_PASSWORD_ENV, DEMO_KEY_PASSWORD)
     path = Path(config_path) if config_path else default_config()
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
+    config = load_config_or_report(path)
+    if config is None:
         return 1
     out.mkdir(parents=True, exist_ok=True)
     print(f"hocba-hub demo: {records} valid + {invalid} invalid transcripts, config {path}")

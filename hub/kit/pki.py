@@ -52,6 +52,15 @@ def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+def _save(key: rsa.RSAPrivateKey, key_path: Path, cert: x509.Certificate, cert_path: Path) -> Path:
+    """Write a service's unencrypted key (readable by its owner only) and certificate as PEM."""
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path
+
+
 def create_root(directory: Path, name: str = "hocba-hub Test Root CA") -> Path:
     """Create the root CA in ``directory`` if it has none; return the root certificate's path."""
     directory = Path(directory)
@@ -82,12 +91,7 @@ def create_root(directory: Path, name: str = "hocba-hub Test Root CA") -> Path:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_path = directory / _ROOT_KEY
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path
+    return _save(key, directory / _ROOT_KEY, cert, cert_path)
 
 
 def load_root(directory: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
@@ -235,12 +239,7 @@ def issue_tsa(directory: Path, *, services_url: str | None = None, overwrite: bo
                        critical=False)
     )
     cert = _revocation_pointers(builder, services_url).sign(root_key, hashes.SHA256())
-    key_path = directory / TSA_KEY
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path
+    return _save(key, directory / TSA_KEY, cert, cert_path)
 
 
 def sign_xml(central: dict, roles: Iterable[str], directory: Path, password: str | bytes, *,

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from hub.config import ConfigError, HubConfig, load_config
+from hub.config import HubConfig, load_config_or_report
 from hub.contracts import Simulator
 from hub.documents.verify import trust_roots_der
 from hub.kit.demo import (
@@ -74,11 +74,8 @@ async def run_simulators(config_path: str, *, records: int, invalid: int) -> int
     from hub.kit.pki import ensure_pki
     from hub.kit.synthetic import signing_identities
 
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
+    config = load_config_or_report(config_path)
+    if config is None:
         return 1
     os.environ.setdefault(DEMO_KEY_PASSWORD_ENV, DEMO_KEY_PASSWORD)
     root = await asyncio.to_thread(ensure_pki, Path(config.data_dir) / "pki", signing_identities(),

@@ -43,6 +43,7 @@ from certomancer.services import (
 from cryptography.hazmat.primitives import serialization
 
 from hub.kit import pki
+from hub.kit.simulation import LoopbackServer
 
 __all__ = ["DEMO_TSA", "TrustServices", "start_signing_services"]
 
@@ -84,7 +85,7 @@ class _Revocations(RevocationInfoInterface):
             {"revocation_time": revoked_at, "revocation_reason": "key_compromise"})), []
 
 
-class TrustServices:
+class TrustServices(LoopbackServer):
     """Timestamps, OCSP and a CRL for the test PKI in ``directory``, over HTTP on loopback."""
 
     def __init__(self, directory: Path):
@@ -93,7 +94,6 @@ class TrustServices:
         self.counters = TrustCounters()
         self._revoked: dict[int, dt.datetime] = {}
         self._crl: tuple[dt.datetime, bytes] | None = None
-        self._runner: web.AppRunner | None = None
 
     @property
     def tsa_url(self) -> str:
@@ -116,19 +116,12 @@ class TrustServices:
         # The base64 of a request may hold "/" (RFC 6960's GET form): the rest of the path is the request.
         app.router.add_get("/ocsp/{request:.+}", self._ocsp_get)
         app.router.add_get("/crl", self._crl_get)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        self.url = f"http://{bound_host}:{bound_port}"
+        self.url = await self._serve(app, host, port, shutdown_timeout=0.5)
         await asyncio.to_thread(self._load)
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._shutdown()
 
     def _load(self) -> None:
         pki.create_root(self.directory)

@@ -69,6 +69,7 @@ from hub import (
     SignRequest,
     Transient,
     parse_retry_after,
+    refuse_outside_validity,
     reserve_bytes,
     retrying,
     sign_elsewhere,
@@ -252,13 +253,8 @@ class _Credential:
         return self.valid(now) and time.monotonic() - self.fetched < ttl
 
     def refuse_if_invalid(self, identity: SigningIdentity, now: dt.datetime) -> None:
-        who = f"{identity.role} {identity.name} (personal id {identity.key})"
-        if now < self.not_before:
-            raise SigningError(f"certificate of {who} at the signing service is not valid until "
-                               f"{self.not_before:%Y-%m-%d %H:%M} UTC; not signing")
-        if now > self.not_after:
-            raise SigningError(f"certificate of {who} at the signing service expired on "
-                               f"{self.not_after:%Y-%m-%d %H:%M} UTC; renew it before signing")
+        refuse_outside_validity(f"{identity.role} {identity.name} (personal id {identity.key})",
+                                self.not_before, self.not_after, now, held="at the signing service")
 
 
 # --- batching ---------------------------------------------------------------------------------

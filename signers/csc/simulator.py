@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, utils
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from hub import Faults, Simulator
+from hub import Faults, LoopbackServer, Simulator
 
 SHA256 = "2.16.840.1.101.3.4.2.1"
 RSA = "1.2.840.113549.1.1.1"
@@ -89,7 +89,7 @@ class _Credential:
     not_after: dt.datetime | None = None
 
 
-class CscSimulator(Simulator):
+class CscSimulator(LoopbackServer, Simulator):
     """The CSC-shaped signing service (``CONTRACT.md``) with per-user keys from a test PKI."""
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0,
@@ -119,7 +119,6 @@ class CscSimulator(Simulator):
         self._transactions: dict[str, _Transaction] = {}
         self._sads: dict[str, _Sad] = {}
         self._credentials: dict[str, _Credential] = {}
-        self._runner: web.AppRunner | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -141,17 +140,10 @@ class CscSimulator(Simulator):
         app.router.add_post("/csc/v1/credentials/authorize", self._authorize)
         app.router.add_post("/csc/v1/credentials/authorize/status", self._authorize_status)
         app.router.add_post("/csc/v1/signatures/signHash", self._sign_hash)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{bound_host}:{bound_port}"
-        return self.base_url
+        return await self._serve(app, host, port, shutdown_timeout=0.5)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._shutdown()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

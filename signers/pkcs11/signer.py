@@ -47,6 +47,7 @@ from hub import (
     SigningIdentity,
     SignRequest,
     digest_info,
+    refuse_outside_validity,
     reserve_bytes,
     sign_elsewhere,
 )
@@ -164,12 +165,7 @@ class Pkcs11Signer(Signer):
         if key is None:
             raise SigningError(f"{self.name}: no key for {who} on token {self.settings.token!r}; "
                                f"add it to settings.keys")
-        if now < key.not_before:
-            raise SigningError(f"certificate of {who} on the token is not valid until "
-                               f"{key.not_before:%Y-%m-%d %H:%M} UTC; not signing")
-        if now > key.not_after:
-            raise SigningError(f"certificate of {who} on the token expired on "
-                               f"{key.not_after:%Y-%m-%d %H:%M} UTC; renew it before signing")
+        refuse_outside_validity(who, key.not_before, key.not_after, now, held="on the token")
         return key
 
     async def certificates(self, identity: SigningIdentity) -> tuple[bytes, ...]:
