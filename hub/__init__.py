@@ -54,7 +54,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("HttpDestination", "HttpDestinationSettings", "describe", "reasons"), "hub.kit.destination"),
     **dict.fromkeys(("ContractError", "as_list", "as_object", "load_json", "map_keys", "vietnam_time", "where"), "hub.kit.mapping"),
     **dict.fromkeys(("Attempt", "DestinationSimulator", "FaultySimulator", "FeedRow", "FolderSimulator", "LoopbackServer",
-                     "SyntheticFeed", "drop_connection", "maintenance_page"),
+                     "SealedTokens", "SyntheticFeed", "drop_connection", "maintenance_page"),
                     "hub.kit.simulation"),
     **dict.fromkeys(("GIVEN", "INVALID_KINDS", "SCHOOLS", "invalid_transcript", "nfd", "signing_identities", "transcript",
                      "with_subject_teachers"),

@@ -32,6 +32,7 @@ from hub import (
     Faults,
     FaultySimulator,
     FeedRow,
+    SealedTokens,
     SyntheticFeed,
     drop_connection,
     maintenance_page,
@@ -235,9 +236,7 @@ class MisaSimulator(SyntheticFeed, FaultySimulator):
         self.nonces: list[str | None] = []
         """The X-Nonce of every request received, in order, faulted ones included."""
         self._seen_nonces: dict[str, float] = {}
-        self._token_key = secrets.token_bytes(32)
-        self._token_epoch = 0
-        self._token_serial = 0
+        self._continuation = SealedTokens()
         self._last_answer: bytes | None = None
         self._signing: tuple[str, Path, str, tuple[str, ...]] | None = None
         self.fill(records, invalid, per_timestamp)
@@ -253,7 +252,7 @@ class MisaSimulator(SyntheticFeed, FaultySimulator):
 
     def expire_continuation_tokens(self) -> None:
         """Forget every continuation token issued so far: they answer ``410`` from now on."""
-        self._token_epoch += 1
+        self._continuation.forget()
 
     def rotate_secret(self) -> str:
         """Issue a new signing secret (the old one stops working at once); return it."""
@@ -294,10 +293,8 @@ class MisaSimulator(SyntheticFeed, FaultySimulator):
 
     # --- Simulator protocol ------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application(middlewares=[self._faults_middleware])
-        app.router.add_get(RECORDS_PATH, self._records)
-        return await self._serve(app, host, port)
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get(RECORDS_PATH, self._records)]
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "api_key": self.api_key, "api_secret": self.api_secret,
@@ -345,27 +342,16 @@ class MisaSimulator(SyntheticFeed, FaultySimulator):
         self._seen_nonces[nonce] = now
         return None
 
-    # Token: base64url(JSON [seq, epoch, serial]) "." HMAC — opaque to clients, tamper-evident,
-    # and forgettable by bumping the epoch.
-    def _issue_token(self, seq: int) -> str:
-        self._token_serial += 1
-        body = json.dumps([seq, self._token_epoch, self._token_serial], separators=(",", ":")).encode()
-        mac = hmac.new(self._token_key, body, hashlib.sha256).digest()[:12]
-        return (base64.urlsafe_b64encode(body).rstrip(b"=") + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
-
+    # A continuation token seals the last seq served.
     def _read_token(self, token: str) -> int | web.Response:
         try:
-            body_b64, mac_b64 = token.split(".")
-            body = base64.urlsafe_b64decode(body_b64 + "=" * (-len(body_b64) % 4))
-            mac = base64.urlsafe_b64decode(mac_b64 + "=" * (-len(mac_b64) % 4))
-            if not hmac.compare_digest(mac, hmac.new(self._token_key, body, hashlib.sha256).digest()[:12]):
-                raise ValueError("bad mac")
-            seq, epoch, _serial = json.loads(body)
+            fields = self._continuation.read(token)
+            if fields is not None:
+                (seq,) = fields
+                return int(seq)
         except (ValueError, TypeError):
             return _error(400, "INVALID_CONTINUATION_TOKEN", "continuationToken không hợp lệ")
-        if epoch != self._token_epoch:
-            return _error(410, "CONTINUATION_TOKEN_EXPIRED", "continuationToken đã hết hạn, hãy đồng bộ lại từ đầu")
-        return int(seq)
+        return _error(410, "CONTINUATION_TOKEN_EXPIRED", "continuationToken đã hết hạn, hãy đồng bộ lại từ đầu")
 
     async def _records(self, request: web.Request) -> web.Response:
         refused = self._authenticate(request)
@@ -402,7 +388,7 @@ class MisaSimulator(SyntheticFeed, FaultySimulator):
         if f.missing_id_next_n > 0 and items:
             f.missing_id_next_n -= 1
             del items[0]["id"]
-        body = json.dumps({"items": items, "hasMore": has_more, "continuationToken": self._issue_token(last)},
+        body = json.dumps({"items": items, "hasMore": has_more, "continuationToken": self._continuation.issue(last)},
                           ensure_ascii=False).encode("utf-8")
         self._last_answer = body
         if f.truncate_next_n > 0:

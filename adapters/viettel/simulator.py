@@ -10,11 +10,7 @@ by the server, so paging is stable while records change, and the server can forg
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
-import json
 import secrets
 import time
 import uuid
@@ -30,6 +26,7 @@ from hub import (
     Faults,
     FaultySimulator,
     FeedRow,
+    SealedTokens,
     SyntheticFeed,
     maintenance_page,
     transcript,
@@ -212,9 +209,7 @@ class ViettelSimulator(SyntheticFeed, FaultySimulator):
         self.page_size = page_size
         self.faults: ViettelFaults = ViettelFaults()
         self._sessions: dict[str, float] = {}
-        self._cursor_key = secrets.token_bytes(32)
-        self._cursor_epoch = 0
-        self._cursor_serial = 0
+        self._cursors = SealedTokens()
         self._last_answer: bytes | None = None
         self.fill(records, invalid, per_timestamp, synthetic_index)
 
@@ -236,16 +231,13 @@ class ViettelSimulator(SyntheticFeed, FaultySimulator):
 
     def expire_cursors(self) -> None:
         """Forget every cursor issued so far: they answer ``410 CURSOR_EXPIRED`` from now on."""
-        self._cursor_epoch += 1
+        self._cursors.forget()
 
     # --- Simulator protocol ------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application(middlewares=[self._faults_middleware])
-        app.router.add_post(SESSION_PATH, self._session)
-        app.router.add_get(RECORDS_PATH, self._records)
-        app.router.add_get(LEAK_PATH, self._leak)
-        return await self._serve(app, host, port)
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(SESSION_PATH, self._session), web.get(RECORDS_PATH, self._records),
+                web.get(LEAK_PATH, self._leak)]
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "api_key": self.api_key, "page_size": self.page_size}
@@ -287,29 +279,20 @@ class ViettelSimulator(SyntheticFeed, FaultySimulator):
             return False
         return True
 
-    # Cursor: base64url(JSON [updatedAt|null, id|null, epoch, serial]) "." HMAC — opaque to clients,
-    # tamper-evident, and forgettable by bumping the epoch.
+    # A cursor seals the position read up to: [updatedAt|null, id|null].
     def _issue_cursor(self, position: tuple[dt.datetime | None, str | None]) -> str:
-        self._cursor_serial += 1
         updated, source_id = position
-        body = json.dumps([updated.isoformat() if updated else None, source_id, self._cursor_epoch,
-                           self._cursor_serial], separators=(",", ":")).encode()
-        mac = hmac.new(self._cursor_key, body, hashlib.sha256).digest()[:12]
-        return (base64.urlsafe_b64encode(body).rstrip(b"=") + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
+        return self._cursors.issue(updated.isoformat() if updated else None, source_id)
 
     def _read_cursor(self, token: str) -> tuple[dt.datetime | None, str | None] | web.Response:
         try:
-            body_b64, mac_b64 = token.split(".")
-            body = base64.urlsafe_b64decode(body_b64 + "=" * (-len(body_b64) % 4))
-            mac = base64.urlsafe_b64decode(mac_b64 + "=" * (-len(mac_b64) % 4))
-            if not hmac.compare_digest(mac, hmac.new(self._cursor_key, body, hashlib.sha256).digest()[:12]):
-                raise ValueError("bad mac")
-            updated, source_id, epoch, _serial = json.loads(body)
+            fields = self._cursors.read(token)
+            if fields is not None:
+                updated, source_id = fields
+                return (dt.datetime.fromisoformat(updated) if updated else None), source_id
         except (ValueError, TypeError):
             return _error(400, "INVALID_CURSOR", "cursor không hợp lệ")
-        if epoch != self._cursor_epoch:
-            return _error(410, "CURSOR_EXPIRED", "cursor đã hết hạn, hãy đọc lại bằng updatedAfter")
-        return (dt.datetime.fromisoformat(updated) if updated else None), source_id
+        return _error(410, "CURSOR_EXPIRED", "cursor đã hết hạn, hãy đọc lại bằng updatedAfter")
 
     async def _records(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

@@ -217,11 +217,8 @@ class VnptSimulator(SyntheticFeed, FaultySimulator):
 
     # --- Simulator protocol ------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application(middlewares=[self._faults_middleware])
-        app.router.add_post(TOKEN_PATH, self._token)
-        app.router.add_get(RECORDS_PATH, self._records)
-        return await self._serve(app, host, port)
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(TOKEN_PATH, self._token), web.get(RECORDS_PATH, self._records)]
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "client_id": self.client_id, "client_secret": self.client_secret,

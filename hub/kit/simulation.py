@@ -11,9 +11,13 @@ vendor.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime as dt
+import hashlib
 import hmac
+import json
+import secrets
 import shutil
 import tempfile
 import time
@@ -52,6 +56,44 @@ class LoopbackServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class SealedTokens:
+    """Paging tokens a simulator hands out: base64url(JSON [fields…, epoch, serial]) "." HMAC.
+
+    Opaque to clients and tamper-evident, as a real server's are; ``forget()`` bumps the epoch so
+    every token issued before it expires at once (a server restart or a re-index).
+    """
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._epoch = 0
+        self._serial = 0
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:12]
+
+    def issue(self, *fields: Any) -> str:
+        self._serial += 1
+        body = json.dumps([*fields, self._epoch, self._serial], separators=(",", ":")).encode()
+        return (base64.urlsafe_b64encode(body).rstrip(b"=") + b"." + base64.urlsafe_b64encode(self._mac(body)).rstrip(b"=")).decode()
+
+    def read(self, token: str) -> list[Any] | None:
+        """The fields ``token`` was issued with; None when it is from before ``forget()``;
+        ``ValueError`` when it is not a token this simulator issued."""
+        try:
+            body_b64, mac_b64 = token.split(".")
+            body = base64.urlsafe_b64decode(body_b64 + "=" * (-len(body_b64) % 4))
+            mac = base64.urlsafe_b64decode(mac_b64 + "=" * (-len(mac_b64) % 4))
+            if not hmac.compare_digest(mac, self._mac(body)):
+                raise ValueError("bad mac")
+            *fields, epoch, _serial = json.loads(body)
+        except (ValueError, TypeError):
+            raise ValueError(f"not a token of this simulator: {token[:40]!r}") from None
+        return fields if epoch == self._epoch else None
+
+    def forget(self) -> None:
+        self._epoch += 1
 
 
 @dataclass(frozen=True)
@@ -240,11 +282,13 @@ class FaultySimulator(LoopbackServer, Simulator):
       every request does (some vendors fail on the token endpoint first, like the real server).
     - ``log_path_qs``: log ``path_qs`` rather than ``path`` (cursor-paged APIs, where the query
       is what a test wants to see).
+    - ``routes()``: the endpoints ``start`` serves.
     - ``_fault_response(kind, status, headers)``: the vendor's error body for ``"outage"``,
       ``"fail"`` and ``"rate_limit"``.
     """
     data_paths: frozenset[str] | None = None
     log_path_qs: bool = False
+    shutdown_timeout: float = 60.0  # aiohttp's default; a simulator whose handlers sleep sets less
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0):
         super().__init__(records=records, invalid=invalid, seed=seed)
@@ -257,6 +301,16 @@ class FaultySimulator(LoopbackServer, Simulator):
     async def _serve(self, app: web.Application, host: str, port: int, **runner_kwargs: Any) -> str:
         self._stopping = asyncio.Event()
         return await super()._serve(app, host, port, **runner_kwargs)
+
+    def routes(self) -> list[web.RouteDef]:
+        """The vendor's endpoints (``web.get(path, handler)``, …); ``start`` serves them behind the
+        fault switches."""
+        raise NotImplementedError
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._faults_middleware])
+        app.add_routes(self.routes())
+        return await self._serve(app, host, port, shutdown_timeout=self.shutdown_timeout)
 
     async def stop(self) -> None:
         # Stalled handlers wait on this event, so stopping never waits out a stall.

@@ -135,6 +135,7 @@ class _Record:
 class QuangIchSimulator(FaultySimulator):
     """A Quảng Ích-style export server on loopback; ``faults`` are the standard switches."""
     page_size: int | None = 25   # what adapter_settings() asks for: a few dozen records page
+    shutdown_timeout = 0.5       # a stalled request must not hold stop() for aiohttp's minute
 
     def __init__(self, *, records: int = 0, invalid: int = 0, seed: int = 0,
                  connection_id: str = "sogddt-qi", api_key: str | None = None):
@@ -183,11 +184,8 @@ class QuangIchSimulator(FaultySimulator):
 
     # --- Simulator protocol ---------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application(middlewares=[self._faults_middleware])
-        app.router.add_post(SESSION_PATH, self._session)
-        app.router.add_get(RECORDS_PATH, self._page)
-        return await self._serve(app, host, port, shutdown_timeout=0.5)
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(SESSION_PATH, self._session), web.get(RECORDS_PATH, self._page)]
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "connection_id": self.connection_id, "api_key": self.api_key,
