@@ -8,8 +8,6 @@ value cleaning (comma decimals, NFD names, ``…T00:00:00`` dates) to ``hub.reco
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
 import hmac
@@ -39,6 +37,7 @@ from hub import (
     Transient,
     as_list,
     as_object,
+    base64_document,
     load_json,
     map_keys,
     vietnam_time,
@@ -361,15 +360,7 @@ def _secondary_subject(subject: dict[str, Any], where: str) -> dict[str, Any]:
 
 def signed_xml(record: Any) -> bytes | None:
     """The ``signedXml`` of a vendor record, decoded; ``ValueError`` naming it when unreadable."""
-    value = record.get(SIGNED_XML) if isinstance(record, dict) else None
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{SIGNED_XML}: expected the signed XML học bạ in base64, got {type(value).__name__}")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{SIGNED_XML}: not valid base64") from None
+    return base64_document(record.get(SIGNED_XML) if isinstance(record, dict) else None, SIGNED_XML)
 
 
 def to_central(record: Any) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from hub import (
     DestinationSimulator,
     Faults,
     PackageError,
+    Reject,
     verify_package,
 )
 
@@ -66,14 +67,6 @@ class MoetCounters:
     packages_refused: int = 0  # 400, 409, 413, 422
     recalls: int = 0         # packages recalled (a repeated recall is not counted again)
     cancels: int = 0         # transcripts cancelled
-
-
-class _Reject(Exception):
-    # Unwinds a submission to one JSON error answer; never leaves the handler.
-    def __init__(self, status: int, error: str, errors: list[str] | None = None, **extra: Any):
-        super().__init__(error)
-        self.status = status
-        self.body = {"error": error, "errors": errors or [], **extra}
 
 
 class MoetSimulator(DestinationSimulator):
@@ -170,13 +163,13 @@ class MoetSimulator(DestinationSimulator):
 
     async def _read_body(self, request: web.Request, limit: int) -> bytes:
         if request.content_length is not None and request.content_length > limit:
-            raise _Reject(413, f"payload of {request.content_length} bytes exceeds {limit}")
+            raise Reject(413, f"payload of {request.content_length} bytes exceeds {limit}")
         chunks, size = [], 0
         # Counted as it arrives: a chunked upload has no Content-Length to check up front.
         async for chunk in request.content.iter_chunked(1 << 16):
             size += len(chunk)
             if size > limit:
-                raise _Reject(413, f"payload exceeds {limit} bytes")
+                raise Reject(413, f"payload exceeds {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -206,13 +199,13 @@ class MoetSimulator(DestinationSimulator):
         package_id = request.match_info["package_id"]
         try:
             if request.content_type != PACKAGE_MEDIA_TYPE:
-                raise _Reject(400, f"expected {PACKAGE_MEDIA_TYPE}, got {request.content_type or 'no content type'}")
+                raise Reject(400, f"expected {PACKAGE_MEDIA_TYPE}, got {request.content_type or 'no content type'}")
             body = await self._read_body(request, self.max_package_bytes)
             try:
                 pkg = ClassPackage.from_zip(body, max_bytes=self.max_package_bytes)
             except PackageError as exc:
-                raise _Reject(400, f"not a class package: {exc}") from None
-        except _Reject as reject:
+                raise Reject(400, f"not a class package: {exc}") from None
+        except Reject as reject:
             return self._package_refused(reject.status, package_id, reject.body["error"])
         if pkg.package_id != package_id:
             return self._package_refused(400, package_id, f"the URL names package {package_id} but its manifest "
@@ -271,10 +264,7 @@ class MoetSimulator(DestinationSimulator):
         return web.json_response(answer, status=201)
 
     async def _package_state(self, request: web.Request) -> web.Response:
-        state = self.package_state(request.match_info["package_id"])
-        if state is None:
-            return web.json_response({"error": "unknown package", "errors": []}, status=404)
-        return web.json_response(state)
+        return self._held(self.package_state(request.match_info["package_id"]), "unknown package")
 
     async def _transcript_state(self, request: web.Request) -> web.Response:
         record_id = request.match_info["record_id"]
@@ -288,12 +278,12 @@ class MoetSimulator(DestinationSimulator):
         try:
             body = json.loads(await self._read_body(request, 64 * 1024) or b"{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _Reject(400, f"the body is not JSON: {exc}") from None
+            raise Reject(400, f"the body is not JSON: {exc}") from None
         reason = body.get("reason") if isinstance(body, dict) else None
         if not isinstance(reason, str) or not reason.strip():
-            raise _Reject(422, "a reason is required", ["reason: required, a non-empty text"])
+            raise Reject(422, "a reason is required", ["reason: required, a non-empty text"])
         if len(reason) > 1000:
-            raise _Reject(422, "reason too long", ["reason: at most 1000 characters"])
+            raise Reject(422, "reason too long", ["reason: at most 1000 characters"])
         return reason.strip()
 
     async def _recall(self, request: web.Request) -> web.Response:
@@ -301,10 +291,7 @@ class MoetSimulator(DestinationSimulator):
         held = self.packages.get(package_id)
         if held is None:
             return web.json_response({"error": "unknown package", "errors": []}, status=404)
-        try:
-            reason = await self._reason(request)
-        except _Reject as reject:
-            return web.json_response(reject.body, status=reject.status)
+        reason = await self._reason(request)
         if held["status"] == "recalled":
             return web.json_response({**held["recall"], "duplicate": True})
         held["status"], held["reason"] = "recalled", reason
@@ -326,10 +313,7 @@ class MoetSimulator(DestinationSimulator):
         held = self.transcripts.get(key) if key else None
         if held is None:
             return web.json_response({"error": f"{record_id} v{version} is not held", "errors": []}, status=404)
-        try:
-            reason = await self._reason(request)
-        except _Reject as reject:
-            return web.json_response(reject.body, status=reject.status)
+        reason = await self._reason(request)
         if held["status"] == "cancelled":
             return web.json_response({**held["cancel"], "duplicate": True})
         if held["status"] == "recalled":

@@ -8,8 +8,6 @@ snake_case — to the hub, refusing envelope fields the hub owns.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
 import hmac
@@ -23,12 +21,14 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr, field_validator
 
 from hub import (
-    VIETNAM_TIME,
     Adapter,
+    ContractError,
     PluginSettings,
     PushNonce,
     RawRecord,
+    base64_document,
     load_json,
+    stated_time,
 )
 
 TIMESTAMP_HEADER = "X-Hocba-Timestamp"
@@ -81,23 +81,14 @@ def _timestamp(value: Any, where: str) -> dt.datetime | None:
     if not isinstance(value, str):
         raise ValueError(f"{where}.updated_at is not an ISO 8601 string")
     try:
-        parsed = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
+        # Kept as the sender states it; the contract's clock is Vietnam time when it gives no offset.
+        return stated_time(value)
+    except ContractError:
         raise ValueError(f"{where}.updated_at {value!r} is not an ISO 8601 timestamp") from None
-    # The contract's clock is Vietnam time when the sender gives no offset.
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=VIETNAM_TIME)
 
 
 def _signed_xml(item: dict[str, Any], where: str) -> bytes | None:
-    value = item.get("signed_xml")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}.signed_xml must be the signed XML học bạ in base64")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{where}.signed_xml is not valid base64") from None
+    return base64_document(item.get("signed_xml"), f"{where}.signed_xml")
 
 
 class PushAdapter(Adapter):

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from hub import Attempt, DestinationSimulator, Event, Faults, field_errors, parse_transcript
+from hub import Attempt, DestinationSimulator, Event, Faults, Reject, field_errors, parse_transcript
 
 DEFAULT_TOKEN = "demo-ttdlqg-token"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -47,14 +47,6 @@ class TtdlqgCounters:
     rejected: int = 0        # 400, 413, 422
     unauthorized: int = 0    # 401, any route
     faulted: int = 0         # injected 503 / 429 / dropped connection
-
-
-class _Reject(Exception):
-    # Unwinds a submission to one JSON error answer; never leaves the handler.
-    def __init__(self, status: int, error: str, errors: list[str] | None = None, **extra: Any):
-        super().__init__(error)
-        self.status = status
-        self.body = {"error": error, "errors": errors or [], **extra}
 
 
 class TtdlqgSimulator(DestinationSimulator):
@@ -118,19 +110,22 @@ class TtdlqgSimulator(DestinationSimulator):
     # --- routes ---------------------------------------------------------------------------
 
     async def _status(self, request: web.Request) -> web.Response:
-        state = self.state(request.match_info["record_id"])
-        if state is None:
-            return web.json_response({"error": "unknown idbanghi", "errors": []}, status=404)
-        return web.json_response(state)
+        return self._held(self.state(request.match_info["record_id"]), "unknown idbanghi")
+
+    def _conflict(self, reason: str, attempt: dict[str, Any], highest: int, error: str) -> web.Response:
+        """409: the version cannot be taken; the answer names the highest version held."""
+        self.counters.conflicts += 1
+        self.attempts.append(Attempt(409, reason=reason, **attempt))
+        return web.json_response({"error": error, "errors": [], "highest_version": highest}, status=409)
 
     async def _submit(self, request: web.Request) -> web.Response:
         try:
             raw_record, document, reason = await self._read_parts(request)
             model, record = self._validate(raw_record, document)
-        except _Reject as reject:
+        except Reject as reject:
             self.counters.rejected += 1
             self.attempts.append(Attempt(reject.status, reason=reject.body["error"]))
-            return web.json_response(reject.body, status=reject.status)
+            return reject.answer()
         # From here to the answer there is no await: concurrent submissions of the same
         # record cannot interleave between the version check and the store.
         key = (model.record_id, model.version)
@@ -142,19 +137,11 @@ class TtdlqgSimulator(DestinationSimulator):
                 self.counters.duplicates += 1
                 self.attempts.append(Attempt(200, reason="duplicate", **attempt))
                 return web.json_response({**self.receipts[key], "duplicate": True}, status=200)
-            self.counters.conflicts += 1
-            self.attempts.append(Attempt(409, reason="same version, different content", **attempt))
-            return web.json_response({
-                "error": f"version {model.version} of {model.record_id} is already held with different content",
-                "errors": [], "highest_version": highest,
-            }, status=409)
+            return self._conflict("same version, different content", attempt, highest,
+                                  f"version {model.version} of {model.record_id} is already held with different content")
         if model.version <= highest:
-            self.counters.conflicts += 1
-            self.attempts.append(Attempt(409, reason="stale version", **attempt))
-            return web.json_response({
-                "error": f"version {model.version} is not above the highest held ({highest})",
-                "errors": [], "highest_version": highest,
-            }, status=409)
+            return self._conflict("stale version", attempt, highest,
+                                  f"version {model.version} is not above the highest held ({highest})")
         receipt = {
             "receipt_id": f"TTDLQG-{uuid.uuid4().hex}",
             "received_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -179,9 +166,9 @@ class TtdlqgSimulator(DestinationSimulator):
 
     async def _read_parts(self, request: web.Request) -> tuple[bytes, bytes, str | None]:
         if request.content_length is not None and request.content_length > self.max_bytes:
-            raise _Reject(413, f"payload of {request.content_length} bytes exceeds {self.max_bytes}")
+            raise Reject(413, f"payload of {request.content_length} bytes exceeds {self.max_bytes}")
         if request.content_type != "multipart/form-data":
-            raise _Reject(400, f"expected multipart/form-data, got {request.content_type or 'no content type'}")
+            raise Reject(400, f"expected multipart/form-data, got {request.content_type or 'no content type'}")
         parts: dict[str, bytes] = {}
         types: dict[str, str] = {}
         size = 0
@@ -193,21 +180,21 @@ class TtdlqgSimulator(DestinationSimulator):
                 while chunk := await part.read_chunk():
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise _Reject(413, f"payload exceeds {self.max_bytes} bytes")
+                        raise Reject(413, f"payload exceeds {self.max_bytes} bytes")
                     chunks.append(chunk)
                 if part.name in ("record", "document", "reason"):
                     parts[part.name] = b"".join(chunks)
                     types[part.name] = part.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        except _Reject:
+        except Reject:
             raise
         except (ValueError, AssertionError, RuntimeError) as exc:
-            raise _Reject(400, f"malformed multipart body: {exc}") from None
+            raise Reject(400, f"malformed multipart body: {exc}") from None
         missing = [name for name in ("record", "document") if name not in parts]
         if missing:
-            raise _Reject(400, f"missing part(s): {', '.join(missing)}")
+            raise Reject(400, f"missing part(s): {', '.join(missing)}")
         for name, expected in (("record", "application/json"), ("document", "application/pdf")):
             if types[name] != expected:
-                raise _Reject(400, f"part {name!r} must be {expected}, got {types[name] or 'no content type'}")
+                raise Reject(400, f"part {name!r} must be {expected}, got {types[name] or 'no content type'}")
         reason = parts.get("reason", b"").decode("utf-8", "replace")[:500] or None
         return parts["record"], parts["document"], reason
 
@@ -215,21 +202,21 @@ class TtdlqgSimulator(DestinationSimulator):
         try:
             record = json.loads(raw_record)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _Reject(400, f"part 'record' is not JSON: {exc}") from None
+            raise Reject(400, f"part 'record' is not JSON: {exc}") from None
         if not isinstance(record, dict):
-            raise _Reject(422, "record invalid", ["(record): must be a JSON object"])
+            raise Reject(422, "record invalid", ["(record): must be a JSON object"])
         try:
             model = parse_transcript(record)
         except ValidationError as exc:
-            raise _Reject(422, "record invalid", field_errors(exc, export_names=True)) from None
+            raise Reject(422, "record invalid", field_errors(exc, export_names=True)) from None
         except (TypeError, ValueError) as exc:
             # A validator that breaks instead of reporting is still a record the store cannot
             # take; 422 tells the sender not to retry, where a 500 would be retried forever.
-            raise _Reject(422, "record invalid", [f"(record): {exc}"]) from None
+            raise Reject(422, "record invalid", [f"(record): {exc}"]) from None
         if not document.startswith(b"%PDF-"):
-            raise _Reject(422, "document invalid", ["document: not a PDF (no %PDF- header)"])
+            raise Reject(422, "document invalid", ["document: not a PDF (no %PDF- header)"])
         if b"/ByteRange" not in document or b"/Sig" not in document:
-            raise _Reject(422, "document invalid", ["document: carries no signature (/ByteRange, /Sig)"])
+            raise Reject(422, "document invalid", ["document: carries no signature (/ByteRange, /Sig)"])
         return model, record
 
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
@@ -37,6 +37,8 @@ from hub.contracts import Adapter, Delivery, DeliveryError
 
 if TYPE_CHECKING:
     from hub.engine.pipeline import Hub
+
+T = TypeVar("T")
 
 
 def utc_after(seconds_from_now: float = 0.0) -> str:
@@ -249,14 +251,9 @@ class RouteOutbox:
                                 record.model_dump(mode="json", by_alias=True), row.pdf or b"", xml=row.xml,
                                 reason=row.reason)
             await hub.db(hub.store.delivery_attempted, pk, row.record_id, row.version, name)
-            try:
-                receipt = await self.adapter.deliver(delivery)
-            except DeliveryError as exc:
-                await self._failed(row, attempts, exc)
+            receipt = await self._sent(self.adapter.deliver(delivery), lambda exc: self._failed(row, attempts, exc))
+            if receipt is None:
                 return
-            # At an outage's end, count what waited for it (this record's job is still there).
-            waiting = await hub.db(hub.store.outbox_size) if self.breaker.is_open else None
-            self.breaker.success(waiting)
             accepted = {"receipt_id": receipt.receipt_id, "received_at": receipt.received_at,
                         "duplicate": receipt.duplicate, **receipt.detail}
             # Also when a newer version superseded this one meanwhile: the destination accepted
@@ -304,11 +301,27 @@ class RouteOutbox:
                         destination=self.name, adapter=row.adapter, school_code=row.school_code, error=reason)
         hub.settled(row, settled)
 
+    async def _sent(self, request: Awaitable[T], failed: Callable[[DeliveryError], Awaitable[None]]) -> T | None:
+        """What one request to the destination answered, the breaker told; None once ``failed``
+        has dealt with its ``DeliveryError``."""
+        try:
+            answer = await request
+        except DeliveryError as exc:
+            await failed(exc)
+            return None
+        await self._answered()
+        return answer
+
+    async def _answered(self) -> None:
+        """The destination answered: the breaker closes. At an outage's end it counts what waited
+        for it (the answered request's jobs are still there)."""
+        self.breaker.success(await self.hub.db(self.hub.store.outbox_size) if self.breaker.is_open else None)
+
     async def _failed(self, row: st.Row, attempts: int, exc: DeliveryError) -> None:
         hub = self.hub
         reason = str(exc)
         if exc.conflict:
-            self.breaker.success(await hub.db(hub.store.outbox_size) if self.breaker.is_open else None)
+            await self._answered()
             held = exc.held_version
             if held is None:
                 try:
@@ -335,7 +348,7 @@ class RouteOutbox:
         if exc.permanent:
             # A refusal is an answer: the destination is up (a probe that meets one ends the
             # outage instead of holding the probe slot for ever).
-            self.breaker.success(await hub.db(hub.store.outbox_size) if self.breaker.is_open else None)
+            await self._answered()
             for row in rows:
                 await self._give_up(row, f"refused by {self.name}: {reason}")
             return

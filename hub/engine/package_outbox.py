@@ -140,13 +140,10 @@ class PackageRouteOutbox(RouteOutbox):
         for row in rows:
             await hub.db(hub.store.delivery_attempted, row.id, row.record_id, row.version, name)
         self._requests += 1
-        try:
-            receipt = await self.adapter.deliver_package(package)
-        except DeliveryError as exc:
-            await self._not_delivered(rows, attempts, exc)
+        receipt = await self._sent(self.adapter.deliver_package(package),
+                                   lambda exc: self._not_delivered(rows, attempts, exc))
+        if receipt is None:
             return
-        waiting = await hub.db(hub.store.outbox_size) if self.breaker.is_open else None
-        self.breaker.success(waiting)
         outcomes = []
         for row in rows:
             own = receipt.transcripts.get((row.record_id, row.version))

@@ -11,6 +11,8 @@ may not be empty.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 from collections.abc import Iterable
 from typing import Any
@@ -75,15 +77,31 @@ def load_json(payload: bytes, what: str = "payload", *, max_bytes: int | None = 
         raise ContractError(str(exc)) from None
 
 
-def vietnam_time(value: Any) -> dt.datetime:
-    """A vendor's ISO 8601 timestamp as an aware time in Vietnam time; one without an offset is
-    already Vietnam time (every contract's clock unless it says otherwise)."""
+def stated_time(value: Any) -> dt.datetime:
+    """A vendor's ISO 8601 timestamp, aware, with the offset it states; one without an offset is
+    Vietnam time (every contract's clock unless it says otherwise)."""
     if not isinstance(value, str):
         raise ContractError(f"{value!r} is not an ISO 8601 timestamp")
     try:
         parsed = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         raise ContractError(f"{value!r} is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=VIETNAM_TIME)
-    return parsed.astimezone(VIETNAM_TIME)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=VIETNAM_TIME)
+
+
+def vietnam_time(value: Any) -> dt.datetime:
+    """A vendor's ISO 8601 timestamp as an aware time in Vietnam time (``stated_time``, converted)."""
+    return stated_time(value).astimezone(VIETNAM_TIME)
+
+
+def base64_document(value: Any, path: str) -> bytes | None:
+    """A signed document (the XML học bạ as the vendor's software signed it) sent as base64 at
+    ``path``, decoded; None when absent; a ``ContractError`` naming ``path`` when unreadable."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ContractError(f"{path}: expected the signed XML học bạ in base64, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ContractError(f"{path}: not valid base64") from None

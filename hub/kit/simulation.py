@@ -109,6 +109,19 @@ class Attempt:
     package_id: str | None = None
 
 
+class Reject(Exception):
+    """Unwinds a destination simulator's request to one JSON error answer (``DestinationSimulator``
+    answers one a handler lets through; a handler that counts refusals catches it first)."""
+
+    def __init__(self, status: int, error: str, errors: list[str] | None = None, **extra: Any):
+        super().__init__(error)
+        self.status = status
+        self.body = {"error": error, "errors": errors or [], **extra}
+
+    def answer(self) -> web.Response:
+        return web.json_response(self.body, status=self.status)
+
+
 class DestinationSimulator(LoopbackServer, Simulator):
     """A destination's service on loopback: a bearer token on every route but ``/healthz``, the
     standard fault switches (``hub.contracts.Faults``) applied to its submissions, ``/healthz``
@@ -152,6 +165,13 @@ class DestinationSimulator(LoopbackServer, Simulator):
     async def stop(self) -> None:
         await self._shutdown()
 
+    @staticmethod
+    def _held(state: dict[str, Any] | None, unknown: str) -> web.Response:
+        """What a status route answers: the ``state`` held, or 404 saying what is ``unknown``."""
+        if state is None:
+            return web.json_response({"error": unknown, "errors": []}, status=404)
+        return web.json_response(state)
+
     def adapter_settings(self) -> dict[str, Any]:
         if self.base_url is None:
             raise RuntimeError(f"{type(self).__name__}.start() must run before adapter_settings()")
@@ -181,7 +201,10 @@ class DestinationSimulator(LoopbackServer, Simulator):
                 self.attempts.append(Attempt(401, reason="token rejected"))
             return web.json_response({"error": "missing or invalid bearer token", "errors": []}, status=401,
                                      headers={"WWW-Authenticate": f'Bearer realm="{self.realm}"'})
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except Reject as reject:
+            response = reject.answer()
         if faults.slow_seconds > 0:
             # Delaying after the work is done models the nastiest timeout: the destination
             # committed but the answer never reached the sender, whose retry must then get a

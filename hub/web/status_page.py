@@ -20,9 +20,11 @@ Plugin health comes from ``hub.web.metrics.health``: at most one round of ``chec
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import time
 from collections import Counter, defaultdict
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -62,94 +64,28 @@ STATE_LABELS = {
 
 TEXT = strings("status", refresh=REFRESH_SECONDS)
 
-# Common reasons a record is stuck, most specific first: (key, test, Vietnamese, English).
-# The test sees the record's state and its error lines in lower case.
-REASONS: list[tuple[str, Any, str, str]] = [
-    ("rule_tt22", lambda s, e: "rule tt22" in e,
-     "Kết quả học tập hoặc rèn luyện ghi trong học bạ mâu thuẫn với chính điểm số của học sinh (quy định "
-     "của Thông tư 22). Trường cần sửa lại trong phần mềm quản lý; bản sửa sẽ được tự động lấy về.",
-     "The stated learning or conduct result contradicts the student's own scores (Circular 22 rules). "
-     "The school must correct it in its software; the corrected record is picked up automatically."),
-    ("personal_id", lambda s, e: "personal_id" in e,
-     "Số định danh cá nhân sai: phải gồm đúng 12 chữ số. Trường cần sửa trong phần mềm quản lý.",
-     "The personal id number is wrong: it must be exactly 12 digits. The school must correct it."),
-    ("birth_date", lambda s, e: "birth_date" in e,
-     "Ngày sinh sai, không tồn tại hoặc nằm ngoài khoảng hợp lệ. Trường cần sửa trong phần mềm quản lý.",
-     "The birth date is invalid, does not exist or is out of range. The school must correct it."),
-    ("score", lambda s, e: "average" in e or "score" in e,
-     "Điểm số nằm ngoài thang điểm 0–10 hoặc sai định dạng. Trường cần kiểm tra lại bảng điểm.",
-     "A score is outside the 0–10 scale or malformed. The school must check the marks."),
-    ("level", lambda s, e: "level" in e or "caphoc" in e,
-     "Mã cấp học hoặc mức đánh giá không thuộc danh mục của Bộ (ví dụ T/H/C, T/K/Đ/CĐ).",
-     "A school-level code or assessment level is not in the Ministry's catalogue (e.g. T/H/C, T/K/Đ/CĐ)."),
-    ("missing", lambda s, e: "field required" in e or "is missing" in e,
-     "Thiếu thông tin bắt buộc. Trường cần bổ sung trong phần mềm quản lý.",
-     "A required field is missing. The school must fill it in."),
-    ("school_code", lambda s, e: "school_code" in e or "department_code" in e,
-     "Mã trường sai định dạng hoặc không thuộc mã Sở GD&ĐT đã khai báo.",
-     "The school code is malformed or does not belong to the configured department."),
-    ("contract", lambda s, e: "not part of the" in e or "not json" in e or "cannot map" in e,
-     "Phần mềm của trường gửi dữ liệu không đúng mẫu mà bộ chuyển đổi (adapter) hiểu được. Cần nhà cung cấp "
-     "sửa dữ liệu hoặc cập nhật adapter, sau đó chạy lại.",
-     "The school software sent data the adapter does not understand. The vendor must fix the data or the "
-     "adapter must be updated; then replay."),
-    ("signing", lambda s, e: s == lc.FAILED and ("sign" in e or "homeroom_teacher:" in e or "principal:" in e
-                                                 or "school_seal:" in e),
-     "Không ký số được: kiểm tra chứng thư số (còn hạn, đúng người ký), mật khẩu khoá hoặc dịch vụ ký từ xa; "
-     "sửa xong thì chạy lại từ bước tạo PDF.",
-     "Signing failed: check the certificate (valid, right signer), the key password or the remote signing "
-     "service; then replay from rendering."),
-    ("conflict", lambda s, e: "409" in e or "conflict" in e,
-     "Kho trung ương đã có phiên bản mới hơn của hồ sơ này; hệ thống sẽ đối chiếu phiên bản, không gửi đè.",
-     "The central store already holds a newer version of this record; the hub reconciles, it never overwrites."),
-    ("unreachable", lambda s, e: any(k in e for k in ("timeout", "timed out", "connect", "unavailable", "http 5",
-                                                      " 500", " 502", " 503", " 504", "outage")),
-     "Kho dữ liệu trung ương không phản hồi hoặc đang lỗi. Khi kho hoạt động lại, chạy lại bước gửi.",
-     "The central store did not answer or failed. Once it is back, replay the delivery."),
-    ("rejected", lambda s, e: s == lc.DEAD_LETTER,
-     "Kho trung ương từ chối hồ sơ hoặc đã thử gửi quá số lần cho phép; xem dòng lỗi, sửa rồi chạy lại bước gửi.",
-     "The central store refused the record, or delivery gave up after its attempts; see the error, fix, replay."),
-    ("invalid", lambda s, e: s == lc.QUARANTINED,
-     "Dữ liệu hồ sơ không hợp lệ; dòng lỗi cho biết trường thông tin nào sai.",
-     "The record's data is invalid; the error line names the field."),
-    ("other", lambda s, e: True,
-     "Một bước xử lý không hoàn tất; xem dòng lỗi, sửa nguyên nhân rồi chạy lại.",
-     "A step could not finish; see the error line, fix the cause and replay."),
-]
+# Plain-words explanations (i18n/explanations.json, translations beside their match words):
+# why a record is stuck, most specific first, and what a plugin's health line means.
+_EXPLANATIONS = json.loads(files("hub.web").joinpath("i18n", "explanations.json").read_text(encoding="utf-8"))
+REASONS: list[dict[str, Any]] = _EXPLANATIONS["stuck"]
+PLUGIN_PROBLEMS: list[dict[str, Any]] = _EXPLANATIONS["plugin"]
+
+
+def _matches(entry: dict[str, Any], text: str, state: str | None = None) -> bool:
+    # An entry with states applies in those only; one with words needs one of them in the text.
+    return (("states" not in entry or state in entry["states"])
+            and ("words" not in entry or any(word in text for word in entry["words"])))
 
 
 def explain(state: str, errors: list[str]) -> tuple[str, str, str]:
     """``(key, Vietnamese, English)`` explanation of why a record in ``state`` is stuck."""
     text = " ".join(errors).lower()
-    for key, test, vi, en in REASONS:
-        if test(state, text):
-            return key, vi, en
+    for reason in REASONS:
+        if _matches(reason, text, state):
+            return reason["key"], reason["vi"], reason["en"]
     raise AssertionError("the last reason matches everything")
 
 
-# What a plugin's health line says, in plain words: (test on the line in lower case, vi, en).
-PLUGIN_PROBLEMS: list[tuple[Any, str, str]] = [
-    (lambda d: "paused" in d, "Đang tạm dừng theo yêu cầu của điều hành viên.", "Paused by an operator."),
-    (lambda d: any(k in d for k in ("token", "401", "403", "unauthori", "forbidden", "not logged in", "login",
-                                    "credential", "signature mismatch", "hmac")),
-     "Bị từ chối xác thực: kiểm tra tài khoản, mã bí mật hoặc token trong cấu hình.",
-     "Authentication refused: check the account, secret or token in the configuration."),
-    (lambda d: "429" in d or "too many" in d or "rate" in d,
-     "Bị giới hạn tần suất truy cập; hệ thống sẽ tự thử lại sau.", "Rate limited; the hub retries later by itself."),
-    (lambda d: any(k in d for k in ("timeout", "timed out", "cannot reach", "connect", "refused", "unreachable",
-                                    "name or service", "dns", "reset by peer", "disconnected")),
-     "Không kết nối được tới hệ thống này (mạng, địa chỉ hoặc hệ thống đang tắt).",
-     "Cannot reach this system (network, address, or the system is down)."),
-    (lambda d: any(k in d for k in (" 500", " 502", " 503", " 504", "http 5", "answered 5", "outage")),
-     "Hệ thống đầu bên kia đang lỗi; hệ thống sẽ tự thử lại.", "The other system is failing; the hub retries."),
-    (lambda d: any(k in d for k in ("certificate", "expired", "key", "pin", "token slot", "pkcs")),
-     "Lỗi chứng thư số hoặc khoá ký: kiểm tra chứng thư (còn hạn), mật khẩu hoặc thiết bị ký.",
-     "Certificate or signing key problem: check the certificate (valid), the password or the token."),
-    (lambda d: any(k in d for k in ("validation error", "input should", "field required", "not json", "xml",
-                                    "unexpected", "cannot map", "malformed")),
-     "Hệ thống này trả về dữ liệu không đúng mẫu mà bộ chuyển đổi hiểu được.",
-     "This system answered with data the adapter does not understand."),
-]
 # Pydantic's own wording: explained in plain words above, never shown as it is.
 _RAW_VALIDATION = ("validation error", "input should", "field required", "for further information visit")
 
@@ -161,7 +97,7 @@ def plugin_detail(detail: str, lang: str) -> str:
     if not detail:
         return ""
     low = detail.lower()
-    plain = next(((vi, en) for test, vi, en in PLUGIN_PROBLEMS if test(low)),
+    plain = next(((p["vi"], p["en"]) for p in PLUGIN_PROBLEMS if _matches(p, low)),
                  ("Có lỗi; xem dòng kỹ thuật.", "Something failed; see the technical line."))
     text = plain[0] if lang == "vi" else plain[1]
     if any(k in low for k in _RAW_VALIDATION):
