@@ -24,6 +24,23 @@ def kind(request):
     return DESTINATIONS[request.param]
 
 
+def only(kind):
+    """The ``kind`` fixture of a test file about one destination (its adapter and simulator),
+    for the ``sim`` and ``adapter`` fixtures it imports from here."""
+    @pytest.fixture(name="kind")
+    def fixture():
+        return kind
+    return fixture
+
+
+async def guarded_and_not_held(http, url: str, good: dict[str, str]) -> None:
+    """A status route of a simulator that holds nothing there: 401 without the token, 404 with it."""
+    async with http.get(url) as resp:
+        assert resp.status == 401
+    async with http.get(url, headers=good) as resp:
+        assert resp.status == 404
+
+
 def make_adapter(kind, settings: dict, tmp_path: Path, **overrides) -> HttpDestination:
     cls = kind[0]
     return cls(cls.Settings.model_validate({**settings, **overrides}), PluginContext(cls.name, tmp_path))

@@ -42,11 +42,7 @@ def delivery(record_id: str = "R-0001", version: int = 1, event: str = "NEW", in
     return Delivery(record_id, version, event, record(record_id, version, event, index), pdf)
 
 KIND = (TtdlqgAdapter, TtdlqgSimulator)
-
-
-@pytest.fixture
-def kind():
-    return KIND
+kind = destination.only(KIND)
 
 
 def make_adapter(settings: dict, tmp_path: Path, **overrides) -> TtdlqgAdapter:
@@ -282,10 +278,7 @@ async def test_simulator_contract_edges_over_raw_http(sim):
     url = sim.base_url
     good = {"Authorization": f"Bearer {sim.token}"}
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url}/api/v1/hocba/R-0001") as resp:
-            assert resp.status == 401
-        async with http.get(f"{url}/api/v1/hocba/R-0001", headers=good) as resp:
-            assert resp.status == 404
+        await destination.guarded_and_not_held(http, f"{url}/api/v1/hocba/R-0001", good)
 
         form = aiohttp.FormData()
         form.add_field("record", "{}", content_type="application/json")
