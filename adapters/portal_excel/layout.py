@@ -150,11 +150,7 @@ def primary_sheet(records: Sequence[dict[str, Any]]) -> Sheet:
     row1 += ["Phẩm chất chủ yếu"] + [None] * (len(QUALITY_NAMES) - 1)
     merges.append((1, start, 1, len(row2)))
 
-    for label in PRIMARY_TAIL:
-        row1.append(label)
-        row2.append(None)
-        row3.append(None)
-        merges.append((1, len(row1), 3, len(row1)))
+    merges += _full_height([row1, row2, row3], PRIMARY_TAIL)
 
     rows = []
     for number, record in enumerate(sorted(records, key=_sort_key), 1):
@@ -190,10 +186,7 @@ def secondary_sheet(records: Sequence[dict[str, Any]]) -> Sheet:
         row1 += [label, None, None]
         row2 += [label for label, _ in TERMS]
         merges.append((1, len(row1) - 2, 1, len(row1)))
-    for label in SECONDARY_TAIL:
-        row1.append(label)
-        row2.append(None)
-        merges.append((1, len(row1), 2, len(row1)))
+    merges += _full_height([row1, row2], SECONDARY_TAIL)
 
     rows = []
     for number, record in enumerate(sorted(records, key=_sort_key), 1):
@@ -210,6 +203,17 @@ def secondary_sheet(records: Sequence[dict[str, Any]]) -> Sheet:
         row += [record.get("days_absent"), _yes(record.get("promoted")), "; ".join(record.get("awards") or [])]
         rows.append(row)
     return Sheet([row1, row2], merges, rows)
+
+
+def _full_height(header: list[list[str | None]], labels: Sequence[str]) -> list[tuple[int, int, int, int]]:
+    """Add a column per label whose header cell spans every header row; the merges that make it so."""
+    merges = []
+    for label in labels:
+        header[0].append(label)
+        for row in header[1:]:
+            row.append(None)
+        merges.append((1, len(header[0]), len(header), len(header[0])))
+    return merges
 
 
 def _student_cells(number: int, record: dict[str, Any]) -> list[Any]:
