@@ -12,6 +12,7 @@ import datetime as dt
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal, Union
 
@@ -154,19 +155,27 @@ def _number_text(value: str) -> str:
     return _ascii_digits(clean_text(value) or "").replace(",", ".")
 
 
+def _number_or_none(value: Any, what: str, digits: str, convert: Callable[[str], Any]) -> Any:
+    """How a number field reads its value: None when blank, text ``convert``-ed once it is
+    ``digits`` (``,`` as decimal mark too), anything else as it is for the caller to judge; a
+    yes/no value is never a number."""
+    value = _blank_to_none(value)
+    if isinstance(value, bool):
+        raise ValueError(f"not {what} (a yes/no value)")
+    if isinstance(value, str):
+        text = _number_text(value)
+        if not re.fullmatch(digits, text):
+            raise ValueError(f"not {what}")
+        return convert(text)
+    return value
+
+
 def _parse_decimal(value: Any) -> Any:
     """A score: a JSON number, or text of digits with ``.`` or ``,`` as decimal mark. Never a
     yes/no value, NaN or infinity."""
-    value = _blank_to_none(value)
+    value = _number_or_none(value, "a number", r"[+-]?[0-9]+(\.[0-9]+)?", float)
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise ValueError("not a number (a yes/no value)")
-    if isinstance(value, str):
-        text = _number_text(value)
-        if not re.fullmatch(r"[+-]?[0-9]+(\.[0-9]+)?", text):
-            raise ValueError("not a number")
-        value = float(text)
     if isinstance(value, int):
         return float(value)
     if isinstance(value, float):
@@ -180,16 +189,9 @@ def _parse_decimal(value: Any) -> Any:
 
 def _parse_int(value: Any) -> Any:
     """A whole number: a JSON integer (or a float with no fraction), or text of digits."""
-    value = _blank_to_none(value)
+    value = _number_or_none(value, "a whole number", r"[+-]?[0-9]+", int)
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise ValueError("not a whole number (a yes/no value)")
-    if isinstance(value, str):
-        text = _number_text(value)
-        if not re.fullmatch(r"[+-]?[0-9]+", text):
-            raise ValueError("not a whole number")
-        return int(text)
     if isinstance(value, float):
         if not math.isfinite(value) or not value.is_integer():
             raise ValueError("not a whole number")

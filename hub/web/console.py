@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -33,6 +34,7 @@ import re
 import secrets
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
@@ -134,6 +136,20 @@ class Refused(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
+
+
+def _action(handler: Callable[..., Awaitable[Response]]) -> Callable[[Any, Request], Awaitable[Response]]:
+    """An operator's POST: ``handler(self, request, lang, session, form)`` runs once the session,
+    its role and its CSRF token pass; a ``Refused`` from either answers with the refused page."""
+    @functools.wraps(handler)
+    async def run(self: Any, request: Request) -> Response:
+        lang = self._lang(request)
+        try:
+            session, form = await self._post(request)
+            return await handler(self, request, lang, session, form)
+        except Refused as exc:
+            return self._refused(request, lang, self._session(request), exc)
+    return run
 
 
 # --- the console --------------------------------------------------------------------------------
@@ -423,44 +439,36 @@ class Console:
 
     # --- actions ------------------------------------------------------------------------------
 
-    async def replay(self, request: Request) -> Response:
-        lang = self._lang(request)
-        try:
-            session, form = await self._post(request)
-        except Refused as exc:
-            return self._refused(request, lang, self._session(request), exc)
+    @_action
+    async def replay(self, request: Request, lang: str, session: Session, form: dict[str, str]) -> Response:
         pk, stage = form.get("id", ""), form.get("stage", "normalize")
         if not _PK.match(pk) or stage not in lc.REPLAY_STAGES:
-            return self._refused(request, lang, session, Refused(404, "not_found"))
+            raise Refused(404, "not_found")
         assert session.caller is not None
         moved = await self.hub.replay([int(pk)], stage=stage, actor=session.caller.name)
         await self.hub.db(self.hub.store.audit, "console.replay", session.caller.name, None,
                           {"ids": [int(pk)], "stage": stage, "moved": len(moved)})
         return RedirectResponse(f"/console/records/{pk}" + _query(lang, done="replay", n=len(moved)), status_code=303)
 
-    async def cancel(self, request: Request) -> Response:
+    @_action
+    async def cancel(self, request: Request, lang: str, session: Session, form: dict[str, str]) -> Response:
         """Cancel the transcript with the reason the operator typed (``Hub.cancel``): a new
         version, signed and sent to every destination; the record page then shows it."""
-        lang = self._lang(request)
-        try:
-            session, form = await self._post(request)
-        except Refused as exc:
-            return self._refused(request, lang, self._session(request), exc)
         pk = form.get("id", "")
         if not _PK.match(pk):
-            return self._refused(request, lang, session, Refused(404, "not_found"))
+            raise Refused(404, "not_found")
         try:
             reason = lc.cancel_reason(form.get("reason", ""))
         except ValueError:
-            return self._refused(request, lang, session, Refused(400, "cancel_reason"))
+            raise Refused(400, "cancel_reason") from None
         assert session.caller is not None
         try:
             row = await self.hub.db(self.hub.store.get, int(pk))
             new = await self.hub.cancel(row.record_id, reason, session.caller.name)
         except KeyError:
-            return self._refused(request, lang, session, Refused(404, "not_found"))
+            raise Refused(404, "not_found") from None
         except StateConflict:
-            return self._refused(request, lang, session, Refused(409, "already_cancelled"))
+            raise Refused(409, "already_cancelled") from None
         return RedirectResponse(f"/console/records/{new}" + _query(lang, done="cancel"), status_code=303)
 
     async def packages(self, request: Request) -> Response:
@@ -477,37 +485,29 @@ class Console:
         return self._page(request, "console_packages.html", lang, session, school=school,
                           packages=[p.public() for p in items], done=_done(request, lang))
 
-    async def recall(self, request: Request) -> Response:
+    @_action
+    async def recall(self, request: Request, lang: str, session: Session, form: dict[str, str]) -> Response:
         """Recall a package with the reason the operator typed (``Hub.recall``); the route's
         worker sends it."""
-        lang = self._lang(request)
-        try:
-            session, form = await self._post(request)
-        except Refused as exc:
-            return self._refused(request, lang, self._session(request), exc)
         package_id = form.get("package_id", "")
         try:
             reason = lc.cancel_reason(form.get("reason", ""), "the package is recalled")
         except ValueError:
-            return self._refused(request, lang, session, Refused(400, "recall_reason"))
+            raise Refused(400, "recall_reason") from None
         assert session.caller is not None
         try:
             await self.hub.recall(package_id, reason, session.caller.name)
         except KeyError:
-            return self._refused(request, lang, session, Refused(404, "no_package"))
+            raise Refused(404, "no_package") from None
         except StateConflict:
-            return self._refused(request, lang, session, Refused(409, "already_recalled"))
+            raise Refused(409, "already_recalled") from None
         return RedirectResponse("/console/packages" + _query(lang, done="recall", name=package_id), status_code=303)
 
-    async def pause(self, request: Request) -> Response:
-        lang = self._lang(request)
-        try:
-            session, _ = await self._post(request)
-        except Refused as exc:
-            return self._refused(request, lang, self._session(request), exc)
+    @_action
+    async def pause(self, request: Request, lang: str, session: Session, _form: dict[str, str]) -> Response:
         name, action = request.path_params["name"], request.path_params["action"]
         if name not in self.api.adapter_names or action not in ("pause", "resume"):
-            return self._refused(request, lang, session, Refused(404, "not_found"))
+            raise Refused(404, "not_found")
         assert session.caller is not None
         await self.hub.db(self.hub.store.set_paused, name, action == "pause", session.caller.name)
         return RedirectResponse("/console" + _query(lang, done=action, name=name), status_code=303)
