@@ -7,9 +7,11 @@ value loads none); ``HOCBA_HUB_TRACE_PLUGINS=1`` prints every hook call to stder
 from __future__ import annotations
 
 import os
+import pkgutil
 import sys
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import pluggy
 
@@ -17,6 +19,13 @@ from hub import hookspecs
 from hub.contracts import Adapter, DocumentFormat, IdentityProvider, Signer
 
 GROUP = "hocba_hub"
+
+
+def resolve(ref: str) -> Any:
+    """What a ``"package.module:Name"`` reference names (an adapter's ``simulator``, a signer's
+    class in a worker process): ``pkgutil.resolve_name``, in one place. Raises ``ImportError``,
+    ``AttributeError`` or ``ValueError`` (a malformed reference)."""
+    return pkgutil.resolve_name(ref)
 
 
 @dataclass(frozen=True)

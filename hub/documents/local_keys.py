@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import importlib
 import pickle
 import threading
 from abc import abstractmethod
@@ -48,6 +47,7 @@ from hub.documents.pades import (
     stamp_font_bytes,
 )
 from hub.documents.signing import SigningError, refuse_outside_validity
+from hub.plugins import resolve
 
 
 class LocalKey(NamedTuple):
@@ -163,8 +163,7 @@ class _KeySource:
     def _resolved(self) -> tuple[type["LocalKeySigner"], PluginSettings]:
         cached = _resolved.get(self.fingerprint)
         if cached is None:
-            module, _, name = self.signer_class.partition(":")
-            cls: type[LocalKeySigner] = getattr(importlib.import_module(module), name)
+            cls: type[LocalKeySigner] = resolve(self.signer_class)
             cached = _resolved[self.fingerprint] = (cls, cls.Settings.model_validate(self.settings))
         return cached
 

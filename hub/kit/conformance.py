@@ -44,7 +44,6 @@ that no secret, right or wrong, shows in a ``Health.detail``.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import secrets
 import tempfile
 import time
@@ -70,6 +69,7 @@ from hub.contracts import (
 )
 from hub.engine.normalize import Envelope, normalize
 from hub.kit.synthetic import INVALID_KINDS
+from hub.plugins import resolve
 from hub.records import parse_transcript
 
 __all__ = [
@@ -615,10 +615,9 @@ def _simulator_of(cls: type[Adapter]) -> type[Simulator]:
     ref = cls.simulator
     if not ref:
         raise ConformanceError(f"adapter {cls.name!r} names no simulator (Adapter.simulator = 'module:Class')")
-    module, _, attr = ref.partition(":")
     try:
-        sim = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
+        sim = resolve(ref)
+    except (ImportError, AttributeError, ValueError) as exc:
         raise ConformanceError(f"adapter {cls.name!r}: simulator {ref!r} cannot be loaded: {exc}") from None
     if not (isinstance(sim, type) and issubclass(sim, Simulator)):
         raise ConformanceError(f"adapter {cls.name!r}: {ref!r} is not a hub.contracts.Simulator")

@@ -16,7 +16,6 @@ records must end blocked on identity, with reasons, and the rest delivered.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import shutil
 import sys
@@ -33,7 +32,7 @@ from hub.contracts import IdentitySimulator, PluginError, Simulator
 from hub.documents.verify import trust_roots_der
 from hub.engine.pipeline import Hub
 from hub.logs import configure, mask
-from hub.plugins import adapter_types, identity_provider_types
+from hub.plugins import adapter_types, identity_provider_types, resolve
 
 DEMO_KEY_PASSWORD_ENV = "HOCBA_DEMO_KEY_PASSWORD"
 DEMO_KEY_PASSWORD = "demo-only-password"
@@ -51,8 +50,7 @@ def simulator_class(adapter_type: str, registry=adapter_types) -> type[Simulator
     ref = registry()[adapter_type].cls.simulator
     if not ref:
         return None
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return resolve(ref)
 
 
 def split(total: int, parts: int) -> list[int]:

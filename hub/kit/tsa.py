@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 
 from hub.kit import pki
 from hub.kit.simulation import LoopbackServer
+from hub.plugins import resolve
 
 __all__ = ["DEMO_TSA", "TrustServices", "start_signing_services"]
 
@@ -240,8 +240,7 @@ async def start_signing_services(config: Any, pki_dir: Path, password: str) -> l
         ref = getattr(cls, "simulator", None)
         if not ref:
             continue
-        module, _, name = ref.partition(":")
-        simulator = getattr(importlib.import_module(module), name)(pki_dir=pki_dir, password=password)
+        simulator = resolve(ref)(pki_dir=pki_dir, password=password)
         await simulator.start()
         started.append(simulator)
         config.override_settings(section.name, simulator.adapter_settings())
