@@ -96,8 +96,8 @@ class _StampGlyphs(GlyphAccumulator):
             buffer = io.BytesIO()
             self.tt.save(buffer)
             program = buffer.getvalue()
-            if len(_subsets) >= _SUBSETS_KEPT:
-                _subsets.pop(next(iter(_subsets)))  # the oldest: dicts keep insertion order
+            if len(_subsets) >= _SUBSETS_KEPT:  # the oldest goes (dicts keep insertion order)
+                _subsets.pop(next(iter(_subsets), None), None)
             _subsets[key] = program
         cidfont = self.cidfont_obj
 
@@ -129,8 +129,9 @@ class _StampFont(FontEngineFactory):
 
 _stamp_style: TextStampStyle | None = None
 _STAMP_CLOCK = dt.timezone(VIETNAM_TIME.utcoffset(None), "+07:00")
-"""Vietnam's clock (``hub.records.VIETNAM_TIME``), named as the stamp prints it. pyHanko stamps the signing session's
-``system_time``, which it takes from the machine's zone (UTC on a server) unless set."""
+"""Vietnam's clock (``hub.records.VIETNAM_TIME``), named as the stamp prints it. pyHanko stamps
+the signing session's ``system_time``, which it takes from the machine's zone (UTC on a server)
+unless set."""
 
 
 def stamp_style() -> TextStampStyle:
