@@ -23,8 +23,6 @@ ALLOWED = {
     "etree._ElementTree",
     "http._retry_connection",  # aiohttp resends a request on a dropped keep-alive connection with the
                                # same signed nonce; there is no public switch (adapters/misa)
-    "cidfont._font_descriptor",  # pyHanko's CID font keeps its descriptor there; a stamp made from a
-                                 # kept font subset writes the program into it (hub/documents/pades.py)
 }
 
 

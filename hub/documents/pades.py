@@ -25,7 +25,7 @@ from fontTools import subset as ftsubset
 from fontTools import ttLib
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.font.api import FontEngineFactory
-from pyhanko.pdf_utils.font.opentype import GlyphAccumulator
+from pyhanko.pdf_utils.font.opentype import CIDFontType2, GlyphAccumulator
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.sign import fields, signers
@@ -78,6 +78,20 @@ _SUBSETS_KEPT = 512
 _subsets: dict[frozenset[int], bytes] = {}
 
 
+class _KeptProgram(CIDFontType2):
+    """pyHanko's TrueType CID font, embedding a subset program made before for the same glyphs."""
+    program: bytes | None = None
+
+    def set_font_file(self, writer: Any) -> Any:
+        if self.program is None:
+            return super().set_font_file(writer)
+        stream = generic.StreamObject(stream_data=self.program)
+        stream.compress()
+        ref = writer.add_object(stream)
+        self._font_descriptor[generic.pdf_name("/FontFile2")] = ref
+        return ref
+
+
 class _StampGlyphs(GlyphAccumulator):
     """pyHanko's glyph accumulator, keeping each subset it makes of the stamp font.
 
@@ -85,8 +99,12 @@ class _StampGlyphs(GlyphAccumulator):
     depends only on the glyphs used (glyph ids are kept), and a school's principal and seal
     stamp the same text but for the time, a class's homeroom teacher too: the program made for
     one signature serves every later one with the same glyphs. This overrides pyHanko's
-    ``_extract_subset`` and the CID font's ``set_font_file`` (checked on pyHanko 0.38).
+    ``_extract_subset`` and its CID font's ``set_font_file`` (checked on pyHanko 0.38).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.cidfont_obj = _KeptProgram(self.tt, self.cidfont_obj.name.partition("+")[2], self.subset_prefix)
 
     def _extract_subset(self, options: Any = None) -> None:
         key = frozenset(self._glyphs)
@@ -99,15 +117,7 @@ class _StampGlyphs(GlyphAccumulator):
             if len(_subsets) >= _SUBSETS_KEPT:  # the oldest goes (dicts keep insertion order)
                 _subsets.pop(next(iter(_subsets), None), None)
             _subsets[key] = program
-        cidfont = self.cidfont_obj
-
-        def set_font_file(writer: Any) -> Any:  # as pyHanko's CIDFontType2, from the kept program
-            stream = generic.StreamObject(stream_data=program)
-            stream.compress()
-            ref = writer.add_object(stream)
-            cidfont._font_descriptor[generic.pdf_name("/FontFile2")] = ref
-            return ref
-        cidfont.set_font_file = set_font_file
+        self.cidfont_obj.program = program
 
 
 class _StampFont(FontEngineFactory):

@@ -26,10 +26,8 @@ from typing import Any
 
 import asn1crypto.core as asn1_core
 from pyhanko.pdf_utils import generic as pdf_generic
+from pyhanko.pdf_utils.misc import PDF_WHITESPACE
 
-# PDF white space (ISO 32000-1, table 1) and the digits a hex string may hold.
-_WHITESPACE = b" \t\n\r\x00\x0c"
-_HEX_DIGITS = b"0123456789abcdefABCDEF"
 _CHUNK = 1 << 16
 
 
@@ -57,8 +55,8 @@ def _read_hex_string(stream: Any) -> Any:
             return _library_read(stream, start)
         parts.append(chunk)
         position += len(chunk)
-    digits = b"".join(parts).translate(None, _WHITESPACE)
-    if digits.translate(None, _HEX_DIGITS):  # anything else: pyHanko's reader and its errors
+    digits = b"".join(parts).translate(None, PDF_WHITESPACE)
+    if digits.translate(None, pdf_generic.HEX_DIGITS):  # anything else: pyHanko's reader and its errors
         return _library_read(stream, start)
     if len(digits) % 2:
         digits += b"0"  # as the PDF specification says of an odd final digit

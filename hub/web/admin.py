@@ -478,9 +478,10 @@ class AdminApi:
             filters = RecordFilters.parse(request).search()
             filters["state"] = state
         else:
-            filters = RecordQuery.parse(request).search()
-            if filters.get("state", self.states[0]) not in self.states:
-                raise ApiError(400, "state", f"unknown state {filters['state']!r} (one of {', '.join(self.states)})")
+            query = RecordQuery.parse(request)
+            if query.state is not None and query.state not in self.states:
+                raise ApiError(400, "state", f"unknown state {query.state!r} (one of {', '.join(self.states)})")
+            filters = query.search()
         items = await self.hub.db(lambda: self.hub.store.search(**filters))
         return {"items": [self._summary(i, caller) for i in items], "count": len(items),
                 "limit": filters["limit"], "offset": filters["offset"]}
