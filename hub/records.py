@@ -9,6 +9,7 @@ empty strings) lives here once, in ``BeforeValidator``s, so adapters only map ke
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 import unicodedata
@@ -92,6 +93,20 @@ def clean_text(value: Any, max_length: int | None = None) -> Any:
     base letter."""
     if not isinstance(value, str):
         return value
+    if len(value) <= 64:
+        return _clean_short(value, max_length)
+    return _clean(value, max_length)
+
+
+# Short texts repeat across a class's transcripts (subjects, levels, school, teachers' names)
+# and each is cleaned again every time a record is validated: the answer is kept (a refusal,
+# ``ValueError``, is not, and is raised again each time).
+@functools.lru_cache(maxsize=8192)
+def _clean_short(value: str, max_length: int | None) -> str | None:
+    return _clean(value, max_length)
+
+
+def _clean(value: str, max_length: int | None) -> str | None:
     # Refuse a huge value before spending time on it (a 5 MB "name"); the exact check is below.
     if max_length is not None and len(value) > 4 * max_length + 64:
         raise ValueError(f"longer than {max_length} characters")

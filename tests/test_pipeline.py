@@ -75,6 +75,33 @@ def config_path(tmp_path):
     return tmp_path / "data" / "hub.sqlite3"
 
 
+async def test_steps_signed_at_once_are_stored_together_and_kept_when_a_later_one_fails(tmp_path, pki, systems):
+    # Local keys sign at once, so a record goes from rendering through its signing steps in one
+    # go (Hub.defer). No principal has a key here: each record fails at the principal's step,
+    # and what the steps before it did is stored all the same — the rendered documents and the
+    # homeroom teacher's signature, each step in the history.
+    from hub.kit.synthetic import signing_identities
+
+    keys = tmp_path / "keys"
+    shutil.copytree(pki[0], keys)
+    for identity in signing_identities():
+        if identity.role == "principal":
+            (keys / f"{identity.key}.p12").unlink()
+    vendor, central = systems
+    config = make_config(tmp_path, (keys, pki[1]), vendor, central)
+    rows = [r for r in await run_once(config) if r.state != lc.QUARANTINED]
+    assert rows and {r.state for r in rows} == {lc.FAILED}
+    store = st.Store(config_path(tmp_path))
+    roots = load_certs(pki[1])
+    for row in rows:
+        assert any(e.startswith("principal: ") and "no key for principal" in e for e in row.errors), row.errors
+        assert [h["state"] for h in store.history(row.id)] == [
+            "received", "normalized", "rendered", "signed:homeroom_teacher", "failed"]
+        report = await verify_pdf(row.pdf, roots)
+        assert report.ok and [s.field for s in report.signatures] == ["homeroom_teacher"]
+    assert central.accepted() == {}
+
+
 @pytest.mark.skipif(shutil.which("pdfsig") is None, reason="poppler-utils (pdfsig) is not installed")
 async def test_poppler_accepts_every_signature(tmp_path, pki, systems):
     vendor, central = systems

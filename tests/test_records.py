@@ -110,3 +110,20 @@ def test_schema_is_json_with_catalogue_names():
     schema = json.loads(json.dumps(transcript_json_schema()))
     text = json.dumps(schema)
     assert "idbanghi" in text and "dsbangdiem" in text and "sodinhdanhcanhan" in text
+
+
+@pytest.mark.parametrize("text", ["  Nguyễn\u200b  Văn   An ", "Ｔｏán", "x" * 64, "x" * 65, "\u0301An"])
+def test_clean_text_kept_answers_are_the_answers(text):
+    # Short texts are cleaned once and the answer kept (hub.records._clean_short): asking again,
+    # with or without the cache, gives the same text, and a refusal is a refusal every time.
+    from hub.records import _clean, clean_text
+
+    for max_length in (None, 64, 10):
+        try:
+            expected = _clean(text, max_length)
+        except ValueError as exc:
+            for _ in range(2):
+                with pytest.raises(ValueError, match=str(exc)):
+                    clean_text(text, max_length)
+        else:
+            assert clean_text(text, max_length) == clean_text(text, max_length) == expected
