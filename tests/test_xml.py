@@ -361,3 +361,36 @@ def test_signing_status_counts_waiting_transcripts_and_names_who_has_not_signed(
     assert ("subject_teacher", rec.subjects[0].subject_code) not in left
     assert {("subject_teacher", s.subject_code) for s in rec.subjects[1:]} <= left
     assert ("principal", None) in left
+
+
+@needs_xmlsec
+def test_a_local_key_step_signs_both_documents_in_one_job_and_refuses_before_signing(pki, tmp_path):
+    # hub.documents.xmldsig.sign_step with keys on this machine: the step's XML slot and PDF
+    # signature come from one job (LocalKeySigner.sign_documents); xmlsec1 and pyHanko accept
+    # them. An identity without a key refuses the whole step before anything is signed.
+    from hub.documents.signing import SigningError
+    from hub.documents.verify import verify_blocking
+    from hub.documents.xmldsig import sign_step
+
+    directory, root = pki
+    keys = signer(directory)
+    rec = record(0)
+    doc, pdf = FMT.build(rec), render_pdf(rec, xml=FMT.build(rec))
+    slots = [s for s in FMT.slots(doc) if s.role == "homeroom_teacher"]
+    request = request_for(rec, pdf, "homeroom_teacher")
+
+    async def step(requests):
+        await keys.open()
+        return await sign_step(doc, slots, requests, keys)
+
+    xml, [signed_pdf] = asyncio.run(step([request]))
+    path = tmp_path / "step.xml"
+    path.write_bytes(xml)
+    result = xmlsec(path, root, slots[0].signature_id)
+    assert result.returncode == 0, result.stderr
+    report = verify_blocking(signed_pdf, (load_certs(root)[0].dump(),))
+    assert report.ok and [s.field for s in report.signatures] == ["homeroom_teacher"]
+
+    stranger = SigningIdentity("principal", "Người Lạ", rec.school_code, "099999999999")
+    with pytest.raises(SigningError, match="no key for principal"):
+        asyncio.run(step([request, dataclasses.replace(request, identity=stranger)]))

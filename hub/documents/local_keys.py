@@ -271,6 +271,13 @@ def _sign_xml_job(document: bytes, slots: list[tuple[SignatureSlot, _KeyMaterial
                                for slot, m in slots})
 
 
+def _sign_step_job(document: bytes, slots: list[tuple[SignatureSlot, _KeyMaterial]], signing_time: dt.datetime,
+                   c14n: str, requests: list[tuple[_KeyMaterial, SignRequest]]) -> tuple[bytes, list[bytes]]:
+    """A signing step's XML slots and PDF signatures, made in one job where the keys are."""
+    return (_sign_xml_job(document, slots, signing_time, c14n) if slots else document,
+            [_sign_job(material, request) for material, request in requests])
+
+
 class LocalKeySigner(Signer):
     """Base for signers whose private keys are on this machine (key files, a local keystore).
 
@@ -413,12 +420,22 @@ class LocalKeySigner(Signer):
                        signing_time: dt.datetime, c14n: str = "exclusive") -> bytes:
         """Every slot's XML signature (XAdES B-B) in one executor job: the document goes to the
         key once, instead of out to be prepared, back for its digests and out again."""
+        xml, _ = await self.sign_documents(document, slots, [], signing_time=signing_time, c14n=c14n)
+        return xml
+
+    async def sign_documents(self, document: bytes, slots: Sequence[SignatureSlot], requests: Sequence[SignRequest],
+                             *, signing_time: dt.datetime, c14n: str = "exclusive") -> tuple[bytes, list[bytes]]:
+        """A signing step's XML slots (XAdES B-B) and PDF requests (PAdES B-B) in one executor
+        job: each document goes to a worker once, and the step costs the hub one hand-off.
+        Every identity is checked before anything is signed."""
         now = dt.datetime.now(dt.timezone.utc)
         material = {identity: await self._check(identity, now)
-                    for identity in dict.fromkeys(s.identity for s in slots)}
-        job = partial(_sign_xml_job, document, [(s, material[s.identity]) for s in slots], signing_time, c14n)
+                    for identity in dict.fromkeys([*(s.identity for s in slots), *(r.identity for r in requests)])}
+        job = partial(_sign_step_job, document, [(s, material[s.identity]) for s in slots], signing_time, c14n,
+                      [(material[r.identity], r) for r in requests])
         if self.context.executor is None:
             return await asyncio.to_thread(job)
+        # The keys go with the job over the pool's local pipe to the hub's own worker process.
         return await asyncio.get_running_loop().run_in_executor(self.context.executor, job)
 
     async def sign(self, requests: Sequence[SignRequest]) -> list[bytes]:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from asn1crypto import cms, tsp
 from asn1crypto import x509 as asn1_x509
@@ -286,10 +287,8 @@ async def sign_slots(document: bytes, slots: Sequence[SignatureSlot], signer: Si
     """
     if not slots:
         return document
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    from hub.documents.local_keys import LocalKeySigner
-
-    if level == "B-B" and isinstance(signer, LocalKeySigner):
+    now = _signing_time()
+    if signs_whole(signer, level):
         # The key is on this machine: the whole signature is made where the key is kept.
         return await signer.sign_xml(document, slots, signing_time=now, c14n=c14n)
     certs = {}
@@ -316,6 +315,37 @@ async def sign_slots(document: bytes, slots: Sequence[SignatureSlot], signer: Si
                                f"{type(exc).__name__}: {exc}") from exc
         document = add_timestamps(document, {s.signature_id: t.dump() for s, t in zip(slots, tokens)})
     return document
+
+
+def signs_whole(signer: Signer, level: str) -> bool:
+    """Whether ``signer`` makes ``level`` signatures whole where its keys are (B-B with keys on
+    this machine, ``LocalKeySigner``): then nothing but the finished document comes back."""
+    from hub.documents.local_keys import LocalKeySigner
+
+    return level == "B-B" and isinstance(signer, LocalKeySigner)
+
+
+def _signing_time() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+async def sign_step(document: bytes | None, slots: Sequence[SignatureSlot], requests: Sequence[Any],
+                    signer: Signer, *, level: str = "B-B", timestamp_url: str = "", c14n: str = "exclusive",
+                    executor: Executor | None = None, description: str = "") -> tuple[bytes | None, list[bytes]]:
+    """One signing step's XML ``slots`` in ``document`` and PDF ``requests``
+    (``hub.contracts.SignRequest``) with ``signer``: (the XML, the signed PDFs).
+
+    Both in one job where the keys are (``signs_whole``); otherwise concurrently, so a remote
+    signer's one approval covers both.
+    """
+    if slots and requests and signs_whole(signer, level):
+        return await signer.sign_documents(document, slots, requests, signing_time=_signing_time(), c14n=c14n)
+    jobs = [sign_slots(document, list(slots), signer, level=level, timestamp_url=timestamp_url, c14n=c14n,
+                       executor=executor, description=description)] if slots else []
+    if requests:
+        jobs.append(signer.sign(list(requests)))
+    results = await asyncio.gather(*jobs)
+    return (results[0] if slots else document), (list(results[-1]) if requests else [])
 
 
 async def sign_enveloped(document: bytes, identity: SigningIdentity, signer: Signer, *, signature_id: str,

@@ -172,6 +172,9 @@ class RouteOutbox:
         self.active = 0
         self._concurrency = concurrency
         self._tasks: set[asyncio.Task[None]] = set()
+        # The last claim took as many jobs as it asked for: more may be due, so a finished
+        # job makes the loop claim again. Otherwise a new job wakes it (``Hub.enqueue``).
+        self._full = False
 
     async def run(self) -> None:
         """Until cancelled: send what is due; sleep until the next job is due or one is added."""
@@ -203,8 +206,9 @@ class RouteOutbox:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
             await self._before_claim()
-            due = await hub.db(hub.store.claim_deliveries, hub.owner, hub.lease_seconds, self._claim_size(free),
-                               self.name)
+            size = self._claim_size(free)
+            due = await hub.db(hub.store.claim_deliveries, hub.owner, hub.lease_seconds, size, self.name)
+            self._full = len(due) >= size
             if not due:
                 if probing:
                     self.breaker.probing = False  # nothing was due: the probe slot is free again
@@ -242,6 +246,7 @@ class RouteOutbox:
         hub, name = self.hub, self.name
         self.active += 1
         started = time.perf_counter()
+        settled_here = False
         try:
             row, _ = await self._due(pk)
             if row is None:
@@ -261,6 +266,7 @@ class RouteOutbox:
             settled = await hub.db(hub.store.delivery_done, pk, name, row.state, accepted)
             hub.settled(row, settled)
             hub.observe_stage("deliver", time.perf_counter() - started)
+            settled_here = True
         except st.StateConflict:
             pass  # the record moved on (a newer version) while this job was decided: its job is gone
         except hub.store.unavailable as exc:
@@ -274,7 +280,10 @@ class RouteOutbox:
             raise
         finally:
             self.active -= 1
-            self.wake.set()
+            # A job retried later changes when the loop must look next; a freed slot matters
+            # only when jobs may be waiting for one.
+            if self._full or not settled_here:
+                self.wake.set()
 
     async def _due(self, pk: int) -> tuple[st.Row | None, int | None]:
         """Record ``pk`` and the version this destination holds, if its job still stands: a

@@ -941,24 +941,17 @@ class Hub:
                     await self.move(row, lc.FAILED, detail=f"{role}: the signer's certificate may not sign",
                                     errors=[f"{role}: {p}" for p in problems])
                     return None
-            jobs = []
-            if xml_slots:
-                from hub.documents.render import ROLE_LABELS
-                from hub.documents.xmldsig import sign_slots
+            from hub.documents.render import ROLE_LABELS
+            from hub.documents.xmldsig import sign_step
 
-                jobs.append(sign_slots(
-                    xml, xml_slots, signer, level=step.level or "B-B", timestamp_url=step.timestamp_url or "",
-                    c14n=signing.c14n, executor=self._pool,
-                    description=f"{ROLE_LABELS.get(role, role)} ký học bạ {record.transcript_id} (XML)"))
+            requests = [request_for(record, pdf, role, level=step.level or "B-B",
+                                    timestamp_url=step.timestamp_url or "")] if sign_pdf else []
+            xml, pdfs = await sign_step(
+                xml, xml_slots, requests, signer, level=step.level or "B-B", timestamp_url=step.timestamp_url or "",
+                c14n=signing.c14n, executor=self._pool,
+                description=f"{ROLE_LABELS.get(role, role)} ký học bạ {record.transcript_id} (XML)")
             if sign_pdf:
-                request = request_for(record, pdf, role, level=step.level or "B-B",
-                                      timestamp_url=step.timestamp_url or "")
-                jobs.append(signer.sign([request]))
-            results = list(await asyncio.gather(*jobs))
-            if xml_slots:
-                xml = results.pop(0)
-            if sign_pdf:
-                [pdf] = results.pop(0)
+                [pdf] = pdfs
         except (PluginError, ValueError) as exc:
             await self.move(row, lc.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
             return None
