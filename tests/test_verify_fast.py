@@ -1,12 +1,19 @@
-"""The XML check keeps the verdicts of chains that validated (``xmldsig._TRUSTED_PATHS``): a kept
-verdict must never answer where validating again would refuse. Each test first validates
+"""What the cheaper final check must still catch.
+
+The XML check keeps the verdicts of chains that validated (``xmldsig._TRUSTED_PATHS``): a kept
+verdict must never answer where validating again would refuse. Each XML test first validates
 successfully (so the verdict is kept), then changes one input the verdict depends on and expects a
-refusal: other trust roots, a moment outside the certificates' validity, a changed signature."""
+refusal: other trust roots, a moment outside the certificates' validity, a changed signature.
+
+The PDF check runs pyHanko's difference analysis once per signature (not again for the B-LT
+question): a page whose content changes after a signature must still show against it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 
 import pytest
 from cryptography import x509
@@ -15,11 +22,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from lxml import etree
+from pyhanko.pdf_utils.reader import PdfFileReader
 
 from hub.documents import xmldsig
-from hub.documents.verify import load_certs
+from hub.documents.render import render_pdf
+from hub.documents.signing import request_for
+from hub.documents.verify import load_certs, trust_roots_der, verify_blocking
 from hub.documents.xmldsig import DS, verify_document
 from hub.documents.xmlsafe import parse
+from tests.conftest import changed_page
 from tests.test_xml import FMT, record, sign_all, signer
 
 _NS = {"ds": DS}
@@ -115,3 +126,64 @@ def test_the_kept_verdicts_are_bounded(signed_xml, monkeypatch):
     assert len(xmldsig._TRUSTED_PATHS) == 2
     assert (cert.public_bytes(Encoding.DER), tuple(c.public_bytes(Encoding.DER) for c in chain),
             tuple(roots)) not in xmldsig._TRUSTED_PATHS  # the oldest went first
+
+
+# --- PDF ---------------------------------------------------------------------------------------
+
+PDF_ROLES = ("homeroom_teacher", "principal", "school_seal")
+
+
+@pytest.fixture(scope="module")
+def signed_pdfs(pki):
+    """The three PDF signatures in order, and the same with the page changed after the first."""
+    directory, root = pki
+    keys = signer(directory)
+    rec = record(0)
+
+    async def make(change_after: str | None) -> bytes:
+        await keys.open()
+        pdf = render_pdf(rec)
+        for role in PDF_ROLES:
+            [pdf] = await keys.sign([request_for(rec, pdf, role)])
+            if role == change_after:
+                pdf = changed_page(pdf)
+        return pdf
+
+    return asyncio.run(make(None)), asyncio.run(make("homeroom_teacher")), trust_roots_der((str(root),))
+
+
+def test_a_page_changed_after_the_first_signature_shows_against_it(signed_pdfs):
+    good, changed, roots = signed_pdfs
+    assert verify_blocking(good, roots).ok
+    report = verify_blocking(changed, roots)
+    by_field = {s.field: s for s in report.signatures}
+    assert list(by_field) == list(PDF_ROLES)
+    first = by_field["homeroom_teacher"]
+    assert first.intact and first.valid and first.trusted  # its own bytes are untouched
+    assert first.modified and not first.ok and first.modification_level not in (
+        "NONE", "LTA_UPDATES", "FORM_FILLING")
+    assert any(p.startswith("homeroom_teacher: the document was modified") for p in report.problems())
+    # the signatures made after the change cover it
+    assert by_field["principal"].ok and by_field["school_seal"].ok
+    assert not report.ok
+
+
+def test_a_page_changed_after_the_last_signature_shows_against_every_one(signed_pdfs):
+    good, _changed, roots = signed_pdfs
+    report = verify_blocking(changed_page(good), roots)
+    assert len(report.signatures) == 3 and all(s.modified and not s.ok for s in report.signatures)
+
+
+def test_a_changed_pdf_signature_and_an_untrusted_root_are_refused(signed_pdfs):
+    good, _changed, roots = signed_pdfs
+    assert verify_blocking(good, roots).ok  # validated first, as the final check does every time
+    # one digit of the school's signature value (its hex in /Contents) changed
+    [*_, seal] = PdfFileReader(io.BytesIO(good), strict=False).embedded_regular_signatures
+    value = seal.signer_info["signature"].native.hex().encode()
+    at = good.lower().index(value) + len(value) // 2
+    flipped = good[:at] + (b"0" if good[at:at + 1] != b"0" else b"1") + good[at + 1:]
+    report = verify_blocking(flipped, roots)
+    assert not report.ok and not {s.field: s for s in report.signatures}["school_seal"].valid
+    untrusted = verify_blocking(good, (_other_root(),))
+    assert untrusted.signatures and not any(s.trusted for s in untrusted.signatures)
+    assert "does not chain to a trusted root" in " ".join(untrusted.problems())
