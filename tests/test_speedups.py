@@ -28,6 +28,8 @@ def test_the_repairs_are_installed_once():
     assert generic.read_hex_string_from_stream is speedups._read_hex_string
     assert generic.NameObject.read_from_stream is speedups._read_name
     assert not hasattr(speedups._read_name.__wrapped__, "__wrapped__")
+    assert x509.NameTypeAndValue._ldap_string_prep is speedups._ldap_string_prep
+    assert not hasattr(speedups._ldap_string_prep.__wrapped__, "__wrapped__")
     for cls in (core.Sequence, core.SequenceOf, core.Set, core.SetOf):
         assert not hasattr(vars(cls)["_set_contents"].__wrapped__, "__wrapped__")
 
@@ -85,6 +87,32 @@ def test_objects_with_names_parse_the_same():
     finally:
         generic.NameObject.read_from_stream = staticmethod(speedups._read_name)
     assert repaired == library and list(repaired) == list(library)
+
+
+@pytest.mark.parametrize("value", [
+    "Trường THPT Chu Văn An", "  Nguyễn   Văn\tAn ", "ＡＢＣ ﬁ", "a\u00adb\u200bc", "",
+    "CCCD:001203004567", "Ｖｉệｔ\u00a0Nam",
+])
+def test_name_values_are_prepared_as_the_library_prepares_them(value):
+    library = speedups._ldap_string_prep.__wrapped__(x509.NameTypeAndValue(), value)
+    assert x509.NameTypeAndValue()._ldap_string_prep(value) == library
+    assert x509.NameTypeAndValue()._ldap_string_prep(value) == library  # kept, same
+
+
+@pytest.mark.parametrize("value", ["\ue000private", "mixed \u05d0 and latin", "\ufffd"])
+def test_name_values_the_library_refuses_are_refused_every_time(value):
+    with pytest.raises(ValueError) as library:
+        speedups._ldap_string_prep.__wrapped__(x509.NameTypeAndValue(), value)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=str(library.value)[:30]):
+            x509.NameTypeAndValue()._ldap_string_prep(value)
+
+
+def test_names_compare_as_before():
+    a = x509.Name.build({"common_name": "Trường  THPT Chu Văn An", "country_name": "VN"})
+    b = x509.Name.build({"common_name": "trường thpt chu văn an", "country_name": "VN"})
+    c = x509.Name.build({"common_name": "Trường THPT Chu Văn Ân", "country_name": "VN"})
+    assert a == b and a != c  # RFC 5280 comparison: case and inner spaces folded, accents kept
 
 
 def _ess_cert_id() -> tsp.ESSCertIDv2:
