@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import io
 import logging
 import types
 from collections.abc import AsyncIterator, Iterator
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 import structlog
+from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
 from hub import plugins
 from hub.config import HubConfig, parse_config
@@ -141,3 +144,16 @@ def counted_checks(plugin) -> Iterator[types.SimpleNamespace]:
         yield counter
     finally:
         del plugin.check
+
+
+def changed_page(pdf: bytes) -> bytes:
+    """``pdf`` with an incremental revision that replaces the first page's content (a score
+    written over the transcript)."""
+    writer = IncrementalPdfFileWriter(io.BytesIO(pdf), strict=False)
+    page_ref = writer.root["/Pages"]["/Kids"].raw_get(0)
+    page = page_ref.get_object()
+    page["/Contents"] = writer.add_object(generic.StreamObject(stream_data=b"BT /F1 24 Tf 100 700 Td (10.0) Tj ET"))
+    writer.mark_update(page_ref)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from conftest import deliver_to, hub_config, pull_from, worked_through
+from conftest import changed_page, deliver_to, hub_config, pull_from, worked_through
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from adapters.ttdlqg.simulator import TtdlqgSimulator
@@ -87,6 +87,10 @@ async def test_b_t_and_b_lt_validate_and_b_lt_stands_offline(trust, tmp_path):
     again = await verify_pdf(pdf, roots)
     assert [s.pades_level for s in again.signatures] == ["B-T", "B-LT", "B-LT"]
     assert services.counters.ocsp + services.counters.crl == before
+    # The B-LT question skips pyHanko's difference analysis (the first validation made it): a
+    # page changed after the signatures still shows against each of them.
+    changed = await verify_pdf(changed_page(pdf), roots)
+    assert not changed.ok and all(s.modified and not s.ok for s in changed.signatures)
 
 
 @pytest.mark.asyncio(loop_scope="module")

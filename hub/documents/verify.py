@@ -131,8 +131,11 @@ async def _pades_level(reader: PdfFileReader, sig, status, trust_roots) -> str |
         context = dss.as_validation_context({
             "trust_roots": list(trust_roots), "allow_fetching": False,
             "revocation_mode": "hard-fail", "retroactive_revinfo": True})
+        # The changes after this signature were judged by the first validation (its verdict
+        # stands in the report); this one asks only about trust, so pyHanko's difference
+        # analysis, the costliest part of validating, is not run a second time.
         lt = await async_validate_pdf_signature(sig, signer_validation_context=context,
-                                                ts_validation_context=context)
+                                                ts_validation_context=context, skip_diff=True)
     except Exception:  # unreadable DSS or revocation data: not B-LT, the B-T verdict stands
         return "B-T"
     ts = lt.timestamp_validity

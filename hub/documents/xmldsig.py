@@ -28,7 +28,9 @@ import base64
 import datetime as dt
 import hashlib
 import logging
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -419,6 +421,20 @@ def _chain_of(signature: XmlElement) -> list[x509.Certificate]:
     return out
 
 
+# Verdicts of chains that validated, kept per process: the same few certificates sign every
+# document of a school, and building a ValidationContext and validating a path costs about as much
+# as checking the signature itself. A verdict is reused only where validating again must give the
+# same answer: the same certificate, chain and trust roots (all that path building sees), and a
+# moment inside every validity period of the path that validated (the only input that changes with
+# the time: revocation is soft-fail with no revocation data and no fetching, and the algorithm
+# policy does not depend on the moment). Failures are never kept: they are rare, and their reason
+# is worth saying afresh.
+_TRUSTED_PATHS: OrderedDict[tuple[bytes, tuple[bytes, ...], tuple[bytes, ...]],
+                            tuple[dt.datetime, dt.datetime]] = OrderedDict()
+_TRUSTED_PATHS_MAX = 256
+_trusted_paths_lock = threading.Lock()
+
+
 async def _trusted(cert: x509.Certificate, chain: list[x509.Certificate], roots: list[bytes],
                    at: dt.datetime | None) -> tuple[bool, str]:
     from pyhanko_certvalidator import CertificateValidator, ValidationContext
@@ -426,14 +442,30 @@ async def _trusted(cert: x509.Certificate, chain: list[x509.Certificate], roots:
     def der(c: x509.Certificate) -> asn1_x509.Certificate:
         return asn1_x509.Certificate.load(c.public_bytes(Encoding.DER))
 
+    moment = at or dt.datetime.now(dt.timezone.utc)
+    key = (cert.public_bytes(Encoding.DER), tuple(c.public_bytes(Encoding.DER) for c in chain), tuple(roots))
+    with _trusted_paths_lock:
+        window = _TRUSTED_PATHS.get(key)
+        if window is not None and window[0] <= moment <= window[1]:
+            _TRUSTED_PATHS.move_to_end(key)
+            return True, ""
     context = ValidationContext(trust_roots=[asn1_x509.Certificate.load(r) for r in roots],
                                 other_certs=[der(c) for c in chain], allow_fetching=False,
-                                revocation_mode="soft-fail", moment=at)
+                                revocation_mode="soft-fail", moment=moment)
     try:
-        await CertificateValidator(der(cert), validation_context=context).async_validate_usage(
+        path = await CertificateValidator(der(cert), validation_context=context).async_validate_usage(
             {"digital_signature"})
     except Exception as exc:  # the validator's exceptions all mean "not trusted", with a reason
         return False, str(exc) or type(exc).__name__
+    # Every certificate of the path, the root's too (stricter than the validator, which does not
+    # check a trust anchor's dates): a narrower window only means validating again.
+    certs = list(path.iter_certs(include_root=True))
+    window = (max(c.not_valid_before for c in certs), min(c.not_valid_after for c in certs))
+    with _trusted_paths_lock:
+        _TRUSTED_PATHS[key] = window
+        _TRUSTED_PATHS.move_to_end(key)
+        while len(_TRUSTED_PATHS) > _TRUSTED_PATHS_MAX:
+            _TRUSTED_PATHS.popitem(last=False)
     return True, ""
 
 
