@@ -236,6 +236,24 @@ def test_programs_for_glyphs_beyond_the_repertoire_are_bounded():
     assert render._extended_program.cache_info().currsize == render._EXTENDED_KEPT
 
 
+def test_kept_text_widths_are_fpdf2s_for_the_font_and_size_and_stay_bounded(monkeypatch):
+    from fpdf import FPDF
+
+    from hub.documents import render
+
+    monkeypatch.setattr(render, "_widths", {})
+    monkeypatch.setattr(render, "_WIDTHS_KEPT", 3)
+    pdf = FPDF()
+    render._add_fonts(pdf)
+    page = render._Page(pdf)
+    for style, size, text in (("", 9, "Học kì I"), ("B", 9, "Học kì I"), ("", 12, "Học kì I"), ("", 9, ALL_LETTERS),
+                              ("", 9, "Học kì I")):
+        pdf.set_font("noto", style, size)
+        assert page.measure(text) == pdf.get_string_width(text)  # the same, kept or measured again
+    assert page.measure("Học kì I") != page.measure("Học kì II")
+    assert len(render._widths) == 3
+
+
 def test_record_is_attached_as_hocba_json(records, tmp_path):
     for rec in records:
         pdf = render_pdf(rec)

@@ -400,12 +400,30 @@ def _yes_no(value: bool | None) -> str:
     return {True: "Có", False: "Không", None: ""}[value]
 
 
+_WIDTHS_KEPT = 8192
+_widths: dict[tuple[str, float, str], float] = {}
+"""Text widths measured before (style, size, text → mm). Every document is set in the same
+fonts, and most of its texts (labels, headings, subjects, levels) are every document's."""
+
+
 class _Page:
     """A few drawing helpers over one FPDF document, all in millimetres."""
 
     def __init__(self, pdf: FPDF):
         self.pdf = pdf
         self.width = pdf.epw
+
+    def measure(self, text: str) -> float:
+        """``get_string_width`` in the current font, which costs a text layout per call."""
+        pdf = self.pdf
+        key = (pdf.font_family + pdf.font_style, pdf.font_size_pt, text)
+        width = _widths.get(key)
+        if width is None:
+            width = pdf.get_string_width(text)
+            if len(_widths) >= _WIDTHS_KEPT:  # the oldest goes (dicts keep insertion order)
+                _widths.pop(next(iter(_widths), None), None)
+            _widths[key] = width
+        return width
 
     def text(self, text: str, *, size: float = 10, bold: bool = False, align: str = "L",
              w: float | None = None, x: float | None = None, h: float | None = None) -> None:
@@ -415,7 +433,7 @@ class _Page:
             pdf.set_x(x)
         w = w if w is not None else self.width
         # multi_cell runs the full line breaker; most lines fit, and cell() is much cheaper.
-        draw = pdf.cell if pdf.get_string_width(text) <= w - 2 * pdf.c_margin else pdf.multi_cell
+        draw = pdf.cell if self.measure(text) <= w - 2 * pdf.c_margin else pdf.multi_cell
         draw(w, h or size * 0.5, text, align=align, new_x="LMARGIN", new_y="NEXT")
 
     def fields(self, pairs: Sequence[tuple[str, str]], *, size: float = 10) -> None:
@@ -427,10 +445,10 @@ class _Page:
         for i, (label, value) in enumerate(pairs):
             pdf.set_xy(pdf.l_margin + i * col, y)
             pdf.set_font(_FAMILY, "", size)
-            label_w = pdf.get_string_width(label + ": ") + 0.5
+            label_w = self.measure(label + ": ") + 0.5
             pdf.cell(label_w, line_h, label + ": ")
             pdf.set_font(_FAMILY, "B", size)
-            if pdf.get_string_width(value) <= col - label_w - 2 * pdf.c_margin:
+            if self.measure(value) <= col - label_w - 2 * pdf.c_margin:
                 pdf.cell(col - label_w, line_h, value)
                 bottom = max(bottom, y + line_h)
             else:  # long lists (awards, certificates) wrap inside their column
@@ -464,7 +482,7 @@ class _Page:
         cells = []
         for w, text in zip(widths, values):
             # cell() keeps its own inner margin: a text that only fits without it overflows.
-            if pdf.get_string_width(text) <= w - 2 * pad - 2 * pdf.c_margin:
+            if self.measure(text) <= w - 2 * pad - 2 * pdf.c_margin:
                 cells.append([text])
             else:
                 cells.append(pdf.multi_cell(w - 2 * pad, line_h, text, dry_run=True, output="LINES"))
@@ -537,7 +555,7 @@ def _motto(page: _Page, record: PrimaryTranscript | SecondaryTranscript) -> None
     pdf.set_y(top)
     page.text("CỘNG HÒA XÃ HỘI CHỦ NGHĨA VIỆT NAM", size=10, bold=True, align="C", w=right_w, x=right_x)
     page.text("Độc lập - Tự do - Hạnh phúc", size=10.5, bold=True, align="C", w=right_w, x=right_x)
-    motto_w = pdf.get_string_width("Độc lập - Tự do - Hạnh phúc")
+    motto_w = page.measure("Độc lập - Tự do - Hạnh phúc")
     mid = right_x + right_w / 2
     pdf.set_line_width(0.3)
     pdf.line(mid - motto_w / 2, pdf.get_y(), mid + motto_w / 2, pdf.get_y())
