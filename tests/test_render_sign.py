@@ -5,6 +5,7 @@ pdfsig) and pyHanko's validator. Real keys from a throwaway PKI, real worker pro
 from __future__ import annotations
 
 import asyncio
+import io
 import multiprocessing
 import subprocess
 import unicodedata
@@ -111,6 +112,146 @@ def test_spawned_workers_render_the_same_document_from_prepared_fonts(records):
                              initargs=(load_fonts(),)) as pool:
         in_worker = pool.submit(render_pdf, records[1]).result()
     assert first_revision(in_worker) == first_revision(render_pdf(records[1]))
+
+
+# Every Vietnamese letter in both cases and each tone, one vowel's six forms per word.
+_VOWELS = "aăâeêioôơuưyAĂÂEÊIOÔƠUƯY"
+ALL_LETTERS = " ".join(unicodedata.normalize("NFC", "".join(v + t for t in ("", "\u0300", "\u0301", "\u0303",
+                                                                         "\u0309", "\u0323")))
+                       for v in _VOWELS) + " đĐ"
+
+
+def drawn_glyphs(pdf: bytes) -> dict[str, list[tuple[str, object, int]]]:
+    """Per embedded font (by base name): each text the font's ToUnicode map gives a code, with
+    the outline and advance of the glyph the code draws, read from the embedded program through
+    the CIDToGIDMap, as a viewer draws it."""
+    import io
+    import re
+
+    from fontTools.pens.recordingPen import DecomposingRecordingPen
+    from fontTools.ttLib import TTFont
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    reader = PdfFileReader(io.BytesIO(pdf))
+    out: dict[str, list[tuple[str, object, int]]] = {}
+    for index in range(reader.root["/Pages"]["/Count"]):
+        page = reader.find_page_for_modification(index)[0].get_object()
+        for font in page["/Resources"]["/Font"].values():
+            font = font.get_object()
+            name = str(font["/BaseFont"]).partition("+")[2]
+            if name in out:
+                continue
+            cid_font = font["/DescendantFonts"][0].get_object()
+            gid_map = cid_font["/CIDToGIDMap"].get_object().data
+            program = TTFont(io.BytesIO(cid_font["/FontDescriptor"]["/FontFile2"].get_object().data))
+            glyphs, order, metrics = program.getGlyphSet(), program.getGlyphOrder(), program["hmtx"].metrics
+            out[name] = []
+            to_unicode = font["/ToUnicode"].get_object().data
+            pairs = [pair for block in re.findall(rb"beginbfchar(.*?)endbfchar", to_unicode, re.S)
+                     for pair in re.findall(rb"<([0-9A-F]{4})> <([0-9A-F]+)>", block)]
+            for code, text in pairs:
+                code = int(code, 16)
+                gid = gid_map[2 * code] << 8 | gid_map[2 * code + 1]
+                pen = DecomposingRecordingPen(glyphs)
+                glyphs[order[gid]].draw(pen)
+                out[name].append((bytes.fromhex(text.decode()).decode("utf-16-be"), pen.value,
+                                  metrics[order[gid]][0]))
+    return out
+
+
+def assert_glyphs_are_the_fonts(pdf: bytes) -> set[str]:
+    """Every glyph a document draws is the transcript font's glyph for the text it extracts as."""
+    from fontTools.pens.recordingPen import DecomposingRecordingPen
+    from fontTools.ttLib import TTFont
+
+    from hub.documents.render import font_bytes
+
+    seen = set()
+    for name, drawn in drawn_glyphs(pdf).items():
+        font = TTFont(io.BytesIO(font_bytes(bold=name.endswith("Bold"))))
+        cmap, glyphs, metrics = font.getBestCmap(), font.getGlyphSet(), font["hmtx"].metrics
+        for text, outline, advance in drawn:
+            if text in ("\x00", " "):  # .notdef and space: fpdf2's reserved codes, no outline
+                continue
+            pen = DecomposingRecordingPen(glyphs)
+            glyphs[cmap[ord(text)]].draw(pen)
+            assert (outline, advance) == (pen.value, metrics[cmap[ord(text)]][0]), (name, text)
+            seen.add(text)
+    return seen
+
+
+def test_every_vietnamese_letter_draws_its_own_glyph_and_extracts_back(tmp_path):
+    # Every document embeds the font program made once per process; a wrong glyph id would
+    # still extract right (ToUnicode) but draw another letter: the outlines are compared too.
+    data = transcript(0)
+    data.update(record_id="R-letters", event="NEW", version=1, updated_at="2025-06-01T08:00:00",
+                homeroom_comment=ALL_LETTERS)
+    pdf = render_pdf(parse_transcript(data))
+    text = poppler("pdftotext", pdf, tmp_path, "-enc", "UTF-8")
+    assert all(word in text.split() for word in ALL_LETTERS.split())
+    assert set(ALL_LETTERS.replace(" ", "")) <= assert_glyphs_are_the_fonts(pdf)
+
+
+def test_documents_needing_other_glyphs_embed_them_and_others_share_one_program(records, tmp_path):
+    from hub.documents import render
+
+    plain = [render_pdf(r) for r in records]
+    data = transcript(0)
+    # Beyond the kept repertoire: a foreign name, typographic dashes and quotes.
+    foreign = "Muñoz Ñandú – “Čapek” — Ærø"
+    data.update(record_id="R-foreign", event="NEW", version=1, updated_at="2025-06-01T08:00:00",
+                homeroom_comment=foreign)
+    before = render._extended_program.cache_info()
+    extended = render_pdf(parse_transcript(data))
+    assert render._extended_program.cache_info().currsize == min(before.currsize + 1, render._EXTENDED_KEPT)
+    text = poppler("pdftotext", extended, tmp_path, "-enc", "UTF-8")
+    assert foreign in text
+    assert set(foreign.replace(" ", "")) <= assert_glyphs_are_the_fonts(extended)
+    for rec, pdf in zip(records, plain):  # rendered before, and extracting right after it too
+        assert rec.student.full_name in poppler("pdftotext", pdf, tmp_path, "-enc", "UTF-8")
+        assert_glyphs_are_the_fonts(pdf)
+    used = [{name: {g[0] for g in drawn} for name, drawn in drawn_glyphs(pdf).items()} for pdf in plain]
+    assert used[0] != used[1]  # the glyphs used differ ...
+    assert font_programs(plain[0]) == font_programs(plain[1])  # ... the programs embedded do not
+    assert font_programs(extended) != font_programs(plain[0])
+
+
+def font_programs(pdf: bytes) -> list[bytes]:
+    import io
+
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    reader = PdfFileReader(io.BytesIO(pdf))
+    fonts = reader.find_page_for_modification(0)[0].get_object()["/Resources"]["/Font"].values()
+    return sorted(f.get_object()["/DescendantFonts"][0]["/FontDescriptor"]["/FontFile2"].get_object().data
+                  for f in fonts)
+
+
+def test_programs_for_glyphs_beyond_the_repertoire_are_bounded():
+    from hub.documents import render
+
+    names = sorted(set(render._font_set().parsed[""].cmap.values()) - render._font_set().repertoire[""])
+    for name in names[:render._EXTENDED_KEPT + 3]:
+        render._extended_program("", frozenset({name}))
+    assert render._extended_program.cache_info().currsize == render._EXTENDED_KEPT
+
+
+def test_kept_text_widths_are_fpdf2s_for_the_font_and_size_and_stay_bounded(monkeypatch):
+    from fpdf import FPDF
+
+    from hub.documents import render
+
+    monkeypatch.setattr(render, "_widths", {})
+    monkeypatch.setattr(render, "_WIDTHS_KEPT", 3)
+    pdf = FPDF()
+    render._add_fonts(pdf)
+    page = render._Page(pdf)
+    for style, size, text in (("", 9, "Học kì I"), ("B", 9, "Học kì I"), ("", 12, "Học kì I"), ("", 9, ALL_LETTERS),
+                              ("", 9, "Học kì I")):
+        pdf.set_font("noto", style, size)
+        assert page.measure(text) == pdf.get_string_width(text)  # the same, kept or measured again
+    assert page.measure("Học kì I") != page.measure("Học kì II")
+    assert len(render._widths) == 3
 
 
 def test_record_is_attached_as_hocba_json(records, tmp_path):
