@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from functools import partial
 from typing import Any
 
@@ -140,9 +141,9 @@ def final_check_job(normalized: dict[str, Any], pdf: bytes | None, xml: bytes | 
     return problems
 
 
-def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: str = "info",
+def _worker_init(font_cache: Path, log_format: str = "json", log_level: str = "info",
                  hub_pid: int | None = None) -> None:
-    """In each pool worker: exit if the hub dies, log like the hub, take the prepared fonts.
+    """In each pool worker: exit if the hub dies, log like the hub, read the prepared fonts.
 
     A hub killed with SIGKILL cannot shut its pool down; without this watch its workers would
     linger as orphans holding memory. The watch starts first and compares with the hub's pid as
@@ -161,11 +162,14 @@ def _worker_init(fonts: dict[str, bytes], log_format: str = "json", log_level: s
     threading.Thread(target=watch, name="hocba-orphan-watch", daemon=True).start()
 
     from hub.documents.pades import stamp_font_bytes
-    from hub.documents.render import load_fonts
+    from hub.documents.render import cached_fonts, load_fonts
     from hub.logs import configure
 
     configure(log_format, log_level)
-    load_fonts(fonts)
+    # From the cache the hub wrote before starting its pool (``cached_fonts``), not through
+    # the initializer's arguments: a spawned process receives those only once it has imported
+    # everything, and the hub, writing them into its pipe, would wait that long per process.
+    load_fonts(cached_fonts(font_cache))
     # The signature stamp's font subset, made once per worker before its first job.
     stamp_font_bytes()
 
@@ -255,11 +259,11 @@ class Hub:
         from hub.documents.render import cached_fonts
 
         data = self.config.data_dir
-        # Spawned workers start empty; handing them the fonts prepared here saves each ≈1.5 s,
-        # and keeping them in the data directory saves the hub the same at its next start.
-        fonts = await asyncio.to_thread(cached_fonts, data / "cache")
+        # Spawned workers start empty; the fonts prepared here (in the data directory, so the
+        # next start also skips it) save each ≈1.5 s.
+        await asyncio.to_thread(cached_fonts, data / "cache")
         processes = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_worker_init, initargs=(fonts, *logs.current, os.getpid()))
+                                        initializer=_worker_init, initargs=(data / "cache", *logs.current, os.getpid()))
         # Two jobs per process handed over at once keep each busy; the rest wait in priority order.
         self._pool = PriorityPool(processes, depth=2 * self._processes)
         # Start every worker now, from a thread (spawning stalls whoever submits), and without
