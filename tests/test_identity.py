@@ -75,15 +75,21 @@ def make_config(tmp_path, pki, vendor, central, population, **identity):
 
 @pytest.fixture
 def signed(monkeypatch):
-    """Transcript ids of every signing request the signer received."""
+    """Transcript ids of every PDF signing request the signer received (alone, or with the
+    step's XML slots: ``LocalKeySigner.sign_documents``)."""
     seen: list[str] = []
-    original = Pkcs12Signer.sign
+    original, together = Pkcs12Signer.sign, Pkcs12Signer.sign_documents
 
     async def counting(self, requests):
         seen.extend(r.reason.rsplit(" ", 1)[-1] for r in requests)
         return await original(self, requests)
 
+    async def counting_together(self, document, slots, requests, **kwargs):
+        seen.extend(r.reason.rsplit(" ", 1)[-1] for r in requests)
+        return await together(self, document, slots, requests, **kwargs)
+
     monkeypatch.setattr(Pkcs12Signer, "sign", counting)
+    monkeypatch.setattr(Pkcs12Signer, "sign_documents", counting_together)
     return seen
 
 
