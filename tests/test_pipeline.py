@@ -142,21 +142,20 @@ async def test_restart_resumes_every_record_and_delivers_each_once(tmp_path, pki
 async def test_kill_mid_pipeline_then_restart(tmp_path, pki, systems):
     vendor, central = systems
     config = make_config(tmp_path, pki, vendor, central)
-    central.faults.outage = True  # deliveries wait: what the stop cuts short is the signing in flight
     hub = Hub(config)
     await hub.start()
-    # Stop as soon as some records are signed while others are still being rendered and signed
+    # Stop as soon as a record is signed while others are still being rendered and signed
     # (their steps live in this process until the last one: Hub.defer); in-flight work is
     # abandoned, not committed.
     for _ in range(600):
         counts = hub.store.counts()
-        if sum(n for s, n in counts.items() if s.startswith("signed:")) >= 1 and counts.get(lc.NORMALIZED):
+        if (sum(n for s, n in counts.items() if s.startswith("signed:") or s == lc.DELIVERED) >= 1
+                and counts.get(lc.NORMALIZED)):
             break
         await asyncio.sleep(0.02)
     await hub.stop(drain_timeout=0)
-    assert central.counters.created == 0
+    assert central.counters.created < 6
     assert st.Store(config_path(tmp_path)).counts().get(lc.NORMALIZED), "nothing was in flight when the hub stopped"
-    central.faults.outage = False
     rows = await run_once(make_config(tmp_path, pki, vendor, central))
     assert sum(r.state == lc.DELIVERED for r in rows) == 6
     assert central.counters.created == 6  # each accepted exactly once
