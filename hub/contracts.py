@@ -348,14 +348,7 @@ class Signer(Plugin):
     same order; a provider that can approve a batch at once (remote signing) should.
     ``simulator`` names a class (``"package.module:Class"``) serving the provider's contract
     on loopback, which the demo starts with keys from its test PKI.
-
-    ``immediate``: the signer's B-B signatures need no person to approve them and no service
-    to answer (keys on this machine or on a token it holds). The hub then takes a record through
-    consecutive such steps at once and stores them in one transaction; a step that waits (a
-    remote approval) always starts from progress already stored.
     """
-    immediate: bool = False
-
     async def open(self) -> None:
         """Load keys or log in. Raise ``PluginError`` (wrong password, missing file) here, at start-up."""
 

@@ -289,7 +289,6 @@ class LocalKeySigner(Signer):
     and not-yet-valid certificates before any job is sent. PDFs (B-B) and XML signatures are
     made whole in the executor; only B-T and B-LT sign here while waiting on the TSA.
     """
-    immediate = True
 
     def __init__(self, settings: PluginSettings, context: PluginContext):
         super().__init__(settings, context)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import multiprocessing
 import os
@@ -241,10 +240,6 @@ class Hub:
         self._parsed: OrderedDict[int, tuple[dict[str, Any], Any]] = OrderedDict()
         # State changes waiting for the store's thread, committed together (``_advance``).
         self._to_advance: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[None]]] = []
-        # Steps a record went through in this process that are not stored yet (``defer``): the
-        # record's next state change stores them first, in the same transaction.
-        self._deferred: dict[int, list[tuple[st.Row, str, dict[str, Any]]]] = {}
-        self._spent_on_next: dict[int, float] = {}  # seconds a stage's handler spent on the next stage's work
         self._advancing: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._hook = manager().hook
@@ -532,8 +527,7 @@ class Hub:
         started = time.perf_counter()
         try:
             await handler(pk)
-            # Less the time it spent on the next stage's work (a render going on to signing).
-            self.observe_stage(stage, time.perf_counter() - started - self._spent_on_next.pop(pk, 0.0))
+            self.observe_stage(stage, time.perf_counter() - started)
         except st.StateConflict:
             pass  # another path already moved it; nothing to do
         except self.store.unavailable as exc:
@@ -545,8 +539,6 @@ class Hub:
             await self._fail(pk, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self.working.discard(pk)
-            self._deferred.pop(pk, None)  # not stored: the record is taken up again from its stored state
-            self._spent_on_next.pop(pk, None)
             if pk in self._moved:
                 self._moved.discard(pk)
             else:  # the handler left the record as it was: give the lease back
@@ -565,47 +557,22 @@ class Hub:
                 self.log.warning("store.unavailable", task="heartbeat", error=str(exc))
 
     async def move(self, row: st.Row, state: str, *, detail: str | None = None, **fields: Any) -> None:
-        """Store ``row``'s change to ``state`` (after the steps deferred for it, in one transaction)."""
         # Signing the last step makes the delivery due: a job per route that takes the record is
         # written in the same transaction (none: the store settles it at once, sent nowhere).
         due: bool | list[str] = self.routes_for(row) if state == self.last_signed_state else False
-        steps = [*self._deferred.pop(row.id, []), (row, state, {"detail": detail, **fields})]
-        # Each change leaves the state the one before it reached (the first: the stored one); a
-        # document a later change stores again is written once.
-        leaves = [steps[0][0].state] + [after for _, after, _ in steps[:-1]]
-        written: set[str] = set()
-        changes = []
-        for was, (_, after, values) in reversed(list(zip(leaves, steps))):
-            changes.append((was, after, {k: v for k, v in values.items() if k not in written}))
-            written |= {"pdf", "xml"} & values.keys()
-        changes.reverse()
-        changes[-1][2]["due"] = due
-        # Queued together, so one transaction (``_advance``) stores them in this order.
-        await asyncio.gather(*(self._advance(row.id, was, after, **values) for was, after, values in changes))
+        await self._advance(row.id, row.state, state, detail=detail, due=due, **fields)
         if row.id in self.working:
             self._moved.add(row.id)
-        for i, (_, after, values) in enumerate(steps):
-            # Only the last state is waited for by a stage; the steps before it were done here.
-            self._announce(row, after, values.get("school_code"), values.get("errors"), wake=i == len(steps) - 1)
+        self._announce(row, state, fields.get("school_code"), fields.get("errors"))
         if due == []:
             self._announce(row, lc.DELIVERED, fields.get("school_code"), None)
-
-    def defer(self, row: st.Row, state: str, *, detail: str | None = None, **fields: Any) -> st.Row:
-        """``row`` at ``state`` in this process only: stored with the record's next ``move``, in
-        the same transaction. The record stays leased to this process meanwhile; if the process
-        dies first, the record is taken up again from its stored state (the work is redone,
-        nothing half-done is kept)."""
-        self._deferred.setdefault(row.id, []).append((row, state, {"detail": detail, **fields}))
-        documents = {k: v for k, v in fields.items() if k in ("pdf", "xml", "verify_code")}
-        return dataclasses.replace(row, state=state, **documents)
 
     def settled(self, row: st.Row, state: str | None) -> None:
         """A destination's outcome moved the record on (to ``state``; ``None``: it did not)."""
         if state is not None:
             self._announce(row, state, None, None)
 
-    def _announce(self, row: st.Row, state: str, school: str | None, errors: list[str] | None,
-                  *, wake: bool = True) -> None:
+    def _announce(self, row: st.Row, state: str, school: str | None, errors: list[str] | None) -> None:
         event = {"record_id": row.record_id, "version": row.version, "adapter": row.adapter,
                  "school_code": school or row.school_code, "state": state}
         if state in (lc.QUARANTINED, lc.FAILED, lc.BLOCKED_IDENTITY):
@@ -613,8 +580,7 @@ class Hub:
         else:
             self.log.info("record.state", **event)
         self._hook.hocba_hub_record_event(event={**event, "errors": errors})
-        if wake:
-            self.enqueue(row.id, state)
+        self.enqueue(row.id, state)
 
     async def _advance(self, *args: Any, **kwargs: Any) -> None:
         """``Store.advance``, returning once committed; the changes that stages make while the
@@ -860,28 +826,9 @@ class Hub:
             await self.move(row, lc.QUARANTINED, detail="arrived signed, and what was signed is not the record",
                             errors=exc.reasons)
             return
-        if not self.roles or not self._signs_at_once(self.central_record(row), self.roles[0]):
-            await self.move(row, lc.RENDERED, pdf=pdf, xml=xml, verify_code=code)
-            return
-        # The first signer signs at once: the record goes on to it from here (see ``_sign``).
-        signing: st.Row | None = self.defer(row, lc.RENDERED, pdf=pdf, xml=xml, verify_code=code)
-        started = time.perf_counter()
-        try:
-            while signing is not None:
-                signing = await self._sign_step(signing)
-        finally:
-            self._spent_on_next[row.id] = spent = time.perf_counter() - started
-            self.observe_stage("sign", spent)
+        await self.move(row, lc.RENDERED, pdf=pdf, xml=xml, verify_code=code)
 
     async def _sign(self, pk: int) -> None:
-        """The record's signing steps, from the one it waits for: consecutive steps whose
-        signers sign at once (``_signs_at_once``) follow each other here and are stored
-        together (``defer``); a step that waits starts from progress already stored."""
-        row = await self._current(pk, "sign")
-        while row is not None:
-            row = await self._sign_step(row)
-
-    async def _sign_step(self, row: st.Row) -> st.Row | None:
         """One signing step: the role's signer for the record's school, on every configured document.
 
         The XML học bạ gets the role's XAdES signatures in its slots (subject teachers: one per
@@ -896,6 +843,8 @@ class Hub:
         from hub.documents.signing import request_for
         from hub.documents.verify import trust_roots_der, verify_blocking
 
+        if (row := await self._current(pk, "sign")) is None:
+            return
         done = 0 if row.state == lc.RENDERED else self.roles.index(row.state.removeprefix(lc.SIGNED_PREFIX)) + 1
         role = self.roles[done]
         at_priority(_STAGE_PRIORITY["sign"] + done)  # a record nearer its last signature goes first
@@ -924,14 +873,14 @@ class Hub:
                 if problems:
                     await self.move(row, lc.QUARANTINED, detail="arrived signed, and the signatures do not hold",
                                      errors=problems)
-                    return None
+                    return
             xml_slots: list[Any] = []
             if xml is not None:
                 # Parsed once for the step: which slots there are, then which hold a signature.
                 every_slot = self._xml_format().slots(xml)
                 arrived = await self._xml_arrived_signed(row, record, xml, done, trust, every_slot)
                 if arrived is None:
-                    return None  # quarantined
+                    return  # quarantined
                 xml_slots, note = self._xml_slots_for(role, every_slot, arrived)
                 if note:
                     notes.append(note)
@@ -944,7 +893,7 @@ class Hub:
                 if problems:
                     await self.move(row, lc.FAILED, detail=f"{role}: the signer's certificate may not sign",
                                     errors=[f"{role}: {p}" for p in problems])
-                    return None
+                    return
             from hub.documents.render import ROLE_LABELS
             from hub.documents.xmldsig import sign_step
 
@@ -958,27 +907,15 @@ class Hub:
                 [pdf] = pdfs
         except (PluginError, ValueError) as exc:
             await self.move(row, lc.FAILED, detail=f"signing {role} failed", errors=[f"{role}: {exc}"])
-            return None
+            return
         if done == len(self.roles) - 1:
             problems = await self._final_check(row.normalized, pdf, xml, trust)
             if problems:
                 await self.move(row, lc.FAILED, detail="the signed document does not validate; not delivered",
                                  errors=problems)
-                return None
-        state, detail = lc.SIGNED_PREFIX + role, "; ".join(notes) or None
-        if done + 1 < len(self.roles) and self._signs_at_once(record, role, self.roles[done + 1]):
-            return self.defer(row, state, pdf=pdf, xml=xml, detail=detail)
-        await self.move(row, state, pdf=pdf, xml=xml, detail=detail)
-        return None
-
-    def _signs_at_once(self, record: Any, *roles: str) -> bool:
-        """Whether every step of ``roles`` signs without waiting (``Signer.immediate``, B-B)."""
-        for role in roles:
-            step = self.config.signing.step_for(role, record.school_code)
-            signer = self.signers.get(step.signer)
-            if signer is None or not signer.immediate or (step.level or "B-B") != "B-B":
-                return False
-        return True
+                return
+        await self.move(row, lc.SIGNED_PREFIX + role, pdf=pdf, xml=xml,
+                         detail="; ".join(notes) or None)
 
     async def _revoked(self, signer: Signer, identities: list[Any], trust: tuple[bytes, ...]) -> list[str]:
         """Why any of ``identities``' certificates must not sign now (revoked, expired, or its CA

@@ -72,7 +72,6 @@ class Pkcs11Signer(Signer):
     """Keys on a PKCS#11 token or HSM, found by label; the PIN from the environment."""
 
     name = "pkcs11"
-    immediate = True  # the token is logged in with the configured PIN: nobody approves each signature
 
     class Settings(PluginSettings):
         library: Path = Field(description="The token's PKCS#11 module (.so), e.g. SoftHSM2's "
