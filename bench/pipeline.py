@@ -107,6 +107,7 @@ class Simulators:
                                     daemon=True)
         self._process.start()
         self.vendor_settings, self.central_settings = self._conn.recv()
+        self.pid = self._process.pid
 
     def stop(self) -> tuple[int, float]:
         """(transcripts the central store accepted, CPU seconds of the simulators' process)."""
@@ -208,7 +209,7 @@ async def run_hub(records: int, processes: int, pki_dir: Path, root: Path, work:
     clock = DeliveryClock()
     manager().register(clock, name="bench-delivery-clock")
     try:
-        cpu0 = _cpu()
+        cpu0 = _cpu(exclude=(sims.pid,))
         t0 = time.perf_counter()
         hub = Hub(config)
         await hub.start()
@@ -218,8 +219,8 @@ async def run_hub(records: int, processes: int, pki_dir: Path, root: Path, work:
             await asyncio.wait_for(hub.wait_idle(), 120 + 2 * records)
             done = time.perf_counter()
         finally:
-            await hub.stop()  # joins the workers, so their CPU time is counted below
-        cpu1 = _cpu()
+            await hub.stop()  # ends the workers, so their CPU time is counted below
+        cpu1 = _cpu(exclude=(sims.pid,))
         used = processes or os.cpu_count() or 1  # 0 means one per core, as in the hub's config
         result = HubResult(records, used, started - t0, done - t0, clock.delivered, 0, t0,
                            cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], first_normalized=clock.first_normalized)
@@ -639,14 +640,54 @@ async def run_plain(records: int, pki_dir: Path) -> PlainResult:
 
 # --- the report -----------------------------------------------------------------------------------
 
-def _cpu() -> tuple[float, float]:
-    """CPU seconds (user + system) so far of this process, and of its finished child processes.
+def _cpu(exclude: tuple[int, ...] = ()) -> tuple[float, float]:
+    """CPU seconds (user + system) so far of this process, and of the processes it started:
+    finished children, and those still running with everything they reaped (the hub's fork
+    server is such a process: the workers it forked are its children, not ours). Processes
+    ``exclude`` names are left out with what they started (the simulators are reported apart).
 
     Wall-clock rates move with whatever else the machine runs; CPU time per transcript hardly
     does, so the report gives both.
     """
+    for _ in range(40):  # a process that just ended counts once its parent has reaped it
+        running, unreaped = _running_offspring_cpu(exclude)
+        if not unreaped:
+            break
+        time.sleep(0.05)
     me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime + running
+
+
+def _running_offspring_cpu(exclude: tuple[int, ...]) -> tuple[float, bool]:
+    """CPU seconds of this process's running descendants (and what they reaped), and whether
+    any of them has ended without being reaped yet."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent_of: dict[int, int] = {}
+    times: dict[int, int] = {}
+    zombies: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parent_of[int(entry.name)] = int(fields[1])
+        if fields[0] == "Z":
+            zombies.add(int(entry.name))  # its times reach its parent's figures once reaped
+        # utime, stime, and the times of the children it has reaped (cutime, cstime)
+        if fields[0] != "Z":
+            times[int(entry.name)] = sum(int(f) for f in fields[11:15])
+    mine, total = {os.getpid()}, 0
+    changed = True
+    while changed:
+        changed = False
+        for pid, parent in parent_of.items():
+            if parent in mine and pid not in mine and pid not in exclude:
+                mine.add(pid)
+                total += times.get(pid, 0)
+                changed = True
+    return total / tick, bool(zombies & mine)
 
 
 async def main_async(args: argparse.Namespace) -> int:

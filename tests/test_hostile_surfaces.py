@@ -69,8 +69,10 @@ EARLY_KILL = r"""
 import multiprocessing, os, signal, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from hub.engine.pipeline import _warm, _worker_init
+from hub.engine.pool import worker_context
 if __name__ == "__main__":
-    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+    context = worker_context() if sys.argv[2] == "hub" else multiprocessing.get_context(sys.argv[2])
+    pool = ProcessPoolExecutor(2, mp_context=context, initializer=_worker_init,
                                initargs=({}, "json", "warning", os.getpid()))
     pool.submit(_warm)
     pool.submit(_warm)
@@ -88,13 +90,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize("start", ["hub", "spawn"])
 @pytest.mark.parametrize("after", [0.05, 0.4, 1.5])
-def test_workers_exit_when_the_hub_is_killed_while_they_start(tmp_path, after):
+def test_workers_exit_when_the_hub_is_killed_while_they_start(tmp_path, after, start):
     import time
 
     script = tmp_path / "early_kill.py"
     script.write_text(EARLY_KILL, "utf-8")
-    result = subprocess.run([sys.executable, str(script), str(after)], capture_output=True, text=True, cwd=ROOT,
+    result = subprocess.run([sys.executable, str(script), str(after), start], capture_output=True, text=True, cwd=ROOT,
                             timeout=60)
     pids = [int(p) for p in result.stdout.split()]
     assert len(pids) == 2, result.stderr

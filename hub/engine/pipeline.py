@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import multiprocessing
 import os
 import socket
 import time
@@ -48,7 +47,7 @@ from hub.contracts import (
 from hub.engine.identity import IdentityStage
 from hub.engine.normalize import Envelope, Outcome, normalize
 from hub.engine.outbox import Outbox
-from hub.engine.pool import PriorityPool, at_priority
+from hub.engine.pool import PriorityPool, alive, at_priority, worker_context
 from hub.logs import get_logger
 from hub.plugins import adapter_types, identity_provider_types, manager, signer_types
 from hub.records import parse_transcript
@@ -141,24 +140,31 @@ def final_check_job(normalized: dict[str, Any], pdf: bytes | None, xml: bytes | 
 
 
 def _worker_init(font_cache: Path, log_format: str = "json", log_level: str = "info",
-                 hub_pid: int | None = None) -> None:
-    """In each pool worker: exit if the hub dies, log like the hub, read the prepared fonts.
+                 hub_pid: int | None = None, environ: dict[str, str] | None = None) -> None:
+    """In each pool worker: exit if the hub dies, take the hub's environment, log like the hub,
+    read the prepared fonts.
 
     A hub killed with SIGKILL cannot shut its pool down; without this watch its workers would
-    linger as orphans holding memory. The watch starts first and compares with the hub's pid as
-    the hub gave it: a hub killed while this worker was still starting has already gone, and a
-    parent read now would be whoever adopted the orphan.
+    linger as orphans holding memory. A worker's parent is the hub (spawned) or the fork server
+    (``pool.worker_context``), which exits with the hub; either way the parent changes when the
+    hub dies. A hub killed while this worker was still starting has already gone, so the watch
+    also asks after the hub's own pid as the hub gave it.
     """
     import threading
 
-    parent = hub_pid if hub_pid is not None else os.getppid()
+    parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == parent and (hub_pid is None or alive(hub_pid)):
             time.sleep(0.5)
         os._exit(0)
 
     threading.Thread(target=watch, name="hocba-orphan-watch", daemon=True).start()
+    if environ is not None:
+        # A worker forked from the fork server has the environment the server started with,
+        # maybe another hub's: plugin selection and signer settings come from the hub's now.
+        os.environ.clear()
+        os.environ.update(environ)
 
     from hub.documents.pades import stamp_font_bytes
     from hub.documents.render import cached_fonts, load_fonts
@@ -254,19 +260,19 @@ class Hub:
         from hub.documents.render import cached_fonts
 
         data = self.config.data_dir
-        # Spawned workers start empty; the fonts prepared here (in the data directory, so the
+        # Workers start without the fonts; those prepared here (in the data directory, so the
         # next start also skips it) save each ≈1.5 s.
         await asyncio.to_thread(cached_fonts, data / "cache")
-        processes = ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_worker_init, initargs=(data / "cache", *logs.current, os.getpid()))
+        processes = ProcessPoolExecutor(self._processes, mp_context=worker_context(), initializer=_worker_init,
+                                        initargs=(data / "cache", *logs.current, os.getpid(), dict(os.environ)))
         # Two jobs per process handed over at once keep each busy; the rest wait in priority order.
-        self._pool = PriorityPool(processes, depth=2 * self._processes)
-        # Start every worker now, from a thread (spawning stalls whoever submits), and without
-        # waiting for them: pulling and normalising need no worker, and the first render queues
-        # until one is up. Waiting here was most of the time to the first claim.
-        pool = processes
-        self._warming = asyncio.create_task(asyncio.to_thread(
-            lambda: [pool.submit(_warm) for _ in range(self._processes)]), name="hocba-warm-pool")
+        self._pool = PriorityPool(processes, depth=2 * self._processes, held=True)
+        # Start every worker now, from a thread (starting one stalls whoever submits), and without
+        # waiting for them: pulling and normalising need no worker, and the first render waits
+        # in the held pool until the processes are started. Waiting here was most of the time
+        # to the first claim.
+        self._warming = asyncio.create_task(asyncio.to_thread(self._start_workers, processes),
+                                            name="hocba-warm-pool")
         try:
             from hub.plugins import document_formats
 
@@ -337,6 +343,13 @@ class Hub:
                     self._pullers.append(asyncio.create_task(self._pull(name, adapter), name=f"hocba-pull-{name}"))
         self.log.info("hub.started", adapters=list(self.adapters), signers=list(self.signers),
                       processes=self._processes, resumed=resumed)
+
+    def _start_workers(self, processes: ProcessPoolExecutor) -> None:
+        try:
+            for _ in range(self._processes):
+                processes.submit(_warm)
+        finally:  # a pool that could not start tells each job so (PriorityPool passes the error on)
+            self._pool.release()
 
     async def stop(self, *, drain_timeout: float = 30.0) -> None:
         """Stop pulling, let records in a stage finish (up to ``drain_timeout``), close everything.
