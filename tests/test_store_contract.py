@@ -273,6 +273,18 @@ def test_claims_are_exclusive_and_a_state_change_or_release_ends_them(open_store
     assert two.claim([lc.RECEIVED], "w2", 60, 10) == [mine[1]]
 
 
+def test_claim_rows_leases_like_claim_and_returns_the_records_as_stored(open_store):
+    one, two = open_store(), open_store()
+    ids = one.receive("a", [raw(str(i)) for i in range(4)])
+    one.advance(ids[1], lc.RECEIVED, lc.NORMALIZED, normalized={"class_name": "6A"}, school_code="S1")
+    rows = one.claim_rows([lc.RECEIVED, lc.NORMALIZED], "w1", 60, 3)
+    assert [r.id for r in rows] == ids[:3]
+    assert rows == [one.get(pk) for pk in ids[:3]]  # the same fields a read gives, payload included
+    assert rows[1].normalized == {"class_name": "6A"} and rows[1].school_code == "S1"
+    assert two.claim_rows([lc.RECEIVED, lc.NORMALIZED], "w2", 60, 10) == [one.get(ids[3])]
+    assert two.claim([lc.RECEIVED, lc.NORMALIZED], "w2", 60, 10) == []
+
+
 def test_a_lease_that_runs_out_is_claimed_again_and_renew_extends_it(open_store):
     one, two = open_store(), open_store()
     a, b = one.receive("a", [raw("1"), raw("2")])

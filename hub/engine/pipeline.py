@@ -238,6 +238,7 @@ class Hub:
         self._pullers: list[asyncio.Task[None]] = []
         self.working: set[int] = set()  # ids a stage of this process is working on
         self._moved: set[int] = set()    # ids whose state a handler changed (lease ended)
+        self._claimed: dict[int, st.Row] = {}  # rows a stage claimed, until its handler reads them
         self._pulled: dict[str, asyncio.Event] = {}
         self.metrics: Any = None  # hub.metrics.Metrics, when the HTTP surface is on
         self.outbox: Outbox | None = None
@@ -492,17 +493,19 @@ class Hub:
                 wake.clear()
                 limit = slots - len(running)
                 try:
-                    pks = await self.db(self.store.claim, states, self.owner, self.lease_seconds, limit)
+                    rows = await self.db(self.store.claim_rows, states, self.owner, self.lease_seconds, limit)
                 except self.store.unavailable as exc:  # the database is away: try again shortly
                     self.log.warning("store.unavailable", stage=stage, error=str(exc))
                     await asyncio.sleep(1.0)
                     continue
-                for pk in pks:
+                for row in rows:
+                    pk = row.id
                     self.working.add(pk)
+                    self._claimed[pk] = row
                     task = asyncio.create_task(self._run(stage, handler, pk))
                     running.add(task)
                     task.add_done_callback(running.discard)
-                if len(pks) < limit:
+                if len(rows) < limit:
                     # Fewer than asked: nothing else was waiting, so asking again now would come
                     # back empty. Wait to be told (a move here sets ``wake``), and poll too:
                     # another process (a replay, another hub) may have added work.
@@ -555,6 +558,7 @@ class Hub:
             await self._fail(pk, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self.working.discard(pk)
+            self._claimed.pop(pk, None)
             if pk in self._moved:
                 self._moved.discard(pk)
             else:  # the handler left the record as it was: give the lease back
@@ -640,8 +644,8 @@ class Hub:
 
     async def _current(self, pk: int, stage: str) -> st.Row | None:
         """The record, if it is still at a state this stage works on (a rescan may have queued
-        it from a snapshot that has since moved on)."""
-        row = await self.db(self.store.get, pk)
+        it from a snapshot that has since moved on): as the stage's claim read it, or read now."""
+        row = self._claimed.pop(pk, None) or await self.db(self.store.get, pk)
         return row if self._stage_for(row.state) == stage else None
 
     async def _retention(self) -> None:

@@ -481,6 +481,16 @@ class Store(IssuanceRegistry, PackageLedger, ABC):
     def claim(self, states: Iterable[str], owner: str, lease_seconds: float, limit: int) -> list[int]:
         """Lease up to ``limit`` records in ``states`` that nobody holds (or whose lease ran
         out: its worker died) to ``owner``, oldest first. A state change ends the lease."""
+        return sorted(r["id"] for r in self._write(self._claiming(states, owner, lease_seconds, limit, "id")))
+
+    def claim_rows(self, states: Iterable[str], owner: str, lease_seconds: float, limit: int) -> list[Row]:
+        """``claim``, returning the records as the lease left them: a stage reads each record
+        it claims, and this saves it asking again."""
+        rows = self._write(self._claiming(states, owner, lease_seconds, limit, "*"))
+        return sorted((Row.from_db(r) for r in rows), key=lambda row: row.id)
+
+    def _claiming(self, states: Iterable[str], owner: str, lease_seconds: float, limit: int,
+                  returning: str) -> Callable[[Any], list[Any]]:
         marks, wanted = bind_list("state", list(states))
 
         def work(db: Any) -> list[Any]:
@@ -488,9 +498,9 @@ class Store(IssuanceRegistry, PackageLedger, ABC):
             return db.execute(
                 f"UPDATE records SET lease_owner = :owner, {_assign(terms)} WHERE id IN (SELECT id FROM records"
                 f" WHERE state IN ({marks}) AND {self._lease_free('records')}"
-                f" ORDER BY id LIMIT :limit{self._skip_locked}) RETURNING id",
+                f" ORDER BY id LIMIT :limit{self._skip_locked}) RETURNING {returning}",
                 {**args, **wanted, "owner": owner, "limit": limit}).fetchall()
-        return sorted(r[0] for r in self._write(work))
+        return work
 
     def release(self, pks: Iterable[int], owner: str) -> None:
         """Give records back without changing their state (the worker could not finish)."""
