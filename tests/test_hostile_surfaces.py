@@ -67,15 +67,16 @@ def test_normalize_names_a_file_that_is_no_spreadsheet(tmp_path):
 
 EARLY_KILL = r"""
 import multiprocessing, os, signal, sys, time
-from concurrent.futures import ProcessPoolExecutor
-from hub.engine.pipeline import _warm, _worker_init
-from hub.engine.pool import worker_context
+from pathlib import Path
+from hub.documents.render import cached_fonts
+from hub.engine.pipeline import worker_processes
 if __name__ == "__main__":
-    context = worker_context() if sys.argv[2] == "hub" else multiprocessing.get_context(sys.argv[2])
-    pool = ProcessPoolExecutor(2, mp_context=context, initializer=_worker_init,
-                               initargs=({}, "json", "warning", os.getpid()))
-    pool.submit(_warm)
-    pool.submit(_warm)
+    context = None if sys.argv[2] == "hub" else multiprocessing.get_context(sys.argv[2])
+    cache = Path(sys.argv[3])
+    cached_fonts(cache)  # as the hub does before it starts its workers
+    pool = worker_processes(2, cache, context)
+    pool.submit(os.getpid)
+    pool.submit(os.getpid)
     print(" ".join(str(pid) for pid in pool._processes), flush=True)
     time.sleep(float(sys.argv[1]))
     os.kill(os.getpid(), signal.SIGKILL)   # as the hub is killed while its workers start
@@ -97,8 +98,8 @@ def test_workers_exit_when_the_hub_is_killed_while_they_start(tmp_path, after, s
 
     script = tmp_path / "early_kill.py"
     script.write_text(EARLY_KILL, "utf-8")
-    result = subprocess.run([sys.executable, str(script), str(after), start], capture_output=True, text=True, cwd=ROOT,
-                            timeout=60)
+    result = subprocess.run([sys.executable, str(script), str(after), start, str(tmp_path / "cache")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
     pids = [int(p) for p in result.stdout.split()]
     assert len(pids) == 2, result.stderr
     deadline = time.monotonic() + 30

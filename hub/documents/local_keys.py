@@ -94,7 +94,7 @@ class _KeptKeySigner(signers.Signer):
 
 
 @dataclass(frozen=True)
-class _Ready:
+class ReadyKey:
     """One identity's key, ready to sign: the pyHanko signer and its container size."""
     key: LocalKey
     signer: _KeptKeySigner
@@ -102,7 +102,7 @@ class _Ready:
     bytes_reserved_timestamped: int
 
     @classmethod
-    def of(cls, key: LocalKey | tuple) -> "_Ready":
+    def of(cls, key: LocalKey | tuple) -> "ReadyKey":
         key = LocalKey(*key)
         signer = _KeptKeySigner(key)
         return cls(key, signer, reserve_bytes(signer), reserve_bytes(signer, timestamp=True))
@@ -128,7 +128,7 @@ class _KeyMaterial:
     version: Any = None              # ``LocalKeySigner.key_version`` when it was read
 
     @classmethod
-    def of(cls, fingerprint: str, key_id: str, ready: _Ready, version: Any = None) -> "_KeyMaterial":
+    def of(cls, fingerprint: str, key_id: str, ready: ReadyKey, version: Any = None) -> "_KeyMaterial":
         key = ready.key
         der = serialization.Encoding.DER
         return cls(
@@ -142,11 +142,11 @@ class _KeyMaterial:
     def valid(self, now: dt.datetime) -> bool:
         return self.not_before <= now <= self.not_after
 
-    def ready(self) -> _Ready:
+    def ready(self) -> ReadyKey:
         key = serialization.load_der_private_key(self.private_key, None,
                                                  unsafe_skip_rsa_key_validation=True)
         cert, *chain = (x509.load_der_x509_certificate(c) for c in self.certificates)
-        return _Ready.of(LocalKey(key, cert, tuple(chain)))
+        return ReadyKey.of(LocalKey(key, cert, tuple(chain)))
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class _KeySource:
             cached = _resolved[self.fingerprint] = (cls, cls.Settings.model_validate(self.settings))
         return cached
 
-    def load(self, key_id: str | None = None) -> dict[str, _Ready]:
+    def load(self, key_id: str | None = None) -> dict[str, ReadyKey]:
         """Every key (``key_id=None``) or just ``key_id`` (empty if there is none)."""
         cls, settings = self._resolved()
         try:
@@ -180,7 +180,7 @@ class _KeySource:
             raise
         except Exception as exc:  # a subclass bug or an unreadable file: still an operator's message
             raise PluginError(f"{cls.name}: cannot load keys: {exc}") from exc
-        return {k: _Ready.of(v) for k, v in loaded.items()}
+        return {k: ReadyKey.of(v) for k, v in loaded.items()}
 
     def version(self, key_id: str) -> Any:
         """The signer's ``key_version`` for ``key_id`` (``None``: it cannot tell)."""
@@ -190,7 +190,7 @@ class _KeySource:
         except Exception:  # a subclass bug must not stop signing: fall back to validity dates
             return None
 
-    def load_first(self) -> dict[str, _Ready]:
+    def load_first(self) -> dict[str, ReadyKey]:
         """One key, enough to prove the configuration (directory, password) is right; every key
         when the signer class cannot list its keys (``LocalKeySigner.key_ids`` returns None)."""
         cls, settings = self._resolved()
@@ -216,7 +216,7 @@ _resolved: dict[str, tuple[type, PluginSettings]] = {}
 # (``_built``), so a key file is opened once per hub, not once per process, and never by the
 # hub process after start-up (a worker opens it the first time a signature needs it).
 _materials: dict[tuple[str, str], _KeyMaterial] = {}
-_built: dict[tuple[str, str], tuple[int, _Ready]] = {}
+_built: dict[tuple[str, str], tuple[int, ReadyKey]] = {}
 _built_lock = threading.Lock()
 
 
@@ -225,7 +225,7 @@ def _refuse_if_invalid(material: _KeyMaterial, identity: SigningIdentity, now: d
                             material.not_before, material.not_after, now)
 
 
-def _ready(material: _KeyMaterial) -> _Ready:
+def _ready(material: _KeyMaterial) -> ReadyKey:
     # Cached per (fingerprint, key id) for the certificate serial it was built for: a renewed
     # certificate (new serial) replaces the entry instead of piling up next to it.
     slot = (material.fingerprint, material.key_id)

@@ -179,8 +179,12 @@ def _worker_init(font_cache: Path, log_format: str = "json", log_level: str = "i
     stamp_font_bytes()
 
 
-def _warm() -> int:
-    return os.getpid()
+def worker_processes(count: int, font_cache: Path, context: Any = None) -> ProcessPoolExecutor:
+    """The hub's worker processes: started as ``pool.worker_context`` says (or ``context``),
+    each with this process's environment and logging, the fonts in ``font_cache`` (written by
+    ``render.cached_fonts`` first), and ending when this process does."""
+    return ProcessPoolExecutor(count, mp_context=context or worker_context(), initializer=_worker_init,
+                               initargs=(font_cache, *logs.current, os.getpid(), dict(os.environ)))
 
 
 @dataclass
@@ -246,7 +250,7 @@ class Hub:
         # slots, which of them arrived signed), by (record id, kind), with the stored dict it
         # came from: validating one costs ≈ 0.5 ms, each XML parse ≈ 0.3 ms, and each record
         # passes every step.
-        self._parsed: OrderedDict[tuple[int, str], tuple[dict[str, Any], Any]] = OrderedDict()
+        self._kept_of_record: OrderedDict[tuple[int, str], tuple[dict[str, Any], Any]] = OrderedDict()
         # State changes waiting for the store's thread, committed together (``_advance``).
         self._to_advance: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[None]]] = []
         self._advancing: asyncio.Task[None] | None = None
@@ -266,8 +270,7 @@ class Hub:
         # Workers start without the fonts; those prepared here (in the data directory, so the
         # next start also skips it) save each ≈1.5 s.
         await asyncio.to_thread(cached_fonts, data / "cache")
-        processes = ProcessPoolExecutor(self._processes, mp_context=worker_context(), initializer=_worker_init,
-                                        initargs=(data / "cache", *logs.current, os.getpid(), dict(os.environ)))
+        processes = worker_processes(self._processes, data / "cache")
         # Two jobs per process handed over at once keep each busy; the rest wait in priority order.
         self._pool = PriorityPool(processes, depth=2 * self._processes, held=True)
         # Start every worker now, from a thread (starting one stalls whoever submits), and without
@@ -350,7 +353,7 @@ class Hub:
     def _start_workers(self, processes: ProcessPoolExecutor) -> None:
         try:
             for _ in range(self._processes):
-                processes.submit(_warm)
+                processes.submit(os.getpid)  # any job starts a process; this one costs nothing
         finally:  # a pool that could not start tells each job so (PriorityPool passes the error on)
             self._pool.release()
 
@@ -792,7 +795,7 @@ class Hub:
             return
         await self.move(row, lc.NORMALIZED, detail=remapped, normalized=normalized, content_hash=digest,
                          school_code=record.school_code, school_year=record.school_year)
-        self._keep_parsed(row.id, "record", normalized, record)
+        self._keep(row.id, "record", normalized, record)
 
     async def _recall_without_content(self, row: st.Row, envelope: Envelope, outcome: Outcome) -> bool:
         """A CANCEL whose own content does not validate: send the recall with the content the
@@ -991,22 +994,22 @@ class Hub:
         value = self._kept(row, kind)
         if value is None:
             value = make()
-            self._keep_parsed(row.id, kind, row.normalized, value)
+            self._keep(row.id, kind, row.normalized, value)
         return value
 
     def _kept(self, row: st.Row, kind: str) -> Any:
         """What was kept of ``kind`` for this record, if its content has not changed since."""
-        kept = self._parsed.get((row.id, kind))
+        kept = self._kept_of_record.get((row.id, kind))
         if kept is None or kept[0] != row.normalized:
             return None
-        self._parsed.move_to_end((row.id, kind))
+        self._kept_of_record.move_to_end((row.id, kind))
         return kept[1]
 
-    def _keep_parsed(self, pk: int, kind: str, normalized: dict[str, Any], value: Any) -> None:
-        self._parsed[(pk, kind)] = (normalized, value)
-        self._parsed.move_to_end((pk, kind))
-        while len(self._parsed) > 3 * (8 * self._concurrency + 64):  # 3 kinds of the records in flight, with room
-            self._parsed.popitem(last=False)
+    def _keep(self, pk: int, kind: str, normalized: dict[str, Any], value: Any) -> None:
+        self._kept_of_record[(pk, kind)] = (normalized, value)
+        self._kept_of_record.move_to_end((pk, kind))
+        while len(self._kept_of_record) > 3 * (8 * self._concurrency + 64):  # 3 kinds of the records in flight, with room
+            self._kept_of_record.popitem(last=False)
 
     def _xml_slots_for(self, role: str, every_slot: list[Any], arrived: set[str]) -> tuple[list[Any], str]:
         """The slots ``role`` signs now (those not signed on arrival), and a note for the history.
@@ -1054,7 +1057,7 @@ class Hub:
             ours = set(self.roles[:done])
             return {s.name for s in every_slot if s.name in present and s.role not in ours}
         if b"Signature" not in xml:
-            self._keep_parsed(row.id, "arrived", row.normalized, set())
+            self._keep(row.id, "arrived", row.normalized, set())
             return set()
         present = signed_slots(xml, fmt, every_slot)
         problems = await self._xml_problems(record, xml, trust, required=())
@@ -1072,7 +1075,7 @@ class Hub:
             await self.move(row, lc.QUARANTINED, detail="arrived signed, and the signatures do not hold",
                              errors=problems)
             return None
-        self._keep_parsed(row.id, "arrived", row.normalized, present)
+        self._keep(row.id, "arrived", row.normalized, present)
         return present
 
     async def _xml_problems(self, record: Any, xml: bytes, trust: tuple[bytes, ...],
